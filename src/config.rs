@@ -1,0 +1,654 @@
+//! The YAML configuration file: serde shapes (unknown keys are errors), value
+//! types that validate themselves while deserializing (so their errors carry a
+//! line and column), `${ENV_VAR}` substitution, and the cross-field checks that
+//! `portcullis check` reports all at once. No runtime logic lives here.
+
+use serde::{de, Deserialize, Deserializer};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub workers: Workers,
+    /// Pin worker N to CPU N (modulo the CPUs available).
+    #[serde(default)]
+    pub pin_workers: bool,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    pub listen: Vec<Listen>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Workers {
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) if (1..=1024).contains(&n) => Ok(Workers::Count(n as usize)),
+            Raw::S(s) if s == "auto" => Ok(Workers::Auto),
+            Raw::S(s) => Err(de::Error::custom(format!(
+                "workers: \"{s}\" is not `auto` or a number from 1 to 1024"
+            ))),
+            Raw::N(n) => Err(de::Error::custom(format!(
+                "workers: {n} is not `auto` or a number from 1 to 1024"
+            ))),
+        }
+    }
+}
+
+impl Workers {
+    pub fn resolve(self) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// I/O driver and io_uring ring options. The ring flags matter: see
+/// PERFORMANCE.md (with defaults io_uring loses to epoll on small machines).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub driver: Driver,
+    pub ring_entries: u32,
+    pub coop_taskrun: bool,
+    pub single_issuer: bool,
+    pub defer_taskrun: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            driver: Driver::Auto,
+            ring_entries: 1024,
+            coop_taskrun: true,
+            single_issuer: true,
+            defer_taskrun: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub address: SocketAddr,
+    pub tls: Option<ListenTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    /// Certificates chosen by SNI; the first one is the default.
+    pub certificates: Vec<CertPair>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert_file: EnvPath,
+    pub key_file: EnvPath,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_target_bytes: usize,
+    pub max_body_bytes: u64,
+    /// From the first byte of a request (or from accept) to its complete head.
+    pub header_timeout: Dur,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Dur,
+    /// Longest a keep-alive connection may wait for its next request.
+    pub idle_timeout: Dur,
+    /// Longest a write to a client may stall.
+    pub write_timeout: Dur,
+    /// Open client connections, across all listeners and workers.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_target_bytes: 8 * 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+            header_timeout: Dur(Duration::from_secs(10)),
+            body_timeout: Dur(Duration::from_secs(30)),
+            idle_timeout: Dur(Duration::from_secs(120)),
+            write_timeout: Dur(Duration::from_secs(60)),
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Dur,
+    /// From the end of the request to the complete response head.
+    pub response_header_timeout: Dur,
+    /// Longest pause within a response body (SSE streams idle for minutes).
+    pub read_timeout: Dur,
+    /// Idle keep-alive connections kept per upstream and worker.
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Dur,
+    /// Extra CA certificates (PEM) trusted for `https://` upstreams, on top of
+    /// the system roots.
+    pub ca_file: Option<EnvPath>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Dur(Duration::from_secs(5)),
+            response_header_timeout: Dur(Duration::from_secs(60)),
+            read_timeout: Dur(Duration::from_secs(300)),
+            pool_max_idle: 64,
+            pool_idle_timeout: Dur(Duration::from_secs(30)),
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// The public URL: scheme, host[:port], path prefix.
+    pub from: Url,
+    /// The upstream URL; the path prefix of `from` is replaced by this one.
+    pub to: Url,
+    /// Present for an MCP route.
+    pub mcp: Option<McpRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpRoute {}
+
+fn default_shutdown_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// A duration written as `250ms`, `10s`, `2m`, `1h`, or a number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn parse(s: &str) -> Option<Duration> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        Some(match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            _ => return None,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        let (parsed, raw) = match Raw::deserialize(d)? {
+            Raw::N(n) => (Some(Duration::from_secs(n)), n.to_string()),
+            Raw::S(s) => (Dur::parse(&s), s),
+        };
+        match parsed {
+            Some(d) if !d.is_zero() => Ok(Dur(d)),
+            _ => Err(de::Error::custom(format!(
+                "\"{raw}\" is not a positive duration such as `250ms`, `10s`, `2m` or `1h`"
+            ))),
+        }
+    }
+}
+
+/// A file path; `${ENV_VAR}` is substituted.
+#[derive(Clone, Debug)]
+pub struct EnvPath(pub PathBuf);
+
+impl<'de> Deserialize<'de> for EnvPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        expand_env(&s)
+            .map(|s| EnvPath(PathBuf::from(s)))
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Substitute `${NAME}` with the environment variable NAME; `$${` is a literal
+/// `${`. An unset variable is an error, never an empty string.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("${") {
+            let end = t
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in {s:?}"))?;
+            let name = &t[..end];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("invalid environment variable name {name:?}"));
+            }
+            let value = std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &t[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// An `http://` or `https://` URL with a path prefix and no query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Url {
+    pub tls: bool,
+    /// Lower-cased host name or IP literal (IPv6 with brackets).
+    pub host: String,
+    pub port: u16,
+    /// The path prefix: starts with `/`, no trailing `/` unless it is `/`.
+    pub path: String,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Result<Url, String> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("{s:?}: URL must start with http:// or https://"));
+        };
+        if rest.contains(['?', '#']) {
+            return Err(format!("{s:?}: URL must not have a query or fragment"));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(format!("{s:?}: URL must not contain credentials"));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) =
+            split_host_port(authority).ok_or_else(|| format!("{s:?}: invalid host or port"))?;
+        let port = port.unwrap_or(default_port);
+        if path.split('/').any(|seg| seg == "." || seg == "..") || path.contains(['%', ' ']) {
+            return Err(format!(
+                "{s:?}: path prefix must be plain (no dot segments, escapes or spaces)"
+            ));
+        }
+        let path = if path.len() > 1 {
+            path.trim_end_matches('/')
+        } else {
+            path
+        };
+        let path = if path.is_empty() { "/" } else { path };
+        Ok(Url {
+            tls,
+            host: host.to_ascii_lowercase(),
+            port,
+            path: path.to_string(),
+        })
+    }
+
+    pub fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
+        }
+    }
+
+    /// `host[:port]` as sent in a Host header (port omitted when default).
+    pub fn authority(&self) -> String {
+        if self.port == self.default_port() {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+impl fmt::Display for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme(), self.authority(), self.path)
+    }
+}
+
+/// Split `host[:port]`, `[v6][:port]`. `None` when malformed.
+pub fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let host = &authority[..=end];
+        host[1..end].parse::<std::net::Ipv6Addr>().ok()?;
+        match &authority[end + 1..] {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let valid_name = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    };
+    if !host.starts_with('[') && !valid_name(host) {
+        return None;
+    }
+    let port = match port {
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+        None => None,
+    };
+    Some((host, port))
+}
+
+impl<'de> Deserialize<'de> for Url {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let s = expand_env(&s).map_err(de::Error::custom)?;
+        Url::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// One configuration error, located in its file where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file.display(), self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file.display(), self.message),
+            _ => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every error found in one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Read and parse a configuration file (syntax, types and unknown keys).
+pub fn load(path: &Path) -> Result<(Config, String), ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.into(),
+            line: None,
+            column: None,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let config = parse(&text, path)?;
+    Ok((config, text))
+}
+
+/// Parse configuration text; errors are located in `file`.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    serde_yaml_ng::from_str::<Config>(text).map_err(|e| {
+        let loc = e.location();
+        let mut message = e.to_string();
+        // serde_yaml_ng appends " at line L column C"; the location is printed in front instead.
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        let mut line = loc.as_ref().map(|l| l.line());
+        let mut column = loc.as_ref().map(|l| l.column());
+        // serde points at the enclosing mapping; a quoted value in the message
+        // is a better anchor when it appears at or after that line.
+        if let Some(value) = message.split('"').nth(1).filter(|v| !v.is_empty()) {
+            let skip = line.unwrap_or(1).saturating_sub(1);
+            if let Some((n, l)) = text
+                .lines()
+                .enumerate()
+                .skip(skip)
+                .find(|(_, l)| l.contains(value))
+            {
+                line = Some(n + 1);
+                column = l.find(value).map(|c| c + 1);
+            }
+        }
+        ConfigErrors(vec![ConfigError {
+            file: file.into(),
+            line,
+            column,
+            message,
+        }])
+    })
+}
+
+/// Where `key: value` first appears in `text` (1-based line and column), to
+/// locate errors found after parsing.
+pub fn locate(text: &str, key: &str, value: &str) -> Option<(usize, usize)> {
+    locate_nth(text, key, value, 0)
+}
+
+/// Like `locate`, for the `nth` (0-based) matching occurrence.
+pub fn locate_nth(text: &str, key: &str, value: &str, mut nth: usize) -> Option<(usize, usize)> {
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split(" #").next().unwrap_or(line);
+        let mut from = 0;
+        while let Some(i) = code[from..].find(key).map(|i| i + from) {
+            from = i + key.len();
+            let before_ok =
+                i == 0 || matches!(code.as_bytes()[i - 1], b' ' | b'{' | b',' | b'-' | b'\t');
+            let Some(rest) = code[from..].trim_start().strip_prefix(':') else {
+                continue;
+            };
+            let v = rest
+                .split([',', '}'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'');
+            if before_ok && (value.is_empty() || v == value) {
+                if nth == 0 {
+                    return Some((n + 1, i + 1));
+                }
+                nth -= 1;
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigErrors> {
+        parse(text, Path::new("t.yaml"))
+    }
+
+    const MIN: &str = "listen:\n  - address: 127.0.0.1:8080\nroutes:\n  - name: a\n    from: http://127.0.0.1:8080/mcp\n    to: http://127.0.0.1:9000/mcp\n    mcp: {}\n";
+
+    #[test]
+    fn minimal_config_parses_with_safe_defaults() {
+        let c = p(MIN).unwrap();
+        assert_eq!(c.workers, Workers::Auto);
+        assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
+        assert!(c.routes[0].mcp.is_some());
+        assert_eq!(c.routes[0].from.path, "/mcp");
+        assert_eq!(c.runtime.driver, Driver::Auto);
+    }
+
+    #[test]
+    fn unknown_keys_are_located_errors() {
+        let e = p(&MIN.replace("    mcp: {}", "    mcp: {}\n    tpyo: 1")).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.0[0].message.contains("unknown field `tpyo`"), "{}", e);
+        assert_eq!(e.0[0].line, Some(8));
+        let e = p(&format!("{MIN}limits: {{ max_body: 5 }}\n")).unwrap_err();
+        assert!(e.0[0].message.contains("max_body"), "{e}");
+        assert_eq!(e.0[0].line, Some(8));
+    }
+
+    #[test]
+    fn bad_values_are_located_errors() {
+        let cases = [
+            (
+                "http://127.0.0.1:8080/mcp",
+                "ftp://x/mcp",
+                "must start with http",
+            ),
+            (
+                "http://127.0.0.1:8080/mcp",
+                "http://h:99999/mcp",
+                "invalid host or port",
+            ),
+            ("http://127.0.0.1:8080/mcp", "http://h/a?b", "query"),
+            (
+                "http://127.0.0.1:8080/mcp",
+                "http://h/a/../b",
+                "dot segments",
+            ),
+        ];
+        for (from, to, msg) in cases {
+            let e = p(&MIN.replace(from, to)).unwrap_err();
+            assert!(e.0[0].message.contains(msg), "{to}: {e}");
+            assert_eq!(e.0[0].line, Some(5), "{to}: {e}");
+        }
+        let e = p(&format!("{MIN}limits: {{ header_timeout: 10 parsecs }}\n")).unwrap_err();
+        assert!(e.0[0].message.contains("duration"), "{e}");
+        let e = p(&format!("workers: many\n{MIN}")).unwrap_err();
+        assert!(e.0[0].message.contains("workers"), "{e}");
+        assert_eq!(e.0[0].line, Some(1));
+    }
+
+    #[test]
+    fn env_substitution() {
+        std::env::set_var("PORTCULLIS_TEST_UPSTREAM", "127.0.0.1:9100");
+        assert_eq!(
+            expand_env("http://${PORTCULLIS_TEST_UPSTREAM}/x").unwrap(),
+            "http://127.0.0.1:9100/x"
+        );
+        assert_eq!(expand_env("a$${b}c$d").unwrap(), "a${b}c$d");
+        assert!(expand_env("${PORTCULLIS_SURELY_UNSET_VAR}")
+            .unwrap_err()
+            .contains("not set"));
+        assert!(expand_env("${oops").is_err());
+        let c = p(&MIN.replace("127.0.0.1:9000", "${PORTCULLIS_TEST_UPSTREAM}")).unwrap();
+        assert_eq!(c.routes[0].to.port, 9100);
+        let e = p(&MIN.replace("127.0.0.1:9000", "${PORTCULLIS_SURELY_UNSET_VAR}")).unwrap_err();
+        assert!(
+            e.0[0]
+                .message
+                .contains("PORTCULLIS_SURELY_UNSET_VAR is not set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("https://MCP.example.com/github/").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (true, "mcp.example.com", 443, "/github")
+        );
+        assert_eq!(u.authority(), "mcp.example.com");
+        let u = Url::parse("http://[::1]:9000").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("[::1]", 9000, "/")
+        );
+        assert!(Url::parse("http://user@h/").is_err());
+        assert!(Url::parse("http://h:/").is_err());
+        assert!(Url::parse("http://[zz]/").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Dur::parse("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(Dur::parse("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(Dur::parse("7"), Some(Duration::from_secs(7)));
+        assert_eq!(Dur::parse("1 h"), Some(Duration::from_secs(3600)));
+        assert_eq!(Dur::parse("-1s"), None);
+        assert_eq!(Dur::parse("1d"), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! The closed set of errors on the request path, each mapped in one place to an
+//! HTTP status, a short reason (for the client and the audit record) and whether
+//! the connection must be closed.
+
+/// An error answered locally by portcullis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// Malformed request; the reason is static text for the client.
+    BadRequest(&'static str),
+    BadHost,
+    BadVersion,
+    TooManyHeaders,
+    HeadersTooLarge,
+    UriTooLong,
+    MethodNotAllowed,
+    NotImplemented(&'static str),
+    ExpectationFailed,
+    PayloadTooLarge,
+    /// The request body did not arrive in time.
+    RequestTimeout,
+    NoRoute,
+    /// The upstream could not be reached or broke the exchange.
+    BadGateway(&'static str),
+    GatewayTimeout,
+    ServiceUnavailable,
+}
+
+impl HttpError {
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) | HttpError::BadHost | HttpError::TooManyHeaders => 400,
+            HttpError::BadVersion => 505,
+            HttpError::HeadersTooLarge => 431,
+            HttpError::UriTooLong => 414,
+            HttpError::MethodNotAllowed => 405,
+            HttpError::NotImplemented(_) => 501,
+            HttpError::ExpectationFailed => 417,
+            HttpError::PayloadTooLarge => 413,
+            HttpError::RequestTimeout => 408,
+            HttpError::NoRoute => 404,
+            HttpError::BadGateway(_) => 502,
+            HttpError::GatewayTimeout => 504,
+            HttpError::ServiceUnavailable => 503,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            HttpError::BadRequest(r) | HttpError::NotImplemented(r) | HttpError::BadGateway(r) => r,
+            HttpError::BadHost => "invalid Host header",
+            HttpError::BadVersion => "HTTP version not supported",
+            HttpError::TooManyHeaders => "too many header fields",
+            HttpError::HeadersTooLarge => "request header fields too large",
+            HttpError::UriTooLong => "request target too long",
+            HttpError::MethodNotAllowed => "method not allowed",
+            HttpError::ExpectationFailed => "unsupported Expect",
+            HttpError::PayloadTooLarge => "request body too large",
+            HttpError::RequestTimeout => "request timed out",
+            HttpError::NoRoute => "no route for this host and path",
+            HttpError::GatewayTimeout => "upstream timed out",
+            HttpError::ServiceUnavailable => "shutting down",
+        }
+    }
+
+    /// Whether framing may be in doubt afterwards, so the connection must close.
+    /// Errors raised after the body was fully read may keep it (`NoRoute` is
+    /// answered before the body, so the caller closes when a body is pending).
+    pub fn must_close(self) -> bool {
+        !matches!(
+            self,
+            HttpError::NoRoute | HttpError::BadGateway(_) | HttpError::GatewayTimeout
+        )
+    }
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status(), self.reason())
+    }
+}
+
+impl std::error::Error for HttpError {}

@@ -1,0 +1,110 @@
+//! Bytes portcullis writes itself: local error responses and the small pieces
+//! of heads it adds. Nothing here reads input.
+
+use crate::error::HttpError;
+
+/// Standard reason phrase for the statuses portcullis produces itself.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// Append a decimal number without allocating.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// A complete local error response. On an MCP route the body is a JSON-RPC
+/// error object (id null: the request was not answered by the server), else a
+/// short JSON object. `close` adds `Connection: close`.
+pub fn error_response(
+    out: &mut Vec<u8>,
+    err: HttpError,
+    mcp: bool,
+    request_id: &[u8],
+    close: bool,
+) {
+    let status = err.status();
+    let mut body = Vec::with_capacity(128);
+    if mcp {
+        body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":");
+        body.extend_from_slice(if status == 504 { b"-32001" } else { b"-32000" });
+        body.extend_from_slice(b",\"message\":\"");
+        body.extend_from_slice(err.reason().as_bytes());
+        body.extend_from_slice(b"\"}}");
+    } else {
+        body.extend_from_slice(b"{\"error\":{\"status\":");
+        push_u64(&mut body, u64::from(status));
+        body.extend_from_slice(b",\"message\":\"");
+        body.extend_from_slice(err.reason().as_bytes());
+        body.extend_from_slice(b"\"}}");
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(
+        b"\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: ",
+    );
+    push_u64(out, body.len() as u64);
+    if !request_id.is_empty() {
+        out.extend_from_slice(b"\r\nX-Request-Id: ");
+        out.extend_from_slice(request_id);
+    }
+    if close {
+        out.extend_from_slice(b"\r\nConnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_json() {
+        let mut out = Vec::new();
+        error_response(
+            &mut out,
+            HttpError::BadGateway("upstream refused"),
+            true,
+            b"abc",
+            false,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(head.contains("X-Request-Id: abc"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["message"], "upstream refused");
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+}

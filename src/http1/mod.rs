@@ -1,0 +1,58 @@
+//! HTTP/1.1 on the wire: strict request-head parsing and framing decisions
+//! (`parse`), the chunked body decoder (`chunked`), upstream response heads
+//! (`response`) and the bytes portcullis writes itself (`encode`).
+//!
+//! This module owns every framing decision. It must never guess: a message whose
+//! length two parties could read differently is rejected, never "repaired".
+
+pub mod chunked;
+pub mod encode;
+pub mod parse;
+pub mod response;
+
+pub use parse::{parse_request, Framing, Method, RequestHead};
+
+/// Whether `b` is an RFC 9110 `tchar`.
+#[inline]
+pub(crate) fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' |
+        b'^' | b'_' | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+/// Trim optional whitespace (SP / HTAB only; nothing else counts as OWS).
+#[inline]
+pub(crate) fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |p| p + 1);
+    &v[start..end]
+}
+
+/// Strict decimal Content-Length: 1 to 19 ASCII digits, nothing else.
+pub(crate) fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let v = trim_ows(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// The head of `buf` must use CRLF line endings only: no bare CR, no bare LF.
+pub(crate) fn has_bare_cr_or_lf(head: &[u8]) -> bool {
+    for i in memchr::memchr2_iter(b'\r', b'\n', head) {
+        match head[i] {
+            b'\r' if head.get(i + 1) != Some(&b'\n') => return true,
+            b'\n' if i == 0 || head[i - 1] != b'\r' => return true,
+            _ => {}
+        }
+    }
+    false
+}

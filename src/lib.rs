@@ -1,0 +1,18 @@
+//! portcullis: an identity-aware, zero-trust edge proxy for MCP servers.
+//!
+//! The request path is in [`pipeline`]; see ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http1;
+pub mod listener;
+pub mod mcp;
+pub mod pipeline;
+pub mod route;
+pub mod runtime;
+pub mod snapshot;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+pub mod worker;

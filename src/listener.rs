@@ -1,0 +1,115 @@
+//! Listening sockets: created once per worker with `SO_REUSEPORT` (so the
+//! kernel spreads connections across cores), accept loops that enforce the
+//! connection limit, TLS handshakes, and a task per connection.
+
+use crate::pipeline;
+use crate::snapshot::ListenerSpec;
+use crate::stream::ClientStream;
+use crate::worker::Worker;
+use monoio::io::CancelHandle;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One bound socket for one worker, not yet registered with a runtime.
+pub struct Bound {
+    pub socket: std::net::TcpListener,
+    pub address: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Bind `workers` sockets per listener, all on the same address. A port of 0
+/// is resolved by the first bind and reused by the others.
+pub fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<Vec<Bound>>> {
+    let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
+    for spec in specs {
+        let mut addr = spec.address;
+        for bound in per_worker.iter_mut() {
+            let socket = bind_one(addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            addr = socket.local_addr()?;
+            bound.push(Bound {
+                socket,
+                address: addr,
+                tls: spec.tls.clone(),
+            });
+        }
+    }
+    Ok(per_worker)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Decrements the open-connection count when a connection ends.
+struct ConnectionSlot(Rc<Worker>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accept connections until cancelled (shutdown), one task per connection.
+pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle) {
+    let listener = match monoio::net::TcpListener::from_std(bound.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(address = %bound.address, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let acceptor = bound.tls.map(monoio_rustls::TlsAcceptor::from);
+    loop {
+        let (tcp, peer) = match listener.cancelable_accept(cancel.clone()).await {
+            Ok(c) => c,
+            Err(_) if worker.shared.shutting_down() => break,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(address = %bound.address, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let snap = worker.snapshot();
+        let open = worker.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = ConnectionSlot(worker.clone());
+        if open > snap.limits.max_connections {
+            tracing::debug!(%peer, open, "connection limit reached, closing");
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let handshake_timeout = snap.limits.header_timeout.0;
+        let acceptor = acceptor.clone();
+        let worker = worker.clone();
+        monoio::spawn(async move {
+            let _slot = slot;
+            let client = match acceptor {
+                None => ClientStream::Plain(tcp),
+                Some(acceptor) => {
+                    match monoio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            pipeline::serve(worker, client, peer).await;
+        });
+    }
+}

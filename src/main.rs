@@ -1,0 +1,161 @@
+//! The `portcullis` command: parse arguments, load and compile the
+//! configuration, run. No proxy logic lives here.
+
+use clap::{Parser, Subcommand};
+use portcullis::{demo, runtime, snapshot};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An identity-aware, zero-trust edge proxy for MCP servers",
+    after_help = "Examples:
+  portcullis demo                          # a demo MCP server behind portcullis on 127.0.0.1:8080
+  portcullis check -c config/portcullis.yaml
+  portcullis run -c config/portcullis.yaml
+
+Logging: PORTCULLIS_LOG=debug (or any tracing filter, e.g. portcullis=debug)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    #[command(after_help = "Example:\n  portcullis run -c config/portcullis.yaml")]
+    Run {
+        /// The YAML configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and summarize it; every error is printed
+    /// with its file, line and column, and the exit code is non-zero.
+    #[command(after_help = "Example:\n  portcullis check -c config/portcullis.yaml")]
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start a small built-in MCP server on loopback with portcullis in front.
+    #[command(after_help = "Example:\n  portcullis demo --listen 127.0.0.1:8080")]
+    Demo {
+        /// Where portcullis listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Check { config } => match snapshot::load(&config) {
+            Ok(snap) => {
+                println!("{}: OK", config.display());
+                println!("workers: {}", snap.workers);
+                for l in &snap.listeners {
+                    println!(
+                        "listen: {}{}",
+                        l.address,
+                        if l.tls.is_some() { " (tls)" } else { "" }
+                    );
+                }
+                for r in snap.routes.all() {
+                    println!(
+                        "route {}: {} -> {}{}",
+                        r.name,
+                        r.public,
+                        r.upstream,
+                        if r.mcp { " (mcp)" } else { "" }
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("error: {e}");
+                }
+                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => match snapshot::load(&config) {
+            Ok(snap) => run(snap),
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("error: {e}");
+                }
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo { listen } => {
+            let upstream = match demo::start_server() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("error: cannot start the demo MCP server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let text = demo::config_text(listen, upstream);
+            let snap = match snapshot::from_text(&text, std::path::Path::new("<demo>")) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let running = match runtime::start(snap) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let url = format!("http://{}/mcp", running.addresses[0]);
+            println!("portcullis demo is running.");
+            println!("  MCP endpoint (through portcullis): {url}");
+            println!("  demo MCP server (upstream):        http://{upstream}/mcp");
+            println!();
+            println!("Try it:");
+            println!(
+                "  curl -s {url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"add\",\"arguments\":{{\"a\":2,\"b\":3}}}}}}'"
+            );
+            println!("  npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list");
+            println!();
+            println!("Press Ctrl-C to stop.");
+            finish(runtime::run_until_signal(running))
+        }
+    }
+}
+
+fn run(snap: snapshot::Snapshot) -> ExitCode {
+    match runtime::start(snap) {
+        Ok(running) => finish(runtime::run_until_signal(running)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn finish(r: std::io::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Rewriting the first event of a legacy (2024-11-05) SSE stream: `event:
+//! endpoint` whose data is the POST URL on the upstream. Everything after the
+//! first event passes through byte-exact; nothing is held back longer than the
+//! first event (or `MAX_FIRST_EVENT` bytes).
+
+use crate::route::Route;
+
+const MAX_FIRST_EVENT: usize = 8 * 1024;
+
+#[derive(Default)]
+pub struct EndpointRewriter {
+    pending: Vec<u8>,
+    done: bool,
+}
+
+impl EndpointRewriter {
+    /// Feed body bytes; append what may be sent now to `out`.
+    pub fn feed(&mut self, route: &Route, data: &[u8], out: &mut Vec<u8>) {
+        if self.done {
+            out.extend_from_slice(data);
+            return;
+        }
+        self.pending.extend_from_slice(data);
+        let Some(end) = event_end(&self.pending) else {
+            if self.pending.len() > MAX_FIRST_EVENT {
+                self.done = true;
+                out.append(&mut self.pending);
+            }
+            return;
+        };
+        self.done = true;
+        let (event, rest) = self.pending.split_at(end);
+        match rewrite_event(route, event) {
+            Some(new) => out.extend_from_slice(&new),
+            None => out.extend_from_slice(event),
+        }
+        out.extend_from_slice(rest);
+        self.pending = Vec::new();
+    }
+
+    /// Whatever is still held at end of stream.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.done = true;
+        out.append(&mut self.pending);
+    }
+}
+
+/// End of the first event (index just past its blank line).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        // A line ends at CRLF, LF or CR; an empty line ends the event.
+        let line_end = buf[i..].iter().position(|&b| b == b'\n' || b == b'\r')? + i;
+        let next = if buf[line_end] == b'\r' && buf.get(line_end + 1) == Some(&b'\n') {
+            line_end + 2
+        } else if buf[line_end] == b'\r' && line_end + 1 == buf.len() {
+            return None; // CR at the end: wait to see whether LF follows
+        } else {
+            line_end + 1
+        };
+        if line_end == i {
+            return Some(next);
+        }
+        i = next;
+    }
+    None
+}
+
+fn rewrite_event(route: &Route, event: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(event).ok()?;
+    let is_endpoint = text.lines().any(|l| field(l, "event") == Some("endpoint"));
+    if !is_endpoint {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 32);
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        match field(bare, "data") {
+            Some(url) => {
+                let rewritten = rewrite_url(route, url)?;
+                out.push_str("data: ");
+                out.push_str(&rewritten);
+                out.push_str(&line[bare.len()..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    Some(out.into_bytes())
+}
+
+/// `field: value` → value (one optional space after the colon, as SSE says).
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let v = line.strip_prefix(name)?.strip_prefix(':')?;
+    Some(v.strip_prefix(' ').unwrap_or(v))
+}
+
+/// A path (or an absolute URL on the upstream) mapped to the public URL space.
+fn rewrite_url(route: &Route, url: &str) -> Option<String> {
+    if url.starts_with('/') {
+        return route.public_path(url);
+    }
+    let upstream_base = format!(
+        "{}://{}",
+        route.upstream.scheme(),
+        route.upstream.authority()
+    );
+    let path = url.strip_prefix(&upstream_base)?;
+    let public = route.public_path(path)?;
+    Some(format!(
+        "{}://{}{}",
+        route.public.scheme(),
+        route.public.authority(),
+        public
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Url;
+
+    fn route() -> Route {
+        let public = Url::parse("https://mcp.example.com/legacy").unwrap();
+        let upstream = Url::parse("http://127.0.0.1:9000/").unwrap();
+        Route {
+            index: 0,
+            name: "l".into(),
+            upstream_authority: upstream.authority(),
+            public,
+            upstream,
+            upstream_addrs: vec![],
+            pool_key: String::new(),
+            mcp: true,
+        }
+    }
+
+    fn run(parts: &[&[u8]]) -> Vec<u8> {
+        let r = route();
+        let mut rw = EndpointRewriter::default();
+        let mut out = Vec::new();
+        for p in parts {
+            rw.feed(&r, p, &mut out);
+        }
+        rw.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn rewrites_the_endpoint_event_in_any_split() {
+        let input: &[u8] = b"event: endpoint\r\ndata: /messages/?session_id=abc\r\n\r\n: ping\r\n\r\nevent: message\r\ndata: {}\r\n\r\n";
+        let want: &[u8] = b"event: endpoint\r\ndata: /legacy/messages/?session_id=abc\r\n\r\n: ping\r\n\r\nevent: message\r\ndata: {}\r\n\r\n";
+        assert_eq!(run(&[input]), want);
+        for split in 1..input.len() {
+            assert_eq!(
+                run(&[&input[..split], &input[split..]]),
+                want,
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn rewrites_absolute_urls_and_leaves_others() {
+        assert_eq!(
+            run(&[b"event:endpoint\ndata:http://127.0.0.1:9000/messages?s=1\n\n"]),
+            b"event:endpoint\ndata: https://mcp.example.com/legacy/messages?s=1\n\n"
+        );
+        let other: &[u8] = b"event: message\ndata: /messages\n\n";
+        assert_eq!(run(&[other]), other);
+        let foreign: &[u8] = b"event: endpoint\ndata: http://elsewhere/messages\n\n";
+        assert_eq!(run(&[foreign]), foreign);
+    }
+}

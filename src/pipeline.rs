@@ -1,0 +1,401 @@
+//! The request path, stage by stage, for one client connection:
+//!
+//! ```text
+//! wait_for_request ─► read_head (httparse + framing) ─► request::prepare (route,
+//! headers) ─► send_request (pooled upstream, body streamed) ─► relay::response
+//! (head + body streamed, SSE event by event) ─► keep-alive or close
+//! ```
+//!
+//! Every local answer goes through `reject`. Every timeout closes the
+//! connection, so a dropped in-flight read never loses request bytes.
+
+use crate::error::HttpError;
+use crate::http1::chunked::{decode_all, encode_chunk, ChunkedDecoder, LAST_CHUNK};
+use crate::http1::encode::error_response;
+use crate::http1::{parse_request, Framing};
+use crate::snapshot::Snapshot;
+use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
+use crate::upstream::request::{prepare, Reject, Request};
+use crate::upstream::{connect, relay};
+use crate::worker::Worker;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::time::timeout;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Upper bound on header fields httparse is given room for.
+pub const MAX_HEADERS: usize = 256;
+
+/// Buffers and facts of one client connection, reused across its requests.
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Bytes read from the client and not yet consumed.
+    pub buf: Vec<u8>,
+    /// The upstream request being built / sent.
+    pub up: Vec<u8>,
+    /// Bytes read from the upstream.
+    pub ubuf: Vec<u8>,
+    /// Bytes being written to the client.
+    pub out: Vec<u8>,
+    pub served: u64,
+}
+
+/// What happens to the connection after an exchange.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Counts a request as in flight (graceful shutdown waits for these).
+struct InFlight<'a>(&'a Worker);
+
+impl<'a> InFlight<'a> {
+    fn enter(w: &'a Worker) -> Self {
+        w.in_flight.set(w.in_flight.get() + 1);
+        InFlight(w)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}
+
+/// Serve one client connection until it closes, errs, idles out or the
+/// worker shuts down.
+pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAddr) {
+    let tls = client.is_tls();
+    let mut conn = Conn {
+        peer,
+        tls,
+        buf: Vec::with_capacity(4096),
+        up: Vec::new(),
+        ubuf: Vec::new(),
+        out: Vec::new(),
+        served: 0,
+    };
+    loop {
+        let snap = worker.snapshot();
+        if !wait_for_request(&snap, &mut client, &mut conn).await {
+            break;
+        }
+        let next = {
+            let _busy = InFlight::enter(&worker);
+            exchange(&worker, &snap, &mut client, &mut conn).await
+        };
+        conn.served += 1;
+        if next == Next::Close || worker.shared.shutting_down() {
+            break;
+        }
+    }
+    let _ = client.shutdown().await;
+}
+
+/// Wait for the first byte of the next request: `header_timeout` on a fresh
+/// connection, `idle_timeout` between keep-alive requests.
+async fn wait_for_request(snap: &Snapshot, client: &mut ClientStream, conn: &mut Conn) -> bool {
+    if !conn.buf.is_empty() {
+        return true;
+    }
+    let wait = if conn.served == 0 {
+        snap.limits.header_timeout.0
+    } else {
+        snap.limits.idle_timeout.0
+    };
+    matches!(timeout(wait, read_more(client, &mut conn.buf, snap.limits.max_header_bytes + 1)).await, Ok(Ok(n)) if n > 0)
+}
+
+/// One request/response exchange.
+async fn exchange(
+    worker: &Worker,
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+) -> Next {
+    let req = match read_head(worker, snap, client, conn).await {
+        Ok(req) => req,
+        Err(None) => return Next::Close,
+        Err(Some(rej)) => return reject(client, conn, rej).await,
+    };
+    let route = snap.routes.get(req.route);
+    let upstream = match send_request(worker, snap, client, conn, &req).await {
+        Ok(u) => u,
+        Err(Some(err)) => {
+            let close = err.must_close() || !req.keep_alive || req.framing != Framing::None;
+            return reject(
+                client,
+                conn,
+                Reject {
+                    err,
+                    mcp: req.mcp,
+                    close,
+                    id: req.id,
+                },
+            )
+            .await;
+        }
+        Err(None) => return Next::Close,
+    };
+    match relay::response(worker, snap, route, &req, client, upstream, conn).await {
+        Ok(next) => next,
+        Err(Some(err)) => {
+            reject(
+                client,
+                conn,
+                Reject {
+                    err,
+                    mcp: req.mcp,
+                    close: true,
+                    id: req.id,
+                },
+            )
+            .await
+        }
+        Err(None) => Next::Close,
+    }
+}
+
+/// Read until a complete head is parsed, then prepare the upstream request.
+/// `Err(None)`: the client went away, close without an answer.
+async fn read_head(
+    worker: &Worker,
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+) -> Result<Request, Option<Reject>> {
+    let deadline = Instant::now() + snap.limits.header_timeout.0;
+    let local = |err: HttpError| {
+        Some(Reject {
+            err,
+            mcp: false,
+            close: true,
+            id: Default::default(),
+        })
+    };
+    loop {
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let n = snap.head_limits.max_headers.clamp(1, MAX_HEADERS);
+            match parse_request(&conn.buf, &mut headers[..n], &snap.head_limits) {
+                Ok(Some(head)) => Some((
+                    prepare(worker, snap, &head, conn.peer, conn.tls, &mut conn.up),
+                    head.head_len,
+                )),
+                Ok(None) => None,
+                Err(e) => return Err(local(e)),
+            }
+        };
+        if let Some((prepared, head_len)) = parsed {
+            // The head is consumed whatever the outcome: a request answered
+            // locally on a kept-alive connection must not be read again.
+            conn.buf.drain(..head_len);
+            return prepared.map_err(Some);
+        }
+        let max = snap.limits.max_header_bytes + 1;
+        match monoio::time::timeout_at(deadline.into(), read_more(client, &mut conn.buf, max)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(local(HttpError::RequestTimeout)),
+        }
+    }
+}
+
+/// Answer locally; close when framing is in doubt or the error requires it.
+pub async fn reject(client: &mut ClientStream, conn: &mut Conn, rej: Reject) -> Next {
+    conn.out.clear();
+    error_response(
+        &mut conn.out,
+        rej.err,
+        rej.mcp,
+        rej.id.as_bytes(),
+        rej.close,
+    );
+    if rej.err.status() >= 500 {
+        tracing::warn!(peer = %conn.peer, status = rej.err.status(), reason = rej.err.reason(), "request failed");
+    } else {
+        tracing::debug!(peer = %conn.peer, status = rej.err.status(), reason = rej.err.reason(), "request rejected");
+    }
+    let _ = write_all(client, &mut conn.out).await;
+    if rej.close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// Frame the request body for the upstream, connect (pooled or new) and send
+/// head and body. A request held whole in memory is retried once on a fresh
+/// connection when a pooled one turns out to be dead before any answer.
+async fn send_request(
+    worker: &Worker,
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+    req: &Request,
+) -> Result<UpstreamStream, Option<HttpError>> {
+    let route = snap.routes.get(req.route);
+    let max_body = snap.limits.max_body_bytes;
+    // `streaming`: how much of the body must still come from the client.
+    let streaming = match req.framing {
+        Framing::None => {
+            conn.up.extend_from_slice(b"\r\n");
+            None
+        }
+        Framing::Length(n) if conn.buf.len() as u64 >= n => {
+            let n = n as usize;
+            push_length(&mut conn.up, n as u64);
+            conn.up.extend_from_slice(&conn.buf[..n]);
+            conn.buf.drain(..n);
+            None
+        }
+        Framing::Length(n) => {
+            push_length(&mut conn.up, n);
+            Some(Framing::Length(n))
+        }
+        Framing::Chunked => match decode_all(&conn.buf) {
+            Ok(Some((data, used))) if data.len() as u64 <= max_body => {
+                push_length(&mut conn.up, data.len() as u64);
+                conn.up.extend_from_slice(&data);
+                conn.buf.drain(..used);
+                None
+            }
+            Ok(Some(_)) => return Err(Some(HttpError::PayloadTooLarge)),
+            Ok(None) => {
+                conn.up
+                    .extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                Some(Framing::Chunked)
+            }
+            Err(e) => return Err(Some(HttpError::BadRequest(e.reason()))),
+        },
+    };
+    let settings = &snap.upstream;
+    let mut pooled = worker
+        .pool
+        .take(&route.pool_key, settings.pool_idle_timeout);
+    loop {
+        let reused = pooled.is_some();
+        let mut upstream = match pooled.take() {
+            Some(u) => u,
+            None => connect(route, settings).await.map_err(Some)?,
+        };
+        let head = std::mem::take(&mut conn.up);
+        let (res, head) = upstream.write_all(head).await;
+        conn.up = head;
+        if res.is_err() {
+            if reused && streaming.is_none() {
+                continue;
+            }
+            return Err(Some(HttpError::BadGateway(
+                "upstream closed the connection",
+            )));
+        }
+        if let Some(framing) = streaming {
+            stream_body(snap, client, &mut upstream, conn, req, framing).await?;
+        } else if reused {
+            // Make sure a pooled connection is alive before committing to it:
+            // a dead one shows as EOF/reset on the first read.
+            conn.ubuf.clear();
+            let got = timeout(
+                settings.response_header_timeout,
+                read_more(&mut upstream, &mut conn.ubuf, 64 * 1024),
+            )
+            .await;
+            match got {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => continue,
+                Err(_) => return Err(Some(HttpError::GatewayTimeout)),
+            }
+            conn.up.clear();
+            return Ok(upstream);
+        }
+        conn.up.clear();
+        conn.ubuf.clear();
+        return Ok(upstream);
+    }
+}
+
+fn push_length(up: &mut Vec<u8>, n: u64) {
+    up.extend_from_slice(b"Content-Length: ");
+    crate::http1::encode::push_u64(up, n);
+    up.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Stream the rest of a request body from the client to the upstream,
+/// re-framing chunked bodies, enforcing the body limit and body timeout.
+async fn stream_body(
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    upstream: &mut UpstreamStream,
+    conn: &mut Conn,
+    req: &Request,
+    framing: Framing,
+) -> Result<(), Option<HttpError>> {
+    if req.expect_continue {
+        let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        write_all(client, &mut cont).await.map_err(|_| None)?;
+    }
+    let limit = snap.limits.max_body_bytes;
+    let mut decoder = ChunkedDecoder::new();
+    let mut remaining = if let Framing::Length(n) = framing {
+        n
+    } else {
+        0
+    };
+    let mut total = 0u64;
+    let mut chunk = Vec::with_capacity(16 * 1024);
+    loop {
+        // Forward what the buffer holds.
+        chunk.clear();
+        let mut done = false;
+        if framing == Framing::Chunked {
+            let mut pos = 0;
+            while pos < conn.buf.len() {
+                let p = decoder
+                    .decode(&conn.buf[pos..])
+                    .map_err(|e| Some(HttpError::BadRequest(e.reason())))?;
+                encode_chunk(&mut chunk, &conn.buf[pos + p.data.start..pos + p.data.end]);
+                total += p.data.len() as u64;
+                pos += p.consumed;
+                if p.done {
+                    chunk.extend_from_slice(LAST_CHUNK);
+                    done = true;
+                    break;
+                }
+            }
+            conn.buf.drain(..pos);
+        } else {
+            let take = (conn.buf.len() as u64).min(remaining) as usize;
+            chunk.extend_from_slice(&conn.buf[..take]);
+            conn.buf.drain(..take);
+            remaining -= take as u64;
+            total += take as u64;
+            done = remaining == 0;
+        }
+        if total > limit {
+            return Err(Some(HttpError::PayloadTooLarge));
+        }
+        if !chunk.is_empty() {
+            write_all(upstream, &mut chunk)
+                .await
+                .map_err(|_| Some(HttpError::BadGateway("upstream closed the connection")))?;
+        }
+        if done {
+            return Ok(());
+        }
+        match timeout(
+            snap.limits.body_timeout.0,
+            read_more(client, &mut conn.buf, 64 * 1024),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(None),
+            Err(_) => return Err(Some(HttpError::RequestTimeout)),
+        }
+    }
+}

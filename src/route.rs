@@ -1,0 +1,232 @@
+//! Routes: which upstream serves a request, by scheme, Host (exact,
+//! port-aware) and longest path prefix, and how its path is rewritten.
+//! A request that matches no route gets 404: there is no default route.
+
+use crate::config::{split_host_port, Url};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+#[derive(Debug)]
+pub struct Route {
+    pub index: usize,
+    pub name: String,
+    /// The public URL (what clients use; also the token audience later).
+    pub public: Url,
+    pub upstream: Url,
+    /// Host header value sent upstream.
+    pub upstream_authority: String,
+    /// Resolved upstream addresses (resolved at config load).
+    pub upstream_addrs: Vec<SocketAddr>,
+    /// Key of this upstream in the per-core connection pool.
+    pub pool_key: String,
+    pub mcp: bool,
+}
+
+impl Route {
+    /// Whether this route's public prefix covers `path` on a segment boundary.
+    pub fn matches_path(&self, path: &str) -> bool {
+        let prefix = self.public.path.as_str();
+        prefix == "/"
+            || (path.starts_with(prefix)
+                && matches!(
+                    path.as_bytes().get(prefix.len()),
+                    None | Some(b'/') | Some(b'?')
+                ))
+    }
+
+    /// Append the upstream path for public `path` to `out`.
+    pub fn rewrite_path(&self, path: &str, out: &mut Vec<u8>) {
+        let rest = if self.public.path == "/" {
+            path
+        } else {
+            &path[self.public.path.len()..]
+        };
+        let to = self.upstream.path.as_str();
+        if to == "/" {
+            if !rest.starts_with('/') {
+                out.push(b'/');
+            }
+        } else {
+            out.extend_from_slice(to.as_bytes());
+        }
+        out.extend_from_slice(rest.as_bytes());
+    }
+
+    /// The public path for an upstream `path`, if it lies under the upstream
+    /// prefix (used to rewrite the legacy SSE `endpoint` event).
+    pub fn public_path(&self, upstream_path: &str) -> Option<String> {
+        let to = self.upstream.path.as_str();
+        let rest = if to == "/" {
+            if !upstream_path.starts_with('/') {
+                return None;
+            }
+            if upstream_path == "/" {
+                ""
+            } else {
+                upstream_path
+            }
+        } else {
+            let r = upstream_path.strip_prefix(to)?;
+            if !(r.is_empty() || r.starts_with('/') || r.starts_with('?')) {
+                return None;
+            }
+            r
+        };
+        let from = self.public.path.as_str();
+        Some(if from == "/" {
+            if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            }
+        } else {
+            format!("{from}{rest}")
+        })
+    }
+}
+
+/// Routes indexed by lower-case host name; each list is sorted by prefix
+/// length, longest first, and filtered by scheme and port at lookup.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    by_host: HashMap<String, Vec<usize>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        for r in &routes {
+            by_host
+                .entry(r.public.host.clone())
+                .or_default()
+                .push(r.index);
+        }
+        for list in by_host.values_mut() {
+            list.sort_by_key(|&i| std::cmp::Reverse(routes[i].public.path.len()));
+        }
+        RouteTable { routes, by_host }
+    }
+
+    pub fn all(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn get(&self, index: usize) -> &Route {
+        &self.routes[index]
+    }
+
+    /// The route for a request that arrived on a TLS (or plain) listener with
+    /// this Host header and path.
+    pub fn resolve(&self, tls: bool, host: &str, path: &str) -> Option<&Route> {
+        let (name, port) = split_host_port(host)?;
+        let port = port.unwrap_or(if tls { 443 } else { 80 });
+        let mut lower = [0u8; 256];
+        let name = name.as_bytes();
+        if name.len() > lower.len() {
+            return None;
+        }
+        for (d, s) in lower.iter_mut().zip(name) {
+            *d = s.to_ascii_lowercase();
+        }
+        let name = std::str::from_utf8(&lower[..name.len()]).ok()?;
+        self.by_host
+            .get(name)?
+            .iter()
+            .map(|&i| &self.routes[i])
+            .find(|r| r.public.tls == tls && r.public.port == port && r.matches_path(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(index: usize, from: &str, to: &str) -> Route {
+        let public = Url::parse(from).unwrap();
+        let upstream = Url::parse(to).unwrap();
+        Route {
+            index,
+            name: format!("r{index}"),
+            upstream_authority: upstream.authority(),
+            public,
+            upstream,
+            upstream_addrs: vec![],
+            pool_key: String::new(),
+            mcp: true,
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(vec![
+            route(0, "http://127.0.0.1:8080/mcp", "http://127.0.0.1:9000/mcp"),
+            route(
+                1,
+                "http://127.0.0.1:8080/mcp/admin",
+                "http://127.0.0.1:9001/",
+            ),
+            route(
+                2,
+                "https://mcp.example.com/github",
+                "http://127.0.0.1:9002/v1/mcp",
+            ),
+            route(3, "http://other.example:80/", "http://127.0.0.1:9003/"),
+        ])
+    }
+
+    #[test]
+    fn resolves_by_host_port_and_longest_prefix() {
+        let t = table();
+        let r = |tls, host, path| t.resolve(tls, host, path).map(|r| r.index);
+        assert_eq!(r(false, "127.0.0.1:8080", "/mcp"), Some(0));
+        assert_eq!(r(false, "127.0.0.1:8080", "/mcp?x=1"), Some(0));
+        assert_eq!(r(false, "127.0.0.1:8080", "/mcp/admin/x"), Some(1));
+        assert_eq!(r(false, "127.0.0.1:8080", "/mcpx"), None);
+        assert_eq!(r(false, "127.0.0.1:8080", "/"), None);
+        assert_eq!(r(false, "127.0.0.1", "/mcp"), None, "port-aware");
+        assert_eq!(r(false, "127.0.0.1:8081", "/mcp"), None);
+        assert_eq!(r(true, "MCP.Example.com", "/github/x"), Some(2));
+        assert_eq!(r(true, "mcp.example.com:443", "/github"), Some(2));
+        assert_eq!(r(false, "mcp.example.com", "/github"), None, "scheme-aware");
+        assert_eq!(r(false, "other.example", "/anything"), Some(3));
+        assert_eq!(r(false, "unknown.example", "/mcp"), None);
+        assert_eq!(r(false, "bad host", "/mcp"), None);
+    }
+
+    #[test]
+    fn rewrites_paths() {
+        let t = table();
+        let rw = |i: usize, p: &str| {
+            let mut out = Vec::new();
+            t.get(i).rewrite_path(p, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(rw(0, "/mcp"), "/mcp");
+        assert_eq!(rw(0, "/mcp?a=b"), "/mcp?a=b");
+        assert_eq!(rw(1, "/mcp/admin"), "/");
+        assert_eq!(rw(1, "/mcp/admin/x?y"), "/x?y");
+        assert_eq!(rw(1, "/mcp/admin?y"), "/?y");
+        assert_eq!(rw(2, "/github/messages"), "/v1/mcp/messages");
+        assert_eq!(rw(3, "/a/b"), "/a/b");
+    }
+
+    #[test]
+    fn maps_upstream_paths_back() {
+        let t = table();
+        assert_eq!(
+            t.get(2)
+                .public_path("/v1/mcp/messages/?session_id=1")
+                .as_deref(),
+            Some("/github/messages/?session_id=1")
+        );
+        assert_eq!(t.get(2).public_path("/elsewhere"), None);
+        assert_eq!(
+            t.get(1).public_path("/messages/?s=1").as_deref(),
+            Some("/mcp/admin/messages/?s=1")
+        );
+        assert_eq!(
+            t.get(3).public_path("/messages").as_deref(),
+            Some("/messages")
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! Threads and runtimes: one OS thread per worker, each with its own monoio
+//! runtime (io_uring with the configured ring flags, or epoll where io_uring
+//! is unavailable: the choice is logged), optional CPU pinning, and graceful
+//! shutdown on SIGTERM/SIGINT.
+
+use crate::config::{Driver, RuntimeConfig};
+use crate::listener::{self, Bound};
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::worker::{Shared, Worker};
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A started proxy: its workers' threads and what they share.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub snapshot: SharedSnapshot,
+    /// The addresses actually listened on (ports of 0 resolved).
+    pub addresses: Vec<std::net::SocketAddr>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Ask the workers to stop accepting and finish in-flight requests.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until every worker has stopped.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Bind every listener and start the workers.
+pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
+    let workers = snapshot.workers;
+    let bound = listener::bind_all(&snapshot.listeners, workers)?;
+    let addresses: Vec<_> = bound
+        .first()
+        .map(|b| b.iter().map(|l| l.address).collect())
+        .unwrap_or_default();
+    for (spec, addr) in snapshot.listeners.iter().zip(&addresses) {
+        tracing::info!(address = %addr, tls = spec.tls.is_some(), "listening");
+    }
+    let pin = snapshot.pin_workers;
+    let shared = Arc::new(Shared::default());
+    let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = Vec::with_capacity(workers);
+    for (id, listeners) in bound.into_iter().enumerate() {
+        let shared = shared.clone();
+        let snapshot = snapshot.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("portcullis-w{id}"))
+            .spawn(move || {
+                if pin {
+                    if let Err(e) = monoio::utils::bind_to_cpu_set([id % cpus]) {
+                        tracing::warn!(worker = id, error = ?e, "cannot pin worker to CPU");
+                    }
+                }
+                let config = &snapshot.load().runtime;
+                let (ring, entries) = (ring_builder(config), config.ring_entries);
+                let driver = config.driver;
+                run_on_runtime(id, driver, ring, entries, move || {
+                    worker_main(id, shared, snapshot, listeners)
+                });
+            })?;
+        threads.push(t);
+    }
+    Ok(Running {
+        shared,
+        snapshot,
+        addresses,
+        threads,
+    })
+}
+
+fn ring_builder(config: &RuntimeConfig) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if config.coop_taskrun {
+        b.setup_coop_taskrun();
+    }
+    if config.single_issuer {
+        b.setup_single_issuer();
+    }
+    if config.defer_taskrun {
+        b.setup_defer_taskrun();
+    }
+    b
+}
+
+fn ring_flags(config: &RuntimeConfig) -> String {
+    let flags: Vec<&str> = [
+        (config.coop_taskrun, "coop_taskrun"),
+        (config.single_issuer, "single_issuer"),
+        (config.defer_taskrun, "defer_taskrun"),
+    ]
+    .iter()
+    .filter(|f| f.0)
+    .map(|f| f.1)
+    .collect();
+    if flags.is_empty() {
+        "none".into()
+    } else {
+        flags.join(",")
+    }
+}
+
+/// Build the configured runtime on this thread and run `main` on it; fall back
+/// to epoll when io_uring cannot be set up.
+fn run_on_runtime<F, Fut>(id: usize, driver: Driver, ring: io_uring::Builder, entries: u32, main: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let want_uring = match driver {
+        Driver::Epoll => false,
+        Driver::IoUring => true,
+        Driver::Auto => monoio::utils::detect_uring(),
+    };
+    if want_uring {
+        let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .uring_builder(ring)
+            .enable_timer()
+            .build();
+        match rt {
+            Ok(mut rt) => {
+                tracing::info!(worker = id, driver = "io_uring", entries, "worker started");
+                rt.block_on(main());
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(worker = id, error = %e, "io_uring unavailable, falling back to epoll")
+            }
+        }
+    } else if driver == Driver::Auto {
+        tracing::warn!(
+            worker = id,
+            "io_uring not available on this system, using epoll"
+        );
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            tracing::info!(worker = id, driver = "epoll", "worker started");
+            rt.block_on(main());
+        }
+        Err(e) => tracing::error!(worker = id, error = %e, "cannot build a runtime"),
+    }
+}
+
+async fn worker_main(
+    id: usize,
+    shared: Arc<Shared>,
+    snapshot: SharedSnapshot,
+    listeners: Vec<Bound>,
+) {
+    if id == 0 {
+        let cfg = &snapshot.load().runtime;
+        tracing::info!(ring_flags = %ring_flags(cfg), ring_entries = cfg.ring_entries, "io_uring ring options");
+    }
+    let worker = Rc::new(Worker::new(id, shared.clone(), snapshot));
+    let canceller = monoio::io::Canceller::new();
+    let mut accepts = Vec::new();
+    for bound in listeners {
+        accepts.push(monoio::spawn(listener::accept_loop(
+            worker.clone(),
+            bound,
+            canceller.handle(),
+        )));
+    }
+    let mut ticks = 0u64;
+    while !shared.shutting_down() {
+        monoio::time::sleep(Duration::from_millis(100)).await;
+        ticks += 1;
+        if ticks % 10 == 0 {
+            worker
+                .pool
+                .sweep(worker.snapshot().upstream.pool_idle_timeout);
+        }
+    }
+    // Stop accepting, then let in-flight requests finish up to the deadline.
+    let _ = canceller.cancel();
+    for a in accepts {
+        a.await;
+    }
+    let deadline = Instant::now() + worker.snapshot().shutdown_timeout;
+    while worker.in_flight.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if worker.in_flight.get() > 0 {
+        tracing::warn!(
+            worker = id,
+            in_flight = worker.in_flight.get(),
+            "shutdown deadline reached, closing"
+        );
+    }
+    tracing::info!(worker = id, "worker stopped");
+}
+
+/// Run until SIGTERM or SIGINT, then shut down gracefully. A second signal
+/// exits at once.
+pub fn run_until_signal(running: Running) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let shared = running.shared.clone();
+    std::thread::Builder::new()
+        .name("portcullis-signals".into())
+        .spawn(move || {
+            let mut first = true;
+            for sig in signals.forever() {
+                if first {
+                    tracing::info!(
+                        signal = sig,
+                        "shutting down: no new connections, finishing in-flight requests"
+                    );
+                    shared.shutdown.store(true, Ordering::SeqCst);
+                    first = false;
+                } else {
+                    tracing::warn!(signal = sig, "second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        })?;
+    running.join();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! `compile(config) -> Snapshot`: everything a request needs, checked and
+//! prepared once (routes, resolved upstreams, TLS configs, limits). A request
+//! loads the current snapshot once and uses it to the end; a reload (later)
+//! swaps the whole snapshot through the one `ArcSwap`.
+
+use crate::config::{self, Config, ConfigError, ConfigErrors, Limits, RuntimeConfig};
+use crate::http1::parse::HeadLimits;
+use crate::route::{Route, RouteTable};
+use crate::tls;
+use arc_swap::ArcSwap;
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The one shared, atomically replaceable snapshot.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+pub struct ListenerSpec {
+    pub address: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub read_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+pub struct Snapshot {
+    pub routes: RouteTable,
+    pub limits: Limits,
+    pub head_limits: HeadLimits,
+    pub upstream: UpstreamSettings,
+    pub listeners: Vec<ListenerSpec>,
+    pub workers: usize,
+    pub pin_workers: bool,
+    pub runtime: RuntimeConfig,
+    pub shutdown_timeout: Duration,
+}
+
+/// Check and compile a parsed configuration. Every problem found is reported,
+/// located in `file` (whose text is `text`) where possible.
+pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, ConfigErrors> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut errs = Errors {
+        text,
+        file,
+        list: Vec::new(),
+    };
+    if config.listen.is_empty() {
+        errs.at0("listen", "", "at least one listener is required".into());
+    }
+    let mut seen_addr = HashSet::new();
+    let mut cert_index = 0usize;
+    let mut listeners = Vec::new();
+    for l in &config.listen {
+        let addr = l.address.to_string();
+        if !seen_addr.insert(l.address) {
+            errs.at0("address", &addr, format!("listener {addr} is listed twice"));
+        }
+        let tls = match &l.tls {
+            None => None,
+            Some(t) if t.certificates.is_empty() => {
+                errs.at0(
+                    "address",
+                    &addr,
+                    format!("listener {addr}: tls needs at least one certificate"),
+                );
+                None
+            }
+            Some(t) => {
+                let mut keys = Vec::new();
+                for c in &t.certificates {
+                    cert_index += 1;
+                    let cert_index = cert_index - 1;
+                    let (cert, key) = (base.join(&c.cert_file.0), base.join(&c.key_file.0));
+                    match tls::load_certified_key(&cert, &key) {
+                        Ok(k) => keys.push(k),
+                        Err(e) => {
+                            errs.at("cert_file", "", cert_index, format!("listener {addr}: {e}"))
+                        }
+                    }
+                }
+                if keys.len() == t.certificates.len() {
+                    match tls::server_config(keys) {
+                        Ok(cfg) => Some(cfg),
+                        Err(e) => {
+                            errs.at0("address", &addr, format!("listener {addr}: {e}"));
+                            None
+                        }
+                    }
+                } else {
+                    None
+                }
+            }
+        };
+        listeners.push(ListenerSpec {
+            address: l.address,
+            tls,
+        });
+    }
+    let has_plain = config.listen.iter().any(|l| l.tls.is_none());
+    let has_tls = config.listen.iter().any(|l| l.tls.is_some());
+
+    if config.routes.is_empty() {
+        errs.at0("routes", "", "at least one route is required".into());
+    }
+    let mut names = HashSet::new();
+    let mut publics = HashSet::new();
+    let mut routes = Vec::new();
+    for (index, r) in config.routes.iter().enumerate() {
+        if r.name.is_empty() {
+            errs.at(
+                "from",
+                "",
+                index,
+                format!("route #{}: name must not be empty", index + 1),
+            );
+        } else if !names.insert(r.name.as_str()) {
+            errs.at(
+                "from",
+                "",
+                index,
+                format!("route name {:?} is used twice", r.name),
+            );
+        }
+        if !publics.insert((
+            r.from.tls,
+            r.from.host.clone(),
+            r.from.port,
+            r.from.path.clone(),
+        )) {
+            errs.at(
+                "from",
+                "",
+                index,
+                format!(
+                    "route {:?}: public URL {} is already routed",
+                    r.name, r.from
+                ),
+            );
+        }
+        if r.from.tls && !has_tls {
+            errs.at(
+                "from",
+                "",
+                index,
+                format!(
+                    "route {:?}: {} is https but no listener has tls",
+                    r.name, r.from
+                ),
+            );
+        }
+        if !r.from.tls && !has_plain {
+            errs.at(
+                "from",
+                "",
+                index,
+                format!(
+                    "route {:?}: {} is http but every listener has tls",
+                    r.name, r.from
+                ),
+            );
+        }
+        let host = r.to.host.trim_start_matches('[').trim_end_matches(']');
+        let upstream_addrs: Vec<SocketAddr> = match (host, r.to.port).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                errs.at(
+                    "to",
+                    "",
+                    index,
+                    format!("route {:?}: cannot resolve upstream {}: {e}", r.name, r.to),
+                );
+                Vec::new()
+            }
+        };
+        routes.push(Route {
+            index,
+            name: r.name.clone(),
+            upstream_authority: r.to.authority(),
+            public: r.from.clone(),
+            upstream: r.to.clone(),
+            upstream_addrs,
+            pool_key: format!("{}://{}", r.to.scheme(), r.to.authority()),
+            mcp: r.mcp.is_some(),
+        });
+    }
+    let ca = config.upstream.ca_file.as_ref().map(|p| base.join(&p.0));
+    let upstream_tls = match tls::client_config(ca.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errs.at0("ca_file", "", format!("upstream: {e}"));
+            None
+        }
+    };
+    let (Some(upstream_tls), true) = (upstream_tls, errs.list.is_empty()) else {
+        return Err(ConfigErrors(errs.list));
+    };
+    let limits = config.limits;
+    Ok(Snapshot {
+        routes: RouteTable::new(routes),
+        head_limits: HeadLimits {
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+            max_target_bytes: limits.max_target_bytes,
+        },
+        limits,
+        upstream: UpstreamSettings {
+            connect_timeout: config.upstream.connect_timeout.0,
+            response_header_timeout: config.upstream.response_header_timeout.0,
+            read_timeout: config.upstream.read_timeout.0,
+            pool_max_idle: config.upstream.pool_max_idle,
+            pool_idle_timeout: config.upstream.pool_idle_timeout.0,
+            tls: upstream_tls,
+        },
+        listeners,
+        workers: config.workers.resolve(),
+        pin_workers: config.pin_workers,
+        runtime: config.runtime,
+        shutdown_timeout: config.shutdown_timeout.0,
+    })
+}
+
+/// Errors found while compiling, located by the nth occurrence of a key.
+struct Errors<'a> {
+    text: &'a str,
+    file: &'a Path,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, key: &str, value: &str, nth: usize, message: String) {
+        let loc = config::locate_nth(self.text, key, value, nth);
+        self.list.push(ConfigError {
+            file: self.file.into(),
+            line: loc.map(|l| l.0),
+            column: loc.map(|l| l.1),
+            message,
+        });
+    }
+
+    fn at0(&mut self, key: &str, value: &str, message: String) {
+        self.at(key, value, 0, message);
+    }
+}
+
+/// Load, parse and compile a configuration file.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let (config, text) = config::load(path)?;
+    compile(config, &text, path)
+}
+
+/// Compile configuration text (tests, benches and the demo).
+pub fn from_text(text: &str, path: &Path) -> Result<Snapshot, ConfigErrors> {
+    compile(config::parse(text, path)?, text, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_cross_field_error_with_a_line() {
+        let text = "\
+listen:
+  - address: 127.0.0.1:8080
+routes:
+  - name: a
+    from: http://127.0.0.1:8080/mcp
+    to: http://127.0.0.1:9000/mcp
+  - name: a
+    from: https://mcp.example.com/x
+    to: http://127.0.0.1:9000/mcp
+";
+        let errs = from_text(text, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{msgs:#?}");
+        assert!(msgs[0].contains("used twice"), "{msgs:#?}");
+        assert!(msgs[0].starts_with("c.yaml:8:"), "{msgs:#?}");
+        assert!(msgs[1].starts_with("c.yaml:8:"), "{msgs:#?}");
+        assert!(msgs[1].contains("no listener has tls"), "{msgs:#?}");
+    }
+
+    #[test]
+    fn missing_certificate_files_are_errors() {
+        let text = "\
+listen:
+  - address: 127.0.0.1:8443
+    tls:
+      certificates:
+        - { cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem }
+routes:
+  - name: a
+    from: https://127.0.0.1:8443/mcp
+    to: http://127.0.0.1:9000/mcp
+";
+        let errs = from_text(text, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].message.contains("/nonexistent/c.pem"),
+            "{}",
+            errs[0]
+        );
+        assert_eq!(errs[0].line, Some(5));
+    }
+}

@@ -1,0 +1,112 @@
+//! The two kinds of byte stream portcullis speaks over, plain TCP or TLS, as
+//! one concrete type per side so the request path is not generic over them.
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+
+macro_rules! either_stream {
+    ($(#[$doc:meta])* $name:ident, $tls:ty) => {
+        $(#[$doc])*
+        pub enum $name {
+            Plain(TcpStream),
+            Tls(Box<$tls>),
+        }
+
+        impl AsyncReadRent for $name {
+            async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+                match self {
+                    Self::Plain(s) => s.read(buf).await,
+                    Self::Tls(s) => s.read(buf).await,
+                }
+            }
+
+            async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+                match self {
+                    Self::Plain(s) => s.readv(buf).await,
+                    Self::Tls(s) => s.readv(buf).await,
+                }
+            }
+        }
+
+        impl AsyncWriteRent for $name {
+            async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+                match self {
+                    Self::Plain(s) => s.write(buf).await,
+                    Self::Tls(s) => s.write(buf).await,
+                }
+            }
+
+            async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+                match self {
+                    Self::Plain(s) => s.writev(buf).await,
+                    Self::Tls(s) => s.writev(buf).await,
+                }
+            }
+
+            async fn flush(&mut self) -> std::io::Result<()> {
+                match self {
+                    Self::Plain(s) => s.flush().await,
+                    Self::Tls(s) => s.flush().await,
+                }
+            }
+
+            async fn shutdown(&mut self) -> std::io::Result<()> {
+                match self {
+                    Self::Plain(s) => s.shutdown().await,
+                    Self::Tls(s) => s.shutdown().await,
+                }
+            }
+        }
+    };
+}
+
+either_stream!(
+    /// A client connection, as accepted on a listener.
+    ClientStream,
+    monoio_rustls::ServerTlsStream<TcpStream>
+);
+either_stream!(
+    /// A connection to an upstream.
+    UpstreamStream,
+    monoio_rustls::ClientTlsStream<TcpStream>
+);
+
+impl ClientStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls(_))
+    }
+}
+
+/// Read more bytes into the spare capacity of `buf` (growing it when full, up
+/// to `max`). Returns the number of bytes read; 0 means end of stream.
+pub async fn read_more<S: AsyncReadRent>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    if buf.len() == buf.capacity() {
+        let room = buf
+            .capacity()
+            .max(4096)
+            .min(max.saturating_sub(buf.len()).max(1));
+        buf.reserve(room);
+    }
+    let len = buf.len();
+    let cap = buf.capacity();
+    let owned = std::mem::take(buf);
+    let (res, slice) = s.read(owned.slice_mut(len..cap)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+/// Write all of `data` (taken from `buf`, which is given back cleared).
+pub async fn write_all<S: AsyncWriteRent>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use monoio::io::AsyncWriteRentExt;
+    let owned = std::mem::take(buf);
+    let (res, mut owned) = s.write_all(owned).await;
+    owned.clear();
+    *buf = owned;
+    res.map(|_| ())
+}

@@ -1,0 +1,63 @@
+//! Upstreams: connecting (plain or TLS, with a connect timeout) and the
+//! per-core keep-alive pool. Forwarding itself is a stage of `pipeline`.
+
+pub mod pool;
+pub mod relay;
+pub mod request;
+
+use crate::error::HttpError;
+use crate::route::Route;
+use crate::snapshot::UpstreamSettings;
+use crate::stream::UpstreamStream;
+use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+
+/// Open a new connection to the route's upstream, trying each resolved
+/// address in turn.
+pub async fn connect(
+    route: &Route,
+    settings: &UpstreamSettings,
+) -> Result<UpstreamStream, HttpError> {
+    let mut timed_out = false;
+    for addr in &route.upstream_addrs {
+        match monoio::time::timeout(settings.connect_timeout, TcpStream::connect_addr(*addr)).await
+        {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                if !route.upstream.tls {
+                    return Ok(UpstreamStream::Plain(tcp));
+                }
+                let host = route
+                    .upstream
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|_| HttpError::BadGateway("invalid upstream TLS name"))?;
+                let connector = monoio_rustls::TlsConnector::from(settings.tls.clone());
+                return match monoio::time::timeout(
+                    settings.connect_timeout,
+                    connector.connect(name, tcp),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => Ok(UpstreamStream::Tls(Box::new(tls))),
+                    Ok(Err(e)) => {
+                        tracing::warn!(route = %route.name, error = %e, "upstream TLS handshake failed");
+                        Err(HttpError::BadGateway("upstream TLS handshake failed"))
+                    }
+                    Err(_) => Err(HttpError::GatewayTimeout),
+                };
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(route = %route.name, %addr, error = %e, "upstream connect failed")
+            }
+            Err(_) => timed_out = true,
+        }
+    }
+    Err(if timed_out {
+        HttpError::GatewayTimeout
+    } else {
+        HttpError::BadGateway("upstream connection refused")
+    })
+}

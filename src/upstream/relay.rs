@@ -1,0 +1,275 @@
+//! Relaying the upstream's response: head checked and rewritten (hop-by-hop
+//! removed, request id added, framing chosen for this client), then the body
+//! streamed as it arrives: Content-Length copied, chunked re-framed,
+//! close-delimited turned into chunks for HTTP/1.1 clients. Each upstream read
+//! is written (and flushed) to the client before the next read, so SSE events
+//! are never held back.
+
+use crate::error::HttpError;
+use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
+use crate::http1::encode::push_u64;
+use crate::http1::response::{parse_response, BodyKind};
+use crate::http1::Method;
+use crate::mcp::sse::EndpointRewriter;
+use crate::pipeline::{Conn, Next};
+use crate::route::Route;
+use crate::snapshot::Snapshot;
+use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
+use crate::upstream::request::{dropped_in_response, ConnectionOptions, Request};
+use crate::worker::Worker;
+use monoio::io::AsyncWriteRent;
+use monoio::time::{timeout, timeout_at};
+use std::time::Instant;
+
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Facts of the response head that the body relay needs.
+struct Head {
+    body: BodyKind,
+    upstream_keep_alive: bool,
+    event_stream: bool,
+}
+
+/// Relay the response. `Err(Some(e))`: nothing was sent to the client yet, the
+/// caller answers `e`; `Err(None)`: the exchange broke after the head was sent,
+/// the caller closes.
+pub async fn response(
+    worker: &Worker,
+    snap: &Snapshot,
+    route: &Route,
+    req: &Request,
+    client: &mut ClientStream,
+    mut upstream: UpstreamStream,
+    conn: &mut Conn,
+) -> Result<Next, Option<HttpError>> {
+    let head = read_head(snap, req, &mut upstream, conn).await?;
+    let client_chunked =
+        req.http11 && matches!(head.body, BodyKind::Chunked | BodyKind::UntilClose);
+    let keep_client = req.keep_alive
+        && req.http11
+        && !worker.shared.shutting_down()
+        && (client_chunked || matches!(head.body, BodyKind::Empty | BodyKind::Length(_)));
+    // `out` holds the client head built by `read_head`; finish it.
+    if client_chunked {
+        conn.out
+            .extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !keep_client {
+        conn.out.extend_from_slice(b"Connection: close\r\n");
+    }
+    conn.out.extend_from_slice(b"\r\n");
+
+    let mut rewriter = (head.event_stream
+        && req.method == Method::Get
+        && route.public.path != route.upstream.path
+        && client_chunked)
+        .then(EndpointRewriter::default);
+    let mut source = match head.body {
+        BodyKind::Empty => Source::Length(0),
+        BodyKind::Length(n) => Source::Length(n),
+        BodyKind::Chunked => Source::Chunked(ChunkedDecoder::new()),
+        BodyKind::UntilClose => Source::UntilClose,
+    };
+    let mut data = Vec::new();
+    let write_timeout = snap.limits.write_timeout.0;
+    loop {
+        // Move what the upstream buffer holds into `out`.
+        let done = source
+            .take(&mut conn.ubuf, &mut data)
+            .map_err(|_| None::<HttpError>)?;
+        let payload: &[u8] = if let Some(rw) = rewriter.as_mut() {
+            let mut rewritten = Vec::with_capacity(data.len());
+            rw.feed(route, &data, &mut rewritten);
+            if done {
+                rw.finish(&mut rewritten);
+            }
+            data = rewritten;
+            &data
+        } else {
+            &data
+        };
+        if client_chunked {
+            encode_chunk(&mut conn.out, payload);
+            if done {
+                conn.out.extend_from_slice(LAST_CHUNK);
+            }
+        } else {
+            conn.out.extend_from_slice(payload);
+        }
+        data.clear();
+        if !conn.out.is_empty() {
+            match timeout(write_timeout, write_all(client, &mut conn.out)).await {
+                Ok(Ok(())) => {}
+                _ => return Err(None),
+            }
+            if head.event_stream && client.is_tls() && client.flush().await.is_err() {
+                return Err(None);
+            }
+        }
+        if done {
+            break;
+        }
+        conn.ubuf.clear();
+        match timeout(
+            snap.upstream.read_timeout,
+            read_more(&mut upstream, &mut conn.ubuf, READ_CHUNK),
+        )
+        .await
+        {
+            Ok(Ok(0)) if matches!(source, Source::UntilClose) => source = Source::Ended,
+            Ok(Ok(n)) if n > 0 => {}
+            // Upstream broke the framing or stalled mid-body: the client cannot
+            // be told with a status any more; closing tells it.
+            _ => return Err(None),
+        }
+    }
+    let clean = matches!(source, Source::Length(0) | Source::Chunked(_)) && conn.ubuf.is_empty();
+    if head.upstream_keep_alive && clean && !worker.shared.shutting_down() {
+        worker
+            .pool
+            .put(&route.pool_key, upstream, snap.upstream.pool_max_idle);
+    }
+    conn.ubuf.clear();
+    Ok(if keep_client {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+/// Read and check the response head (skipping interim 1xx responses) and
+/// write the client's head, without framing and final CRLF, into `conn.out`.
+async fn read_head(
+    snap: &Snapshot,
+    req: &Request,
+    upstream: &mut UpstreamStream,
+    conn: &mut Conn,
+) -> Result<Head, Option<HttpError>> {
+    let deadline = Instant::now() + snap.upstream.response_header_timeout;
+    loop {
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
+            match parse_response(
+                &conn.ubuf,
+                &mut headers,
+                req.method == Method::Head,
+                MAX_RESPONSE_HEAD,
+            ) {
+                Err(e) => return Err(Some(e)),
+                Ok(None) => None,
+                Ok(Some(r)) if r.status == 101 => {
+                    return Err(Some(HttpError::BadGateway("upstream switched protocols")))
+                }
+                Ok(Some(r)) if r.status < 200 => Some(Err(r.head_len)),
+                Ok(Some(r)) => {
+                    let options = ConnectionOptions::collect(r.headers).map_err(|()| {
+                        Some(HttpError::BadGateway(
+                            "too many upstream Connection options",
+                        ))
+                    })?;
+                    conn.out.clear();
+                    conn.out.extend_from_slice(b"HTTP/1.1 ");
+                    push_u64(&mut conn.out, u64::from(r.status));
+                    conn.out.push(b' ');
+                    conn.out.extend_from_slice(r.reason.as_bytes());
+                    conn.out.extend_from_slice(b"\r\n");
+                    for h in r.headers.iter() {
+                        let keep_length = r.body == BodyKind::Empty
+                            && r.status != 204
+                            && h.name.eq_ignore_ascii_case("content-length");
+                        if (dropped_in_response(h.name) && !keep_length) || options.contains(h.name)
+                        {
+                            continue;
+                        }
+                        conn.out.extend_from_slice(h.name.as_bytes());
+                        conn.out.extend_from_slice(b": ");
+                        conn.out.extend_from_slice(h.value);
+                        conn.out.extend_from_slice(b"\r\n");
+                    }
+                    conn.out.extend_from_slice(b"X-Request-Id: ");
+                    conn.out.extend_from_slice(req.id.as_bytes());
+                    conn.out.extend_from_slice(b"\r\n");
+                    if let BodyKind::Length(n) = r.body {
+                        conn.out.extend_from_slice(b"Content-Length: ");
+                        push_u64(&mut conn.out, n);
+                        conn.out.extend_from_slice(b"\r\n");
+                    }
+                    Some(Ok((
+                        Head {
+                            body: r.body,
+                            upstream_keep_alive: r.keep_alive,
+                            event_stream: r.event_stream,
+                        },
+                        r.head_len,
+                    )))
+                }
+            }
+        };
+        match parsed {
+            Some(Ok((head, len))) => {
+                conn.ubuf.drain(..len);
+                return Ok(head);
+            }
+            Some(Err(interim_len)) => {
+                conn.ubuf.drain(..interim_len);
+                continue;
+            }
+            None => {}
+        }
+        match timeout_at(
+            deadline.into(),
+            read_more(upstream, &mut conn.ubuf, MAX_RESPONSE_HEAD + 1),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => {
+                return Err(Some(HttpError::BadGateway(
+                    "upstream closed the connection",
+                )))
+            }
+            Err(_) => return Err(Some(HttpError::GatewayTimeout)),
+        }
+    }
+}
+
+/// Where the response body is in its framing.
+enum Source {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    /// A close-delimited body whose upstream has closed.
+    Ended,
+}
+
+impl Source {
+    /// Move body bytes from `buf` into `data`; `Ok(true)` when the body ended.
+    /// Bytes past the end stay in `buf` (they make the connection unusable).
+    fn take(&mut self, buf: &mut Vec<u8>, data: &mut Vec<u8>) -> Result<bool, ()> {
+        match self {
+            Source::Length(remaining) => {
+                let n = (buf.len() as u64).min(*remaining) as usize;
+                data.extend_from_slice(&buf[..n]);
+                buf.drain(..n);
+                *remaining -= n as u64;
+                Ok(*remaining == 0)
+            }
+            Source::Chunked(dec) => {
+                let mut pos = 0;
+                while pos < buf.len() && !dec.is_done() {
+                    let p = dec.decode(&buf[pos..]).map_err(|_| ())?;
+                    data.extend_from_slice(&buf[pos + p.data.start..pos + p.data.end]);
+                    pos += p.consumed;
+                }
+                buf.drain(..pos);
+                Ok(dec.is_done())
+            }
+            Source::UntilClose => {
+                data.append(buf);
+                Ok(false)
+            }
+            Source::Ended => Ok(true),
+        }
+    }
+}

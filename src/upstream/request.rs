@@ -1,0 +1,189 @@
+//! Building the upstream request head from a client's head: route, path
+//! rewrite, hop-by-hop removal, X-Forwarded-*, request id. Synchronous and
+//! allocation-free (it writes into a reused buffer).
+
+use crate::error::HttpError;
+use crate::http1::{trim_ows, Framing, Method, RequestHead};
+use crate::snapshot::Snapshot;
+use crate::worker::{RequestId, Worker};
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// The owned facts of one request, taken from its borrowed head.
+pub struct Request {
+    pub route: usize,
+    pub mcp: bool,
+    pub method: Method,
+    pub framing: Framing,
+    pub http11: bool,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub id: RequestId,
+}
+
+/// A request answered locally.
+pub struct Reject {
+    pub err: HttpError,
+    pub mcp: bool,
+    pub close: bool,
+    pub id: RequestId,
+}
+
+/// Headers never copied from the client: hop-by-hop ones, framing (portcullis
+/// frames the upstream request itself), and those it sets itself.
+fn dropped(name: &str) -> bool {
+    const DROP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "host",
+        "content-length",
+        "expect",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-request-id",
+    ];
+    DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+}
+
+/// Headers a response never carries to the client.
+pub fn dropped_in_response(name: &str) -> bool {
+    const DROP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "x-request-id",
+    ];
+    DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+}
+
+/// The option names listed in Connection headers (they are hop-by-hop too).
+pub struct ConnectionOptions<'b> {
+    names: [&'b [u8]; 16],
+    len: usize,
+}
+
+impl<'b> ConnectionOptions<'b> {
+    pub fn collect(headers: &[httparse::Header<'b>]) -> Result<Self, ()> {
+        let mut opts = ConnectionOptions {
+            names: [&[]; 16],
+            len: 0,
+        };
+        for h in headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        {
+            for token in h
+                .value
+                .split(|&b| b == b',')
+                .map(trim_ows)
+                .filter(|t| !t.is_empty())
+            {
+                if opts.len == opts.names.len() {
+                    return Err(());
+                }
+                opts.names[opts.len] = token;
+                opts.len += 1;
+            }
+        }
+        Ok(opts)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names[..self.len]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// Resolve the route and write the upstream request head into `up`, without
+/// its framing header and final CRLF (the forwarder adds those).
+pub fn prepare(
+    worker: &Worker,
+    snap: &Snapshot,
+    head: &RequestHead<'_>,
+    peer: SocketAddr,
+    tls: bool,
+    up: &mut Vec<u8>,
+) -> Result<Request, Reject> {
+    let id = head
+        .header("x-request-id")
+        .and_then(RequestId::keep)
+        .unwrap_or_else(|| {
+            let mut id = RequestId::default();
+            worker.next_request_id(&mut id);
+            id
+        });
+    let has_body = head.framing != Framing::None;
+    let reject = |err: HttpError, mcp: bool| Reject {
+        err,
+        mcp,
+        close: err.must_close() || has_body || !head.keep_alive,
+        id,
+    };
+    let Some(route) = snap.routes.resolve(tls, head.host, head.path) else {
+        return Err(reject(HttpError::NoRoute, false));
+    };
+    if let Framing::Length(n) = head.framing {
+        if n > snap.limits.max_body_bytes {
+            return Err(reject(HttpError::PayloadTooLarge, route.mcp));
+        }
+    }
+    let options = ConnectionOptions::collect(head.headers).map_err(|()| {
+        reject(
+            HttpError::BadRequest("too many Connection options"),
+            route.mcp,
+        )
+    })?;
+
+    up.clear();
+    up.extend_from_slice(head.method.as_str().as_bytes());
+    up.push(b' ');
+    route.rewrite_path(head.path, up);
+    up.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    up.extend_from_slice(route.upstream_authority.as_bytes());
+    up.extend_from_slice(b"\r\n");
+    for h in head.headers {
+        if dropped(h.name) || options.contains(h.name) {
+            continue;
+        }
+        up.extend_from_slice(h.name.as_bytes());
+        up.extend_from_slice(b": ");
+        up.extend_from_slice(h.value);
+        up.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(up, "X-Forwarded-For: {}\r\n", peer.ip());
+    up.extend_from_slice(if tls {
+        b"X-Forwarded-Proto: https\r\n"
+    } else {
+        b"X-Forwarded-Proto: http\r\n"
+    });
+    up.extend_from_slice(b"X-Forwarded-Host: ");
+    up.extend_from_slice(head.host.as_bytes());
+    up.extend_from_slice(b"\r\nX-Request-Id: ");
+    up.extend_from_slice(id.as_bytes());
+    up.extend_from_slice(b"\r\n");
+
+    Ok(Request {
+        route: route.index,
+        mcp: route.mcp,
+        method: head.method,
+        framing: head.framing,
+        http11: head.http11,
+        keep_alive: head.keep_alive,
+        expect_continue: head.expect_continue,
+        id,
+    })
+}

@@ -1,0 +1,114 @@
+//! Per-core state: one `Worker` per thread, shared by that thread's tasks via
+//! `Rc`, never sent across threads. Cross-core state (`Shared`) is atomics only.
+
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::upstream::pool::Pool;
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// State shared by all workers: atomics only, no locks.
+#[derive(Default)]
+pub struct Shared {
+    pub shutdown: AtomicBool,
+    /// Open client connections across all workers.
+    pub connections: AtomicUsize,
+}
+
+impl Shared {
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    snapshot: RefCell<arc_swap::Cache<SharedSnapshot, Arc<Snapshot>>>,
+    pub pool: Pool,
+    /// Requests being served on this worker right now.
+    pub in_flight: Cell<usize>,
+    request_seq: Cell<u64>,
+    request_seed: u64,
+}
+
+impl Worker {
+    pub fn new(id: usize, shared: Arc<Shared>, snapshot: SharedSnapshot) -> Worker {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(id);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        Worker {
+            id,
+            shared,
+            snapshot: RefCell::new(arc_swap::Cache::new(snapshot)),
+            pool: Pool::default(),
+            in_flight: Cell::new(0),
+            request_seq: Cell::new(0),
+            request_seed: h.finish(),
+        }
+    }
+
+    /// The current snapshot (cheap: a per-core cache of the shared `ArcSwap`).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow_mut().load().clone()
+    }
+
+    /// A new request id: 16 hex digits of per-worker random seed and 8 of a
+    /// per-worker counter, unique across workers and restarts in practice.
+    pub fn next_request_id(&self, out: &mut RequestId) {
+        let seq = self.request_seq.get().wrapping_add(1);
+        self.request_seq.set(seq);
+        let hex = b"0123456789abcdef";
+        let seed = self.request_seed ^ (self.id as u64).rotate_left(56);
+        for i in 0..16 {
+            out.bytes[i] = hex[((seed >> (60 - 4 * i)) & 15) as usize];
+        }
+        for i in 0..8 {
+            out.bytes[16 + i] = hex[((seq >> (28 - 4 * i)) & 15) as usize];
+        }
+        out.len = 24;
+    }
+}
+
+/// A request id, kept from the client (if well-formed) or generated.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl RequestId {
+    /// Keep a client-sent id when it is 1 to 64 characters of `[A-Za-z0-9._-]`.
+    pub fn keep(value: &[u8]) -> Option<RequestId> {
+        if value.is_empty()
+            || value.len() > 64
+            || !value
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return None;
+        }
+        let mut id = RequestId::default();
+        id.bytes[..value.len()].copy_from_slice(value);
+        id.len = value.len();
+        Some(id)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
