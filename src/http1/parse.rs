@@ -114,7 +114,9 @@ where
     let status = match req.parse(buf) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HttpError::BadVersion),
+        Err(httparse::Error::Version) if is_version_only_error(buf) => {
+            return Err(HttpError::BadVersion)
+        }
         Err(_) => return Err(HttpError::BadRequest("malformed request head")),
     };
     let head_len = match status {
@@ -159,7 +161,7 @@ where
     let mut host: Option<&'b str> = None;
     let mut host_count = 0usize;
     let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
+    let mut te = TeList::default();
     let mut keep_alive = http11;
     let mut expect_continue = false;
     for h in headers {
@@ -170,8 +172,9 @@ where
         if h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(HttpError::BadRequest("CR, LF or NUL in a header value"));
         }
-        if name.contains(&b'_')
-            && (looks_like(name, b"content-length") || looks_like(name, b"transfer-encoding"))
+        if looks_like(name, b"contentlength") && !h.name.eq_ignore_ascii_case("content-length")
+            || looks_like(name, b"transferencoding")
+                && !h.name.eq_ignore_ascii_case("transfer-encoding")
         {
             return Err(HttpError::BadRequest("obfuscated framing header name"));
         }
@@ -181,22 +184,11 @@ where
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)
                 .ok_or(HttpError::BadRequest("invalid Content-Length"))?;
-            match content_length {
-                Some(prev) if prev != n => {
-                    return Err(HttpError::BadRequest("multiple differing Content-Length"))
-                }
-                _ => content_length = Some(n),
+            if content_length.replace(n).is_some() {
+                return Err(HttpError::BadRequest("multiple Content-Length"));
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if transfer_encoding {
-                return Err(HttpError::BadRequest("repeated Transfer-Encoding"));
-            }
-            if !trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
-                return Err(HttpError::BadRequest(
-                    "Transfer-Encoding other than chunked",
-                ));
-            }
-            transfer_encoding = true;
+            te.add(h.value)?;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',').map(trim_ows) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -212,6 +204,7 @@ where
             expect_continue = http11;
         }
     }
+    let transfer_encoding = te.chunked()?;
     let framing = match (content_length, transfer_encoding) {
         (Some(_), true) => {
             return Err(HttpError::BadRequest(
@@ -225,6 +218,11 @@ where
         (Some(0), false) | (None, false) => Framing::None,
         (Some(n), false) => Framing::Length(n),
     };
+    // A body on GET or HEAD has no defined meaning and peers disagree on
+    // whether to read it: never forward one.
+    if matches!(method, Method::Get | Method::Head) && framing != Framing::None {
+        return Err(HttpError::BadRequest("GET or HEAD with a body"));
+    }
 
     // Request target: origin-form, or absolute-form whose authority must agree
     // with Host.
@@ -261,6 +259,25 @@ where
     }))
 }
 
+/// httparse reports a space inside the target as a bad version; only a
+/// well-formed request line with an unsupported `HTTP/x.y` deserves 505.
+fn is_version_only_error(buf: &[u8]) -> bool {
+    let line = buf
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (_, _, version, rest) = (parts.next(), parts.next(), parts.next(), parts.next());
+    rest.is_none()
+        && version.is_some_and(|v| {
+            v.len() == 8
+                && v.starts_with(b"HTTP/")
+                && v[5].is_ascii_digit()
+                && v[6] == b'.'
+                && v[7].is_ascii_digit()
+        })
+}
+
 /// A head that did not fit: 414 when even the request line did not, else 431.
 fn head_too_large(buf: &[u8], limits: &HeadLimits) -> HttpError {
     match memchr::memchr(b'\n', buf) {
@@ -269,14 +286,71 @@ fn head_too_large(buf: &[u8], limits: &HeadLimits) -> HttpError {
     }
 }
 
-/// `Transfer_Encoding` and friends: names that a lenient peer might read as a
-/// framing header once `_` is mapped to `-`.
+/// `Transfer_Encoding`, `Content--Length` and friends: names that a lenient
+/// peer might read as a framing header once separators are normalised.
+/// `canonical` is the lower-case name without separators.
 fn looks_like(name: &[u8], canonical: &[u8]) -> bool {
-    name.len() == canonical.len()
-        && name
-            .iter()
-            .zip(canonical)
-            .all(|(&a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+    let mut letters = name.iter().filter(|&&b| b != b'-' && b != b'_');
+    canonical
+        .iter()
+        .all(|&c| letters.next().is_some_and(|b| b.to_ascii_lowercase() == c))
+        && letters.next().is_none()
+}
+
+/// The transfer codings of all Transfer-Encoding fields, in order.
+#[derive(Default)]
+struct TeList {
+    codings: usize,
+    chunked_at: Option<usize>,
+    chunked_count: usize,
+}
+
+impl TeList {
+    /// Add one field value: a comma-separated list of `token *( OWS ";" OWS
+    /// parameter )`. Anything else is malformed (400).
+    fn add(&mut self, value: &[u8]) -> Result<(), HttpError> {
+        let malformed = HttpError::BadRequest("malformed Transfer-Encoding");
+        for element in value.split(|&b| b == b',') {
+            let element = trim_ows(element);
+            if element.is_empty() {
+                return Err(malformed);
+            }
+            let mut parts = element.split(|&b| b == b';');
+            let coding = trim_ows(parts.next().unwrap_or_default());
+            if coding.is_empty() || !coding.iter().all(|&b| is_tchar(b)) {
+                return Err(malformed);
+            }
+            let has_params = parts.next().is_some();
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                if has_params {
+                    return Err(HttpError::NotImplemented(
+                        "transfer coding parameters not supported",
+                    ));
+                }
+                self.chunked_count += 1;
+                self.chunked_at = Some(self.codings);
+            }
+            self.codings += 1;
+        }
+        Ok(())
+    }
+
+    /// `Ok(true)` when the body is chunked (and nothing else); 400 when chunked
+    /// is repeated or not final; 501 for codings portcullis does not decode.
+    fn chunked(&self) -> Result<bool, HttpError> {
+        match (self.codings, self.chunked_at) {
+            (0, _) => Ok(false),
+            _ if self.chunked_count > 1 => {
+                Err(HttpError::BadRequest("chunked applied more than once"))
+            }
+            (n, Some(i)) if i + 1 != n => Err(HttpError::BadRequest(
+                "chunked is not the final transfer coding",
+            )),
+            (n, None) if n > 0 => Err(HttpError::BadRequest("Transfer-Encoding without chunked")),
+            (1, Some(0)) => Ok(true),
+            _ => Err(HttpError::NotImplemented("transfer coding not supported")),
+        }
+    }
 }
 
 fn split_target(target: &str) -> Result<(&str, Option<&str>), HttpError> {
@@ -330,4 +404,113 @@ fn has_dot_segment(path: &str) -> bool {
         }
         dots == 1 || dots == 2
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(raw: &[u8]) -> Result<Framing, u16> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let limits = HeadLimits {
+            max_header_bytes: 1024,
+            max_headers: 32,
+            max_target_bytes: 256,
+        };
+        match parse_request(raw, &mut headers, &limits) {
+            Ok(Some(h)) => Ok(h.framing),
+            Ok(None) => Err(0),
+            Err(e) => Err(e.status()),
+        }
+    }
+
+    /// SECURITY.md, HTTP/1.1 framing items 1-7 and 12, one row per attack.
+    #[test]
+    fn security_framing_table() {
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(300));
+        let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X: y\r\n".repeat(40));
+        let big_head = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "y".repeat(1100)
+        );
+        let rows: Vec<(&str, &[u8], Result<Framing, u16>)> = vec![
+            ("plain GET", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None)),
+            ("POST with length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Ok(Framing::Length(5))),
+            ("POST chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Framing::Chunked)),
+            ("HTTP/1.0 without Host", b"GET / HTTP/1.0\r\n\r\n", Err(400)),
+            ("absolute-form agreeing with Host", b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None)),
+            // 1: CL and TE together
+            ("CL + TE", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Err(400)),
+            // 2: CL values
+            ("differing CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", Err(400)),
+            ("repeated CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Err(400)),
+            ("CL list", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Err(400)),
+            ("empty CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", Err(400)),
+            ("signed CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", Err(400)),
+            ("hex CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", Err(400)),
+            ("CL with inner space", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 0\r\n\r\n", Err(400)),
+            ("CL junk", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5a\r\n\r\n", Err(400)),
+            ("CL overflow", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", Err(400)),
+            // 3: TE forms
+            ("TE gzip only", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", Err(400)),
+            ("TE chunked not final", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Err(400)),
+            ("TE chunked twice", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Err(400)),
+            ("TE gzip, chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Err(501)),
+            ("TE on HTTP/1.0", b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Err(400)),
+            ("space before colon", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", Err(400)),
+            ("leading whitespace line", b"POST / HTTP/1.1\r\nHost: a\r\n Transfer-Encoding: chunked\r\n\r\n", Err(400)),
+            ("TE \\x0b", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0bchunked\r\n\r\n", Err(400)),
+            ("TE \\x0c", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x0c\r\n\r\n", Err(400)),
+            ("TE \\xa0", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \xa0chunked\r\n\r\n", Err(400)),
+            ("TE \\x85", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x85\r\n\r\n", Err(400)),
+            ("TE quoted", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", Err(400)),
+            ("TE chunked;x", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;x\r\n\r\n", Err(501)),
+            ("TE ,chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n", Err(400)),
+            ("Transfer_Encoding", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n", Err(400)),
+            ("Content_Length", b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n", Err(400)),
+            ("non-token name", b"POST / HTTP/1.1\r\nHost: a\r\nX(y): z\r\n\r\n", Err(400)),
+            // 5: head line syntax
+            ("bare CR in head", b"GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n", Err(400)),
+            ("bare LF line ends", b"GET / HTTP/1.1\nHost: a\n\n", Err(400)),
+            ("NUL in value", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", Err(400)),
+            ("obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", Err(400)),
+            ("empty field name", b"GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n", Err(400)),
+            ("line without colon", b"GET / HTTP/1.1\r\nHost: a\r\nnocolon\r\n\r\n", Err(400)),
+            ("whitespace before first header", b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", Err(400)),
+            // 6: request line
+            ("lower-case method", b"get / HTTP/1.1\r\nHost: a\r\n\r\n", Err(501)),
+            ("CONNECT", b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", Err(405)),
+            ("TRACE", b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", Err(405)),
+            ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", Err(505)),
+            ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", Err(505)),
+            ("space in target", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("CTL in target", b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("NUL in target", b"GET /a\x00 HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("over-long target", long_target.as_bytes(), Err(414)),
+            ("dot segment", b"GET /mcp/../admin HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("encoded dot segment", b"GET /mcp/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("asterisk form", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            // 7: Host
+            ("missing Host", b"GET / HTTP/1.1\r\n\r\n", Err(400)),
+            ("duplicate Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Err(400)),
+            ("Host with userinfo", b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Err(400)),
+            ("Host disagreeing with target", b"GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            // GET/HEAD bodies
+            ("GET with CL", b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n", Err(400)),
+            ("GET with CL 0", b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", Ok(Framing::None)),
+            // 12: limits
+            ("too many headers", many_headers.as_bytes(), Err(400)),
+            ("head too large", big_head.as_bytes(), Err(431)),
+            ("bad Expect", b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n", Err(417)),
+            ("incomplete", b"GET / HTTP/1.1\r\nHost: a\r\n", Err(0)),
+        ];
+        let mut failures = Vec::new();
+        for (name, raw, want) in rows {
+            let got = verdict(raw);
+            if got != want {
+                failures.push(format!("{name}: got {got:?}, want {want:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 }
