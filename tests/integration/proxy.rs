@@ -1,1 +1,297 @@
+//! Black-box tests of a running proxy: forwarding rules, local answers that
+//! must not desynchronise the connection (SECURITY.md item 8), upstream
+//! failures, limits and timeouts.
 
+use crate::harness::{exchange, ok_json, read_all, statuses, Proxy, Upstream};
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const SHORT: Duration = Duration::from_millis(400);
+
+#[test]
+fn forwards_with_rewritten_headers() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "");
+    let (resp, _) = exchange(
+        proxy.addr,
+        b"POST /mcp?x=1 HTTP/1.1\r\nHost: proxy.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nUpgrade: websocket\r\nProxy-Authorization: Basic x\r\nX-Request-Id: client.id-1\r\nMcp-Session-Id: abc\r\nAccept: application/json, text/event-stream\r\nContent-Length: 2\r\n\r\n{}",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    assert!(resp.contains("X-Request-Id: client.id-1\r\n"), "{resp}");
+    assert!(
+        !resp.contains("upstream-id"),
+        "upstream's request id must be replaced: {resp}"
+    );
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert!(r.starts_with("POST /mcp?x=1 HTTP/1.1\r\n"), "{r}");
+    assert!(r.contains(&format!("Host: {}\r\n", up.addr)), "{r}");
+    assert!(
+        r.contains("X-Forwarded-For: 127.0.0.1\r\n") && !r.contains("6.6.6.6"),
+        "{r}"
+    );
+    assert!(
+        r.contains("X-Forwarded-Host: proxy.test\r\n") && !r.contains("evil"),
+        "{r}"
+    );
+    assert!(r.contains("X-Forwarded-Proto: http\r\n"), "{r}");
+    assert!(r.contains("X-Request-Id: client.id-1\r\n"), "{r}");
+    assert!(r.contains("Mcp-Session-Id: abc\r\n"), "{r}");
+    assert!(
+        r.contains("Accept: application/json, text/event-stream\r\n"),
+        "{r}"
+    );
+    for gone in [
+        "X-Secret",
+        "Keep-Alive",
+        "Upgrade",
+        "Proxy-Authorization",
+        "Connection",
+    ] {
+        assert!(!r.contains(gone), "{gone} must not be forwarded: {r}");
+    }
+    assert!(r.ends_with("Content-Length: 2\r\n\r\n{}"), "{r}");
+}
+
+#[test]
+fn generates_a_request_id_when_the_client_sends_a_bad_one() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "");
+    let (resp, _) = exchange(
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: proxy.test\r\nX-Request-Id: bad id\r\n\r\n",
+        SHORT,
+    );
+    let id = resp
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Request-Id: "))
+        .expect("id echoed");
+    assert_eq!(id.len(), 24, "{resp}");
+    assert!(up.requests()[0].contains(&format!("X-Request-Id: {id}\r\n")));
+}
+
+/// SECURITY.md item 8: a local answer before the body is read must never let
+/// the body be parsed as the next request.
+#[test]
+fn local_answers_never_parse_the_body_as_a_request() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "limits: { max_body_bytes: 100 }");
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: proxy.test\r\n\r\n";
+    // No route for this host: 404, body never read, connection closed.
+    let raw = format!(
+        "POST /x HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let (resp, closed) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [404], "{resp}");
+    assert!(
+        closed,
+        "connection must close after a local answer with an unread body"
+    );
+    // Body too large: 413 before reading it.
+    let raw =
+        format!("POST /x HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 1000\r\n\r\n{smuggled}");
+    let (resp, closed) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [413], "{resp}");
+    assert!(closed);
+    // Chunked body growing past the limit while streamed.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(
+        b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(&[b'a'; 64]).unwrap();
+    s.write_all(b"\r\n40\r\n").unwrap();
+    s.write_all(&[b'b'; 64]).unwrap();
+    s.write_all(format!("\r\n0\r\n\r\n{smuggled}").as_bytes())
+        .unwrap();
+    let (resp, closed) = read_all(&mut s, SHORT);
+    assert_eq!(statuses(&resp), [413], "{resp}");
+    assert!(closed);
+    // A bad chunk: 400 and close, never resynchronised.
+    let raw = format!("POST /x HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\n\r\n5x\r\nhello\r\n0\r\n\r\n{smuggled}");
+    let (resp, closed) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [400], "{resp}");
+    assert!(closed);
+    assert!(
+        up.requests().iter().all(|r| !r.contains("/smuggled")),
+        "{:?}",
+        up.requests()
+    );
+}
+
+#[test]
+fn no_route_without_body_keeps_the_connection() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::start(
+        up.addr,
+        "  - name: t\n    from: http://proxy.test/mcp\n    to: http://{upstream}/mcp\n",
+        "",
+    );
+    let (resp, closed) = exchange(
+        proxy.addr,
+        b"GET /other HTTP/1.1\r\nHost: proxy.test\r\n\r\nGET /mcp/a HTTP/1.1\r\nHost: proxy.test\r\n\r\nGET /mcp HTTP/1.1\r\nHost: proxy.test:80\r\n\r\n",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [404, 200, 200], "{resp}");
+    assert!(!closed);
+    assert!(
+        resp.contains("\"status\":404"),
+        "plain routes answer plain JSON errors: {resp}"
+    );
+}
+
+#[test]
+fn chunked_request_bodies_are_streamed_and_reframed() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "");
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let (cont, _) = read_all(&mut s, SHORT);
+    assert_eq!(cont, "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"5;ext=1\r\nhello\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(b"6\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
+        .unwrap();
+    let (resp, _) = read_all(&mut s, SHORT);
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    let r = &up.requests()[0];
+    assert!(
+        r.contains("Transfer-Encoding: chunked\r\n") && !r.contains("Expect"),
+        "{r}"
+    );
+    assert!(
+        r.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "extensions and trailers dropped: {r:?}"
+    );
+}
+
+#[test]
+fn upstream_failures_become_json_rpc_errors() {
+    fn both_framings(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            .to_vec()
+    }
+    fn switching(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+            .to_vec()
+    }
+    for respond in [both_framings as fn(&[u8]) -> Vec<u8>, switching] {
+        let up = Upstream::start(respond);
+        let proxy = Proxy::mcp(up.addr, "");
+        let (resp, _) = exchange(
+            proxy.addr,
+            b"GET /x HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+            SHORT,
+        );
+        assert_eq!(statuses(&resp), [502], "{resp}");
+        let body = resp.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["error"]["code"], -32000);
+    }
+    // Nothing listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::mcp(dead, "");
+    let (resp, closed) = exchange(
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [502], "{resp}");
+    assert!(resp.contains("\"jsonrpc\":\"2.0\""), "{resp}");
+    assert!(
+        !closed,
+        "an upstream failure does not cost the client its connection"
+    );
+}
+
+#[test]
+fn close_delimited_responses_are_rechunked_and_keep_the_client() {
+    fn until_close(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nCLOSE".to_vec()
+    }
+    let up = Upstream::start(until_close);
+    let proxy = Proxy::mcp(up.addr, "");
+    let (resp, closed) = exchange(
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: proxy.test\r\n\r\nGET /y HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200, 200], "{resp}");
+    assert!(
+        resp.contains("Transfer-Encoding: chunked\r\n\r\n5\r\nCLOSE\r\n0\r\n\r\n"),
+        "{resp:?}"
+    );
+    assert!(!closed);
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        2,
+        "a close-delimited upstream connection is never reused"
+    );
+}
+
+#[test]
+fn upstream_connections_are_pooled() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "");
+    for _ in 0..3 {
+        let (resp, _) = exchange(
+            proxy.addr,
+            b"GET /x HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n\r\n",
+            SHORT,
+        );
+        assert_eq!(statuses(&resp), [200], "{resp}");
+    }
+    assert_eq!(up.requests().len(), 3);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn slow_heads_time_out_with_408() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "limits: { header_timeout: 300ms }");
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: pro").unwrap();
+    let (resp, closed) = read_all(&mut s, Duration::from_secs(3));
+    assert_eq!(statuses(&resp), [408], "{resp}");
+    assert!(closed);
+    // A connection that never sends a byte is simply closed.
+    let mut idle = TcpStream::connect(proxy.addr).unwrap();
+    let (resp, closed) = read_all(&mut idle, Duration::from_secs(3));
+    assert!(resp.is_empty() && closed);
+}
+
+#[test]
+fn connection_limit_is_enforced() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "limits: { max_connections: 2 }");
+    let a = TcpStream::connect(proxy.addr).unwrap();
+    let b = TcpStream::connect(proxy.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (resp, closed) = exchange(
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        SHORT,
+    );
+    assert!(
+        resp.is_empty() && closed,
+        "third connection must be refused: {resp}"
+    );
+    drop((a, b));
+    std::thread::sleep(Duration::from_millis(100));
+    let (resp, _) = exchange(
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200], "slots are released: {resp}");
+}
