@@ -8,7 +8,7 @@
 use crate::error::HttpError;
 use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::encode::push_u64;
-use crate::http1::response::{parse_response, BodyKind};
+use crate::http1::response::{parse_response, BodyKind, ResponseHead};
 use crate::http1::Method;
 use crate::mcp::sse::EndpointRewriter;
 use crate::pipeline::{Conn, Next};
@@ -163,38 +163,7 @@ async fn read_head(
                 }
                 Ok(Some(r)) if r.status < 200 => Some(Err(r.head_len)),
                 Ok(Some(r)) => {
-                    let options = ConnectionOptions::collect(r.headers).map_err(|()| {
-                        Some(HttpError::BadGateway(
-                            "too many upstream Connection options",
-                        ))
-                    })?;
-                    conn.out.clear();
-                    conn.out.extend_from_slice(b"HTTP/1.1 ");
-                    push_u64(&mut conn.out, u64::from(r.status));
-                    conn.out.push(b' ');
-                    conn.out.extend_from_slice(r.reason.as_bytes());
-                    conn.out.extend_from_slice(b"\r\n");
-                    for h in r.headers.iter() {
-                        let keep_length = r.body == BodyKind::Empty
-                            && r.status != 204
-                            && h.name.eq_ignore_ascii_case("content-length");
-                        if (dropped_in_response(h.name) && !keep_length) || options.contains(h.name)
-                        {
-                            continue;
-                        }
-                        conn.out.extend_from_slice(h.name.as_bytes());
-                        conn.out.extend_from_slice(b": ");
-                        conn.out.extend_from_slice(h.value);
-                        conn.out.extend_from_slice(b"\r\n");
-                    }
-                    conn.out.extend_from_slice(b"X-Request-Id: ");
-                    conn.out.extend_from_slice(req.id.as_bytes());
-                    conn.out.extend_from_slice(b"\r\n");
-                    if let BodyKind::Length(n) = r.body {
-                        conn.out.extend_from_slice(b"Content-Length: ");
-                        push_u64(&mut conn.out, n);
-                        conn.out.extend_from_slice(b"\r\n");
-                    }
+                    write_client_head(&r, req.id.as_bytes(), &mut conn.out)?;
                     Some(Ok((
                         Head {
                             body: r.body,
@@ -232,6 +201,48 @@ async fn read_head(
             Err(_) => return Err(Some(HttpError::GatewayTimeout)),
         }
     }
+}
+
+/// Write the client's response head for upstream head `r` into `out`, without
+/// framing of chunked bodies and without the final CRLF: status line, the
+/// upstream's end-to-end headers, the request id, Content-Length when known.
+pub fn write_client_head(
+    r: &ResponseHead<'_>,
+    request_id: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Option<HttpError>> {
+    let options = ConnectionOptions::collect(r.headers).map_err(|()| {
+        Some(HttpError::BadGateway(
+            "too many upstream Connection options",
+        ))
+    })?;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(r.status));
+    out.push(b' ');
+    out.extend_from_slice(r.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in r.headers.iter() {
+        let keep_length = r.body == BodyKind::Empty
+            && r.status != 204
+            && h.name.eq_ignore_ascii_case("content-length");
+        if (dropped_in_response(h.name) && !keep_length) || options.contains(h.name) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Request-Id: ");
+    out.extend_from_slice(request_id);
+    out.extend_from_slice(b"\r\n");
+    if let BodyKind::Length(n) = r.body {
+        out.extend_from_slice(b"Content-Length: ");
+        push_u64(out, n);
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(())
 }
 
 /// Where the response body is in its framing.
