@@ -280,7 +280,7 @@ pub fn expand_env(s: &str) -> Result<String, String> {
                 return Err(format!("invalid environment variable name {name:?}"));
             }
             let value = std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?;
+                .map_err(|_| format!("environment variable \"{name}\" is not set"))?;
             out.push_str(&value);
             rest = &t[end + 1..];
         } else {
@@ -619,9 +619,10 @@ mod tests {
         assert!(
             e.0[0]
                 .message
-                .contains("PORTCULLIS_SURELY_UNSET_VAR is not set"),
+                .contains("\"PORTCULLIS_SURELY_UNSET_VAR\" is not set"),
             "{e}"
         );
+        assert_eq!(e.0[0].line, Some(6), "{e}");
     }
 
     #[test]

@@ -118,7 +118,9 @@ where
 mod tests {
     use super::*;
 
-    fn parse(raw: &[u8], head: bool) -> Result<Option<(u16, BodyKind, bool, bool)>, HttpError> {
+    type Facts = (u16, BodyKind, bool, bool);
+
+    fn parse(raw: &[u8], head: bool) -> Result<Option<Facts>, HttpError> {
         let mut h = [httparse::EMPTY_HEADER; 32];
         parse_response(raw, &mut h, head, 16384)
             .map(|r| r.map(|r| (r.status, r.body, r.keep_alive, r.event_stream)))
@@ -127,7 +129,7 @@ mod tests {
     #[test]
     fn framing_table() {
         use BodyKind::*;
-        let cases: &[(&[u8], bool, Option<(u16, BodyKind, bool, bool)>)] = &[
+        let cases: &[(&[u8], bool, Option<Facts>)] = &[
             (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, Some((200, Length(5), true, false))),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n", false, Some((200, Chunked, true, true))),
             (b"HTTP/1.1 200 OK\r\n\r\n", false, Some((200, UntilClose, false, false))),

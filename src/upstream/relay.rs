@@ -211,11 +211,9 @@ pub fn write_client_head(
     request_id: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), Option<HttpError>> {
-    let options = ConnectionOptions::collect(r.headers).map_err(|()| {
-        Some(HttpError::BadGateway(
-            "too many upstream Connection options",
-        ))
-    })?;
+    let options = ConnectionOptions::collect(r.headers).ok_or(Some(HttpError::BadGateway(
+        "too many upstream Connection options",
+    )))?;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(r.status));

@@ -76,7 +76,8 @@ pub struct ConnectionOptions<'b> {
 }
 
 impl<'b> ConnectionOptions<'b> {
-    pub fn collect(headers: &[httparse::Header<'b>]) -> Result<Self, ()> {
+    /// `None` when more than 16 options are listed.
+    pub fn collect(headers: &[httparse::Header<'b>]) -> Option<Self> {
         let mut opts = ConnectionOptions {
             names: [&[]; 16],
             len: 0,
@@ -92,13 +93,13 @@ impl<'b> ConnectionOptions<'b> {
                 .filter(|t| !t.is_empty())
             {
                 if opts.len == opts.names.len() {
-                    return Err(());
+                    return None;
                 }
                 opts.names[opts.len] = token;
                 opts.len += 1;
             }
         }
-        Ok(opts)
+        Some(opts)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -141,7 +142,7 @@ pub fn prepare(
             return Err(reject(HttpError::PayloadTooLarge, route.mcp));
         }
     }
-    let options = ConnectionOptions::collect(head.headers).map_err(|()| {
+    let options = ConnectionOptions::collect(head.headers).ok_or_else(|| {
         reject(
             HttpError::BadRequest("too many Connection options"),
             route.mcp,

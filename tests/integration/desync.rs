@@ -157,3 +157,18 @@ fn desync_guardian_cases() {
         failures.join("\n")
     );
 }
+
+/// Every example configuration shipped in config/ passes `portcullis check`.
+#[test]
+fn example_configs_compile() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "yaml") {
+            portcullis::snapshot::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no example configs in {}", dir.display());
+}
