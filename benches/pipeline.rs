@@ -8,7 +8,7 @@ use portcullis::http1::parse::parse_request;
 use portcullis::http1::response::parse_response;
 use portcullis::snapshot::{self, SharedSnapshot};
 use portcullis::upstream::relay::write_client_head;
-use portcullis::upstream::request::prepare;
+use portcullis::upstream::request::{prepare, ClientFacts};
 use portcullis::worker::{Shared, Worker};
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -26,7 +26,7 @@ fn in_process(c: &mut Criterion) {
     let shared_snap: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
     let worker = Worker::new(0, Arc::new(Shared::default()), shared_snap.clone());
     let snap = shared_snap.load_full();
-    let peer = "127.0.0.1:40000".parse().unwrap();
+    let client = ClientFacts::new("127.0.0.1:40000".parse().unwrap(), false);
     let mut up = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(1024);
     c.bench_function("pipeline/in_process", |b| {
@@ -35,7 +35,7 @@ fn in_process(c: &mut Criterion) {
             let head = parse_request(black_box(REQUEST), &mut headers, &snap.head_limits)
                 .unwrap()
                 .unwrap();
-            let req = prepare(&worker, &snap, &head, peer, false, &mut up)
+            let req = prepare(&worker, &snap, &head, &client, &mut up)
                 .ok()
                 .unwrap();
             let mut rh = [httparse::EMPTY_HEADER; 64];

@@ -15,7 +15,7 @@ use crate::http1::encode::error_response;
 use crate::http1::{parse_request, Framing};
 use crate::snapshot::Snapshot;
 use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
-use crate::upstream::request::{prepare, Reject, Request};
+use crate::upstream::request::{prepare, ClientFacts, Reject, Request};
 use crate::upstream::{connect, relay};
 use crate::worker::Worker;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
@@ -29,8 +29,7 @@ pub const MAX_HEADERS: usize = 256;
 
 /// Buffers and facts of one client connection, reused across its requests.
 pub struct Conn {
-    pub peer: SocketAddr,
-    pub tls: bool,
+    pub client: ClientFacts,
     /// Bytes read from the client and not yet consumed.
     pub buf: Vec<u8>,
     /// The upstream request being built / sent.
@@ -68,10 +67,8 @@ impl Drop for InFlight<'_> {
 /// Serve one client connection until it closes, errs, idles out or the
 /// worker shuts down.
 pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAddr) {
-    let tls = client.is_tls();
     let mut conn = Conn {
-        peer,
-        tls,
+        client: ClientFacts::new(peer, client.is_tls()),
         buf: Vec::with_capacity(4096),
         up: Vec::new(),
         ubuf: Vec::new(),
@@ -182,7 +179,7 @@ async fn read_head(
             let n = snap.head_limits.max_headers.clamp(1, MAX_HEADERS);
             match parse_request(&conn.buf, &mut headers[..n], &snap.head_limits) {
                 Ok(Some(head)) => Some((
-                    prepare(worker, snap, &head, conn.peer, conn.tls, &mut conn.up),
+                    prepare(worker, snap, &head, &conn.client, &mut conn.up),
                     head.head_len,
                 )),
                 Ok(None) => None,
@@ -216,9 +213,9 @@ pub async fn reject(client: &mut ClientStream, conn: &mut Conn, rej: Reject) -> 
         rej.close,
     );
     if rej.err.status() >= 500 {
-        tracing::warn!(peer = %conn.peer, status = rej.err.status(), reason = rej.err.reason(), "request failed");
+        tracing::warn!(peer = %conn.client.peer, status = rej.err.status(), reason = rej.err.reason(), "request failed");
     } else {
-        tracing::debug!(peer = %conn.peer, status = rej.err.status(), reason = rej.err.reason(), "request rejected");
+        tracing::debug!(peer = %conn.client.peer, status = rej.err.status(), reason = rej.err.reason(), "request rejected");
     }
     let _ = write_all(client, &mut conn.out).await;
     if rej.close {

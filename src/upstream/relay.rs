@@ -74,30 +74,31 @@ pub async fn response(
     let mut data = Vec::new();
     let write_timeout = snap.limits.write_timeout.0;
     loop {
-        // Move what the upstream buffer holds into `out`.
-        let done = source
-            .take(&mut conn.ubuf, &mut data)
-            .map_err(|_| None::<HttpError>)?;
-        let payload: &[u8] = if let Some(rw) = rewriter.as_mut() {
-            let mut rewritten = Vec::with_capacity(data.len());
-            rw.feed(route, &data, &mut rewritten);
-            if done {
-                rw.finish(&mut rewritten);
-            }
-            data = rewritten;
-            &data
+        // Move what the upstream buffer holds into `out`: directly when the
+        // bytes pass unchanged, else through the rewriter and/or chunk framing.
+        let done = if rewriter.is_none() && !client_chunked {
+            source
+                .take(&mut conn.ubuf, &mut conn.out)
+                .map_err(|_| None::<HttpError>)?
         } else {
-            &data
-        };
-        if client_chunked {
-            encode_chunk(&mut conn.out, payload);
+            let done = source
+                .take(&mut conn.ubuf, &mut data)
+                .map_err(|_| None::<HttpError>)?;
+            if let Some(rw) = rewriter.as_mut() {
+                let mut rewritten = Vec::with_capacity(data.len());
+                rw.feed(route, &data, &mut rewritten);
+                if done {
+                    rw.finish(&mut rewritten);
+                }
+                data = rewritten;
+            }
+            encode_chunk(&mut conn.out, &data);
             if done {
                 conn.out.extend_from_slice(LAST_CHUNK);
             }
-        } else {
-            conn.out.extend_from_slice(payload);
-        }
-        data.clear();
+            data.clear();
+            done
+        };
         if !conn.out.is_empty() {
             match timeout(write_timeout, write_all(client, &mut conn.out)).await {
                 Ok(Ok(())) => {}

@@ -32,41 +32,39 @@ pub struct Reject {
 /// Headers never copied from the client: hop-by-hop ones, framing (portcullis
 /// frames the upstream request itself), and those it sets itself.
 fn dropped(name: &str) -> bool {
-    const DROP: &[&str] = &[
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authorization",
-        "host",
-        "content-length",
-        "expect",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-request-id",
-    ];
-    DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+    let n = name.as_bytes();
+    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    match n.len() {
+        2 => is("te"),
+        4 => is("host"),
+        6 => is("expect"),
+        7 => is("trailer") || is("upgrade"),
+        9 => is("forwarded"),
+        10 => is("connection") || is("keep-alive"),
+        12 => is("x-request-id"),
+        14 => is("content-length"),
+        15 => is("x-forwarded-for"),
+        16 => is("proxy-connection") || is("x-forwarded-host"),
+        17 => is("transfer-encoding") || is("x-forwarded-proto"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// Headers a response never carries to the client.
 pub fn dropped_in_response(name: &str) -> bool {
-    const DROP: &[&str] = &[
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "x-request-id",
-    ];
-    DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+    let n = name.as_bytes();
+    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    match n.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        12 => is("x-request-id"),
+        14 => is("content-length"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        _ => false,
+    }
 }
 
 /// The option names listed in Connection headers (they are hop-by-hop too).
@@ -109,16 +107,36 @@ impl<'b> ConnectionOptions<'b> {
     }
 }
 
+/// What is known of the client connection, computed once per connection.
+pub struct ClientFacts {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// The complete `X-Forwarded-For: <ip>\r\n` line.
+    pub forwarded_for: Vec<u8>,
+}
+
+impl ClientFacts {
+    pub fn new(peer: SocketAddr, tls: bool) -> ClientFacts {
+        let mut forwarded_for = Vec::with_capacity(64);
+        let _ = write!(forwarded_for, "X-Forwarded-For: {}\r\n", peer.ip());
+        ClientFacts {
+            peer,
+            tls,
+            forwarded_for,
+        }
+    }
+}
+
 /// Resolve the route and write the upstream request head into `up`, without
 /// its framing header and final CRLF (the forwarder adds those).
 pub fn prepare(
     worker: &Worker,
     snap: &Snapshot,
     head: &RequestHead<'_>,
-    peer: SocketAddr,
-    tls: bool,
+    client: &ClientFacts,
     up: &mut Vec<u8>,
 ) -> Result<Request, Reject> {
+    let tls = client.tls;
     let id = head
         .header("x-request-id")
         .and_then(RequestId::keep)
@@ -165,7 +183,7 @@ pub fn prepare(
         up.extend_from_slice(h.value);
         up.extend_from_slice(b"\r\n");
     }
-    let _ = write!(up, "X-Forwarded-For: {}\r\n", peer.ip());
+    up.extend_from_slice(&client.forwarded_for);
     up.extend_from_slice(if tls {
         b"X-Forwarded-Proto: https\r\n"
     } else {
