@@ -165,15 +165,14 @@ where
     let mut keep_alive = http11;
     let mut expect_continue = false;
     for h in headers {
+        // httparse has already checked that the name is a token and that the
+        // value holds no CTL (so no CR, LF or NUL): the table tests prove it.
         let name = h.name.as_bytes();
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Err(HttpError::BadRequest("invalid header name"));
-        }
-        if h.value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(HttpError::BadRequest("CR, LF or NUL in a header value"));
-        }
-        if looks_like(name, b"contentlength") && !h.name.eq_ignore_ascii_case("content-length")
-            || looks_like(name, b"transferencoding")
+        if (13..=32).contains(&name.len())
+            && looks_like(name, b"contentlength")
+            && !h.name.eq_ignore_ascii_case("content-length")
+            || (16..=32).contains(&name.len())
+                && looks_like(name, b"transferencoding")
                 && !h.name.eq_ignore_ascii_case("transfer-encoding")
         {
             return Err(HttpError::BadRequest("obfuscated framing header name"));
