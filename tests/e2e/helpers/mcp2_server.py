@@ -1,0 +1,85 @@
+"""A real `mcp` 2.x MCPServer over Streamable HTTP (uvicorn), for the e2e tests.
+
+Usage: mcp2_server.py --port P [--json] [--stateless] [--path /mcp]
+                      [--tls-cert F --tls-key F]
+Prints nothing special; the tests wait for the port to accept connections.
+"""
+
+import argparse
+import json
+
+import anyio
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+
+
+def build() -> MCPServer:
+    mcp = MCPServer("e2e-mcp2", version="1.0.0")
+
+    @mcp.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @mcp.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    @mcp.tool()
+    async def countdown(n: int, ctx: Context) -> str:
+        """Send n progress and log notifications, then answer."""
+        for i in range(n):
+            await ctx.report_progress(i + 1, n, f"step {i + 1}")
+            await ctx.info(f"tick {i + 1}")
+            await anyio.sleep(0.05)
+        return f"counted {n}"
+
+    @mcp.tool()
+    async def slow(seconds: float) -> str:
+        """Sleep, then answer."""
+        await anyio.sleep(seconds)
+        return f"slept {seconds}"
+
+    @mcp.tool()
+    def request_headers(ctx: Context) -> str:
+        """The HTTP request headers this server received, as JSON."""
+        headers = ctx.headers or {}
+        return json.dumps({k.lower(): v for k, v in headers.items()})
+
+    @mcp.resource("e2e://greeting")
+    def greeting() -> str:
+        """A static text resource."""
+        return "hello from mcp2"
+
+    @mcp.prompt()
+    def greet(name: str) -> str:
+        """A prompt with one argument."""
+        return f"Please greet {name}."
+
+    return mcp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--path", default="/mcp")
+    ap.add_argument("--json", action="store_true", help="JSON responses instead of SSE")
+    ap.add_argument("--stateless", action="store_true")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    args = ap.parse_args()
+    app = build().streamable_http_app(
+        streamable_http_path=args.path,
+        json_response=args.json,
+        stateless_http=args.stateless,
+        host="127.0.0.1",
+    )
+    ssl = {}
+    if args.tls_cert:
+        ssl = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", **ssl)
+
+
+if __name__ == "__main__":
+    main()

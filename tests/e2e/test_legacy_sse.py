@@ -1,0 +1,149 @@
+"""The legacy (2024-11-05) HTTP+SSE transport through portcullis: a real
+mcp<2 FastMCP SSE server, real mcp<2 and mcp 2.x clients, and the `endpoint`
+event rewritten when the public prefix (/legacy) differs from the upstream's
+(/)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import anyio
+import pytest
+
+from conftest import run_mcp1_client
+from mcpclient import exercise
+
+STEPS = [[1.0, 3.0, "step 1"], [2.0, 3.0, "step 2"], [3.0, 3.0, "step 3"]]
+TICKS = ["tick 1", "tick 2", "tick 3"]
+
+
+def first_event(port: int, path: str, timeout: float = 10) -> tuple[bytes, bytes]:
+    """GET an SSE stream over a raw socket; return (response head, first event)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(4096)
+            assert chunk, f"closed before the head: {buf!r}"
+            buf += chunk
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        # De-chunk until one complete event (blank line) has arrived.
+        body = b""
+        while True:
+            m = re.match(rb"([0-9a-fA-F]+)\r\n", rest)
+            if m:
+                size = int(m.group(1), 16)
+                start = m.end()
+                if len(rest) >= start + size + 2:
+                    body += rest[start : start + size]
+                    rest = rest[start + size + 2 :]
+                    norm = body.replace(b"\r\n", b"\n")
+                    if b"\n\n" in norm:
+                        return head, norm.split(b"\n\n", 1)[0]
+                    continue
+            chunk = s.recv(4096)
+            assert chunk, f"closed before the first event: {body!r}"
+            rest += chunk
+
+
+def test_endpoint_event_rewritten(gateway, mcp1_sse):
+    """Public /legacy → upstream /: the endpoint path gains the public prefix."""
+    head, event = first_event(gateway.port, "/legacy/sse")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"text/event-stream" in head.lower()
+    lines = event.decode().splitlines()
+    assert "event: endpoint" in lines
+    data = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    assert len(data) == 1 and re.fullmatch(r"/legacy/messages/\?session_id=[0-9a-f]{32}", data[0]), data
+    # Direct from the upstream, the same event names the upstream path.
+    _, direct = first_event(mcp1_sse.port, "/sse")
+    assert re.search(rb"data: /messages/\?session_id=[0-9a-f]{32}", direct), direct
+
+
+def test_endpoint_event_untouched_when_prefixes_match(gateway):
+    head, event = first_event(gateway.root_port, "/sse")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert re.search(rb"data: /messages/\?session_id=[0-9a-f]{32}", event), event
+
+
+@pytest.mark.parametrize(
+    "where",
+    [pytest.param("rewritten", id="public-/legacy-upstream-/"), pytest.param("same", id="same-prefix")],
+)
+def test_mcp1_client_legacy_sse(gateway, mcp1_sse, where):
+    """mcp<2 ClientSession over sse_client: the POSTs go to the rewritten
+    endpoint (through portcullis), the answers arrive on the GET stream."""
+    url = gateway.url("/legacy/sse") if where == "rewritten" else f"http://127.0.0.1:{gateway.root_port}/sse"
+    out = run_mcp1_client(url, "sse")
+    assert out["server_name"] == "e2e-mcp1"
+    assert out["add"] == ["42"] and out["echo"] == ["héllo through portcullis"]
+    assert out["progress"] == STEPS and out["logs"] == TICKS
+    assert out["resource"] == ["hello from mcp1"] and out["prompt"] == ["Please greet Ada."]
+    assert out.pop("session_id")
+    direct = run_mcp1_client(mcp1_sse.url, "sse")
+    direct.pop("session_id")
+    assert out == direct
+
+
+def test_mcp2_client_legacy_sse(gateway, mcp1_sse):
+    """mcp 2.x Client on the legacy SSE transport through the rewritten route."""
+    out, rec = anyio.run(lambda: exercise(gateway.url("/legacy/sse"), "legacy", legacy_sse=True))
+    assert out["server_name"] == "e2e-mcp1"
+    assert out["add"] == ["42"] and out["progress"] == STEPS and out["logs"] == TICKS
+    gets = rec.by_method("GET")
+    posts = rec.by_method("POST")
+    assert [g.path for g in gets] == ["/legacy/sse"] and gets[0].status == 200
+    assert posts and all(p.path.startswith("/legacy/messages/?session_id=") for p in posts)
+    # Every message POST is accepted with 202; the answer comes on the stream.
+    assert {p.status for p in posts} == {202}
+    direct, _ = anyio.run(lambda: exercise(mcp1_sse.url, "legacy", legacy_sse=True))
+    assert out == direct
+
+
+def test_message_post_relayed_202_no_body(gateway):
+    """A POST to the rewritten message endpoint: 202 relayed, and the JSON-RPC
+    answer arrives on the GET stream through portcullis."""
+    port = gateway.port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET /legacy/sse HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        buf = b""
+        while b"session_id=" not in buf or b"\n\n" not in buf.split(b"session_id=", 1)[1].replace(b"\r\n", b"\n"):
+            chunk = s.recv(4096)
+            assert chunk
+            buf += chunk
+        m = re.search(rb"data: (/legacy/messages/\?session_id=[0-9a-f]{32})", buf)
+        assert m, buf
+        endpoint = m.group(1).decode()
+        init = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "initialize",
+                "params": {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+            }
+        ).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as p:
+            p.sendall(
+                f"POST {endpoint} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(init)}\r\nConnection: close\r\n\r\n".encode()
+                + init
+            )
+            resp = b""
+            while True:
+                chunk = p.recv(4096)
+                if not chunk:
+                    break
+                resp += chunk
+        head, _, body = resp.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 202"), resp
+        assert body in (b"", b"Accepted"), body  # FastMCP answers "Accepted"
+        # The initialize result arrives on the SSE stream.
+        while b'"id":7' not in buf:
+            chunk = s.recv(4096)
+            assert chunk
+            buf += chunk
+        assert b'"protocolVersion":"2024-11-05"' in buf
