@@ -295,3 +295,46 @@ fn connection_limit_is_enforced() {
     );
     assert_eq!(statuses(&resp), [200], "slots are released: {resp}");
 }
+
+#[test]
+fn epoll_driver_serves_the_same() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "runtime: { driver: epoll }");
+    let (resp, closed) = exchange(
+        proxy.addr,
+        b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 2\r\n\r\n{}GET /y HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200, 200], "{resp}");
+    assert!(!closed);
+}
+
+#[test]
+fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
+    fn slow(_: &[u8]) -> Vec<u8> {
+        std::thread::sleep(Duration::from_millis(600));
+        ok_json(&[])
+    }
+    let up = Upstream::start(slow);
+    let proxy = Proxy::mcp(up.addr, "shutdown_timeout: 5s");
+    let addr = proxy.addr;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let stopper = std::thread::spawn(move || drop(proxy));
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "no new connections once shutting down"
+    );
+    let (resp, closed) = read_all(&mut s, Duration::from_secs(3));
+    assert_eq!(
+        statuses(&resp),
+        [200],
+        "in-flight request completes: {resp}"
+    );
+    assert!(resp.contains("Connection: close"), "{resp}");
+    assert!(closed);
+    stopper.join().unwrap();
+}
