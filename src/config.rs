@@ -106,6 +106,9 @@ pub enum Driver {
 pub struct Listen {
     pub address: SocketAddr,
     pub tls: Option<ListenTls>,
+    /// Open connections on this listener (all workers); the total limit
+    /// `limits.max_connections` applies as well.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,7 @@ use monoio::io::CancelHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ pub struct Bound {
     pub socket: std::net::TcpListener,
     pub address: SocketAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Open connections on this listener, shared by its sockets on all workers.
+    pub open: Arc<AtomicUsize>,
+    pub max_connections: usize,
 }
 
 /// Bind `workers` sockets per listener, all on the same address. A port of 0
@@ -27,6 +30,7 @@ pub fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<V
     let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
     for spec in specs {
         let mut addr = spec.address;
+        let open = Arc::new(AtomicUsize::new(0));
         for bound in per_worker.iter_mut() {
             let socket = bind_one(addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
@@ -36,6 +40,8 @@ pub fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<V
                 socket,
                 address: addr,
                 tls: spec.tls.clone(),
+                open: open.clone(),
+                max_connections: spec.max_connections.unwrap_or(usize::MAX),
             });
         }
     }
@@ -53,12 +59,13 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Decrements the open-connection count when a connection ends.
-struct ConnectionSlot(Rc<Worker>);
+/// Holds one place in the total and the listener's connection counts.
+struct ConnectionSlot(Rc<Worker>, Arc<AtomicUsize>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -85,9 +92,10 @@ pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle)
         };
         let snap = worker.snapshot();
         let open = worker.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let slot = ConnectionSlot(worker.clone());
-        if open > snap.limits.max_connections {
-            tracing::debug!(%peer, open, "connection limit reached, closing");
+        let here = bound.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = ConnectionSlot(worker.clone(), bound.open.clone());
+        if open > snap.limits.max_connections || here > bound.max_connections {
+            tracing::debug!(%peer, open, here, "connection limit reached, closing");
             continue;
         }
         let _ = tcp.set_nodelay(true);

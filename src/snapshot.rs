@@ -19,6 +19,7 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 pub struct ListenerSpec {
     pub address: SocketAddr,
+    pub max_connections: Option<usize>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -101,6 +102,7 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         };
         listeners.push(ListenerSpec {
             address: l.address,
+            max_connections: l.max_connections,
             tls,
         });
     }

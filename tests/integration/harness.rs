@@ -108,9 +108,14 @@ impl Proxy {
     /// optional extra top-level YAML.
     pub fn start(upstream: SocketAddr, routes_yaml: &str, extra: &str) -> Proxy {
         let text = format!(
-            "workers: 1\nlisten:\n  - address: 127.0.0.1:0\n{extra}\nroutes:\n{}",
-            routes_yaml.replace("{upstream}", &upstream.to_string())
+            "workers: 1\nlisten:\n  - address: 127.0.0.1:0\n{extra}\nroutes:\n{routes_yaml}"
         );
+        Proxy::from_config(upstream, &text)
+    }
+
+    /// Start a proxy from a whole configuration (with `{upstream}` replaced).
+    pub fn from_config(upstream: SocketAddr, text: &str) -> Proxy {
+        let text = text.replace("{upstream}", &upstream.to_string());
         let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("test.yaml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         let running = runtime::start(snap).unwrap();

@@ -271,9 +271,18 @@ fn slow_heads_time_out_with_408() {
 }
 
 #[test]
-fn connection_limit_is_enforced() {
+fn connection_limits_are_enforced() {
     let up = Upstream::start(ok_json);
-    let proxy = Proxy::mcp(up.addr, "limits: { max_connections: 2 }");
+    let per_listener = "workers: 2\nlisten:\n  - { address: 127.0.0.1:0, max_connections: 2 }\nroutes:\n  - { name: t, from: http://proxy.test/, to: http://{upstream}/ }\n";
+    for proxy in [
+        Proxy::mcp(up.addr, "limits: { max_connections: 2 }"),
+        Proxy::from_config(up.addr, per_listener),
+    ] {
+        check_limit_of_two(&proxy);
+    }
+}
+
+fn check_limit_of_two(proxy: &Proxy) {
     let a = TcpStream::connect(proxy.addr).unwrap();
     let b = TcpStream::connect(proxy.addr).unwrap();
     std::thread::sleep(Duration::from_millis(100));
