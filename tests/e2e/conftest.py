@@ -256,6 +256,14 @@ def mcp2_json(session_procs) -> Upstream:
 
 
 @pytest.fixture(scope="session")
+def mcp2_legacy_sse(session_procs) -> Upstream:
+    """mcp 2.x MCPServer, legacy HTTP+SSE transport (GET /sse, POST /messages/)."""
+    u = start_mcp2(session_procs, "mcp2-legacy-sse", json_mode=False, extra=["--sse"])
+    u.path = "/sse"
+    return u
+
+
+@pytest.fixture(scope="session")
 def mcp1_http(session_procs) -> Upstream:
     """mcp<2 FastMCP, Streamable HTTP (SSE responses)."""
     return start_mcp1(session_procs, "mcp1-http", "streamable-http")
@@ -287,7 +295,9 @@ class Gateway:
 
 
 @pytest.fixture(scope="session")
-def gateway(session_procs, tmp_path_factory, mcp2_sse, mcp2_json, mcp1_http, mcp1_http_json, mcp1_sse) -> Gateway:
+def gateway(
+    session_procs, tmp_path_factory, mcp2_sse, mcp2_json, mcp2_legacy_sse, mcp1_http, mcp1_http_json, mcp1_sse
+) -> Gateway:
     port, root_port, dead_port = free_port(), free_port(), free_port()
     pub = f"http://127.0.0.1:{port}"
     # upstream.pool_idle_timeout is kept below uvicorn's 5 s keep-alive
@@ -328,6 +338,10 @@ routes:
     from: {pub}/legacy
     to: http://127.0.0.1:{mcp1_sse.port}/
     mcp: {{}}
+  - name: mcp2-legacy-rewritten
+    from: {pub}/legacy2/
+    to: http://127.0.0.1:{mcp2_legacy_sse.port}/
+    mcp: {{}}
   - name: mcp1-legacy-same
     from: http://127.0.0.1:{root_port}/
     to: http://127.0.0.1:{mcp1_sse.port}/
@@ -345,12 +359,12 @@ routes:
     return Gateway(port, root_port, dead_port, proc)
 
 
-def run_mcp1_client(url: str, transport: str, timeout: float = 90, env: dict | None = None) -> dict:
+def run_mcp1_client(url: str, transport: str, timeout: float = 90, env: dict | None = None, elicit: bool = False) -> dict:
     """Run the mcp<2 ClientSession helper; return its JSON report."""
     import json
 
     r = subprocess.run(
-        [PY1, str(HELPERS / "mcp1_client.py"), "--url", url, "--transport", transport],
+        [PY1, str(HELPERS / "mcp1_client.py"), "--url", url, "--transport", transport] + (["--elicit"] if elicit else []),
         capture_output=True,
         text=True,
         timeout=timeout,

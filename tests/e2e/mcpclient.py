@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import mcp_types as types
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -85,11 +86,13 @@ async def exercise(
     verify: ssl.SSLContext | bool = True,
     full: bool = True,
     legacy_sse: bool = False,
+    elicit: bool = False,
 ) -> tuple[dict, Recorder]:
     """Connect the mcp 2.x Client to `url` and run a small scripted session.
     Returns what it saw and the HTTP exchanges (Streamable HTTP), or, with
     `legacy_sse`, speaks the 2024-11-05 HTTP+SSE transport (GET stream +
-    POSTs to the URL named by its `endpoint` event)."""
+    POSTs to the URL named by its `endpoint` event). With `elicit`, also
+    calls `ask_name`, whose elicitation request the client answers mid-call."""
     rec = Recorder()
     out: dict[str, Any] = {}
     logs: list[Any] = []
@@ -100,6 +103,10 @@ async def exercise(
 
     async def on_progress(p, total, message) -> None:
         progress.append([p, total, message])
+
+    async def on_elicit(context, params) -> types.ElicitResult:
+        out["elicited"] = params.message
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
 
     with anyio.fail_after(60):
         async with http_client(rec, verify) as hc:
@@ -116,7 +123,9 @@ async def exercise(
                 transport = sse_client(url, httpx_client_factory=factory)
             else:
                 transport = streamable_http_client(url, http_client=hc)
-            async with Client(transport, mode=mode, logging_callback=on_log, log_level="info") as client:
+            async with Client(
+                transport, mode=mode, logging_callback=on_log, log_level="info", elicitation_callback=on_elicit
+            ) as client:
                 out["protocol_version"] = client.protocol_version
                 out["server_name"] = client.server_info.name if client.server_info else None
                 tools = await client.list_tools()
@@ -133,6 +142,8 @@ async def exercise(
                     if not client.protocol_version.startswith("2026"):
                         await client.send_ping()  # removed in the 2026-07-28 era
                         out["ping"] = True
+                if elicit:
+                    out["ask_name"] = text_of(await client.call_tool("ask_name", {}))
     out["logs"] = logs
     out["progress"] = progress
     return out, rec

@@ -64,43 +64,68 @@ def test_endpoint_event_rewritten(gateway, mcp1_sse):
     assert re.search(rb"data: /messages/\?session_id=[0-9a-f]{32}", direct), direct
 
 
+def test_endpoint_event_rewritten_mcp2_server(gateway, mcp2_legacy_sse):
+    head, event = first_event(gateway.port, "/legacy2/sse")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    _, direct = first_event(mcp2_legacy_sse.port, "/sse")
+    m = re.search(rb"data: (/messages/\?session_id=[0-9a-f]+)", direct)
+    assert m, direct
+    assert re.search(rb"data: /legacy2/messages/\?session_id=[0-9a-f]+", event), event
+
+
 def test_endpoint_event_untouched_when_prefixes_match(gateway):
     head, event = first_event(gateway.root_port, "/sse")
     assert head.startswith(b"HTTP/1.1 200"), head
     assert re.search(rb"data: /messages/\?session_id=[0-9a-f]{32}", event), event
 
 
-@pytest.mark.parametrize(
-    "where",
-    [pytest.param("rewritten", id="public-/legacy-upstream-/"), pytest.param("same", id="same-prefix")],
-)
-def test_mcp1_client_legacy_sse(gateway, mcp1_sse, where):
-    """mcp<2 ClientSession over sse_client: the POSTs go to the rewritten
-    endpoint (through portcullis), the answers arrive on the GET stream."""
-    url = gateway.url("/legacy/sse") if where == "rewritten" else f"http://127.0.0.1:{gateway.root_port}/sse"
-    out = run_mcp1_client(url, "sse")
-    assert out["server_name"] == "e2e-mcp1"
+LEGACY = [
+    pytest.param("/legacy/sse", "mcp1_sse", "e2e-mcp1", id="mcp1-server-public-/legacy-upstream-/"),
+    pytest.param("root:/sse", "mcp1_sse", "e2e-mcp1", id="mcp1-server-same-prefix"),
+    pytest.param("/legacy2/sse", "mcp2_legacy_sse", "e2e-mcp2", id="mcp2-server-public-/legacy2-upstream-/"),
+]
+
+
+def _url(gateway, where: str) -> str:
+    if where.startswith("root:"):
+        return f"http://127.0.0.1:{gateway.root_port}{where[5:]}"
+    return gateway.url(where)
+
+
+@pytest.mark.parametrize("where,upstream,server", LEGACY)
+def test_mcp1_client_legacy_sse(request, gateway, where, upstream, server):
+    """mcp<2 ClientSession over sse_client: the POSTs go to the (rewritten)
+    endpoint through portcullis, the answers, notifications and the server's
+    elicitation request arrive on the GET stream."""
+    out = run_mcp1_client(_url(gateway, where), "sse", elicit=True)
+    assert out["server_name"] == server
     assert out["add"] == ["42"] and out["echo"] == ["héllo through portcullis"]
     assert out["progress"] == STEPS and out["logs"] == TICKS
-    assert out["resource"] == ["hello from mcp1"] and out["prompt"] == ["Please greet Ada."]
+    assert out["resource"] == [f"hello from {server[4:]}"] and out["prompt"] == ["Please greet Ada."]
+    assert out["ask_name"] == ["hello Ada"]
     assert out.pop("session_id")
-    direct = run_mcp1_client(mcp1_sse.url, "sse")
+    direct = run_mcp1_client(request.getfixturevalue(upstream).url, "sse", elicit=True)
     direct.pop("session_id")
     assert out == direct
 
 
-def test_mcp2_client_legacy_sse(gateway, mcp1_sse):
-    """mcp 2.x Client on the legacy SSE transport through the rewritten route."""
-    out, rec = anyio.run(lambda: exercise(gateway.url("/legacy/sse"), "legacy", legacy_sse=True))
-    assert out["server_name"] == "e2e-mcp1"
+@pytest.mark.parametrize("where,upstream,server", LEGACY)
+def test_mcp2_client_legacy_sse(request, gateway, where, upstream, server):
+    """mcp 2.x Client on the legacy SSE transport through portcullis."""
+    url = _url(gateway, where)
+    out, rec = anyio.run(lambda: exercise(url, "legacy", legacy_sse=True, elicit=True))
+    assert out["server_name"] == server
     assert out["add"] == ["42"] and out["progress"] == STEPS and out["logs"] == TICKS
+    assert out["ask_name"] == ["hello Ada"]
     gets = rec.by_method("GET")
     posts = rec.by_method("POST")
-    assert [g.path for g in gets] == ["/legacy/sse"] and gets[0].status == 200
-    assert posts and all(p.path.startswith("/legacy/messages/?session_id=") for p in posts)
+    sse_path = url.split(str(gateway.root_port) if where.startswith("root:") else str(gateway.port), 1)[1]
+    prefix = sse_path.removesuffix("/sse")
+    assert [g.path for g in gets] == [sse_path] and gets[0].status == 200
+    assert posts and all(p.path.startswith(f"{prefix}/messages/?session_id=") for p in posts), [p.path for p in posts]
     # Every message POST is accepted with 202; the answer comes on the stream.
     assert {p.status for p in posts} == {202}
-    direct, _ = anyio.run(lambda: exercise(mcp1_sse.url, "legacy", legacy_sse=True))
+    direct, _ = anyio.run(lambda: exercise(request.getfixturevalue(upstream).url, "legacy", legacy_sse=True, elicit=True))
     assert out == direct
 
 

@@ -396,7 +396,7 @@ def test_upstream_silent_504(portcullis, raw_upstreams):
 
 
 def test_graceful_shutdown_real_mcp_call(portcullis, mcp2_json):
-    """SIGTERM while a real tools/call (2 s) is in flight: the call completes,
+    """SIGTERM while a real tools/call (3 s) is in flight: the call completes,
     new connections are refused, portcullis exits 0."""
     port = free_port()
     proc = portcullis.start(
@@ -427,14 +427,14 @@ def test_graceful_shutdown_real_mcp_call(portcullis, mcp2_json):
                 result["resp"] = c2.post(
                     url,
                     headers=h,
-                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "slow", "arguments": {"seconds": 2}}},
+                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "slow", "arguments": {"seconds": 3}}},
                 )
         except BaseException as e:
             result["error"] = e
 
     t = threading.Thread(target=slow_call)
     t.start()
-    time.sleep(0.7)  # the call is in flight upstream
+    time.sleep(1.0)  # the call is in flight upstream (it takes 3 s)
     os.kill(proc.pid, signal.SIGTERM)
     time.sleep(0.5)  # the workers notice within 100 ms
     refused = not can_connect(port)
@@ -443,7 +443,7 @@ def test_graceful_shutdown_real_mcp_call(portcullis, mcp2_json):
     assert "error" not in result, result.get("error")
     resp = result["resp"]
     assert resp.status_code == 200
-    assert resp.json()["result"]["content"][0]["text"] == "slept 2.0"
+    assert resp.json()["result"]["content"][0]["text"] == "slept 3.0"
     assert resp.headers.get("connection", "").lower() == "close"
     assert refused, "portcullis still accepted a new connection after SIGTERM"
     rc = proc.popen.wait(timeout=20)

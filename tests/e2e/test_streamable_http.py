@@ -30,7 +30,7 @@ TICKS = ["tick 1", "tick 2", "tick 3"]
 
 def check_common(out: dict, server: str) -> None:
     assert out["server_name"] == server
-    assert {"add", "echo", "countdown"} <= set(out["tools"])
+    assert {"add", "echo", "countdown", "ask_name"} <= set(out["tools"])
     assert out["add"] == ["42"]
     assert out["echo"] == ["héllo through portcullis"]
     assert out["countdown"] == ["counted 3"]
@@ -43,17 +43,20 @@ def test_mcp2_client_legacy_session(request, gateway, prefix, server, kind, upst
     """mcp 2.x Client in handshake (legacy) mode: initialize, session id both
     ways, GET listen stream, JSON or SSE responses as the server chose, DELETE.
     What the client sees through portcullis equals what it sees direct."""
-    out, rec = anyio.run(exercise, gateway.url(prefix), "legacy")
+    sse = kind == "sse"
+    out, rec = anyio.run(lambda: exercise(gateway.url(prefix), "legacy", elicit=sse))
     check_common(out, server)
     assert out["ping"] is True
-    if kind == "sse":
-        # Progress and log notifications travel on the tools/call SSE stream.
+    if sse:
+        # Progress and log notifications travel on the tools/call SSE stream,
+        # and so does the server's elicitation request, answered by a POST.
         assert out["progress"] == STEPS
         assert out["logs"] == TICKS
+        assert out["ask_name"] == ["hello Ada"] and out["elicited"] == "What is your name?"
     else:
         # A JSON-mode server has no stream to put them on (same direct).
         assert out["progress"] == [] and out["logs"] == []
-    direct, _ = anyio.run(exercise, request.getfixturevalue(upstream).url, "legacy")
+    direct, _ = anyio.run(lambda: exercise(request.getfixturevalue(upstream).url, "legacy", elicit=sse))
     assert out == direct
 
     init = rec.by_rpc("initialize")
@@ -113,14 +116,16 @@ def test_mcp2_client_auto_mode(request, gateway, prefix, server, era, kind, upst
 def test_mcp1_client_session(request, gateway, prefix, server, kind, upstream):
     """mcp<2 ClientSession over Streamable HTTP through portcullis; same
     results as direct."""
-    out = run_mcp1_client(gateway.url(prefix), "streamable-http")
+    sse = kind == "sse"
+    out = run_mcp1_client(gateway.url(prefix), "streamable-http", elicit=sse)
     check_common(out, server)
     assert out["ping"] is True
     assert out.pop("session_id")
-    if kind == "sse":
+    if sse:
         assert out["progress"] == STEPS
         assert out["logs"] == TICKS
-    direct = run_mcp1_client(request.getfixturevalue(upstream).url, "streamable-http")
+        assert out["ask_name"] == ["hello Ada"]
+    direct = run_mcp1_client(request.getfixturevalue(upstream).url, "streamable-http", elicit=sse)
     direct.pop("session_id")
     assert out == direct
 

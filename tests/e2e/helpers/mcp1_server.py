@@ -8,6 +8,11 @@ import argparse
 
 import anyio
 from mcp.server.fastmcp import Context, FastMCP
+from pydantic import BaseModel
+
+
+class Name(BaseModel):
+    name: str
 
 
 def main() -> None:
@@ -43,6 +48,14 @@ def main() -> None:
             await ctx.info(f"tick {i + 1}")
             await anyio.sleep(0.05)
         return f"counted {n}"
+
+    @mcp.tool()
+    async def ask_name(ctx: Context) -> str:
+        """Ask the client for a name (elicitation: a server-to-client request)."""
+        result = await ctx.elicit("What is your name?", Name)
+        if result.action == "accept" and result.data is not None:
+            return f"hello {result.data.name}"
+        return f"no name ({result.action})"
 
     @mcp.resource("e2e://greeting")
     def greeting() -> str:

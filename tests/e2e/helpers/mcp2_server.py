@@ -2,6 +2,8 @@
 
 Usage: mcp2_server.py --port P [--json] [--stateless] [--path /mcp]
                       [--tls-cert F --tls-key F]
+       mcp2_server.py --port P --sse    (the legacy HTTP+SSE transport:
+                                         GET /sse, POST /messages/)
 Prints nothing special; the tests wait for the port to accept connections.
 """
 
@@ -11,6 +13,11 @@ import json
 import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel
+
+
+class Name(BaseModel):
+    name: str
 
 
 def build() -> MCPServer:
@@ -47,6 +54,14 @@ def build() -> MCPServer:
         headers = ctx.headers or {}
         return json.dumps({k.lower(): v for k, v in headers.items()})
 
+    @mcp.tool()
+    async def ask_name(ctx: Context) -> str:
+        """Ask the client for a name (elicitation: a server-to-client request)."""
+        result = await ctx.elicit("What is your name?", Name)
+        if result.action == "accept" and result.data is not None:
+            return f"hello {result.data.name}"
+        return f"no name ({result.action})"
+
     @mcp.resource("e2e://greeting")
     def greeting() -> str:
         """A static text resource."""
@@ -66,15 +81,19 @@ def main() -> None:
     ap.add_argument("--path", default="/mcp")
     ap.add_argument("--json", action="store_true", help="JSON responses instead of SSE")
     ap.add_argument("--stateless", action="store_true")
+    ap.add_argument("--sse", action="store_true", help="legacy HTTP+SSE transport")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     args = ap.parse_args()
-    app = build().streamable_http_app(
-        streamable_http_path=args.path,
-        json_response=args.json,
-        stateless_http=args.stateless,
-        host="127.0.0.1",
-    )
+    if args.sse:
+        app = build().sse_app(host="127.0.0.1")
+    else:
+        app = build().streamable_http_app(
+            streamable_http_path=args.path,
+            json_response=args.json,
+            stateless_http=args.stateless,
+            host="127.0.0.1",
+        )
     ssl = {}
     if args.tls_cert:
         ssl = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
