@@ -306,8 +306,12 @@ def gateway(
     # test_proxy_behaviour.py::test_stale_pooled_connection_streamed_body and
     # README.md, "Known portcullis bugs"). Without this, any test that runs
     # more than 5 s after the previous request on the same route gets a 502.
+    # shutdown_timeout: SSE streams whose clients left stay in flight until
+    # the upstream writes again (test_client_disconnect_closes_upstream_stream),
+    # so keep the teardown's graceful wait short.
     cfg = f"""
 workers: 1
+shutdown_timeout: 3s
 upstream:
   pool_idle_timeout: 2s
 listen:

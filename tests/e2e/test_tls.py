@@ -82,6 +82,7 @@ def tls_gateway(pki, mcp2_sse, mcp2_json, https_upstream, tmp_path_factory) -> T
     )
     cfg = f"""
 workers: 1
+shutdown_timeout: 3s
 upstream:
   ca_file: {pki.ca_file}
   pool_idle_timeout: 2s   # below uvicorn's 5 s keep-alive: see conftest.py gateway
