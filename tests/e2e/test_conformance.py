@@ -133,3 +133,26 @@ def test_conformance_through_portcullis_matches_direct(direct_results, conforman
         f"\nconformance via portcullis{path}: {sum(s_proxy.values())}/{len(s_proxy)} scenarios pass "
         f"(direct: {sum(s_direct.values())}/{len(s_direct)})"
     )
+
+
+@pytest.mark.parametrize(
+    "upstream,prefix",
+    [
+        pytest.param("mcp2_sse", "/v2sse", id="mcp2-MCPServer"),
+        pytest.param("mcp1_http", "/v1/mcp", id="mcp1-FastMCP"),
+    ],
+)
+def test_conformance_python_servers_same_through_portcullis(request, gateway, tmp_path, upstream, prefix):
+    """The same comparison for the Python SDK servers of this suite (they
+    lack the conformance tools, so fewer scenarios pass, but every check must
+    still come out the same through portcullis)."""
+    direct = _collect(request.getfixturevalue(upstream).url, tmp_path / "direct")
+    proxied = _collect(gateway.url(prefix), tmp_path / "proxied")
+    assert proxied.keys() == direct.keys()
+    diffs = {
+        s: {"direct": c, "through portcullis": proxied[s]}
+        for s, c in direct.items()
+        if s not in PROXY_ONLY_PASSES and proxied[s] != c
+    }
+    assert not diffs, json.dumps(diffs, indent=1)
+    assert summarize(direct)["server-initialize"] and summarize(direct)["tools-list"]
