@@ -13,6 +13,7 @@ pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod stream;
+pub mod sys;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

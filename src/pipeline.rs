@@ -10,7 +10,7 @@
 //! connection, so a dropped in-flight read never loses request bytes.
 
 use crate::error::HttpError;
-use crate::http1::chunked::{decode_all, encode_chunk, ChunkedDecoder, LAST_CHUNK};
+use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::encode::error_response;
 use crate::http1::{parse_request, Framing};
 use crate::snapshot::Snapshot;
@@ -225,9 +225,14 @@ pub async fn reject(client: &mut ClientStream, conn: &mut Conn, rej: Reject) -> 
     }
 }
 
+/// Bodies up to this size are held whole in memory on plain routes (MCP
+/// routes hold bodies up to the body limit: they are decoded in full).
+const HELD_BODY_MAX: u64 = 64 * 1024;
+
 /// Frame the request body for the upstream, connect (pooled or new) and send
-/// head and body. A request held whole in memory is retried once on a fresh
-/// connection when a pooled one turns out to be dead before any answer.
+/// head and body. A body held whole in memory makes the request replayable:
+/// it is retried once on a fresh connection when a pooled one turns out to be
+/// dead before any answer. Larger bodies are streamed.
 async fn send_request(
     worker: &Worker,
     snap: &Snapshot,
@@ -237,14 +242,20 @@ async fn send_request(
 ) -> Result<UpstreamStream, Option<HttpError>> {
     let route = snap.routes.get(req.route);
     let max_body = snap.limits.max_body_bytes;
-    // `streaming`: how much of the body must still come from the client.
+    let hold = if req.mcp {
+        max_body
+    } else {
+        HELD_BODY_MAX.min(max_body)
+    };
+    // `streaming`: the framing of a body still to come from the client.
     let streaming = match req.framing {
         Framing::None => {
             conn.up.extend_from_slice(b"\r\n");
             None
         }
-        Framing::Length(n) if conn.buf.len() as u64 >= n => {
+        Framing::Length(n) if n <= hold => {
             let n = n as usize;
+            fill_body(snap, client, conn, req, n).await?;
             push_length(&mut conn.up, n as u64);
             conn.up.extend_from_slice(&conn.buf[..n]);
             conn.buf.drain(..n);
@@ -254,26 +265,21 @@ async fn send_request(
             push_length(&mut conn.up, n);
             Some(Framing::Length(n))
         }
-        Framing::Chunked => match decode_all(&conn.buf) {
-            Ok(Some((data, used))) if data.len() as u64 <= max_body => {
+        Framing::Chunked => match hold_chunked(snap, client, conn, req).await? {
+            Some(data) => {
                 push_length(&mut conn.up, data.len() as u64);
                 conn.up.extend_from_slice(&data);
-                conn.buf.drain(..used);
                 None
             }
-            Ok(Some(_)) => return Err(Some(HttpError::PayloadTooLarge)),
-            Ok(None) => {
+            None => {
                 conn.up
                     .extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
                 Some(Framing::Chunked)
             }
-            Err(e) => return Err(Some(HttpError::BadRequest(e.reason()))),
         },
     };
     let settings = &snap.upstream;
-    let mut pooled = worker
-        .pool
-        .take(&route.pool_key, settings.pool_idle_timeout);
+    let mut pooled = worker.pool.take(&route.pool_key);
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
@@ -316,6 +322,99 @@ async fn send_request(
     }
 }
 
+/// Answer `Expect: 100-continue` before the first read of a body.
+async fn send_continue(
+    client: &mut ClientStream,
+    req: &Request,
+    sent: &mut bool,
+) -> Result<(), Option<HttpError>> {
+    if req.expect_continue && !*sent {
+        *sent = true;
+        let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        write_all(client, &mut cont).await.map_err(|_| None)?;
+    }
+    Ok(())
+}
+
+/// Read more of a request body from the client within `body_timeout`.
+/// `Err(None)`: the client went away.
+async fn read_body(
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+    max: usize,
+) -> Result<(), Option<HttpError>> {
+    match timeout(
+        snap.limits.body_timeout.0,
+        read_more(client, &mut conn.buf, max),
+    )
+    .await
+    {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(None),
+        Err(_) => Err(Some(HttpError::RequestTimeout)),
+    }
+}
+
+/// Read until the whole Content-Length body of `n` bytes is in `conn.buf`.
+async fn fill_body(
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+    req: &Request,
+    n: usize,
+) -> Result<(), Option<HttpError>> {
+    let mut sent = false;
+    while conn.buf.len() < n {
+        send_continue(client, req, &mut sent).await?;
+        read_body(snap, client, conn, n.max(64 * 1024)).await?;
+    }
+    Ok(())
+}
+
+/// The decoded chunked body, when held in memory: on MCP routes it is read
+/// to its end (413 past the body limit); elsewhere only when it is already
+/// complete in the buffer (`None`: stream it).
+async fn hold_chunked(
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+    req: &Request,
+) -> Result<Option<Vec<u8>>, Option<HttpError>> {
+    let max_body = snap.limits.max_body_bytes;
+    let max_raw = usize::try_from(max_body)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64 * 1024);
+    let mut decoder = ChunkedDecoder::new();
+    let mut data = Vec::new();
+    let mut pos = 0;
+    let mut sent = false;
+    loop {
+        while pos < conn.buf.len() {
+            let p = decoder
+                .decode(&conn.buf[pos..])
+                .map_err(|e| Some(HttpError::BadRequest(e.reason())))?;
+            data.extend_from_slice(&conn.buf[pos + p.data.start..pos + p.data.end]);
+            pos += p.consumed;
+            if data.len() as u64 > max_body {
+                return Err(Some(HttpError::PayloadTooLarge));
+            }
+            if p.done {
+                conn.buf.drain(..pos);
+                return Ok(Some(data));
+            }
+        }
+        if !req.mcp {
+            return Ok(None);
+        }
+        if conn.buf.len() >= max_raw {
+            return Err(Some(HttpError::PayloadTooLarge));
+        }
+        send_continue(client, req, &mut sent).await?;
+        read_body(snap, client, conn, max_raw).await?;
+    }
+}
+
 fn push_length(up: &mut Vec<u8>, n: u64) {
     up.extend_from_slice(b"Content-Length: ");
     crate::http1::encode::push_u64(up, n);
@@ -332,10 +431,7 @@ async fn stream_body(
     req: &Request,
     framing: Framing,
 ) -> Result<(), Option<HttpError>> {
-    if req.expect_continue {
-        let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
-        write_all(client, &mut cont).await.map_err(|_| None)?;
-    }
+    send_continue(client, req, &mut false).await?;
     let limit = snap.limits.max_body_bytes;
     let mut decoder = ChunkedDecoder::new();
     let mut remaining = if let Framing::Length(n) = framing {
@@ -384,15 +480,6 @@ async fn stream_body(
         if done {
             return Ok(());
         }
-        match timeout(
-            snap.limits.body_timeout.0,
-            read_more(client, &mut conn.buf, 64 * 1024),
-        )
-        .await
-        {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Err(None),
-            Err(_) => return Err(Some(HttpError::RequestTimeout)),
-        }
+        read_body(snap, client, conn, 64 * 1024).await?;
     }
 }

@@ -183,9 +183,7 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(100)).await;
         ticks += 1;
         if ticks % 10 == 0 {
-            worker
-                .pool
-                .sweep(worker.snapshot().upstream.pool_idle_timeout);
+            worker.pool.sweep();
         }
     }
     // Stop accepting, then let in-flight requests finish up to the deadline.

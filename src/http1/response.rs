@@ -25,6 +25,8 @@ pub struct ResponseHead<'b> {
     /// The upstream will keep the connection open after this response.
     pub keep_alive: bool,
     pub event_stream: bool,
+    /// `Keep-Alive: timeout=N` announced by the upstream, in seconds.
+    pub keep_alive_timeout: Option<u64>,
     pub head_len: usize,
     pub headers: &'b [httparse::Header<'b>],
 }
@@ -57,6 +59,7 @@ where
     let mut chunked = false;
     let mut te = false;
     let mut event_stream = false;
+    let mut keep_alive_timeout = None;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)
@@ -79,6 +82,12 @@ where
                     keep_alive = true;
                 }
             }
+        } else if h.name.eq_ignore_ascii_case("keep-alive") {
+            keep_alive_timeout = h
+                .value
+                .split(|&b| b == b',')
+                .map(trim_ows)
+                .find_map(|p| p.strip_prefix(b"timeout=").and_then(parse_content_length));
         } else if h.name.eq_ignore_ascii_case("content-type") {
             let v = trim_ows(h.value);
             event_stream = v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream");
@@ -109,6 +118,7 @@ where
         body,
         keep_alive,
         event_stream,
+        keep_alive_timeout,
         head_len,
         headers: resp.headers,
     }))
@@ -140,6 +150,14 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\n", false, Some((200, Length(5), false, false))),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", false, None),
         ];
+        let mut h = [httparse::EMPTY_HEADER; 8];
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: max=100, timeout=5\r\nContent-Length: 0\r\n\r\n",
+            &mut h,
+            false,
+            1024,
+        );
+        assert_eq!(r.unwrap().unwrap().keep_alive_timeout, Some(5));
         for (raw, head, want) in cases {
             assert_eq!(
                 parse(raw, *head).unwrap(),

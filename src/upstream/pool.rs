@@ -1,7 +1,11 @@
 //! Per-core keep-alive pool of upstream connections: bounded per upstream,
-//! idle connections expire. `!Send` by design: one pool per worker, no locks.
+//! each connection kept only until its expiry (the configured idle timeout,
+//! or less when the upstream announced a shorter `Keep-Alive: timeout`), and
+//! checked for a close by the peer before reuse. `!Send` by design: one pool
+//! per worker, no locks.
 
 use crate::stream::UpstreamStream;
+use crate::sys::idle_connection_is_dead;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,21 +16,30 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// An idle connection to `key` that has not outlived `max_idle`.
-    pub fn take(&self, key: &str, max_idle: Duration) -> Option<UpstreamStream> {
+    /// A live idle connection to `key`, newest first.
+    pub fn take(&self, key: &str) -> Option<UpstreamStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
-        while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < max_idle {
-                return Some(conn);
+        let now = Instant::now();
+        while let Some((conn, expires)) = list.pop() {
+            if now >= expires {
+                continue;
             }
+            // TLS connections hide their socket; a dead one shows on first use.
+            if let UpstreamStream::Plain(tcp) = &conn {
+                if idle_connection_is_dead(tcp) {
+                    continue;
+                }
+            }
+            return Some(conn);
         }
         None
     }
 
-    /// Keep a connection for reuse; beyond `max` idle ones the oldest is closed.
-    pub fn put(&self, key: &str, conn: UpstreamStream, max: usize) {
-        if max == 0 {
+    /// Keep a connection for reuse for `keep`; beyond `max` idle ones per
+    /// upstream the oldest is closed.
+    pub fn put(&self, key: &str, conn: UpstreamStream, max: usize, keep: Duration) {
+        if max == 0 || keep.is_zero() {
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -37,13 +50,14 @@ impl Pool {
         if list.len() >= max {
             list.remove(0);
         }
-        list.push((conn, Instant::now()));
+        list.push((conn, Instant::now() + keep));
     }
 
-    /// Close idle connections older than `max_idle`.
-    pub fn sweep(&self, max_idle: Duration) {
+    /// Close expired idle connections.
+    pub fn sweep(&self) {
+        let now = Instant::now();
         for list in self.idle.borrow_mut().values_mut() {
-            list.retain(|(_, since)| since.elapsed() < max_idle);
+            list.retain(|(_, expires)| now < *expires);
         }
     }
 

@@ -19,7 +19,7 @@ use crate::upstream::request::{dropped_in_response, ConnectionOptions, Request};
 use crate::worker::Worker;
 use monoio::io::AsyncWriteRent;
 use monoio::time::{timeout, timeout_at};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
@@ -28,6 +28,8 @@ const READ_CHUNK: usize = 64 * 1024;
 struct Head {
     body: BodyKind,
     upstream_keep_alive: bool,
+    /// How long the upstream said it keeps an idle connection.
+    keep_alive_timeout: Option<u64>,
     event_stream: bool,
 }
 
@@ -127,9 +129,15 @@ pub async fn response(
     }
     let clean = matches!(source, Source::Length(0) | Source::Chunked(_)) && conn.ubuf.is_empty();
     if head.upstream_keep_alive && clean && !worker.shared.shutting_down() {
+        // Give the connection back a second before the upstream's own
+        // announced keep-alive timeout, so neither side races the other.
+        let announced = head
+            .keep_alive_timeout
+            .map_or(Duration::MAX, |t| Duration::from_secs(t.saturating_sub(1)));
+        let keep = snap.upstream.pool_idle_timeout.min(announced);
         worker
             .pool
-            .put(&route.pool_key, upstream, snap.upstream.pool_max_idle);
+            .put(&route.pool_key, upstream, snap.upstream.pool_max_idle, keep);
     }
     conn.ubuf.clear();
     Ok(if keep_client {
@@ -169,6 +177,7 @@ async fn read_head(
                         Head {
                             body: r.body,
                             upstream_keep_alive: r.keep_alive,
+                            keep_alive_timeout: r.keep_alive_timeout,
                             event_stream: r.event_stream,
                         },
                         r.head_len,

@@ -16,6 +16,8 @@ pub struct Upstream {
     /// Every request received: head and body bytes.
     pub received: Arc<Mutex<Vec<Vec<u8>>>>,
     pub connections: Arc<AtomicUsize>,
+    /// Clones of the accepted connections, to close them from the test.
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Upstream {
@@ -24,18 +26,38 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (rec, conns) = (received.clone(), connections.clone());
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (rec, conns, opened) = (received.clone(), connections.clone(), open.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 conns.fetch_add(1, Ordering::SeqCst);
+                if let Ok(clone) = stream.try_clone() {
+                    opened.lock().unwrap().push(clone);
+                }
                 let rec = rec.clone();
-                std::thread::spawn(move || serve_upstream(stream, respond, rec));
+                std::thread::spawn(move || {
+                    let keep = stream.try_clone();
+                    serve_upstream(stream, respond, rec);
+                    // The clone kept for `close_idle` must not keep it open.
+                    if let Ok(s) = keep {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                });
             }
         });
         Upstream {
             addr,
             received,
             connections,
+            open,
+        }
+    }
+
+    /// Close every connection accepted so far, as an upstream whose
+    /// keep-alive timeout expired would.
+    pub fn close_idle(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 

@@ -146,29 +146,73 @@ fn no_route_without_body_keeps_the_connection() {
     );
 }
 
+/// Chunked bodies arriving in pieces: held whole and sent with
+/// Content-Length on MCP routes (they are decoded in full), streamed and
+/// re-chunked on plain routes. Extensions and trailers never pass.
 #[test]
-fn chunked_request_bodies_are_streamed_and_reframed() {
-    let up = Upstream::start(ok_json);
-    let proxy = Proxy::mcp(up.addr, "");
-    let mut s = TcpStream::connect(proxy.addr).unwrap();
-    s.write_all(b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
-    let (cont, _) = read_all(&mut s, SHORT);
-    assert_eq!(cont, "HTTP/1.1 100 Continue\r\n\r\n");
-    s.write_all(b"5;ext=1\r\nhello\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    s.write_all(b"6\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
-        .unwrap();
-    let (resp, _) = read_all(&mut s, SHORT);
-    assert_eq!(statuses(&resp), [200], "{resp}");
-    let r = &up.requests()[0];
-    assert!(
-        r.contains("Transfer-Encoding: chunked\r\n") && !r.contains("Expect"),
-        "{r}"
-    );
-    assert!(
-        r.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-        "extensions and trailers dropped: {r:?}"
-    );
+fn chunked_request_bodies_are_held_or_streamed() {
+    let plain = "  - name: t\n    from: http://proxy.test/\n    to: http://{upstream}/\n";
+    let mcp =
+        "  - name: t\n    from: http://proxy.test/\n    to: http://{upstream}/\n    mcp: {}\n";
+    for (routes, want_tail) in [
+        (
+            plain,
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        ),
+        (mcp, "Content-Length: 11\r\n\r\nhello world"),
+    ] {
+        let up = Upstream::start(ok_json);
+        let proxy = Proxy::start(up.addr, routes, "");
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        let (cont, _) = read_all(&mut s, SHORT);
+        assert_eq!(cont, "HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(b"5;ext=1\r\nhello\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(b"6\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
+            .unwrap();
+        let (resp, _) = read_all(&mut s, SHORT);
+        assert_eq!(statuses(&resp), [200], "{resp}");
+        let r = &up.requests()[0];
+        assert!(
+            !r.contains("Expect") && !r.contains("ext=1") && !r.contains("Trailer"),
+            "{r}"
+        );
+        assert!(r.ends_with(want_tail), "{r:?}");
+    }
+}
+
+/// A pooled upstream connection that the upstream closed while idle is never
+/// used: the request goes out on a fresh one, even when its body arrives
+/// after its head.
+#[test]
+fn stale_pooled_connections_are_not_used() {
+    fn answer_then_close(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+    }
+    let up = Upstream::start(answer_then_close);
+    for routes in [
+        "  - { name: t, from: http://proxy.test/, to: http://{upstream}/ }\n",
+        "  - { name: t, from: http://proxy.test/, to: http://{upstream}/, mcp: {} }\n",
+    ] {
+        let proxy = Proxy::start(up.addr, routes, "");
+        let (resp, _) = exchange(
+            proxy.addr,
+            b"GET /warm HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+            SHORT,
+        );
+        assert_eq!(statuses(&resp), [200], "{resp}");
+        // The upstream closes its idle connections.
+        up.close_idle();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 4\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(b"body").unwrap();
+        let (resp, _) = read_all(&mut s, SHORT);
+        assert_eq!(statuses(&resp), [200], "{resp}");
+    }
 }
 
 #[test]
