@@ -121,9 +121,7 @@ class Procs:
         log = self.logdir / f"{name}-{len(self.procs)}.log"
         full_env = dict(os.environ)
         full_env.update(env or {})
-        # Python helpers must not inherit this venv's activation vars in a
-        # way that matters; unbuffered output keeps logs useful.
-        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env["PYTHONUNBUFFERED"] = "1"  # logs up to date when a test fails
         with open(log, "wb") as fh:
             popen = subprocess.Popen(
                 argv,
@@ -179,7 +177,8 @@ def session_procs(tmp_path_factory):
 
 
 class Portcullis:
-    """One portcullis process with a config written from a dict of YAML text."""
+    """Starts portcullis with a YAML config (checked with `portcullis check`
+    first) and waits until every listener accepts connections."""
 
     def __init__(self, procs: Procs, config_dir: Path):
         self.procs = procs
@@ -300,20 +299,12 @@ def gateway(
 ) -> Gateway:
     port, root_port, dead_port = free_port(), free_port(), free_port()
     pub = f"http://127.0.0.1:{port}"
-    # upstream.pool_idle_timeout is kept below uvicorn's 5 s keep-alive
-    # timeout: portcullis does not retry a request whose body it streams
-    # when the pooled connection turns out dead (see
-    # test_proxy_behaviour.py::test_stale_pooled_connection_streamed_body and
-    # README.md, "Known portcullis bugs"). Without this, any test that runs
-    # more than 5 s after the previous request on the same route gets a 502.
     # shutdown_timeout: SSE streams whose clients left stay in flight until
     # the upstream writes again (test_client_disconnect_closes_upstream_stream),
     # so keep the teardown's graceful wait short.
     cfg = f"""
 workers: 1
 shutdown_timeout: 3s
-upstream:
-  pool_idle_timeout: 2s
 listen:
   - address: 127.0.0.1:{port}
   - address: 127.0.0.1:{root_port}

@@ -43,8 +43,6 @@ def conformance_proxy(everything, tmp_path_factory):
     port = free_port()
     cfg = f"""
 workers: 1
-upstream:
-  pool_idle_timeout: 2s
 listen:
   - address: 127.0.0.1:{port}
 routes:

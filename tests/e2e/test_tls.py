@@ -85,7 +85,6 @@ workers: 1
 shutdown_timeout: 3s
 upstream:
   ca_file: {pki.ca_file}
-  pool_idle_timeout: 2s   # below uvicorn's 5 s keep-alive: see conftest.py gateway
 listen:
   - address: 127.0.0.1:{port}
     tls:
