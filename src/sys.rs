@@ -5,19 +5,35 @@
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// Whether an idle TCP connection is no longer usable: the peer closed it,
-/// reset it, or sent bytes nobody asked for. A non-blocking `MSG_PEEK` of one
-/// byte; `false` only when the socket would block (alive and quiet).
-pub fn idle_connection_is_dead(stream: &impl AsRawFd) -> bool {
+/// What a non-blocking one-byte `MSG_PEEK` sees on a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Peek {
+    /// Open, nothing to read.
+    Quiet,
+    /// Bytes are waiting.
+    Data,
+    /// The peer closed or reset the connection.
+    Closed,
+}
+
+pub fn peek(stream: &impl AsRawFd) -> Peek {
     // SAFETY: the fd belongs to `stream`, which is borrowed for the whole
     // call, so it stays open while `fd` is in use; nothing takes ownership.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     let sock = socket2::SockRef::from(&fd);
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
     match sock.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        Ok(_) => true,
+        Ok(0) => Peek::Closed,
+        Ok(_) => Peek::Data,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Peek::Quiet,
+        Err(_) => Peek::Closed,
     }
+}
+
+/// Whether an idle connection is no longer usable: closed, reset, or with
+/// bytes nobody asked for.
+pub fn idle_connection_is_dead(stream: &impl AsRawFd) -> bool {
+    peek(stream) != Peek::Quiet
 }
 
 #[cfg(test)]
@@ -30,13 +46,16 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut s, _) = l.accept().unwrap();
+        assert_eq!(peek(&c), Peek::Quiet);
         assert!(!idle_connection_is_dead(&c), "quiet and open");
         s.write_all(b"x").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(peek(&c), Peek::Data);
         assert!(idle_connection_is_dead(&c), "unexpected bytes");
         let c2 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         drop(l.accept().unwrap());
         std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(peek(&c2), Peek::Closed);
         assert!(idle_connection_is_dead(&c2), "peer closed");
     }
 }

@@ -114,12 +114,24 @@ pub async fn response(
             break;
         }
         conn.ubuf.clear();
-        match timeout(
+        let read = timeout(
             snap.upstream.read_timeout,
             read_more(&mut upstream, &mut conn.ubuf, READ_CHUNK),
-        )
-        .await
-        {
+        );
+        let got = if head.event_stream {
+            // A stream may stay quiet for minutes: notice a client that left
+            // and close the upstream stream with it (MCP cancellation).
+            monoio::select! {
+                got = read => got,
+                () = client_gone(client) => {
+                    tracing::debug!(route = %route.name, "client left the event stream, closing upstream");
+                    return Err(None);
+                }
+            }
+        } else {
+            read.await
+        };
+        match got {
             Ok(Ok(0)) if matches!(source, Source::UntilClose) => source = Source::Ended,
             Ok(Ok(n)) if n > 0 => {}
             // Upstream broke the framing or stalled mid-body: the client cannot
@@ -145,6 +157,20 @@ pub async fn response(
     } else {
         Next::Close
     })
+}
+
+/// Resolves only when the client has closed (or reset) its connection; a
+/// client that sends bytes instead is not "gone" and this never resolves.
+/// Only a poll for readiness: no client bytes are consumed. (A TLS client's
+/// socket is hidden behind the TLS stream; its departure shows on the next
+/// write.)
+async fn client_gone(client: &ClientStream) {
+    if let ClientStream::Plain(tcp) = client {
+        if tcp.readable(false).await.is_ok() && crate::sys::peek(tcp) == crate::sys::Peek::Closed {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Read and check the response head (skipping interim 1xx responses) and

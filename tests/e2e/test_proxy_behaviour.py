@@ -625,13 +625,6 @@ def test_large_tool_argument_and_body_limit(gateway):
     assert body["jsonrpc"] == "2.0" and body["id"] is None and "error" in body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="portcullis bug: when the client closes an SSE response stream, portcullis keeps the "
-    "upstream stream open until the upstream writes again (or upstream.read_timeout, 300 s), "
-    "instead of closing it (MCP.md: client closes the SSE stream -> close the upstream stream); "
-    "the request also stays in flight and delays graceful shutdown",
-)
 def test_client_disconnect_closes_upstream_stream(portcullis, raw_upstreams):
     """The client reads one SSE event and closes its connection: the upstream
     must see its stream closed within a few seconds."""
