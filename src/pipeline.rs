@@ -89,7 +89,30 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
             break;
         }
     }
-    let _ = client.shutdown().await;
+    linger_close(&mut client, &mut conn).await;
+}
+
+/// Close the way RFC 9112 §9.6 asks: send FIN, then read and discard what the
+/// client still sends for a moment. Closing with unread bytes in the receive
+/// buffer would make the kernel send a reset, which can destroy the response
+/// the client has not read yet (e.g. a 413 sent before its body).
+async fn linger_close(client: &mut ClientStream, conn: &mut Conn) {
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+    const MAX_DRAIN: usize = 256 * 1024;
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0;
+    while drained < MAX_DRAIN {
+        conn.buf.clear();
+        match monoio::time::timeout_at(deadline.into(), read_more(client, &mut conn.buf, 16 * 1024))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
 }
 
 /// Wait for the first byte of the next request: `header_timeout` on a fresh
@@ -287,8 +310,13 @@ async fn send_request(
             None => connect(route, settings).await.map_err(Some)?,
         };
         let head = std::mem::take(&mut conn.up);
-        let (res, head) = upstream.write_all(head).await;
-        conn.up = head;
+        let res = match timeout(snap.limits.write_timeout.0, upstream.write_all(head)).await {
+            Ok((res, head)) => {
+                conn.up = head;
+                res
+            }
+            Err(_) => return Err(Some(HttpError::GatewayTimeout)),
+        };
         if res.is_err() {
             if reused && streaming.is_none() {
                 continue;
@@ -473,9 +501,15 @@ async fn stream_body(
             return Err(Some(HttpError::PayloadTooLarge));
         }
         if !chunk.is_empty() {
-            write_all(upstream, &mut chunk)
-                .await
-                .map_err(|_| Some(HttpError::BadGateway("upstream closed the connection")))?;
+            match timeout(snap.limits.write_timeout.0, write_all(upstream, &mut chunk)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(Some(HttpError::BadGateway(
+                        "upstream closed the connection",
+                    )))
+                }
+                Err(_) => return Err(Some(HttpError::GatewayTimeout)),
+            }
         }
         if done {
             return Ok(());
