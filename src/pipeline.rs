@@ -302,7 +302,7 @@ async fn send_request(
         },
     };
     let settings = &snap.upstream;
-    let mut pooled = worker.pool.take(&route.pool_key);
+    let mut pooled = worker.pool.take(&route.pool_key, streaming.is_none());
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {

@@ -10,23 +10,41 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// Connections idle for less than this are reused without a liveness peek
+/// when the request can be replayed (a dead one is then retried anyway).
+const FRESH: Duration = Duration::from_millis(500);
+
+struct Idle {
+    conn: UpstreamStream,
+    since: Instant,
+    expires: Instant,
+}
+
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<String, Vec<(UpstreamStream, Instant)>>>,
+    idle: RefCell<HashMap<String, Vec<Idle>>>,
 }
 
 impl Pool {
-    /// A live idle connection to `key`, newest first.
-    pub fn take(&self, key: &str) -> Option<UpstreamStream> {
+    /// A live idle connection to `key`, newest first. `replayable`: the
+    /// request can be sent again on a fresh connection if this one fails, so
+    /// a connection idle for only a moment is taken without a peek.
+    pub fn take(&self, key: &str, replayable: bool) -> Option<UpstreamStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
         let now = Instant::now();
-        while let Some((conn, expires)) = list.pop() {
+        while let Some(Idle {
+            conn,
+            since,
+            expires,
+        }) = list.pop()
+        {
             if now >= expires {
                 continue;
             }
+            let fresh = replayable && now.duration_since(since) < FRESH;
             // TLS connections hide their socket; a dead one shows on first use.
-            if let UpstreamStream::Plain(tcp) = &conn {
+            if let (false, UpstreamStream::Plain(tcp)) = (fresh, &conn) {
                 if idle_connection_is_dead(tcp) {
                     continue;
                 }
@@ -50,14 +68,19 @@ impl Pool {
         if list.len() >= max {
             list.remove(0);
         }
-        list.push((conn, Instant::now() + keep));
+        let now = Instant::now();
+        list.push(Idle {
+            conn,
+            since: now,
+            expires: now + keep,
+        });
     }
 
     /// Close expired idle connections.
     pub fn sweep(&self) {
         let now = Instant::now();
         for list in self.idle.borrow_mut().values_mut() {
-            list.retain(|(_, expires)| now < *expires);
+            list.retain(|i| now < i.expires);
         }
     }
 
