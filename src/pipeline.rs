@@ -187,7 +187,8 @@ async fn read_head(
     client: &mut ClientStream,
     conn: &mut Conn,
 ) -> Result<Request, Option<Reject>> {
-    let deadline = Instant::now() + snap.limits.header_timeout.0;
+    // Taken only when the head needs another read (most arrive in one).
+    let mut deadline = None;
     let local = |err: HttpError| {
         Some(Reject {
             err,
@@ -216,8 +217,8 @@ async fn read_head(
             return prepared.map_err(Some);
         }
         let max = snap.limits.max_header_bytes + 1;
-        match monoio::time::timeout_at(deadline.into(), read_more(client, &mut conn.buf, max)).await
-        {
+        let until = *deadline.get_or_insert_with(|| Instant::now() + snap.limits.header_timeout.0);
+        match monoio::time::timeout_at(until.into(), read_more(client, &mut conn.buf, max)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
             Ok(Ok(_)) => {}
             Err(_) => return Err(local(HttpError::RequestTimeout)),
@@ -302,50 +303,56 @@ async fn send_request(
         },
     };
     let settings = &snap.upstream;
-    let mut pooled = worker.pool.take(&route.pool_key, streaming.is_none());
+    let replayable = streaming.is_none();
+    let mut pooled = worker.pool.take(&route.pool_key, replayable, worker.now());
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
             Some(u) => u,
             None => connect(route, settings).await.map_err(Some)?,
         };
+        // A replayable request on a pooled connection waits for the first
+        // bytes of the answer under the same timer as its write: a dead
+        // connection shows as EOF or reset, and the request goes out again.
+        let probe = reused && replayable;
+        let limit = if probe {
+            settings.response_header_timeout
+        } else {
+            snap.limits.write_timeout.0
+        };
         let head = std::mem::take(&mut conn.up);
-        let res = match timeout(snap.limits.write_timeout.0, upstream.write_all(head)).await {
-            Ok((res, head)) => {
+        let ubuf = &mut conn.ubuf;
+        ubuf.clear();
+        let sent = timeout(limit, async {
+            let (res, head) = upstream.write_all(head).await;
+            let got = match res {
+                Ok(_) if probe => read_more(&mut upstream, ubuf, 64 * 1024).await.map(Some),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            };
+            (got, head)
+        })
+        .await;
+        let got = match sent {
+            Ok((got, head)) => {
                 conn.up = head;
-                res
+                got
             }
             Err(_) => return Err(Some(HttpError::GatewayTimeout)),
         };
-        if res.is_err() {
-            if reused && streaming.is_none() {
-                continue;
+        match got {
+            Err(_) | Ok(Some(0)) if probe => continue,
+            Err(_) | Ok(Some(0)) => {
+                return Err(Some(HttpError::BadGateway(
+                    "upstream closed the connection",
+                )))
             }
-            return Err(Some(HttpError::BadGateway(
-                "upstream closed the connection",
-            )));
+            Ok(_) => {}
         }
         if let Some(framing) = streaming {
             stream_body(snap, client, &mut upstream, conn, req, framing).await?;
-        } else if reused {
-            // Make sure a pooled connection is alive before committing to it:
-            // a dead one shows as EOF/reset on the first read.
-            conn.ubuf.clear();
-            let got = timeout(
-                settings.response_header_timeout,
-                read_more(&mut upstream, &mut conn.ubuf, 64 * 1024),
-            )
-            .await;
-            match got {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => continue,
-                Err(_) => return Err(Some(HttpError::GatewayTimeout)),
-            }
-            conn.up.clear();
-            return Ok(upstream);
         }
         conn.up.clear();
-        conn.ubuf.clear();
         return Ok(upstream);
     }
 }

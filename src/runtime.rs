@@ -181,9 +181,10 @@ async fn worker_main(
     let mut ticks = 0u64;
     while !shared.shutting_down() {
         monoio::time::sleep(Duration::from_millis(100)).await;
+        let now = worker.tick();
         ticks += 1;
         if ticks % 10 == 0 {
-            worker.pool.sweep();
+            worker.pool.sweep(now);
         }
     }
     // Stop accepting, then let in-flight requests finish up to the deadline.

@@ -6,6 +6,7 @@ use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// State shared by all workers: atomics only, no locks.
 #[derive(Default)]
@@ -30,6 +31,9 @@ pub struct Worker {
     pub in_flight: Cell<usize>,
     request_seq: Cell<u64>,
     request_seed: u64,
+    /// A coarse clock, set by the worker's ticker: for expiries that need no
+    /// better than ±100 ms (pool), so the request path reads no clock for them.
+    clock: Cell<Instant>,
 }
 
 impl Worker {
@@ -50,7 +54,20 @@ impl Worker {
             in_flight: Cell::new(0),
             request_seq: Cell::new(0),
             request_seed: h.finish(),
+            clock: Cell::new(Instant::now()),
         }
+    }
+
+    /// The coarse clock (updated every ~100 ms).
+    pub fn now(&self) -> Instant {
+        self.clock.get()
+    }
+
+    /// Advance the coarse clock; called by the worker's ticker.
+    pub fn tick(&self) -> Instant {
+        let now = Instant::now();
+        self.clock.set(now);
+        now
     }
 
     /// The current snapshot (cheap: a per-core cache of the shared `ArcSwap`).

@@ -29,10 +29,10 @@ impl Pool {
     /// A live idle connection to `key`, newest first. `replayable`: the
     /// request can be sent again on a fresh connection if this one fails, so
     /// a connection idle for only a moment is taken without a peek.
-    pub fn take(&self, key: &str, replayable: bool) -> Option<UpstreamStream> {
+    /// `now` may be coarse (the worker's clock, ±100 ms).
+    pub fn take(&self, key: &str, replayable: bool, now: Instant) -> Option<UpstreamStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
-        let now = Instant::now();
         while let Some(Idle {
             conn,
             since,
@@ -56,7 +56,7 @@ impl Pool {
 
     /// Keep a connection for reuse for `keep`; beyond `max` idle ones per
     /// upstream the oldest is closed.
-    pub fn put(&self, key: &str, conn: UpstreamStream, max: usize, keep: Duration) {
+    pub fn put(&self, key: &str, conn: UpstreamStream, max: usize, keep: Duration, now: Instant) {
         if max == 0 || keep.is_zero() {
             return;
         }
@@ -68,7 +68,6 @@ impl Pool {
         if list.len() >= max {
             list.remove(0);
         }
-        let now = Instant::now();
         list.push(Idle {
             conn,
             since: now,
@@ -77,8 +76,7 @@ impl Pool {
     }
 
     /// Close expired idle connections.
-    pub fn sweep(&self) {
-        let now = Instant::now();
+    pub fn sweep(&self, now: Instant) {
         for list in self.idle.borrow_mut().values_mut() {
             list.retain(|i| now < i.expires);
         }

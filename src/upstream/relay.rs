@@ -147,9 +147,10 @@ pub async fn response(
             .keep_alive_timeout
             .map_or(Duration::MAX, |t| Duration::from_secs(t.saturating_sub(1)));
         let keep = snap.upstream.pool_idle_timeout.min(announced);
+        let max = snap.upstream.pool_max_idle;
         worker
             .pool
-            .put(&route.pool_key, upstream, snap.upstream.pool_max_idle, keep);
+            .put(&route.pool_key, upstream, max, keep, worker.now());
     }
     conn.ubuf.clear();
     Ok(if keep_client {
@@ -181,7 +182,8 @@ async fn read_head(
     upstream: &mut UpstreamStream,
     conn: &mut Conn,
 ) -> Result<Head, Option<HttpError>> {
-    let deadline = Instant::now() + snap.upstream.response_header_timeout;
+    // Taken only when the head needs another read.
+    let mut deadline = None;
     loop {
         let parsed = {
             let mut headers = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
@@ -222,8 +224,10 @@ async fn read_head(
             }
             None => {}
         }
+        let until =
+            *deadline.get_or_insert_with(|| Instant::now() + snap.upstream.response_header_timeout);
         match timeout_at(
-            deadline.into(),
+            until.into(),
             read_more(upstream, &mut conn.ubuf, MAX_RESPONSE_HEAD + 1),
         )
         .await
