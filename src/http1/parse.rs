@@ -2,7 +2,7 @@
 //! framing rules of SECURITY.md. Produces a `RequestHead` or an `HttpError` that
 //! says which status to answer with; it never allocates.
 
-use super::{has_bare_cr_or_lf, is_tchar, parse_content_length, trim_ows};
+use super::{has_bare_lf, is_tchar, parse_content_length, trim_ows};
 use crate::error::HttpError;
 
 /// Limits that apply while parsing a request head.
@@ -131,7 +131,7 @@ where
     if head_len > limits.max_header_bytes {
         return Err(head_too_large(buf, limits));
     }
-    if has_bare_cr_or_lf(&buf[..head_len]) {
+    if has_bare_lf(&buf[..head_len]) {
         return Err(HttpError::BadRequest("bare CR or LF in request head"));
     }
     // httparse skips empty lines before the request line; we do not accept them

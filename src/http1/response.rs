@@ -2,7 +2,7 @@
 //! requests. An upstream response with invalid framing becomes a 502 and the
 //! upstream connection is closed.
 
-use super::{has_bare_cr_or_lf, parse_content_length, trim_ows};
+use super::{has_bare_lf, parse_content_length, trim_ows};
 use crate::error::HttpError;
 
 /// How the upstream response body is framed.
@@ -49,7 +49,7 @@ where
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(HttpError::BadGateway("malformed upstream response")),
     };
-    if has_bare_cr_or_lf(&buf[..head_len]) {
+    if has_bare_lf(&buf[..head_len]) {
         return Err(HttpError::BadGateway("bare CR or LF in upstream response"));
     }
     let status = resp.code.unwrap_or(0);
