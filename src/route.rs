@@ -23,6 +23,26 @@ pub struct Route {
 }
 
 impl Route {
+    pub fn new(
+        index: usize,
+        name: &str,
+        public: Url,
+        upstream: Url,
+        upstream_addrs: Vec<SocketAddr>,
+        mcp: bool,
+    ) -> Route {
+        Route {
+            index,
+            name: name.to_string(),
+            upstream_authority: upstream.authority(),
+            pool_key: format!("{}://{}", upstream.scheme(), upstream.authority()),
+            public,
+            upstream,
+            upstream_addrs,
+            mcp,
+        }
+    }
+
     /// Whether this route's public prefix covers `path` on a segment boundary.
     pub fn matches_path(&self, path: &str) -> bool {
         let prefix = self.public.path.as_str();
@@ -143,18 +163,14 @@ mod tests {
     use super::*;
 
     fn route(index: usize, from: &str, to: &str) -> Route {
-        let public = Url::parse(from).unwrap();
-        let upstream = Url::parse(to).unwrap();
-        Route {
+        Route::new(
             index,
-            name: format!("r{index}"),
-            upstream_authority: upstream.authority(),
-            public,
-            upstream,
-            upstream_addrs: vec![],
-            pool_key: String::new(),
-            mcp: true,
-        }
+            &format!("r{index}"),
+            Url::parse(from).unwrap(),
+            Url::parse(to).unwrap(),
+            vec![],
+            true,
+        )
     }
 
     fn table() -> RouteTable {

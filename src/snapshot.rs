@@ -182,16 +182,14 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
                 Vec::new()
             }
         };
-        routes.push(Route {
+        routes.push(Route::new(
             index,
-            name: r.name.clone(),
-            upstream_authority: r.to.authority(),
-            public: r.from.clone(),
-            upstream: r.to.clone(),
+            &r.name,
+            r.from.clone(),
+            r.to.clone(),
             upstream_addrs,
-            pool_key: format!("{}://{}", r.to.scheme(), r.to.authority()),
-            mcp: r.mcp.is_some(),
-        });
+            r.mcp.is_some(),
+        ));
     }
     let ca = config.upstream.ca_file.as_ref().map(|p| base.join(&p.0));
     let upstream_tls = match tls::client_config(ca.as_deref()) {

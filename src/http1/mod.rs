@@ -34,6 +34,18 @@ pub(crate) fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
+/// Apply one Connection field value to the keep-alive decision: `close`
+/// ends it; `keep-alive` asks for it on HTTP/1.0 (HTTP/1.1 has it already).
+pub(crate) fn apply_connection(value: &[u8], http11: bool, keep_alive: &mut bool) {
+    for token in value.split(|&b| b == b',').map(trim_ows) {
+        if token.eq_ignore_ascii_case(b"close") {
+            *keep_alive = false;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+            *keep_alive = true;
+        }
+    }
+}
+
 /// Strict decimal Content-Length: 1 to 19 ASCII digits, nothing else.
 pub(crate) fn parse_content_length(v: &[u8]) -> Option<u64> {
     let v = trim_ows(v);

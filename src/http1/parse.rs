@@ -189,13 +189,7 @@ where
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te.add(h.value)?;
         } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',').map(trim_ows) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                    keep_alive = true;
-                }
-            }
+            super::apply_connection(h.value, http11, &mut keep_alive);
         } else if h.name.eq_ignore_ascii_case("expect") {
             if !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
                 return Err(HttpError::ExpectationFailed);

@@ -75,13 +75,7 @@ where
             te = true;
             chunked = trim_ows(h.value).eq_ignore_ascii_case(b"chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',').map(trim_ows) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                    keep_alive = true;
-                }
-            }
+            super::apply_connection(h.value, http11, &mut keep_alive);
         } else if h.name.eq_ignore_ascii_case("keep-alive") {
             keep_alive_timeout = h
                 .value

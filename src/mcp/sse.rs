@@ -122,16 +122,7 @@ mod tests {
     fn route() -> Route {
         let public = Url::parse("https://mcp.example.com/legacy").unwrap();
         let upstream = Url::parse("http://127.0.0.1:9000/").unwrap();
-        Route {
-            index: 0,
-            name: "l".into(),
-            upstream_authority: upstream.authority(),
-            public,
-            upstream,
-            upstream_addrs: vec![],
-            pool_key: String::new(),
-            mcp: true,
-        }
+        Route::new(0, "l", public, upstream, vec![], true)
     }
 
     fn run(parts: &[&[u8]]) -> Vec<u8> {
