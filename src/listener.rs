@@ -30,6 +30,7 @@ pub fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<V
     let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
     for spec in specs {
         let mut addr = spec.address;
+        refuse_if_taken(addr)?;
         let open = Arc::new(AtomicUsize::new(0));
         for bound in per_worker.iter_mut() {
             let socket = bind_one(addr).map_err(|e| {
@@ -46,6 +47,23 @@ pub fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<V
         }
     }
     Ok(per_worker)
+}
+
+/// `SO_REUSEPORT` would let this process silently share a port with another
+/// listener (a stale portcullis, say) and split its traffic: refuse instead.
+/// A bind without `SO_REUSEPORT` fails exactly when something listens there.
+fn refuse_if_taken(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e} (is another process listening there?)"),
+        )
+    })
 }
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -391,3 +391,22 @@ fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
     assert!(closed);
     stopper.join().unwrap();
 }
+
+#[test]
+fn a_taken_port_is_an_error_not_a_shared_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = format!("workers: 1\nlisten:\n  - address: {addr}\nroutes:\n  - {{ name: t, from: http://proxy.test/, to: http://127.0.0.1:9/ }}\n");
+    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    let err = portcullis::runtime::start(snap)
+        .err()
+        .expect("must refuse a port in use");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    // A second portcullis on the same port is refused too, though both would
+    // use SO_REUSEPORT.
+    let up = Upstream::start(ok_json);
+    let first = Proxy::mcp(up.addr, "");
+    let text = format!("workers: 1\nlisten:\n  - address: {}\nroutes:\n  - {{ name: t, from: http://proxy.test/, to: http://127.0.0.1:9/ }}\n", first.addr);
+    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    assert!(portcullis::runtime::start(snap).is_err());
+}
