@@ -96,7 +96,7 @@ pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle)
             return;
         }
     };
-    let acceptor = bound.tls.map(monoio_rustls::TlsAcceptor::from);
+    let tls = bound.tls;
     loop {
         let (tcp, peer) = match listener.cancelable_accept(cancel.clone()).await {
             Ok(c) => c,
@@ -118,14 +118,16 @@ pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle)
         }
         let _ = tcp.set_nodelay(true);
         let handshake_timeout = snap.limits.header_timeout.0;
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         let worker = worker.clone();
         monoio::spawn(async move {
             let _slot = slot;
-            let client = match acceptor {
+            let client = match tls {
                 None => ClientStream::Plain(tcp),
-                Some(acceptor) => {
-                    match monoio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Some(config) => {
+                    match monoio::time::timeout(handshake_timeout, crate::tls::accept(config, tcp))
+                        .await
+                    {
                         Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -204,15 +204,7 @@ def test_tls_versions_and_alpn(pki, tls_gateway, version, name, sni):
     "version",
     [
         pytest.param(ssl.TLSVersion.TLSv1_2, id="TLSv1.2"),
-        pytest.param(
-            ssl.TLSVersion.TLSv1_3,
-            id="TLSv1.3",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="portcullis bug: on a TLS 1.3 ALPN mismatch the connection is closed without "
-                "the fatal no_application_protocol alert (RFC 7301 3.2); TLS 1.2 sends it",
-            ),
-        ),
+        pytest.param(ssl.TLSVersion.TLSv1_3, id="TLSv1.3"),
     ],
 )
 def test_alpn_h2_only_refused_with_alert(pki, tls_gateway, version):
