@@ -198,18 +198,7 @@ async fn read_head(
         })
     };
     loop {
-        let parsed = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let n = snap.head_limits.max_headers.clamp(1, MAX_HEADERS);
-            match parse_request(&conn.buf, &mut headers[..n], &snap.head_limits) {
-                Ok(Some(head)) => Some((
-                    prepare(worker, snap, &head, &conn.client, &mut conn.up),
-                    head.head_len,
-                )),
-                Ok(None) => None,
-                Err(e) => return Err(local(e)),
-            }
-        };
+        let parsed = parse_and_prepare(worker, snap, conn).map_err(local)?;
         if let Some((prepared, head_len)) = parsed {
             // The head is consumed whatever the outcome: a request answered
             // locally on a kept-alive connection must not be read again.
@@ -224,6 +213,29 @@ async fn read_head(
             Err(_) => return Err(local(HttpError::RequestTimeout)),
         }
     }
+}
+
+/// A parsed head: the prepared request (or its local answer) and the head's length.
+type Prepared = (Result<Request, Reject>, usize);
+
+/// Parse the buffered head and, when complete, prepare the upstream request
+/// (with its head length). A plain function, so the header array lives on the
+/// stack for this call only, not in every connection's future.
+fn parse_and_prepare(
+    worker: &Worker,
+    snap: &Snapshot,
+    conn: &mut Conn,
+) -> Result<Option<Prepared>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let n = snap.head_limits.max_headers.clamp(1, MAX_HEADERS);
+    Ok(
+        parse_request(&conn.buf, &mut headers[..n], &snap.head_limits)?.map(|head| {
+            (
+                prepare(worker, snap, &head, &conn.client, &mut conn.up),
+                head.head_len,
+            )
+        }),
+    )
 }
 
 /// Answer locally; close when framing is in doubt or the error requires it.

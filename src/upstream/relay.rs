@@ -160,6 +160,42 @@ pub async fn response(
     })
 }
 
+/// A complete upstream head, of `len` bytes.
+enum Parsed {
+    /// The final response; the client head is written into `conn.out`.
+    Final(Head, usize),
+    /// An interim 1xx response, skipped.
+    Interim(usize),
+}
+
+/// Parse the buffered upstream head (`None` when incomplete). A plain
+/// function, so the header array lives on the stack for this call only.
+fn parse_head(req: &Request, conn: &mut Conn) -> Result<Option<Parsed>, Option<HttpError>> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
+    let head = parse_response(
+        &conn.ubuf,
+        &mut headers,
+        req.method == Method::Head,
+        MAX_RESPONSE_HEAD,
+    )
+    .map_err(Some)?;
+    let Some(r) = head else { return Ok(None) };
+    if r.status == 101 {
+        return Err(Some(HttpError::BadGateway("upstream switched protocols")));
+    }
+    if r.status < 200 {
+        return Ok(Some(Parsed::Interim(r.head_len)));
+    }
+    write_client_head(&r, req.id.as_bytes(), &mut conn.out)?;
+    let head = Head {
+        body: r.body,
+        upstream_keep_alive: r.keep_alive,
+        keep_alive_timeout: r.keep_alive_timeout,
+        event_stream: r.event_stream,
+    };
+    Ok(Some(Parsed::Final(head, r.head_len)))
+}
+
 /// Resolves only when the client has closed (or reset) its connection; a
 /// client that sends bytes instead is not "gone" and this never resolves.
 /// Only a poll for readiness: no client bytes are consumed. (A TLS client's
@@ -185,40 +221,13 @@ async fn read_head(
     // Taken only when the head needs another read.
     let mut deadline = None;
     loop {
-        let parsed = {
-            let mut headers = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
-            match parse_response(
-                &conn.ubuf,
-                &mut headers,
-                req.method == Method::Head,
-                MAX_RESPONSE_HEAD,
-            ) {
-                Err(e) => return Err(Some(e)),
-                Ok(None) => None,
-                Ok(Some(r)) if r.status == 101 => {
-                    return Err(Some(HttpError::BadGateway("upstream switched protocols")))
-                }
-                Ok(Some(r)) if r.status < 200 => Some(Err(r.head_len)),
-                Ok(Some(r)) => {
-                    write_client_head(&r, req.id.as_bytes(), &mut conn.out)?;
-                    Some(Ok((
-                        Head {
-                            body: r.body,
-                            upstream_keep_alive: r.keep_alive,
-                            keep_alive_timeout: r.keep_alive_timeout,
-                            event_stream: r.event_stream,
-                        },
-                        r.head_len,
-                    )))
-                }
-            }
-        };
+        let parsed = parse_head(req, conn)?;
         match parsed {
-            Some(Ok((head, len))) => {
+            Some(Parsed::Final(head, len)) => {
                 conn.ubuf.drain(..len);
                 return Ok(head);
             }
-            Some(Err(interim_len)) => {
+            Some(Parsed::Interim(interim_len)) => {
                 conn.ubuf.drain(..interim_len);
                 continue;
             }

@@ -410,3 +410,28 @@ fn a_taken_port_is_an_error_not_a_shared_listener() {
     let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
     assert!(portcullis::runtime::start(snap).is_err());
 }
+
+/// The state kept per connection while it waits: the future of
+/// `pipeline::serve` (4352 bytes when written). A guard against scratch
+/// arrays or big values creeping into it; header arrays belong on the stack of
+/// the synchronous parse calls.
+#[test]
+fn connection_future_stays_small() {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let tcp = monoio::net::TcpStream::from_std(std_stream).unwrap();
+        let text = "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - { name: t, from: http://proxy.test/, to: http://127.0.0.1:9/ }\n";
+        let snap = portcullis::snapshot::from_text(text, std::path::Path::new("t.yaml")).unwrap();
+        let shared_snap = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+        let worker = std::rc::Rc::new(portcullis::worker::Worker::new(0, Default::default(), shared_snap));
+        let fut = portcullis::pipeline::serve(worker, portcullis::stream::ClientStream::Plain(tcp), "127.0.0.1:1".parse().unwrap());
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("pipeline::serve future: {size} bytes");
+        assert!(size <= 6 * 1024, "a connection's future is {size} bytes");
+    });
+}
