@@ -1,5 +1,6 @@
 //! Request-head parsing and framing decisions, response-head parsing, and the
-//! chunked decoder: the per-request HTTP/1.1 work of the data plane.
+//! chunked decoder: the per-request HTTP/1.1 work of the data plane; and the
+//! MCP JSON-RPC envelope decode of a 1 KiB `tools/call`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use portcullis::http1::chunked::{decode_all, encode_chunk, LAST_CHUNK};
@@ -59,5 +60,28 @@ fn chunked(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, heads, chunked);
+fn mcp_decode(c: &mut Criterion) {
+    use portcullis::mcp::jsonrpc::{decode, Scratch};
+    let padding = "x".repeat(880);
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{{"name":"search_repositories","arguments":{{"query":"{padding}","page":1}},"_meta":{{"progressToken":7}}}}}}"#
+    );
+    assert!((1000..1100).contains(&body.len()), "{}", body.len());
+    let mut scratch = Scratch::default();
+    let mut g = c.benchmark_group("mcp");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("decode_tools_call_1k", |b| {
+        b.iter(|| {
+            let mut name_len = 0;
+            decode(&mut scratch, black_box(body.as_bytes()), |m| {
+                name_len = m.name.map_or(0, str::len)
+            })
+            .unwrap();
+            black_box(name_len)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, heads, chunked, mcp_decode);
 criterion_main!(benches);

@@ -2,4 +2,5 @@
 //! transport's `endpoint` event, which names a URL that must be rewritten when
 //! the public and upstream path prefixes differ.
 
+pub mod jsonrpc;
 pub mod sse;

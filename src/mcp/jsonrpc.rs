@@ -1,0 +1,418 @@
+//! Decoding MCP JSON-RPC bodies in full with simd-json: a per-core scratch
+//! copy is parsed (simd-json rewrites its input; the original bytes are what
+//! gets forwarded), every element of a batch is decoded, and each message's
+//! policy keys are handed to a visitor. Anything the proxy and a server could
+//! read differently is an error: invalid JSON or UTF-8, nesting beyond
+//! `MAX_DEPTH`, duplicate keys in the members the proxy inspects, a
+//! non-object message, an empty batch, members of the wrong type.
+//!
+//! Not yet on the request path: issue 3 wires it in front of the policy.
+
+use simd_json::{Buffers, Node, StaticNode};
+
+/// Deepest nesting of arrays and objects accepted in a body.
+pub const MAX_DEPTH: usize = 64;
+
+/// The meta key carrying the protocol version in modern-era messages.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// Per-core scratch space: reused across requests, never shared.
+#[derive(Default)]
+pub struct Scratch {
+    input: Vec<u8>,
+    buffers: Option<Buffers>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Id<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+/// What one JSON-RPC message says, as far as a policy needs to know.
+#[derive(Debug, Default, PartialEq)]
+pub struct Message<'a> {
+    pub kind: Option<Kind>,
+    pub id: Option<Id<'a>>,
+    pub method: Option<&'a str>,
+    /// `params.name` (tools/call, prompts/get).
+    pub name: Option<&'a str>,
+    /// `params.uri` (resources/read, subscribe, unsubscribe).
+    pub uri: Option<&'a str>,
+    /// `params.taskId` (tasks/*).
+    pub task_id: Option<&'a str>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
+    pub protocol_version: Option<&'a str>,
+    pub has_arguments: bool,
+}
+
+/// The shape of a decoded body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub batch: bool,
+    pub messages: usize,
+}
+
+/// Why a body was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not JSON, or not UTF-8.
+    Parse,
+    TooDeep,
+    NotAnObject,
+    EmptyBatch,
+    DuplicateKey(&'static str),
+    /// A member the proxy inspects has the wrong type or value.
+    BadMember(&'static str),
+}
+
+impl DecodeError {
+    /// The JSON-RPC error code to answer with (always with HTTP 400).
+    pub fn code(self) -> i64 {
+        match self {
+            DecodeError::Parse => -32700,
+            _ => -32600,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            DecodeError::Parse => "parse error: body is not valid JSON",
+            DecodeError::TooDeep => "invalid request: JSON nested too deeply",
+            DecodeError::NotAnObject => "invalid request: a message must be a JSON object",
+            DecodeError::EmptyBatch => "invalid request: empty batch",
+            DecodeError::DuplicateKey(_) => "invalid request: duplicate key in an inspected member",
+            DecodeError::BadMember(_) => "invalid request: an inspected member has the wrong type",
+        }
+    }
+}
+
+/// Decode `body` in full; `visit` sees every message in order. The body
+/// itself is not modified.
+pub fn decode<F>(scratch: &mut Scratch, body: &[u8], mut visit: F) -> Result<Shape, DecodeError>
+where
+    F: FnMut(&Message<'_>),
+{
+    scratch.input.clear();
+    scratch.input.extend_from_slice(body);
+    let buffers = scratch
+        .buffers
+        .get_or_insert_with(|| Buffers::with_max_depth(4096, MAX_DEPTH));
+    let tape = simd_json::to_tape_with_buffers(&mut scratch.input, buffers).map_err(|e| {
+        if matches!(e.error(), simd_json::ErrorType::DepthLimitExceeded) {
+            DecodeError::TooDeep
+        } else {
+            DecodeError::Parse
+        }
+    })?;
+    let nodes = tape.0.as_slice();
+    match nodes.first() {
+        Some(Node::Object { .. }) => {
+            visit(&message(nodes)?);
+            Ok(Shape {
+                batch: false,
+                messages: 1,
+            })
+        }
+        Some(Node::Array { len, .. }) => {
+            if *len == 0 {
+                return Err(DecodeError::EmptyBatch);
+            }
+            let mut i = 1;
+            for _ in 0..*len {
+                let element = &nodes[i..i + width(&nodes[i])];
+                if !matches!(element[0], Node::Object { .. }) {
+                    return Err(DecodeError::NotAnObject);
+                }
+                visit(&message(element)?);
+                i += element.len();
+            }
+            Ok(Shape {
+                batch: true,
+                messages: *len,
+            })
+        }
+        _ => Err(DecodeError::NotAnObject),
+    }
+}
+
+/// Number of nodes a value occupies, its header included.
+fn width(node: &Node<'_>) -> usize {
+    match node {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
+    }
+}
+
+/// The members of the object at `nodes[0]`, in order, as (key, value nodes).
+fn members<'t, 'i>(nodes: &'t [Node<'i>]) -> impl Iterator<Item = (&'i str, &'t [Node<'i>])> {
+    let len = match nodes.first() {
+        Some(Node::Object { len, .. }) => *len,
+        _ => 0,
+    };
+    let mut i = 1;
+    (0..len).filter_map(move |_| {
+        let key = match nodes.get(i)? {
+            Node::String(k) => *k,
+            _ => return None,
+        };
+        let w = width(nodes.get(i + 1)?);
+        let value = &nodes[i + 1..i + 1 + w];
+        i += 1 + w;
+        Some((key, value))
+    })
+}
+
+/// Find the inspected `keys` of an object, refusing any that appears twice.
+fn pick<'t, 'i, const N: usize>(
+    nodes: &'t [Node<'i>],
+    keys: [&'static str; N],
+) -> Result<[Option<&'t [Node<'i>]>; N], DecodeError> {
+    let mut found = [None; N];
+    for (key, value) in members(nodes) {
+        if let Some(k) = keys.iter().position(|k| *k == key) {
+            if found[k].replace(value).is_some() {
+                return Err(DecodeError::DuplicateKey(keys[k]));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn string<'i>(
+    value: Option<&[Node<'i>]>,
+    member: &'static str,
+) -> Result<Option<&'i str>, DecodeError> {
+    match value.map(|v| v[0]) {
+        None => Ok(None),
+        Some(Node::String(s)) => Ok(Some(s)),
+        Some(_) => Err(DecodeError::BadMember(member)),
+    }
+}
+
+fn message<'i>(nodes: &[Node<'i>]) -> Result<Message<'i>, DecodeError> {
+    let [jsonrpc, id, method, params, result, error] = pick(
+        nodes,
+        ["jsonrpc", "id", "method", "params", "result", "error"],
+    )?;
+    if string(jsonrpc, "jsonrpc")? != Some("2.0") {
+        return Err(DecodeError::BadMember("jsonrpc"));
+    }
+    let id = match id.map(|v| v[0]) {
+        None => None,
+        Some(Node::String(s)) => Some(Id::Str(s)),
+        Some(Node::Static(StaticNode::I64(n))) => Some(Id::Int(n)),
+        Some(Node::Static(StaticNode::U64(n))) => Some(Id::Int(
+            i64::try_from(n).map_err(|_| DecodeError::BadMember("id"))?,
+        )),
+        Some(_) => return Err(DecodeError::BadMember("id")),
+    };
+    let method = string(method, "method")?;
+    let kind = match (method, id, result.is_some() || error.is_some()) {
+        (Some(_), Some(_), false) => Kind::Request,
+        (Some(_), None, false) => Kind::Notification,
+        (None, Some(_), true) => Kind::Response,
+        _ => return Err(DecodeError::BadMember("method")),
+    };
+    let mut msg = Message {
+        kind: Some(kind),
+        id,
+        method,
+        ..Message::default()
+    };
+    let Some(params) = params else { return Ok(msg) };
+    if !matches!(params[0], Node::Object { .. }) {
+        return Err(DecodeError::BadMember("params"));
+    }
+    let [name, uri, task_id, meta, arguments] =
+        pick(params, ["name", "uri", "taskId", "_meta", "arguments"])?;
+    msg.name = string(name, "params.name")?;
+    msg.uri = string(uri, "params.uri")?;
+    msg.task_id = string(task_id, "params.taskId")?;
+    msg.has_arguments = arguments.is_some();
+    if let Some(meta) = meta {
+        if !matches!(meta[0], Node::Object { .. }) {
+            return Err(DecodeError::BadMember("params._meta"));
+        }
+        let [version] = pick(meta, [META_PROTOCOL_VERSION])?;
+        msg.protocol_version = string(version, "params._meta protocol version")?;
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(body: &str) -> Result<(Shape, Vec<String>), DecodeError> {
+        let mut scratch = Scratch::default();
+        let mut seen = Vec::new();
+        let shape = decode(&mut scratch, body.as_bytes(), |m| {
+            seen.push(format!("{m:?}"))
+        })?;
+        Ok((shape, seen))
+    }
+
+    fn one(body: &str) -> Message<'static> {
+        let mut scratch = Scratch::default();
+        let mut out = None;
+        decode(&mut scratch, body.as_bytes(), |m| {
+            out = Some(Message {
+                kind: m.kind,
+                id: m.id.map(|id| match id {
+                    Id::Str(s) => Id::Str(Box::leak(s.to_string().into_boxed_str())),
+                    Id::Int(n) => Id::Int(n),
+                }),
+                method: m
+                    .method
+                    .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+                name: m.name.map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+                uri: m.uri.map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+                task_id: m
+                    .task_id
+                    .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+                protocol_version: m
+                    .protocol_version
+                    .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+                has_arguments: m.has_arguments,
+            })
+        })
+        .unwrap();
+        out.unwrap()
+    }
+
+    #[test]
+    fn extracts_policy_keys() {
+        let m = one(
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        );
+        assert_eq!(m.kind, Some(Kind::Request));
+        assert_eq!(m.id, Some(Id::Int(7)));
+        assert_eq!(
+            (m.method, m.name, m.has_arguments),
+            (Some("tools/call"), Some("search"), true)
+        );
+        assert_eq!(m.protocol_version, Some("2026-07-28"));
+        let m = one(
+            r#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///etc/passwd"}}"#,
+        );
+        assert_eq!(
+            (m.id, m.uri),
+            (Some(Id::Str("a")), Some("file:///etc/passwd"))
+        );
+        let m = one(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(m.kind, Some(Kind::Notification));
+        let m = one(r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#);
+        assert_eq!(m.kind, Some(Kind::Response));
+        let m = one(r#"{"jsonrpc":"2.0","id":"t","method":"tasks/get","params":{"taskId":"t-1"}}"#);
+        assert_eq!(m.task_id, Some("t-1"));
+    }
+
+    #[test]
+    fn decodes_every_batch_element() {
+        let (shape, seen) = run(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_repo"}}]"#).unwrap();
+        assert_eq!(
+            shape,
+            Shape {
+                batch: true,
+                messages: 2
+            }
+        );
+        assert!(seen[1].contains("delete_repo"), "{seen:?}");
+    }
+
+    #[test]
+    fn refuses_what_could_be_read_two_ways() {
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        let deep_args = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{}1{}}}}}"#,
+            r#"{"a":"#.repeat(MAX_DEPTH),
+            "}".repeat(MAX_DEPTH)
+        );
+        let cases: Vec<(&str, String, DecodeError)> = vec![
+            ("not json", "{".into(), DecodeError::Parse),
+            ("trailing garbage", r#"{"jsonrpc":"2.0","method":"ping"} x"#.into(), DecodeError::Parse),
+            ("invalid utf-8 is checked below", "".into(), DecodeError::Parse),
+            ("too deep", deep, DecodeError::TooDeep),
+            ("too deep in arguments", deep_args, DecodeError::TooDeep),
+            ("top-level string", r#""hello""#.into(), DecodeError::NotAnObject),
+            ("top-level number", "1".into(), DecodeError::NotAnObject),
+            ("empty batch", "[]".into(), DecodeError::EmptyBatch),
+            ("batch of non-objects", "[1]".into(), DecodeError::NotAnObject),
+            ("duplicate method", r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}"#.into(), DecodeError::DuplicateKey("method")),
+            ("duplicate id", r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#.into(), DecodeError::DuplicateKey("id")),
+            ("duplicate tool name", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#.into(), DecodeError::DuplicateKey("name")),
+            ("duplicate uri", r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"a","uri":"b"}}"#.into(), DecodeError::DuplicateKey("uri")),
+            ("duplicate _meta", r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{},"_meta":{}}}"#.into(), DecodeError::DuplicateKey("_meta")),
+            ("wrong version", r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#.into(), DecodeError::BadMember("jsonrpc")),
+            ("float id", r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#.into(), DecodeError::BadMember("id")),
+            ("null id", r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#.into(), DecodeError::BadMember("id")),
+            ("numeric method", r#"{"jsonrpc":"2.0","id":1,"method":5}"#.into(), DecodeError::BadMember("method")),
+            ("no method no result", r#"{"jsonrpc":"2.0","id":1}"#.into(), DecodeError::BadMember("method")),
+            ("array params", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["x"]}"#.into(), DecodeError::BadMember("params")),
+            ("numeric tool name", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#.into(), DecodeError::BadMember("params.name")),
+            ("one bad batch element", r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"x","method":"y"}]"#.into(), DecodeError::DuplicateKey("method")),
+        ];
+        for (what, body, want) in cases {
+            if body.is_empty() {
+                continue;
+            }
+            assert_eq!(run(&body).map(|r| r.0), Err(want), "{what}");
+        }
+        let mut scratch = Scratch::default();
+        let invalid_utf8 = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"p\xffing\"}";
+        assert_eq!(
+            decode(&mut scratch, invalid_utf8, |_| {}),
+            Err(DecodeError::Parse)
+        );
+        // Duplicates outside the inspected members are the server's business.
+        assert!(run(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":1,"x":2}}}"#).is_ok());
+    }
+
+    #[test]
+    fn the_original_body_is_untouched_and_scratch_is_reused() {
+        let body =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a\nb"}}"#.to_vec();
+        let copy = body.clone();
+        let mut scratch = Scratch::default();
+        for _ in 0..3 {
+            let mut name = String::new();
+            decode(&mut scratch, &body, |m| name = m.name.unwrap().to_string()).unwrap();
+            assert_eq!(name, "a\nb");
+        }
+        assert_eq!(body, copy);
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+
+    #[test]
+    fn lone_surrogates_and_huge_numbers() {
+        let mut scratch = Scratch::default();
+        let lone = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\ud800x"}}"#;
+        assert_eq!(
+            decode(&mut scratch, lone, |_| {}),
+            Err(DecodeError::Parse),
+            "lone surrogate"
+        );
+        let big_id = br#"{"jsonrpc":"2.0","id":123456789012345678901234567890,"method":"ping"}"#;
+        assert!(
+            decode(&mut scratch, big_id, |_| {}).is_err(),
+            "an id beyond i64 is refused"
+        );
+        let big_arg = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"n":1e999999}}}"#;
+        assert!(
+            decode(&mut scratch, big_arg, |_| {}).is_err(),
+            "a number beyond f64 is refused"
+        );
+    }
+}
