@@ -23,12 +23,21 @@ pub enum HttpError {
     BadGateway(&'static str),
     GatewayTimeout,
     ServiceUnavailable,
+    /// An MCP body that is not a valid JSON-RPC message (HTTP 400 with this
+    /// JSON-RPC error code).
+    InvalidJsonRpc {
+        code: i32,
+        message: &'static str,
+    },
 }
 
 impl HttpError {
     pub fn status(self) -> u16 {
         match self {
-            HttpError::BadRequest(_) | HttpError::BadHost | HttpError::TooManyHeaders => 400,
+            HttpError::BadRequest(_)
+            | HttpError::BadHost
+            | HttpError::TooManyHeaders
+            | HttpError::InvalidJsonRpc { .. } => 400,
             HttpError::BadVersion => 505,
             HttpError::HeadersTooLarge => 431,
             HttpError::UriTooLong => 414,
@@ -47,6 +56,7 @@ impl HttpError {
     pub fn reason(self) -> &'static str {
         match self {
             HttpError::BadRequest(r) | HttpError::NotImplemented(r) | HttpError::BadGateway(r) => r,
+            HttpError::InvalidJsonRpc { message, .. } => message,
             HttpError::BadHost => "invalid Host header",
             HttpError::BadVersion => "HTTP version not supported",
             HttpError::TooManyHeaders => "too many header fields",

@@ -292,6 +292,7 @@ async fn send_request(
         Framing::Length(n) if n <= hold => {
             let n = n as usize;
             fill_body(snap, client, conn, req, n).await?;
+            check_mcp_body(worker, req, &conn.buf[..n])?;
             push_length(&mut conn.up, n as u64);
             conn.up.extend_from_slice(&conn.buf[..n]);
             conn.buf.drain(..n);
@@ -303,6 +304,7 @@ async fn send_request(
         }
         Framing::Chunked => match hold_chunked(snap, client, conn, req).await? {
             Some(data) => {
+                check_mcp_body(worker, req, &data)?;
                 push_length(&mut conn.up, data.len() as u64);
                 conn.up.extend_from_slice(&data);
                 None
@@ -367,6 +369,24 @@ async fn send_request(
         conn.up.clear();
         return Ok(upstream);
     }
+}
+
+/// Decode a POST body on an MCP route in full (`mcp::jsonrpc`): a body that
+/// is not valid JSON-RPC is answered 400 with the JSON-RPC error, never
+/// forwarded. (The decoded messages feed the policy in a later stage.)
+fn check_mcp_body(worker: &Worker, req: &Request, body: &[u8]) -> Result<(), Option<HttpError>> {
+    if !req.mcp || req.method != crate::http1::Method::Post {
+        return Ok(());
+    }
+    let mut scratch = worker.mcp_scratch.borrow_mut();
+    crate::mcp::jsonrpc::decode(&mut scratch, body, |_| {})
+        .map(|_| ())
+        .map_err(|e| {
+            Some(HttpError::InvalidJsonRpc {
+                code: e.code(),
+                message: e.message(),
+            })
+        })
 }
 
 /// Answer `Expect: 100-continue` before the first read of a body.

@@ -27,6 +27,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     snapshot: RefCell<arc_swap::Cache<SharedSnapshot, Arc<Snapshot>>>,
     pub pool: Pool,
+    /// Scratch space for decoding MCP bodies (simd-json rewrites its input).
+    pub mcp_scratch: RefCell<crate::mcp::jsonrpc::Scratch>,
     /// Requests being served on this worker right now.
     pub in_flight: Cell<usize>,
     request_seq: Cell<u64>,
@@ -51,6 +53,7 @@ impl Worker {
             shared,
             snapshot: RefCell::new(arc_swap::Cache::new(snapshot)),
             pool: Pool::default(),
+            mcp_scratch: RefCell::default(),
             in_flight: Cell::new(0),
             request_seq: Cell::new(0),
             request_seed: h.finish(),

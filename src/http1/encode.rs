@@ -54,7 +54,12 @@ pub fn error_response(
     let mut body = Vec::with_capacity(128);
     if mcp {
         body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":");
-        body.extend_from_slice(if status == 504 { b"-32001" } else { b"-32000" });
+        match err {
+            HttpError::InvalidJsonRpc { code, .. } => {
+                let _ = std::io::Write::write_fmt(&mut body, format_args!("{code}"));
+            }
+            _ => body.extend_from_slice(if status == 504 { b"-32001" } else { b"-32000" }),
+        }
         body.extend_from_slice(b",\"message\":\"");
         body.extend_from_slice(err.reason().as_bytes());
         body.extend_from_slice(b"\"}}");

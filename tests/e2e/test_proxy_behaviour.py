@@ -22,6 +22,9 @@ from conftest import can_connect, free_port
 from mcpclient import exercise
 from rawupstream import RawRequest, RawUpstream, chunk, json_answer
 
+# MCP routes decode POST bodies: fixtures send a valid JSON-RPC message.
+PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+
 
 @pytest.fixture
 def raw_upstreams():
@@ -296,7 +299,7 @@ def test_generated_request_id_reaches_upstream_and_client(portcullis, raw_upstre
         ids = []
         for bad in (None, "has space", "x" * 65, "semi;colon"):
             h = {"X-Request-Id": bad} if bad else {}
-            r = c.post(f"http://127.0.0.1:{port}/mcp", content=b"{}", headers=h)
+            r = c.post(f"http://127.0.0.1:{port}/mcp", content=PING, headers=h)
             assert r.status_code == 200
             rid = r.headers["x-request-id"]
             assert re.fullmatch(r"[0-9a-f]{24}", rid), rid
@@ -466,7 +469,7 @@ def test_graceful_shutdown_idle_exits_fast(portcullis, raw_upstreams):
     port = free_port()
     proc = portcullis.start(one_route(port, up.port), [port])
     with httpx.Client(timeout=10) as c:
-        assert c.post(f"http://127.0.0.1:{port}/mcp", content=b"{}").status_code == 200
+        assert c.post(f"http://127.0.0.1:{port}/mcp", content=PING).status_code == 200
     t0 = time.monotonic()
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.popen.wait(timeout=15) == 0
@@ -478,7 +481,7 @@ def test_graceful_shutdown_idle_exits_fast(portcullis, raw_upstreams):
 
 def _prime(port: int) -> int:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("POST", "/mcp", b"{}", {"Content-Type": "application/json"})
+    c.request("POST", "/mcp", PING, {"Content-Type": "application/json"})
     r = c.getresponse()
     r.read()
     c.close()

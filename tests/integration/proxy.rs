@@ -16,7 +16,7 @@ fn forwards_with_rewritten_headers() {
     let proxy = Proxy::mcp(up.addr, "");
     let (resp, _) = exchange(
         proxy.addr,
-        b"POST /mcp?x=1 HTTP/1.1\r\nHost: proxy.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nUpgrade: websocket\r\nProxy-Authorization: Basic x\r\nX-Request-Id: client.id-1\r\nMcp-Session-Id: abc\r\nAccept: application/json, text/event-stream\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /mcp?x=1 HTTP/1.1\r\nHost: proxy.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nKeep-Alive: 5\r\nUpgrade: websocket\r\nProxy-Authorization: Basic x\r\nX-Request-Id: client.id-1\r\nMcp-Session-Id: abc\r\nAccept: application/json, text/event-stream\r\nContent-Length: 30\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"n\"}",
         SHORT,
     );
     assert_eq!(statuses(&resp), [200], "{resp}");
@@ -54,7 +54,10 @@ fn forwards_with_rewritten_headers() {
     ] {
         assert!(!r.contains(gone), "{gone} must not be forwarded: {r}");
     }
-    assert!(r.ends_with("Content-Length: 2\r\n\r\n{}"), "{r}");
+    assert!(
+        r.ends_with("Content-Length: 30\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"n\"}"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -157,9 +160,9 @@ fn chunked_request_bodies_are_held_or_streamed() {
     for (routes, want_tail) in [
         (
             plain,
-            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            "Transfer-Encoding: chunked\r\n\r\n11\r\n{\"jsonrpc\":\"2.0\",\r\nd\r\n\"method\":\"n\"}\r\n0\r\n\r\n",
         ),
-        (mcp, "Content-Length: 11\r\n\r\nhello world"),
+        (mcp, "Content-Length: 30\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"n\"}"),
     ] {
         let up = Upstream::start(ok_json);
         let proxy = Proxy::start(up.addr, routes, "");
@@ -167,10 +170,9 @@ fn chunked_request_bodies_are_held_or_streamed() {
         s.write_all(b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
         let (cont, _) = read_all(&mut s, SHORT);
         assert_eq!(cont, "HTTP/1.1 100 Continue\r\n\r\n");
-        s.write_all(b"5;ext=1\r\nhello\r\n").unwrap();
+        s.write_all(b"11;ext=1\r\n{\"jsonrpc\":\"2.0\",\r\n").unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        s.write_all(b"6\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
-            .unwrap();
+        s.write_all(b"d\r\n\"method\":\"n\"}\r\n0\r\nTrailer: x\r\n\r\n").unwrap();
         let (resp, _) = read_all(&mut s, SHORT);
         assert_eq!(statuses(&resp), [200], "{resp}");
         let r = &up.requests()[0];
@@ -206,10 +208,11 @@ fn stale_pooled_connections_are_not_used() {
         up.close_idle();
         std::thread::sleep(Duration::from_millis(100));
         let mut s = TcpStream::connect(proxy.addr).unwrap();
-        s.write_all(b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 4\r\n\r\n")
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 30\r\n\r\n")
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        s.write_all(b"body").unwrap();
+        s.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"n\"}")
+            .unwrap();
         let (resp, _) = read_all(&mut s, SHORT);
         assert_eq!(statuses(&resp), [200], "{resp}");
     }
@@ -355,7 +358,7 @@ fn epoll_driver_serves_the_same() {
     let proxy = Proxy::mcp(up.addr, "runtime: { driver: epoll }");
     let (resp, closed) = exchange(
         proxy.addr,
-        b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 2\r\n\r\n{}GET /y HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 30\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"n\"}GET /y HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
         SHORT,
     );
     assert_eq!(statuses(&resp), [200, 200], "{resp}");
@@ -434,4 +437,57 @@ fn connection_future_stays_small() {
         eprintln!("pipeline::serve future: {size} bytes");
         assert!(size <= 6 * 1024, "a connection's future is {size} bytes");
     });
+}
+
+/// POST bodies on MCP routes are decoded in full: what is not valid JSON-RPC
+/// is answered 400 with the JSON-RPC error and never forwarded.
+#[test]
+fn invalid_json_rpc_is_refused_on_mcp_routes() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "");
+    let post = |body: &str| {
+        let raw = format!("POST /mcp HTTP/1.1\r\nHost: proxy.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        exchange(proxy.addr, raw.as_bytes(), SHORT).0
+    };
+    for (body, code) in [
+        ("{not json", -32700),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}"#,
+            -32600,
+        ),
+        (r#"[]"#, -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"delete_all"}}"#,
+            -32600,
+        ),
+    ] {
+        let resp = post(body);
+        assert_eq!(statuses(&resp), [400], "{body}: {resp}");
+        let v: serde_json::Value =
+            serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], code, "{body}: {resp}");
+        assert_eq!(v["jsonrpc"], "2.0");
+    }
+    assert!(
+        up.requests().is_empty(),
+        "nothing invalid was forwarded: {:?}",
+        up.requests()
+    );
+    let resp = post(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+    );
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    assert_eq!(up.requests().len(), 1);
+    // Plain HTTP routes are not MCP: their bodies pass as they are.
+    let plain = Proxy::start(
+        up.addr,
+        "  - { name: t, from: http://proxy.test/, to: http://{upstream}/ }\n",
+        "",
+    );
+    let (resp, _) = exchange(
+        plain.addr,
+        b"POST /x HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 9\r\n\r\n{not json",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200], "{resp}");
 }
