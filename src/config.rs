@@ -506,13 +506,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
     })
 }
 
-/// Where `key: value` first appears in `text` (1-based line and column), to
-/// locate errors found after parsing.
-pub fn locate(text: &str, key: &str, value: &str) -> Option<(usize, usize)> {
-    locate_nth(text, key, value, 0)
-}
-
-/// Like `locate`, for the `nth` (0-based) matching occurrence.
+/// Where the `nth` (0-based) `key: value` appears in `text` (1-based line and
+/// column; an empty `value` matches any), to locate errors found after parsing.
 pub fn locate_nth(text: &str, key: &str, value: &str, mut nth: usize) -> Option<(usize, usize)> {
     for (n, line) in text.lines().enumerate() {
         let code = line.split(" #").next().unwrap_or(line);

@@ -286,6 +286,7 @@ async fn send_request(
     // `streaming`: the framing of a body still to come from the client.
     let streaming = match req.framing {
         Framing::None => {
+            check_mcp_body(worker, req, &[])?;
             conn.up.extend_from_slice(b"\r\n");
             None
         }
@@ -371,11 +372,13 @@ async fn send_request(
     }
 }
 
-/// Decode a POST body on an MCP route in full (`mcp::jsonrpc`): a body that
-/// is not valid JSON-RPC is answered 400 with the JSON-RPC error, never
-/// forwarded. (The decoded messages feed the policy in a later stage.)
+/// Decode a body on an MCP route in full (`mcp::jsonrpc`): every POST (an
+/// empty one included) and any other request that carries a body. What is not
+/// valid JSON-RPC is answered 400 with the JSON-RPC error, never forwarded.
+/// (The decoded messages feed the policy in a later stage.) MCP bodies never
+/// stream: they are always held whole, so nothing reaches an upstream unread.
 fn check_mcp_body(worker: &Worker, req: &Request, body: &[u8]) -> Result<(), Option<HttpError>> {
-    if !req.mcp || req.method != crate::http1::Method::Post {
+    if !req.mcp || (body.is_empty() && req.method != crate::http1::Method::Post) {
         return Ok(());
     }
     let mut scratch = worker.mcp_scratch.borrow_mut();

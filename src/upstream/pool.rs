@@ -81,8 +81,4 @@ impl Pool {
             list.retain(|i| now < i.expires);
         }
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
-    }
 }

@@ -468,11 +468,29 @@ fn invalid_json_rpc_is_refused_on_mcp_routes() {
         assert_eq!(v["error"]["code"], code, "{body}: {resp}");
         assert_eq!(v["jsonrpc"], "2.0");
     }
+    // An empty POST and a body on another method are not passed unread.
+    for raw in [
+        "POST /mcp HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 0\r\n\r\n",
+        "POST /mcp HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        "DELETE /mcp HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let (resp, _) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+        assert_eq!(statuses(&resp), [400], "{raw:?}: {resp}");
+        assert!(resp.contains("\"code\":-32700"), "{resp}");
+    }
     assert!(
         up.requests().is_empty(),
         "nothing invalid was forwarded: {:?}",
         up.requests()
     );
+    // A DELETE without a body (session end) passes.
+    let (resp, _) = exchange(
+        proxy.addr,
+        b"DELETE /mcp HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    up.received.lock().unwrap().clear();
     let resp = post(
         r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
     );
