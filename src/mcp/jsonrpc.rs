@@ -51,7 +51,9 @@ pub struct Message<'a> {
     pub task_id: Option<&'a str>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]`.
     pub protocol_version: Option<&'a str>,
-    pub has_arguments: bool,
+    /// `params.arguments`, as simd-json tape nodes (the value's header node
+    /// first; `arguments[0]` is an `Object`, `Array` or scalar).
+    pub arguments: Option<&'a [Node<'a>]>,
 }
 
 /// The shape of a decoded body.
@@ -198,7 +200,7 @@ fn string<'i>(
     }
 }
 
-fn message<'i>(nodes: &[Node<'i>]) -> Result<Message<'i>, DecodeError> {
+fn message<'t>(nodes: &'t [Node<'t>]) -> Result<Message<'t>, DecodeError> {
     let [jsonrpc, id, method, params, result, error] = pick(
         nodes,
         ["jsonrpc", "id", "method", "params", "result", "error"],
@@ -237,7 +239,7 @@ fn message<'i>(nodes: &[Node<'i>]) -> Result<Message<'i>, DecodeError> {
     msg.name = string(name, "params.name")?;
     msg.uri = string(uri, "params.uri")?;
     msg.task_id = string(task_id, "params.taskId")?;
-    msg.has_arguments = arguments.is_some();
+    msg.arguments = arguments;
     if let Some(meta) = meta {
         if !matches!(meta[0], Node::Object { .. }) {
             return Err(DecodeError::BadMember("params._meta"));
@@ -282,7 +284,7 @@ mod tests {
                 protocol_version: m
                     .protocol_version
                     .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
-                has_arguments: m.has_arguments,
+                arguments: m.arguments.map(|_| &[][..]),
             })
         })
         .unwrap();
@@ -297,7 +299,7 @@ mod tests {
         assert_eq!(m.kind, Some(Kind::Request));
         assert_eq!(m.id, Some(Id::Int(7)));
         assert_eq!(
-            (m.method, m.name, m.has_arguments),
+            (m.method, m.name, m.arguments.is_some()),
             (Some("tools/call"), Some("search"), true)
         );
         assert_eq!(m.protocol_version, Some("2026-07-28"));
