@@ -10,6 +10,7 @@ pub mod listener;
 pub mod mcp;
 pub mod pipeline;
 pub mod principal;
+pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;

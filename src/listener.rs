@@ -18,6 +18,11 @@ use std::time::Duration;
 pub struct Bound {
     pub socket: std::net::TcpListener,
     pub address: SocketAddr,
+    /// Index of this listener in the snapshot, and its configured address:
+    /// after a reload, the certificates come from the snapshot's listener at
+    /// this index when its address is unchanged.
+    pub index: usize,
+    pub configured: SocketAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Open connections on this listener, shared by its sockets on all workers.
     pub open: Arc<AtomicUsize>,
@@ -28,7 +33,7 @@ pub struct Bound {
 /// is resolved by the first bind and reused by the others.
 pub fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<Vec<Bound>>> {
     let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
-    for spec in specs {
+    for (index, spec) in specs.iter().enumerate() {
         let mut addr = spec.address;
         refuse_if_taken(addr)?;
         let open = Arc::new(AtomicUsize::new(0));
@@ -40,6 +45,8 @@ pub fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<V
             bound.push(Bound {
                 socket,
                 address: addr,
+                index,
+                configured: spec.address,
                 tls: spec.tls.clone(),
                 open: open.clone(),
                 max_connections: spec.max_connections.unwrap_or(usize::MAX),
@@ -96,7 +103,6 @@ pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle)
             return;
         }
     };
-    let tls = bound.tls;
     loop {
         let (tcp, peer) = match listener.cancelable_accept(cancel.clone()).await {
             Ok(c) => c,
@@ -118,7 +124,13 @@ pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle)
         }
         let _ = tcp.set_nodelay(true);
         let handshake_timeout = snap.limits.header_timeout.0;
-        let tls = tls.clone();
+        let tls = bound.tls.as_ref().map(|bound_tls| {
+            match snap.listeners.get(bound.index) {
+                Some(l) if l.address == bound.configured => l.tls.clone(),
+                _ => None,
+            }
+            .unwrap_or_else(|| bound_tls.clone())
+        });
         let worker = worker.clone();
         monoio::spawn(async move {
             let _slot = slot;

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => match snapshot::load(&config) {
-            Ok(snap) => run(snap),
+            Ok(snap) => run(snap, &config),
             Err(errors) => {
                 for e in &errors.0 {
                     eprintln!("error: {e}");
@@ -135,14 +135,14 @@ fn main() -> ExitCode {
             println!("  npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list");
             println!();
             println!("Press Ctrl-C to stop.");
-            finish(runtime::run_until_signal(running))
+            finish(runtime::run_until_signal(running, None))
         }
     }
 }
 
-fn run(snap: snapshot::Snapshot) -> ExitCode {
+fn run(snap: snapshot::Snapshot, config: &std::path::Path) -> ExitCode {
     match runtime::start(snap) {
-        Ok(running) => finish(runtime::run_until_signal(running)),
+        Ok(running) => finish(runtime::run_until_signal(running, Some(config))),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

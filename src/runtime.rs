@@ -207,17 +207,33 @@ async fn worker_main(
 }
 
 /// Run until SIGTERM or SIGINT, then shut down gracefully. A second signal
-/// exits at once.
-pub fn run_until_signal(running: Running) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+/// exits at once. With a configuration file, it is watched and SIGHUP
+/// reloads it (`reload`).
+pub fn run_until_signal(running: Running, config: Option<&std::path::Path>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let shared = running.shared.clone();
+    let reload = match config {
+        Some(path) => Some(crate::reload::start(
+            path,
+            running.snapshot.clone(),
+            shared.clone(),
+        )?),
+        None => None,
+    };
     std::thread::Builder::new()
         .name("portcullis-signals".into())
         .spawn(move || {
             let mut first = true;
             for sig in signals.forever() {
-                if first {
+                if sig == SIGHUP {
+                    match &reload {
+                        Some(tx) => {
+                            let _ = tx.send(());
+                        }
+                        None => tracing::info!("SIGHUP ignored: no configuration file to reload"),
+                    }
+                } else if first {
                     tracing::info!(
                         signal = sig,
                         "shutting down: no new connections, finishing in-flight requests"

@@ -14,6 +14,9 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Open client connections across all workers.
     pub connections: AtomicUsize,
+    /// Configuration reloads swapped in, and rejected.
+    pub reloads: AtomicUsize,
+    pub reload_failures: AtomicUsize,
 }
 
 impl Shared {

@@ -4,3 +4,4 @@
 mod desync;
 mod harness;
 mod proxy;
+mod reload;
