@@ -203,7 +203,13 @@ pub struct RouteConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct McpRoute {}
+pub struct McpRoute {
+    /// Browser origins allowed to call this route (e.g.
+    /// `https://app.example.com`). A request with any other `Origin` gets 403;
+    /// one without `Origin` (non-browser clients) is allowed.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
 
 fn default_shutdown_timeout() -> Dur {
     Dur(Duration::from_secs(30))

@@ -23,6 +23,17 @@ pub enum HttpError {
     BadGateway(&'static str),
     GatewayTimeout,
     ServiceUnavailable,
+    /// Refused before authentication matters (e.g. a disallowed Origin).
+    Forbidden(&'static str),
+    /// No valid token (401 with `WWW-Authenticate`).
+    Unauthorized(&'static str),
+    /// A valid token without a required scope (403 with `WWW-Authenticate`).
+    InsufficientScope,
+    /// A policy's rate limit (429 with `Retry-After`).
+    RateLimited,
+    /// A policy denied the call: answered as a JSON-RPC error (HTTP 200) so
+    /// the client shows it and the session stays usable.
+    PolicyDenied,
     /// An MCP body that is not a valid JSON-RPC message (HTTP 400 with this
     /// JSON-RPC error code).
     InvalidJsonRpc {
@@ -50,12 +61,23 @@ impl HttpError {
             HttpError::BadGateway(_) => 502,
             HttpError::GatewayTimeout => 504,
             HttpError::ServiceUnavailable => 503,
+            HttpError::Forbidden(_) | HttpError::InsufficientScope => 403,
+            HttpError::Unauthorized(_) => 401,
+            HttpError::RateLimited => 429,
+            HttpError::PolicyDenied => 200,
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            HttpError::BadRequest(r) | HttpError::NotImplemented(r) | HttpError::BadGateway(r) => r,
+            HttpError::BadRequest(r)
+            | HttpError::NotImplemented(r)
+            | HttpError::BadGateway(r)
+            | HttpError::Forbidden(r)
+            | HttpError::Unauthorized(r) => r,
+            HttpError::InsufficientScope => "insufficient scope",
+            HttpError::RateLimited => "rate limit exceeded",
+            HttpError::PolicyDenied => "denied by policy",
             HttpError::InvalidJsonRpc { message, .. } => message,
             HttpError::BadHost => "invalid Host header",
             HttpError::BadVersion => "HTTP version not supported",
@@ -78,7 +100,23 @@ impl HttpError {
     pub fn must_close(self) -> bool {
         !matches!(
             self,
-            HttpError::NoRoute | HttpError::BadGateway(_) | HttpError::GatewayTimeout
+            HttpError::NoRoute
+                | HttpError::BadGateway(_)
+                | HttpError::GatewayTimeout
+                | HttpError::Forbidden(_)
+                | HttpError::Unauthorized(_)
+                | HttpError::InsufficientScope
+                | HttpError::RateLimited
+                | HttpError::PolicyDenied
+        ) && !self.judged_whole_body()
+    }
+
+    /// Errors raised only once the whole body was read and judged: the
+    /// connection's framing is intact and it may be kept alive.
+    pub fn judged_whole_body(self) -> bool {
+        matches!(
+            self,
+            HttpError::InvalidJsonRpc { .. } | HttpError::PolicyDenied | HttpError::RateLimited
         )
     }
 }

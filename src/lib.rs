@@ -5,6 +5,7 @@
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod gate;
 pub mod http1;
 pub mod listener;
 pub mod mcp;

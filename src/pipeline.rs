@@ -10,9 +10,11 @@
 //! connection, so a dropped in-flight read never loses request bytes.
 
 use crate::error::HttpError;
+use crate::gate;
 use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
-use crate::http1::encode::error_response;
+use crate::http1::encode::{error_response, Detail};
 use crate::http1::{parse_request, Framing};
+use crate::mcp::jsonrpc::RpcId;
 use crate::snapshot::Snapshot;
 use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
 use crate::upstream::request::{prepare, ClientFacts, Reject, Request};
@@ -39,6 +41,8 @@ pub struct Conn {
     /// Bytes being written to the client.
     pub out: Vec<u8>,
     pub served: u64,
+    /// What the local answer being built says beyond its error (ids, headers).
+    pub detail: Option<Box<Detail>>,
 }
 
 /// What happens to the connection after an exchange.
@@ -74,6 +78,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         ubuf: Vec::new(),
         out: Vec::new(),
         served: 0,
+        detail: None,
     };
     loop {
         let snap = worker.snapshot();
@@ -145,7 +150,10 @@ async fn exchange(
     let upstream = match send_request(worker, snap, client, conn, &req).await {
         Ok(u) => u,
         Err(Some(err)) => {
-            let close = err.must_close() || !req.keep_alive || req.framing != Framing::None;
+            let close = err.must_close()
+                || !req.keep_alive
+                || (req.framing != Framing::None && !err.judged_whole_body());
+            let detail = conn.detail.take();
             return reject(
                 client,
                 conn,
@@ -154,6 +162,7 @@ async fn exchange(
                     mcp: req.mcp,
                     close,
                     id: req.id,
+                    detail,
                 },
             )
             .await;
@@ -171,6 +180,7 @@ async fn exchange(
                     mcp: req.mcp,
                     close: true,
                     id: req.id,
+                    detail: None,
                 },
             )
             .await
@@ -195,6 +205,7 @@ async fn read_head(
             mcp: false,
             close: true,
             id: Default::default(),
+            detail: None,
         })
     };
     loop {
@@ -247,6 +258,7 @@ pub async fn reject(client: &mut ClientStream, conn: &mut Conn, rej: Reject) -> 
         rej.mcp,
         rej.id.as_bytes(),
         rej.close,
+        rej.detail.as_deref(),
     );
     if rej.err.status() >= 500 {
         tracing::warn!(peer = %conn.client.peer, status = rej.err.status(), reason = rej.err.reason(), "request failed");
@@ -286,17 +298,21 @@ async fn send_request(
     // `streaming`: the framing of a body still to come from the client.
     let streaming = match req.framing {
         Framing::None => {
-            check_mcp_body(worker, req, &[])?;
+            check_mcp_body(worker, req, &[], &mut conn.detail)?;
             conn.up.extend_from_slice(b"\r\n");
             None
         }
         Framing::Length(n) if n <= hold => {
             let n = n as usize;
             fill_body(snap, client, conn, req, n).await?;
-            check_mcp_body(worker, req, &conn.buf[..n])?;
-            push_length(&mut conn.up, n as u64);
-            conn.up.extend_from_slice(&conn.buf[..n]);
+            let judged = check_mcp_body(worker, req, &conn.buf[..n], &mut conn.detail);
+            if judged.is_ok() {
+                push_length(&mut conn.up, n as u64);
+                conn.up.extend_from_slice(&conn.buf[..n]);
+            }
+            // Consumed either way: a refused body must not be read as a request.
             conn.buf.drain(..n);
+            judged?;
             None
         }
         Framing::Length(n) => {
@@ -305,7 +321,7 @@ async fn send_request(
         }
         Framing::Chunked => match hold_chunked(snap, client, conn, req).await? {
             Some(data) => {
-                check_mcp_body(worker, req, &data)?;
+                check_mcp_body(worker, req, &data, &mut conn.detail)?;
                 push_length(&mut conn.up, data.len() as u64);
                 conn.up.extend_from_slice(&data);
                 None
@@ -373,23 +389,46 @@ async fn send_request(
 }
 
 /// Decode a body on an MCP route in full (`mcp::jsonrpc`): every POST (an
-/// empty one included) and any other request that carries a body. What is not
-/// valid JSON-RPC is answered 400 with the JSON-RPC error, never forwarded.
-/// (The decoded messages feed the policy in a later stage.) MCP bodies never
-/// stream: they are always held whole, so nothing reaches an upstream unread.
-fn check_mcp_body(worker: &Worker, req: &Request, body: &[u8]) -> Result<(), Option<HttpError>> {
+/// empty one included) and any other request that carries a body, and check
+/// each message against the head (`gate::message`). What is refused is
+/// answered locally, with the refused message's id (`conn.detail`), never
+/// forwarded. MCP bodies never stream: they are always held whole, so nothing
+/// reaches an upstream unread.
+fn check_mcp_body(
+    worker: &Worker,
+    req: &Request,
+    body: &[u8],
+    detail: &mut Option<Box<Detail>>,
+) -> Result<(), Option<HttpError>> {
     if !req.mcp || (body.is_empty() && req.method != crate::http1::Method::Post) {
         return Ok(());
     }
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let mut scratch = worker.mcp_scratch.borrow_mut();
-    crate::mcp::jsonrpc::decode(&mut scratch, body, |_| {})
-        .map(|_| ())
-        .map_err(|e| {
-            Some(HttpError::InvalidJsonRpc {
-                code: e.code(),
-                message: e.message(),
-            })
+    let mut refused: Option<(HttpError, Option<RpcId>)> = None;
+    crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
+        if refused.is_none() {
+            if let Err(e) = gate::message(m, &req.mcp_head, batch) {
+                refused = Some((e, m.id.map(RpcId::from)));
+            }
+        }
+    })
+    .map_err(|e| {
+        Some(HttpError::InvalidJsonRpc {
+            code: e.code(),
+            message: e.message(),
         })
+    })?;
+    match refused {
+        None => Ok(()),
+        Some((err, id)) => {
+            *detail = Some(Box::new(Detail {
+                ids: id.into_iter().collect(),
+                ..Detail::default()
+            }));
+            Err(Some(err))
+        }
+    }
 }
 
 /// Answer `Expect: 100-continue` before the first read of a body.

@@ -20,6 +20,8 @@ pub struct Route {
     /// Key of this upstream in the per-core connection pool.
     pub pool_key: String,
     pub mcp: bool,
+    /// `Origin` values allowed on this MCP route.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Route {
@@ -40,6 +42,7 @@ impl Route {
             upstream,
             upstream_addrs,
             mcp,
+            allowed_origins: Vec::new(),
         }
     }
 

@@ -182,14 +182,18 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
                 Vec::new()
             }
         };
-        routes.push(Route::new(
+        let mut route = Route::new(
             index,
             &r.name,
             r.from.clone(),
             r.to.clone(),
             upstream_addrs,
             r.mcp.is_some(),
-        ));
+        );
+        if let Some(mcp) = &r.mcp {
+            route.allowed_origins = mcp.allowed_origins.clone();
+        }
+        routes.push(route);
     }
     let ca = config.upstream.ca_file.as_ref().map(|p| base.join(&p.0));
     let upstream_tls = match tls::client_config(ca.as_deref()) {

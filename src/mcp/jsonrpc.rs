@@ -37,6 +37,52 @@ pub enum Id<'a> {
     Int(i64),
 }
 
+/// A JSON-RPC id kept past the body's decoding (to answer with it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RpcId {
+    Int(i64),
+    Str(Box<str>),
+}
+
+impl From<Id<'_>> for RpcId {
+    fn from(id: Id<'_>) -> RpcId {
+        match id {
+            Id::Int(n) => RpcId::Int(n),
+            Id::Str(s) => RpcId::Str(s.into()),
+        }
+    }
+}
+
+impl RpcId {
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            RpcId::Int(n) => {
+                let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+            }
+            RpcId::Str(s) => write_json_string(out, s),
+        }
+    }
+}
+
+/// Append `s` as a JSON string literal.
+pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = std::io::Write::write_fmt(out, format_args!("\\u{:04x}", c as u32));
+            }
+            c => {
+                let mut b = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
 /// What one JSON-RPC message says, as far as a policy needs to know.
 #[derive(Debug, Default, PartialEq)]
 pub struct Message<'a> {

@@ -3,6 +3,8 @@
 //! allocation-free (it writes into a reused buffer).
 
 use crate::error::HttpError;
+use crate::gate::{self, McpHead};
+use crate::http1::encode::Detail;
 use crate::http1::{trim_ows, Framing, Method, RequestHead};
 use crate::snapshot::Snapshot;
 use crate::worker::{RequestId, Worker};
@@ -19,6 +21,8 @@ pub struct Request {
     pub keep_alive: bool,
     pub expect_continue: bool,
     pub id: RequestId,
+    /// Protocol facts of the head (MCP routes).
+    pub mcp_head: McpHead,
 }
 
 /// A request answered locally.
@@ -27,6 +31,7 @@ pub struct Reject {
     pub mcp: bool,
     pub close: bool,
     pub id: RequestId,
+    pub detail: Option<Box<Detail>>,
 }
 
 /// Headers never copied from the client: hop-by-hop ones, framing (portcullis
@@ -151,6 +156,7 @@ pub fn prepare(
         mcp,
         close: err.must_close() || has_body || !head.keep_alive,
         id,
+        detail: None,
     };
     let Some(route) = snap.routes.resolve(tls, head.host, head.path) else {
         return Err(reject(HttpError::NoRoute, false));
@@ -160,6 +166,11 @@ pub fn prepare(
             return Err(reject(HttpError::PayloadTooLarge, route.mcp));
         }
     }
+    let mcp_head = if route.mcp {
+        gate::head(route, head).map_err(|e| reject(e, true))?
+    } else {
+        McpHead::default()
+    };
     let options = ConnectionOptions::collect(head.headers).ok_or_else(|| {
         reject(
             HttpError::BadRequest("too many Connection options"),
@@ -204,5 +215,6 @@ pub fn prepare(
         keep_alive: head.keep_alive,
         expect_continue: head.expect_continue,
         id,
+        mcp_head,
     })
 }

@@ -509,3 +509,93 @@ fn invalid_json_rpc_is_refused_on_mcp_routes() {
     );
     assert_eq!(statuses(&resp), [200], "{resp}");
 }
+
+/// `Origin` against the route's allowed origins; modern-era `Mcp-Method` /
+/// `Mcp-Name` against the body (-32020, with the request's id); a refused
+/// body leaves the kept-alive connection usable.
+#[test]
+fn origin_and_mirrored_headers_are_checked() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::start(
+        up.addr,
+        "  - name: t\n    from: http://proxy.test/\n    to: http://{upstream}/\n    mcp: { allowed_origins: [\"https://app.example.com\"] }\n",
+        "",
+    );
+    let call = r#"{"jsonrpc":"2.0","id":"req-7","method":"tools/call","params":{"name":"search","arguments":{}}}"#;
+    let post = |headers: &str| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: proxy.test\r\n{headers}Content-Length: {}\r\n\r\n{call}",
+            call.len()
+        )
+    };
+    let (resp, _) = exchange(
+        proxy.addr,
+        post("Origin: https://evil.example\r\n").as_bytes(),
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [403], "{resp}");
+    let (resp, _) = exchange(
+        proxy.addr,
+        post("Origin: https://app.example.com\r\n").as_bytes(),
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200], "{resp}");
+
+    let modern = "MCP-Protocol-Version: 2026-07-28\r\n";
+    for (headers, status) in [
+        (
+            format!("{modern}Mcp-Method: tools/call\r\nMcp-Name: search\r\n"),
+            200,
+        ),
+        (
+            format!("{modern}Mcp-Method: tools/call\r\nMcp-Name: =?base64?c2VhcmNo?=\r\n"),
+            200,
+        ),
+        (
+            format!("{modern}Mcp-Method: tools/call\r\nMcp-Name: delete_all\r\n"),
+            400,
+        ),
+        (
+            format!("{modern}Mcp-Method: tools/list\r\nMcp-Name: search\r\n"),
+            400,
+        ),
+        (format!("{modern}Mcp-Name: search\r\n"), 400),
+        // Legacy era: not required, checked when present.
+        ("MCP-Protocol-Version: 2025-06-18\r\n".to_string(), 200),
+        (
+            "Mcp-Method: tools/call\r\nMcp-Name: other\r\n".to_string(),
+            400,
+        ),
+    ] {
+        // Two requests on one connection: the refused one must not break the next.
+        let raw = format!("{}{}", post(&headers), post(""));
+        let (resp, closed) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+        assert_eq!(statuses(&resp), [status, 200], "{headers:?}: {resp}");
+        if status == 400 {
+            assert!(resp.contains("\"code\":-32020"), "{headers:?}: {resp}");
+            assert!(
+                resp.contains("\"id\":\"req-7\""),
+                "the request's id is echoed: {resp}"
+            );
+        }
+        assert!(!closed, "{headers:?}: {resp}");
+    }
+    // A repeated mirrored header is refused before the body is read: the
+    // connection closes so the body is never taken for a request.
+    let twice =
+        format!("{modern}Mcp-Method: tools/call\r\nMcp-Method: tools/call\r\nMcp-Name: search\r\n");
+    let (resp, closed) = exchange(
+        proxy.addr,
+        format!("{}{}", post(&twice), post("")).as_bytes(),
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [400], "{resp}");
+    assert!(closed);
+    let forwarded = up.requests();
+    assert!(
+        forwarded
+            .iter()
+            .all(|r| !r.contains("delete_all") && !r.contains("Name: other")),
+        "a mismatched request reached the upstream: {forwarded:?}"
+    );
+}
