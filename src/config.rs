@@ -199,6 +199,43 @@ pub struct RouteConfig {
     pub to: Url,
     /// Present for an MCP route.
     pub mcp: Option<McpRoute>,
+    /// Require a bearer token from one of these issuers (MCP routes).
+    pub auth: Option<AuthConfig>,
+    /// What the upstream gets instead of the client's token (default: an
+    /// identity assertion signed by portcullis).
+    pub upstream_auth: Option<UpstreamAuthConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Names of `identity.issuers` whose tokens this route accepts.
+    pub issuers: Vec<String>,
+    /// Scopes every token must carry (403 `insufficient_scope` otherwise).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum UpstreamAuthConfig {
+    /// A short-lived ES256 JWT naming the caller, signed by portcullis (its
+    /// public keys are served at `/.well-known/portcullis/jwks.json`).
+    Assertion {
+        /// Default `X-Portcullis-Identity`; `Authorization` sends `Bearer <jwt>`.
+        #[serde(default = "default_assertion_header")]
+        header: String,
+        /// The assertion's `aud`; default: the upstream URL.
+        audience: Option<String>,
+    },
+    /// A fixed credential from the configuration (use `${ENV}` for secrets).
+    Static { header: String, value: String },
+    /// Nothing: the upstream gets no credential.
+    None,
+}
+
+fn default_assertion_header() -> String {
+    "X-Portcullis-Identity".into()
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -22,6 +22,50 @@ pub struct Route {
     pub mcp: bool,
     /// `Origin` values allowed on this MCP route.
     pub allowed_origins: Vec<String>,
+    /// Token requirements, when the route is authenticated.
+    pub auth: Option<RouteAuth>,
+}
+
+/// What an authenticated route demands and what its upstream gets instead
+/// of the client's token.
+#[derive(Debug)]
+pub struct RouteAuth {
+    /// Indexes of the accepted issuers in the snapshot's identity.
+    pub issuers: Vec<usize>,
+    /// Their `iss` URLs (the metadata's `authorization_servers`).
+    pub issuer_urls: Vec<String>,
+    pub scopes: Vec<String>,
+    /// The token audience: the public URL.
+    pub audience: String,
+    /// The RFC 9728 metadata URL of this route.
+    pub metadata_url: String,
+    pub upstream: UpstreamCredential,
+}
+
+#[derive(Debug)]
+pub enum UpstreamCredential {
+    /// Header name, and the assertion's audience; `bearer` prefixes `Bearer `.
+    Assertion {
+        header: String,
+        audience: String,
+        bearer: bool,
+    },
+    /// A complete header line (`Name: value\r\n`).
+    Static(Vec<u8>),
+    None,
+}
+
+impl RouteAuth {
+    /// The metadata URL for `public` (RFC 9728 §3.1: the well-known path
+    /// goes between the authority and the resource's path).
+    pub fn metadata_url_for(public: &Url) -> String {
+        let path = if public.path == "/" { "" } else { &public.path };
+        format!(
+            "{}://{}/.well-known/oauth-protected-resource{path}",
+            public.scheme(),
+            public.authority()
+        )
+    }
 }
 
 impl Route {
@@ -43,6 +87,7 @@ impl Route {
             upstream_addrs,
             mcp,
             allowed_origins: Vec::new(),
+            auth: None,
         }
     }
 

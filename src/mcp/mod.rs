@@ -1,6 +1,8 @@
-//! What the proxy must understand of MCP. For now: the legacy HTTP+SSE
-//! transport's `endpoint` event, which names a URL that must be rewritten when
-//! the public and upstream path prefixes differ.
+//! What the proxy must understand of MCP: JSON-RPC bodies decoded in full
+//! (`jsonrpc`), list results filtered to what the caller may use
+//! (`listfilter`), and the legacy HTTP+SSE transport's `endpoint` event,
+//! rewritten when the public and upstream path prefixes differ (`sse`).
 
 pub mod jsonrpc;
+pub mod listfilter;
 pub mod sse;

@@ -46,7 +46,7 @@ impl EndpointRewriter {
 }
 
 /// End of the first event (index just past its blank line).
-fn event_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < buf.len() {
         // A line ends at CRLF, LF or CR; an empty line ends the event.
@@ -89,7 +89,7 @@ fn rewrite_event(route: &Route, event: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `field: value` → value (one optional space after the colon, as SSE says).
-fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let v = line.strip_prefix(name)?.strip_prefix(':')?;
     Some(v.strip_prefix(' ').unwrap_or(v))
 }

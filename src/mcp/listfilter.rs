@@ -1,0 +1,267 @@
+//! List filtering: the results of `tools/list`, `prompts/list`,
+//! `resources/list` and `resources/templates/list` keep only the items the
+//! caller may use. A JSON body is filtered whole; an SSE stream event by
+//! event (only the event answering the list request is rewritten, every
+//! other byte passes unchanged). Fails closed: a list response that cannot
+//! be read is replaced by an error, never passed unfiltered.
+
+use super::jsonrpc::RpcId;
+use super::sse::{event_end, field};
+use serde_json::Value;
+
+/// Which list, and so which items and which key names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    pub fn of_method(method: &str) -> Option<ListKind> {
+        Some(match method {
+            "tools/list" => ListKind::Tools,
+            "prompts/list" => ListKind::Prompts,
+            "resources/list" => ListKind::Resources,
+            "resources/templates/list" => ListKind::ResourceTemplates,
+            _ => return None,
+        })
+    }
+
+    /// (result member holding the items, item member naming each).
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            ListKind::Tools => ("tools", "name"),
+            ListKind::Prompts => ("prompts", "name"),
+            ListKind::Resources => ("resources", "uri"),
+            ListKind::ResourceTemplates => ("resourceTemplates", "uriTemplate"),
+        }
+    }
+}
+
+/// A list request whose answer must be filtered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListFilter {
+    pub kind: ListKind,
+    pub id: RpcId,
+}
+
+/// Largest list response (JSON body or one SSE event) filtered.
+pub const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Filter one JSON-RPC message (`body`): when it is the answer to `filter`'s
+/// request, drop the items `visible` refuses. `None`: not that answer (pass
+/// it unchanged). An answer whose items cannot be read becomes an error.
+pub fn filter_message(
+    filter: &ListFilter,
+    body: &[u8],
+    visible: &mut dyn FnMut(&str) -> bool,
+) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    if !id_matches(obj.get("id")?, &filter.id) {
+        return None;
+    }
+    if obj.contains_key("error") {
+        return None;
+    }
+    let (list_key, name_key) = filter.kind.keys();
+    let Some(items) = obj
+        .get_mut("result")
+        .and_then(|r| r.get_mut(list_key))
+        .and_then(Value::as_array_mut)
+    else {
+        return Some(unreadable(&filter.id));
+    };
+    items.retain(|item| {
+        item.get(name_key)
+            .and_then(Value::as_str)
+            .is_some_and(|name| visible(name))
+    });
+    serde_json::to_vec(&v).ok()
+}
+
+fn id_matches(id: &Value, want: &RpcId) -> bool {
+    match want {
+        RpcId::Int(n) => id.as_i64() == Some(*n),
+        RpcId::Str(s) => id.as_str() == Some(s),
+    }
+}
+
+fn unreadable(id: &RpcId) -> Vec<u8> {
+    let mut out = b"{\"jsonrpc\":\"2.0\",\"id\":".to_vec();
+    id.write_json(&mut out);
+    out.extend_from_slice(
+        b",\"error\":{\"code\":-32603,\"message\":\"portcullis could not read the list result to filter it\"}}",
+    );
+    out
+}
+
+/// Filters an SSE stream: events are held until complete (bounded by
+/// `MAX_LIST_BYTES`), the answer to the list request is rewritten, every
+/// other event passes byte-exact.
+#[derive(Default)]
+pub struct SseListFilter {
+    pending: Vec<u8>,
+    done: bool,
+}
+
+impl SseListFilter {
+    /// Feed body bytes; append what may be sent now to `out`. `Err` when an
+    /// event grows past the bound (the stream is then cut: fail closed).
+    pub fn feed(
+        &mut self,
+        filter: &ListFilter,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        visible: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), ()> {
+        if self.done {
+            out.extend_from_slice(data);
+            return Ok(());
+        }
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(len) = event_end(&self.pending[start..]) {
+            let event = &self.pending[start..start + len];
+            match filter_event(filter, event, visible) {
+                Some(new) => {
+                    out.extend_from_slice(&new);
+                    // The one answer is filtered: the rest passes as it comes.
+                    self.done = true;
+                    out.extend_from_slice(&self.pending[start + len..]);
+                    self.pending.clear();
+                    return Ok(());
+                }
+                None => out.extend_from_slice(event),
+            }
+            start += len;
+        }
+        self.pending.drain(..start);
+        if self.pending.len() > MAX_LIST_BYTES {
+            return Err(());
+        }
+        Ok(())
+    }
+}
+
+/// The rewritten event when it carries the answer to the list request.
+fn filter_event(
+    filter: &ListFilter,
+    event: &[u8],
+    visible: &mut dyn FnMut(&str) -> bool,
+) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data = String::new();
+    let mut kept = String::new();
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if bare.is_empty() {
+            continue;
+        }
+        match field(bare, "data") {
+            Some(d) => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d);
+            }
+            None => {
+                kept.push_str(bare);
+                kept.push('\n');
+            }
+        }
+    }
+    let new = filter_message(filter, data.as_bytes(), visible)?;
+    // serde_json output has no raw newlines: one data line.
+    let mut out = kept.into_bytes();
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&new);
+    out.extend_from_slice(b"\n\n");
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only_safe(name: &str) -> bool {
+        !name.starts_with("delete_")
+    }
+
+    #[test]
+    fn json_lists_keep_only_visible_items() {
+        let filter = ListFilter {
+            kind: ListKind::Tools,
+            id: RpcId::Int(3),
+        };
+        let body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"search"},{"name":"delete_repo"},{"name":"x","description":"d"}],"nextCursor":"c"}}"#;
+        let out = filter_message(&filter, body, &mut only_safe).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let names: Vec<&str> = v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["search", "x"]);
+        assert_eq!(v["result"]["nextCursor"], "c");
+        // Another id, or an error: not this answer.
+        assert!(filter_message(
+            &filter,
+            br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}"#,
+            &mut only_safe
+        )
+        .is_none());
+        // An answer without a readable list fails closed.
+        let out = filter_message(
+            &filter,
+            br#"{"jsonrpc":"2.0","id":3,"result":{"tools":"all"}}"#,
+            &mut only_safe,
+        )
+        .unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("-32603"));
+        let templates = ListFilter {
+            kind: ListKind::ResourceTemplates,
+            id: RpcId::Str("a".into()),
+        };
+        let out = filter_message(
+            &templates,
+            br#"{"jsonrpc":"2.0","id":"a","result":{"resourceTemplates":[{"uriTemplate":"file:///{p}"},{"uriTemplate":"delete_x"}]}}"#,
+            &mut only_safe,
+        )
+        .unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("delete_x"));
+    }
+
+    #[test]
+    fn sse_streams_are_filtered_event_by_event_however_split() {
+        let filter = ListFilter {
+            kind: ListKind::Tools,
+            id: RpcId::Int(1),
+        };
+        let stream = b": priming\n\nid: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nid: 8\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"delete_all\"},{\"name\":\"search\"}]}}\r\n\r\nid: 9\ndata: tail\n\n";
+        let mut whole = Vec::new();
+        SseListFilter::default()
+            .feed(&filter, stream, &mut whole, &mut only_safe)
+            .unwrap();
+        let text = String::from_utf8(whole.clone()).unwrap();
+        assert!(text.starts_with(": priming\n\nid: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"), "{text}");
+        assert!(
+            !text.contains("delete_all") && text.contains("\"search\""),
+            "{text}"
+        );
+        assert!(text.contains("id: 8\nevent: message\ndata: {"), "{text}");
+        assert!(text.ends_with("id: 9\ndata: tail\n\n"), "{text}");
+        for split in 1..stream.len() {
+            let mut f = SseListFilter::default();
+            let mut out = Vec::new();
+            f.feed(&filter, &stream[..split], &mut out, &mut only_safe)
+                .unwrap();
+            f.feed(&filter, &stream[split..], &mut out, &mut only_safe)
+                .unwrap();
+            assert_eq!(out, whole, "split at {split}");
+        }
+    }
+}
