@@ -77,7 +77,7 @@ pub fn filter_message(
     items.retain(|item| {
         item.get(name_key)
             .and_then(Value::as_str)
-            .is_some_and(|name| visible(name))
+            .is_some_and(&mut *visible)
     });
     serde_json::to_vec(&v).ok()
 }
@@ -110,6 +110,7 @@ pub struct SseListFilter {
 impl SseListFilter {
     /// Feed body bytes; append what may be sent now to `out`. `Err` when an
     /// event grows past the bound (the stream is then cut: fail closed).
+    #[allow(clippy::result_unit_err)]
     pub fn feed(
         &mut self,
         filter: &ListFilter,
