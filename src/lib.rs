@@ -6,6 +6,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http1;
+pub mod identity;
 pub mod listener;
 pub mod mcp;
 pub mod pipeline;
