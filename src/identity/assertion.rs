@@ -33,20 +33,31 @@ impl AssertionSigner {
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
             .map_err(|_| "loading the assertion key failed")?;
         let mut kid = [0u8; 12];
-        rng.fill(&mut kid).map_err(|_| "no randomness for the kid")?;
+        rng.fill(&mut kid)
+            .map_err(|_| "no randomness for the kid")?;
         let kid = URL_SAFE_NO_PAD.encode(kid);
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid}).to_string();
         let header_b64 = URL_SAFE_NO_PAD.encode(header);
         // Uncompressed point: 0x04 || x || y.
         let point = key.public_key().as_ref();
-        let (x, y) = point.get(1..33).zip(point.get(33..65)).ok_or("unexpected public key")?;
+        let (x, y) = point
+            .get(1..33)
+            .zip(point.get(33..65))
+            .ok_or("unexpected public key")?;
         let jwks = json!({"keys": [{
             "kty": "EC", "crv": "P-256",
             "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
             "use": "sig", "alg": "ES256", "kid": kid,
         }]})
         .to_string();
-        Ok(AssertionSigner { key, rng, kid, issuer: issuer.to_owned(), header_b64, jwks })
+        Ok(AssertionSigner {
+            key,
+            rng,
+            kid,
+            issuer: issuer.to_owned(),
+            header_b64,
+            jwks,
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -60,7 +71,13 @@ impl AssertionSigner {
 
     /// A compact JWT asserting `principal` to `audience`, valid for [`ASSERTION_TTL`] seconds,
     /// with `jti` = `request_id`.
-    pub fn sign(&self, principal: &Principal, audience: &str, now: i64, request_id: &str) -> String {
+    pub fn sign(
+        &self,
+        principal: &Principal,
+        audience: &str,
+        now: i64,
+        request_id: &str,
+    ) -> String {
         let mut c = Map::new();
         c.insert("iss".into(), Value::from(self.issuer.as_str()));
         c.insert("sub".into(), Value::from(principal.sub.as_str()));
@@ -114,7 +131,10 @@ pub struct AssertionCache {
 
 impl AssertionCache {
     pub fn new(max: usize) -> Self {
-        AssertionCache { map: HashMap::new(), max: max.max(1) }
+        AssertionCache {
+            map: HashMap::new(),
+            max: max.max(1),
+        }
     }
 
     /// A cached assertion, or a fresh one signed by `signer`.
@@ -143,7 +163,8 @@ impl AssertionCache {
         if self.map.len() >= self.max {
             self.map.clear();
         }
-        self.map.insert(key, (jwt.clone(), now.saturating_add(ASSERTION_TTL)));
+        self.map
+            .insert(key, (jwt.clone(), now.saturating_add(ASSERTION_TTL)));
         jwt
     }
 }

@@ -89,7 +89,9 @@ impl TokenCache {
     pub fn get_rejected(&self, token: &str, audience: &str, now: i64) -> Option<AuthError> {
         let i = self.hash(token) as usize % self.rejected.len();
         match &self.rejected[i] {
-            Some(r) if r.until > now && *r.token == *token && *r.audience == *audience => Some(r.error),
+            Some(r) if r.until > now && *r.token == *token && *r.audience == *audience => {
+                Some(r.error)
+            }
             _ => None,
         }
     }

@@ -28,10 +28,7 @@ pub fn install() {
     let _ = RING_PROVIDER.install_default();
 }
 
-fn compute_digest(
-    data: &[u8],
-    hash: jsonwebtoken::jwk::ThumbprintHash,
-) -> Result<Vec<u8>, Error> {
+fn compute_digest(data: &[u8], hash: jsonwebtoken::jwk::ThumbprintHash) -> Result<Vec<u8>, Error> {
     use jsonwebtoken::jwk::ThumbprintHash as H;
     let alg = match hash {
         H::SHA256 => &ring::digest::SHA256,
@@ -51,7 +48,10 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
     if alg.family() != key.family() {
         return Err(ErrorKind::InvalidAlgorithm.into());
     }
-    Ok(Box::new(RingVerifier { alg: *alg, key: key.clone() }))
+    Ok(Box::new(RingVerifier {
+        alg: *alg,
+        key: key.clone(),
+    }))
 }
 
 fn rsa_params(alg: Algorithm) -> Option<&'static rs::RsaParameters> {
@@ -76,7 +76,10 @@ impl Verifier<Vec<u8>> for RingVerifier {
                     Algorithm::HS384 => ring::hmac::HMAC_SHA384,
                     _ => ring::hmac::HMAC_SHA512,
                 };
-                let secret = self.key.try_get_as_bytes().map_err(|_| signature::Error::new())?;
+                let secret = self
+                    .key
+                    .try_get_as_bytes()
+                    .map_err(|_| signature::Error::new())?;
                 ring::hmac::verify(&ring::hmac::Key::new(h, secret), msg, sig).map_err(bad)
             }
             Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA => {
@@ -85,18 +88,24 @@ impl Verifier<Vec<u8>> for RingVerifier {
                     Algorithm::ES384 => &rs::ECDSA_P384_SHA384_FIXED,
                     _ => &rs::ED25519,
                 };
-                let point = self.key.try_get_as_bytes().map_err(|_| signature::Error::new())?;
-                a.verify(point.into(), msg.into(), sig.as_slice().into()).map_err(bad)
+                let point = self
+                    .key
+                    .try_get_as_bytes()
+                    .map_err(|_| signature::Error::new())?;
+                a.verify(point.into(), msg.into(), sig.as_slice().into())
+                    .map_err(bad)
             }
             alg => {
                 let params = rsa_params(alg).ok_or_else(signature::Error::new)?;
                 match self.key.kind() {
                     DecodingKeyKind::RsaModulusExponent { n, e } => {
-                        rs::RsaPublicKeyComponents { n, e }.verify(params, msg, sig).map_err(bad)
+                        rs::RsaPublicKeyComponents { n, e }
+                            .verify(params, msg, sig)
+                            .map_err(bad)
                     }
-                    DecodingKeyKind::SecretOrDer(der) => {
-                        rs::UnparsedPublicKey::new(params, der).verify(msg, sig).map_err(bad)
-                    }
+                    DecodingKeyKind::SecretOrDer(der) => rs::UnparsedPublicKey::new(params, der)
+                        .verify(msg, sig)
+                        .map_err(bad),
                 }
             }
         }

@@ -22,7 +22,10 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key").field("kid", &self.kid).field("algs", &self.algs).finish()
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("algs", &self.algs)
+            .finish()
     }
 }
 
@@ -57,14 +60,19 @@ impl KeySet {
     /// or whose algorithm is not allowed are skipped; malformed keys, RSA keys under 2048
     /// bits and duplicate kids are errors. `oct` (HMAC) keys are used only when
     /// `allow_secret` (inline config) and an HS algorithm is in `allowed`.
-    pub fn parse(jwks: &Value, allowed: &[Algorithm], allow_secret: bool) -> Result<KeySet, String> {
+    pub fn parse(
+        jwks: &Value,
+        allowed: &[Algorithm],
+        allow_secret: bool,
+    ) -> Result<KeySet, String> {
         let keys = jwks
             .get("keys")
             .and_then(Value::as_array)
             .ok_or("JWKS has no \"keys\" array")?;
         let mut set = KeySet::default();
         for (i, jwk) in keys.iter().enumerate() {
-            let Some(key) = parse_key(jwk, allowed, allow_secret).map_err(|e| format!("key {i}: {e}"))?
+            let Some(key) =
+                parse_key(jwk, allowed, allow_secret).map_err(|e| format!("key {i}: {e}"))?
             else {
                 continue;
             };
@@ -118,11 +126,21 @@ impl<'a> Iterator for Candidates<'a> {
 }
 
 fn b64_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
-    let s = jwk.get(name).and_then(Value::as_str).ok_or(format!("missing \"{name}\""))?;
-    URL_SAFE_NO_PAD.decode(s).map_err(|_| format!("\"{name}\" is not base64url"))
+    let s = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or(format!("missing \"{name}\""))?;
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| format!("\"{name}\" is not base64url"))
 }
 
-fn parse_key(jwk: &Value, allowed: &[Algorithm], allow_secret: bool) -> Result<Option<Key>, String> {
+/// One JWK as a [`Key`]; `Ok(None)` when it is skipped (see [`KeySet::parse`]).
+pub fn parse_key(
+    jwk: &Value,
+    allowed: &[Algorithm],
+    allow_secret: bool,
+) -> Result<Option<Key>, String> {
     let str_field = |n: &str| jwk.get(n).and_then(Value::as_str);
     if let Some(u) = jwk.get("use") {
         if u.as_str() != Some("sig") {
@@ -130,7 +148,9 @@ fn parse_key(jwk: &Value, allowed: &[Algorithm], allow_secret: bool) -> Result<O
         }
     }
     if let Some(ops) = jwk.get("key_ops") {
-        let ok = ops.as_array().is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
+        let ok = ops
+            .as_array()
+            .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
         if !ok {
             return Ok(None);
         }
@@ -153,7 +173,9 @@ fn parse_key(jwk: &Value, allowed: &[Algorithm], allow_secret: bool) -> Result<O
     };
     let algs: Vec<Algorithm> = match jwk.get("alg") {
         Some(a) => {
-            let Some(a) = a.as_str().and_then(parse_alg) else { return Ok(None) };
+            let Some(a) = a.as_str().and_then(parse_alg) else {
+                return Ok(None);
+            };
             if !family.contains(&a) {
                 return Err(format!("\"alg\" does not match kty {kty}"));
             }
@@ -217,8 +239,10 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
 
 /// Fetches a JWKS document (blocking; timeout [`FETCH_TIMEOUT`], at most [`MAX_JWKS_BYTES`]).
 pub fn fetch(url: &str) -> Result<Value, String> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(FETCH_TIMEOUT))
+        .build()
+        .into();
     let mut resp = agent
         .get(url)
         .header("accept", "application/json")

@@ -84,7 +84,10 @@ fn secs(v: u64) -> i64 {
 impl Issuers {
     /// Compiles issuer configs: loads every JWKS (files relative to `base_dir`; remote ones
     /// fetched now, blocking). Errors are `(issuer index, message)`.
-    pub fn compile(configs: &[IssuerConfig], base_dir: &Path) -> Result<Issuers, Vec<(usize, String)>> {
+    pub fn compile(
+        configs: &[IssuerConfig],
+        base_dir: &Path,
+    ) -> Result<Issuers, Vec<(usize, String)>> {
         crypto::install();
         let mut errors = Vec::new();
         let mut issuers = Vec::new();
@@ -102,7 +105,11 @@ impl Issuers {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Issuers { issuers, epoch: Instant::now(), refresher: OnceLock::new() })
+        Ok(Issuers {
+            issuers,
+            epoch: Instant::now(),
+            refresher: OnceLock::new(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -120,7 +127,12 @@ impl Issuers {
 
     /// Verifies `token` against any configured issuer. `audience` is the route's public URL
     /// (replaced by the issuer's `audiences` when configured); `now_unix` in seconds.
-    pub fn verify(&self, token: &str, audience: &str, now_unix: i64) -> Result<Principal, AuthError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        audience: &str,
+        now_unix: i64,
+    ) -> Result<Principal, AuthError> {
         self.verify_inner(token, audience, now_unix, |_| true)
     }
 
@@ -144,7 +156,10 @@ impl Issuers {
     ) -> Result<Principal, AuthError> {
         let jws = Jws::parse(token)?;
         let claims = parse_claims(&jws.payload)?;
-        let iss = claims.get("iss").and_then(|v| v.as_str()).ok_or(AuthError::UnknownIssuer)?;
+        let iss = claims
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or(AuthError::UnknownIssuer)?;
         let (idx, issuer) = self
             .issuers
             .iter()
@@ -211,8 +226,9 @@ impl Issuers {
         let remote = issuer.remote.as_ref().ok_or("issuer has no jwks_uri")?;
         remote.last_fetch_ms.store(self.now_ms(), Ordering::Relaxed);
         remote.wanted.store(false, Ordering::Relaxed);
-        let set = jwks::fetch(&remote.uri)
-            .and_then(|v| KeySet::parse(&v, &issuer.algs, false).map_err(|e| format!("JWKS {}: {e}", remote.uri)));
+        let set = jwks::fetch(&remote.uri).and_then(|v| {
+            KeySet::parse(&v, &issuer.algs, false).map_err(|e| format!("JWKS {}: {e}", remote.uri))
+        });
         match set {
             Ok(set) => {
                 let n = set.len();
@@ -232,9 +248,12 @@ impl Issuers {
     pub fn refresh_due(&self) {
         for (idx, issuer) in self.issuers.iter().enumerate() {
             let Some(r) = &issuer.remote else { continue };
-            let since = self.now_ms().saturating_sub(r.last_fetch_ms.load(Ordering::Relaxed));
+            let since = self
+                .now_ms()
+                .saturating_sub(r.last_fetch_ms.load(Ordering::Relaxed));
             let since = Duration::from_millis(since);
-            let due = since >= r.interval || (r.wanted.load(Ordering::Relaxed) && since >= MIN_REFETCH);
+            let due =
+                since >= r.interval || (r.wanted.load(Ordering::Relaxed) && since >= MIN_REFETCH);
             if due {
                 let _ = self.refresh(idx);
             }
@@ -243,7 +262,10 @@ impl Issuers {
 
     /// Starts the background refresher thread (none is needed without remote sets). It
     /// stops once `stop` is set (checked at least every second).
-    pub fn start_refresher(self: &Arc<Self>, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    pub fn start_refresher(
+        self: &Arc<Self>,
+        stop: Arc<AtomicBool>,
+    ) -> Option<std::thread::JoinHandle<()>> {
         if !self.issuers.iter().any(|i| i.remote.is_some()) {
             return None;
         }
@@ -278,11 +300,17 @@ fn compile_one(c: &IssuerConfig, base_dir: &Path) -> Result<Issuer, String> {
     if algs.is_empty() {
         return Err("no algorithms".into());
     }
-    let sources = [c.jwks_uri.is_some(), c.jwks_file.is_some(), c.jwks.is_some()];
+    let sources = [
+        c.jwks_uri.is_some(),
+        c.jwks_file.is_some(),
+        c.jwks.is_some(),
+    ];
     if sources.iter().filter(|s| **s).count() != 1 {
         return Err("exactly one of jwks_uri, jwks_file, jwks is required".into());
     }
-    let hmac = algs.iter().any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+    let hmac = algs
+        .iter()
+        .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
     if hmac && c.jwks.is_none() {
         return Err("HS* algorithms need an inline `jwks` with an oct key".into());
     }
@@ -291,7 +319,11 @@ fn compile_one(c: &IssuerConfig, base_dir: &Path) -> Result<Issuer, String> {
         let v = jwks::fetch(uri)?;
         remote = Some(Remote {
             uri: uri.clone(),
-            interval: Duration::from_secs(c.refresh_interval.unwrap_or(config::DEFAULT_REFRESH_INTERVAL).max(1)),
+            interval: Duration::from_secs(
+                c.refresh_interval
+                    .unwrap_or(config::DEFAULT_REFRESH_INTERVAL)
+                    .max(1),
+            ),
             wanted: AtomicBool::new(false),
             last_fetch_ms: AtomicU64::new(0),
         });
@@ -299,8 +331,8 @@ fn compile_one(c: &IssuerConfig, base_dir: &Path) -> Result<Issuer, String> {
     } else if let Some(file) = &c.jwks_file {
         let path = base_dir.join(file);
         let text = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
         KeySet::parse(&v, &algs, false).map_err(|e| format!("{}: {e}", path.display()))?
     } else {
         let v = c.jwks.as_ref().ok_or("no JWKS")?;

@@ -96,7 +96,8 @@ impl<'a> Jws<'a> {
             return Err(AuthError::Oversized);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed);
         };
@@ -107,7 +108,8 @@ impl<'a> Jws<'a> {
         if sig.is_empty() {
             return Err(AuthError::BadSignature);
         }
-        let header: RawHeader = serde_json::from_slice(&b64(h)?).map_err(|_| AuthError::Malformed)?;
+        let header: RawHeader =
+            serde_json::from_slice(&b64(h)?).map_err(|_| AuthError::Malformed)?;
         if header.alg.eq_ignore_ascii_case("none") {
             return Err(AuthError::AlgNone);
         }
@@ -132,7 +134,12 @@ impl<'a> Jws<'a> {
         if !key.algs.contains(&self.alg) {
             return Err(AuthError::AlgNotAllowed);
         }
-        match jsonwebtoken::crypto::verify(self.sig_b64, self.signing_input.as_bytes(), &key.key, self.alg) {
+        match jsonwebtoken::crypto::verify(
+            self.sig_b64,
+            self.signing_input.as_bytes(),
+            &key.key,
+            self.alg,
+        ) {
             Ok(true) => Ok(()),
             _ => Err(AuthError::BadSignature),
         }
@@ -194,7 +201,10 @@ fn num(v: Option<&Value>) -> Result<Option<i64>, AuthError> {
 fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -268,7 +278,10 @@ pub fn check_claims(
         issuer_name: rules.issuer_name.clone(),
         issuer: rules.issuer.to_owned(),
         sub,
-        email: claims.get("email").and_then(Value::as_str).map(str::to_owned),
+        email: claims
+            .get("email")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         groups: strings(claims.get("groups")),
         scopes,
         client_id,
