@@ -7,6 +7,7 @@ pub mod demo;
 pub mod error;
 pub mod gate;
 pub mod http1;
+pub mod identity;
 pub mod listener;
 pub mod mcp;
 pub mod pipeline;

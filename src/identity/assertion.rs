@@ -1,0 +1,170 @@
+//! Identity assertions to upstreams: short-lived ES256 JWTs signed by the proxy, in place of
+//! the client's token (which is never forwarded).
+
+use crate::principal::Principal;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// Lifetime of an assertion, seconds.
+pub const ASSERTION_TTL: i64 = 60;
+/// A cached assertion is reused until this many seconds before its `exp`.
+pub const REUSE_MARGIN: i64 = 30;
+
+/// Holds a P-256 key pair generated at start and signs assertions with it.
+pub struct AssertionSigner {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    kid: String,
+    issuer: String,
+    header_b64: String,
+    jwks: String,
+}
+
+impl AssertionSigner {
+    /// Generates a fresh key pair and a random kid. `issuer` becomes the assertions' `iss`.
+    pub fn generate(issuer: &str) -> Result<Self, String> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| "generating the assertion key failed")?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .map_err(|_| "loading the assertion key failed")?;
+        let mut kid = [0u8; 12];
+        rng.fill(&mut kid)
+            .map_err(|_| "no randomness for the kid")?;
+        let kid = URL_SAFE_NO_PAD.encode(kid);
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid}).to_string();
+        let header_b64 = URL_SAFE_NO_PAD.encode(header);
+        // Uncompressed point: 0x04 || x || y.
+        let point = key.public_key().as_ref();
+        let (x, y) = point
+            .get(1..33)
+            .zip(point.get(33..65))
+            .ok_or("unexpected public key")?;
+        let jwks = json!({"keys": [{
+            "kty": "EC", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
+            "use": "sig", "alg": "ES256", "kid": kid,
+        }]})
+        .to_string();
+        Ok(AssertionSigner {
+            key,
+            rng,
+            kid,
+            issuer: issuer.to_owned(),
+            header_b64,
+            jwks,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as a JWK set, for upstreams to verify assertions.
+    pub fn jwks_json(&self) -> String {
+        self.jwks.clone()
+    }
+
+    /// A compact JWT asserting `principal` to `audience`, valid for [`ASSERTION_TTL`] seconds,
+    /// with `jti` = `request_id`.
+    pub fn sign(
+        &self,
+        principal: &Principal,
+        audience: &str,
+        now: i64,
+        request_id: &str,
+    ) -> String {
+        let mut c = Map::new();
+        c.insert("iss".into(), Value::from(self.issuer.as_str()));
+        c.insert("sub".into(), Value::from(principal.sub.as_str()));
+        c.insert("aud".into(), Value::from(audience));
+        c.insert("iat".into(), Value::from(now));
+        c.insert("exp".into(), Value::from(now.saturating_add(ASSERTION_TTL)));
+        if let Some(e) = &principal.email {
+            c.insert("email".into(), Value::from(e.as_str()));
+        }
+        if !principal.groups.is_empty() {
+            c.insert("groups".into(), Value::from(principal.groups.clone()));
+        }
+        if let Some(id) = &principal.client_id {
+            c.insert("client_id".into(), Value::from(id.as_str()));
+        }
+        c.insert("idp".into(), Value::from(principal.issuer.as_str()));
+        c.insert("jti".into(), Value::from(request_id));
+        let claims = Value::Object(c).to_string();
+        let mut out = String::with_capacity(self.header_b64.len() + claims.len() * 4 / 3 + 100);
+        out.push_str(&self.header_b64);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut out);
+        // Signing only fails if the system RNG fails; then the assertion carries no valid
+        // signature and the upstream rejects it.
+        let sig = self.key.sign(&self.rng, out.as_bytes());
+        out.push('.');
+        if let Ok(sig) = sig {
+            URL_SAFE_NO_PAD.encode_string(sig.as_ref(), &mut out);
+        }
+        out
+    }
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct CacheKey {
+    issuer: String,
+    sub: String,
+    email: Option<String>,
+    groups: Vec<String>,
+    client_id: Option<String>,
+    audience: String,
+}
+
+/// Per-core cache of signed assertions: one per (asserted principal fields, audience), reused
+/// until [`REUSE_MARGIN`] seconds before its `exp`. A reused assertion repeats its `jti`
+/// (the id of the request it was first signed for). Cleared whole when full.
+pub struct AssertionCache {
+    map: HashMap<CacheKey, (String, i64)>,
+    max: usize,
+}
+
+impl AssertionCache {
+    pub fn new(max: usize) -> Self {
+        AssertionCache {
+            map: HashMap::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// A cached assertion, or a fresh one signed by `signer`.
+    pub fn get_or_sign(
+        &mut self,
+        signer: &AssertionSigner,
+        principal: &Principal,
+        audience: &str,
+        now: i64,
+        request_id: &str,
+    ) -> String {
+        let key = CacheKey {
+            issuer: principal.issuer.clone(),
+            sub: principal.sub.clone(),
+            email: principal.email.clone(),
+            groups: principal.groups.clone(),
+            client_id: principal.client_id.clone(),
+            audience: audience.to_owned(),
+        };
+        if let Some((jwt, exp)) = self.map.get(&key) {
+            if now < exp - REUSE_MARGIN {
+                return jwt.clone();
+            }
+        }
+        let jwt = signer.sign(principal, audience, now, request_id);
+        if self.map.len() >= self.max {
+            self.map.clear();
+        }
+        self.map
+            .insert(key, (jwt.clone(), now.saturating_add(ASSERTION_TTL)));
+        jwt
+    }
+}
