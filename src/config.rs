@@ -29,6 +29,9 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
+    /// Trusted token issuers.
+    #[serde(default)]
+    pub identity: crate::identity::IdentityConfig,
     pub routes: Vec<RouteConfig>,
 }
 

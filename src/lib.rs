@@ -2,6 +2,7 @@
 //!
 //! The request path is in [`pipeline`]; see ARCHITECTURE.md for the map.
 
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -20,4 +21,5 @@ pub mod stream;
 pub mod sys;
 pub mod tls;
 pub mod upstream;
+pub mod wellknown;
 pub mod worker;

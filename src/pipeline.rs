@@ -142,7 +142,16 @@ async fn exchange(
     conn: &mut Conn,
 ) -> Next {
     let req = match read_head(worker, snap, client, conn).await {
-        Ok(req) => req,
+        Ok(Step::Forward(req)) => req,
+        Ok(Step::Refuse(rej)) => return reject(client, conn, rej).await,
+        Ok(Step::Answered(close)) => {
+            let sent = write_all(client, &mut conn.out).await;
+            return if close || sent.is_err() {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            };
+        }
         Err(None) => return Next::Close,
         Err(Some(rej)) => return reject(client, conn, rej).await,
     };
@@ -189,6 +198,15 @@ async fn exchange(
     }
 }
 
+/// What a parsed head leads to.
+enum Step {
+    Forward(Request),
+    Refuse(Reject),
+    /// Answered by portcullis itself (`wellknown`), the response in
+    /// `conn.out`; whether the connection closes after it.
+    Answered(bool),
+}
+
 /// Read until a complete head is parsed, then prepare the upstream request.
 /// `Err(None)`: the client went away, close without an answer.
 async fn read_head(
@@ -196,7 +214,7 @@ async fn read_head(
     snap: &Snapshot,
     client: &mut ClientStream,
     conn: &mut Conn,
-) -> Result<Request, Option<Reject>> {
+) -> Result<Step, Option<Reject>> {
     // Taken only when the head needs another read (most arrive in one).
     let mut deadline = None;
     let local = |err: HttpError| {
@@ -214,7 +232,7 @@ async fn read_head(
             // The head is consumed whatever the outcome: a request answered
             // locally on a kept-alive connection must not be read again.
             conn.buf.drain(..head_len);
-            return prepared.map_err(Some);
+            return Ok(prepared);
         }
         let max = snap.limits.max_header_bytes + 1;
         let until = *deadline.get_or_insert_with(|| Instant::now() + snap.limits.header_timeout.0);
@@ -226,8 +244,8 @@ async fn read_head(
     }
 }
 
-/// A parsed head: the prepared request (or its local answer) and the head's length.
-type Prepared = (Result<Request, Reject>, usize);
+/// A parsed head: what it leads to, and the head's length.
+type Prepared = (Step, usize);
 
 /// Parse the buffered head and, when complete, prepare the upstream request
 /// (with its head length). A plain function, so the header array lives on the
@@ -241,10 +259,14 @@ fn parse_and_prepare(
     let n = snap.head_limits.max_headers.clamp(1, MAX_HEADERS);
     Ok(
         parse_request(&conn.buf, &mut headers[..n], &snap.head_limits)?.map(|head| {
-            (
-                prepare(worker, snap, &head, &conn.client, &mut conn.up),
-                head.head_len,
-            )
+            let step = match crate::wellknown::answer(snap, &head, conn.client.tls, &mut conn.out) {
+                Some(close) => Step::Answered(close),
+                None => match prepare(worker, snap, &head, &conn.client, &mut conn.up) {
+                    Ok(req) => Step::Forward(req),
+                    Err(rej) => Step::Refuse(rej),
+                },
+            };
+            (step, head.head_len)
         }),
     )
 }

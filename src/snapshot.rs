@@ -3,14 +3,18 @@
 //! loads the current snapshot once and uses it to the end; a reload (later)
 //! swaps the whole snapshot through the one `ArcSwap`.
 
+use crate::config::UpstreamAuthConfig;
 use crate::config::{self, Config, ConfigError, ConfigErrors, Limits, RuntimeConfig};
 use crate::http1::parse::HeadLimits;
+use crate::identity::Issuers;
 use crate::route::{Route, RouteTable};
+use crate::route::{RouteAuth, UpstreamCredential};
 use crate::tls;
 use arc_swap::ArcSwap;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +46,25 @@ pub struct Snapshot {
     pub pin_workers: bool,
     pub runtime: RuntimeConfig,
     pub shutdown_timeout: Duration,
+    pub identity: Arc<Issuers>,
+    /// Distinct for every compiled snapshot: per-core caches derived from a
+    /// snapshot (verified tokens) are dropped when it changes.
+    pub generation: u64,
+    /// Stops this snapshot's JWKS refresher when the snapshot is dropped.
+    _refresher: RefresherStop,
 }
+
+/// Sets its flag when dropped: the JWKS refresher thread of a replaced
+/// snapshot stops once the last request using that snapshot is done.
+struct RefresherStop(Arc<AtomicBool>);
+
+impl Drop for RefresherStop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Check and compile a parsed configuration. Every problem found is reported,
 /// located in `file` (whose text is `text`) where possible.
@@ -112,6 +134,25 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
     if config.routes.is_empty() {
         errs.at0("routes", "", "at least one route is required".into());
     }
+    let identity = match Issuers::compile(&config.identity.issuers, base) {
+        Ok(i) => Some(i),
+        Err(list) => {
+            for (i, message) in list {
+                let name = config
+                    .identity
+                    .issuers
+                    .get(i)
+                    .map_or("", |c| c.name.as_str());
+                errs.at(
+                    "name",
+                    name,
+                    0,
+                    format!("identity issuer {name:?}: {message}"),
+                );
+            }
+            None
+        }
+    };
     let mut names = HashSet::new();
     let mut publics = HashSet::new();
     let mut routes = Vec::new();
@@ -193,6 +234,76 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         if let Some(mcp) = &r.mcp {
             route.allowed_origins = mcp.allowed_origins.clone();
         }
+        if let Some(auth) = &r.auth {
+            if r.mcp.is_none() {
+                errs.at(
+                    "auth",
+                    "",
+                    index,
+                    format!("route {:?}: auth needs an MCP route (`mcp: {{}}`)", r.name),
+                );
+            }
+            let mut issuers = Vec::new();
+            let mut issuer_urls = Vec::new();
+            for name in &auth.issuers {
+                match config.identity.issuers.iter().position(|c| &c.name == name) {
+                    Some(i) => {
+                        issuers.push(i);
+                        issuer_urls.push(config.identity.issuers[i].issuer.clone());
+                    }
+                    None => errs.at(
+                        "issuers",
+                        "",
+                        index,
+                        format!(
+                            "route {:?}: unknown issuer {name:?} (not in identity.issuers)",
+                            r.name
+                        ),
+                    ),
+                }
+            }
+            if auth.issuers.is_empty() {
+                errs.at(
+                    "auth",
+                    "",
+                    index,
+                    format!("route {:?}: auth needs at least one issuer", r.name),
+                );
+            }
+            let upstream = match &r.upstream_auth {
+                None => UpstreamCredential::Assertion {
+                    header: "X-Portcullis-Identity".into(),
+                    audience: r.to.to_string(),
+                    bearer: false,
+                },
+                Some(UpstreamAuthConfig::Assertion { header, audience }) => {
+                    UpstreamCredential::Assertion {
+                        bearer: header.eq_ignore_ascii_case("authorization"),
+                        header: header.clone(),
+                        audience: audience.clone().unwrap_or_else(|| r.to.to_string()),
+                    }
+                }
+                Some(UpstreamAuthConfig::Static { header, value }) => {
+                    UpstreamCredential::Static(format!("{header}: {value}\r\n").into_bytes())
+                }
+                Some(UpstreamAuthConfig::None) => UpstreamCredential::None,
+            };
+            route.auth = Some(RouteAuth {
+                issuers,
+                issuer_urls,
+                scopes: auth.scopes.clone(),
+                audience: r.from.to_string(),
+                metadata_url: RouteAuth::metadata_url_for(&r.from),
+                upstream,
+            });
+        } else if r.upstream_auth.is_some() {
+            errs.at(
+                "upstream_auth",
+                "",
+                index,
+                format!("route {:?}: upstream_auth needs auth", r.name),
+            );
+        }
         routes.push(route);
     }
     let ca = config.upstream.ca_file.as_ref().map(|p| base.join(&p.0));
@@ -203,9 +314,13 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
             None
         }
     };
-    let (Some(upstream_tls), true) = (upstream_tls, errs.list.is_empty()) else {
+    let (Some(upstream_tls), Some(identity), true) = (upstream_tls, identity, errs.list.is_empty())
+    else {
         return Err(ConfigErrors(errs.list));
     };
+    let identity = Arc::new(identity);
+    let stop = Arc::new(AtomicBool::new(false));
+    identity.start_refresher(stop.clone());
     let limits = config.limits;
     Ok(Snapshot {
         routes: RouteTable::new(routes),
@@ -228,6 +343,9 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         pin_workers: config.pin_workers,
         runtime: config.runtime,
         shutdown_timeout: config.shutdown_timeout.0,
+        identity,
+        _refresher: RefresherStop(stop),
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
     })
 }
 

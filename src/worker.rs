@@ -25,6 +25,9 @@ impl Shared {
     }
 }
 
+/// Verified tokens kept per core.
+const TOKEN_CACHE_ENTRIES: usize = 4096;
+
 pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
@@ -32,6 +35,12 @@ pub struct Worker {
     pub pool: Pool,
     /// Scratch space for decoding MCP bodies (simd-json rewrites its input).
     pub mcp_scratch: RefCell<crate::mcp::jsonrpc::Scratch>,
+    /// Verified tokens (and recently rejected ones), for the current snapshot.
+    pub token_cache: RefCell<crate::identity::TokenCache>,
+    /// Signed identity assertions, reused while fresh.
+    pub assertions: RefCell<crate::identity::AssertionCache>,
+    /// The snapshot generation the caches were filled under.
+    cache_generation: Cell<u64>,
     /// Requests being served on this worker right now.
     pub in_flight: Cell<usize>,
     request_seq: Cell<u64>,
@@ -57,6 +66,9 @@ impl Worker {
             snapshot: RefCell::new(arc_swap::Cache::new(snapshot)),
             pool: Pool::default(),
             mcp_scratch: RefCell::default(),
+            token_cache: RefCell::new(crate::identity::TokenCache::new(TOKEN_CACHE_ENTRIES)),
+            assertions: RefCell::new(crate::identity::AssertionCache::new(1024)),
+            cache_generation: Cell::new(0),
             in_flight: Cell::new(0),
             request_seq: Cell::new(0),
             request_seed: h.finish(),
@@ -78,7 +90,13 @@ impl Worker {
 
     /// The current snapshot (cheap: a per-core cache of the shared `ArcSwap`).
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow_mut().load().clone()
+        let snap = self.snapshot.borrow_mut().load().clone();
+        if snap.generation != self.cache_generation.get() {
+            // Issuers or keys may have changed: verify every token again.
+            self.cache_generation.set(snap.generation);
+            *self.token_cache.borrow_mut() = crate::identity::TokenCache::new(TOKEN_CACHE_ENTRIES);
+        }
+        snap
     }
 
     /// A new request id: 16 hex digits of per-worker random seed and 8 of a

@@ -6,10 +6,13 @@ use crate::error::HttpError;
 use crate::gate::{self, McpHead};
 use crate::http1::encode::Detail;
 use crate::http1::{trim_ows, Framing, Method, RequestHead};
+use crate::principal::Principal;
+use crate::route::{RouteAuth, UpstreamCredential};
 use crate::snapshot::Snapshot;
 use crate::worker::{RequestId, Worker};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 /// The owned facts of one request, taken from its borrowed head.
 pub struct Request {
@@ -23,6 +26,10 @@ pub struct Request {
     pub id: RequestId,
     /// Protocol facts of the head (MCP routes).
     pub mcp_head: McpHead,
+    /// The verified caller (routes with `auth`).
+    pub principal: Option<Rc<Principal>>,
+    /// Unix seconds when the request was admitted (0 when no stage needed it).
+    pub now_unix: i64,
 }
 
 /// A request answered locally.
@@ -171,6 +178,30 @@ pub fn prepare(
     } else {
         McpHead::default()
     };
+    let now_unix = if route.auth.is_some() { unix_now() } else { 0 };
+    let principal = match &route.auth {
+        None => None,
+        Some(auth) => Some(
+            crate::auth::authenticate(worker, snap, auth, head, now_unix).map_err(|r| Reject {
+                detail: Some(r.detail),
+                ..reject(r.err, true)
+            })?,
+        ),
+    };
+    // The client's credentials and any header portcullis injects itself
+    // never pass on an authenticated route (no token passthrough).
+    let injected = route.auth.as_ref().and_then(|a| match &a.upstream {
+        UpstreamCredential::Assertion { header, .. } => Some(header.as_str()),
+        UpstreamCredential::Static(line) => std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.split(':').next()),
+        UpstreamCredential::None => None,
+    });
+    let strip = |name: &str| {
+        route.auth.is_some()
+            && (name.eq_ignore_ascii_case("authorization")
+                || injected.is_some_and(|h| name.eq_ignore_ascii_case(h)))
+    };
     let options = ConnectionOptions::collect(head.headers).ok_or_else(|| {
         reject(
             HttpError::BadRequest("too many Connection options"),
@@ -186,7 +217,7 @@ pub fn prepare(
     up.extend_from_slice(route.upstream_authority.as_bytes());
     up.extend_from_slice(b"\r\n");
     for h in head.headers {
-        if dropped(h.name) || options.contains(h.name) {
+        if dropped(h.name) || options.contains(h.name) || strip(h.name) {
             continue;
         }
         up.extend_from_slice(h.name.as_bytes());
@@ -205,6 +236,9 @@ pub fn prepare(
     up.extend_from_slice(b"\r\nX-Request-Id: ");
     up.extend_from_slice(id.as_bytes());
     up.extend_from_slice(b"\r\n");
+    if let (Some(auth), Some(p)) = (&route.auth, &principal) {
+        credential(worker, auth, p, &id, now_unix, up).map_err(|err| reject(err, true))?;
+    }
 
     Ok(Request {
         route: route.index,
@@ -216,5 +250,46 @@ pub fn prepare(
         expect_continue: head.expect_continue,
         id,
         mcp_head,
+        principal,
+        now_unix,
     })
+}
+
+/// Append the upstream's credential for an authenticated caller.
+fn credential(
+    worker: &Worker,
+    auth: &RouteAuth,
+    principal: &Principal,
+    id: &RequestId,
+    now: i64,
+    up: &mut Vec<u8>,
+) -> Result<(), HttpError> {
+    match &auth.upstream {
+        UpstreamCredential::Assertion {
+            header,
+            audience,
+            bearer,
+        } => {
+            let signer = crate::auth::signer().ok_or(HttpError::ServiceUnavailable)?;
+            let request_id = std::str::from_utf8(id.as_bytes()).unwrap_or("");
+            let jwt = worker
+                .assertions
+                .borrow_mut()
+                .get_or_sign(signer, principal, audience, now, request_id);
+            up.extend_from_slice(header.as_bytes());
+            up.extend_from_slice(if *bearer { b": Bearer " } else { b": " });
+            up.extend_from_slice(jwt.as_bytes());
+            up.extend_from_slice(b"\r\n");
+        }
+        UpstreamCredential::Static(line) => up.extend_from_slice(line),
+        UpstreamCredential::None => {}
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

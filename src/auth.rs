@@ -1,0 +1,185 @@
+//! Authentication on routes with `auth`: the bearer token from the one
+//! `Authorization` header (never from the query string) is verified by
+//! `identity` (through the per-core token cache) for the route's issuers and
+//! audience, and must carry the route's scopes. Refusals carry the RFC 6750 /
+//! RFC 9728 challenge: 401 with `resource_metadata` (and `invalid_token` when
+//! a token was given), 403 `insufficient_scope` with the scopes.
+
+use crate::error::HttpError;
+use crate::http1::encode::Detail;
+use crate::http1::RequestHead;
+use crate::principal::Principal;
+use crate::route::RouteAuth;
+use crate::snapshot::Snapshot;
+use crate::worker::Worker;
+use std::io::Write;
+use std::rc::Rc;
+
+/// The process's assertion signer: one key pair for the life of the process
+/// (reloads keep it, so upstreams' cached keys stay valid). `None` only if the
+/// system has no randomness.
+pub fn signer() -> Option<&'static crate::identity::AssertionSigner> {
+    static SIGNER: std::sync::OnceLock<Option<crate::identity::AssertionSigner>> =
+        std::sync::OnceLock::new();
+    SIGNER
+        .get_or_init(
+            || match crate::identity::AssertionSigner::generate("portcullis") {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the identity assertion key");
+                    None
+                }
+            },
+        )
+        .as_ref()
+}
+
+/// A refused request: the error and its challenge.
+pub struct Refusal {
+    pub err: HttpError,
+    pub detail: Box<Detail>,
+}
+
+/// The caller of a request on an authenticated route.
+pub fn authenticate(
+    worker: &Worker,
+    snap: &Snapshot,
+    auth: &RouteAuth,
+    head: &RequestHead<'_>,
+    now: i64,
+) -> Result<Rc<Principal>, Refusal> {
+    if query_has_token(head.path) {
+        return Err(refuse(
+            auth,
+            HttpError::Unauthorized("access tokens are not accepted in the query string"),
+            Some("invalid_request"),
+        ));
+    }
+    let mut values = head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .map(|h| h.value);
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(refuse(
+            auth,
+            HttpError::Unauthorized("a bearer token is required"),
+            None,
+        ));
+    };
+    let Some(token) = bearer(value) else {
+        return Err(refuse(
+            auth,
+            HttpError::Unauthorized("a bearer token is required"),
+            None,
+        ));
+    };
+    let principal = verify_cached(worker, snap, auth, token, now)
+        .map_err(|reason| refuse(auth, HttpError::Unauthorized(reason), Some("invalid_token")))?;
+    if let Some(missing) = auth.scopes.iter().find(|s| !principal.has_scope(s)) {
+        tracing::debug!(scope = %missing, "token lacks a required scope");
+        return Err(refuse(
+            auth,
+            HttpError::InsufficientScope,
+            Some("insufficient_scope"),
+        ));
+    }
+    Ok(principal)
+}
+
+/// Verify through the per-core cache (positive and negative).
+fn verify_cached(
+    worker: &Worker,
+    snap: &Snapshot,
+    auth: &RouteAuth,
+    token: &str,
+    now: i64,
+) -> Result<Rc<Principal>, &'static str> {
+    let mut cache = worker.token_cache.borrow_mut();
+    if let Some(p) = cache.get(token, &auth.audience, now) {
+        return Ok(p);
+    }
+    if let Some(e) = cache.get_rejected(token, &auth.audience, now) {
+        return Err(e.reason());
+    }
+    match snap
+        .identity
+        .verify_for(&auth.issuers, token, &auth.audience, now)
+    {
+        Ok(p) => {
+            let p = Rc::new(p);
+            cache.insert(token, &auth.audience, p.clone());
+            Ok(p)
+        }
+        Err(e) => {
+            cache.insert_rejected(token, &auth.audience, now, e);
+            Err(e.reason())
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+fn bearer(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
+        .then_some(token)
+}
+
+/// Whether the query string carries `access_token` (RFC 6750 §2.3), refused.
+fn query_has_token(path: &str) -> bool {
+    path.split_once('?').is_some_and(|(_, q)| {
+        q.split('&').any(|p| {
+            p.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
+        })
+    })
+}
+
+fn refuse(auth: &RouteAuth, err: HttpError, error: Option<&str>) -> Refusal {
+    let mut headers = Vec::with_capacity(160);
+    headers.extend_from_slice(b"WWW-Authenticate: Bearer ");
+    if let Some(code) = error {
+        let _ = write!(headers, "error=\"{code}\", ");
+        if code != "insufficient_scope" {
+            let _ = write!(headers, "error_description=\"{}\", ", err.reason());
+        }
+    }
+    if !auth.scopes.is_empty() {
+        let _ = write!(headers, "scope=\"{}\", ", auth.scopes.join(" "));
+    }
+    let _ = write!(headers, "resource_metadata=\"{}\"\r\n", auth.metadata_url);
+    Refusal {
+        err,
+        detail: Box::new(Detail {
+            headers,
+            ..Detail::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_only_from_a_bearer_header() {
+        assert_eq!(bearer(b"Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer(b"bearer abc"), Some("abc"));
+        for bad in [
+            &b"Basic abc"[..],
+            b"Bearer",
+            b"Bearer ",
+            b"Bearer a b",
+            b"Bearerabc",
+        ] {
+            assert_eq!(bearer(bad), None, "{bad:?}");
+        }
+        assert!(query_has_token("/mcp?access_token=x"));
+        assert!(query_has_token("/mcp?a=1&ACCESS_TOKEN"));
+        assert!(!query_has_token("/mcp?my_access_token=x"));
+        assert!(!query_has_token("/mcp/access_token"));
+    }
+}
