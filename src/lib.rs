@@ -9,6 +9,7 @@ pub mod http1;
 pub mod listener;
 pub mod mcp;
 pub mod pipeline;
+pub mod policy;
 pub mod principal;
 pub mod route;
 pub mod runtime;
