@@ -12,6 +12,7 @@ pub mod identity;
 pub mod listener;
 pub mod mcp;
 pub mod pipeline;
+pub mod policy;
 pub mod principal;
 pub mod reload;
 pub mod route;

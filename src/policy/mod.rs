@@ -1,0 +1,517 @@
+//! Access policy: per-route rule lists, compiled at config load, evaluated
+//! per JSON-RPC message without allocating.
+//!
+//! Semantics: deny wins; when a policy has any rule, a request no allow rule
+//! matches is denied ("no rule allowed it"); an empty policy allows
+//! everything. `allow: { and: [] }` is a rule that always matches.
+//!
+//! Evaluation order (rate limits count only when reached):
+//! 1. deny rules without a rate limit, in order: any not `False` denies;
+//! 2. allow rules, in order, until one is `True` (else deny);
+//! 3. deny rules with a rate limit, in order.
+//!
+//! So a request denied by another rule, or by no allow rule, uses no quota.
+//! A request that passes one rate limit and is then refused by a later one
+//! has used the first one's quota.
+//!
+//! Keys (see MCP.md "Where a policy finds its keys"): `mcp_tool` reads
+//! `params.name` of `tools/call`, `mcp_prompt` that of `prompts/get`,
+//! `mcp_resource` `params.uri` of any `resources/*` method. `completion/complete`
+//! keys are not read: on that method these criteria are false. A URI with a
+//! `.`/`..` segment (also percent-encoded) makes `starts_with`/`glob` unknown
+//! (so a deny rule using them denies, an allow rule does not allow).
+//! For lists, a resource template's `uriTemplate` text is matched as the URI.
+
+mod cidr;
+mod compile;
+pub mod config;
+mod eval;
+mod matchers;
+mod ratelimit;
+mod time;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+pub use config::RuleConfig;
+
+use crate::principal::Principal;
+use compile::{Compiler, Cond, NameOp};
+use eval::{Ctx, Tri};
+use matchers::Hasher;
+use ratelimit::RateTable;
+
+/// Most rules one policy may expand to (after `use`).
+pub const MAX_RULES: usize = 10_000;
+/// Policies with more rules than this are indexed by method and tool name.
+const INDEX_MIN_RULES: usize = 16;
+
+/// What a policy may look at for one message.
+#[derive(Clone, Copy)]
+pub struct Facts<'a> {
+    pub principal: Option<&'a Principal>,
+    /// JSON-RPC method, or "" for a request without one (GET, DELETE).
+    pub method: &'a str,
+    /// `params.name`.
+    pub name: Option<&'a str>,
+    /// `params.uri`.
+    pub uri: Option<&'a str>,
+    /// `params.arguments` as tape nodes, header node first.
+    pub arguments: Option<&'a [simd_json::Node<'a>]>,
+    pub source_ip: IpAddr,
+    pub now_unix: i64,
+    pub headers: &'a [httparse::Header<'a>],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict<'p> {
+    /// `rule` is the allow rule that matched; `None` for an empty policy.
+    Allow { rule: Option<&'p str> },
+    Deny {
+        rule: &'p str,
+        message: &'p str,
+        /// Set when a rate limit denied.
+        retry_after_secs: Option<u64>,
+    },
+}
+
+/// A kind of item in a list result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    Tool,
+    Prompt,
+    Resource,
+    ResourceTemplate,
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: Box<str>,
+    message: Box<str>,
+    deny: bool,
+    cond: Cond,
+}
+
+/// Rule numbers by phase, each in config order.
+#[derive(Debug, Default, Clone)]
+struct Lists {
+    deny: Box<[u32]>,
+    allow: Box<[u32]>,
+    rated: Box<[u32]>,
+}
+
+#[derive(Debug)]
+enum Index {
+    /// Every rule is a candidate.
+    All(Lists),
+    Keyed {
+        /// Per method: rules not tied to a tool, with no method or that method.
+        by_method: HashMap<Box<str>, Lists, Hasher>,
+        /// Rules not tied to a method or tool.
+        any: Lists,
+        /// Per tool: rules that can only match `tools/call` of that tool.
+        by_tool: HashMap<Box<str>, Lists, Hasher>,
+    },
+}
+
+/// One compiled rule list (one route's).
+#[derive(Debug)]
+pub struct Policy {
+    rules: Box<[Rule]>,
+    index: Index,
+    default_rule: Box<str>,
+    table: Option<Box<RateTable>>,
+    /// No rules (the second list when there is no tool list).
+    none: Lists,
+}
+
+impl Policy {
+    /// Compile a route's rules; `shared` holds the named policies `use` can include.
+    /// Errors name the rule (index and name) and the problem.
+    pub fn compile(
+        rules: &[RuleConfig],
+        shared: &HashMap<String, Vec<RuleConfig>>,
+        route_name: &str,
+    ) -> Result<Policy, Vec<String>> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        let mut compiler = Compiler { rate_limits: 0 };
+        let mut stack = Vec::new();
+        expand(
+            rules,
+            shared,
+            &format!("route {route_name}"),
+            route_name,
+            &mut stack,
+            &mut compiler,
+            &mut out,
+            &mut errors,
+        );
+        if !errors.is_empty() {
+            let mut seen = HashSet::new();
+            errors.retain(|e| seen.insert(e.clone()));
+            return Err(errors);
+        }
+        let table = (compiler.rate_limits > 0).then(Box::<RateTable>::default);
+        let index = Index::build(&out);
+        Ok(Policy {
+            rules: out.into_boxed_slice(),
+            index,
+            default_rule: format!("{route_name}#default").into(),
+            table,
+            none: Lists::default(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The verdict for one message. Counts rate limits; never allocates.
+    pub fn evaluate(&self, facts: &Facts) -> Verdict<'_> {
+        if self.rules.is_empty() {
+            return Verdict::Allow { rule: None };
+        }
+        let (a, b) = self.index.lists(facts.method, facts.name, &self.none);
+        let mut cx = Ctx {
+            facts,
+            listing: false,
+            table: self.table.as_deref(),
+            retry_after: None,
+        };
+        for i in merge(&a.deny, &b.deny) {
+            let r = &self.rules[i];
+            if r.cond.eval(&mut cx) != Tri::False {
+                return self.deny(r, None);
+            }
+        }
+        let allowed =
+            merge(&a.allow, &b.allow).find(|&i| self.rules[i].cond.eval(&mut cx) == Tri::True);
+        let Some(allowed) = allowed else {
+            return Verdict::Deny {
+                rule: &self.default_rule,
+                message: "no rule allowed it",
+                retry_after_secs: None,
+            };
+        };
+        for i in merge(&a.rated, &b.rated) {
+            let r = &self.rules[i];
+            cx.retry_after = None;
+            if r.cond.eval(&mut cx) != Tri::False {
+                return self.deny(r, cx.retry_after);
+            }
+        }
+        Verdict::Allow {
+            rule: Some(&self.rules[allowed].name),
+        }
+    }
+
+    /// For list filtering: may the caller see this item? Arguments and rate
+    /// limits are unknown here; the item is hidden only if a deny rule is
+    /// certainly true or no allow rule can be true. Counts nothing.
+    pub fn visible(&self, facts_without_arguments: &Facts, kind: ItemKind, name: &str) -> bool {
+        if self.rules.is_empty() {
+            return true;
+        }
+        let facts = match kind {
+            ItemKind::Tool => Facts {
+                method: "tools/call",
+                name: Some(name),
+                uri: None,
+                arguments: None,
+                ..*facts_without_arguments
+            },
+            ItemKind::Prompt => Facts {
+                method: "prompts/get",
+                name: Some(name),
+                uri: None,
+                arguments: None,
+                ..*facts_without_arguments
+            },
+            ItemKind::Resource | ItemKind::ResourceTemplate => Facts {
+                method: "resources/read",
+                name: None,
+                uri: Some(name),
+                arguments: None,
+                ..*facts_without_arguments
+            },
+        };
+        let (a, b) = self.index.lists(facts.method, facts.name, &self.none);
+        let mut cx = Ctx {
+            facts: &facts,
+            listing: true,
+            table: None,
+            retry_after: None,
+        };
+        let denied = merge(&a.deny, &b.deny)
+            .chain(merge(&a.rated, &b.rated))
+            .any(|i| self.rules[i].cond.eval(&mut cx) == Tri::True);
+        !denied && merge(&a.allow, &b.allow).any(|i| self.rules[i].cond.eval(&mut cx) != Tri::False)
+    }
+
+    fn deny<'p>(&'p self, r: &'p Rule, retry_after_secs: Option<u64>) -> Verdict<'p> {
+        Verdict::Deny {
+            rule: &r.name,
+            message: &r.message,
+            retry_after_secs,
+        }
+    }
+}
+
+/// Expand `use` and compile each rule into `out`.
+#[allow(clippy::too_many_arguments)]
+fn expand(
+    rules: &[RuleConfig],
+    shared: &HashMap<String, Vec<RuleConfig>>,
+    place: &str,
+    prefix: &str,
+    stack: &mut Vec<String>,
+    compiler: &mut Compiler,
+    out: &mut Vec<Rule>,
+    errors: &mut Vec<String>,
+) {
+    for (i, rule) in rules.iter().enumerate() {
+        let name = rule
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{prefix}#{}", i + 1));
+        let what = format!("{place} rule {} ({name})", i + 1);
+        let kinds = [
+            rule.allow.is_some(),
+            rule.deny.is_some(),
+            rule.use_.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            errors.push(format!(
+                "{what}: a rule has exactly one of allow, deny, use"
+            ));
+            continue;
+        }
+        if let Some(used) = &rule.use_ {
+            if rule.name.is_some() || rule.message.is_some() {
+                errors.push(format!("{what}: use takes no name or message"));
+                continue;
+            }
+            let Some(inner) = shared.get(used) else {
+                errors.push(format!("{what}: unknown policy {used:?}"));
+                continue;
+            };
+            if stack.contains(used) {
+                errors.push(format!(
+                    "{what}: policy {used:?} uses itself ({} -> {used})",
+                    stack.join(" -> ")
+                ));
+                continue;
+            }
+            stack.push(used.clone());
+            expand(
+                inner,
+                shared,
+                &format!("policy {used}"),
+                used,
+                stack,
+                compiler,
+                out,
+                errors,
+            );
+            stack.pop();
+            continue;
+        }
+        if out.len() >= MAX_RULES {
+            errors.push(format!("{what}: more than {MAX_RULES} rules"));
+            return;
+        }
+        let deny = rule.deny.is_some();
+        let cond = rule.allow.as_ref().or(rule.deny.as_ref()).expect("checked");
+        match compiler.cond(cond, deny, 0) {
+            Ok(cond) => {
+                let message = match &rule.message {
+                    Some(m) => m.clone(),
+                    None => format!("denied by policy rule {name}"),
+                };
+                out.push(Rule {
+                    name: name.into(),
+                    message: message.into(),
+                    deny,
+                    cond,
+                });
+            }
+            Err(e) => errors.push(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// Which requests a rule can match at all, for the index.
+enum Key {
+    Any,
+    Methods(Vec<String>),
+    Tools(Vec<String>),
+}
+
+fn key(c: &Cond) -> Key {
+    match c {
+        Cond::Tool(NameOp::In(set)) => Key::Tools(set.iter().map(String::from).collect()),
+        Cond::Tool(_) => Key::Methods(vec!["tools/call".into()]),
+        Cond::Prompt(_) => Key::Methods(vec!["prompts/get".into()]),
+        Cond::Method(NameOp::In(set)) => Key::Methods(set.iter().map(String::from).collect()),
+        Cond::And(items) => {
+            let mut best = Key::Any;
+            for k in items.iter().map(key) {
+                best = match (best, k) {
+                    (Key::Tools(a), Key::Tools(b)) => {
+                        Key::Tools(if b.len() < a.len() { b } else { a })
+                    }
+                    (Key::Tools(a), _) | (_, Key::Tools(a)) => Key::Tools(a),
+                    (Key::Methods(a), Key::Methods(b)) => {
+                        Key::Methods(if b.len() < a.len() { b } else { a })
+                    }
+                    (Key::Methods(a), _) | (_, Key::Methods(a)) => Key::Methods(a),
+                    (Key::Any, Key::Any) => Key::Any,
+                };
+            }
+            best
+        }
+        Cond::Or(items) if !items.is_empty() => {
+            let mut tools = Vec::new();
+            let mut methods = Vec::new();
+            for k in items.iter().map(key) {
+                match k {
+                    Key::Any => return Key::Any,
+                    Key::Tools(t) => tools.extend(t),
+                    Key::Methods(m) => methods.extend(m),
+                }
+            }
+            if methods.is_empty() {
+                Key::Tools(tools)
+            } else {
+                if !tools.is_empty() {
+                    methods.push("tools/call".into());
+                }
+                Key::Methods(methods)
+            }
+        }
+        _ => Key::Any,
+    }
+}
+
+impl Lists {
+    fn of(rules: &[Rule], pick: impl Fn(usize) -> bool) -> Lists {
+        let ids = |f: &dyn Fn(&Rule) -> bool| -> Box<[u32]> {
+            (0..rules.len())
+                .filter(|&i| pick(i) && f(&rules[i]))
+                .map(|i| i as u32)
+                .collect()
+        };
+        Lists {
+            deny: ids(&|r| r.deny && !r.cond.has_rate_limit()),
+            allow: ids(&|r| !r.deny),
+            rated: ids(&|r| r.deny && r.cond.has_rate_limit()),
+        }
+    }
+}
+
+impl Index {
+    fn build(rules: &[Rule]) -> Index {
+        if rules.len() <= INDEX_MIN_RULES {
+            return Index::All(Lists::of(rules, |_| true));
+        }
+        let keys: Vec<Key> = rules.iter().map(|r| key(&r.cond)).collect();
+        let mut methods: HashSet<&str> = HashSet::new();
+        let mut tools: HashSet<&str> = HashSet::new();
+        for k in &keys {
+            match k {
+                Key::Methods(m) => methods.extend(m.iter().map(String::as_str)),
+                Key::Tools(t) => tools.extend(t.iter().map(String::as_str)),
+                Key::Any => {}
+            }
+        }
+        methods.insert("tools/call");
+        let by_method = methods
+            .iter()
+            .map(|&m| {
+                let lists = Lists::of(rules, |i| match &keys[i] {
+                    Key::Any => true,
+                    Key::Methods(ms) => ms.iter().any(|x| x == m),
+                    Key::Tools(_) => false,
+                });
+                (Box::from(m), lists)
+            })
+            .collect();
+        let by_tool = tools
+            .iter()
+            .map(|&t| {
+                let lists = Lists::of(
+                    rules,
+                    |i| matches!(&keys[i], Key::Tools(ts) if ts.iter().any(|x| x == t)),
+                );
+                (Box::from(t), lists)
+            })
+            .collect();
+        Index::Keyed {
+            by_method,
+            any: Lists::of(rules, |i| matches!(keys[i], Key::Any)),
+            by_tool,
+        }
+    }
+
+    /// Two disjoint candidate lists, to be merged in rule order.
+    fn lists<'s>(
+        &'s self,
+        method: &str,
+        name: Option<&str>,
+        none: &'s Lists,
+    ) -> (&'s Lists, &'s Lists) {
+        match self {
+            Index::All(l) => (l, none),
+            Index::Keyed {
+                by_method,
+                any,
+                by_tool,
+            } => {
+                let a = by_method.get(method).unwrap_or(any);
+                let b = match name {
+                    Some(n) if method == "tools/call" => by_tool.get(n).unwrap_or(none),
+                    _ => none,
+                };
+                (a, b)
+            }
+        }
+    }
+}
+
+/// Two sorted, disjoint lists of rule numbers, merged in order.
+fn merge<'x>(a: &'x [u32], b: &'x [u32]) -> impl Iterator<Item = usize> + 'x {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) if x < y => {
+                i += 1;
+                x
+            }
+            (_, Some(&y)) => {
+                j += 1;
+                y
+            }
+            (Some(&x), None) => {
+                i += 1;
+                x
+            }
+            (None, None) => return None,
+        };
+        Some(next as usize)
+    })
+}
+
+impl Cond {
+    fn has_rate_limit(&self) -> bool {
+        match self {
+            Cond::RateLimit(_) => true,
+            Cond::And(items) | Cond::Or(items) => items.iter().any(Cond::has_rate_limit),
+            Cond::Not(c) => c.has_rate_limit(),
+            _ => false,
+        }
+    }
+}
