@@ -32,6 +32,9 @@ pub struct Config {
     /// Trusted token issuers.
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
+    /// Named rule lists that routes include with `- use: <name>`.
+    #[serde(default)]
+    pub policies: std::collections::HashMap<String, Vec<crate::policy::RuleConfig>>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -207,6 +210,8 @@ pub struct RouteConfig {
     /// What the upstream gets instead of the client's token (default: an
     /// identity assertion signed by portcullis).
     pub upstream_auth: Option<UpstreamAuthConfig>,
+    /// Rules deciding each JSON-RPC message (MCP routes); see `policy`.
+    pub policy: Option<Vec<crate::policy::RuleConfig>>,
 }
 
 #[derive(Debug, Deserialize)]

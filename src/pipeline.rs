@@ -14,7 +14,10 @@ use crate::gate;
 use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::encode::{error_response, Detail};
 use crate::http1::{parse_request, Framing};
-use crate::mcp::jsonrpc::RpcId;
+use crate::mcp::jsonrpc::{Kind, RpcId};
+use crate::mcp::listfilter::{ListFilter, ListKind};
+use crate::policy::{Facts, Verdict};
+use crate::route::Route;
 use crate::snapshot::Snapshot;
 use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
 use crate::upstream::request::{prepare, ClientFacts, Reject, Request};
@@ -41,8 +44,20 @@ pub struct Conn {
     /// Bytes being written to the client.
     pub out: Vec<u8>,
     pub served: u64,
+    /// What judging the current request's body found.
+    pub judged: Judged,
+    /// A copy of the current request's head, kept for policies that read
+    /// headers after the head was consumed (routes with a policy only).
+    pub head_copy: Vec<u8>,
+}
+
+/// The outcome of judging a body, beyond pass or refuse.
+#[derive(Default)]
+pub struct Judged {
     /// What the local answer being built says beyond its error (ids, headers).
     pub detail: Option<Box<Detail>>,
+    /// The list request whose answer is to be filtered.
+    pub list: Option<ListFilter>,
 }
 
 /// What happens to the connection after an exchange.
@@ -78,7 +93,8 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         ubuf: Vec::new(),
         out: Vec::new(),
         served: 0,
-        detail: None,
+        judged: Judged::default(),
+        head_copy: Vec::new(),
     };
     loop {
         let snap = worker.snapshot();
@@ -162,7 +178,7 @@ async fn exchange(
             let close = err.must_close()
                 || !req.keep_alive
                 || (req.framing != Framing::None && !err.judged_whole_body());
-            let detail = conn.detail.take();
+            let detail = conn.judged.detail.take();
             return reject(
                 client,
                 conn,
@@ -262,7 +278,13 @@ fn parse_and_prepare(
             let step = match crate::wellknown::answer(snap, &head, conn.client.tls, &mut conn.out) {
                 Some(close) => Step::Answered(close),
                 None => match prepare(worker, snap, &head, &conn.client, &mut conn.up) {
-                    Ok(req) => Step::Forward(req),
+                    Ok(req) => {
+                        if snap.routes.get(req.route).policy.is_some() {
+                            conn.head_copy.clear();
+                            conn.head_copy.extend_from_slice(&conn.buf[..head.head_len]);
+                        }
+                        Step::Forward(req)
+                    }
                     Err(rej) => Step::Refuse(rej),
                 },
             };
@@ -320,14 +342,30 @@ async fn send_request(
     // `streaming`: the framing of a body still to come from the client.
     let streaming = match req.framing {
         Framing::None => {
-            check_mcp_body(worker, req, &[], &mut conn.detail)?;
+            check_mcp_body(
+                worker,
+                route,
+                req,
+                &[],
+                &conn.head_copy,
+                &conn.client,
+                &mut conn.judged,
+            )?;
             conn.up.extend_from_slice(b"\r\n");
             None
         }
         Framing::Length(n) if n <= hold => {
             let n = n as usize;
             fill_body(snap, client, conn, req, n).await?;
-            let judged = check_mcp_body(worker, req, &conn.buf[..n], &mut conn.detail);
+            let judged = check_mcp_body(
+                worker,
+                route,
+                req,
+                &conn.buf[..n],
+                &conn.head_copy,
+                &conn.client,
+                &mut conn.judged,
+            );
             if judged.is_ok() {
                 push_length(&mut conn.up, n as u64);
                 conn.up.extend_from_slice(&conn.buf[..n]);
@@ -343,7 +381,15 @@ async fn send_request(
         }
         Framing::Chunked => match hold_chunked(snap, client, conn, req).await? {
             Some(data) => {
-                check_mcp_body(worker, req, &data, &mut conn.detail)?;
+                check_mcp_body(
+                    worker,
+                    route,
+                    req,
+                    &data,
+                    &conn.head_copy,
+                    &conn.client,
+                    &mut conn.judged,
+                )?;
                 push_length(&mut conn.up, data.len() as u64);
                 conn.up.extend_from_slice(&data);
                 None
@@ -411,27 +457,114 @@ async fn send_request(
 }
 
 /// Decode a body on an MCP route in full (`mcp::jsonrpc`): every POST (an
-/// empty one included) and any other request that carries a body, and check
-/// each message against the head (`gate::message`). What is refused is
-/// answered locally, with the refused message's id (`conn.detail`), never
-/// forwarded. MCP bodies never stream: they are always held whole, so nothing
-/// reaches an upstream unread.
+/// empty one included) and any other request that carries a body. Each
+/// message is checked against the head (`gate::message`) and judged by the
+/// route's policy; one refused message refuses the whole body (a batch too).
+/// A refusal is answered locally with the refused requests' ids
+/// (`judged.detail`), never forwarded. A list request whose answer must be
+/// filtered is noted in `judged.list`. MCP bodies never stream: they are
+/// always held whole, so nothing reaches an upstream unread.
 fn check_mcp_body(
     worker: &Worker,
+    route: &Route,
     req: &Request,
     body: &[u8],
-    detail: &mut Option<Box<Detail>>,
+    head_copy: &[u8],
+    client: &ClientFacts,
+    judged: &mut Judged,
 ) -> Result<(), Option<HttpError>> {
-    if !req.mcp || (body.is_empty() && req.method != crate::http1::Method::Post) {
+    judged.list = None;
+    if !req.mcp {
+        return Ok(());
+    }
+    let policy = route.policy.as_ref();
+    let mut header_space = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let headers = match policy {
+        Some(_) => reparse_headers(head_copy, &mut header_space),
+        None => &[],
+    };
+    let base = Facts {
+        principal: req.principal.as_deref(),
+        method: "",
+        name: None,
+        uri: None,
+        arguments: None,
+        source_ip: client.peer.ip(),
+        now_unix: req.now_unix,
+        headers,
+    };
+    if body.is_empty() && req.method != crate::http1::Method::Post {
+        // GET (listen stream) and DELETE (end session) carry no call: deny
+        // rules apply to them, but they need no allow rule.
+        if let Some(Verdict::Deny { rule, message, .. }) = policy.map(|p| p.evaluate(&base)) {
+            if !rule.ends_with("#default") {
+                judged.detail = Some(Box::new(Detail {
+                    message: Some(format!("denied by policy rule {rule:?}: {message}")),
+                    ..Detail::default()
+                }));
+                return Err(Some(HttpError::Forbidden("denied by policy")));
+            }
+        }
         return Ok(());
     }
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let mut scratch = worker.mcp_scratch.borrow_mut();
-    let mut refused: Option<(HttpError, Option<RpcId>)> = None;
+    let mut refused: Option<(HttpError, Option<String>, Option<u64>)> = None;
+    let mut ids = Vec::new();
+    let mut list = None;
     crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
-        if refused.is_none() {
-            if let Err(e) = gate::message(m, &req.mcp_head, batch) {
-                refused = Some((e, m.id.map(RpcId::from)));
+        if m.kind == Some(Kind::Request) {
+            if let Some(id) = m.id {
+                if batch || ids.is_empty() {
+                    ids.push(RpcId::from(id));
+                }
+            }
+        }
+        if refused.is_some() {
+            return;
+        }
+        if let Err(e) = gate::message(m, &req.mcp_head, batch) {
+            // Errors of one message name that message's id only.
+            ids.clear();
+            ids.extend(m.id.map(RpcId::from));
+            refused = Some((e, None, None));
+            return;
+        }
+        let (Some(p), Some(method), false) = (policy, m.method, m.kind == Some(Kind::Response))
+        else {
+            return;
+        };
+        let facts = Facts {
+            method,
+            name: m.name,
+            uri: m.uri,
+            arguments: m.arguments,
+            ..base
+        };
+        match p.evaluate(&facts) {
+            Verdict::Allow { .. } => {
+                if let (false, Some(kind), Some(id)) = (batch, ListKind::of_method(method), m.id) {
+                    list = Some(ListFilter {
+                        kind,
+                        id: id.into(),
+                    });
+                }
+            }
+            Verdict::Deny {
+                rule,
+                message,
+                retry_after_secs,
+            } => {
+                let err = if retry_after_secs.is_some() {
+                    HttpError::RateLimited
+                } else {
+                    HttpError::PolicyDenied
+                };
+                refused = Some((
+                    err,
+                    Some(format!("denied by policy rule {rule:?}: {message}")),
+                    retry_after_secs,
+                ));
             }
         }
     })
@@ -441,15 +574,34 @@ fn check_mcp_body(
             message: e.message(),
         })
     })?;
-    match refused {
-        None => Ok(()),
-        Some((err, id)) => {
-            *detail = Some(Box::new(Detail {
-                ids: id.into_iter().collect(),
-                ..Detail::default()
-            }));
-            Err(Some(err))
-        }
+    let Some((err, message, retry_after)) = refused else {
+        judged.list = list;
+        return Ok(());
+    };
+    let mut headers = Vec::new();
+    if let Some(secs) = retry_after {
+        headers.extend_from_slice(b"Retry-After: ");
+        crate::http1::encode::push_u64(&mut headers, secs.max(1));
+        headers.extend_from_slice(b"\r\n");
+    }
+    judged.detail = Some(Box::new(Detail {
+        ids,
+        batch,
+        message,
+        headers,
+    }));
+    Err(Some(err))
+}
+
+/// The header fields of a copied request head (for `header` criteria).
+pub fn reparse_headers<'h, 'b>(
+    head: &'b [u8],
+    space: &'h mut [httparse::Header<'b>],
+) -> &'h [httparse::Header<'b>] {
+    let mut req = httparse::Request::new(space);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => req.headers,
+        _ => &[],
     }
 }
 

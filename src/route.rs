@@ -24,6 +24,8 @@ pub struct Route {
     pub allowed_origins: Vec<String>,
     /// Token requirements, when the route is authenticated.
     pub auth: Option<RouteAuth>,
+    /// The compiled rules (MCP routes with a non-empty `policy`).
+    pub policy: Option<crate::policy::Policy>,
 }
 
 /// What an authenticated route demands and what its upstream gets instead
@@ -88,6 +90,7 @@ impl Route {
             mcp,
             allowed_origins: Vec::new(),
             auth: None,
+            policy: None,
         }
     }
 

@@ -304,6 +304,32 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
                 format!("route {:?}: upstream_auth needs auth", r.name),
             );
         }
+        if let Some(rules) = &r.policy {
+            let nth = config.routes[..index]
+                .iter()
+                .filter(|o| o.policy.is_some())
+                .count();
+            if r.mcp.is_none() {
+                errs.at(
+                    "policy",
+                    "",
+                    nth,
+                    format!(
+                        "route {:?}: policy needs an MCP route (`mcp: {{}}`)",
+                        r.name
+                    ),
+                );
+            }
+            match crate::policy::Policy::compile(rules, &config.policies, &r.name) {
+                Ok(p) if p.is_empty() => {}
+                Ok(p) => route.policy = Some(p),
+                Err(list) => {
+                    for message in list {
+                        errs.at("policy", "", nth, format!("route {:?}: {message}", r.name));
+                    }
+                }
+            }
+        }
         routes.push(route);
     }
     let ca = config.upstream.ca_file.as_ref().map(|p| base.join(&p.0));

@@ -10,8 +10,10 @@ use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::encode::push_u64;
 use crate::http1::response::{parse_response, BodyKind, ResponseHead};
 use crate::http1::Method;
+use crate::mcp::listfilter::{filter_message, ListFilter, SseListFilter, MAX_LIST_BYTES};
 use crate::mcp::sse::EndpointRewriter;
 use crate::pipeline::{Conn, Next};
+use crate::policy::Facts;
 use crate::route::Route;
 use crate::snapshot::Snapshot;
 use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
@@ -46,12 +48,22 @@ pub async fn response(
     conn: &mut Conn,
 ) -> Result<Next, Option<HttpError>> {
     let head = read_head(snap, req, &mut upstream, conn).await?;
-    let client_chunked =
-        req.http11 && matches!(head.body, BodyKind::Chunked | BodyKind::UntilClose);
+    // A list answer to filter: a JSON body is filtered whole, an event
+    // stream event by event (its length changes, so it is re-framed).
+    let list = conn.judged.list.take().filter(|_| route.policy.is_some());
+    if list.is_some() && !head.event_stream {
+        return filtered_json(worker, snap, route, req, client, upstream, conn, head, list).await;
+    }
+    if list.is_some() && matches!(head.body, BodyKind::Length(_)) {
+        strip_content_length(&mut conn.out);
+    }
+    let client_chunked = req.http11
+        && (list.is_some() || matches!(head.body, BodyKind::Chunked | BodyKind::UntilClose));
     let keep_client = req.keep_alive
         && req.http11
         && !worker.shared.shutting_down()
-        && (client_chunked || matches!(head.body, BodyKind::Empty | BodyKind::Length(_)));
+        && (client_chunked
+            || (list.is_none() && matches!(head.body, BodyKind::Empty | BodyKind::Length(_))));
     // `out` holds the client head built by `read_head`; finish it.
     if client_chunked {
         conn.out
@@ -67,6 +79,7 @@ pub async fn response(
         && route.public.path != route.upstream.path
         && client_chunked)
         .then(EndpointRewriter::default);
+    let mut sse_filter = list.as_ref().map(|_| SseListFilter::default());
     let mut source = match head.body {
         BodyKind::Empty => Source::Length(0),
         BodyKind::Length(n) => Source::Length(n),
@@ -78,7 +91,7 @@ pub async fn response(
     loop {
         // Move what the upstream buffer holds into `out`: directly when the
         // bytes pass unchanged, else through the rewriter and/or chunk framing.
-        let done = if rewriter.is_none() && !client_chunked {
+        let done = if rewriter.is_none() && sse_filter.is_none() && !client_chunked {
             source
                 .take(&mut conn.ubuf, &mut conn.out)
                 .map_err(|_| None::<HttpError>)?
@@ -94,9 +107,18 @@ pub async fn response(
                 }
                 data = rewritten;
             }
-            encode_chunk(&mut conn.out, &data);
-            if done {
-                conn.out.extend_from_slice(LAST_CHUNK);
+            if let (Some(f), Some(filter)) = (sse_filter.as_mut(), list.as_ref()) {
+                data = filter_events(route, req, conn, f, filter, &data)
+                    .map_err(|_| None::<HttpError>)?;
+            }
+            if client_chunked {
+                encode_chunk(&mut conn.out, &data);
+                if done {
+                    conn.out.extend_from_slice(LAST_CHUNK);
+                }
+            } else {
+                // An HTTP/1.0 client: the body ends when the connection closes.
+                conn.out.extend_from_slice(&data);
             }
             data.clear();
             done
@@ -139,6 +161,174 @@ pub async fn response(
             _ => return Err(None),
         }
     }
+    pool_or_drop(worker, snap, route, &head, &source, upstream, conn);
+    Ok(if keep_client {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+/// Call `f` with a visibility test for list items: the route's policy, on
+/// the request's facts (no call, no arguments). A plain function, so the
+/// header array lives on the stack for this call only.
+fn with_visible<R>(
+    route: &Route,
+    req: &Request,
+    conn: &Conn,
+    kind: crate::policy::ItemKind,
+    f: impl FnOnce(&mut dyn FnMut(&str) -> bool) -> R,
+) -> R {
+    let mut space = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
+    let headers = crate::pipeline::reparse_headers(&conn.head_copy, &mut space);
+    let base = Facts {
+        principal: req.principal.as_deref(),
+        method: "",
+        name: None,
+        uri: None,
+        arguments: None,
+        source_ip: conn.client.peer.ip(),
+        now_unix: req.now_unix,
+        headers,
+    };
+    let policy = route.policy.as_ref();
+    f(&mut |name| policy.is_none_or(|p| p.visible(&base, kind, name)))
+}
+
+/// A whole JSON list answer, filtered (`None`: pass it as it is).
+fn filter_body(
+    route: &Route,
+    req: &Request,
+    conn: &Conn,
+    filter: &ListFilter,
+    body: &[u8],
+) -> Option<Vec<u8>> {
+    with_visible(route, req, conn, filter.kind.item(), |visible| {
+        filter_message(filter, body, visible)
+    })
+}
+
+/// The next piece of an event stream, filtered.
+fn filter_events(
+    route: &Route,
+    req: &Request,
+    conn: &Conn,
+    state: &mut SseListFilter,
+    filter: &ListFilter,
+    data: &[u8],
+) -> Result<Vec<u8>, ()> {
+    let mut out = Vec::with_capacity(data.len());
+    with_visible(route, req, conn, filter.kind.item(), |visible| {
+        state.feed(filter, data, &mut out, visible)
+    })?;
+    Ok(out)
+}
+
+/// Remove the `Content-Length` line `write_client_head` wrote last.
+fn strip_content_length(out: &mut Vec<u8>) {
+    const NAME: &[u8] = b"Content-Length: ";
+    if let Some(at) = out.windows(NAME.len()).rposition(|w| w == NAME) {
+        out.truncate(at);
+    }
+}
+
+/// Relay a JSON answer to a list request: read it whole (bounded), keep the
+/// items the caller may use, send it with its new length.
+#[allow(clippy::too_many_arguments)]
+async fn filtered_json(
+    worker: &Worker,
+    snap: &Snapshot,
+    route: &Route,
+    req: &Request,
+    client: &mut ClientStream,
+    mut upstream: UpstreamStream,
+    conn: &mut Conn,
+    head: Head,
+    list: Option<ListFilter>,
+) -> Result<Next, Option<HttpError>> {
+    let mut source = match head.body {
+        BodyKind::Empty => Source::Length(0),
+        BodyKind::Length(n) => Source::Length(n),
+        BodyKind::Chunked => Source::Chunked(ChunkedDecoder::new()),
+        BodyKind::UntilClose => Source::UntilClose,
+    };
+    let mut body = Vec::new();
+    loop {
+        let done = source
+            .take(&mut conn.ubuf, &mut body)
+            .map_err(|_| Some(HttpError::BadGateway("invalid upstream response framing")))?;
+        if done {
+            break;
+        }
+        if body.len() > MAX_LIST_BYTES {
+            return Err(Some(HttpError::BadGateway(
+                "list result too large to filter",
+            )));
+        }
+        conn.ubuf.clear();
+        match timeout(
+            snap.upstream.read_timeout,
+            read_more(&mut upstream, &mut conn.ubuf, READ_CHUNK),
+        )
+        .await
+        {
+            Ok(Ok(0)) if matches!(source, Source::UntilClose) => source = Source::Ended,
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => {
+                return Err(Some(HttpError::BadGateway(
+                    "upstream closed the connection",
+                )))
+            }
+            Err(_) => return Err(Some(HttpError::GatewayTimeout)),
+        }
+    }
+    if let Some(new) = list
+        .as_ref()
+        .and_then(|f| filter_body(route, req, conn, f, &body))
+    {
+        body = new;
+    }
+    if matches!(head.body, BodyKind::Length(_)) {
+        strip_content_length(&mut conn.out);
+    }
+    let keep_client = req.keep_alive && !worker.shared.shutting_down();
+    if head.body != BodyKind::Empty {
+        conn.out.extend_from_slice(b"Content-Length: ");
+        push_u64(&mut conn.out, body.len() as u64);
+        conn.out.extend_from_slice(b"\r\n");
+    }
+    if !keep_client {
+        conn.out.extend_from_slice(b"Connection: close\r\n");
+    }
+    conn.out.extend_from_slice(b"\r\n");
+    conn.out.extend_from_slice(&body);
+    match timeout(
+        snap.limits.write_timeout.0,
+        write_all(client, &mut conn.out),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        _ => return Err(None),
+    }
+    pool_or_drop(worker, snap, route, &head, &source, upstream, conn);
+    Ok(if keep_client {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+/// Give a cleanly finished upstream connection back to the pool.
+fn pool_or_drop(
+    worker: &Worker,
+    snap: &Snapshot,
+    route: &Route,
+    head: &Head,
+    source: &Source,
+    upstream: UpstreamStream,
+    conn: &mut Conn,
+) {
     let clean = matches!(source, Source::Length(0) | Source::Chunked(_)) && conn.ubuf.is_empty();
     if head.upstream_keep_alive && clean && !worker.shared.shutting_down() {
         // Give the connection back a second before the upstream's own
@@ -153,11 +343,6 @@ pub async fn response(
             .put(&route.pool_key, upstream, max, keep, worker.now());
     }
     conn.ubuf.clear();
-    Ok(if keep_client {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    })
 }
 
 /// A complete upstream head, of `len` bytes.

@@ -178,7 +178,11 @@ pub fn prepare(
     } else {
         McpHead::default()
     };
-    let now_unix = if route.auth.is_some() { unix_now() } else { 0 };
+    let now_unix = if route.auth.is_some() || route.policy.is_some() {
+        unix_now()
+    } else {
+        0
+    };
     let principal = match &route.auth {
         None => None,
         Some(auth) => Some(

@@ -4,5 +4,6 @@
 mod auth;
 mod desync;
 mod harness;
+mod policy;
 mod proxy;
 mod reload;

@@ -1,0 +1,216 @@
+//! Policy black-box: allowed and denied calls (JSON-RPC errors naming the
+//! rule, with the request's id, on a connection that stays usable), batches
+//! judged element by element, rate limits (429), and list results filtered
+//! for JSON and SSE answers alike.
+
+use crate::auth::{claims, config, post, token};
+use crate::harness::{exchange, statuses, Proxy, Upstream};
+use std::time::Duration;
+
+const SHORT: Duration = Duration::from_millis(400);
+
+const POLICY: &str = r#"    policy:
+      - name: engineers
+        allow:
+          and:
+            - groups: { has: engineering }
+            - mcp_method: { in: [ping, tools/list, tools/call] }
+      - name: no-deletes
+        deny: { mcp_tool: { starts_with: delete_ } }
+        message: deleting is not allowed
+      - name: secret-repos
+        deny: { argument: { pointer: /repo, matches: "^secret-" } }
+      - name: slow-down
+        deny: { rate_limit: { requests: 5, per: 1m, key: principal_and_tool } }
+"#;
+
+const TOOLS: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search"},{"name":"delete_repo"},{"name":"get_file"}]}}"#;
+
+/// Answers `tools/list` with three tools (as JSON, or as SSE when the
+/// request asks for `text/event-stream` only), anything else with `{}`.
+fn respond(request: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(request);
+    if !text.contains("tools/list") {
+        let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        return format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+    }
+    if text.contains("Accept: text/event-stream\r\n") {
+        let events = format!(": ping\n\nevent: message\ndata: {TOOLS}\n\n");
+        let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in [&events[..10], &events[10..40], &events[40..]] {
+            out.extend_from_slice(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes());
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        return out;
+    }
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{TOOLS}",
+        TOOLS.len()
+    )
+    .into_bytes()
+}
+
+fn call(id: u32, tool: &str, args: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#
+    )
+}
+
+fn body(resp: &str) -> serde_json::Value {
+    let text = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {resp}"))
+}
+
+#[test]
+fn calls_are_allowed_and_denied_by_rule() {
+    let up = Upstream::start(respond);
+    let proxy = Proxy::from_config(up.addr, &config(POLICY));
+    let alice = token(claims("alice", "mcp"));
+
+    // Allowed, then denied (by name and by argument), then allowed again on
+    // the same connection: the session stays usable.
+    let raw = [
+        post(Some(&alice), &call(1, "search", r#"{"repo":"public"}"#)),
+        post(
+            Some(&alice),
+            &call(2, "delete_repo", r#"{"repo":"public"}"#),
+        ),
+        post(
+            Some(&alice),
+            &call(3, "get_file", r#"{"repo":"secret-plans"}"#),
+        ),
+        post(Some(&alice), &call(4, "get_file", r#"{"repo":"public"}"#)),
+    ]
+    .concat();
+    let (resp, closed) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [200, 200, 200, 200], "{resp}");
+    assert!(!closed);
+    let answers: Vec<&str> = resp.split("HTTP/1.1 ").skip(1).collect();
+    let denied = body(&format!("HTTP/1.1 {}", answers[1]));
+    assert_eq!(denied["id"], 2);
+    assert_eq!(denied["error"]["code"], -32003);
+    let message = denied["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no-deletes") && message.contains("deleting is not allowed"),
+        "{message}"
+    );
+    let denied = body(&format!("HTTP/1.1 {}", answers[2]));
+    assert_eq!(denied["id"], 3);
+    assert!(denied["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("secret-repos"));
+    let forwarded = up.requests();
+    assert_eq!(forwarded.len(), 2, "only the allowed calls were forwarded");
+    assert!(forwarded
+        .iter()
+        .all(|r| !r.contains("delete_repo") && !r.contains("secret-")));
+
+    // Someone outside engineering: no rule allows it.
+    let mut bob = claims("bob", "mcp");
+    bob["groups"] = serde_json::json!(["sales"]);
+    let (resp, _) = exchange(
+        proxy.addr,
+        post(Some(&token(bob)), &call(9, "search", "{}")).as_bytes(),
+        SHORT,
+    );
+    let v = body(&resp);
+    assert_eq!(v["id"], 9);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("t#default"),
+        "{v}"
+    );
+
+    // A batch with one denied element is denied whole, each request answered.
+    let batch = format!(
+        "[{},{}]",
+        call(5, "search", "{}"),
+        call(6, "delete_repo", "{}")
+    );
+    let (resp, _) = exchange(proxy.addr, post(Some(&alice), &batch).as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    let v = body(&resp);
+    let ids: Vec<i64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [5, 6]);
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "no element of a denied batch is forwarded"
+    );
+}
+
+#[test]
+fn rate_limits_answer_429() {
+    let up = Upstream::start(respond);
+    let proxy = Proxy::from_config(up.addr, &config(POLICY));
+    let carol = token(claims("carol", "mcp"));
+    let mut statuses_seen = Vec::new();
+    for i in 0..7 {
+        let (resp, _) = exchange(
+            proxy.addr,
+            post(Some(&carol), &call(i, "search", "{}")).as_bytes(),
+            SHORT,
+        );
+        statuses_seen.push(statuses(&resp)[0]);
+        if i == 6 {
+            assert!(resp.contains("Retry-After: "), "{resp}");
+            assert!(body(&resp)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("slow-down"));
+        }
+    }
+    assert_eq!(statuses_seen, [200, 200, 200, 200, 200, 429, 429]);
+    // Another tool has its own budget (key: principal_and_tool).
+    let (resp, _) = exchange(
+        proxy.addr,
+        post(Some(&carol), &call(8, "get_file", "{}")).as_bytes(),
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200], "{resp}");
+}
+
+#[test]
+fn list_results_show_only_usable_items() {
+    let up = Upstream::start(respond);
+    let proxy = Proxy::from_config(up.addr, &config(POLICY));
+    let alice = token(claims("alice", "mcp"));
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let (resp, _) = exchange(proxy.addr, post(Some(&alice), list).as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    let names: Vec<String> = body(&resp)["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["search", "get_file"]);
+
+    let sse = post(Some(&alice), list).replace(
+        "Content-Type:",
+        "Accept: text/event-stream\r\nContent-Type:",
+    );
+    let (resp, _) = exchange(proxy.addr, sse.as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    assert!(resp.contains(": ping\n\n"), "other events pass: {resp}");
+    assert!(
+        resp.contains("\"search\"") && resp.contains("\"get_file\""),
+        "{resp}"
+    );
+    assert!(
+        !resp.contains("delete_repo"),
+        "a denied tool was listed: {resp}"
+    );
+}
