@@ -100,43 +100,21 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Demo { listen } => {
-            let upstream = match demo::start_server() {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("error: cannot start the demo MCP server: {e}");
-                    return ExitCode::FAILURE;
+        Command::Demo { listen } => match demo::start(listen) {
+            Ok(d) => {
+                println!("{}", demo::instructions(&d));
+                let config = d.config_path.clone();
+                let result = runtime::run_until_signal(d.running, Some(&config));
+                if let Some(dir) = config.parent() {
+                    let _ = std::fs::remove_dir_all(dir);
                 }
-            };
-            let text = demo::config_text(listen, upstream);
-            let snap = match snapshot::from_text(&text, std::path::Path::new("<demo>")) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let running = match runtime::start(snap) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let url = format!("http://{}/mcp", running.addresses[0]);
-            println!("portcullis demo is running.");
-            println!("  MCP endpoint (through portcullis): {url}");
-            println!("  demo MCP server (upstream):        http://{upstream}/mcp");
-            println!();
-            println!("Try it:");
-            println!(
-                "  curl -s {url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"add\",\"arguments\":{{\"a\":2,\"b\":3}}}}}}'"
-            );
-            println!("  npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list");
-            println!();
-            println!("Press Ctrl-C to stop.");
-            finish(runtime::run_until_signal(running, None))
-        }
+                finish(result)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

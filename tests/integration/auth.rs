@@ -213,3 +213,40 @@ fn protected_resource_metadata_is_served() {
     );
     assert!(up.requests().is_empty());
 }
+
+/// `portcullis demo`: its printed tokens work as the demo policy says.
+#[test]
+fn the_demo_shows_zero_trust() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let demo = portcullis::demo::start(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+    let addr = demo.running.addresses[0];
+    let ask = |token: &str, body: &str| {
+        let raw = post(Some(token), body).replace("Host: proxy.test", &format!("Host: {addr}"));
+        let (resp, _) = exchange(addr, raw.as_bytes(), SHORT);
+        serde_json::from_str::<serde_json::Value>(resp.split("\r\n\r\n").nth(1).unwrap_or(""))
+            .unwrap()
+    };
+    let tools = |v: serde_json::Value| -> Vec<String> {
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let add = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3}}}"#;
+    assert_eq!(tools(ask(&demo.alice, list)), ["echo", "add"]);
+    assert_eq!(tools(ask(&demo.bob, list)), ["echo"]);
+    assert_eq!(ask(&demo.alice, add)["result"]["content"][0]["text"], "5");
+    assert_eq!(ask(&demo.bob, add)["error"]["code"], -32003);
+    let text = portcullis::demo::instructions(&demo);
+    assert!(text.contains(&demo.alice) && text.contains(&demo.bob));
+    demo.running.shutdown();
+    demo.running.join();
+    let _ = std::fs::remove_dir_all(demo.config_path.parent().unwrap());
+}
