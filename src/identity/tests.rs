@@ -989,6 +989,10 @@ fn assertion_cache_reuses_until_30s_before_exp() {
     assert_eq!(c.get_or_sign(&signer, &p, "u", NOW + 29, "r2"), a);
     assert_ne!(c.get_or_sign(&signer, &p, "v", NOW + 29, "r3"), a);
     assert_ne!(c.get_or_sign(&signer, &p, "u", NOW + 30, "r4"), a);
+    let mut bob = (*p).clone();
+    bob.sub = "bob".into();
+    let b = c.get_or_sign(&signer, &bob, "u", NOW + 30, "r5");
+    assert!(jsonwebtoken::dangerous::insecure_decode_claims::<Value>(&*b).unwrap()["sub"] == "bob");
 }
 
 // ---- Wycheproof ----
