@@ -1,7 +1,10 @@
-//! The pass-through path. `in_process`: every synchronous stage of one
+//! The request path. `in_process`: every synchronous stage of one plain
 //! request without I/O (head parse, route, upstream head, response head parse,
-//! client head). `loopback`: one keep-alive request through a running proxy to
-//! a minimal upstream, socket to socket.
+//! client head). `in_process_zero_trust`: the same for an MCP `tools/call` of
+//! 1 KiB with the full security path: bearer token (per-core cache hit),
+//! identity assertion (cached), body decoded in full, header checks, a
+//! 10-rule policy. `loopback`: one keep-alive request through a running proxy
+//! to a minimal upstream, socket to socket.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::http1::parse::parse_request;
@@ -38,6 +41,94 @@ fn in_process(c: &mut Criterion) {
             let req = prepare(&worker, &snap, &head, &client, &mut up)
                 .ok()
                 .unwrap();
+            let mut rh = [httparse::EMPTY_HEADER; 64];
+            let resp = parse_response(black_box(RESPONSE), &mut rh, false, 65536)
+                .unwrap()
+                .unwrap();
+            write_client_head(&resp, req.id.as_bytes(), &mut out).unwrap();
+            black_box((&up, &out));
+        })
+    });
+}
+
+const SECURE_CONFIG: &str = r#"workers: 1
+listen:
+  - address: 127.0.0.1:0
+identity:
+  issuers:
+    - name: idp
+      issuer: https://idp.bench
+      jwks: JWKS
+routes:
+  - name: bench
+    from: http://bench.test/mcp
+    to: http://127.0.0.1:9/mcp
+    mcp: {}
+    auth: { issuers: [idp], scopes: [mcp] }
+    policy:
+      - { name: r1, deny: { mcp_tool: { starts_with: delete_ } } }
+      - { name: r2, deny: { argument: { pointer: /repo, matches: "^secret-" } } }
+      - { name: r3, deny: { source_ip: { in: [10.66.0.0/16] } } }
+      - { name: r4, deny: { claim: { path: suspended, equals: true } } }
+      - { name: r5, deny: { mcp_resource: { starts_with: "file:///etc/" } } }
+      - { name: r6, allow: { and: [ { groups: { has: admins } } ] } }
+      - { name: r7, allow: { and: [ { groups: { has: sales } }, { mcp_tool: { in: [search] } } ] } }
+      - { name: r8, allow: { and: [ { email: { ends_with: "@partner.example" } }, { mcp_method: { in: [tools/list] } } ] } }
+      - { name: r9, allow: { mcp_method: { in: [initialize, notifications/initialized, ping, tools/list] } } }
+      - { name: r10, allow: { and: [ { groups: { has: engineering } }, { mcp_tool: { in: [search_repositories, get_file_contents] } } ] } }
+"#;
+
+/// A 1 KiB `tools/call` that the 10-rule policy allows.
+fn call_body() -> String {
+    let pad = "x".repeat(860);
+    format!(r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"get_file_contents","arguments":{{"repo":"portcullis","path":"src/pipeline.rs","ref":"main","note":"{pad}"}}}}}}"#)
+}
+
+fn in_process_zero_trust(c: &mut Criterion) {
+    use portcullis::pipeline::{check_mcp_body, Judged};
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let jwk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{keys}/rsa2048.pub.jwk.json")).unwrap()).unwrap();
+    let mut jwk = jwk.as_object().unwrap().clone();
+    jwk.insert("kid".into(), "k1".into());
+    let text = SECURE_CONFIG.replace("JWKS", &serde_json::json!({ "keys": [jwk] }).to_string());
+    let snap = snapshot::from_text(&text, Path::new("bench.yaml")).unwrap();
+    let shared_snap: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+    let worker = Worker::new(0, Arc::new(Shared::default()), shared_snap.clone());
+    let snap = worker.snapshot();
+    let now = portcullis::upstream::request::unix_now();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let claims = serde_json::json!({"iss": "https://idp.bench", "aud": "http://bench.test/mcp",
+        "sub": "alice", "scope": "mcp", "groups": ["engineering"], "email": "alice@example.com",
+        "iat": now, "exp": now + 3600});
+    portcullis::identity::crypto::install();
+    let pem = std::fs::read(format!("{keys}/rsa2048.pem")).unwrap();
+    let token = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
+    let body = call_body();
+    assert!((1000..1100).contains(&body.len()), "{}", body.len());
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: bench.test\r\nAuthorization: Bearer {token}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nMCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: 2c5f1b0e9b7e4c5a\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let request = request.as_bytes();
+    let client = ClientFacts::new("127.0.0.1:40000".parse().unwrap(), false);
+    let route = snap.routes.get(0);
+    let mut up = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(1024);
+    let mut head_copy = Vec::with_capacity(2048);
+    let mut judged = Judged::default();
+    c.bench_function("pipeline/in_process_zero_trust", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let head = parse_request(black_box(request), &mut headers, &snap.head_limits)
+                .unwrap()
+                .unwrap();
+            let req = prepare(&worker, &snap, &head, &client, &mut up).ok().unwrap();
+            head_copy.clear();
+            head_copy.extend_from_slice(&request[..head.head_len]);
+            let body = &request[head.head_len..];
+            check_mcp_body(&worker, route, &req, body, &head_copy, &client, &mut judged).unwrap();
             let mut rh = [httparse::EMPTY_HEADER; 64];
             let resp = parse_response(black_box(RESPONSE), &mut rh, false, 65536)
                 .unwrap()
@@ -108,5 +199,5 @@ fn loopback(c: &mut Criterion) {
     running.join();
 }
 
-criterion_group!(benches, in_process, loopback);
+criterion_group!(benches, in_process, in_process_zero_trust, loopback);
 criterion_main!(benches);

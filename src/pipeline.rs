@@ -464,7 +464,7 @@ async fn send_request(
 /// (`judged.detail`), never forwarded. A list request whose answer must be
 /// filtered is noted in `judged.list`. MCP bodies never stream: they are
 /// always held whole, so nothing reaches an upstream unread.
-fn check_mcp_body(
+pub fn check_mcp_body(
     worker: &Worker,
     route: &Route,
     req: &Request,
