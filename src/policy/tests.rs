@@ -776,6 +776,7 @@ fn index_agrees_with_full_scan() {
 fn verdict_by_scan(p: &Policy, f: &Facts) -> bool {
     let mut cx = Ctx {
         facts: f,
+        call: eval::Call::of(f.method),
         listing: false,
         table: None,
         retry_after: None,
