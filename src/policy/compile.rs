@@ -5,7 +5,7 @@ use regex::Regex;
 
 use super::cidr::Cidrs;
 use super::config::{self, Condition, RateKey};
-use super::matchers::{self, Prefixes, Scalar, StrSet};
+use super::matchers::{self, Pattern, Prefixes, Scalar, StrSet};
 use super::time::TimeWindow;
 
 /// Most `requests` a rate limit may allow in one window.
@@ -40,7 +40,7 @@ pub(crate) enum ClaimOp {
     Equals(Scalar),
     In(Box<[Scalar]>),
     Contains(Scalar),
-    Matches(Regex),
+    Matches(Pattern),
 }
 
 #[derive(Debug)]
@@ -55,14 +55,14 @@ pub(crate) enum EmailOp {
     /// Lowercased; compared ASCII-case-insensitively.
     In(StrSet),
     EndsWith(Box<[Box<str>]>),
-    Matches(Regex),
+    Matches(Pattern),
 }
 
 #[derive(Debug)]
 pub(crate) enum NameOp {
     In(StrSet),
     Prefix(Prefixes),
-    Matches(Regex),
+    Matches(Pattern),
 }
 
 #[derive(Debug)]
@@ -82,7 +82,7 @@ pub(crate) struct Argument {
 #[derive(Debug)]
 pub(crate) enum ValueOp {
     In { strs: StrSet, others: Box<[Scalar]> },
-    Matches(Regex),
+    Matches(Pattern),
     Range(f64, f64),
     Exists(bool),
 }
@@ -301,7 +301,7 @@ impl Compiler {
                         "matches",
                         t.matches
                             .as_ref()
-                            .map(|r| matchers::regex(r).map(ClaimOp::Matches)),
+                            .map(|r| Pattern::new(r).map(ClaimOp::Matches)),
                     ),
                 ],
             )?
@@ -342,7 +342,7 @@ impl Compiler {
                         "matches",
                         t.matches
                             .as_ref()
-                            .map(|r| matchers::regex(r).map(EmailOp::Matches)),
+                            .map(|r| Pattern::new(r).map(EmailOp::Matches)),
                     ),
                 ],
             )?
@@ -532,7 +532,7 @@ fn name_op(
     if let Some(m) = matches {
         options.push((
             "matches",
-            m.as_ref().map(|r| matchers::regex(r).map(NameOp::Matches)),
+            m.as_ref().map(|r| Pattern::new(r).map(NameOp::Matches)),
         ));
     }
     one(what, options)?.map_err(|e: String| format!("{what}: {e}"))
@@ -567,7 +567,7 @@ fn value_op(
             ("in", in_.map(|v| scalars(v).map(value_in))),
             (
                 "matches",
-                matches.map(|r| matchers::regex(r).map(ValueOp::Matches)),
+                matches.map(|r| Pattern::new(r).map(ValueOp::Matches)),
             ),
             ("min/max", range),
             ("exists", exists.map(|e| Ok(ValueOp::Exists(e)))),

@@ -9,7 +9,7 @@ use simd_json::{Node, StaticNode};
 
 use super::compile::{ClaimOp, Cond, EmailOp, NameOp, ResourceOp, SetOp, ValueOp};
 use super::config::RateKey;
-use super::matchers::{lower, Scalar};
+use super::matchers::{lower, same, Scalar, StrSet};
 use super::ratelimit::RateTable;
 use super::Facts;
 
@@ -30,8 +30,29 @@ impl From<bool> for Tri {
     }
 }
 
+/// Which item a method names, worked out once per evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    Tool,
+    Prompt,
+    Resource,
+    Other,
+}
+
+impl Call {
+    pub fn of(method: &str) -> Call {
+        match method {
+            "tools/call" => Call::Tool,
+            "prompts/get" => Call::Prompt,
+            m if m.starts_with("resources/") => Call::Resource,
+            _ => Call::Other,
+        }
+    }
+}
+
 pub(crate) struct Ctx<'f, 'a> {
     pub facts: &'f Facts<'a>,
+    pub call: Call,
     /// Filtering a list: arguments and rate limits are `Unknown`, nothing is counted.
     pub listing: bool,
     pub table: Option<&'f RateTable>,
@@ -96,10 +117,7 @@ impl Cond {
                     return Tri::False;
                 };
                 match op {
-                    EmailOp::In(set) => {
-                        let mut buf = [0u8; 320];
-                        lower(email, &mut buf).is_some_and(|e| set.contains(e))
-                    }
+                    EmailOp::In(set) => email_in(set, email),
                     EmailOp::EndsWith(suffixes) => suffixes.iter().any(|s| {
                         email.len() >= s.len()
                             && email.as_bytes()[email.len() - s.len()..]
@@ -122,11 +140,11 @@ impl Cond {
                 (f.method == "prompts/get" && f.name.is_some_and(|n| name_op(op, n))).into()
             }
             Cond::Resource(op) => {
-                let Some(uri) = f.uri.filter(|_| f.method.starts_with("resources/")) else {
+                let Some(uri) = f.uri.filter(|_| cx.call == Call::Resource) else {
                     return Tri::False;
                 };
                 match op {
-                    ResourceOp::Equals(e) => (**e == *uri).into(),
+                    ResourceOp::Equals(e) => same(e.as_bytes(), uri.as_bytes()).into(),
                     // `a/../b` would pass a prefix or glob meant to confine it.
                     _ if dot_segment(uri) => Tri::Unknown,
                     ResourceOp::Prefix(p) => p.matches(uri).into(),
@@ -178,7 +196,7 @@ impl Cond {
                     return Tri::False;
                 };
                 let tool = match r.key {
-                    RateKey::PrincipalAndTool if f.method == "tools/call" => f.name,
+                    RateKey::PrincipalAndTool if cx.call == Call::Tool => f.name,
                     _ => None,
                 };
                 let hash = match p {
@@ -198,11 +216,20 @@ impl Cond {
     }
 }
 
+/// Kept out of `eval` so its buffer is not in every frame of the recursion.
+#[inline(never)]
+fn email_in(set: &StrSet, email: &str) -> bool {
+    let mut buf = [0u8; 320];
+    lower(email, &mut buf).is_some_and(|e| set.contains(e))
+}
+
 fn set_op(op: &SetOp, have: &[String]) -> bool {
     match op {
-        SetOp::Has(x) => have.iter().any(|h| **h == **x),
+        SetOp::Has(x) => have.iter().any(|h| same(h.as_bytes(), x.as_bytes())),
         SetOp::Any(set) => have.iter().any(|h| set.contains(h)),
-        SetOp::All(list) => list.iter().all(|x| have.iter().any(|h| **h == **x)),
+        SetOp::All(list) => list
+            .iter()
+            .all(|x| have.iter().any(|h| same(h.as_bytes(), x.as_bytes()))),
     }
 }
 
@@ -287,7 +314,7 @@ pub(crate) fn lookup<'t, 'i>(nodes: &'t [Node<'i>], tokens: &[Box<str>]) -> Foun
                         return Found::Missing;
                     };
                     let w = width(v);
-                    if *k == &**tok {
+                    if same(k.as_bytes(), tok.as_bytes()) {
                         if hit.is_some() {
                             return Found::Ambiguous;
                         }

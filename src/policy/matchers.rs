@@ -16,6 +16,32 @@ const LINEAR_MAX: usize = 8;
 
 pub(crate) type Hasher = foldhash::fast::RandomState;
 
+/// Byte equality inlined for short strings: policy names are short, and a
+/// call to `memcmp` for each costs more than the comparison.
+#[inline]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // Two overlapping word loads cover lengths 4..=16.
+    let w8 = |x: &[u8], at: usize| u64::from_le_bytes(x[at..at + 8].try_into().unwrap_or_default());
+    let w4 = |x: &[u8], at: usize| u32::from_le_bytes(x[at..at + 4].try_into().unwrap_or_default());
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n - 1] == b[n - 1] && a[n / 2] == b[n / 2],
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        _ => a == b,
+    }
+}
+
+/// `s` starts with `p`.
+#[inline]
+pub(crate) fn starts(s: &str, p: &str) -> bool {
+    s.len() >= p.len() && same(&s.as_bytes()[..p.len()], p.as_bytes())
+}
+
 /// A set of exact strings.
 #[derive(Debug)]
 pub(crate) enum StrSet {
@@ -37,7 +63,7 @@ impl StrSet {
 
     pub fn contains(&self, s: &str) -> bool {
         match self {
-            StrSet::Few(v) => v.iter().any(|x| **x == *s),
+            StrSet::Few(v) => v.iter().any(|x| same(x.as_bytes(), s.as_bytes())),
             StrSet::Many(h) => h.contains(s),
         }
     }
@@ -73,8 +99,11 @@ impl Prefixes {
     }
 
     pub fn matches(&self, s: &str) -> bool {
+        if self.0.len() <= 4 {
+            return self.0.iter().any(|p| starts(s, p));
+        }
         let i = self.0.partition_point(|p| **p <= *s);
-        i > 0 && s.starts_with(&*self.0[i - 1])
+        i > 0 && starts(s, &self.0[i - 1])
     }
 }
 
@@ -85,6 +114,70 @@ pub(crate) fn regex(pattern: &str) -> Result<Regex, String> {
         .dfa_size_limit(REGEX_DFA_LIMIT)
         .build()
         .map_err(|e| format!("bad regex {pattern:?}: {e}"))
+}
+
+/// A user regex; one that is only literal text (with `^`/`$` anchors at
+/// most) is matched as plain text, which is several times faster.
+#[derive(Debug)]
+pub(crate) enum Pattern {
+    Contains(Box<str>),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+    Exact(Box<str>),
+    Regex(Regex),
+}
+
+impl Pattern {
+    pub fn new(pattern: &str) -> Result<Pattern, String> {
+        let re = regex(pattern)?;
+        let (head, body) = match pattern.strip_prefix('^') {
+            Some(rest) => (true, rest),
+            None => (false, pattern),
+        };
+        let (tail, body) = match body.strip_suffix('$') {
+            Some(rest) => (true, rest),
+            None => (false, body),
+        };
+        let literal = body.chars().all(|c| {
+            c.is_alphanumeric() && !c.is_whitespace()
+                || matches!(
+                    c,
+                    '/' | '_'
+                        | ':'
+                        | '@'
+                        | '='
+                        | ','
+                        | '%'
+                        | '!'
+                        | '\''
+                        | '"'
+                        | '<'
+                        | '>'
+                        | ';'
+                        | '`'
+                )
+        });
+        if !literal || body.is_empty() {
+            return Ok(Pattern::Regex(re));
+        }
+        let body: Box<str> = body.into();
+        Ok(match (head, tail) {
+            (false, false) => Pattern::Contains(body),
+            (true, false) => Pattern::Prefix(body),
+            (false, true) => Pattern::Suffix(body),
+            (true, true) => Pattern::Exact(body),
+        })
+    }
+
+    pub fn is_match(&self, s: &str) -> bool {
+        match self {
+            Pattern::Contains(b) => s.contains(&**b),
+            Pattern::Prefix(b) => starts(s, b),
+            Pattern::Suffix(b) => s.ends_with(&**b),
+            Pattern::Exact(b) => same(s.as_bytes(), b.as_bytes()),
+            Pattern::Regex(re) => re.is_match(s),
+        }
+    }
 }
 
 /// A glob over a URI: `*` matches any run without `/`, `**` any run at all,
@@ -189,8 +282,17 @@ mod tests {
 
     #[test]
     fn prefixes_find_the_only_candidate() {
-        let p = Prefixes::new(vec!["ab".into(), "abc".into(), "b".into(), "x/y".into()]);
-        assert_eq!(p.0.len(), 3);
+        let p = Prefixes::new(vec![
+            "ab".into(),
+            "abc".into(),
+            "b".into(),
+            "x/y".into(),
+            "z1".into(),
+            "z2".into(),
+            "z3".into(),
+        ]);
+        assert_eq!(p.0.len(), 6);
+        assert!(p.matches("z2x"));
         assert!(p.matches("abz"));
         assert!(p.matches("abc"));
         assert!(p.matches("b"));
@@ -199,6 +301,32 @@ mod tests {
         assert!(!p.matches("x/"));
         assert!(!p.matches(""));
         assert!(!Prefixes::new(vec![]).matches("a"));
+    }
+
+    #[test]
+    fn same_is_equality() {
+        let words = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abd",
+            "abcd",
+            "abce",
+            "abcdefg",
+            "abcdefh",
+            "abcdefgh",
+            "abcdefgi",
+            "0123456789abcdef",
+            "0123456789abcdeg",
+            "0123456789abcdefg",
+            "1123456789abcdefg",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
+            }
+        }
     }
 
     #[test]
@@ -221,6 +349,46 @@ mod tests {
         let g = glob("s3://b?/x.(y)").unwrap();
         assert!(g.is_match("s3://b1/x.(y)"));
         assert!(!g.is_match("s3://b1/xz(y)"));
+    }
+
+    #[test]
+    fn literal_patterns_match_like_regexes() {
+        let cases = [
+            "^acme/",
+            "acme",
+            "web$",
+            "^acme/web$",
+            "^a.c",
+            "(?i)acme",
+            "^$",
+            "",
+            "^\\.x",
+            "ACME",
+            "^é/",
+        ];
+        let inputs = [
+            "acme/web",
+            "xacme/web",
+            "ACME/WEB",
+            "a.c",
+            "abc",
+            "",
+            ".x",
+            "é/x",
+            "acme/web\n",
+        ];
+        for c in cases {
+            let p = Pattern::new(c).unwrap();
+            let r = regex(c).unwrap();
+            for i in inputs {
+                assert_eq!(p.is_match(i), r.is_match(i), "{c} on {i:?}");
+            }
+        }
+        assert!(matches!(
+            Pattern::new("^acme/").unwrap(),
+            Pattern::Prefix(_)
+        ));
+        assert!(matches!(Pattern::new("^a.c").unwrap(), Pattern::Regex(_)));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use config::RuleConfig;
 
 use crate::principal::Principal;
 use compile::{Compiler, Cond, NameOp};
-use eval::{Ctx, Tri};
+use eval::{Call, Ctx, Tri};
 use matchers::Hasher;
 use ratelimit::RateTable;
 
@@ -178,6 +178,7 @@ impl Policy {
         let (a, b) = self.index.lists(facts.method, facts.name, &self.none);
         let mut cx = Ctx {
             facts,
+            call: Call::of(facts.method),
             listing: false,
             table: self.table.as_deref(),
             retry_after: None,
@@ -242,6 +243,7 @@ impl Policy {
         let (a, b) = self.index.lists(facts.method, facts.name, &self.none);
         let mut cx = Ctx {
             facts: &facts,
+            call: Call::of(facts.method),
             listing: true,
             table: None,
             retry_after: None,

@@ -776,6 +776,7 @@ fn index_agrees_with_full_scan() {
 fn verdict_by_scan(p: &Policy, f: &Facts) -> bool {
     let mut cx = Ctx {
         facts: f,
+        call: eval::Call::of(f.method),
         listing: false,
         table: None,
         retry_after: None,
@@ -788,4 +789,27 @@ fn verdict_by_scan(p: &Policy, f: &Facts) -> bool {
         && p.rules
             .iter()
             .any(|r| !r.deny && r.cond.eval(&mut cx) == Tri::True)
+}
+
+#[test]
+fn policy_is_shared_across_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<Policy>();
+}
+
+/// The fuzz seeds are valid policies (else the fuzzer starts far from the interesting code).
+#[test]
+fn fuzz_seeds_compile() {
+    let shared: HashMap<String, Vec<RuleConfig>> = serde_yaml_ng::from_str(
+        "base:\n  - allow: { groups: { has: eng } }\n  - deny: { mcp_tool: { equals: drop } }\nloop: [{ use: loop }]\n",
+    )
+    .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/policy_compile");
+    for name in ["office_hours", "tools_args", "identity", "shared_and_rate"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let rules: Vec<RuleConfig> = serde_yaml_ng::from_str(&text).unwrap();
+        if let Err(e) = Policy::compile(&rules, &shared, "fuzz") {
+            panic!("{name}: {e:?}");
+        }
+    }
 }

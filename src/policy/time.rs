@@ -2,16 +2,27 @@
 //! The zone is loaded at compile time; evaluation is one offset lookup and
 //! integer arithmetic.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
 const DAY: i64 = 86_400;
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
+/// Offsets are precomputed for instants in [`SPAN_START`, `SPAN_END`)
+/// (2000-01-01 to 2100-01-01 UTC); outside it the zone is asked directly.
+const SPAN_START: i64 = 946_684_800;
+const SPAN_END: i64 = 4_102_444_800;
+
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     /// `None` is UTC.
     tz: Option<TimeZone>,
+    /// (first second, UTC offset) of each period in the span, sorted.
+    offsets: Box<[(i64, i32)]>,
+    /// Index in `offsets` of the last period used (a hint; any value is safe).
+    last: AtomicUsize,
     /// Bit `d` set: weekday `d` (Monday = 0) is in.
     days: u8,
     /// (start, end) in seconds of the day, end exclusive; start > end wraps
@@ -50,12 +61,34 @@ impl TimeWindow {
             None => None,
             Some(name) => Some(zone(name)?),
         };
-        Ok(TimeWindow { tz, days, windows })
+        let offsets = tz.as_ref().map(offsets).unwrap_or_default();
+        Ok(TimeWindow {
+            tz,
+            offsets,
+            last: AtomicUsize::new(0),
+            days,
+            windows,
+        })
+    }
+
+    /// The UTC offset at `now`, within the span.
+    fn offset_in_span(&self, now: i64) -> i32 {
+        let o = &self.offsets;
+        let hint = self.last.load(Ordering::Relaxed);
+        if let Some(&(start, offset)) = o.get(hint) {
+            if start <= now && o.get(hint + 1).is_none_or(|next| now < next.0) {
+                return offset;
+            }
+        }
+        let i = o.partition_point(|&(start, _)| start <= now).max(1) - 1;
+        self.last.store(i, Ordering::Relaxed);
+        o[i].1
     }
 
     pub fn matches(&self, now: i64) -> bool {
         let offset = match &self.tz {
             None => 0,
+            Some(_) if (SPAN_START..SPAN_END).contains(&now) => i64::from(self.offset_in_span(now)),
             Some(tz) => match Timestamp::from_second(now) {
                 Ok(t) => i64::from(tz.to_offset(t).seconds()),
                 Err(_) => return false,
@@ -79,6 +112,20 @@ impl TimeWindow {
             }
         })
     }
+}
+
+/// The zone's offset periods over the span, from its transitions.
+fn offsets(tz: &TimeZone) -> Box<[(i64, i32)]> {
+    let start = Timestamp::from_second(SPAN_START).expect("in range");
+    let mut out = vec![(SPAN_START, tz.to_offset(start).seconds())];
+    for t in tz.following(start) {
+        let at = t.timestamp().as_second();
+        if at >= SPAN_END {
+            break;
+        }
+        out.push((at, t.offset().seconds()));
+    }
+    out.into_boxed_slice()
 }
 
 /// A zone by IANA name; names are checked first so nothing odd reaches the
@@ -174,6 +221,31 @@ mod tests {
         let t = w(Some(&["Sun"]), &[], None);
         assert!(t.matches(unix("2026-01-11T12:00:00Z")));
         assert!(!t.matches(unix("2026-01-12T12:00:00Z")));
+    }
+
+    #[test]
+    fn precomputed_offsets_agree_with_the_zone() {
+        for name in [
+            "Europe/Berlin",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "Asia/Kolkata",
+            "UTC",
+        ] {
+            let t = w(None, &[], Some(name));
+            let tz = TimeZone::get(name).unwrap();
+            let mut now = SPAN_START - 86_400;
+            while now < SPAN_END + 86_400 {
+                let want = i64::from(tz.to_offset(Timestamp::from_second(now).unwrap()).seconds());
+                let got = if (SPAN_START..SPAN_END).contains(&now) {
+                    i64::from(t.offset_in_span(now))
+                } else {
+                    want
+                };
+                assert_eq!(got, want, "{name} at {now}");
+                now += 3 * 3600 + 17;
+            }
+        }
     }
 
     #[test]
