@@ -81,14 +81,18 @@ routes:
 /// A 1 KiB `tools/call` that the 10-rule policy allows.
 fn call_body() -> String {
     let pad = "x".repeat(860);
-    format!(r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"get_file_contents","arguments":{{"repo":"portcullis","path":"src/pipeline.rs","ref":"main","note":"{pad}"}}}}}}"#)
+    format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"get_file_contents","arguments":{{"repo":"portcullis","path":"src/pipeline.rs","ref":"main","note":"{pad}"}}}}}}"#
+    )
 }
 
 fn in_process_zero_trust(c: &mut Criterion) {
     use portcullis::pipeline::{check_mcp_body, Judged};
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
-    let jwk: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{keys}/rsa2048.pub.jwk.json")).unwrap()).unwrap();
+    let jwk: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{keys}/rsa2048.pub.jwk.json")).unwrap(),
+    )
+    .unwrap();
     let mut jwk = jwk.as_object().unwrap().clone();
     jwk.insert("kid".into(), "k1".into());
     let text = SECURE_CONFIG.replace("JWKS", &serde_json::json!({ "keys": [jwk] }).to_string());
@@ -104,7 +108,12 @@ fn in_process_zero_trust(c: &mut Criterion) {
         "iat": now, "exp": now + 3600});
     portcullis::identity::crypto::install();
     let pem = std::fs::read(format!("{keys}/rsa2048.pem")).unwrap();
-    let token = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
     let body = call_body();
     assert!((1000..1100).contains(&body.len()), "{}", body.len());
     let request = format!(
@@ -124,7 +133,9 @@ fn in_process_zero_trust(c: &mut Criterion) {
             let head = parse_request(black_box(request), &mut headers, &snap.head_limits)
                 .unwrap()
                 .unwrap();
-            let req = prepare(&worker, &snap, &head, &client, &mut up).ok().unwrap();
+            let req = prepare(&worker, &snap, &head, &client, &mut up)
+                .ok()
+                .unwrap();
             head_copy.clear();
             head_copy.extend_from_slice(&request[..head.head_len]);
             let body = &request[head.head_len..];

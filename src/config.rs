@@ -224,22 +224,37 @@ pub struct AuthConfig {
     pub scopes: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum UpstreamAuthConfig {
+/// What the upstream gets instead of the client's token: exactly one of
+/// `assertion`, `static` or `none: true`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuthConfig {
     /// A short-lived ES256 JWT naming the caller, signed by portcullis (its
     /// public keys are served at `/.well-known/portcullis/jwks.json`).
-    Assertion {
-        /// Default `X-Portcullis-Identity`; `Authorization` sends `Bearer <jwt>`.
-        #[serde(default = "default_assertion_header")]
-        header: String,
-        /// The assertion's `aud`; default: the upstream URL.
-        audience: Option<String>,
-    },
+    pub assertion: Option<AssertionConfig>,
     /// A fixed credential from the configuration (use `${ENV}` for secrets).
-    Static { header: String, value: String },
-    /// Nothing: the upstream gets no credential.
-    None,
+    #[serde(rename = "static")]
+    pub static_credential: Option<StaticCredential>,
+    /// The upstream gets no credential.
+    #[serde(default)]
+    pub none: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionConfig {
+    /// Default `X-Portcullis-Identity`; `Authorization` sends `Bearer <jwt>`.
+    #[serde(default = "default_assertion_header")]
+    pub header: String,
+    /// The assertion's `aud`; default: the upstream URL.
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCredential {
+    pub header: String,
+    pub value: String,
 }
 
 fn default_assertion_header() -> String {

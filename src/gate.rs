@@ -1,6 +1,6 @@
 //! Admission checks on MCP routes that need no identity: `Origin` against the
-//! route's allowed origins (present and not allowed → 403; absent is fine:
-//! non-browser clients send none), the protocol era of each request, and in
+//! route's own public origin and its allowed origins (present and not allowed
+//! → 403; absent is fine: non-browser clients send none), the protocol era of each request, and in
 //! the modern era (2026-07-28 and later) the `Mcp-Method` / `Mcp-Name`
 //! headers against the body they mirror (missing or different → 400 with
 //! JSON-RPC error -32020). Policy is always decided on the body, never on
@@ -43,21 +43,25 @@ fn mismatch(message: &'static str) -> HttpError {
 
 /// Check the head of a request on an MCP route.
 pub fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, HttpError> {
-    if let Some(origin) = once(head, "origin")? {
-        if !route
-            .allowed_origins
-            .iter()
-            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin))
+    let [origin, version, method, name] = find_once(
+        head,
+        ["origin", "mcp-protocol-version", "mcp-method", "mcp-name"],
+    )?;
+    if let Some(origin) = origin {
+        let same = route.public_origin.as_bytes().eq_ignore_ascii_case(origin);
+        if !same
+            && !route
+                .allowed_origins
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin))
         {
             return Err(HttpError::Forbidden("origin not allowed"));
         }
     }
-    let version = match once(head, "mcp-protocol-version")? {
+    let version = match version {
         None => 0,
         Some(v) => parse_version(v).ok_or(HttpError::BadRequest("invalid MCP-Protocol-Version"))?,
     };
-    let method = once(head, "mcp-method")?;
-    let name = once(head, "mcp-name")?;
     let mirrors = if method.is_some() || name.is_some() {
         let decode = |v: Option<&[u8]>| -> Result<Option<Box<str>>, HttpError> {
             v.map(|v| decode_mirror(v).ok_or(mismatch("malformed Mcp-Method or Mcp-Name header")))
@@ -73,18 +77,24 @@ pub fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, HttpError>
     Ok(McpHead { version, mirrors })
 }
 
-/// A header that may appear at most once (a second copy is ambiguous).
-fn once<'b>(head: &RequestHead<'b>, name: &str) -> Result<Option<&'b [u8]>, HttpError> {
-    let mut found = None;
-    for h in head
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name))
-    {
-        if found.replace(h.value).is_some() {
-            return Err(HttpError::BadRequest(
-                "a header that must appear once is repeated",
-            ));
+/// Headers that may appear at most once each (a second copy is ambiguous),
+/// found in one pass.
+fn find_once<'b, const N: usize>(
+    head: &RequestHead<'b>,
+    names: [&str; N],
+) -> Result<[Option<&'b [u8]>; N], HttpError> {
+    let mut found = [None; N];
+    for h in head.headers {
+        let n = h.name.len();
+        for (i, name) in names.iter().enumerate() {
+            if n == name.len()
+                && h.name.eq_ignore_ascii_case(name)
+                && found[i].replace(h.value).is_some()
+            {
+                return Err(HttpError::BadRequest(
+                    "a header that must appear once is repeated",
+                ));
+            }
         }
     }
     Ok(found)

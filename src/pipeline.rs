@@ -279,7 +279,7 @@ fn parse_and_prepare(
                 Some(close) => Step::Answered(close),
                 None => match prepare(worker, snap, &head, &conn.client, &mut conn.up) {
                     Ok(req) => {
-                        if snap.routes.get(req.route).policy.is_some() {
+                        if snap.routes.get(req.route).policy_reads_headers {
                             conn.head_copy.clear();
                             conn.head_copy.extend_from_slice(&conn.buf[..head.head_len]);
                         }
@@ -479,9 +479,10 @@ pub fn check_mcp_body(
     }
     let policy = route.policy.as_ref();
     let mut header_space = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let headers = match policy {
-        Some(_) => reparse_headers(head_copy, &mut header_space),
-        None => &[],
+    let headers = if route.policy_reads_headers {
+        reparse_headers(head_copy, &mut header_space)
+    } else {
+        &[]
     };
     let base = Facts {
         principal: req.principal.as_deref(),

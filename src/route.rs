@@ -20,12 +20,16 @@ pub struct Route {
     /// Key of this upstream in the per-core connection pool.
     pub pool_key: String,
     pub mcp: bool,
-    /// `Origin` values allowed on this MCP route.
+    /// `Origin` values allowed on this MCP route, besides its own.
     pub allowed_origins: Vec<String>,
+    /// This route's own origin (`scheme://authority` of its public URL).
+    pub public_origin: String,
     /// Token requirements, when the route is authenticated.
     pub auth: Option<RouteAuth>,
     /// The compiled rules (MCP routes with a non-empty `policy`).
     pub policy: Option<crate::policy::Policy>,
+    /// The policy has `header` criteria: the request's head is kept for it.
+    pub policy_reads_headers: bool,
 }
 
 /// What an authenticated route demands and what its upstream gets instead
@@ -80,6 +84,7 @@ impl Route {
         mcp: bool,
     ) -> Route {
         Route {
+            public_origin: format!("{}://{}", public.scheme(), public.authority()),
             index,
             name: name.to_string(),
             upstream_authority: upstream.authority(),
@@ -91,6 +96,7 @@ impl Route {
             allowed_origins: Vec::new(),
             auth: None,
             policy: None,
+            policy_reads_headers: false,
         }
     }
 

@@ -270,23 +270,58 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
                     format!("route {:?}: auth needs at least one issuer", r.name),
                 );
             }
-            let upstream = match &r.upstream_auth {
-                None => UpstreamCredential::Assertion {
-                    header: "X-Portcullis-Identity".into(),
-                    audience: r.to.to_string(),
-                    bearer: false,
-                },
-                Some(UpstreamAuthConfig::Assertion { header, audience }) => {
+            let default_auth = UpstreamAuthConfig::default();
+            let ua = r.upstream_auth.as_ref().unwrap_or(&default_auth);
+            let set = usize::from(ua.assertion.is_some())
+                + usize::from(ua.static_credential.is_some())
+                + usize::from(ua.none);
+            if set > 1 {
+                errs.at(
+                    "upstream_auth",
+                    "",
+                    index,
+                    format!(
+                        "route {:?}: upstream_auth takes one of assertion, static, none",
+                        r.name
+                    ),
+                );
+            }
+            let upstream = match (&ua.assertion, &ua.static_credential, ua.none) {
+                (_, Some(s), _) => {
+                    if !crate::http1::is_token(s.header.as_bytes())
+                        || s.value.contains(['\r', '\n'])
+                    {
+                        errs.at(
+                            "upstream_auth",
+                            "",
+                            index,
+                            format!("route {:?}: invalid static header", r.name),
+                        );
+                    }
+                    UpstreamCredential::Static(
+                        format!("{}: {}\r\n", s.header, s.value).into_bytes(),
+                    )
+                }
+                (_, _, true) => UpstreamCredential::None,
+                (assertion, None, false) => {
+                    let assertion = assertion.as_ref();
+                    let header = assertion.map_or("X-Portcullis-Identity", |a| a.header.as_str());
+                    if !crate::http1::is_token(header.as_bytes()) {
+                        errs.at(
+                            "upstream_auth",
+                            "",
+                            index,
+                            format!("route {:?}: invalid assertion header name", r.name),
+                        );
+                    }
                     UpstreamCredential::Assertion {
                         bearer: header.eq_ignore_ascii_case("authorization"),
-                        header: header.clone(),
-                        audience: audience.clone().unwrap_or_else(|| r.to.to_string()),
+                        header: header.to_string(),
+                        audience: assertion
+                            .and_then(|a| a.audience.clone())
+                            .unwrap_or_else(|| r.to.to_string()),
                     }
                 }
-                Some(UpstreamAuthConfig::Static { header, value }) => {
-                    UpstreamCredential::Static(format!("{header}: {value}\r\n").into_bytes())
-                }
-                Some(UpstreamAuthConfig::None) => UpstreamCredential::None,
             };
             route.auth = Some(RouteAuth {
                 issuers,
@@ -322,7 +357,10 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
             }
             match crate::policy::Policy::compile(rules, &config.policies, &r.name) {
                 Ok(p) if p.is_empty() => {}
-                Ok(p) => route.policy = Some(p),
+                Ok(p) => {
+                    route.policy_reads_headers = p.uses_headers();
+                    route.policy = Some(p);
+                }
                 Err(list) => {
                     for message in list {
                         errs.at("policy", "", nth, format!("route {:?}: {message}", r.name));

@@ -20,6 +20,11 @@ pub(crate) fn is_tchar(b: u8) -> bool {
         b'^' | b'_' | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
 }
 
+/// Whether `s` is an RFC 9110 `token` (a valid field name).
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
 /// Trim optional whitespace (SP / HTAB only; nothing else counts as OWS).
 #[inline]
 pub(crate) fn trim_ows(v: &[u8]) -> &[u8] {

@@ -35,6 +35,17 @@ pub(crate) enum Cond {
     RateLimit(RateLimit),
 }
 
+impl Cond {
+    pub(crate) fn uses_headers(&self) -> bool {
+        match self {
+            Cond::And(c) | Cond::Or(c) => c.iter().any(Cond::uses_headers),
+            Cond::Not(c) => c.uses_headers(),
+            Cond::Header(_) => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum ClaimOp {
     Equals(Scalar),

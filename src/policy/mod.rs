@@ -170,6 +170,12 @@ impl Policy {
         self.rules.is_empty()
     }
 
+    /// Whether any rule reads request headers (`header` criteria): only then
+    /// must the pipeline keep the request's header fields for it.
+    pub fn uses_headers(&self) -> bool {
+        self.rules.iter().any(|r| r.cond.uses_headers())
+    }
+
     /// The verdict for one message. Counts rate limits; never allocates.
     pub fn evaluate(&self, facts: &Facts) -> Verdict<'_> {
         if self.rules.is_empty() {

@@ -180,7 +180,11 @@ fn with_visible<R>(
     f: impl FnOnce(&mut dyn FnMut(&str) -> bool) -> R,
 ) -> R {
     let mut space = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
-    let headers = crate::pipeline::reparse_headers(&conn.head_copy, &mut space);
+    let headers = if route.policy_reads_headers {
+        crate::pipeline::reparse_headers(&conn.head_copy, &mut space)
+    } else {
+        &[]
+    };
     let base = Facts {
         principal: req.principal.as_deref(),
         method: "",

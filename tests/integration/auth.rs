@@ -250,3 +250,37 @@ fn the_demo_shows_zero_trust() {
     demo.running.join();
     let _ = std::fs::remove_dir_all(demo.config_path.parent().unwrap());
 }
+
+/// `upstream_auth`: a static credential or an assertion in `Authorization`
+/// replaces the client's token; a malformed choice is a config error.
+#[test]
+fn upstream_credentials_replace_the_token() {
+    let up = Upstream::start(ok_json);
+    let good = token(claims("alice", "mcp"));
+    for (extra, want) in [
+        (
+            "    upstream_auth: { static: { header: X-Api-Key, value: s3cret } }\n",
+            "X-Api-Key: s3cret\r\n",
+        ),
+        (
+            "    upstream_auth: { assertion: { header: Authorization } }\n",
+            "Authorization: Bearer ey",
+        ),
+    ] {
+        let proxy = Proxy::from_config(up.addr, &config(extra));
+        let (resp, _) = exchange(proxy.addr, post(Some(&good), PING).as_bytes(), SHORT);
+        assert_eq!(statuses(&resp), [200], "{resp}");
+        let r = up.requests().pop().unwrap();
+        assert!(r.contains(want), "{want:?} missing: {r}");
+        assert!(!r.contains(&good), "the client's token passed: {r}");
+    }
+    let text = config("    upstream_auth: { none: true, static: { header: X, value: y } }\n")
+        .replace("{upstream}", "127.0.0.1:9");
+    let errs = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml"))
+        .err()
+        .expect("two credentials must be refused");
+    assert!(
+        errs.to_string().contains("one of assertion, static, none"),
+        "{errs}"
+    );
+}

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 const SHORT: Duration = Duration::from_millis(400);
 
+// Fixed windows restart at multiples of `per`: a day-long window keeps the
+// rate-limit test clear of a boundary.
 const POLICY: &str = r#"    policy:
       - name: engineers
         allow:
@@ -20,8 +22,10 @@ const POLICY: &str = r#"    policy:
         message: deleting is not allowed
       - name: secret-repos
         deny: { argument: { pointer: /repo, matches: "^secret-" } }
+      - name: blocked-tenant
+        deny: { header: { name: X-Tenant, equals: blocked } }
       - name: slow-down
-        deny: { rate_limit: { requests: 5, per: 1m, key: principal_and_tool } }
+        deny: { rate_limit: { requests: 5, per: 24h, key: principal_and_tool } }
 "#;
 
 const TOOLS: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search"},{"name":"delete_repo"},{"name":"get_file"}]}}"#;
@@ -109,6 +113,20 @@ fn calls_are_allowed_and_denied_by_rule() {
     assert!(forwarded
         .iter()
         .all(|r| !r.contains("delete_repo") && !r.contains("secret-")));
+
+    // A header criterion reads the request's own headers.
+    let raw = post(Some(&alice), &call(8, "search", "{}")).replace(
+        "Host: proxy.test\r\n",
+        "Host: proxy.test\r\nX-Tenant: blocked\r\n",
+    );
+    let (resp, _) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+    assert!(
+        body(&resp)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked-tenant"),
+        "{resp}"
+    );
 
     // Someone outside engineering: no rule allows it.
     let mut bob = claims("bob", "mcp");

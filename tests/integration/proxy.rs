@@ -540,6 +540,13 @@ fn origin_and_mirrored_headers_are_checked() {
         SHORT,
     );
     assert_eq!(statuses(&resp), [200], "{resp}");
+    // The route's own origin is always allowed.
+    let (resp, _) = exchange(
+        proxy.addr,
+        post("Origin: http://proxy.test\r\n").as_bytes(),
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [200], "{resp}");
 
     let modern = "MCP-Protocol-Version: 2026-07-28\r\n";
     for (headers, status) in [
