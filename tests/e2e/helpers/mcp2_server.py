@@ -1,7 +1,7 @@
 """A real `mcp` 2.x MCPServer over Streamable HTTP (uvicorn), for the e2e tests.
 
 Usage: mcp2_server.py --port P [--json] [--stateless] [--path /mcp]
-                      [--tls-cert F --tls-key F]
+                      [--tls-cert F --tls-key F] [--delete-tool]
        mcp2_server.py --port P --sse    (the legacy HTTP+SSE transport:
                                          GET /sse, POST /messages/)
 Prints nothing special; the tests wait for the port to accept connections.
@@ -20,8 +20,15 @@ class Name(BaseModel):
     name: str
 
 
-def build() -> MCPServer:
+def build(delete_tool: bool = False) -> MCPServer:
     mcp = MCPServer("e2e-mcp2", version="1.0.0")
+
+    if delete_tool:
+
+        @mcp.tool()
+        def delete_note(name: str) -> str:
+            """Delete a note (a tool for policy tests to hide and deny)."""
+            return f"deleted {name}"
 
     @mcp.tool()
     def echo(text: str) -> str:
@@ -84,11 +91,12 @@ def main() -> None:
     ap.add_argument("--sse", action="store_true", help="legacy HTTP+SSE transport")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
+    ap.add_argument("--delete-tool", action="store_true", help="also offer a `delete_note` tool")
     args = ap.parse_args()
     if args.sse:
-        app = build().sse_app(host="127.0.0.1")
+        app = build(args.delete_tool).sse_app(host="127.0.0.1")
     else:
-        app = build().streamable_http_app(
+        app = build(args.delete_tool).streamable_http_app(
             streamable_http_path=args.path,
             json_response=args.json,
             stateless_http=args.stateless,
