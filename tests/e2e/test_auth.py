@@ -490,8 +490,8 @@ def answer_mcp(conn, req: RawRequest) -> bool:
     [
         pytest.param("", "x-portcullis-identity", id="default-assertion"),
         # serde_yaml enums: the variant is a YAML tag (`{assertion: ...}` is refused).
-        pytest.param("upstream_auth: !assertion {header: Authorization}", "authorization", id="assertion-in-authorization"),
-        pytest.param('upstream_auth: !static {header: X-Api-Key, value: "k-123"}', "x-api-key", id="static"),
+        pytest.param("upstream_auth: {assertion: {header: Authorization}}", "authorization", id="assertion-in-authorization"),
+        pytest.param('upstream_auth: {static: {header: X-Api-Key, value: "k-123"}}', "x-api-key", id="static"),
     ],
 )
 def test_token_never_forwarded_exact_bytes(portcullis, idp, upstream_auth, header):
