@@ -142,7 +142,7 @@ impl Asserted {
 /// (the id of the request it was first signed for). Keyed by a hash of those fields, checked
 /// in full on a hit; cleared whole when full.
 pub struct AssertionCache {
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
     map: HashMap<u64, (Asserted, Rc<str>, i64)>,
     max: usize,
 }

@@ -1,6 +1,6 @@
 //! Per-core cache of verified tokens (and of recent rejections), one per worker thread.
 //!
-//! Direct-mapped: a slot is chosen by a keyed SipHash (std `RandomState`, random key per
+//! Direct-mapped: a slot is chosen by a seeded hash (foldhash, random seed per
 //! cache) of the token's length and its last 64 bytes (inside the signature, so distinct
 //! for distinct valid tokens); a hit also needs the full token and the audience key to
 //! match, so a colliding token can only evict, never borrow, another's principal. A new
@@ -33,7 +33,7 @@ struct Rejected {
 }
 
 pub struct TokenCache {
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
     slots: Vec<Option<Entry>>,
     rejected: Vec<Option<Rejected>>,
 }
