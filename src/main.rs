@@ -73,13 +73,25 @@ fn main() -> ExitCode {
                     );
                 }
                 for r in snap.routes.all() {
-                    println!(
-                        "route {}: {} -> {}{}",
-                        r.name,
-                        r.public,
-                        r.upstream,
-                        if r.mcp { " (mcp)" } else { "" }
-                    );
+                    let mut notes = Vec::new();
+                    if r.mcp {
+                        notes.push("mcp".to_string());
+                    }
+                    if let Some(a) = &r.auth {
+                        notes.push(format!("auth: {}", a.issuer_urls.join(", ")));
+                        if !a.scopes.is_empty() {
+                            notes.push(format!("scopes: {}", a.scopes.join(" ")));
+                        }
+                    }
+                    if r.policy.is_some() {
+                        notes.push("policy".into());
+                    }
+                    let notes = if notes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", notes.join("; "))
+                    };
+                    println!("route {}: {} -> {}{notes}", r.name, r.public, r.upstream);
                 }
                 ExitCode::SUCCESS
             }
