@@ -512,7 +512,7 @@ pub fn check_mcp_body(
     let mut scratch = worker.mcp_scratch.borrow_mut();
     let mut refused: Option<(HttpError, Option<String>, Option<u64>)> = None;
     let mut ids = Vec::new();
-    let mut list = None;
+    let mut lists = Vec::new();
     crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
         if m.kind == Some(Kind::Request) {
             if let Some(id) = m.id {
@@ -544,11 +544,8 @@ pub fn check_mcp_body(
         };
         match p.evaluate(&facts) {
             Verdict::Allow { .. } => {
-                if let (false, Some(kind), Some(id)) = (batch, ListKind::of_method(method), m.id) {
-                    list = Some(ListFilter {
-                        kind,
-                        id: id.into(),
-                    });
+                if let (Some(kind), Some(id)) = (ListKind::of_method(method), m.id) {
+                    lists.push((kind, RpcId::from(id)));
                 }
             }
             Verdict::Deny {
@@ -576,7 +573,7 @@ pub fn check_mcp_body(
         })
     })?;
     let Some((err, message, retry_after)) = refused else {
-        judged.list = list;
+        judged.list = (!lists.is_empty()).then(|| ListFilter { wanted: lists });
         return Ok(());
     };
     let mut headers = Vec::new();

@@ -50,46 +50,85 @@ impl ListKind {
     }
 }
 
-/// A list request whose answer must be filtered.
+/// The list requests of one body whose answers must be filtered (one, or
+/// several in a batch).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListFilter {
-    pub kind: ListKind,
-    pub id: RpcId,
+    pub wanted: Vec<(ListKind, RpcId)>,
 }
+
+impl ListFilter {
+    pub fn one(kind: ListKind, id: RpcId) -> ListFilter {
+        ListFilter {
+            wanted: vec![(kind, id)],
+        }
+    }
+
+    fn kind_of(&self, id: &Value) -> Option<(ListKind, &RpcId)> {
+        self.wanted
+            .iter()
+            .find(|(_, want)| id_matches(id, want))
+            .map(|(k, id)| (*k, id))
+    }
+}
+
+/// Whether the caller may see the item of this kind with this name.
+pub type Visible<'a> = dyn FnMut(ListKind, &str) -> bool + 'a;
 
 /// Largest list response (JSON body or one SSE event) filtered.
 pub const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
 
-/// Filter one JSON-RPC message (`body`): when it is the answer to `filter`'s
-/// request, drop the items `visible` refuses. `None`: not that answer (pass
-/// it unchanged). An answer whose items cannot be read becomes an error.
+/// Filter a JSON-RPC message or batch of messages (`body`): the answers to
+/// `filter`'s requests lose the items `visible` refuses. `None`: no answer
+/// to them is in it (pass it unchanged); else the new body and how many
+/// answers it held. An answer whose items cannot be read becomes an error.
 pub fn filter_message(
     filter: &ListFilter,
     body: &[u8],
-    visible: &mut dyn FnMut(&str) -> bool,
-) -> Option<Vec<u8>> {
+    visible: &mut Visible<'_>,
+) -> Option<(Vec<u8>, usize)> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
-    if !id_matches(obj.get("id")?, &filter.id) {
+    let mut answered = 0;
+    match &mut v {
+        Value::Array(items) => {
+            for item in items {
+                answered += usize::from(filter_one(filter, item, visible));
+            }
+        }
+        item => answered += usize::from(filter_one(filter, item, visible)),
+    }
+    if answered == 0 {
         return None;
     }
+    Some((serde_json::to_vec(&v).ok()?, answered))
+}
+
+/// Filter `msg` in place when it answers one of `filter`'s requests.
+fn filter_one(filter: &ListFilter, msg: &mut Value, visible: &mut Visible<'_>) -> bool {
+    let Some(obj) = msg.as_object_mut() else {
+        return false;
+    };
+    let Some((kind, id)) = obj.get("id").and_then(|id| filter.kind_of(id)) else {
+        return false;
+    };
     if obj.contains_key("error") {
-        return None;
+        return true;
     }
-    let (list_key, name_key) = filter.kind.keys();
+    let (list_key, name_key) = kind.keys();
     let Some(items) = obj
         .get_mut("result")
         .and_then(|r| r.get_mut(list_key))
         .and_then(Value::as_array_mut)
     else {
-        return Some(unreadable(&filter.id));
+        *msg = unreadable(id);
+        return true;
     };
     items.retain(|item| {
         item.get(name_key)
             .and_then(Value::as_str)
-            .is_some_and(&mut *visible)
+            .is_some_and(|name| visible(kind, name))
     });
-    serde_json::to_vec(&v).ok()
+    true
 }
 
 fn id_matches(id: &Value, want: &RpcId) -> bool {
@@ -99,13 +138,13 @@ fn id_matches(id: &Value, want: &RpcId) -> bool {
     }
 }
 
-fn unreadable(id: &RpcId) -> Vec<u8> {
-    let mut out = b"{\"jsonrpc\":\"2.0\",\"id\":".to_vec();
-    id.write_json(&mut out);
-    out.extend_from_slice(
-        b",\"error\":{\"code\":-32603,\"message\":\"portcullis could not read the list result to filter it\"}}",
-    );
-    out
+fn unreadable(id: &RpcId) -> Value {
+    let id = match id {
+        RpcId::Int(n) => Value::from(*n),
+        RpcId::Str(s) => Value::from(&**s),
+    };
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603,
+        "message": "portcullis could not read the list result to filter it"}})
 }
 
 /// Filters an SSE stream: events are held until complete (bounded by
@@ -114,6 +153,8 @@ fn unreadable(id: &RpcId) -> Vec<u8> {
 #[derive(Default)]
 pub struct SseListFilter {
     pending: Vec<u8>,
+    /// Answers seen so far; done when every wanted one was filtered.
+    answered: usize,
     done: bool,
 }
 
@@ -126,7 +167,7 @@ impl SseListFilter {
         filter: &ListFilter,
         data: &[u8],
         out: &mut Vec<u8>,
-        visible: &mut dyn FnMut(&str) -> bool,
+        visible: &mut Visible<'_>,
     ) -> Result<(), ()> {
         if self.done {
             out.extend_from_slice(data);
@@ -137,17 +178,20 @@ impl SseListFilter {
         while let Some(len) = event_end(&self.pending[start..]) {
             let event = &self.pending[start..start + len];
             match filter_event(filter, event, visible) {
-                Some(new) => {
+                Some((new, answered)) => {
                     out.extend_from_slice(&new);
-                    // The one answer is filtered: the rest passes as it comes.
-                    self.done = true;
-                    out.extend_from_slice(&self.pending[start + len..]);
-                    self.pending.clear();
-                    return Ok(());
+                    self.answered += answered;
                 }
                 None => out.extend_from_slice(event),
             }
             start += len;
+            if self.answered >= filter.wanted.len() {
+                // Every answer is filtered: the rest passes as it comes.
+                self.done = true;
+                out.extend_from_slice(&self.pending[start..]);
+                self.pending.clear();
+                return Ok(());
+            }
         }
         self.pending.drain(..start);
         if self.pending.len() > MAX_LIST_BYTES {
@@ -161,8 +205,8 @@ impl SseListFilter {
 fn filter_event(
     filter: &ListFilter,
     event: &[u8],
-    visible: &mut dyn FnMut(&str) -> bool,
-) -> Option<Vec<u8>> {
+    visible: &mut Visible<'_>,
+) -> Option<(Vec<u8>, usize)> {
     let text = std::str::from_utf8(event).ok()?;
     let mut data = String::new();
     let mut kept = String::new();
@@ -184,31 +228,28 @@ fn filter_event(
             }
         }
     }
-    let new = filter_message(filter, data.as_bytes(), visible)?;
+    let (new, answered) = filter_message(filter, data.as_bytes(), visible)?;
     // serde_json output has no raw newlines: one data line.
     let mut out = kept.into_bytes();
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(&new);
     out.extend_from_slice(b"\n\n");
-    Some(out)
+    Some((out, answered))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn only_safe(name: &str) -> bool {
+    fn only_safe(_: ListKind, name: &str) -> bool {
         !name.starts_with("delete_")
     }
 
     #[test]
     fn json_lists_keep_only_visible_items() {
-        let filter = ListFilter {
-            kind: ListKind::Tools,
-            id: RpcId::Int(3),
-        };
+        let filter = ListFilter::one(ListKind::Tools, RpcId::Int(3));
         let body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"search"},{"name":"delete_repo"},{"name":"x","description":"d"}],"nextCursor":"c"}}"#;
-        let out = filter_message(&filter, body, &mut only_safe).unwrap();
+        let out = filter_message(&filter, body, &mut only_safe).unwrap().0;
         let v: Value = serde_json::from_slice(&out).unwrap();
         let names: Vec<&str> = v["result"]["tools"]
             .as_array()
@@ -232,26 +273,40 @@ mod tests {
             &mut only_safe,
         )
         .unwrap();
-        assert!(String::from_utf8(out).unwrap().contains("-32603"));
-        let templates = ListFilter {
-            kind: ListKind::ResourceTemplates,
-            id: RpcId::Str("a".into()),
-        };
+        assert!(String::from_utf8(out.0).unwrap().contains("-32603"));
+        let templates = ListFilter::one(ListKind::ResourceTemplates, RpcId::Str("a".into()));
         let out = filter_message(
             &templates,
             br#"{"jsonrpc":"2.0","id":"a","result":{"resourceTemplates":[{"uriTemplate":"file:///{p}"},{"uriTemplate":"delete_x"}]}}"#,
             &mut only_safe,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert!(!String::from_utf8(out).unwrap().contains("delete_x"));
+        // A batch answer: every list answer in it is filtered, the rest kept.
+        let batch = ListFilter {
+            wanted: vec![
+                (ListKind::Tools, RpcId::Int(1)),
+                (ListKind::Prompts, RpcId::Int(2)),
+            ],
+        };
+        let (out, answered) = filter_message(
+            &batch,
+            br#"[{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"delete_a"},{"name":"b"}]}},{"jsonrpc":"2.0","id":9,"result":{"tools":[{"name":"delete_c"}]}},{"jsonrpc":"2.0","id":2,"result":{"prompts":[{"name":"delete_p"}]}}]"#,
+            &mut only_safe,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(answered, 2);
+        assert!(
+            !text.contains("delete_a") && !text.contains("delete_p") && text.contains("delete_c"),
+            "{text}"
+        );
     }
 
     #[test]
     fn sse_streams_are_filtered_event_by_event_however_split() {
-        let filter = ListFilter {
-            kind: ListKind::Tools,
-            id: RpcId::Int(1),
-        };
+        let filter = ListFilter::one(ListKind::Tools, RpcId::Int(1));
         let stream = b": priming\n\nid: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nid: 8\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"delete_all\"},{\"name\":\"search\"}]}}\r\n\r\nid: 9\ndata: tail\n\n";
         let mut whole = Vec::new();
         SseListFilter::default()

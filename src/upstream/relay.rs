@@ -10,7 +10,9 @@ use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::encode::push_u64;
 use crate::http1::response::{parse_response, BodyKind, ResponseHead};
 use crate::http1::Method;
-use crate::mcp::listfilter::{filter_message, ListFilter, SseListFilter, MAX_LIST_BYTES};
+use crate::mcp::listfilter::{
+    filter_message, ListFilter, ListKind, SseListFilter, Visible, MAX_LIST_BYTES,
+};
 use crate::mcp::sse::EndpointRewriter;
 use crate::pipeline::{Conn, Next};
 use crate::policy::Facts;
@@ -176,8 +178,7 @@ fn with_visible<R>(
     route: &Route,
     req: &Request,
     conn: &Conn,
-    kind: crate::policy::ItemKind,
-    f: impl FnOnce(&mut dyn FnMut(&str) -> bool) -> R,
+    f: impl FnOnce(&mut Visible<'_>) -> R,
 ) -> R {
     let mut space = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
     let headers = if route.policy_reads_headers {
@@ -196,7 +197,11 @@ fn with_visible<R>(
         headers,
     };
     let policy = route.policy.as_ref();
-    f(&mut |name| policy.is_none_or(|p| p.visible(&base, kind, name)))
+    f(
+        &mut |kind: ListKind, name: &str| {
+            policy.is_none_or(|p| p.visible(&base, kind.item(), name))
+        },
+    )
 }
 
 /// A whole JSON list answer, filtered (`None`: pass it as it is).
@@ -207,8 +212,8 @@ fn filter_body(
     filter: &ListFilter,
     body: &[u8],
 ) -> Option<Vec<u8>> {
-    with_visible(route, req, conn, filter.kind.item(), |visible| {
-        filter_message(filter, body, visible)
+    with_visible(route, req, conn, |visible| {
+        filter_message(filter, body, visible).map(|(body, _)| body)
     })
 }
 
@@ -222,7 +227,7 @@ fn filter_events(
     data: &[u8],
 ) -> Result<Vec<u8>, ()> {
     let mut out = Vec::with_capacity(data.len());
-    with_visible(route, req, conn, filter.kind.item(), |visible| {
+    with_visible(route, req, conn, |visible| {
         state.feed(filter, data, &mut out, visible)
     })?;
     Ok(out)

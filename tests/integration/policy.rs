@@ -34,6 +34,14 @@ const TOOLS: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"searc
 /// request asks for `text/event-stream` only), anything else with `{}`.
 fn respond(request: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(request);
+    if text.contains("\r\n\r\n[") {
+        let body = format!(r#"[{{"jsonrpc":"2.0","id":1,"result":{{}}}},{TOOLS}]"#);
+        return format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+    }
     if !text.contains("tools/list") {
         let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
         return format!(
@@ -231,4 +239,18 @@ fn list_results_show_only_usable_items() {
         !resp.contains("delete_repo"),
         "a denied tool was listed: {resp}"
     );
+
+    // A list request inside a batch is filtered too.
+    let batch = format!(r#"[{{"jsonrpc":"2.0","id":1,"method":"ping"}},{list}]"#);
+    let (resp, _) = exchange(proxy.addr, post(Some(&alice), &batch).as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    let v = body(&resp);
+    assert_eq!(v[0]["id"], 1);
+    let names: Vec<&str> = v[1]["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["search", "get_file"], "{resp}");
 }
