@@ -573,7 +573,7 @@ pub fn check_mcp_body(
         })
     })?;
     let Some((err, message, retry_after)) = refused else {
-        judged.list = (!lists.is_empty()).then(|| ListFilter { wanted: lists });
+        judged.list = (!lists.is_empty()).then_some(ListFilter { wanted: lists });
         return Ok(());
     };
     let mut headers = Vec::new();
