@@ -43,9 +43,16 @@ fn mismatch(message: &'static str) -> HttpError {
 
 /// Check the head of a request on an MCP route.
 pub fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, HttpError> {
-    let [origin, version, method, name] = find_once(
+    // `Mcp-Session-Id` too must be unambiguous (it is bound to a principal).
+    let [origin, version, method, name, _session] = find_once(
         head,
-        ["origin", "mcp-protocol-version", "mcp-method", "mcp-name"],
+        [
+            "origin",
+            "mcp-protocol-version",
+            "mcp-method",
+            "mcp-name",
+            "mcp-session-id",
+        ],
     )?;
     if let Some(origin) = origin {
         let same = route.public_origin.as_bytes().eq_ignore_ascii_case(origin);

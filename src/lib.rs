@@ -17,6 +17,7 @@ pub mod principal;
 pub mod reload;
 pub mod route;
 pub mod runtime;
+pub mod session;
 pub mod snapshot;
 pub mod stream;
 pub mod sys;

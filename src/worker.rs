@@ -17,6 +17,8 @@ pub struct Shared {
     /// Configuration reloads swapped in, and rejected.
     pub reloads: AtomicUsize,
     pub reload_failures: AtomicUsize,
+    /// Which principal opened each legacy MCP session.
+    pub sessions: crate::session::Sessions,
 }
 
 impl Shared {

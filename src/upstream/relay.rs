@@ -49,7 +49,7 @@ pub async fn response(
     mut upstream: UpstreamStream,
     conn: &mut Conn,
 ) -> Result<Next, Option<HttpError>> {
-    let head = read_head(snap, req, &mut upstream, conn).await?;
+    let head = read_head(worker, snap, req, &mut upstream, conn).await?;
     // A list answer to filter: a JSON body is filtered whole, an event
     // stream event by event (its length changes, so it is re-framed).
     let list = conn.judged.list.take().filter(|_| route.policy.is_some());
@@ -364,7 +364,11 @@ enum Parsed {
 
 /// Parse the buffered upstream head (`None` when incomplete). A plain
 /// function, so the header array lives on the stack for this call only.
-fn parse_head(req: &Request, conn: &mut Conn) -> Result<Option<Parsed>, Option<HttpError>> {
+fn parse_head(
+    worker: &Worker,
+    req: &Request,
+    conn: &mut Conn,
+) -> Result<Option<Parsed>, Option<HttpError>> {
     let mut headers = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
     let head = parse_response(
         &conn.ubuf,
@@ -381,6 +385,16 @@ fn parse_head(req: &Request, conn: &mut Conn) -> Result<Option<Parsed>, Option<H
         return Ok(Some(Parsed::Interim(r.head_len)));
     }
     write_client_head(&r, req.id.as_bytes(), &mut conn.out)?;
+    if let (Some(p), true) = (&req.principal, (200..300).contains(&r.status)) {
+        // A session minted for an authenticated caller is theirs alone.
+        if let Some(h) = r
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("mcp-session-id"))
+        {
+            worker.shared.sessions.bind(req.route, h.value, p);
+        }
+    }
     let head = Head {
         body: r.body,
         upstream_keep_alive: r.keep_alive,
@@ -407,6 +421,7 @@ async fn client_gone(client: &ClientStream) {
 /// Read and check the response head (skipping interim 1xx responses) and
 /// write the client's head, without framing and final CRLF, into `conn.out`.
 async fn read_head(
+    worker: &Worker,
     snap: &Snapshot,
     req: &Request,
     upstream: &mut UpstreamStream,
@@ -415,7 +430,7 @@ async fn read_head(
     // Taken only when the head needs another read.
     let mut deadline = None;
     loop {
-        let parsed = parse_head(req, conn)?;
+        let parsed = parse_head(worker, req, conn)?;
         match parsed {
             Some(Parsed::Final(head, len)) => {
                 conn.ubuf.drain(..len);

@@ -8,6 +8,7 @@ use crate::http1::encode::Detail;
 use crate::http1::{trim_ows, Framing, Method, RequestHead};
 use crate::principal::Principal;
 use crate::route::{RouteAuth, UpstreamCredential};
+use crate::session::Binding;
 use crate::snapshot::Snapshot;
 use crate::worker::{RequestId, Worker};
 use std::io::Write;
@@ -192,6 +193,14 @@ pub fn prepare(
             })?,
         ),
     };
+    if let (Some(p), Some(session)) = (&principal, head.header("mcp-session-id")) {
+        if worker.shared.sessions.check(route.index, session, p) == Binding::Other {
+            return Err(reject(
+                HttpError::Forbidden("this session belongs to another caller"),
+                true,
+            ));
+        }
+    }
     // The client's credentials and any header portcullis injects itself
     // never pass on an authenticated route (no token passthrough).
     let injected = route.auth.as_ref().and_then(|a| match &a.upstream {

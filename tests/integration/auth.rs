@@ -284,3 +284,34 @@ fn upstream_credentials_replace_the_token() {
         "{errs}"
     );
 }
+
+fn with_session(_: &[u8]) -> Vec<u8> {
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: sess-1\r\nContent-Length: 2\r\n\r\n{}".to_vec()
+}
+
+/// A legacy session belongs to the principal it was minted for: another
+/// caller presenting its id is refused, whatever token they hold.
+#[test]
+fn sessions_are_bound_to_their_principal() {
+    let up = Upstream::start(with_session);
+    let proxy = Proxy::from_config(up.addr, &config(""));
+    let (alice, bob) = (token(claims("alice", "mcp")), token(claims("bob", "mcp")));
+    let (resp, _) = exchange(proxy.addr, post(Some(&alice), PING).as_bytes(), SHORT);
+    assert!(resp.contains("Mcp-Session-Id: sess-1"), "{resp}");
+    let in_session = |t: &str| {
+        post(Some(t), PING).replace(
+            "Host: proxy.test\r\n",
+            "Host: proxy.test\r\nMcp-Session-Id: sess-1\r\n",
+        )
+    };
+    let (resp, _) = exchange(proxy.addr, in_session(&bob).as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [403], "{resp}");
+    assert!(resp.contains("another caller"), "{resp}");
+    let (resp, _) = exchange(proxy.addr, in_session(&alice).as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [200], "{resp}");
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "bob's request never reached the upstream"
+    );
+}
