@@ -14,7 +14,7 @@ use crate::gate;
 use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::encode::{error_response, Detail};
 use crate::http1::{parse_request, Framing};
-use crate::mcp::jsonrpc::{Kind, RpcId};
+use crate::mcp::jsonrpc::{Kind, Message, RpcId};
 use crate::mcp::listfilter::{ListFilter, ListKind};
 use crate::policy::{Facts, Verdict};
 use crate::route::Route;
@@ -542,7 +542,11 @@ pub fn check_mcp_body(
             arguments: m.arguments,
             ..base
         };
-        match p.evaluate(&facts) {
+        let verdict = match p.evaluate(&facts) {
+            Verdict::Allow { .. } => implied(p, &facts, m),
+            deny => deny,
+        };
+        match verdict {
             Verdict::Allow { .. } => {
                 if let (Some(kind), Some(id)) = (ListKind::of_method(method), m.id) {
                     lists.push((kind, RpcId::from(id)));
@@ -589,6 +593,39 @@ pub fn check_mcp_body(
         headers,
     }));
     Err(Some(err))
+}
+
+/// What a message reaches besides its own key, judged as if it were asked
+/// for directly: the prompt or resource a `completion/complete` completes
+/// (`prompts/get` / `resources/read`), and each resource a
+/// `subscriptions/listen` subscribes to (`resources/subscribe`).
+fn implied<'p>(p: &'p crate::policy::Policy, facts: &Facts<'_>, m: &Message<'_>) -> Verdict<'p> {
+    let as_call = |method, name, uri| Facts {
+        method,
+        name,
+        uri,
+        arguments: None,
+        ..*facts
+    };
+    if let Some(name) = m.ref_name {
+        let v = p.evaluate(&as_call("prompts/get", Some(name), None));
+        if !matches!(v, Verdict::Allow { .. }) {
+            return v;
+        }
+    }
+    if let Some(uri) = m.ref_uri {
+        let v = p.evaluate(&as_call("resources/read", None, Some(uri)));
+        if !matches!(v, Verdict::Allow { .. }) {
+            return v;
+        }
+    }
+    for uri in m.subscription_uris() {
+        let v = p.evaluate(&as_call("resources/subscribe", None, Some(uri)));
+        if !matches!(v, Verdict::Allow { .. }) {
+            return v;
+        }
+    }
+    Verdict::Allow { rule: None }
 }
 
 /// The header fields of a copied request head (for `header` criteria).

@@ -100,6 +100,26 @@ pub struct Message<'a> {
     /// `params.arguments`, as simd-json tape nodes (the value's header node
     /// first; `arguments[0]` is an `Object`, `Array` or scalar).
     pub arguments: Option<&'a [Node<'a>]>,
+    /// `params.ref` of `completion/complete`: the prompt name (`ref/prompt`)
+    /// or resource URI (`ref/resource`) whose arguments are completed.
+    pub ref_name: Option<&'a str>,
+    pub ref_uri: Option<&'a str>,
+    /// `params.notifications.resourceSubscriptions` of `subscriptions/listen`
+    /// (the array's nodes; every element is a string).
+    pub subscriptions: Option<&'a [Node<'a>]>,
+}
+
+impl<'a> Message<'a> {
+    /// The resource URIs a `subscriptions/listen` subscribes to.
+    pub fn subscription_uris(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.subscriptions
+            .into_iter()
+            .flat_map(|nodes| nodes.iter().skip(1))
+            .filter_map(|n| match n {
+                Node::String(s) => Some(*s),
+                _ => None,
+            })
+    }
 }
 
 /// The shape of a decoded body.
@@ -280,12 +300,50 @@ fn message<'t>(nodes: &'t [Node<'t>]) -> Result<Message<'t>, DecodeError> {
     if !matches!(params[0], Node::Object { .. }) {
         return Err(DecodeError::BadMember("params"));
     }
-    let [name, uri, task_id, meta, arguments] =
-        pick(params, ["name", "uri", "taskId", "_meta", "arguments"])?;
+    let [name, uri, task_id, meta, arguments, reference, notifications] = pick(
+        params,
+        [
+            "name",
+            "uri",
+            "taskId",
+            "_meta",
+            "arguments",
+            "ref",
+            "notifications",
+        ],
+    )?;
     msg.name = string(name, "params.name")?;
     msg.uri = string(uri, "params.uri")?;
     msg.task_id = string(task_id, "params.taskId")?;
     msg.arguments = arguments;
+    if let Some(r) = reference {
+        if !matches!(r[0], Node::Object { .. }) {
+            return Err(DecodeError::BadMember("params.ref"));
+        }
+        let [kind, name, uri] = pick(r, ["type", "name", "uri"])?;
+        match string(kind, "params.ref.type")? {
+            Some("ref/prompt") => msg.ref_name = string(name, "params.ref.name")?,
+            Some("ref/resource") => msg.ref_uri = string(uri, "params.ref.uri")?,
+            _ => return Err(DecodeError::BadMember("params.ref.type")),
+        }
+    }
+    if let Some(n) = notifications {
+        if !matches!(n[0], Node::Object { .. }) {
+            return Err(DecodeError::BadMember("params.notifications"));
+        }
+        let [subs] = pick(n, ["resourceSubscriptions"])?;
+        if let Some(subs) = subs {
+            // An array of strings: its header node, then one node per element.
+            match subs[0] {
+                Node::Array { len, count } if len == count => {}
+                _ => return Err(DecodeError::BadMember("resourceSubscriptions")),
+            }
+            if !subs[1..].iter().all(|n| matches!(n, Node::String(_))) {
+                return Err(DecodeError::BadMember("resourceSubscriptions"));
+            }
+            msg.subscriptions = Some(subs);
+        }
+    }
     if let Some(meta) = meta {
         if !matches!(meta[0], Node::Object { .. }) {
             return Err(DecodeError::BadMember("params._meta"));
@@ -331,6 +389,13 @@ mod tests {
                     .protocol_version
                     .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
                 arguments: m.arguments.map(|_| &[][..]),
+                ref_name: m
+                    .ref_name
+                    .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+                ref_uri: m
+                    .ref_uri
+                    .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+                subscriptions: None,
             })
         })
         .unwrap();
@@ -437,6 +502,38 @@ mod tests {
             assert_eq!(name, "a\nb");
         }
         assert_eq!(body, copy);
+    }
+
+    #[test]
+    fn completion_refs_and_subscriptions_are_policy_keys() {
+        let m = one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"review"},"argument":{"name":"a","value":"b"}}}"#,
+        );
+        assert_eq!((m.ref_name, m.ref_uri), (Some("review"), None));
+        let m = one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///{x}"}}}"#,
+        );
+        assert_eq!((m.ref_name, m.ref_uri), (None, Some("file:///{x}")));
+        let mut scratch = Scratch::default();
+        let mut uris = Vec::new();
+        decode(
+            &mut scratch,
+            br#"{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true,"resourceSubscriptions":["file:///a","file:///etc/passwd"]}}}"#,
+            |m| uris.extend(m.subscription_uris().map(str::to_string)),
+        )
+        .unwrap();
+        assert_eq!(uris, ["file:///a", "file:///etc/passwd"]);
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/other","name":"x"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"a","name":"b"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":["a",{"uri":"b"}]}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":"a"}}}"#,
+        ] {
+            assert!(
+                decode(&mut scratch, bad.as_bytes(), |_| {}).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
 

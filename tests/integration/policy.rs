@@ -254,3 +254,38 @@ fn list_results_show_only_usable_items() {
         .collect();
     assert_eq!(names, ["search", "get_file"], "{resp}");
 }
+
+/// What a message reaches besides its own key is judged too: the resource a
+/// completion completes, every resource a subscription listens to.
+#[test]
+fn completions_and_subscriptions_are_judged_by_what_they_reach() {
+    let up = Upstream::start(respond);
+    let policy = r#"    policy:
+      - allow: { mcp_method: { in: [completion/complete, subscriptions/listen] } }
+      - allow: { mcp_resource: { starts_with: "file:///public/" } }
+"#;
+    let proxy = Proxy::from_config(up.addr, &config(policy));
+    let alice = token(claims("alice", "mcp"));
+    let ask = |body: &str| {
+        let (resp, _) = exchange(proxy.addr, post(Some(&alice), body).as_bytes(), SHORT);
+        resp
+    };
+    let complete = |uri: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{{"ref":{{"type":"ref/resource","uri":"{uri}"}},"argument":{{"name":"p","value":"a"}}}}}}"#
+        )
+    };
+    let listen = |uris: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"subscriptions/listen","params":{{"notifications":{{"resourceSubscriptions":[{uris}]}}}}}}"#
+        )
+    };
+    assert!(!ask(&complete("file:///public/{p}")).contains("-32003"));
+    assert!(ask(&complete("file:///etc/{p}")).contains("-32003"));
+    assert!(!ask(&listen(r#""file:///public/a","file:///public/b""#)).contains("-32003"));
+    assert!(ask(&listen(r#""file:///public/a","file:///etc/passwd""#)).contains("-32003"));
+    assert!(
+        up.requests().iter().all(|r| !r.contains("/etc/")),
+        "nothing outside was forwarded"
+    );
+}
