@@ -95,12 +95,14 @@ fn verify_cached(
     token: &str,
     now: i64,
 ) -> Result<Rc<Principal>, &'static str> {
-    let mut cache = worker.token_cache.borrow_mut();
-    if let Some(p) = cache.get(token, &auth.audience, now) {
-        return Ok(p);
-    }
-    if let Some(e) = cache.get_rejected(token, &auth.audience, now) {
-        return Err(e.reason());
+    let mut cache = worker.token_cache_for(snap);
+    if let Some(cache) = cache.as_deref() {
+        if let Some(p) = cache.get(token, &auth.audience, now) {
+            return Ok(p);
+        }
+        if let Some(e) = cache.get_rejected(token, &auth.audience, now) {
+            return Err(e.reason());
+        }
     }
     match snap
         .identity
@@ -108,11 +110,15 @@ fn verify_cached(
     {
         Ok(p) => {
             let p = Rc::new(p);
-            cache.insert(token, &auth.audience, p.clone());
+            if let Some(cache) = cache.as_deref_mut() {
+                cache.insert(token, &auth.audience, p.clone());
+            }
             Ok(p)
         }
         Err(e) => {
-            cache.insert_rejected(token, &auth.audience, now, e);
+            if let Some(cache) = cache.as_deref_mut() {
+                cache.insert_rejected(token, &auth.audience, now, e);
+            }
             Err(e.reason())
         }
     }

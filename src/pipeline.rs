@@ -97,10 +97,12 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         head_copy: Vec::new(),
     };
     loop {
-        let snap = worker.snapshot();
-        if !wait_for_request(&snap, &mut client, &mut conn).await {
+        if !wait_for_request(&worker.snapshot(), &mut client, &mut conn).await {
             break;
         }
+        // Loaded once the request has begun, so a connection idle across a
+        // reload is served by the new snapshot.
+        let snap = worker.snapshot();
         let next = {
             let _busy = InFlight::enter(&worker);
             exchange(&worker, &snap, &mut client, &mut conn).await

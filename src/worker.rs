@@ -90,6 +90,15 @@ impl Worker {
         now
     }
 
+    /// The token cache, if it belongs to `snap`: a request still on an older
+    /// snapshot than the cache's neither reads nor fills it.
+    pub fn token_cache_for(
+        &self,
+        snap: &Snapshot,
+    ) -> Option<std::cell::RefMut<'_, crate::identity::TokenCache>> {
+        (snap.generation == self.cache_generation.get()).then(|| self.token_cache.borrow_mut())
+    }
+
     /// The current snapshot (cheap: a per-core cache of the shared `ArcSwap`).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         let snap = self.snapshot.borrow_mut().load().clone();

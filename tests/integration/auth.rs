@@ -315,3 +315,47 @@ fn sessions_are_bound_to_their_principal() {
         "bob's request never reached the upstream"
     );
 }
+
+/// A reload that stops trusting an issuer takes effect on kept-alive
+/// connections too, and a token verified on an older snapshot never lands
+/// in the cache of the new one. (Found in review.)
+#[test]
+fn a_reload_revokes_trust_on_idle_connections_and_in_the_cache() {
+    use crate::harness::read_all;
+    use std::io::Write;
+    let up = Upstream::start(ok_json);
+    let old = config("").replace("{upstream}", &up.addr.to_string());
+    let new = old.replace("issuer: https://idp.test", "issuer: https://other.test");
+    let snap = portcullis::snapshot::from_text(&old, std::path::Path::new("a.yaml")).unwrap();
+    let running = portcullis::runtime::start(snap).unwrap();
+    let addr = running.addresses[0];
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.write_all(post(Some(&token(claims("alice", "mcp"))), PING).as_bytes())
+        .unwrap();
+    assert_eq!(statuses(&read_all(&mut idle, SHORT).0), [200]);
+
+    let snap = portcullis::snapshot::from_text(&new, std::path::Path::new("b.yaml")).unwrap();
+    running.snapshot.store(std::sync::Arc::new(snap));
+    let (resp, _) = exchange(
+        addr,
+        post(Some(&token(claims("bob", "mcp"))), PING).as_bytes(),
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [401], "{resp}");
+    let carol = token(claims("carol", "mcp"));
+    idle.write_all(post(Some(&carol), PING).as_bytes()).unwrap();
+    let (stale, _) = read_all(&mut idle, SHORT);
+    let (fresh, _) = exchange(addr, post(Some(&carol), PING).as_bytes(), SHORT);
+    running.shutdown();
+    running.join();
+    assert_eq!(
+        statuses(&stale),
+        [401],
+        "judged on the old snapshot: {stale}"
+    );
+    assert_eq!(
+        statuses(&fresh),
+        [401],
+        "served from a poisoned cache: {fresh}"
+    );
+}
