@@ -508,6 +508,11 @@ pub fn check_mcp_body(
                 return Err(Some(HttpError::Forbidden("denied by policy")));
             }
         }
+        if policy.is_some() && req.method == crate::http1::Method::Get {
+            // A GET stream may carry list answers (legacy HTTP+SSE, or a
+            // resumed stream): every one of them is filtered.
+            judged.list = Some(ListFilter { wanted: Vec::new() });
+        }
         return Ok(());
     }
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');

@@ -88,47 +88,80 @@ pub fn filter_message(
     visible: &mut Visible<'_>,
 ) -> Option<(Vec<u8>, usize)> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
-    let mut answered = 0;
-    match &mut v {
-        Value::Array(items) => {
-            for item in items {
-                answered += usize::from(filter_one(filter, item, visible));
-            }
+    let (mut touched, mut answered) = (false, 0);
+    let mut one = |item: &mut Value| {
+        if let Filtered::Yes(own) = filter_one(filter, item, visible) {
+            touched = true;
+            answered += usize::from(own);
         }
-        item => answered += usize::from(filter_one(filter, item, visible)),
+    };
+    match &mut v {
+        Value::Array(items) => items.iter_mut().for_each(&mut one),
+        item => one(item),
     }
-    if answered == 0 {
+    if !touched {
         return None;
     }
     Some((serde_json::to_vec(&v).ok()?, answered))
 }
 
-/// Filter `msg` in place when it answers one of `filter`'s requests.
-fn filter_one(filter: &ListFilter, msg: &mut Value, visible: &mut Visible<'_>) -> bool {
+/// What filtering one message did.
+#[derive(PartialEq)]
+enum Filtered {
+    /// Not a list answer: unchanged.
+    No,
+    /// A list answer filtered (or replaced by an error); `true` when it
+    /// answers one of the filter's own requests (by id).
+    Yes(bool),
+}
+
+/// Filter `msg` in place when it answers one of `filter`'s requests, or, by
+/// its shape, any list request: an answer whose id the server changed (say,
+/// a large integer read as a double) is filtered all the same.
+fn filter_one(filter: &ListFilter, msg: &mut Value, visible: &mut Visible<'_>) -> Filtered {
     let Some(obj) = msg.as_object_mut() else {
-        return false;
+        return Filtered::No;
     };
-    let Some((kind, id)) = obj.get("id").and_then(|id| filter.kind_of(id)) else {
-        return false;
-    };
+    let own = obj.get("id").and_then(|id| filter.kind_of(id));
     if obj.contains_key("error") {
-        return true;
+        return if own.is_some() {
+            Filtered::Yes(true)
+        } else {
+            Filtered::No
+        };
     }
+    let kind = match own {
+        Some((kind, _)) => kind,
+        None => match obj.get("result").and_then(Value::as_object).and_then(|r| {
+            [
+                ListKind::Tools,
+                ListKind::Prompts,
+                ListKind::Resources,
+                ListKind::ResourceTemplates,
+            ]
+            .into_iter()
+            .find(|k| r.contains_key(k.keys().0))
+        }) {
+            Some(kind) => kind,
+            None => return Filtered::No,
+        },
+    };
     let (list_key, name_key) = kind.keys();
     let Some(items) = obj
         .get_mut("result")
         .and_then(|r| r.get_mut(list_key))
         .and_then(Value::as_array_mut)
     else {
+        let id = obj.get("id").cloned().unwrap_or(Value::Null);
         *msg = unreadable(id);
-        return true;
+        return Filtered::Yes(own.is_some());
     };
     items.retain(|item| {
         item.get(name_key)
             .and_then(Value::as_str)
             .is_some_and(|name| visible(kind, name))
     });
-    true
+    Filtered::Yes(own.is_some())
 }
 
 fn id_matches(id: &Value, want: &RpcId) -> bool {
@@ -138,18 +171,15 @@ fn id_matches(id: &Value, want: &RpcId) -> bool {
     }
 }
 
-fn unreadable(id: &RpcId) -> Value {
-    let id = match id {
-        RpcId::Int(n) => Value::from(*n),
-        RpcId::Str(s) => Value::from(&**s),
-    };
+fn unreadable(id: Value) -> Value {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603,
         "message": "portcullis could not read the list result to filter it"}})
 }
 
 /// Filters an SSE stream: events are held until complete (bounded by
-/// `MAX_LIST_BYTES`), the answer to the list request is rewritten, every
-/// other event passes byte-exact.
+/// `MAX_LIST_BYTES`), list answers are rewritten, every other event passes
+/// byte-exact. With wanted requests, the stream passes as it comes once all
+/// of them are answered; without (a GET stream), every event is judged.
 #[derive(Default)]
 pub struct SseListFilter {
     pending: Vec<u8>,
@@ -185,7 +215,7 @@ impl SseListFilter {
                 None => out.extend_from_slice(event),
             }
             start += len;
-            if self.answered >= filter.wanted.len() {
+            if !filter.wanted.is_empty() && self.answered >= filter.wanted.len() {
                 // Every answer is filtered: the rest passes as it comes.
                 self.done = true;
                 out.extend_from_slice(&self.pending[start..]);
@@ -199,6 +229,12 @@ impl SseListFilter {
         }
         Ok(())
     }
+
+    /// At the end of the stream: what is held is an event without its blank
+    /// line, which clients discard unread; it passes as it is.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.pending);
+    }
 }
 
 /// The rewritten event when it carries the answer to the list request.
@@ -208,10 +244,12 @@ fn filter_event(
     visible: &mut Visible<'_>,
 ) -> Option<(Vec<u8>, usize)> {
     let text = std::str::from_utf8(event).ok()?;
+    // Clients strip a byte order mark at the start of a stream.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut data = String::new();
     let mut kept = String::new();
-    for line in text.split_inclusive('\n') {
-        let bare = line.trim_end_matches(['\r', '\n']);
+    // Lines end at CRLF, CR or LF, as SSE clients read them.
+    for bare in text.split(['\r', '\n']) {
         if bare.is_empty() {
             continue;
         }
@@ -259,10 +297,25 @@ mod tests {
             .collect();
         assert_eq!(names, ["search", "x"]);
         assert_eq!(v["result"]["nextCursor"], "c");
-        // Another id, or an error: not this answer.
+        // Another id: filtered by its shape all the same (a server may
+        // have changed the id); a result that is no list, or an error, passes.
+        let (out, answered) = filter_message(
+            &filter,
+            br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[{"name":"delete_x"}]}}"#,
+            &mut only_safe,
+        )
+        .unwrap();
+        assert_eq!(answered, 0);
+        assert!(!String::from_utf8(out).unwrap().contains("delete_x"));
         assert!(filter_message(
             &filter,
-            br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}"#,
+            br#"{"jsonrpc":"2.0","id":4,"result":{"content":[]}}"#,
+            &mut only_safe
+        )
+        .is_none());
+        assert!(filter_message(
+            &filter,
+            br#"{"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"m"}}"#,
             &mut only_safe
         )
         .is_none());
@@ -283,7 +336,8 @@ mod tests {
         .unwrap()
         .0;
         assert!(!String::from_utf8(out).unwrap().contains("delete_x"));
-        // A batch answer: every list answer in it is filtered, the rest kept.
+        // A batch answer: every list answer in it is filtered (id 9 by its
+        // shape), only the wanted ones counted.
         let batch = ListFilter {
             wanted: vec![
                 (ListKind::Tools, RpcId::Int(1)),
@@ -299,7 +353,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(answered, 2);
         assert!(
-            !text.contains("delete_a") && !text.contains("delete_p") && text.contains("delete_c"),
+            !text.contains("delete_a") && !text.contains("delete_p") && !text.contains("delete_c"),
             "{text}"
         );
     }

@@ -35,6 +35,9 @@ struct Head {
     /// How long the upstream said it keeps an idle connection.
     keep_alive_timeout: Option<u64>,
     event_stream: bool,
+    /// A `Content-Encoding` other than identity (a list answer in it cannot
+    /// be filtered: it is refused).
+    encoded: bool,
 }
 
 /// Relay the response. `Err(Some(e))`: nothing was sent to the client yet, the
@@ -53,6 +56,11 @@ pub async fn response(
     // A list answer to filter: a JSON body is filtered whole, an event
     // stream event by event (its length changes, so it is re-framed).
     let list = conn.judged.list.take().filter(|_| route.policy.is_some());
+    if list.is_some() && head.encoded {
+        return Err(Some(HttpError::BadGateway(
+            "a compressed list answer cannot be filtered",
+        )));
+    }
     if list.is_some() && !head.event_stream {
         return filtered_json(worker, snap, route, req, client, upstream, conn, head, list).await;
     }
@@ -112,6 +120,9 @@ pub async fn response(
             if let (Some(f), Some(filter)) = (sse_filter.as_mut(), list.as_ref()) {
                 data = filter_events(route, req, conn, f, filter, &data)
                     .map_err(|_| None::<HttpError>)?;
+                if done {
+                    f.finish(&mut data);
+                }
             }
             if client_chunked {
                 encode_chunk(&mut conn.out, &data);
@@ -400,6 +411,10 @@ fn parse_head(
         upstream_keep_alive: r.keep_alive,
         keep_alive_timeout: r.keep_alive_timeout,
         event_stream: r.event_stream,
+        encoded: r.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("content-encoding")
+                && !h.value.eq_ignore_ascii_case(b"identity")
+        }),
     };
     Ok(Some(Parsed::Final(head, r.head_len)))
 }

@@ -210,10 +210,15 @@ pub fn prepare(
             .and_then(|l| l.split(':').next()),
         UpstreamCredential::None => None,
     });
+    // The default assertion header is never taken from a client, on any
+    // route (an upstream behind several routes must be able to trust it).
+    // Where lists are filtered, answers must come uncompressed.
     let strip = |name: &str| {
-        route.auth.is_some()
-            && (name.eq_ignore_ascii_case("authorization")
-                || injected.is_some_and(|h| name.eq_ignore_ascii_case(h)))
+        name.eq_ignore_ascii_case("x-portcullis-identity")
+            || (route.auth.is_some()
+                && (name.eq_ignore_ascii_case("authorization")
+                    || injected.is_some_and(|h| name.eq_ignore_ascii_case(h))))
+            || (route.policy.is_some() && name.eq_ignore_ascii_case("accept-encoding"))
     };
     let options = ConnectionOptions::collect(head.headers).ok_or_else(|| {
         reject(

@@ -4,6 +4,7 @@
 mod auth;
 mod desync;
 mod harness;
+mod listfilter;
 mod policy;
 mod proxy;
 mod reload;
