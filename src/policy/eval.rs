@@ -262,6 +262,7 @@ fn set_op(op: &SetOp, have: &[String]) -> bool {
     }
 }
 
+#[inline]
 pub(super) fn name_op(op: &NameOp, s: &str) -> bool {
     match op {
         NameOp::In(set) => set.contains(s),
@@ -345,10 +346,11 @@ pub(crate) fn lookup<'t, 'i>(nodes: &'t [Node<'i>], tokens: &[Box<str>]) -> Foun
         };
         match *head {
             Node::Object { len, .. } => {
-                let mut i = 1;
+                // The key/value pairs not yet looked at, each key first.
+                let mut rest = &cur[1..];
                 let mut hit = None;
                 for _ in 0..len {
-                    let (Some(Node::String(k)), Some(v)) = (cur.get(i), cur.get(i + 1)) else {
+                    let [Node::String(k), v, ..] = rest else {
                         return Found::Missing;
                     };
                     let w = width(v);
@@ -356,9 +358,9 @@ pub(crate) fn lookup<'t, 'i>(nodes: &'t [Node<'i>], tokens: &[Box<str>]) -> Foun
                         if hit.is_some() {
                             return Found::Ambiguous;
                         }
-                        hit = cur.get(i + 1..i + 1 + w);
+                        hit = rest.get(1..1 + w);
                     }
-                    i += 1 + w;
+                    rest = rest.get(1 + w..).unwrap_or_default();
                 }
                 match hit {
                     Some(v) => cur = v,

@@ -224,13 +224,11 @@ impl Policy {
             table: self.table.as_deref(),
             retry_after: None,
         };
-        for i in merge(&a.deny, &b.deny) {
-            let r = &self.rules[i];
-            if r.eval(&mut cx) != Tri::False {
-                return self.deny(r, None);
-            }
+        let rules = &self.rules;
+        if let Some(i) = first(&a.deny, &b.deny, |i| rules[i].eval(&mut cx) != Tri::False) {
+            return self.deny(&rules[i], None);
         }
-        let allowed = merge(&a.allow, &b.allow).find(|&i| self.rules[i].eval(&mut cx) == Tri::True);
+        let allowed = first(&a.allow, &b.allow, |i| rules[i].eval(&mut cx) == Tri::True);
         let Some(allowed) = allowed else {
             return Verdict::Deny {
                 rule: &self.default_rule,
@@ -288,10 +286,11 @@ impl Policy {
             table: None,
             retry_after: None,
         };
-        let denied = merge(&a.deny, &b.deny)
-            .chain(merge(&a.rated, &b.rated))
-            .any(|i| self.rules[i].eval(&mut cx) == Tri::True);
-        !denied && merge(&a.allow, &b.allow).any(|i| self.rules[i].eval(&mut cx) != Tri::False)
+        let rules = &self.rules;
+        let mut certain = |i: usize| rules[i].eval(&mut cx) == Tri::True;
+        let denied = first(&a.deny, &b.deny, &mut certain).is_some()
+            || first(&a.rated, &b.rated, &mut certain).is_some();
+        !denied && first(&a.allow, &b.allow, |i| rules[i].eval(&mut cx) != Tri::False).is_some()
     }
 
     fn deny<'p>(&'p self, r: &'p Rule, retry_after_secs: Option<u64>) -> Verdict<'p> {
@@ -527,6 +526,18 @@ impl Index {
                 (a, b)
             }
         }
+    }
+}
+
+/// The first rule number, in order, of two sorted disjoint lists for which
+/// `f` is true; the second list is usually empty (no index, or no tool list)
+/// and then the first is a plain loop.
+#[inline]
+fn first(a: &[u32], b: &[u32], mut f: impl FnMut(usize) -> bool) -> Option<usize> {
+    if b.is_empty() {
+        a.iter().map(|&i| i as usize).find(|&i| f(i))
+    } else {
+        merge(a, b).find(|&i| f(i))
     }
 }
 
