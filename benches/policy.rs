@@ -63,6 +63,30 @@ fn principal() -> Principal {
     }
 }
 
+/// With `POLICY_ITERS=n` set, each benchmark body runs `n` times outside
+/// criterion (only the one named `POLICY_ONLY`, if set), for
+/// `perf stat -e instructions,cycles`: instructions per call are the
+/// difference between two runs with different `n`, divided by the difference.
+fn iters() -> Option<(u64, String)> {
+    let n = std::env::var("POLICY_ITERS").ok()?.parse().ok()?;
+    Some((n, std::env::var("POLICY_ONLY").unwrap_or_default()))
+}
+
+fn run(c: &mut Criterion, name: &str, mut body: impl FnMut()) {
+    match iters() {
+        Some((n, only)) => {
+            if only.is_empty() || name == only {
+                for _ in 0..n {
+                    body();
+                }
+            }
+        }
+        None => {
+            c.bench_function(name, |b| b.iter(&mut body));
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let p = principal();
     let headers = [
@@ -98,8 +122,8 @@ fn bench(c: &mut Criterion) {
         ten.evaluate(&f),
         portcullis::policy::Verdict::Allow { .. }
     ));
-    c.bench_function("policy/10_rules", |b| {
-        b.iter(|| black_box(ten.evaluate(black_box(&f))))
+    run(c, "policy/10_rules", || {
+        black_box(ten.evaluate(black_box(&f)));
     });
 
     let ten_rate = compile(&format!("{TEN}{RATE}"));
@@ -107,8 +131,8 @@ fn bench(c: &mut Criterion) {
         ten_rate.evaluate(&f),
         portcullis::policy::Verdict::Allow { .. }
     ));
-    c.bench_function("policy/10_rules_and_rate_limit", |b| {
-        b.iter(|| black_box(ten_rate.evaluate(black_box(&f))))
+    run(c, "policy/10_rules_and_rate_limit", || {
+        black_box(ten_rate.evaluate(black_box(&f)));
     });
 
     let big = compile(&thousand());
@@ -117,12 +141,12 @@ fn bench(c: &mut Criterion) {
         big.evaluate(&f),
         portcullis::policy::Verdict::Allow { .. }
     ));
-    c.bench_function("policy/1000_rules", |b| {
-        b.iter(|| black_box(big.evaluate(black_box(&f))))
+    run(c, "policy/1000_rules", || {
+        black_box(big.evaluate(black_box(&f)));
     });
     let miss = facts("unknown_tool");
-    c.bench_function("policy/1000_rules_no_match", |b| {
-        b.iter(|| black_box(big.evaluate(black_box(&miss))))
+    run(c, "policy/1000_rules_no_match", || {
+        black_box(big.evaluate(black_box(&miss)));
     });
 
     let list = Facts {
@@ -139,24 +163,20 @@ fn bench(c: &mut Criterion) {
             _ => format!("other{i}"),
         })
         .collect();
-    c.bench_function("policy/visible_50_tools_10_rules", |b| {
-        b.iter(|| {
-            let n = tools
-                .iter()
-                .filter(|t| ten.visible(black_box(&list), ItemKind::Tool, t))
-                .count();
-            black_box(n)
-        })
+    run(c, "policy/visible_50_tools_10_rules", || {
+        let n = tools
+            .iter()
+            .filter(|t| ten.visible(black_box(&list), ItemKind::Tool, t))
+            .count();
+        black_box(n);
     });
     let tools: Vec<String> = (0..50).map(|i| format!("tool{}", i * 20 + 4)).collect();
-    c.bench_function("policy/visible_50_tools_1000_rules", |b| {
-        b.iter(|| {
-            let n = tools
-                .iter()
-                .filter(|t| big.visible(black_box(&list), ItemKind::Tool, t))
-                .count();
-            black_box(n)
-        })
+    run(c, "policy/visible_50_tools_1000_rules", || {
+        let n = tools
+            .iter()
+            .filter(|t| big.visible(black_box(&list), ItemKind::Tool, t))
+            .count();
+        black_box(n);
     });
 }
 

@@ -7,9 +7,11 @@
 
 use simd_json::{Node, StaticNode};
 
-use super::compile::{ClaimOp, Cond, EmailOp, NameOp, ResourceOp, SetOp, ValueOp};
+use super::compile::{
+    Argument, ClaimOp, Cond, EmailOp, Header, NameOp, RateLimit, ResourceOp, SetOp, ValueOp,
+};
 use super::config::RateKey;
-use super::matchers::{lower, same, Scalar, StrSet};
+use super::matchers::{lower, same, same_lower, Scalar, StrSet};
 use super::ratelimit::RateTable;
 use super::Facts;
 
@@ -40,12 +42,17 @@ pub(crate) enum Call {
 }
 
 impl Call {
+    /// Compared with `same` (inlined word loads), not `memcmp` calls.
     pub fn of(method: &str) -> Call {
-        match method {
-            "tools/call" => Call::Tool,
-            "prompts/get" => Call::Prompt,
-            m if m.starts_with("resources/") => Call::Resource,
-            _ => Call::Other,
+        let m = method.as_bytes();
+        if same(m, b"tools/call") {
+            Call::Tool
+        } else if same(m, b"prompts/get") {
+            Call::Prompt
+        } else if m.len() >= 10 && same(&m[..10], b"resources/") {
+            Call::Resource
+        } else {
+            Call::Other
         }
     }
 }
@@ -61,9 +68,11 @@ pub(crate) struct Ctx<'f, 'a> {
 }
 
 impl Cond {
+    /// Only `and`/`or`/`not` and the cheapest criteria are evaluated here;
+    /// the rest are calls, so this recursive function keeps a small frame
+    /// (its prologue and dispatch were most of the cost of a node).
     pub fn eval(&self, cx: &mut Ctx<'_, '_>) -> Tri {
         let f = cx.facts;
-        let p = f.principal;
         match self {
             Cond::And(items) => {
                 let mut out = Tri::True;
@@ -92,126 +101,146 @@ impl Cond {
                 Tri::False => Tri::True,
                 Tri::Unknown => Tri::Unknown,
             },
-            Cond::Claim(path, op) => {
-                let Some(v) = p.and_then(|p| p.claim(path)) else {
-                    return Tri::False;
-                };
-                match op {
-                    ClaimOp::Equals(s) => s.eq_json(v),
-                    ClaimOp::In(list) => list.iter().any(|s| s.eq_json(v)),
-                    ClaimOp::Contains(s) => match (v, s) {
-                        (serde_json::Value::Array(items), s) => items.iter().any(|i| s.eq_json(i)),
-                        (serde_json::Value::String(text), Scalar::Str(sub)) => {
-                            text.contains(&**sub)
-                        }
-                        _ => false,
-                    },
-                    ClaimOp::Matches(re) => v.as_str().is_some_and(|s| re.is_match(s)),
-                }
-                .into()
-            }
-            Cond::Groups(op) => p.is_some_and(|p| set_op(op, &p.groups)).into(),
-            Cond::Scope(op) => p.is_some_and(|p| set_op(op, &p.scopes)).into(),
-            Cond::Email(op) => {
-                let Some(email) = p.and_then(|p| p.email.as_deref()) else {
-                    return Tri::False;
-                };
-                match op {
-                    EmailOp::In(set) => email_in(set, email),
-                    EmailOp::EndsWith(suffixes) => suffixes.iter().any(|s| {
-                        email.len() >= s.len()
-                            && email.as_bytes()[email.len() - s.len()..]
-                                .eq_ignore_ascii_case(s.as_bytes())
-                    }),
-                    EmailOp::Matches(re) => re.is_match(email),
-                }
-                .into()
-            }
-            Cond::ClientId(set) => p
+            Cond::Claim(path, op) => claim(path, op, f),
+            Cond::Groups(op) => f.principal.is_some_and(|p| set_op(op, &p.groups)).into(),
+            Cond::Scope(op) => f.principal.is_some_and(|p| set_op(op, &p.scopes)).into(),
+            Cond::Email(op) => email(op, f),
+            Cond::ClientId(set) => f
+                .principal
                 .and_then(|p| p.client_id.as_deref())
                 .is_some_and(|c| set.contains(c))
                 .into(),
-            Cond::Issuer(set) => p.is_some_and(|p| set.contains(&p.issuer_name)).into(),
+            Cond::Issuer(set) => f
+                .principal
+                .is_some_and(|p| set.contains(&p.issuer_name))
+                .into(),
             Cond::Method(op) => name_op(op, f.method).into(),
             Cond::Tool(op) => {
-                (f.method == "tools/call" && f.name.is_some_and(|n| name_op(op, n))).into()
+                (cx.call == Call::Tool && f.name.is_some_and(|n| name_op(op, n))).into()
             }
             Cond::Prompt(op) => {
-                (f.method == "prompts/get" && f.name.is_some_and(|n| name_op(op, n))).into()
+                (cx.call == Call::Prompt && f.name.is_some_and(|n| name_op(op, n))).into()
             }
-            Cond::Resource(op) => {
-                let Some(uri) = f.uri.filter(|_| cx.call == Call::Resource) else {
-                    return Tri::False;
-                };
-                match op {
-                    ResourceOp::Equals(e) => same(e.as_bytes(), uri.as_bytes()).into(),
-                    // `a/../b` would pass a prefix or glob meant to confine it.
-                    _ if dot_segment(uri) => Tri::Unknown,
-                    ResourceOp::Prefix(p) => p.matches(uri).into(),
-                    ResourceOp::Glob(globs) => globs.iter().any(|g| g.is_match(uri)).into(),
-                }
-            }
-            Cond::Argument(a) => {
-                if cx.listing {
-                    return Tri::Unknown;
-                }
-                let found = match f.arguments {
-                    None => Found::Missing,
-                    Some(nodes) => lookup(nodes, &a.pointer),
-                };
-                match found {
-                    Found::Ambiguous => Tri::Unknown,
-                    Found::Missing => matches!(a.op, ValueOp::Exists(false)).into(),
-                    Found::Value(v) => node_op(&a.op, v).into(),
-                }
-            }
+            Cond::Resource(op) => resource(op, cx),
+            Cond::Argument(a) => argument(a, cx),
             Cond::SourceIp(cidrs) => cidrs.contains(f.source_ip).into(),
             Cond::Time(w) => w.matches(f.now_unix).into(),
-            Cond::Header(h) => {
-                let mut out: Option<bool> = None;
-                for header in f
-                    .headers
-                    .iter()
-                    .filter(|x| x.name.eq_ignore_ascii_case(&h.name))
-                {
-                    if let ValueOp::Exists(e) = h.op {
-                        return e.into();
-                    }
-                    let this = std::str::from_utf8(header.value).is_ok_and(|v| str_op(&h.op, v));
-                    match out {
-                        Some(prev) if prev != this => return Tri::Unknown,
-                        _ => out = Some(this),
-                    }
-                }
-                match out {
-                    Some(b) => b.into(),
-                    None => matches!(h.op, ValueOp::Exists(false)).into(),
-                }
-            }
-            Cond::RateLimit(r) => {
-                if cx.listing {
-                    return Tri::Unknown;
-                }
-                let Some(table) = cx.table else {
-                    return Tri::False;
-                };
-                let tool = match r.key {
-                    RateKey::PrincipalAndTool if cx.call == Call::Tool => f.name,
-                    _ => None,
-                };
-                let hash = match p {
-                    Some(p) => table.hash((r.id, 0u8, p.issuer.as_str(), p.sub.as_str(), tool)),
-                    // Anonymous callers are counted by address.
-                    None => table.hash((r.id, 1u8, f.source_ip, tool)),
-                };
-                match table.hit(hash, f.now_unix, r.per, r.requests) {
-                    Ok(()) => Tri::False,
-                    Err(retry) => {
-                        cx.retry_after = Some(cx.retry_after.map_or(retry, |r| r.max(retry)));
-                        Tri::True
-                    }
-                }
-            }
+            Cond::Header(h) => header(h, f),
+            Cond::RateLimit(r) => rate_limit(r, cx),
+        }
+    }
+}
+
+#[inline(never)]
+fn claim(path: &str, op: &ClaimOp, f: &Facts) -> Tri {
+    let Some(v) = f.principal.and_then(|p| p.claim(path)) else {
+        return Tri::False;
+    };
+    match op {
+        ClaimOp::Equals(s) => s.eq_json(v),
+        ClaimOp::In(list) => list.iter().any(|s| s.eq_json(v)),
+        ClaimOp::Contains(s) => match (v, s) {
+            (serde_json::Value::Array(items), s) => items.iter().any(|i| s.eq_json(i)),
+            (serde_json::Value::String(text), Scalar::Str(sub)) => text.contains(&**sub),
+            _ => false,
+        },
+        ClaimOp::Matches(re) => v.as_str().is_some_and(|s| re.is_match(s)),
+    }
+    .into()
+}
+
+#[inline(never)]
+fn email(op: &EmailOp, f: &Facts) -> Tri {
+    let Some(email) = f.principal.and_then(|p| p.email.as_deref()) else {
+        return Tri::False;
+    };
+    match op {
+        EmailOp::In(set) => email_in(set, email),
+        EmailOp::EndsWith(suffixes) => suffixes.iter().any(|s| {
+            email.len() >= s.len()
+                && email.as_bytes()[email.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+        }),
+        EmailOp::Matches(re) => re.is_match(email),
+    }
+    .into()
+}
+
+#[inline(never)]
+fn resource(op: &ResourceOp, cx: &Ctx<'_, '_>) -> Tri {
+    let Some(uri) = cx.facts.uri.filter(|_| cx.call == Call::Resource) else {
+        return Tri::False;
+    };
+    match op {
+        ResourceOp::Equals(e) => same(e.as_bytes(), uri.as_bytes()).into(),
+        // `a/../b` would pass a prefix or glob meant to confine it.
+        _ if dot_segment(uri) => Tri::Unknown,
+        ResourceOp::Prefix(p) => p.matches(uri).into(),
+        ResourceOp::Glob(globs) => globs.iter().any(|g| g.is_match(uri)).into(),
+    }
+}
+
+#[inline(never)]
+fn argument(a: &Argument, cx: &Ctx<'_, '_>) -> Tri {
+    if cx.listing {
+        return Tri::Unknown;
+    }
+    let found = match cx.facts.arguments {
+        None => Found::Missing,
+        Some(nodes) => lookup(nodes, &a.pointer),
+    };
+    match found {
+        Found::Ambiguous => Tri::Unknown,
+        Found::Missing => matches!(a.op, ValueOp::Exists(false)).into(),
+        Found::Value(v) => node_op(&a.op, v).into(),
+    }
+}
+
+#[inline(never)]
+fn header(h: &Header, f: &Facts) -> Tri {
+    let mut out: Option<bool> = None;
+    for header in f
+        .headers
+        .iter()
+        .filter(|x| same_lower(x.name.as_bytes(), h.name.as_bytes()))
+    {
+        if let ValueOp::Exists(e) = h.op {
+            return e.into();
+        }
+        let this = header_op(&h.op, header.value);
+        match out {
+            Some(prev) if prev != this => return Tri::Unknown,
+            _ => out = Some(this),
+        }
+    }
+    match out {
+        Some(b) => b.into(),
+        None => matches!(h.op, ValueOp::Exists(false)).into(),
+    }
+}
+
+#[inline(never)]
+fn rate_limit(r: &RateLimit, cx: &mut Ctx<'_, '_>) -> Tri {
+    if cx.listing {
+        return Tri::Unknown;
+    }
+    let Some(table) = cx.table else {
+        return Tri::False;
+    };
+    let f = cx.facts;
+    let tool = match r.key {
+        RateKey::PrincipalAndTool if cx.call == Call::Tool => f.name,
+        _ => None,
+    };
+    let hash = match f.principal {
+        Some(p) => table.hash((r.id, 0u8, p.issuer.as_str(), p.sub.as_str(), tool)),
+        // Anonymous callers are counted by address.
+        None => table.hash((r.id, 1u8, f.source_ip, tool)),
+    };
+    match table.hit(hash, f.now_unix, r.per, r.requests) {
+        Ok(()) => Tri::False,
+        Err(retry) => {
+            cx.retry_after = Some(cx.retry_after.map_or(retry, |r| r.max(retry)));
+            Tri::True
         }
     }
 }
@@ -233,7 +262,8 @@ fn set_op(op: &SetOp, have: &[String]) -> bool {
     }
 }
 
-fn name_op(op: &NameOp, s: &str) -> bool {
+#[inline]
+pub(super) fn name_op(op: &NameOp, s: &str) -> bool {
     match op {
         NameOp::In(set) => set.contains(s),
         NameOp::Prefix(p) => p.matches(s),
@@ -241,12 +271,21 @@ fn name_op(op: &NameOp, s: &str) -> bool {
     }
 }
 
-fn str_op(op: &ValueOp, s: &str) -> bool {
+pub(super) fn str_op(op: &ValueOp, s: &str) -> bool {
     match op {
         ValueOp::In { strs, .. } => strs.contains(s),
         ValueOp::Matches(re) => re.is_match(s),
         ValueOp::Range(..) => false,
         ValueOp::Exists(e) => *e,
+    }
+}
+
+/// `str_op` on a header value: a value equal to a (UTF-8) member is UTF-8,
+/// so set membership compares bytes without validating them first.
+fn header_op(op: &ValueOp, v: &[u8]) -> bool {
+    match op {
+        ValueOp::In { strs, .. } => strs.contains_bytes(v),
+        _ => std::str::from_utf8(v).is_ok_and(|v| str_op(op, v)),
     }
 }
 
@@ -307,10 +346,11 @@ pub(crate) fn lookup<'t, 'i>(nodes: &'t [Node<'i>], tokens: &[Box<str>]) -> Foun
         };
         match *head {
             Node::Object { len, .. } => {
-                let mut i = 1;
+                // The key/value pairs not yet looked at, each key first.
+                let mut rest = &cur[1..];
                 let mut hit = None;
                 for _ in 0..len {
-                    let (Some(Node::String(k)), Some(v)) = (cur.get(i), cur.get(i + 1)) else {
+                    let [Node::String(k), v, ..] = rest else {
                         return Found::Missing;
                     };
                     let w = width(v);
@@ -318,9 +358,9 @@ pub(crate) fn lookup<'t, 'i>(nodes: &'t [Node<'i>], tokens: &[Box<str>]) -> Foun
                         if hit.is_some() {
                             return Found::Ambiguous;
                         }
-                        hit = cur.get(i + 1..i + 1 + w);
+                        hit = rest.get(1..1 + w);
                     }
-                    i += 1 + w;
+                    rest = rest.get(1 + w..).unwrap_or_default();
                 }
                 match hit {
                     Some(v) => cur = v,

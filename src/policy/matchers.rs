@@ -36,6 +36,38 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// `a` equals `lower` ignoring ASCII case, where `lower` is already
+/// lowercase (header names): word-at-a-time for lengths up to 16.
+#[inline]
+pub(crate) fn same_lower(a: &[u8], lower: &[u8]) -> bool {
+    let n = a.len();
+    if n != lower.len() {
+        return false;
+    }
+    // Bytes `A`..=`Z` gain 0x20, others are unchanged (as `to_ascii_lowercase`).
+    fn fold(x: u64) -> u64 {
+        const LO: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        const HI: u64 = 0x8080_8080_8080_8080;
+        let seven = x & LO;
+        let above_z = seven.wrapping_add(0x2525_2525_2525_2525); // > 'Z' (0x5a)
+        let from_a = seven.wrapping_add(0x3f3f_3f3f_3f3f_3f3f); // >= 'A' (0x41)
+        let upper = from_a & !above_z & !x & HI;
+        x | (upper >> 2)
+    }
+    let w8 = |x: &[u8], at: usize| u64::from_le_bytes(x[at..at + 8].try_into().unwrap_or_default());
+    let w4 = |x: &[u8], at: usize| {
+        u64::from(u32::from_le_bytes(
+            x[at..at + 4].try_into().unwrap_or_default(),
+        ))
+    };
+    match n {
+        0 => true,
+        4..=7 => fold(w4(a, 0)) == w4(lower, 0) && fold(w4(a, n - 4)) == w4(lower, n - 4),
+        8..=16 => fold(w8(a, 0)) == w8(lower, 0) && fold(w8(a, n - 8)) == w8(lower, n - 8),
+        _ => a.eq_ignore_ascii_case(lower),
+    }
+}
+
 /// `s` starts with `p`.
 #[inline]
 pub(crate) fn starts(s: &str, p: &str) -> bool {
@@ -61,10 +93,19 @@ impl StrSet {
         }
     }
 
+    #[inline]
     pub fn contains(&self, s: &str) -> bool {
         match self {
             StrSet::Few(v) => v.iter().any(|x| same(x.as_bytes(), s.as_bytes())),
             StrSet::Many(h) => h.contains(s),
+        }
+    }
+
+    /// `contains` for bytes that may not be UTF-8 (never a member then).
+    pub fn contains_bytes(&self, b: &[u8]) -> bool {
+        match self {
+            StrSet::Few(v) => v.iter().any(|x| same(x.as_bytes(), b)),
+            StrSet::Many(h) => std::str::from_utf8(b).is_ok_and(|s| h.contains(s)),
         }
     }
 
@@ -98,6 +139,7 @@ impl Prefixes {
         Prefixes(kept.into_boxed_slice())
     }
 
+    #[inline]
     pub fn matches(&self, s: &str) -> bool {
         if self.0.len() <= 4 {
             return self.0.iter().any(|p| starts(s, p));
@@ -169,6 +211,7 @@ impl Pattern {
         })
     }
 
+    #[inline]
     pub fn is_match(&self, s: &str) -> bool {
         match self {
             Pattern::Contains(b) => s.contains(&**b),
@@ -325,6 +368,60 @@ mod tests {
         for a in words {
             for b in words {
                 assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_lower_is_eq_ignore_ascii_case() {
+        let words = [
+            "",
+            "a",
+            "Ab",
+            "x-tenant",
+            "X-Tenant",
+            "X-TENANT",
+            "x-tenanu",
+            "x^",
+            "x~",
+            "@",
+            "`",
+            "[",
+            "{",
+            "accept",
+            "ACCEPT",
+            "Accept-Encoding",
+            "accept-encoding",
+            "accept-encodinG",
+            "content-security-policy",
+            "Content-Security-Policy",
+            "x\u{e9}y",
+            "X\u{c9}Y",
+            "abcd",
+            "ABCD",
+            "abc\u{7f}",
+            "ABC\u{5f}",
+        ];
+        for a in words {
+            for b in words {
+                let lower = b.to_ascii_lowercase();
+                assert_eq!(
+                    same_lower(a.as_bytes(), lower.as_bytes()),
+                    a.eq_ignore_ascii_case(&lower),
+                    "{a:?} {lower:?}"
+                );
+            }
+        }
+        // Every byte value, in every position of an 8-byte word.
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                let mut x = *b"abcdefgh";
+                x[at] = b;
+                let lower = x.to_ascii_lowercase();
+                assert!(same_lower(&x, &lower));
+                let mut y = lower;
+                y[at] = y[at].wrapping_add(1);
+                assert_eq!(same_lower(&x, &y), x.eq_ignore_ascii_case(&y), "{b} {at}");
             }
         }
     }

@@ -93,6 +93,41 @@ struct Rule {
     message: Box<str>,
     deny: bool,
     cond: Cond,
+    /// The rule is false unless the method is this kind (its condition
+    /// needs a `mcp_tool`/`mcp_prompt`/`mcp_resource` test to hold): a
+    /// guard checked before walking the condition. `None` for rules with
+    /// a rate limit, whose criteria before the guard's may count.
+    call: Option<Call>,
+}
+
+impl Rule {
+    /// The condition's value, `False` without walking it when the guard fails.
+    #[inline]
+    fn eval(&self, cx: &mut Ctx<'_, '_>) -> Tri {
+        match self.call {
+            Some(c) if c != cx.call => Tri::False,
+            _ => self.cond.eval(cx),
+        }
+    }
+}
+
+/// The kind of method a condition can only be true (or unknown) on.
+fn required_call(c: &Cond) -> Option<Call> {
+    match c {
+        Cond::Tool(_) => Some(Call::Tool),
+        Cond::Prompt(_) => Some(Call::Prompt),
+        Cond::Resource(_) => Some(Call::Resource),
+        // One false item makes `and` false, unknowns or not.
+        Cond::And(items) => items.iter().find_map(required_call),
+        Cond::Or(items) => {
+            let first = required_call(items.first()?)?;
+            items
+                .iter()
+                .all(|i| required_call(i) == Some(first))
+                .then_some(first)
+        }
+        _ => None,
+    }
 }
 
 /// Rule numbers by phase, each in config order.
@@ -189,14 +224,11 @@ impl Policy {
             table: self.table.as_deref(),
             retry_after: None,
         };
-        for i in merge(&a.deny, &b.deny) {
-            let r = &self.rules[i];
-            if r.cond.eval(&mut cx) != Tri::False {
-                return self.deny(r, None);
-            }
+        let rules = &self.rules;
+        if let Some(i) = first(&a.deny, &b.deny, |i| rules[i].eval(&mut cx) != Tri::False) {
+            return self.deny(&rules[i], None);
         }
-        let allowed =
-            merge(&a.allow, &b.allow).find(|&i| self.rules[i].cond.eval(&mut cx) == Tri::True);
+        let allowed = first(&a.allow, &b.allow, |i| rules[i].eval(&mut cx) == Tri::True);
         let Some(allowed) = allowed else {
             return Verdict::Deny {
                 rule: &self.default_rule,
@@ -207,7 +239,7 @@ impl Policy {
         for i in merge(&a.rated, &b.rated) {
             let r = &self.rules[i];
             cx.retry_after = None;
-            if r.cond.eval(&mut cx) != Tri::False {
+            if r.eval(&mut cx) != Tri::False {
                 return self.deny(r, cx.retry_after);
             }
         }
@@ -254,10 +286,11 @@ impl Policy {
             table: None,
             retry_after: None,
         };
-        let denied = merge(&a.deny, &b.deny)
-            .chain(merge(&a.rated, &b.rated))
-            .any(|i| self.rules[i].cond.eval(&mut cx) == Tri::True);
-        !denied && merge(&a.allow, &b.allow).any(|i| self.rules[i].cond.eval(&mut cx) != Tri::False)
+        let rules = &self.rules;
+        let mut certain = |i: usize| rules[i].eval(&mut cx) == Tri::True;
+        let denied = first(&a.deny, &b.deny, &mut certain).is_some()
+            || first(&a.rated, &b.rated, &mut certain).is_some();
+        !denied && first(&a.allow, &b.allow, |i| rules[i].eval(&mut cx) != Tri::False).is_some()
     }
 
     fn deny<'p>(&'p self, r: &'p Rule, retry_after_secs: Option<u64>) -> Verdict<'p> {
@@ -340,7 +373,13 @@ fn expand(
                     Some(m) => m.clone(),
                     None => format!("denied by policy rule {name}"),
                 };
+                let call = if cond.has_rate_limit() {
+                    None
+                } else {
+                    required_call(&cond)
+                };
                 out.push(Rule {
+                    call,
                     name: name.into(),
                     message: message.into(),
                     deny,
@@ -490,27 +529,45 @@ impl Index {
     }
 }
 
+/// The first rule number, in order, of two sorted disjoint lists for which
+/// `f` is true; the second list is usually empty (no index, or no tool list)
+/// and then the first is a plain loop.
+#[inline]
+fn first(a: &[u32], b: &[u32], mut f: impl FnMut(usize) -> bool) -> Option<usize> {
+    if b.is_empty() {
+        a.iter().map(|&i| i as usize).find(|&i| f(i))
+    } else {
+        merge(a, b).find(|&i| f(i))
+    }
+}
+
 /// Two sorted, disjoint lists of rule numbers, merged in order.
-fn merge<'x>(a: &'x [u32], b: &'x [u32]) -> impl Iterator<Item = usize> + 'x {
-    let (mut i, mut j) = (0, 0);
-    std::iter::from_fn(move || {
-        let next = match (a.get(i), b.get(j)) {
-            (Some(&x), Some(&y)) if x < y => {
-                i += 1;
-                x
-            }
-            (_, Some(&y)) => {
-                j += 1;
-                y
-            }
-            (Some(&x), None) => {
-                i += 1;
-                x
-            }
+fn merge<'x>(a: &'x [u32], b: &'x [u32]) -> Merge<'x> {
+    Merge { a, b }
+}
+
+struct Merge<'x> {
+    a: &'x [u32],
+    b: &'x [u32],
+}
+
+impl Iterator for Merge<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        // The second list is usually empty (no index, or no tool list).
+        let from_a = match (self.a.first(), self.b.first()) {
+            (Some(_), None) => true,
+            (Some(&x), Some(&y)) => x < y,
+            (None, Some(_)) => false,
             (None, None) => return None,
         };
+        let list = if from_a { &mut self.a } else { &mut self.b };
+        let (&next, rest) = list.split_first()?;
+        *list = rest;
         Some(next as usize)
-    })
+    }
 }
 
 impl Cond {

@@ -813,3 +813,258 @@ fn fuzz_seeds_compile() {
         }
     }
 }
+
+/// A straightforward reference: the tree walked recursively with the plain
+/// string comparisons for method, tool, prompt and header criteria (the
+/// others as compiled); used with every rule in config order, no index and
+/// no guards.
+fn ref_eval(c: &Cond, cx: &mut Ctx) -> Tri {
+    let f = cx.facts;
+    match c {
+        Cond::And(items) => {
+            let mut out = Tri::True;
+            for i in items.iter() {
+                match ref_eval(i, cx) {
+                    Tri::False => return Tri::False,
+                    Tri::Unknown => out = Tri::Unknown,
+                    Tri::True => {}
+                }
+            }
+            out
+        }
+        Cond::Or(items) => {
+            let mut out = Tri::False;
+            for i in items.iter() {
+                match ref_eval(i, cx) {
+                    Tri::True => return Tri::True,
+                    Tri::Unknown => out = Tri::Unknown,
+                    Tri::False => {}
+                }
+            }
+            out
+        }
+        Cond::Not(c) => match ref_eval(c, cx) {
+            Tri::True => Tri::False,
+            Tri::False => Tri::True,
+            Tri::Unknown => Tri::Unknown,
+        },
+        Cond::Method(op) => eval::name_op(op, f.method).into(),
+        Cond::Tool(op) => {
+            (f.method == "tools/call" && f.name.is_some_and(|n| eval::name_op(op, n))).into()
+        }
+        Cond::Prompt(op) => {
+            (f.method == "prompts/get" && f.name.is_some_and(|n| eval::name_op(op, n))).into()
+        }
+        Cond::Header(h) => {
+            let values: Vec<bool> = f
+                .headers
+                .iter()
+                .filter(|x| x.name.eq_ignore_ascii_case(&h.name))
+                .map(|x| match h.op {
+                    compile::ValueOp::Exists(e) => e,
+                    _ => std::str::from_utf8(x.value).is_ok_and(|v| eval::str_op(&h.op, v)),
+                })
+                .collect();
+            match values.first() {
+                None => matches!(h.op, compile::ValueOp::Exists(false)).into(),
+                Some(&v) if values.iter().all(|&x| x == v) => v.into(),
+                Some(_) => Tri::Unknown,
+            }
+        }
+        other => other.eval(cx),
+    }
+}
+
+fn ref_verdict<'p>(p: &'p Policy, f: &Facts) -> Verdict<'p> {
+    if p.rules.is_empty() {
+        return Verdict::Allow { rule: None };
+    }
+    let mut cx = Ctx {
+        facts: f,
+        call: eval::Call::of(f.method),
+        listing: false,
+        table: None,
+        retry_after: None,
+    };
+    for r in p.rules.iter().filter(|r| r.deny) {
+        if ref_eval(&r.cond, &mut cx) != Tri::False {
+            return p.deny(r, None);
+        }
+    }
+    match p
+        .rules
+        .iter()
+        .find(|r| !r.deny && ref_eval(&r.cond, &mut cx) == Tri::True)
+    {
+        Some(r) => Verdict::Allow {
+            rule: Some(&r.name),
+        },
+        None => Verdict::Deny {
+            rule: &p.default_rule,
+            message: "no rule allowed it",
+            retry_after_secs: None,
+        },
+    }
+}
+
+fn ref_visible_tool(p: &Policy, f: &Facts, name: &str) -> bool {
+    if p.rules.is_empty() {
+        return true;
+    }
+    let f = Facts {
+        method: "tools/call",
+        name: Some(name),
+        uri: None,
+        arguments: None,
+        ..*f
+    };
+    let mut cx = Ctx {
+        facts: &f,
+        call: eval::Call::of(f.method),
+        listing: true,
+        table: None,
+        retry_after: None,
+    };
+    let denied = p
+        .rules
+        .iter()
+        .any(|r| r.deny && ref_eval(&r.cond, &mut cx) == Tri::True);
+    !denied
+        && p.rules
+            .iter()
+            .any(|r| !r.deny && ref_eval(&r.cond, &mut cx) != Tri::False)
+}
+
+/// Generated policies (small, and large enough to be indexed) and facts: the
+/// evaluator (index, guards, fast comparisons) gives the reference's verdicts.
+#[test]
+fn evaluate_agrees_with_reference() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    const LEAVES: &[&str] = &[
+        "{ mcp_tool: { in: [t1, t2] } }",
+        "{ mcp_tool: { equals: t3 } }",
+        "{ mcp_tool: { starts_with: git. } }",
+        "{ mcp_tool: { matches: '^t[0-9]$' } }",
+        "{ mcp_method: { in: [tools/call, ping] } }",
+        "{ mcp_method: { equals: prompts/get } }",
+        "{ mcp_method: { starts_with: resources/ } }",
+        "{ mcp_prompt: { equals: p1 } }",
+        "{ mcp_resource: { starts_with: 'file:///srv/' } }",
+        "{ mcp_resource: { equals: 'file:///srv/a' } }",
+        "{ groups: { has: eng } }",
+        "{ groups: { any: [ops, sre] } }",
+        "{ header: { name: X-Tenant, in: [blocked, evil] } }",
+        "{ header: { name: x-tenant, equals: acme } }",
+        "{ header: { name: X-Tenant, exists: false } }",
+        "{ header: { name: X-A, matches: '^v' } }",
+        "{ header: { name: Accept-Encoding-Extra, exists: true } }",
+        "{ argument: { pointer: /force, equals: true } }",
+        "{ argument: { pointer: /repo, matches: '^acme/' } }",
+        "{ argument: { pointer: /n, min: 5 } }",
+    ];
+    fn cond(rnd: &mut impl FnMut(usize) -> usize, depth: usize) -> String {
+        let pick = if depth >= 2 { 9 } else { rnd(10) };
+        match pick {
+            0..=2 => {
+                let n = rnd(4);
+                let items: Vec<String> = (0..n).map(|_| cond(rnd, depth + 1)).collect();
+                let op = if pick == 2 { "or" } else { "and" };
+                format!("{{ {op}: [{}] }}", items.join(", "))
+            }
+            3 => format!("{{ not: {} }}", cond(rnd, depth + 1)),
+            _ => LEAVES[rnd(LEAVES.len())].to_string(),
+        }
+    }
+    let mut docs: Vec<Vec<u8>> = [
+        r#"{"force":true,"repo":"acme/x","n":7}"#,
+        r#"{"force":false,"repo":"evil/x","n":1}"#,
+        r#"{"force":true,"force":false}"#,
+        r#"{"repo":"acme/a","repo":"acme/b"}"#,
+        r#"[]"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let tapes: Vec<Vec<simd_json::Node>> = docs
+        .iter_mut()
+        .map(|d| simd_json::to_tape(d).unwrap().0)
+        .collect();
+    let h = |name: &'static str, value: &'static [u8]| httparse::Header { name, value };
+    let header_sets: Vec<Vec<httparse::Header>> = vec![
+        vec![],
+        vec![h("Host", b"h"), h("X-Tenant", b"acme")],
+        vec![h("x-tenant", b"blocked")],
+        vec![h("X-TENANT", b"evil"), h("X-Tenant", b"acme")],
+        vec![h("X-Tenant", b"evil"), h("x-tenant", b"blocked")],
+        vec![h("X-A", b"v1"), h("x-a", b"v2"), h("X-Tenanu", b"evil")],
+        vec![h("X-Tenant", b"\xff"), h("ACCEPT-ENCODING-EXTRA", b"")],
+    ];
+    let methods = [
+        "tools/call",
+        "tools/list",
+        "prompts/get",
+        "resources/read",
+        "resources/",
+        "ping",
+        "initialize",
+        "tools/cal",
+        "",
+    ];
+    let names = [
+        None,
+        Some("t1"),
+        Some("t3"),
+        Some("t9"),
+        Some("git.push"),
+        Some("p1"),
+    ];
+    let uris = [None, Some("file:///srv/a"), Some("file:///srv/../etc")];
+    let a = alice();
+    let mut b = alice();
+    b.groups = vec!["sre".into()];
+    let people = [Some(&a), Some(&b), None];
+    let mut checked = 0;
+    for round in 0..300 {
+        let n = if round % 3 == 0 {
+            17 + rnd(30)
+        } else {
+            1 + rnd(12)
+        };
+        let mut yaml = String::new();
+        for _ in 0..n {
+            let kind = if rnd(3) == 0 { "deny" } else { "allow" };
+            yaml.push_str(&format!("- {kind}: {}\n", cond(&mut rnd, 0)));
+        }
+        let p = policy(&yaml);
+        for _ in 0..40 {
+            let f = Facts {
+                principal: people[rnd(people.len())],
+                method: methods[rnd(methods.len())],
+                name: names[rnd(names.len())],
+                uri: uris[rnd(uris.len())],
+                arguments: match rnd(tapes.len() + 1) {
+                    0 => None,
+                    i => Some(&tapes[i - 1][..]),
+                },
+                source_ip: "10.1.2.3".parse().unwrap(),
+                now_unix: 1_767_607_200,
+                headers: &header_sets[rnd(header_sets.len())],
+            };
+            assert_eq!(p.evaluate(&f), ref_verdict(&p, &f), "{yaml}");
+            let tool = names[rnd(names.len())].unwrap_or("t2");
+            assert_eq!(
+                p.visible(&f, ItemKind::Tool, tool),
+                ref_visible_tool(&p, &f, tool),
+                "{yaml} {tool}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12_000);
+}
