@@ -408,25 +408,36 @@ fn array_index(tok: &str) -> Option<usize> {
     tok.parse().ok()
 }
 
-/// Whether a path segment of `uri` is `.` or `..`, literally or percent-encoded.
+/// Whether `uri` could name another path than it seems to: a `.` or `..`
+/// segment (literal or percent-encoded), or an encoded separator or percent
+/// sign (`%2f`, `%5c`, `%25`) that a server may decode before it resolves
+/// the path. Prefix and glob tests on such a URI are unknown.
 pub(crate) fn dot_segment(uri: &str) -> bool {
-    uri.split(['/', '\\', '?', '#']).any(|seg| {
-        let b = seg.as_bytes();
-        let mut dots = 0;
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'.' {
-                i += 1;
-            } else if b[i] == b'%'
-                && b.get(i + 1) == Some(&b'2')
-                && matches!(b.get(i + 2), Some(b'e' | b'E'))
-            {
-                i += 3;
-            } else {
-                return false;
+    let encoded_separator = uri.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2] | 0x20),
+                (b'2', b'f') | (b'5', b'c') | (b'2', b'5')
+            )
+    });
+    encoded_separator
+        || uri.split(['/', '\\', '?', '#']).any(|seg| {
+            let b = seg.as_bytes();
+            let mut dots = 0;
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'.' {
+                    i += 1;
+                } else if b[i] == b'%'
+                    && b.get(i + 1) == Some(&b'2')
+                    && matches!(b.get(i + 2), Some(b'e' | b'E'))
+                {
+                    i += 3;
+                } else {
+                    return false;
+                }
+                dots += 1;
             }
-            dots += 1;
-        }
-        dots == 1 || dots == 2
-    })
+            dots == 1 || dots == 2
+        })
 }

@@ -1,6 +1,6 @@
 //! List filtering that must not fail open (found in review): compressed
 //! answers, answers whose id the server changed, SSE with CR line ends,
-//! list answers on GET streams.
+//! list answers on GET streams; and resource URIs with encoded separators.
 
 use crate::auth::{claims, config, post, token};
 use crate::harness::{exchange, statuses, Proxy, Upstream};
@@ -160,4 +160,59 @@ fn list_answers_on_get_streams_are_filtered() {
         "{resp}"
     );
     assert!(!resp.contains("delete_repo"), "{resp}");
+}
+
+fn ok(_: &[u8]) -> Vec<u8> {
+    let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn encoded_separators_do_not_escape_a_resource_prefix() {
+    let up = Upstream::start(ok);
+    let policy = "    policy:\n      - allow: { mcp_resource: { starts_with: [\"file:///srv/public/\"] } }\n";
+    let proxy = Proxy::from_config(up.addr, &config(policy));
+    let alice = token(claims("alice", "mcp"));
+    let read = |uri: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{{"uri":"{uri}"}}}}"#
+        )
+    };
+    // The literal form is caught...
+    let (resp, _) = exchange(
+        proxy.addr,
+        post(Some(&alice), &read("file:///srv/public/../secret.txt")).as_bytes(),
+        SHORT,
+    );
+    assert!(resp.contains("-32003"), "{resp}");
+    // ...the percent-encoded slash is not.
+    let (resp, _) = exchange(
+        proxy.addr,
+        post(Some(&alice), &read("file:///srv/public/..%2fsecret.txt")).as_bytes(),
+        SHORT,
+    );
+    assert!(
+        resp.contains("-32003"),
+        "..%2f escaped the allowed prefix and was forwarded: {resp}"
+    );
+    for uri in [
+        "file:///srv/public/..%5csecret",
+        "file:///srv/public/%252e%252e/secret",
+    ] {
+        let (resp, _) = exchange(proxy.addr, post(Some(&alice), &read(uri)).as_bytes(), SHORT);
+        assert!(resp.contains("-32003"), "{uri}: {resp}");
+    }
+    let (resp, _) = exchange(
+        proxy.addr,
+        post(Some(&alice), &read("file:///srv/public/a%20b.txt")).as_bytes(),
+        SHORT,
+    );
+    assert!(
+        !resp.contains("-32003"),
+        "an ordinary escape is fine: {resp}"
+    );
 }
