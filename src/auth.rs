@@ -51,7 +51,7 @@ pub fn authenticate(
     if query_has_token(head.path) {
         return Err(refuse(
             auth,
-            HttpError::Unauthorized("access tokens are not accepted in the query string"),
+            HttpError::BadRequest("access tokens are not accepted in the query string"),
             Some("invalid_request"),
         ));
     }
@@ -60,13 +60,20 @@ pub fn authenticate(
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
         .map(|h| h.value);
-    let (Some(value), None) = (values.next(), values.next()) else {
+    let Some(value) = values.next() else {
         return Err(refuse(
             auth,
             HttpError::Unauthorized("a bearer token is required"),
             None,
         ));
     };
+    if values.next().is_some() {
+        return Err(refuse(
+            auth,
+            HttpError::BadRequest("more than one Authorization header"),
+            Some("invalid_request"),
+        ));
+    }
     let Some(token) = bearer(value) else {
         return Err(refuse(
             auth,

@@ -34,6 +34,9 @@ pub enum HttpError {
     /// A policy denied the call: answered as a JSON-RPC error (HTTP 200) so
     /// the client shows it and the session stays usable.
     PolicyDenied,
+    /// A policy denied a notification: 202 as for any notification, with no
+    /// body (nothing answers a notification); it is not forwarded.
+    NotificationDenied,
     /// An MCP body that is not a valid JSON-RPC message (HTTP 400 with this
     /// JSON-RPC error code).
     InvalidJsonRpc {
@@ -65,6 +68,7 @@ impl HttpError {
             HttpError::Unauthorized(_) => 401,
             HttpError::RateLimited => 429,
             HttpError::PolicyDenied => 200,
+            HttpError::NotificationDenied => 202,
         }
     }
 
@@ -77,7 +81,7 @@ impl HttpError {
             | HttpError::Unauthorized(r) => r,
             HttpError::InsufficientScope => "insufficient scope",
             HttpError::RateLimited => "rate limit exceeded",
-            HttpError::PolicyDenied => "denied by policy",
+            HttpError::PolicyDenied | HttpError::NotificationDenied => "denied by policy",
             HttpError::InvalidJsonRpc { message, .. } => message,
             HttpError::BadHost => "invalid Host header",
             HttpError::BadVersion => "HTTP version not supported",
@@ -108,6 +112,7 @@ impl HttpError {
                 | HttpError::InsufficientScope
                 | HttpError::RateLimited
                 | HttpError::PolicyDenied
+                | HttpError::NotificationDenied
         ) && !self.judged_whole_body()
     }
 
@@ -116,7 +121,10 @@ impl HttpError {
     pub fn judged_whole_body(self) -> bool {
         matches!(
             self,
-            HttpError::InvalidJsonRpc { .. } | HttpError::PolicyDenied | HttpError::RateLimited
+            HttpError::InvalidJsonRpc { .. }
+                | HttpError::PolicyDenied
+                | HttpError::NotificationDenied
+                | HttpError::RateLimited
         )
     }
 }

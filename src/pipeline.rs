@@ -583,10 +583,14 @@ pub fn check_mcp_body(
             message: e.message(),
         })
     })?;
-    let Some((err, message, retry_after)) = refused else {
+    let Some((mut err, message, retry_after)) = refused else {
         judged.list = (!lists.is_empty()).then_some(ListFilter { wanted: lists });
         return Ok(());
     };
+    if err == HttpError::PolicyDenied && ids.is_empty() {
+        // Only notifications were refused: nothing answers a notification.
+        err = HttpError::NotificationDenied;
+    }
     let mut headers = Vec::new();
     if let Some(secs) = retry_after {
         headers.extend_from_slice(b"Retry-After: ");

@@ -54,7 +54,7 @@ pub enum Binding {
 }
 
 impl Sessions {
-    fn session_key(&self, route: usize, id: &[u8]) -> u64 {
+    fn session_key(&self, route: &str, id: &[u8]) -> u64 {
         // Never 0: 0 marks an empty slot.
         self.seed.hash_one((route, id)) | 1
     }
@@ -63,8 +63,9 @@ impl Sessions {
         self.seed.hash_one((&*p.issuer_name, &p.issuer, &p.sub)) | 1
     }
 
-    /// Record that `id` on `route` belongs to `p`.
-    pub fn bind(&self, route: usize, id: &[u8], p: &Principal) {
+    /// Record that `id` on the route named `route` belongs to `p` (by name,
+    /// so a reload that reorders routes keeps the bindings).
+    pub fn bind(&self, route: &str, id: &[u8], p: &Principal) {
         let key = self.session_key(route, id);
         let slot = &self.slots[key as usize & (SLOTS - 1)];
         slot.session.store(0, Ordering::Release);
@@ -73,7 +74,7 @@ impl Sessions {
         slot.session.store(key, Ordering::Release);
     }
 
-    pub fn check(&self, route: usize, id: &[u8], p: &Principal) -> Binding {
+    pub fn check(&self, route: &str, id: &[u8], p: &Principal) -> Binding {
         let key = self.session_key(route, id);
         let slot = &self.slots[key as usize & (SLOTS - 1)];
         if slot.session.load(Ordering::Acquire) != key {
@@ -113,11 +114,11 @@ mod tests {
     fn sessions_belong_to_who_opened_them() {
         let s = Sessions::default();
         let (alice, bob) = (principal("alice"), principal("bob"));
-        assert_eq!(s.check(0, b"abc", &alice), Binding::Unknown);
-        s.bind(0, b"abc", &alice);
-        assert_eq!(s.check(0, b"abc", &alice), Binding::Same);
-        assert_eq!(s.check(0, b"abc", &bob), Binding::Other);
-        assert_eq!(s.check(1, b"abc", &bob), Binding::Unknown, "per route");
-        assert_eq!(s.check(0, b"abd", &bob), Binding::Unknown);
+        assert_eq!(s.check("r", b"abc", &alice), Binding::Unknown);
+        s.bind("r", b"abc", &alice);
+        assert_eq!(s.check("r", b"abc", &alice), Binding::Same);
+        assert_eq!(s.check("r", b"abc", &bob), Binding::Other);
+        assert_eq!(s.check("q", b"abc", &bob), Binding::Unknown, "per route");
+        assert_eq!(s.check("r", b"abd", &bob), Binding::Unknown);
     }
 }

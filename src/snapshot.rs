@@ -289,7 +289,9 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
             let upstream = match (&ua.assertion, &ua.static_credential, ua.none) {
                 (_, Some(s), _) => {
                     if !crate::http1::is_token(s.header.as_bytes())
-                        || s.value.contains(['\r', '\n'])
+                        || s.value
+                            .bytes()
+                            .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
                     {
                         errs.at(
                             "upstream_auth",

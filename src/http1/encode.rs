@@ -25,6 +25,7 @@ pub struct Detail {
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -77,7 +78,9 @@ pub fn error_response(
     let message = detail
         .and_then(|d| d.message.as_deref())
         .unwrap_or(err.reason());
-    if mcp {
+    if status == 202 {
+        // A refused notification: answered like any notification, no body.
+    } else if mcp {
         let code = match err {
             HttpError::InvalidJsonRpc { code, .. } => code,
             HttpError::GatewayTimeout => -32001,

@@ -192,7 +192,9 @@ pub fn parse_key(
             let n = b64_field(jwk, "n")?;
             let e = b64_field(jwk, "e")?;
             let n = strip_zeros(&n);
-            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            // `n` has no leading zero bytes: its first byte's leading zeros are all.
+            let bits =
+                (n.len() * 8).saturating_sub(n.first().map_or(0, |b| b.leading_zeros() as usize));
             if bits < 2048 {
                 return Err(format!("RSA key of {bits} bits (2048 at least)"));
             }

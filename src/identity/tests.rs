@@ -705,6 +705,9 @@ fn compile_errors() {
     assert!(compile_err(c).contains("unsupported"));
     let weak: Value = serde_json::from_str(RSA1024_JWK).unwrap();
     assert!(compile_err(cfg(json!({"keys":[weak]}))).contains("1024 bits"));
+    // An all-zero modulus is a short key, not an arithmetic overflow.
+    let zero = json!({"kty": "RSA", "kid": "z", "n": "AAAA", "e": "AQAB"});
+    assert!(compile_err(cfg(json!({"keys":[zero]}))).contains("0 bits"));
     assert!(
         compile_err(cfg(json!({"keys":[rsa_jwk("a"), rsa_jwk("a")]}))).contains("duplicate kid")
     );

@@ -76,7 +76,7 @@ impl ListFilter {
 pub type Visible<'a> = dyn FnMut(ListKind, &str) -> bool + 'a;
 
 /// Largest list response (JSON body or one SSE event) filtered.
-pub const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Filter a JSON-RPC message or batch of messages (`body`): the answers to
 /// `filter`'s requests lose the items `visible` refuses. `None`: no answer

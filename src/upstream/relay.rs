@@ -52,7 +52,7 @@ pub async fn response(
     mut upstream: UpstreamStream,
     conn: &mut Conn,
 ) -> Result<Next, Option<HttpError>> {
-    let head = read_head(worker, snap, req, &mut upstream, conn).await?;
+    let head = read_head(worker, route, snap, req, &mut upstream, conn).await?;
     // A list answer to filter: a JSON body is filtered whole, an event
     // stream event by event (its length changes, so it is re-framed).
     let list = conn.judged.list.take().filter(|_| route.policy.is_some());
@@ -377,6 +377,7 @@ enum Parsed {
 /// function, so the header array lives on the stack for this call only.
 fn parse_head(
     worker: &Worker,
+    route: &Route,
     req: &Request,
     conn: &mut Conn,
 ) -> Result<Option<Parsed>, Option<HttpError>> {
@@ -403,7 +404,7 @@ fn parse_head(
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("mcp-session-id"))
         {
-            worker.shared.sessions.bind(req.route, h.value, p);
+            worker.shared.sessions.bind(&route.name, h.value, p);
         }
     }
     let head = Head {
@@ -437,6 +438,7 @@ async fn client_gone(client: &ClientStream) {
 /// write the client's head, without framing and final CRLF, into `conn.out`.
 async fn read_head(
     worker: &Worker,
+    route: &Route,
     snap: &Snapshot,
     req: &Request,
     upstream: &mut UpstreamStream,
@@ -445,7 +447,7 @@ async fn read_head(
     // Taken only when the head needs another read.
     let mut deadline = None;
     loop {
-        let parsed = parse_head(worker, req, conn)?;
+        let parsed = parse_head(worker, route, req, conn)?;
         match parsed {
             Some(Parsed::Final(head, len)) => {
                 conn.ubuf.drain(..len);

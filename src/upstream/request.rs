@@ -194,7 +194,7 @@ pub fn prepare(
         ),
     };
     if let (Some(p), Some(session)) = (&principal, head.header("mcp-session-id")) {
-        if worker.shared.sessions.check(route.index, session, p) == Binding::Other {
+        if worker.shared.sessions.check(&route.name, session, p) == Binding::Other {
             return Err(reject(
                 HttpError::Forbidden("this session belongs to another caller"),
                 true,

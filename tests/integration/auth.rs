@@ -129,7 +129,15 @@ fn tokens_are_checked_and_never_passed_upstream() {
     let raw =
         post(Some(&good), PING).replace("POST /mcp ", &format!("POST /mcp?access_token={good} "));
     let (resp, _) = exchange(proxy.addr, raw.as_bytes(), SHORT);
-    assert_eq!(statuses(&resp), [401], "{resp}");
+    assert_eq!(statuses(&resp), [400], "{resp}");
+    assert!(resp.contains("error=\"invalid_request\""), "{resp}");
+    // Two Authorization headers: ambiguous, refused.
+    let raw = post(Some(&good), PING).replace(
+        "Host: proxy.test\r\n",
+        &format!("Host: proxy.test\r\nAuthorization: Bearer {good}\r\n"),
+    );
+    let (resp, _) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [400], "{resp}");
     assert!(
         up.requests().is_empty(),
         "nothing refused reached the upstream"

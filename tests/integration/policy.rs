@@ -154,6 +154,12 @@ fn calls_are_allowed_and_denied_by_rule() {
         "{v}"
     );
 
+    // A denied notification is answered like any notification: 202, no body.
+    let note = r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}"#;
+    let (resp, _) = exchange(proxy.addr, post(Some(&alice), note).as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [202], "{resp}");
+    assert!(resp.contains("Content-Length: 0\r\n"), "{resp}");
+
     // A batch with one denied element is denied whole, each request answered.
     let batch = format!(
         "[{},{}]",
