@@ -499,8 +499,9 @@ pub fn check_mcp_body(
     if body.is_empty() && req.method != crate::http1::Method::Post {
         // GET (listen stream) and DELETE (end session) carry no call: deny
         // rules apply to them, but they need no allow rule.
-        if let Some(Verdict::Deny { rule, message, .. }) = policy.map(|p| p.evaluate(&base)) {
-            if !rule.ends_with("#default") {
+        let verdict = policy.map(|p| (p, p.evaluate(&base)));
+        if let Some((p, Verdict::Deny { rule, message, .. })) = verdict {
+            if !p.is_default_rule(rule) {
                 judged.detail = Some(Box::new(Detail {
                     message: Some(format!("denied by policy rule {rule:?}: {message}")),
                     ..Detail::default()

@@ -205,6 +205,12 @@ impl Policy {
         self.rules.is_empty()
     }
 
+    /// Whether a denial's `rule` is the default one (no allow rule matched),
+    /// rather than a deny rule.
+    pub fn is_default_rule(&self, rule: &str) -> bool {
+        std::ptr::eq(rule, &*self.default_rule)
+    }
+
     /// Whether any rule reads request headers (`header` criteria): only then
     /// must the pipeline keep the request's header fields for it.
     pub fn uses_headers(&self) -> bool {

@@ -295,3 +295,26 @@ fn completions_and_subscriptions_are_judged_by_what_they_reach() {
         "nothing outside was forwarded"
     );
 }
+
+/// GET and DELETE carry no call: deny rules apply, no allow rule is needed.
+#[test]
+fn get_and_delete_obey_deny_rules_only() {
+    let up = Upstream::start(respond);
+    let policy = r#"    policy:
+      - allow: { mcp_method: { equals: tools/list } }
+      - name: blocked
+        deny: { header: { name: X-Block, exists: true } }
+"#;
+    let proxy = Proxy::from_config(up.addr, &config(policy));
+    let alice = token(claims("alice", "mcp"));
+    for method in ["GET", "DELETE"] {
+        let raw = |extra: &str| {
+            format!("{method} /mcp HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer {alice}\r\n{extra}\r\n")
+        };
+        let (resp, _) = exchange(proxy.addr, raw("").as_bytes(), SHORT);
+        assert_eq!(statuses(&resp), [200], "{method}: {resp}");
+        let (resp, _) = exchange(proxy.addr, raw("X-Block: 1\r\n").as_bytes(), SHORT);
+        assert_eq!(statuses(&resp), [403], "{method}: {resp}");
+        assert!(resp.contains("blocked"), "{resp}");
+    }
+}
