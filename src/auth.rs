@@ -14,6 +14,7 @@ use crate::snapshot::Snapshot;
 use crate::worker::Worker;
 use std::io::Write;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 /// The process's assertion signer: one key pair for the life of the process
 /// (reloads keep it, so upstreams' cached keys stay valid). `None` only if the
@@ -105,8 +106,16 @@ fn verify_cached(
     let mut cache = worker.token_cache_for(snap);
     if let Some(cache) = cache.as_deref() {
         if let Some(p) = cache.get(token, &auth.audience, now) {
+            worker
+                .shared
+                .token_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(p);
         }
+        worker
+            .shared
+            .token_cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         if let Some(e) = cache.get_rejected(token, &auth.audience, now) {
             return Err(e.reason());
         }

@@ -29,6 +29,8 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
+    /// The admin listener (metrics, health, config summary); off when absent.
+    pub admin: Option<AdminConfig>,
     /// Trusted token issuers.
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
@@ -212,6 +214,18 @@ pub struct RouteConfig {
     pub upstream_auth: Option<UpstreamAuthConfig>,
     /// Rules deciding each JSON-RPC message (MCP routes); see `policy`.
     pub policy: Option<Vec<crate::policy::RuleConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Keep it on loopback: it is not authenticated.
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 
 #[derive(Debug, Deserialize)]

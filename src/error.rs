@@ -116,6 +116,24 @@ impl HttpError {
         ) && !self.judged_whole_body()
     }
 
+    /// How this answer counts in the metrics.
+    pub fn decision(self) -> crate::metrics::Decision {
+        use crate::metrics::Decision;
+        match self {
+            HttpError::PolicyDenied | HttpError::RateLimited | HttpError::NotificationDenied => {
+                Decision::Denied
+            }
+            HttpError::Forbidden("denied by policy") => Decision::Denied,
+            HttpError::Unauthorized(_) | HttpError::InsufficientScope | HttpError::Forbidden(_) => {
+                Decision::Unauthenticated
+            }
+            HttpError::BadGateway(_)
+            | HttpError::GatewayTimeout
+            | HttpError::ServiceUnavailable => Decision::Failed,
+            _ => Decision::Invalid,
+        }
+    }
+
     /// Errors raised only once the whole body was read and judged: the
     /// connection's framing is intact and it may be kept alive.
     pub fn judged_whole_body(self) -> bool {

@@ -2,6 +2,7 @@
 //!
 //! The request path is in [`pipeline`]; see ARCHITECTURE.md for the map.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;
@@ -11,6 +12,7 @@ pub mod http1;
 pub mod identity;
 pub mod listener;
 pub mod mcp;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod principal;

@@ -16,6 +16,7 @@ use crate::http1::encode::{error_response, Detail};
 use crate::http1::{parse_request, Framing};
 use crate::mcp::jsonrpc::{Kind, Message, RpcId};
 use crate::mcp::listfilter::{ListFilter, ListKind};
+use crate::metrics::Decision;
 use crate::policy::{Facts, Verdict};
 use crate::route::Route;
 use crate::snapshot::Snapshot;
@@ -46,9 +47,44 @@ pub struct Conn {
     pub served: u64,
     /// What judging the current request's body found.
     pub judged: Judged,
+    /// What became of the current request (metrics).
+    pub outcome: Outcome,
     /// A copy of the current request's head, kept for policies that read
     /// headers after the head was consumed (routes with a policy only).
     pub head_copy: Vec<u8>,
+}
+
+/// What became of one request: its route, the status the client got, and
+/// how portcullis decided.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub route: Option<usize>,
+    /// 0 until an answer is known.
+    pub status: u16,
+    pub decision: Decision,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            route: None,
+            status: 0,
+            decision: Decision::Failed,
+        }
+    }
+}
+
+/// Count a finished request in its route's metrics.
+fn record(snap: &Snapshot, outcome: &Outcome, started: Instant) {
+    if outcome.status == 0 {
+        return; // the client left before any answer
+    }
+    let metrics = match outcome.route {
+        Some(i) if i < snap.routes.all().len() => &snap.routes.get(i).metrics,
+        _ => &snap.unrouted,
+    };
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    metrics.record(outcome.status, outcome.decision, micros);
 }
 
 /// The outcome of judging a body, beyond pass or refuse.
@@ -94,6 +130,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         out: Vec::new(),
         served: 0,
         judged: Judged::default(),
+        outcome: Outcome::default(),
         head_copy: Vec::new(),
     };
     loop {
@@ -103,10 +140,13 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         // Loaded once the request has begun, so a connection idle across a
         // reload is served by the new snapshot.
         let snap = worker.snapshot();
+        let started = Instant::now();
+        conn.outcome = Outcome::default();
         let next = {
             let _busy = InFlight::enter(&worker);
             exchange(&worker, &snap, &mut client, &mut conn).await
         };
+        record(&snap, &conn.outcome, started);
         conn.served += 1;
         if next == Next::Close || worker.shared.shutting_down() {
             break;
@@ -163,6 +203,8 @@ async fn exchange(
         Ok(Step::Forward(req)) => req,
         Ok(Step::Refuse(rej)) => return reject(client, conn, rej).await,
         Ok(Step::Answered(close)) => {
+            conn.outcome.status = 200;
+            conn.outcome.decision = Decision::Allowed;
             let sent = write_all(client, &mut conn.out).await;
             return if close || sent.is_err() {
                 Next::Close
@@ -190,6 +232,7 @@ async fn exchange(
                     close,
                     id: req.id,
                     detail,
+                    route: u32::try_from(req.route).ok(),
                 },
             )
             .await;
@@ -208,6 +251,7 @@ async fn exchange(
                     close: true,
                     id: req.id,
                     detail: None,
+                    route: u32::try_from(req.route).ok(),
                 },
             )
             .await
@@ -242,6 +286,7 @@ async fn read_head(
             close: true,
             id: Default::default(),
             detail: None,
+            route: None,
         })
     };
     loop {
@@ -281,6 +326,7 @@ fn parse_and_prepare(
                 Some(close) => Step::Answered(close),
                 None => match prepare(worker, snap, &head, &conn.client, &mut conn.up) {
                     Ok(req) => {
+                        conn.outcome.route = Some(req.route);
                         if snap.routes.get(req.route).policy_reads_headers {
                             conn.head_copy.clear();
                             conn.head_copy.extend_from_slice(&conn.buf[..head.head_len]);
@@ -297,6 +343,11 @@ fn parse_and_prepare(
 
 /// Answer locally; close when framing is in doubt or the error requires it.
 pub async fn reject(client: &mut ClientStream, conn: &mut Conn, rej: Reject) -> Next {
+    conn.outcome.status = rej.err.status();
+    conn.outcome.decision = rej.err.decision();
+    if let Some(route) = rej.route {
+        conn.outcome.route = Some(route as usize);
+    }
     conn.out.clear();
     error_response(
         &mut conn.out,

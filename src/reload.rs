@@ -53,8 +53,10 @@ impl Reloader {
         }
         self.fingerprint = now;
         match snapshot::load(&self.path) {
-            Ok(next) => {
-                warn_fixed_at_start(&self.snapshot.load(), &next);
+            Ok(mut next) => {
+                let old = self.snapshot.load();
+                warn_fixed_at_start(&old, &next);
+                next.adopt_metrics(&old);
                 let routes = next.routes.all().len();
                 self.snapshot.store(Arc::new(next));
                 self.shared.reloads.fetch_add(1, Ordering::Relaxed);

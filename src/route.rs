@@ -30,6 +30,8 @@ pub struct Route {
     pub policy: Option<crate::policy::Policy>,
     /// The policy has `header` criteria: the request's head is kept for it.
     pub policy_reads_headers: bool,
+    /// This route's counters (carried over by name across reloads).
+    pub metrics: std::sync::Arc<crate::metrics::RouteMetrics>,
 }
 
 /// What an authenticated route demands and what its upstream gets instead
@@ -97,6 +99,7 @@ impl Route {
             auth: None,
             policy: None,
             policy_reads_headers: false,
+            metrics: Default::default(),
         }
     }
 
@@ -187,6 +190,10 @@ impl RouteTable {
 
     pub fn all(&self) -> &[Route] {
         &self.routes
+    }
+
+    pub fn all_mut(&mut self) -> &mut [Route] {
+        &mut self.routes
     }
 
     pub fn get(&self, index: usize) -> &Route {

@@ -20,6 +20,8 @@ pub struct Running {
     pub snapshot: SharedSnapshot,
     /// The addresses actually listened on (ports of 0 resolved).
     pub addresses: Vec<std::net::SocketAddr>,
+    /// The admin listener's address, when configured.
+    pub admin: Option<std::net::SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -33,6 +35,11 @@ impl Running {
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        // Wake the admin thread's accept so it sees `stopped` and ends.
+        if let Some(a) = self.admin {
+            let _ = std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200));
         }
     }
 }
@@ -49,6 +56,7 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         tracing::info!(address = %addr, tls = spec.tls.is_some(), "listening");
     }
     let pin = snapshot.pin_workers;
+    let admin = snapshot.admin;
     let shared = Arc::new(Shared::default());
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -67,16 +75,26 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
                 let config = &snapshot.load().runtime;
                 let (ring, entries) = (ring_builder(config), config.ring_entries);
                 let driver = config.driver;
-                run_on_runtime(id, driver, ring, entries, move || {
+                let counts = shared.clone();
+                run_on_runtime(id, driver, ring, entries, &counts, move || {
                     worker_main(id, shared, snapshot, listeners)
                 });
             })?;
         threads.push(t);
     }
+    let admin = match admin {
+        Some(address) => Some(crate::admin::start(
+            address,
+            snapshot.clone(),
+            shared.clone(),
+        )?),
+        None => None,
+    };
     Ok(Running {
         shared,
         snapshot,
         addresses,
+        admin,
         threads,
     })
 }
@@ -114,8 +132,14 @@ fn ring_flags(config: &RuntimeConfig) -> String {
 
 /// Build the configured runtime on this thread and run `main` on it; fall back
 /// to epoll when io_uring cannot be set up.
-fn run_on_runtime<F, Fut>(id: usize, driver: Driver, ring: io_uring::Builder, entries: u32, main: F)
-where
+fn run_on_runtime<F, Fut>(
+    id: usize,
+    driver: Driver,
+    ring: io_uring::Builder,
+    entries: u32,
+    counts: &Shared,
+    main: F,
+) where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
 {
@@ -133,6 +157,7 @@ where
         match rt {
             Ok(mut rt) => {
                 tracing::info!(worker = id, driver = "io_uring", entries, "worker started");
+                counts.uring_workers.fetch_add(1, Ordering::Relaxed);
                 rt.block_on(main());
                 return;
             }
@@ -152,6 +177,7 @@ where
     {
         Ok(mut rt) => {
             tracing::info!(worker = id, driver = "epoll", "worker started");
+            counts.epoll_workers.fetch_add(1, Ordering::Relaxed);
             rt.block_on(main());
         }
         Err(e) => tracing::error!(worker = id, error = %e, "cannot build a runtime"),

@@ -50,8 +50,24 @@ pub struct Snapshot {
     /// Distinct for every compiled snapshot: per-core caches derived from a
     /// snapshot (verified tokens) are dropped when it changes.
     pub generation: u64,
+    /// The admin listener's address (fixed at start).
+    pub admin: Option<SocketAddr>,
+    /// Counters of requests that matched no route.
+    pub unrouted: Arc<crate::metrics::RouteMetrics>,
     /// Stops this snapshot's JWKS refresher when the snapshot is dropped.
     _refresher: RefresherStop,
+}
+
+impl Snapshot {
+    /// Keep the counters of `old` for the routes that are still here (by name).
+    pub fn adopt_metrics(&mut self, old: &Snapshot) {
+        self.unrouted = old.unrouted.clone();
+        for r in self.routes.all_mut() {
+            if let Some(o) = old.routes.all().iter().find(|o| o.name == r.name) {
+                r.metrics = o.metrics.clone();
+            }
+        }
+    }
 }
 
 /// Sets its flag when dropped: the JWKS refresher thread of a replaced
@@ -412,6 +428,8 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         identity,
         _refresher: RefresherStop(stop),
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        unrouted: Default::default(),
+        admin: config.admin.map(|a| a.address),
     })
 }
 

@@ -17,6 +17,14 @@ pub struct Shared {
     /// Configuration reloads swapped in, and rejected.
     pub reloads: AtomicUsize,
     pub reload_failures: AtomicUsize,
+    /// Token cache lookups on all workers.
+    pub token_cache_hits: AtomicUsize,
+    pub token_cache_misses: AtomicUsize,
+    /// Workers running on each I/O driver.
+    pub uring_workers: AtomicUsize,
+    pub epoll_workers: AtomicUsize,
+    /// Set when every worker has stopped (the admin thread ends with it).
+    pub stopped: AtomicBool,
     /// Which principal opened each legacy MCP session.
     pub sessions: crate::session::Sessions,
 }

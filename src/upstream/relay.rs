@@ -397,6 +397,8 @@ fn parse_head(
         return Ok(Some(Parsed::Interim(r.head_len)));
     }
     write_client_head(&r, req.id.as_bytes(), &mut conn.out)?;
+    conn.outcome.status = r.status;
+    conn.outcome.decision = crate::metrics::Decision::Allowed;
     if let (Some(p), true) = (&req.principal, (200..300).contains(&r.status)) {
         // A session minted for an authenticated caller is theirs alone.
         if let Some(h) = r

@@ -40,6 +40,9 @@ pub struct Reject {
     pub close: bool,
     pub id: RequestId,
     pub detail: Option<Box<Detail>>,
+    /// The route's index, when the request got as far as one (u32 keeps
+    /// this error value small).
+    pub route: Option<u32>,
 }
 
 /// Headers never copied from the client: hop-by-hop ones, framing (portcullis
@@ -165,9 +168,14 @@ pub fn prepare(
         close: err.must_close() || has_body || !head.keep_alive,
         id,
         detail: None,
+        route: None,
     };
     let Some(route) = snap.routes.resolve(tls, head.host, head.path) else {
         return Err(reject(HttpError::NoRoute, false));
+    };
+    let reject = |err: HttpError, mcp: bool| Reject {
+        route: u32::try_from(route.index).ok(),
+        ..reject(err, mcp)
     };
     if let Framing::Length(n) = head.framing {
         if n > snap.limits.max_body_bytes {

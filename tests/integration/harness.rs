@@ -148,6 +148,11 @@ impl Proxy {
         }
     }
 
+    /// The admin listener's address, when the configuration has one.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(|r| r.admin)
+    }
+
     /// A proxy with one MCP route `http://proxy.test/` → the upstream's `/`.
     pub fn mcp(upstream: SocketAddr, extra: &str) -> Proxy {
         Proxy::start(

@@ -1,6 +1,7 @@
 //! Integration tests, one binary: the HTTP framing table (desync-guardian
 //! cases and SECURITY.md's list) and black-box tests of a running proxy.
 
+mod admin;
 mod auth;
 mod desync;
 mod harness;

@@ -1,0 +1,154 @@
+//! Counters for the admin listener's `/metrics` (Prometheus text format):
+//! per route, requests by status class and by decision, and a latency
+//! histogram; process-wide gauges and counters live in `worker::Shared`.
+//! Everything on the request path is a relaxed atomic add; a route keeps its
+//! counters across reloads (matched by name).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds of the latency buckets, in microseconds.
+pub const BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    5_000_000, 30_000_000,
+];
+
+/// How portcullis decided a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Forwarded to the upstream.
+    Allowed,
+    /// Refused by a policy rule or a rate limit.
+    Denied,
+    /// No valid token, a missing scope, a foreign session, a bad origin.
+    Unauthenticated,
+    /// Malformed: bad framing, bad JSON-RPC, header mismatch.
+    Invalid,
+    /// Upstream failure or timeout.
+    Failed,
+}
+
+impl Decision {
+    const ALL: [Decision; 5] = [
+        Decision::Allowed,
+        Decision::Denied,
+        Decision::Unauthenticated,
+        Decision::Invalid,
+        Decision::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::Invalid => "invalid",
+            Decision::Failed => "failed",
+        }
+    }
+}
+
+/// One route's counters.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    /// By status class: 1xx .. 5xx.
+    status: [AtomicU64; 5],
+    decisions: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    latency_sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RouteMetrics {
+    /// Count one finished request.
+    pub fn record(&self, status: u16, decision: Decision, micros: u64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.status[class].fetch_add(1, Ordering::Relaxed);
+        self.decisions[decision as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = BUCKETS_US.iter().position(|&b| micros <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Append this route's series to `out` (Prometheus text format).
+    pub fn render(&self, route: &str, out: &mut String) {
+        let route = escape(route);
+        for (i, c) in self.status.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "portcullis_requests_total{{route=\"{route}\",status=\"{}xx\"}} {}",
+                i + 1,
+                c.load(Ordering::Relaxed)
+            );
+        }
+        for d in Decision::ALL {
+            let _ = writeln!(
+                out,
+                "portcullis_decisions_total{{route=\"{route}\",decision=\"{}\"}} {}",
+                d.as_str(),
+                self.decisions[d as usize].load(Ordering::Relaxed)
+            );
+        }
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "portcullis_request_duration_seconds_bucket{{route=\"{route}\",le=\"{}\"}} {cumulative}",
+                *b as f64 / 1e6
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "portcullis_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+        );
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+pub fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_render_as_prometheus_series() {
+        let m = RouteMetrics::default();
+        m.record(200, Decision::Allowed, 80);
+        m.record(200, Decision::Denied, 3_000);
+        m.record(401, Decision::Unauthenticated, 40_000_000);
+        let mut out = String::new();
+        m.render("a\"b", &mut out);
+        assert!(
+            out.contains("portcullis_requests_total{route=\"a\\\"b\",status=\"2xx\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("status=\"4xx\"} 1\n"), "{out}");
+        assert!(out.contains("decision=\"denied\"} 1\n"), "{out}");
+        assert!(out.contains("le=\"0.0001\"} 1\n"), "{out}");
+        assert!(out.contains("le=\"0.005\"} 2\n"), "{out}");
+        assert!(
+            out.contains("le=\"30\"} 2\n"),
+            "beyond the last bucket: {out}"
+        );
+        assert!(out.contains("le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("_count{route=\"a\\\"b\"} 3\n"), "{out}");
+    }
+}
