@@ -29,6 +29,8 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
+    /// The audit log; off when absent.
+    pub audit: Option<crate::audit::AuditConfig>,
     /// The admin listener (metrics, health, config summary); off when absent.
     pub admin: Option<AdminConfig>,
     /// Trusted token issuers.
@@ -212,6 +214,9 @@ pub struct RouteConfig {
     /// What the upstream gets instead of the client's token (default: an
     /// identity assertion signed by portcullis).
     pub upstream_auth: Option<UpstreamAuthConfig>,
+    /// How audit records show `params.arguments`: full, hash (default), omit.
+    #[serde(default)]
+    pub audit_arguments: crate::audit::Arguments,
     /// Rules deciding each JSON-RPC message (MCP routes); see `policy`.
     pub policy: Option<Vec<crate::policy::RuleConfig>>,
 }

@@ -3,6 +3,7 @@
 //! The request path is in [`pipeline`]; see ARCHITECTURE.md for the map.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;

@@ -56,9 +56,12 @@ pub struct Conn {
 
 /// What became of one request: its route, the status the client got, and
 /// how portcullis decided.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Outcome {
     pub route: Option<usize>,
+    pub request_id: crate::worker::RequestId,
+    /// Why it was refused ("" when forwarded).
+    pub reason: &'static str,
     /// 0 until an answer is known.
     pub status: u16,
     pub decision: Decision,
@@ -68,6 +71,8 @@ impl Default for Outcome {
     fn default() -> Self {
         Outcome {
             route: None,
+            request_id: Default::default(),
+            reason: "",
             status: 0,
             decision: Decision::Failed,
         }
@@ -75,16 +80,51 @@ impl Default for Outcome {
 }
 
 /// Count a finished request in its route's metrics.
-fn record(snap: &Snapshot, outcome: &Outcome, started: Instant) {
-    if outcome.status == 0 {
-        return; // the client left before any answer
-    }
-    let metrics = match outcome.route {
-        Some(i) if i < snap.routes.all().len() => &snap.routes.get(i).metrics,
-        _ => &snap.unrouted,
-    };
+fn record(worker: &Worker, snap: &Snapshot, conn: &mut Conn, started: Instant) {
+    let outcome = &conn.outcome;
+    let route = outcome
+        .route
+        .filter(|&i| i < snap.routes.all().len())
+        .map(|i| snap.routes.get(i));
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    metrics.record(outcome.status, outcome.decision, micros);
+    if outcome.status != 0 {
+        let metrics = route.map_or(&snap.unrouted, |r| &r.metrics);
+        metrics.record(outcome.status, outcome.decision, micros);
+    } else if route.is_none() {
+        return; // the client left before a request could be read
+    }
+    if worker.shared.audit.is_none() {
+        return;
+    }
+    let unix_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut buf = worker.audit_buf.borrow_mut();
+    crate::audit::write_record(
+        &mut buf,
+        &crate::audit::Record {
+            unix_micros,
+            request_id: outcome.request_id.as_bytes(),
+            worker: worker.id,
+            client: conn.client.peer,
+            tls: conn.client.tls,
+            route: route.map(|r| r.name.as_str()),
+            facts: &conn.judged.audit,
+            decision: outcome.decision,
+            reason: if outcome.status == 0 {
+                "the client went away before the answer"
+            } else {
+                outcome.reason
+            },
+            status: outcome.status,
+            latency_us: micros,
+        },
+    );
+    let full = buf.len() >= crate::audit::FLUSH_BYTES;
+    drop(buf);
+    if full {
+        worker.flush_audit();
+    }
 }
 
 /// The outcome of judging a body, beyond pass or refuse.
@@ -94,6 +134,8 @@ pub struct Judged {
     pub detail: Option<Box<Detail>>,
     /// The list request whose answer is to be filtered.
     pub list: Option<ListFilter>,
+    /// What the audit record says of the request (filled when audit is on).
+    pub audit: crate::audit::Facts,
 }
 
 /// What happens to the connection after an exchange.
@@ -142,11 +184,12 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         let snap = worker.snapshot();
         let started = Instant::now();
         conn.outcome = Outcome::default();
+        conn.judged.audit = Default::default();
         let next = {
             let _busy = InFlight::enter(&worker);
             exchange(&worker, &snap, &mut client, &mut conn).await
         };
-        record(&snap, &conn.outcome, started);
+        record(&worker, &snap, &mut conn, started);
         conn.served += 1;
         if next == Next::Close || worker.shared.shutting_down() {
             break;
@@ -327,6 +370,13 @@ fn parse_and_prepare(
                 None => match prepare(worker, snap, &head, &conn.client, &mut conn.up) {
                     Ok(req) => {
                         conn.outcome.route = Some(req.route);
+                        conn.outcome.request_id = req.id;
+                        if let Some(sink) = &worker.shared.audit {
+                            let a = &mut conn.judged.audit;
+                            a.principal = req.principal.clone();
+                            a.era = req.mcp_head.version;
+                            a.session = head.header("mcp-session-id").map(|s| sink.hash(s));
+                        }
                         if snap.routes.get(req.route).policy_reads_headers {
                             conn.head_copy.clear();
                             conn.head_copy.extend_from_slice(&conn.buf[..head.head_len]);
@@ -345,6 +395,8 @@ fn parse_and_prepare(
 pub async fn reject(client: &mut ClientStream, conn: &mut Conn, rej: Reject) -> Next {
     conn.outcome.status = rej.err.status();
     conn.outcome.decision = rej.err.decision();
+    conn.outcome.reason = rej.err.reason();
+    conn.outcome.request_id = rej.id;
     if let Some(route) = rej.route {
         conn.outcome.route = Some(route as usize);
     }
@@ -572,7 +624,15 @@ pub fn check_mcp_body(
     let mut refused: Option<(HttpError, Option<String>, Option<u64>)> = None;
     let mut ids = Vec::new();
     let mut lists = Vec::new();
-    crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
+    let sink = worker.shared.audit.as_ref();
+    let audit = &mut judged.audit;
+    let decoded = crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
+        if let Some(sink) = sink {
+            audit.batch += 1;
+            if audit.batch == 1 {
+                note_message(sink, route, m, audit);
+            }
+        }
         if m.kind == Some(Kind::Request) {
             if let Some(id) = m.id {
                 if batch || ids.is_empty() {
@@ -621,6 +681,9 @@ pub fn check_mcp_body(
                 } else {
                     HttpError::PolicyDenied
                 };
+                if sink.is_some() {
+                    audit.rule = Some(rule.into());
+                }
                 refused = Some((
                     err,
                     Some(format!("denied by policy rule {rule:?}: {message}")),
@@ -628,8 +691,8 @@ pub fn check_mcp_body(
                 ));
             }
         }
-    })
-    .map_err(|e| {
+    });
+    decoded.map_err(|e| {
         Some(HttpError::InvalidJsonRpc {
             code: e.code(),
             message: e.message(),
@@ -656,6 +719,37 @@ pub fn check_mcp_body(
         headers,
     }));
     Err(Some(err))
+}
+
+/// Copy what the audit record says of a body's (first) message.
+fn note_message(
+    sink: &crate::audit::Sink,
+    route: &Route,
+    m: &Message<'_>,
+    audit: &mut crate::audit::Facts,
+) {
+    audit.method = m.method.map(Box::from);
+    audit.target = m.name.or(m.uri).or(m.ref_name).or(m.ref_uri).map(Box::from);
+    audit.rpc_id = m.id.map(RpcId::from);
+    if audit.era == 0 {
+        audit.era = m
+            .protocol_version
+            .and_then(|v| gate::parse_version(v.as_bytes()))
+            .unwrap_or(0);
+    }
+    let Some(args) = m.arguments else { return };
+    let mut text = Vec::new();
+    match route.audit_arguments {
+        crate::audit::Arguments::Omit => {}
+        crate::audit::Arguments::Full => {
+            crate::audit::arguments_json(args, &mut text);
+            audit.arguments = String::from_utf8(text).ok();
+        }
+        crate::audit::Arguments::Hash => {
+            crate::audit::arguments_exact(args, &mut text);
+            audit.arguments = Some(format!("\"{}\"", sink.hash(&text)));
+        }
+    }
 }
 
 /// What a message reaches besides its own key, judged as if it were asked

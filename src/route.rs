@@ -30,6 +30,8 @@ pub struct Route {
     pub policy: Option<crate::policy::Policy>,
     /// The policy has `header` criteria: the request's head is kept for it.
     pub policy_reads_headers: bool,
+    /// How its audit records show arguments.
+    pub audit_arguments: crate::audit::Arguments,
     /// This route's counters (carried over by name across reloads).
     pub metrics: std::sync::Arc<crate::metrics::RouteMetrics>,
 }
@@ -100,6 +102,7 @@ impl Route {
             policy: None,
             policy_reads_headers: false,
             metrics: Default::default(),
+            audit_arguments: Default::default(),
         }
     }
 

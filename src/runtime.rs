@@ -23,6 +23,7 @@ pub struct Running {
     /// The admin listener's address, when configured.
     pub admin: Option<std::net::SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    audit_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -35,6 +36,11 @@ impl Running {
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        // Every worker has handed over its records: write them all, stop.
+        if let (Some(sink), Some(writer)) = (&self.shared.audit, self.audit_writer) {
+            sink.finish();
+            let _ = writer.join();
         }
         self.shared.stopped.store(true, Ordering::SeqCst);
         // Wake the admin thread's accept so it sees `stopped` and ends.
@@ -57,7 +63,17 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     }
     let pin = snapshot.pin_workers;
     let admin = snapshot.admin;
-    let shared = Arc::new(Shared::default());
+    let (audit, audit_writer) = match &snapshot.audit {
+        Some(cfg) => {
+            let (sink, handle) = crate::audit::Sink::start(cfg)?;
+            (Some(sink), Some(handle))
+        }
+        None => (None, None),
+    };
+    let shared = Arc::new(Shared {
+        audit,
+        ..Shared::default()
+    });
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(workers);
@@ -96,6 +112,7 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         addresses,
         admin,
         threads,
+        audit_writer,
     })
 }
 
@@ -208,8 +225,9 @@ async fn worker_main(
     while !shared.shutting_down() {
         monoio::time::sleep(Duration::from_millis(100)).await;
         let now = worker.tick();
+        worker.flush_audit();
         ticks += 1;
-        if ticks % 10 == 0 {
+        if ticks.is_multiple_of(10) {
             worker.pool.sweep(now);
         }
     }
@@ -229,15 +247,16 @@ async fn worker_main(
             "shutdown deadline reached, closing"
         );
     }
+    worker.flush_audit();
     tracing::info!(worker = id, "worker stopped");
 }
 
 /// Run until SIGTERM or SIGINT, then shut down gracefully. A second signal
 /// exits at once. With a configuration file, it is watched and SIGHUP
-/// reloads it (`reload`).
+/// reloads it (`reload`); SIGUSR1 reopens the audit log (logrotate).
 pub fn run_until_signal(running: Running, config: Option<&std::path::Path>) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     let shared = running.shared.clone();
     let reload = match config {
         Some(path) => Some(crate::reload::start(
@@ -252,7 +271,12 @@ pub fn run_until_signal(running: Running, config: Option<&std::path::Path>) -> s
         .spawn(move || {
             let mut first = true;
             for sig in signals.forever() {
-                if sig == SIGHUP {
+                if sig == SIGUSR1 {
+                    match &shared.audit {
+                        Some(a) => a.reopen.store(true, Ordering::Relaxed),
+                        None => tracing::info!("SIGUSR1 ignored: no audit log"),
+                    }
+                } else if sig == SIGHUP {
                     match &reload {
                         Some(tx) => {
                             let _ = tx.send(());

@@ -50,6 +50,8 @@ pub struct Snapshot {
     /// Distinct for every compiled snapshot: per-core caches derived from a
     /// snapshot (verified tokens) are dropped when it changes.
     pub generation: u64,
+    /// The audit log (fixed at start).
+    pub audit: Option<crate::audit::AuditConfig>,
     /// The admin listener's address (fixed at start).
     pub admin: Option<SocketAddr>,
     /// Counters of requests that matched no route.
@@ -247,6 +249,7 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
             upstream_addrs,
             r.mcp.is_some(),
         );
+        route.audit_arguments = r.audit_arguments;
         if let Some(mcp) = &r.mcp {
             route.allowed_origins = mcp.allowed_origins.clone();
         }
@@ -430,6 +433,7 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         unrouted: Default::default(),
         admin: config.admin.map(|a| a.address),
+        audit: config.audit,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct Shared {
     pub epoll_workers: AtomicUsize,
     /// Set when every worker has stopped (the admin thread ends with it).
     pub stopped: AtomicBool,
+    /// The audit log's sink (absent when not configured).
+    pub audit: Option<crate::audit::Sink>,
     /// Which principal opened each legacy MCP session.
     pub sessions: crate::session::Sessions,
 }
@@ -51,6 +53,8 @@ pub struct Worker {
     pub assertions: RefCell<crate::identity::AssertionCache>,
     /// The snapshot generation the caches were filled under.
     cache_generation: Cell<u64>,
+    /// Audit records not yet handed to the writer.
+    pub audit_buf: RefCell<Vec<u8>>,
     /// Requests being served on this worker right now.
     pub in_flight: Cell<usize>,
     request_seq: Cell<u64>,
@@ -79,6 +83,7 @@ impl Worker {
             token_cache: RefCell::new(crate::identity::TokenCache::new(TOKEN_CACHE_ENTRIES)),
             assertions: RefCell::new(crate::identity::AssertionCache::new(1024)),
             cache_generation: Cell::new(0),
+            audit_buf: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
             request_seq: Cell::new(0),
             request_seed: h.finish(),
@@ -105,6 +110,14 @@ impl Worker {
         snap: &Snapshot,
     ) -> Option<std::cell::RefMut<'_, crate::identity::TokenCache>> {
         (snap.generation == self.cache_generation.get()).then(|| self.token_cache.borrow_mut())
+    }
+
+    /// Hand this worker's buffered audit records to the writer.
+    pub fn flush_audit(&self) {
+        if let Some(sink) = &self.shared.audit {
+            let buf = std::mem::take(&mut *self.audit_buf.borrow_mut());
+            sink.send(buf);
+        }
     }
 
     /// The current snapshot (cheap: a per-core cache of the shared `ArcSwap`).

@@ -535,7 +535,7 @@ fn oversized_tokens_are_rejected_before_decoding() {
 /// trailing bits: same decoded bytes under a lenient decoder, non-canonical text.
 fn non_canonical(seg: &str) -> Option<String> {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    if seg.len() % 4 == 0 {
+    if seg.len().is_multiple_of(4) {
         return None;
     }
     let last = *seg.as_bytes().last()?;

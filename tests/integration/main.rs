@@ -2,6 +2,7 @@
 //! cases and SECURITY.md's list) and black-box tests of a running proxy.
 
 mod admin;
+mod audit;
 mod auth;
 mod desync;
 mod harness;

@@ -1,0 +1,532 @@
+//! The audit log: exactly one JSON line per request (schema version 1, see
+//! README "Audit"), including refused, malformed and timed-out ones.
+//!
+//! Off the request path: each worker appends its records to its own buffer
+//! (`Worker::audit_buf`) and hands full buffers (and, every 100 ms, partial
+//! ones) to one writer thread through a bounded channel. When the writer
+//! cannot keep up, `on_overflow: block` (the default) makes the worker wait,
+//! so no record is lost; `drop` drops the buffer and counts its records. On
+//! shutdown every worker hands over what it holds, then the writer writes
+//! everything and stops. SIGUSR1 reopens the file (logrotate).
+
+use crate::mcp::jsonrpc::write_json_string;
+use crate::metrics::Decision;
+use crate::principal::Principal;
+use serde::Deserialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Schema version written in every record (`"v"`).
+pub const SCHEMA_VERSION: u32 = 1;
+/// A worker hands its buffer over once it holds this much.
+pub const FLUSH_BYTES: usize = 64 * 1024;
+/// Buffers in flight between the workers and the writer.
+const CHANNEL_BUFFERS: usize = 64;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A file (appended to, created if missing) or `-` for stdout.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub on_overflow: Overflow,
+    /// `fsync` after every batch written (slower, survives a power cut).
+    #[serde(default)]
+    pub fsync: bool,
+    /// Key of the keyed hash of arguments and session ids (use `${ENV}`);
+    /// default: a random key per process (hashes correlate within a run only).
+    pub hash_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    #[default]
+    Block,
+    Drop,
+}
+
+/// How a route's audit records show `params.arguments`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Arguments {
+    /// The arguments, with token-like values replaced by `"[redacted]"`.
+    Full,
+    /// A keyed hash (HMAC-SHA256) of the arguments as sent.
+    #[default]
+    Hash,
+    Omit,
+}
+
+/// The process's audit sink: the channel to the writer and its counters.
+pub struct Sink {
+    tx: SyncSender<Vec<u8>>,
+    overflow: Overflow,
+    key: ring::hmac::Key,
+    pub written: Arc<AtomicU64>,
+    pub dropped: AtomicU64,
+    pub reopen: Arc<AtomicBool>,
+}
+
+impl Sink {
+    /// Open the file and start the writer thread.
+    pub fn start(config: &AuditConfig) -> std::io::Result<(Sink, std::thread::JoinHandle<()>)> {
+        let out = Output::open(&config.path)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_BUFFERS);
+        let written = Arc::new(AtomicU64::new(0));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let key_bytes = match &config.hash_key {
+            Some(k) => k.as_bytes().to_vec(),
+            None => {
+                let mut k = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                    .map_err(|_| std::io::Error::other("no randomness for the audit hash key"))?;
+                k.to_vec()
+            }
+        };
+        let writer = Writer {
+            out,
+            path: config.path.clone(),
+            fsync: config.fsync,
+            written: written.clone(),
+            reopen: reopen.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("portcullis-audit".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((
+            Sink {
+                tx,
+                overflow: config.on_overflow,
+                key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes),
+                written,
+                dropped: AtomicU64::new(0),
+                reopen,
+            },
+            handle,
+        ))
+    }
+
+    /// Hand a buffer of complete records to the writer.
+    pub fn send(&self, buf: Vec<u8>) {
+        if buf.is_empty() {
+            return;
+        }
+        let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        match self.overflow {
+            Overflow::Block => {
+                if self.tx.send(buf).is_err() {
+                    self.dropped.fetch_add(lines, Ordering::Relaxed);
+                }
+            }
+            Overflow::Drop => match self.tx.try_send(buf) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.dropped.fetch_add(lines, Ordering::Relaxed);
+                }
+            },
+        }
+    }
+
+    /// Tell the writer to finish (after every worker has handed over).
+    pub fn finish(&self) {
+        let _ = self.tx.send(Vec::new());
+    }
+
+    /// `hmac-sha256:<hex>` of `data` under the audit key.
+    pub fn hash(&self, data: &[u8]) -> String {
+        let tag = ring::hmac::sign(&self.key, data);
+        let mut out = String::with_capacity(12 + 64);
+        out.push_str("hmac-sha256:");
+        for b in tag.as_ref() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+}
+
+enum Output {
+    Stdout,
+    File(std::fs::File),
+}
+
+impl Output {
+    fn open(path: &std::path::Path) -> std::io::Result<Output> {
+        if path.as_os_str() == "-" {
+            return Ok(Output::Stdout);
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Output::File)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot open audit log {}: {e}", path.display()),
+                )
+            })
+    }
+}
+
+struct Writer {
+    out: Output,
+    path: PathBuf,
+    fsync: bool,
+    written: Arc<AtomicU64>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Vec<u8>>) {
+        loop {
+            let buf = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(b) => b,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_reopen();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            self.maybe_reopen();
+            if buf.is_empty() {
+                return; // finish: everything before it is written
+            }
+            let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+            let result = match &mut self.out {
+                Output::Stdout => std::io::stdout().lock().write_all(&buf),
+                Output::File(f) => {
+                    f.write_all(&buf)
+                        .and_then(|()| if self.fsync { f.sync_data() } else { Ok(()) })
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.written.fetch_add(lines, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(error = %e, records = lines, "audit write failed"),
+            }
+        }
+    }
+
+    fn maybe_reopen(&mut self) {
+        if self.reopen.swap(false, Ordering::Relaxed) {
+            match Output::open(&self.path) {
+                Ok(o) => {
+                    self.out = o;
+                    tracing::info!(path = %self.path.display(), "audit log reopened");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit log reopen failed, keeping the old file")
+                }
+            }
+        }
+    }
+}
+
+/// What one request's record says beyond the connection's facts.
+#[derive(Default)]
+pub struct Facts {
+    pub principal: Option<std::rc::Rc<Principal>>,
+    /// `MCP-Protocol-Version` or `_meta` version, YYYYMMDD (0: none).
+    pub era: u32,
+    pub method: Option<Box<str>>,
+    /// Tool or prompt name, or resource URI.
+    pub target: Option<Box<str>>,
+    pub rpc_id: Option<crate::mcp::jsonrpc::RpcId>,
+    pub batch: usize,
+    /// Already rendered: JSON (full), a quoted hash, or nothing.
+    pub arguments: Option<String>,
+    pub rule: Option<Box<str>>,
+    pub session: Option<String>,
+}
+
+/// Everything a record is built from.
+pub struct Record<'a> {
+    pub unix_micros: u64,
+    pub request_id: &'a [u8],
+    pub worker: usize,
+    pub client: std::net::SocketAddr,
+    pub tls: bool,
+    pub route: Option<&'a str>,
+    pub facts: &'a Facts,
+    pub decision: Decision,
+    pub reason: &'a str,
+    pub status: u16,
+    pub latency_us: u64,
+}
+
+/// Append `r` as one JSON line to `out`.
+pub fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
+    let f = r.facts;
+    let _ = write!(out, "{{\"v\":{SCHEMA_VERSION},\"time\":\"");
+    write_time(out, r.unix_micros);
+    out.extend_from_slice(b"\",\"request_id\":");
+    write_json_string(out, std::str::from_utf8(r.request_id).unwrap_or(""));
+    let _ = write!(
+        out,
+        ",\"worker\":{},\"client\":\"{}\",\"tls\":{}",
+        r.worker, r.client, r.tls
+    );
+    out.extend_from_slice(b",\"route\":");
+    opt_str(out, r.route);
+    out.extend_from_slice(b",\"principal\":");
+    match &f.principal {
+        None => out.extend_from_slice(b"null"),
+        Some(p) => {
+            out.extend_from_slice(b"{\"issuer\":");
+            write_json_string(out, &p.issuer_name);
+            out.extend_from_slice(b",\"sub\":");
+            write_json_string(out, &p.sub);
+            out.extend_from_slice(b",\"email\":");
+            opt_str(out, p.email.as_deref());
+            out.extend_from_slice(b",\"groups\":[");
+            for (i, g) in p.groups.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_string(out, g);
+            }
+            out.extend_from_slice(b"],\"client_id\":");
+            opt_str(out, p.client_id.as_deref());
+            out.push(b'}');
+        }
+    }
+    out.extend_from_slice(b",\"era\":");
+    if f.era == 0 {
+        out.extend_from_slice(b"null");
+    } else {
+        let _ = write!(
+            out,
+            "\"{:04}-{:02}-{:02}\"",
+            f.era / 10_000,
+            f.era / 100 % 100,
+            f.era % 100
+        );
+    }
+    out.extend_from_slice(b",\"method\":");
+    opt_str(out, f.method.as_deref());
+    out.extend_from_slice(b",\"target\":");
+    opt_str(out, f.target.as_deref());
+    out.extend_from_slice(b",\"rpc_id\":");
+    match &f.rpc_id {
+        Some(id) => id.write_json(out),
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(out, ",\"batch\":{}", f.batch);
+    if let Some(a) = &f.arguments {
+        out.extend_from_slice(b",\"arguments\":");
+        out.extend_from_slice(a.as_bytes());
+    }
+    let _ = write!(out, ",\"decision\":\"{}\",\"rule\":", r.decision.as_str());
+    opt_str(out, f.rule.as_deref());
+    out.extend_from_slice(b",\"reason\":");
+    write_json_string(out, r.reason);
+    let _ = write!(
+        out,
+        ",\"status\":{},\"latency_us\":{}",
+        r.status, r.latency_us
+    );
+    out.extend_from_slice(b",\"session\":");
+    opt_str(out, f.session.as_deref());
+    out.extend_from_slice(b"}\n");
+}
+
+fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_json_string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// RFC 3339 UTC with microseconds, from microseconds since the epoch.
+pub fn write_time(out: &mut Vec<u8>, unix_micros: u64) {
+    let secs = unix_micros / 1_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        unix_micros % 1_000_000
+    );
+}
+
+/// Argument keys whose values are never written in full.
+fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "authorization",
+        "api_key",
+        "apikey",
+        "cookie",
+        "credential",
+        "private_key",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// A string that looks like a bearer credential (a JWT, or a long opaque key).
+fn token_like(s: &str) -> bool {
+    let jwt = s.split('.').count() == 3
+        && s.len() > 40
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='));
+    let prefixed = [
+        "ghp_",
+        "gho_",
+        "github_pat_",
+        "sk-",
+        "xoxb-",
+        "xoxp-",
+        "AKIA",
+        "Bearer ",
+    ]
+    .iter()
+    .any(|p| s.starts_with(p));
+    jwt || prefixed
+}
+
+/// `params.arguments` (simd-json tape nodes) as JSON, token-like values
+/// (by key or by shape) replaced by `"[redacted]"`.
+pub fn arguments_json(nodes: &[simd_json::Node<'_>], out: &mut Vec<u8>) {
+    let _ = value(nodes, out, false, true);
+}
+
+/// `params.arguments` as JSON, nothing redacted (the input of the hash).
+pub fn arguments_exact(nodes: &[simd_json::Node<'_>], out: &mut Vec<u8>) {
+    let _ = value(nodes, out, false, false);
+}
+
+/// Write the value at `nodes[0]`; returns how many nodes it used.
+fn value(nodes: &[simd_json::Node<'_>], out: &mut Vec<u8>, redact: bool, scan: bool) -> usize {
+    use simd_json::{Node, StaticNode};
+    let Some(first) = nodes.first() else {
+        return 0;
+    };
+    match first {
+        Node::String(s) => {
+            if redact || (scan && token_like(s)) {
+                out.extend_from_slice(b"\"[redacted]\"");
+            } else {
+                write_json_string(out, s);
+            }
+            1
+        }
+        Node::Static(st) => {
+            if redact {
+                out.extend_from_slice(b"\"[redacted]\"");
+            } else {
+                match st {
+                    StaticNode::Null => out.extend_from_slice(b"null"),
+                    StaticNode::Bool(b) => {
+                        out.extend_from_slice(if *b { b"true" } else { b"false" })
+                    }
+                    StaticNode::I64(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    StaticNode::U64(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    StaticNode::F64(n) => {
+                        let _ = write!(out, "{n:?}");
+                    }
+                }
+            }
+            1
+        }
+        Node::Array { len, .. } => {
+            out.push(b'[');
+            let mut i = 1;
+            for k in 0..*len {
+                if k > 0 {
+                    out.push(b',');
+                }
+                i += value(&nodes[i..], out, redact, scan);
+            }
+            out.push(b']');
+            i
+        }
+        Node::Object { len, .. } => {
+            out.push(b'{');
+            let mut i = 1;
+            for k in 0..*len {
+                if k > 0 {
+                    out.push(b',');
+                }
+                let key = match nodes.get(i) {
+                    Some(Node::String(key)) => *key,
+                    _ => "",
+                };
+                write_json_string(out, key);
+                out.push(b':');
+                i += 1;
+                i += value(&nodes[i..], out, redact || (scan && secret_key(key)), scan);
+            }
+            out.push(b'}');
+            i
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        let mut out = Vec::new();
+        write_time(&mut out, 1_795_315_404_123_456);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-22T02:43:24.123456Z"
+        );
+        let mut out = Vec::new();
+        write_time(&mut out, 951_782_400_000_000); // leap day 2000
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn arguments_keep_shape_and_hide_secrets() {
+        let mut scratch = crate::mcp::jsonrpc::Scratch::default();
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"repo":"a/b","n":3,"f":1.5,"ok":true,"none":null,"list":[1,"two"],"api_token":"abc","nested":{"password":{"deep":"x"}},"jwt":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U","gh":"ghp_abcdef"}}}"#;
+        let mut json = Vec::new();
+        crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
+            arguments_json(m.arguments.unwrap(), &mut json);
+        })
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["repo"], "a/b");
+        assert_eq!(v["n"], 3);
+        assert_eq!(v["f"], 1.5);
+        assert_eq!(v["list"], serde_json::json!([1, "two"]));
+        for secret in ["api_token", "jwt", "gh"] {
+            assert_eq!(v[secret], "[redacted]", "{secret}");
+        }
+        assert_eq!(v["nested"]["password"]["deep"], "[redacted]");
+    }
+}
