@@ -137,6 +137,19 @@ pub fn metrics(snap: &Snapshot, shared: &Shared) -> String {
         "portcullis_token_cache_lookups_total{{result=\"miss\"}} {}",
         load(&shared.token_cache_misses)
     );
+    if let Some(a) = &shared.audit {
+        let _ = writeln!(out, "# TYPE portcullis_audit_records_total counter");
+        let _ = writeln!(
+            out,
+            "portcullis_audit_records_total{{outcome=\"written\"}} {}",
+            a.written.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_audit_records_total{{outcome=\"dropped\"}} {}",
+            a.dropped.load(Ordering::Relaxed)
+        );
+    }
     let _ = writeln!(out, "# TYPE portcullis_requests_total counter");
     let _ = writeln!(out, "# TYPE portcullis_decisions_total counter");
     let _ = writeln!(out, "# TYPE portcullis_request_duration_seconds histogram");

@@ -530,3 +530,144 @@ mod tests {
         assert_eq!(v["nested"]["password"]["deep"], "[redacted]");
     }
 }
+
+/// What `portcullis audit` selects.
+#[derive(Debug, Default)]
+pub struct Query {
+    /// `sub` or email of the principal.
+    pub principal: Option<String>,
+    /// Tool, prompt or resource (`target`).
+    pub tool: Option<String>,
+    pub decision: Option<String>,
+    /// RFC 3339 times (compared as the records write them, UTC).
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+impl Query {
+    fn matches(&self, r: &serde_json::Value) -> bool {
+        let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        if let Some(p) = &self.principal {
+            let who = &r["principal"];
+            if s(&who["sub"]).as_ref() != Some(p) && s(&who["email"]).as_ref() != Some(p) {
+                return false;
+            }
+        }
+        if self.tool.is_some() && s(&r["target"]) != self.tool {
+            return false;
+        }
+        if self.decision.is_some() && s(&r["decision"]) != self.decision {
+            return false;
+        }
+        let time = r["time"].as_str().unwrap_or("");
+        if self.since.as_deref().is_some_and(|t| time < t) {
+            return false;
+        }
+        if self.until.as_deref().is_some_and(|t| time >= t) {
+            return false;
+        }
+        true
+    }
+}
+
+/// What a query found.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub matched: u64,
+    /// (target, decision) → count, sorted.
+    pub counts: std::collections::BTreeMap<(String, String), u64>,
+    /// Line numbers (1-based) of lines that are not records.
+    pub bad_lines: Vec<u64>,
+}
+
+/// Read audit records from `input`; write the matching ones to `out`
+/// (unless `summary_only`), and count them per target and decision.
+pub fn query(
+    input: impl std::io::BufRead,
+    q: &Query,
+    mut out: impl Write,
+    summary_only: bool,
+) -> std::io::Result<Found> {
+    let mut found = Found::default();
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(r) = serde_json::from_str::<serde_json::Value>(&line) else {
+            found.bad_lines.push(n as u64 + 1);
+            continue;
+        };
+        if !r.is_object() || r["v"].as_u64().is_none() {
+            found.bad_lines.push(n as u64 + 1);
+            continue;
+        }
+        if !q.matches(&r) {
+            continue;
+        }
+        found.matched += 1;
+        let key = (
+            r["target"]
+                .as_str()
+                .or(r["method"].as_str())
+                .unwrap_or("-")
+                .to_string(),
+            r["decision"].as_str().unwrap_or("-").to_string(),
+        );
+        *found.counts.entry(key).or_default() += 1;
+        if !summary_only {
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn queries_filter_and_count() {
+        let log = r#"{"v":1,"time":"2026-11-22T10:00:00.000000Z","principal":{"sub":"alice","email":"a@x"},"method":"tools/call","target":"search","decision":"allowed"}
+{"v":1,"time":"2026-11-22T11:00:00.000000Z","principal":{"sub":"bob","email":"b@x"},"method":"tools/call","target":"delete_repo","decision":"denied"}
+not a record
+{"v":1,"time":"2026-11-22T12:00:00.000000Z","principal":null,"method":"ping","target":null,"decision":"unauthenticated"}
+{"v":1,"time":"2026-11-22T12:30:00.000000Z","principal":{"sub":"alice","email":"a@x"},"method":"tools/call","target":"search","decision":"allowed"}
+"#;
+        let run = |q: Query| {
+            let mut out = Vec::new();
+            let f = query(log.as_bytes(), &q, &mut out, false).unwrap();
+            (f, String::from_utf8(out).unwrap())
+        };
+        let (f, out) = run(Query::default());
+        assert_eq!(f.matched, 4);
+        assert_eq!(f.bad_lines, [3]);
+        assert_eq!(out.lines().count(), 4);
+        assert_eq!(f.counts[&("search".to_string(), "allowed".to_string())], 2);
+        assert_eq!(
+            f.counts[&("ping".to_string(), "unauthenticated".to_string())],
+            1
+        );
+        let (f, _) = run(Query {
+            principal: Some("a@x".into()),
+            ..Query::default()
+        });
+        assert_eq!(f.matched, 2);
+        let (f, _) = run(Query {
+            decision: Some("denied".into()),
+            ..Query::default()
+        });
+        assert_eq!(f.matched, 1);
+        let (f, _) = run(Query {
+            tool: Some("search".into()),
+            since: Some("2026-11-22T12:00:00Z".into()),
+            ..Query::default()
+        });
+        assert_eq!(f.matched, 1);
+        let (f, _) = run(Query {
+            until: Some("2026-11-22T11:00:00.000000Z".into()),
+            ..Query::default()
+        });
+        assert_eq!(f.matched, 1);
+    }
+}

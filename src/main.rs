@@ -43,6 +43,33 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Read an audit log and show the records that match, or counts per tool
+    /// and decision (--summary).
+    #[command(after_help = "Examples:
+  portcullis audit /var/log/portcullis/audit.jsonl --decision denied
+  portcullis audit audit.jsonl --principal alice@example.com --since 2026-11-22T00:00:00Z --summary")]
+    Audit {
+        /// The audit file (JSON lines), or - for standard input.
+        file: PathBuf,
+        /// The principal's `sub` or email.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Tool, prompt or resource.
+        #[arg(long)]
+        tool: Option<String>,
+        /// allowed, denied, unauthenticated, invalid or failed.
+        #[arg(long)]
+        decision: Option<String>,
+        /// From this time on (RFC 3339, UTC, e.g. 2026-11-22T08:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only counts per tool and decision.
+        #[arg(long)]
+        summary: bool,
+    },
     /// Start a small built-in MCP server on loopback with portcullis in front.
     #[command(after_help = "Example:\n  portcullis demo --listen 127.0.0.1:8080")]
     Demo {
@@ -112,6 +139,25 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Audit {
+            file,
+            principal,
+            tool,
+            decision,
+            since,
+            until,
+            summary,
+        } => audit(
+            &file,
+            &portcullis::audit::Query {
+                principal,
+                tool,
+                decision,
+                since,
+                until,
+            },
+            summary,
+        ),
         Command::Demo { listen } => match demo::start(listen) {
             Ok(d) => {
                 println!("{}", demo::instructions(&d));
@@ -128,6 +174,53 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn audit(file: &std::path::Path, q: &portcullis::audit::Query, summary: bool) -> ExitCode {
+    let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let found = match portcullis::audit::query(input, q, std::io::stdout().lock(), summary) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: reading {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    if summary {
+        println!("{:<40} {:<16} {:>8}", "tool / method", "decision", "count");
+        for ((target, decision), n) in &found.counts {
+            println!("{target:<40} {decision:<16} {n:>8}");
+        }
+        println!("{} record(s) matched", found.matched);
+    }
+    if !found.bad_lines.is_empty() {
+        let shown: Vec<String> = found
+            .bad_lines
+            .iter()
+            .take(10)
+            .map(u64::to_string)
+            .collect();
+        eprintln!(
+            "warning: {} line(s) are not audit records (line {}{})",
+            found.bad_lines.len(),
+            shown.join(", "),
+            if found.bad_lines.len() > 10 {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(snap: snapshot::Snapshot, config: &std::path::Path) -> ExitCode {
