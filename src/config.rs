@@ -29,6 +29,9 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
+    /// Logging to stderr (PORTCULLIS_LOG, when set, overrides `level`).
+    #[serde(default)]
+    pub log: LogConfig,
     /// The audit log; off when absent.
     pub audit: Option<crate::audit::AuditConfig>,
     /// The admin listener (metrics, health, config summary); off when absent.
@@ -219,6 +222,30 @@ pub struct RouteConfig {
     pub audit_arguments: crate::audit::Arguments,
     /// Rules deciding each JSON-RPC message (MCP routes); see `policy`.
     pub policy: Option<Vec<crate::policy::RuleConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `portcullis=debug,warn`, ...
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Deserialize)]

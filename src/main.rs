@@ -79,15 +79,27 @@ enum Command {
     },
 }
 
+/// Logs to stderr, as configured; PORTCULLIS_LOG overrides the level. Never
+/// a token: nothing on the request path logs credentials.
+fn init_logging(log: &portcullis::config::LogConfig) {
+    let filter = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        portcullis::config::LogFormat::Json => builder.json().init(),
+        portcullis::config::LogFormat::Text => builder.init(),
+    }
+}
+
 fn main() -> ExitCode {
-    let filter = std::env::var("PORTCULLIS_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    match &command {
+        Command::Run { .. } => {} // logging as its configuration says, once loaded
+        _ => init_logging(&Default::default()),
+    }
+    match command {
         Command::Check { config } => match snapshot::load(&config) {
             Ok(snap) => {
                 println!("{}: OK", config.display());
@@ -131,7 +143,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => match snapshot::load(&config) {
-            Ok(snap) => run(snap, &config),
+            Ok(snap) => {
+                init_logging(&snap.log);
+                run(snap, &config)
+            }
             Err(errors) => {
                 for e in &errors.0 {
                     eprintln!("error: {e}");
@@ -190,17 +205,25 @@ fn audit(file: &std::path::Path, q: &portcullis::audit::Query, summary: bool) ->
     };
     let found = match portcullis::audit::query(input, q, std::io::stdout().lock(), summary) {
         Ok(f) => f,
+        // The reader went away (`| head`): nothing more to say.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: reading {}: {e}", file.display());
             return ExitCode::from(2);
         }
     };
     if summary {
-        println!("{:<40} {:<16} {:>8}", "tool / method", "decision", "count");
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{:<40} {:<16} {:>8}",
+            "tool / method", "decision", "count"
+        );
         for ((target, decision), n) in &found.counts {
-            println!("{target:<40} {decision:<16} {n:>8}");
+            let _ = writeln!(out, "{target:<40} {decision:<16} {n:>8}");
         }
-        println!("{} record(s) matched", found.matched);
+        let _ = writeln!(out, "{} record(s) matched", found.matched);
     }
     if !found.bad_lines.is_empty() {
         let shown: Vec<String> = found

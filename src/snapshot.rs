@@ -50,6 +50,8 @@ pub struct Snapshot {
     /// Distinct for every compiled snapshot: per-core caches derived from a
     /// snapshot (verified tokens) are dropped when it changes.
     pub generation: u64,
+    /// Logging (fixed at start).
+    pub log: crate::config::LogConfig,
     /// The audit log (fixed at start).
     pub audit: Option<crate::audit::AuditConfig>,
     /// The admin listener's address (fixed at start).
@@ -151,6 +153,13 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
 
     if config.routes.is_empty() {
         errs.at0("routes", "", "at least one route is required".into());
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
+        errs.at0(
+            "level",
+            &config.log.level,
+            format!("log.level: {:?} is not a tracing filter", config.log.level),
+        );
     }
     let identity = match Issuers::compile(&config.identity.issuers, base) {
         Ok(i) => Some(i),
@@ -434,6 +443,7 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         unrouted: Default::default(),
         admin: config.admin.map(|a| a.address),
         audit: config.audit,
+        log: config.log,
     })
 }
 

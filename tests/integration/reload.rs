@@ -135,3 +135,43 @@ fn the_watcher_picks_up_an_edit() {
     running.shutdown();
     running.join();
 }
+
+/// `log: { format: json }` makes every log line a JSON object; a bad level
+/// is a located configuration error.
+#[test]
+fn logs_can_be_json_and_levels_are_checked() {
+    use std::io::BufRead;
+    let path = temp_file("log");
+    let body = config("127.0.0.1:9".parse().unwrap(), 0);
+    std::fs::write(
+        &path,
+        format!("log: {{ format: json, level: info }}\n{body}"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env_remove("PORTCULLIS_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["level"], "INFO", "{first}");
+    std::fs::write(&path, format!("log:\n  level: \"=nope[\"\n{body}")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.yaml:2:") && err.contains("log.level"),
+        "{err}"
+    );
+}
