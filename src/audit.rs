@@ -24,8 +24,12 @@ use std::time::Duration;
 pub const SCHEMA_VERSION: u32 = 1;
 /// A worker hands its buffer over once it holds this much.
 pub const FLUSH_BYTES: usize = 64 * 1024;
-/// Buffers in flight between the workers and the writer.
+/// Buffers in flight between the workers and the writer, by default.
 const CHANNEL_BUFFERS: usize = 64;
+
+fn default_buffers() -> usize {
+    CHANNEL_BUFFERS
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +44,10 @@ pub struct AuditConfig {
     /// Key of the keyed hash of arguments and session ids (use `${ENV}`);
     /// default: a random key per process (hashes correlate within a run only).
     pub hash_key: Option<String>,
+    /// Worker buffers (up to 64 KiB each) waiting for the writer before
+    /// `on_overflow` applies.
+    #[serde(default = "default_buffers")]
+    pub buffers: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -76,7 +84,7 @@ impl Sink {
     /// Open the file and start the writer thread.
     pub fn start(config: &AuditConfig) -> std::io::Result<(Sink, std::thread::JoinHandle<()>)> {
         let out = Output::open(&config.path)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_BUFFERS);
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.buffers.max(1));
         let written = Arc::new(AtomicU64::new(0));
         let reopen = Arc::new(AtomicBool::new(false));
         let key_bytes = match &config.hash_key {

@@ -97,3 +97,121 @@ fn one_record_per_request_under_load() {
     assert!(time.len() == 27 && time.ends_with('Z'), "{time}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A writer that cannot keep up (its file is a pipe nobody reads yet):
+/// `drop` keeps serving and counts what it drops; `block` waits and loses
+/// nothing. Either way records written + dropped = requests.
+#[test]
+fn overflow_blocks_or_drops_and_counts() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    for mode in ["drop", "block"] {
+        let up = Upstream::start(ok_json);
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-audit-{}-{mode}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("audit.pipe");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        // Hold the read end without reading: the writer's pipe fills and blocks.
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let text = config("")
+            .replace(
+                "workers: 1\n",
+                &format!(
+                    "workers: 1\naudit: {{ path: {}, on_overflow: {mode}, buffers: 1 }}\n",
+                    fifo.display()
+                ),
+            )
+            .replace("{upstream}", &up.addr.to_string());
+        let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+        let running = portcullis::runtime::start(snap).unwrap();
+        let addr = running.addresses[0];
+        let alice = token(claims("alice", "mcp"));
+        let raw = post(Some(&alice), r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).replace(
+            "Host: proxy.test\r\n",
+            "Host: proxy.test\r\nConnection: close\r\n",
+        );
+        // Enough records to fill the pipe (64 KiB) and the channel many times.
+        let n = 600;
+        let client = std::thread::spawn(move || {
+            let mut ok = 0;
+            for _ in 0..n {
+                let (resp, _) = exchange(addr, raw.as_bytes(), Duration::from_secs(5));
+                ok += usize::from(resp.starts_with("HTTP/1.1 200"));
+            }
+            ok
+        });
+        // Drain the pipe only once the client is done (drop) or after a while (block).
+        let (start_draining, drain_now) = std::sync::mpsc::channel::<()>();
+        let drain = std::thread::spawn(move || {
+            let _ = drain_now.recv();
+            let mut all = Vec::new();
+            let mut buf = [0u8; 65536];
+            let mut idle = 0;
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        all.extend_from_slice(&buf[..k]);
+                        idle = 0;
+                    }
+                    Err(_) => {
+                        idle += 1;
+                        if idle > 3000 {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            all
+        });
+        if mode == "block" {
+            // The workers wait for the writer: let it go after a while.
+            std::thread::sleep(Duration::from_millis(500));
+            start_draining.send(()).unwrap();
+        }
+        let served = client.join().unwrap();
+        if mode == "drop" {
+            start_draining.send(()).unwrap();
+        }
+        assert_eq!(served, n, "{mode}: every request was served");
+        running.shutdown();
+        let shared = running.shared.clone();
+        running.join();
+        let dropped = shared
+            .audit
+            .as_ref()
+            .unwrap()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let lines = String::from_utf8(drain.join().unwrap())
+            .unwrap()
+            .lines()
+            .count() as u64;
+        match mode {
+            "drop" => {
+                assert!(dropped > 0, "drop: the slow writer made records drop");
+                assert_eq!(
+                    lines + dropped,
+                    n as u64,
+                    "drop: written + dropped = requests"
+                );
+            }
+            _ => {
+                assert_eq!(dropped, 0, "block: nothing dropped");
+                assert_eq!(lines, n as u64, "block: every record written");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
