@@ -215,3 +215,88 @@ fn overflow_blocks_or_drops_and_counts() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// SIGTERM's path under load (`Running::shutdown`): requests in flight are
+/// answered, none fails, and every answered request has its record.
+#[test]
+fn shutdown_under_load_answers_in_flight_and_flushes_every_record() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let up = Upstream::start(ok_json);
+    let dir = std::env::temp_dir().join(format!("portcullis-audit-{}-term", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let text = config("")
+        .replace(
+            "workers: 1\n",
+            &format!("workers: 2\naudit: {{ path: {} }}\n", log.display()),
+        )
+        .replace("{upstream}", &up.addr.to_string());
+    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    let running = portcullis::runtime::start(snap).unwrap();
+    let addr = running.addresses[0];
+    let raw = post(
+        Some(&token(claims("alice", "mcp"))),
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let raw = raw.clone();
+            std::thread::spawn(move || {
+                let (mut answered, mut failed) = (0u64, 0u64);
+                'conn: loop {
+                    let Ok(s) = std::net::TcpStream::connect(addr) else {
+                        break;
+                    };
+                    let mut c = BufReader::new(s);
+                    loop {
+                        if c.get_mut().write_all(raw.as_bytes()).is_err() {
+                            break 'conn;
+                        }
+                        let mut status = String::new();
+                        if c.read_line(&mut status).unwrap_or(0) == 0 {
+                            break 'conn; // closed between requests: nothing was in flight
+                        }
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if c.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        let complete = c.read_exact(&mut body).is_ok();
+                        if status.starts_with("HTTP/1.1 200") && complete {
+                            answered += 1;
+                        } else {
+                            failed += 1;
+                        }
+                        if status.contains("Connection: close") {
+                            continue 'conn;
+                        }
+                    }
+                }
+                (answered, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    running.shutdown();
+    running.join();
+    let (mut answered, mut failed) = (0, 0);
+    for c in clients {
+        let (a, f) = c.join().unwrap();
+        answered += a;
+        failed += f;
+    }
+    assert!(answered > 0);
+    assert_eq!(failed, 0, "an in-flight request failed during shutdown");
+    let records = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
+    assert_eq!(records, answered, "every answered request has its record");
+    let _ = std::fs::remove_dir_all(&dir);
+}
