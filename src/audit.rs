@@ -266,6 +266,8 @@ pub struct Record<'a> {
     pub reason: &'a str,
     pub status: u16,
     pub latency_us: u64,
+    /// The upstream's status and the time to its answer's head (µs).
+    pub upstream: Option<(u16, u64)>,
 }
 
 /// Append `r` as one JSON line to `out`.
@@ -339,6 +341,15 @@ pub fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
         ",\"status\":{},\"latency_us\":{}",
         r.status, r.latency_us
     );
+    match r.upstream {
+        Some((status, us)) => {
+            let _ = write!(
+                out,
+                ",\"upstream_status\":{status},\"upstream_latency_us\":{us}"
+            );
+        }
+        None => out.extend_from_slice(b",\"upstream_status\":null,\"upstream_latency_us\":null"),
+    }
     out.extend_from_slice(b",\"session\":");
     opt_str(out, f.session.as_deref());
     out.extend_from_slice(b"}\n");

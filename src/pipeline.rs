@@ -62,6 +62,10 @@ pub struct Outcome {
     pub request_id: crate::worker::RequestId,
     /// Why it was refused ("" when forwarded).
     pub reason: &'static str,
+    /// When the request went to the upstream, and how long its answer's
+    /// head took (µs), with its status.
+    pub upstream_sent: Option<Instant>,
+    pub upstream: Option<(u16, u64)>,
     /// 0 until an answer is known.
     pub status: u16,
     pub decision: Decision,
@@ -73,6 +77,8 @@ impl Default for Outcome {
             route: None,
             request_id: Default::default(),
             reason: "",
+            upstream_sent: None,
+            upstream: None,
             status: 0,
             decision: Decision::Failed,
         }
@@ -118,6 +124,7 @@ fn record(worker: &Worker, snap: &Snapshot, conn: &mut Conn, started: Instant) {
             },
             status: outcome.status,
             latency_us: micros,
+            upstream: outcome.upstream,
         },
     );
     let full = buf.len() >= crate::audit::FLUSH_BYTES;
@@ -259,6 +266,7 @@ async fn exchange(
         Err(Some(rej)) => return reject(client, conn, rej).await,
     };
     let route = snap.routes.get(req.route);
+    conn.outcome.upstream_sent = Some(Instant::now());
     let upstream = match send_request(worker, snap, client, conn, &req).await {
         Ok(u) => u,
         Err(Some(err)) => {

@@ -398,6 +398,12 @@ fn parse_head(
     }
     write_client_head(&r, req.id.as_bytes(), &mut conn.out)?;
     conn.outcome.status = r.status;
+    conn.outcome.upstream = conn.outcome.upstream_sent.map(|t| {
+        (
+            r.status,
+            u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
+        )
+    });
     conn.outcome.decision = crate::metrics::Decision::Allowed;
     if let (Some(p), true) = (&req.principal, (200..300).contains(&r.status)) {
         // A session minted for an authenticated caller is theirs alone.

@@ -93,6 +93,17 @@ fn one_record_per_request_under_load() {
     assert_eq!(denied["arguments"]["token"], "[redacted]");
     assert!(!text.contains("s3cret"), "a secret reached the audit log");
     assert!(!text.contains(&alice), "a token reached the audit log");
+    assert_eq!(
+        denied["upstream_status"],
+        serde_json::Value::Null,
+        "a denied call never reached it"
+    );
+    let allowed = records.iter().find(|r| r["decision"] == "allowed").unwrap();
+    assert_eq!(allowed["upstream_status"], 200);
+    assert!(
+        allowed["upstream_latency_us"].as_u64().is_some(),
+        "{allowed}"
+    );
     let time = denied["time"].as_str().unwrap();
     assert!(time.len() == 27 && time.ends_with('Z'), "{time}");
     let _ = std::fs::remove_dir_all(&dir);
