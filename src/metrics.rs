@@ -13,6 +13,37 @@ pub const BUCKETS_US: [u64; 14] = [
     5_000_000, 30_000_000,
 ];
 
+/// MCP methods counted by name; any other is counted as `other`, and a
+/// request without a JSON-RPC body (GET, DELETE) as `none`.
+pub const METHODS: [&str; 16] = [
+    "initialize",
+    "notifications/initialized",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "server/discover",
+    "subscriptions/listen",
+    "notifications/cancelled",
+];
+const OTHER: usize = METHODS.len();
+const NONE: usize = METHODS.len() + 1;
+
+/// The counter slot of a method (`None`: no JSON-RPC body).
+pub fn method_slot(method: Option<&str>) -> u8 {
+    match method {
+        None => NONE as u8,
+        Some(m) => METHODS.iter().position(|k| *k == m).unwrap_or(OTHER) as u8,
+    }
+}
+
 /// How portcullis decided a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -57,11 +88,16 @@ pub struct RouteMetrics {
     buckets: [AtomicU64; BUCKETS_US.len()],
     latency_sum_us: AtomicU64,
     count: AtomicU64,
+    /// By MCP method (`METHODS`, then other, then none).
+    methods: [AtomicU64; METHODS.len() + 2],
 }
 
 impl RouteMetrics {
     /// Count one finished request.
-    pub fn record(&self, status: u16, decision: Decision, micros: u64) {
+    pub fn record(&self, status: u16, decision: Decision, method: u8, micros: u64) {
+        if let Some(c) = self.methods.get(usize::from(method)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.status[class].fetch_add(1, Ordering::Relaxed);
         self.decisions[decision as usize].fetch_add(1, Ordering::Relaxed);
@@ -100,6 +136,21 @@ impl RouteMetrics {
                 *b as f64 / 1e6
             );
         }
+        for (i, c) in self.methods.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let name = match i {
+                OTHER => "other",
+                NONE => "none",
+                _ => METHODS[i],
+            };
+            let _ = writeln!(
+                out,
+                "portcullis_mcp_requests_total{{route=\"{route}\",method=\"{name}\"}} {n}"
+            );
+        }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
@@ -131,9 +182,14 @@ mod tests {
     #[test]
     fn records_render_as_prometheus_series() {
         let m = RouteMetrics::default();
-        m.record(200, Decision::Allowed, 80);
-        m.record(200, Decision::Denied, 3_000);
-        m.record(401, Decision::Unauthenticated, 40_000_000);
+        m.record(200, Decision::Allowed, method_slot(Some("tools/call")), 80);
+        m.record(200, Decision::Denied, method_slot(Some("x/unknown")), 3_000);
+        m.record(
+            401,
+            Decision::Unauthenticated,
+            method_slot(None),
+            40_000_000,
+        );
         let mut out = String::new();
         m.render("a\"b", &mut out);
         assert!(
@@ -150,5 +206,8 @@ mod tests {
         );
         assert!(out.contains("le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("_count{route=\"a\\\"b\"} 3\n"), "{out}");
+        assert!(out.contains("method=\"tools/call\"} 1\n"), "{out}");
+        assert!(out.contains("method=\"other\"} 1\n"), "{out}");
+        assert!(out.contains("method=\"none\"} 1\n"), "{out}");
     }
 }

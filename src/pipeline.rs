@@ -95,7 +95,12 @@ fn record(worker: &Worker, snap: &Snapshot, conn: &mut Conn, started: Instant) {
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     if outcome.status != 0 {
         let metrics = route.map_or(&snap.unrouted, |r| &r.metrics);
-        metrics.record(outcome.status, outcome.decision, micros);
+        metrics.record(
+            outcome.status,
+            outcome.decision,
+            conn.judged.method_slot,
+            micros,
+        );
     } else if route.is_none() {
         return; // the client left before a request could be read
     }
@@ -143,6 +148,8 @@ pub struct Judged {
     pub list: Option<ListFilter>,
     /// What the audit record says of the request (filled when audit is on).
     pub audit: crate::audit::Facts,
+    /// The metrics slot of the body's (first) MCP method.
+    pub method_slot: u8,
 }
 
 /// What happens to the connection after an exchange.
@@ -192,6 +199,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         let started = Instant::now();
         conn.outcome = Outcome::default();
         conn.judged.audit = Default::default();
+        conn.judged.method_slot = crate::metrics::method_slot(None);
         let next = {
             let _busy = InFlight::enter(&worker);
             exchange(&worker, &snap, &mut client, &mut conn).await
@@ -634,7 +642,12 @@ pub fn check_mcp_body(
     let mut lists = Vec::new();
     let sink = worker.shared.audit.as_ref();
     let audit = &mut judged.audit;
+    let slot = &mut judged.method_slot;
+    let mut first = true;
     let decoded = crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
+        if std::mem::take(&mut first) {
+            *slot = crate::metrics::method_slot(m.method);
+        }
         if let Some(sink) = sink {
             audit.batch += 1;
             if audit.batch == 1 {

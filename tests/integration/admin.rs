@@ -63,6 +63,9 @@ fn admin_serves_health_config_and_metrics() {
         "portcullis_token_cache_lookups_total{result=\"hit\"} 2",
         "portcullis_token_cache_lookups_total{result=\"miss\"} 1",
         "portcullis_ready 1",
+        "portcullis_mcp_requests_total{route=\"t\",method=\"ping\"} 2",
+        "portcullis_mcp_requests_total{route=\"t\",method=\"tools/call\"} 1",
+        "portcullis_mcp_requests_total{route=\"t\",method=\"none\"} 1",
     ] {
         assert!(
             m.contains(&format!("{line}\n")),
