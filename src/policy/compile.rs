@@ -125,8 +125,12 @@ fn one<T>(what: &str, options: Vec<(&str, Option<T>)>) -> Result<T, String> {
         .into_iter()
         .filter_map(|(n, v)| v.map(|v| (n, v)))
         .collect();
+    if set.len() == 1 {
+        if let Some((_, v)) = set.pop() {
+            return Ok(v);
+        }
+    }
     match set.len() {
-        1 => Ok(set.pop().map(|(_, v)| v).expect("one")),
         0 => Err(format!("{what} needs one of: {}", names.join(", "))),
         _ => Err(format!(
             "{what} takes only one of: {} (got {})",

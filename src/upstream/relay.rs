@@ -90,12 +90,7 @@ pub async fn response(
         && client_chunked)
         .then(EndpointRewriter::default);
     let mut sse_filter = list.as_ref().map(|_| SseListFilter::default());
-    let mut source = match head.body {
-        BodyKind::Empty => Source::Length(0),
-        BodyKind::Length(n) => Source::Length(n),
-        BodyKind::Chunked => Source::Chunked(ChunkedDecoder::new()),
-        BodyKind::UntilClose => Source::UntilClose,
-    };
+    let mut source = Source::of(head.body);
     let mut data = Vec::new();
     let write_timeout = snap.limits.write_timeout.0;
     loop {
@@ -266,12 +261,7 @@ async fn filtered_json(
     head: Head,
     list: Option<ListFilter>,
 ) -> Result<Next, Option<HttpError>> {
-    let mut source = match head.body {
-        BodyKind::Empty => Source::Length(0),
-        BodyKind::Length(n) => Source::Length(n),
-        BodyKind::Chunked => Source::Chunked(ChunkedDecoder::new()),
-        BodyKind::UntilClose => Source::UntilClose,
-    };
+    let mut source = Source::of(head.body);
     let mut body = Vec::new();
     loop {
         let done = source
@@ -536,6 +526,16 @@ enum Source {
 }
 
 impl Source {
+    /// Where a body framed as `body` starts.
+    fn of(body: BodyKind) -> Source {
+        match body {
+            BodyKind::Empty => Source::Length(0),
+            BodyKind::Length(n) => Source::Length(n),
+            BodyKind::Chunked => Source::Chunked(ChunkedDecoder::new()),
+            BodyKind::UntilClose => Source::UntilClose,
+        }
+    }
+
     /// Move body bytes from `buf` into `data`; `Ok(true)` when the body ended.
     /// Bytes past the end stay in `buf` (they make the connection unusable).
     fn take(&mut self, buf: &mut Vec<u8>, data: &mut Vec<u8>) -> Result<bool, ()> {
