@@ -34,6 +34,8 @@ pub enum HttpError {
     /// A policy denied the call: answered as a JSON-RPC error (HTTP 200) so
     /// the client shows it and the session stays usable.
     PolicyDenied,
+    /// A deny rule refused a request that carries no call (GET, DELETE): 403.
+    PolicyForbidden,
     /// A policy denied a notification: 202 as for any notification, with no
     /// body (nothing answers a notification); it is not forwarded.
     NotificationDenied,
@@ -64,7 +66,9 @@ impl HttpError {
             HttpError::BadGateway(_) => 502,
             HttpError::GatewayTimeout => 504,
             HttpError::ServiceUnavailable => 503,
-            HttpError::Forbidden(_) | HttpError::InsufficientScope => 403,
+            HttpError::Forbidden(_) | HttpError::InsufficientScope | HttpError::PolicyForbidden => {
+                403
+            }
             HttpError::Unauthorized(_) => 401,
             HttpError::RateLimited => 429,
             HttpError::PolicyDenied => 200,
@@ -81,7 +85,9 @@ impl HttpError {
             | HttpError::Unauthorized(r) => r,
             HttpError::InsufficientScope => "insufficient scope",
             HttpError::RateLimited => "rate limit exceeded",
-            HttpError::PolicyDenied | HttpError::NotificationDenied => "denied by policy",
+            HttpError::PolicyDenied
+            | HttpError::NotificationDenied
+            | HttpError::PolicyForbidden => "denied by policy",
             HttpError::InvalidJsonRpc { message, .. } => message,
             HttpError::BadHost => "invalid Host header",
             HttpError::BadVersion => "HTTP version not supported",
@@ -113,6 +119,7 @@ impl HttpError {
                 | HttpError::RateLimited
                 | HttpError::PolicyDenied
                 | HttpError::NotificationDenied
+                | HttpError::PolicyForbidden
         ) && !self.judged_whole_body()
     }
 
@@ -120,10 +127,10 @@ impl HttpError {
     pub fn decision(self) -> crate::metrics::Decision {
         use crate::metrics::Decision;
         match self {
-            HttpError::PolicyDenied | HttpError::RateLimited | HttpError::NotificationDenied => {
-                Decision::Denied
-            }
-            HttpError::Forbidden("denied by policy") => Decision::Denied,
+            HttpError::PolicyDenied
+            | HttpError::RateLimited
+            | HttpError::NotificationDenied
+            | HttpError::PolicyForbidden => Decision::Denied,
             HttpError::Unauthorized(_) | HttpError::InsufficientScope | HttpError::Forbidden(_) => {
                 Decision::Unauthenticated
             }

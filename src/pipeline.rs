@@ -625,7 +625,7 @@ pub fn check_mcp_body(
                     message: Some(format!("denied by policy rule {rule:?}: {message}")),
                     ..Detail::default()
                 }));
-                return Err(Some(HttpError::Forbidden("denied by policy")));
+                return Err(Some(HttpError::PolicyForbidden));
             }
         }
         if policy.is_some() && req.method == crate::http1::Method::Get {

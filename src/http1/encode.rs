@@ -88,7 +88,8 @@ pub fn error_response(
             | HttpError::RateLimited
             | HttpError::Unauthorized(_)
             | HttpError::Forbidden(_)
-            | HttpError::InsufficientScope => REFUSED,
+            | HttpError::InsufficientScope
+            | HttpError::PolicyForbidden => REFUSED,
             _ => -32000,
         };
         let ids = detail.map_or(&[][..], |d| &d.ids[..]);
