@@ -259,7 +259,8 @@ pub struct Record<'a> {
     pub request_id: &'a [u8],
     pub worker: usize,
     pub client: std::net::SocketAddr,
-    pub tls: bool,
+    /// What the TLS handshake settled (`None`: plain TCP).
+    pub tls: Option<&'a crate::stream::TlsInfo>,
     pub route: Option<&'a str>,
     pub facts: &'a Facts,
     pub decision: Decision,
@@ -268,6 +269,11 @@ pub struct Record<'a> {
     pub latency_us: u64,
     /// The upstream's status and the time to its answer's head (µs).
     pub upstream: Option<(u16, u64)>,
+    /// Bytes read from and written to the client connection while this
+    /// request was served (after TLS; a pipelined request read in the same
+    /// read as an earlier one counts toward the earlier one).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// Append `r` as one JSON line to `out`.
@@ -280,8 +286,14 @@ pub fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
     let _ = write!(
         out,
         ",\"worker\":{},\"client\":\"{}\",\"tls\":{}",
-        r.worker, r.client, r.tls
+        r.worker,
+        r.client,
+        r.tls.is_some()
     );
+    out.extend_from_slice(b",\"tls_version\":");
+    opt_str(out, r.tls.map(|t| t.version));
+    out.extend_from_slice(b",\"sni\":");
+    opt_str(out, r.tls.and_then(|t| t.sni.as_deref()));
     out.extend_from_slice(b",\"route\":");
     opt_str(out, r.route);
     out.extend_from_slice(b",\"principal\":");
@@ -350,6 +362,11 @@ pub fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
         }
         None => out.extend_from_slice(b",\"upstream_status\":null,\"upstream_latency_us\":null"),
     }
+    let _ = write!(
+        out,
+        ",\"bytes_in\":{},\"bytes_out\":{}",
+        r.bytes_in, r.bytes_out
+    );
     out.extend_from_slice(b",\"session\":");
     opt_str(out, f.session.as_deref());
     out.extend_from_slice(b"}\n");

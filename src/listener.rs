@@ -135,12 +135,12 @@ pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle)
         monoio::spawn(async move {
             let _slot = slot;
             let client = match tls {
-                None => ClientStream::Plain(tcp),
+                None => ClientStream::plain(tcp),
                 Some(config) => {
                     match monoio::time::timeout(handshake_timeout, crate::tls::accept(config, tcp))
                         .await
                     {
-                        Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                        Ok(Ok((tls, info))) => ClientStream::tls(tls, info),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;

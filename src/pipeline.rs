@@ -85,8 +85,16 @@ impl Default for Outcome {
     }
 }
 
-/// Count a finished request in its route's metrics.
-fn record(worker: &Worker, snap: &Snapshot, conn: &mut Conn, started: Instant) {
+/// Count a finished request in its route's metrics and write its audit
+/// record; `bytes` are what the client connection carried for it (in, out).
+fn record(
+    worker: &Worker,
+    snap: &Snapshot,
+    conn: &mut Conn,
+    client: &ClientStream,
+    started: Instant,
+    bytes: (u64, u64),
+) {
     let outcome = &conn.outcome;
     let route = outcome
         .route
@@ -118,7 +126,7 @@ fn record(worker: &Worker, snap: &Snapshot, conn: &mut Conn, started: Instant) {
             request_id: outcome.request_id.as_bytes(),
             worker: worker.id,
             client: conn.client.peer,
-            tls: conn.client.tls,
+            tls: client.tls_info(),
             route: route.map(|r| r.name.as_str()),
             facts: &conn.judged.audit,
             decision: outcome.decision,
@@ -130,6 +138,8 @@ fn record(worker: &Worker, snap: &Snapshot, conn: &mut Conn, started: Instant) {
             status: outcome.status,
             latency_us: micros,
             upstream: outcome.upstream,
+            bytes_in: bytes.0,
+            bytes_out: bytes.1,
         },
     );
     let full = buf.len() >= crate::audit::FLUSH_BYTES;
@@ -189,6 +199,8 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         outcome: Outcome::default(),
         head_copy: Vec::new(),
     };
+    // The client's byte counts at the end of the previous request.
+    let mut counted = (0, 0);
     loop {
         if !wait_for_request(&worker.snapshot(), &mut client, &mut conn).await {
             break;
@@ -204,7 +216,9 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
             let _busy = InFlight::enter(&worker);
             exchange(&worker, &snap, &mut client, &mut conn).await
         };
-        record(&worker, &snap, &mut conn, started);
+        let bytes = (client.bytes_in - counted.0, client.bytes_out - counted.1);
+        counted = (client.bytes_in, client.bytes_out);
+        record(&worker, &snap, &mut conn, &client, started, bytes);
         conn.served += 1;
         if next == Next::Close || worker.shared.shutting_down() {
             break;

@@ -63,8 +63,8 @@ macro_rules! either_stream {
 }
 
 either_stream!(
-    /// A client connection, as accepted on a listener.
-    ClientStream,
+    /// A client connection's transport, as accepted on a listener.
+    ClientIo,
     monoio_rustls::ServerTlsStream<TcpStream>
 );
 either_stream!(
@@ -73,9 +73,93 @@ either_stream!(
     monoio_rustls::ClientTlsStream<TcpStream>
 );
 
+/// What a TLS handshake settled, for the audit record.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// "TLSv1.3" or "TLSv1.2".
+    pub version: &'static str,
+    /// The server name the client asked for (SNI), if it sent one.
+    pub sni: Option<Box<str>>,
+}
+
+/// A client connection: its transport, what its TLS handshake settled, and
+/// how many bytes were read from and written to it (application bytes, after
+/// TLS), for the audit record.
+pub struct ClientStream {
+    io: ClientIo,
+    tls: Option<TlsInfo>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
 impl ClientStream {
+    pub fn plain(tcp: TcpStream) -> ClientStream {
+        ClientStream::new(ClientIo::Plain(tcp), None)
+    }
+
+    pub fn tls(stream: monoio_rustls::ServerTlsStream<TcpStream>, info: TlsInfo) -> ClientStream {
+        ClientStream::new(ClientIo::Tls(Box::new(stream)), Some(info))
+    }
+
+    fn new(io: ClientIo, tls: Option<TlsInfo>) -> ClientStream {
+        ClientStream {
+            io,
+            tls,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
-        matches!(self, Self::Tls(_))
+        matches!(self.io, ClientIo::Tls(_))
+    }
+
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The TCP socket of a plain connection (a TLS one's is hidden in its
+    /// TLS stream).
+    pub fn plain_tcp(&self) -> Option<&TcpStream> {
+        match &self.io {
+            ClientIo::Plain(tcp) => Some(tcp),
+            ClientIo::Tls(_) => None,
+        }
+    }
+}
+
+fn count<T>(total: &mut u64, r: BufResult<usize, T>) -> BufResult<usize, T> {
+    if let Ok(n) = r.0 {
+        *total += n as u64;
+    }
+    r
+}
+
+impl AsyncReadRent for ClientStream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        count(&mut self.bytes_in, self.io.read(buf).await)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        count(&mut self.bytes_in, self.io.readv(buf).await)
+    }
+}
+
+impl AsyncWriteRent for ClientStream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        count(&mut self.bytes_out, self.io.write(buf).await)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        count(&mut self.bytes_out, self.io.writev(buf).await)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.io.flush().await
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.io.shutdown().await
     }
 }
 

@@ -111,7 +111,10 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
 pub async fn accept(
     config: Arc<rustls::ServerConfig>,
     mut tcp: monoio::net::TcpStream,
-) -> std::io::Result<monoio_rustls::ServerTlsStream<monoio::net::TcpStream>> {
+) -> std::io::Result<(
+    monoio_rustls::ServerTlsStream<monoio::net::TcpStream>,
+    crate::stream::TlsInfo,
+)> {
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     use std::io::{Error, ErrorKind};
     let mut session =
@@ -130,7 +133,15 @@ pub async fn accept(
             res?;
         }
         if !session.is_handshaking() {
-            return Ok(monoio_rustls::ServerTlsStream::new(tcp, session));
+            let info = crate::stream::TlsInfo {
+                version: match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    _ => "other",
+                },
+                sni: session.server_name().map(Box::from),
+            };
+            return Ok((monoio_rustls::ServerTlsStream::new(tcp, session), info));
         }
         let (res, b) = tcp.read(std::mem::take(&mut buf)).await;
         buf = b;

@@ -424,7 +424,7 @@ fn parse_head(
 /// socket is hidden behind the TLS stream; its departure shows on the next
 /// write.)
 async fn client_gone(client: &ClientStream) {
-    if let ClientStream::Plain(tcp) = client {
+    if let Some(tcp) = client.plain_tcp() {
         if tcp.readable(false).await.is_ok() && crate::sys::peek(tcp) == crate::sys::Peek::Closed {
             return;
         }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def pki(tmp_path_factory) -> Pki:
 @dataclass
 class TlsGateway:
     port: int
+    audit: Path
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +85,7 @@ def tls_gateway(pki, mcp2_sse, mcp2_json, https_upstream, tmp_path_factory) -> T
     cfg = f"""
 workers: 1
 shutdown_timeout: 3s
+audit: {{ path: {cfg_dir / "audit.jsonl"} }}
 upstream:
   ca_file: {pki.ca_file}
 listen:
@@ -107,7 +110,7 @@ routes:
     pc = Portcullis(procs, cfg_dir)
     try:
         pc.start(cfg, [port], name="portcullis-tls")
-        yield TlsGateway(port)
+        yield TlsGateway(port, cfg_dir / "audit.jsonl")
     finally:
         procs.stop_all()
 
@@ -134,12 +137,16 @@ def peer_dns_names(s: ssl.SSLSocket) -> list[str]:
     return san.get_values_for_type(x509.DNSName)
 
 
-def http_over(s: ssl.SSLSocket, host: str, path: str, body: bytes) -> tuple[str, bytes]:
-    s.sendall(
+def http_request(host: str, path: str, body: bytes) -> bytes:
+    return (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json, text/event-stream\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
         + body
     )
+
+
+def http_over(s: ssl.SSLSocket, host: str, path: str, body: bytes) -> tuple[str, bytes]:
+    s.sendall(http_request(host, path, body))
     data = b""
     while True:
         try:
@@ -184,6 +191,7 @@ def test_tls_versions_and_alpn(pki, tls_gateway, version, name, sni):
         assert s.version() == name
         assert s.selected_alpn_protocol() == "http/1.1"
         assert peer_dns_names(s) == [sni]
+
         # And HTTP works on it: initialize answered by the route for that host.
         body = json.dumps(
             {
@@ -198,6 +206,28 @@ def test_tls_versions_and_alpn(pki, tls_gateway, version, name, sni):
         ctype = [line for line in head.lower().split("\r\n") if line.startswith("content-type:")][0]
         # localhost → the SSE-mode server, mcp.test → the JSON-mode server
         assert ("text/event-stream" in ctype) == (sni == "localhost"), ctype
+    # The audit record of the request says what the handshake settled and
+    # how many bytes each way it carried.
+    request_id = [v for k, v in (line.split(": ", 1) for line in head.split("\r\n")[1:]) if k.lower() == "x-request-id"][0]
+    record = audit_record(tls_gateway.audit, request_id)
+    assert record["tls"] is True
+    assert record["tls_version"] == name
+    assert record["sni"] == sni
+    assert record["bytes_in"] == len(http_request(f"{sni}:{tls_gateway.port}", "/mcp", body))
+    assert record["bytes_out"] == len(head) + 4 + len(rest)
+
+
+def audit_record(path, request_id: str, wait: float = 5.0) -> dict:
+    """The audit record of `request_id` (records are flushed every 100 ms)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                if r["request_id"] == request_id:
+                    return r
+        assert time.monotonic() < deadline, f"no audit record for {request_id}"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ fn one_record_per_request_under_load() {
         close(post(None, ping)),
         close(post(Some(&alice), "{not json")),
     ];
+    let kind_lengths: Vec<usize> = kinds.iter().map(String::len).collect();
     let per_kind = 40;
     let threads: Vec<_> = kinds
         .into_iter()
@@ -100,6 +101,14 @@ fn one_record_per_request_under_load() {
     );
     let allowed = records.iter().find(|r| r["decision"] == "allowed").unwrap();
     assert_eq!(allowed["upstream_status"], 200);
+    // One request per connection: the bytes in are exactly the request's,
+    // the bytes out the whole response (its head and ok_json's body).
+    assert_eq!(allowed["bytes_in"], kind_lengths[0] as u64, "{allowed}");
+    let out = allowed["bytes_out"].as_u64().unwrap();
+    assert!(out > 100 && out < 1000, "{allowed}");
+    assert_eq!(allowed["tls"], false);
+    assert_eq!(allowed["tls_version"], serde_json::Value::Null);
+    assert_eq!(allowed["sni"], serde_json::Value::Null);
     assert!(
         allowed["upstream_latency_us"].as_u64().is_some(),
         "{allowed}"
