@@ -130,13 +130,31 @@ pub fn metrics(snap: &Snapshot, shared: &Shared) -> String {
     let _ = writeln!(
         out,
         "portcullis_token_cache_lookups_total{{result=\"hit\"}} {}",
-        load(&shared.token_cache_hits)
+        shared.sum(|c| &c.token_cache_hits)
     );
     let _ = writeln!(
         out,
         "portcullis_token_cache_lookups_total{{result=\"miss\"}} {}",
-        load(&shared.token_cache_misses)
+        shared.sum(|c| &c.token_cache_misses)
     );
+    let _ = writeln!(out, "# TYPE portcullis_upstream_connections_total counter");
+    let _ = writeln!(
+        out,
+        "portcullis_upstream_connections_total{{kind=\"new\"}} {}",
+        shared.sum(|c| &c.upstream_connects)
+    );
+    let _ = writeln!(
+        out,
+        "portcullis_upstream_connections_total{{kind=\"reused\"}} {}",
+        shared.sum(|c| &c.upstream_reuses)
+    );
+    let _ = writeln!(out, "# TYPE portcullis_upstream_idle_connections gauge");
+    let _ = writeln!(
+        out,
+        "portcullis_upstream_idle_connections {}",
+        shared.sum(|c| &c.upstream_idle)
+    );
+    snap.identity.render_metrics(&mut out);
     if let Some(a) = &shared.audit {
         let _ = writeln!(out, "# TYPE portcullis_audit_records_total counter");
         let _ = writeln!(
@@ -149,6 +167,13 @@ pub fn metrics(snap: &Snapshot, shared: &Shared) -> String {
             "portcullis_audit_records_total{{outcome=\"dropped\"}} {}",
             a.dropped.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "portcullis_audit_records_total{{outcome=\"failed\"}} {}",
+            a.failed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# TYPE portcullis_audit_backlog_records gauge");
+        let _ = writeln!(out, "portcullis_audit_backlog_records {}", a.backlog());
     }
     let _ = writeln!(out, "# TYPE portcullis_requests_total counter");
     let _ = writeln!(out, "# TYPE portcullis_decisions_total counter");

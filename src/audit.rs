@@ -77,6 +77,9 @@ pub struct Sink {
     key: ring::hmac::Key,
     pub written: Arc<AtomicU64>,
     pub dropped: AtomicU64,
+    /// Records handed to the writer, and records its writes failed to store.
+    pub accepted: AtomicU64,
+    pub failed: Arc<AtomicU64>,
     pub reopen: Arc<AtomicBool>,
 }
 
@@ -86,6 +89,7 @@ impl Sink {
         let out = Output::open(&config.path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(config.buffers.max(1));
         let written = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
         let reopen = Arc::new(AtomicBool::new(false));
         let key_bytes = match &config.hash_key {
             Some(k) => k.as_bytes().to_vec(),
@@ -101,6 +105,7 @@ impl Sink {
             path: config.path.clone(),
             fsync: config.fsync,
             written: written.clone(),
+            failed: failed.clone(),
             reopen: reopen.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -113,6 +118,8 @@ impl Sink {
                 key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes),
                 written,
                 dropped: AtomicU64::new(0),
+                accepted: AtomicU64::new(0),
+                failed,
                 reopen,
             },
             handle,
@@ -125,19 +132,25 @@ impl Sink {
             return;
         }
         let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
-        match self.overflow {
-            Overflow::Block => {
-                if self.tx.send(buf).is_err() {
-                    self.dropped.fetch_add(lines, Ordering::Relaxed);
-                }
-            }
+        // Counted before the hand-over so the backlog never reads negative.
+        self.accepted.fetch_add(lines, Ordering::Relaxed);
+        let sent = match self.overflow {
+            Overflow::Block => self.tx.send(buf).is_ok(),
             Overflow::Drop => match self.tx.try_send(buf) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    self.dropped.fetch_add(lines, Ordering::Relaxed);
-                }
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
             },
+        };
+        if !sent {
+            self.accepted.fetch_sub(lines, Ordering::Relaxed);
+            self.dropped.fetch_add(lines, Ordering::Relaxed);
         }
+    }
+
+    /// Records handed to the writer and not yet written (or failed).
+    pub fn backlog(&self) -> u64 {
+        let done = self.written.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        self.accepted.load(Ordering::Relaxed).saturating_sub(done)
     }
 
     /// Tell the writer to finish (after every worker has handed over).
@@ -186,6 +199,7 @@ struct Writer {
     path: PathBuf,
     fsync: bool,
     written: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
     reopen: Arc<AtomicBool>,
 }
 
@@ -216,7 +230,10 @@ impl Writer {
                 Ok(()) => {
                     self.written.fetch_add(lines, Ordering::Relaxed);
                 }
-                Err(e) => tracing::error!(error = %e, records = lines, "audit write failed"),
+                Err(e) => {
+                    self.failed.fetch_add(lines, Ordering::Relaxed);
+                    tracing::error!(error = %e, records = lines, "audit write failed");
+                }
             }
         }
     }

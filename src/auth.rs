@@ -11,10 +11,9 @@ use crate::http1::RequestHead;
 use crate::principal::Principal;
 use crate::route::RouteAuth;
 use crate::snapshot::Snapshot;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerCounters};
 use std::io::Write;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 
 /// The process's assertion signer: one key pair for the life of the process
 /// (reloads keep it, so upstreams' cached keys stay valid). `None` only if the
@@ -106,16 +105,10 @@ fn verify_cached(
     let mut cache = worker.token_cache_for(snap);
     if let Some(cache) = cache.as_deref() {
         if let Some(p) = cache.get(token, &auth.audience, now) {
-            worker
-                .shared
-                .token_cache_hits
-                .fetch_add(1, Ordering::Relaxed);
+            WorkerCounters::bump(&worker.counters.token_cache_hits);
             return Ok(p);
         }
-        worker
-            .shared
-            .token_cache_misses
-            .fetch_add(1, Ordering::Relaxed);
+        WorkerCounters::bump(&worker.counters.token_cache_misses);
         if let Some(e) = cache.get_rejected(token, &auth.audience, now) {
             return Err(e.reason());
         }

@@ -23,7 +23,7 @@ use crate::snapshot::Snapshot;
 use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
 use crate::upstream::request::{prepare, ClientFacts, Reject, Request};
 use crate::upstream::{connect, relay};
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerCounters};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::timeout;
 use std::net::SocketAddr;
@@ -542,8 +542,15 @@ async fn send_request(
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
-            Some(u) => u,
-            None => connect(route, settings).await.map_err(Some)?,
+            Some(u) => {
+                WorkerCounters::bump(&worker.counters.upstream_reuses);
+                u
+            }
+            None => {
+                let u = connect(route, settings).await.map_err(Some)?;
+                WorkerCounters::bump(&worker.counters.upstream_connects);
+                u
+            }
         };
         // A replayable request on a pooled connection waits for the first
         // bytes of the answer under the same timer as its write: a dead

@@ -72,6 +72,7 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     };
     let shared = Arc::new(Shared {
         audit,
+        counters: (0..workers).map(|_| Arc::default()).collect(),
         ..Shared::default()
     });
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -230,6 +231,10 @@ async fn worker_main(
         if ticks.is_multiple_of(10) {
             worker.pool.sweep(now);
         }
+        worker
+            .counters
+            .upstream_idle
+            .store(worker.pool.idle() as u64, Ordering::Relaxed);
     }
     // Stop accepting, then let in-flight requests finish up to the deadline.
     let _ = canceller.cancel();

@@ -4,7 +4,7 @@
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,9 +17,9 @@ pub struct Shared {
     /// Configuration reloads swapped in, and rejected.
     pub reloads: AtomicUsize,
     pub reload_failures: AtomicUsize,
-    /// Token cache lookups on all workers.
-    pub token_cache_hits: AtomicUsize,
-    pub token_cache_misses: AtomicUsize,
+    /// Each worker's own counters (one cache line each: a worker writes
+    /// only its own, the admin thread sums them).
+    pub counters: Vec<Arc<WorkerCounters>>,
     /// Workers running on each I/O driver.
     pub uring_workers: AtomicUsize,
     pub epoll_workers: AtomicUsize,
@@ -35,6 +35,36 @@ impl Shared {
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
     }
+
+    /// One counter summed over all workers.
+    pub fn sum(&self, field: impl Fn(&WorkerCounters) -> &AtomicU64) -> u64 {
+        self.counters
+            .iter()
+            .map(|c| field(c).load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Counters a worker bumps on the request path, in a cache line of its own so
+/// workers never contend for them.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct WorkerCounters {
+    /// Token cache lookups.
+    pub token_cache_hits: AtomicU64,
+    pub token_cache_misses: AtomicU64,
+    /// Upstream connections opened, and requests sent on a pooled one.
+    pub upstream_connects: AtomicU64,
+    pub upstream_reuses: AtomicU64,
+    /// Idle upstream connections in the pool (a gauge, set every 100 ms).
+    pub upstream_idle: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// Add one (relaxed: counters only).
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Verified tokens kept per core.
@@ -43,6 +73,8 @@ const TOKEN_CACHE_ENTRIES: usize = 4096;
 pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
+    /// This worker's counters (its entry in `Shared::counters`).
+    pub counters: Arc<WorkerCounters>,
     snapshot: RefCell<arc_swap::Cache<SharedSnapshot, Arc<Snapshot>>>,
     pub pool: Pool,
     /// Scratch space for decoding MCP bodies (simd-json rewrites its input).
@@ -74,9 +106,11 @@ impl Worker {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
         );
+        let counters = shared.counters.get(id).cloned().unwrap_or_default();
         Worker {
             id,
             shared,
+            counters,
             snapshot: RefCell::new(arc_swap::Cache::new(snapshot)),
             pool: Pool::default(),
             mcp_scratch: RefCell::default(),

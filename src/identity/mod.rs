@@ -66,6 +66,11 @@ struct Remote {
     wanted: AtomicBool,
     /// Milliseconds since `Issuers::epoch` of the last fetch attempt.
     last_fetch_ms: AtomicU64,
+    /// Refreshes that replaced the key set, and that failed (for /metrics).
+    refreshed: AtomicU64,
+    failed: AtomicU64,
+    /// Whether the last refresh failed (the last good set is in use).
+    failing: AtomicBool,
 }
 
 struct Issuer {
@@ -243,13 +248,62 @@ impl Issuers {
             Ok(set) => {
                 let n = set.len();
                 issuer.keys.store(Arc::new(set));
+                remote.refreshed.fetch_add(1, Ordering::Relaxed);
+                remote.failing.store(false, Ordering::Relaxed);
                 tracing::debug!(issuer = %issuer.name, keys = n, "JWKS refreshed");
                 Ok(n)
             }
             Err(e) => {
+                remote.failed.fetch_add(1, Ordering::Relaxed);
+                remote.failing.store(true, Ordering::Relaxed);
                 tracing::warn!(issuer = %issuer.name, error = %e, "JWKS refresh failed; keeping the last good key set");
                 Err(e)
             }
+        }
+    }
+
+    /// Prometheus series of the issuers' key sets: keys held, and for remote
+    /// sets the refreshes since the issuers were loaded and whether the last
+    /// one failed.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        if self.issuers.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# TYPE portcullis_jwks_keys gauge");
+        for i in &self.issuers {
+            let name = crate::metrics::escape(&i.name);
+            let _ = writeln!(
+                out,
+                "portcullis_jwks_keys{{issuer=\"{name}\"}} {}",
+                i.keys.load().len()
+            );
+        }
+        let remote = || {
+            self.issuers
+                .iter()
+                .filter_map(|i| Some((crate::metrics::escape(&i.name), i.remote.as_ref()?)))
+        };
+        if remote().next().is_none() {
+            return;
+        }
+        let _ = writeln!(out, "# TYPE portcullis_jwks_refreshes_total counter");
+        for (name, r) in remote() {
+            for (outcome, n) in [("ok", &r.refreshed), ("failed", &r.failed)] {
+                let _ = writeln!(
+                    out,
+                    "portcullis_jwks_refreshes_total{{issuer=\"{name}\",outcome=\"{outcome}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# TYPE portcullis_jwks_refresh_failing gauge");
+        for (name, r) in remote() {
+            let _ = writeln!(
+                out,
+                "portcullis_jwks_refresh_failing{{issuer=\"{name}\"}} {}",
+                u8::from(r.failing.load(Ordering::Relaxed))
+            );
         }
     }
 
@@ -336,6 +390,9 @@ fn compile_one(c: &IssuerConfig, base_dir: &Path) -> Result<Issuer, String> {
             ),
             wanted: AtomicBool::new(false),
             last_fetch_ms: AtomicU64::new(0),
+            refreshed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         });
         KeySet::parse(&v, &algs, false).map_err(|e| format!("JWKS {uri}: {e}"))?
     } else if let Some(file) = &c.jwks_file {

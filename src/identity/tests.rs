@@ -873,6 +873,22 @@ fn remote_refresh_replaces_keys_and_keeps_the_last_good_set() {
     assert!(iss.refresh(0).is_err());
     assert!(iss.verify(&t2, AUD, NOW).is_ok());
     assert!(iss.verify(&rs256("rsa1", &claims()), AUD, NOW).is_ok());
+
+    // /metrics: the keys held, one good refresh, three failed, failing now.
+    let mut m = String::new();
+    iss.render_metrics(&mut m);
+    let name = remote_cfg(&srv.url).name;
+    for line in [
+        format!("portcullis_jwks_keys{{issuer=\"{name}\"}} 2"),
+        format!("portcullis_jwks_refreshes_total{{issuer=\"{name}\",outcome=\"ok\"}} 1"),
+        format!("portcullis_jwks_refreshes_total{{issuer=\"{name}\",outcome=\"failed\"}} 3"),
+        format!("portcullis_jwks_refresh_failing{{issuer=\"{name}\"}} 1"),
+    ] {
+        assert!(
+            m.contains(&format!("{line}\n")),
+            "missing {line:?} in:\n{m}"
+        );
+    }
 }
 
 #[test]

@@ -75,6 +75,11 @@ impl Pool {
         });
     }
 
+    /// Idle connections held, to all upstreams.
+    pub fn idle(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+
     /// Close expired idle connections.
     pub fn sweep(&self, now: Instant) {
         for list in self.idle.borrow_mut().values_mut() {

@@ -72,5 +72,21 @@ fn admin_serves_health_config_and_metrics() {
             "missing {line:?} in:\n{m}"
         );
     }
+    // Two pings went upstream: on a new connection or a pooled one, both
+    // counted; the pool gauge is set by the worker's 100 ms tick.
+    std::thread::sleep(Duration::from_millis(250));
+    let m = get(admin, "/metrics");
+    let value = |series: &str| -> u64 {
+        let line = m
+            .lines()
+            .find(|l| l.starts_with(&format!("{series} ")))
+            .unwrap_or_else(|| panic!("missing {series} in:\n{m}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let new = value("portcullis_upstream_connections_total{kind=\"new\"}");
+    let reused = value("portcullis_upstream_connections_total{kind=\"reused\"}");
+    assert!(new >= 1 && new + reused >= 2, "new {new}, reused {reused}");
+    assert!(value("portcullis_upstream_idle_connections") <= new);
+    assert_eq!(value("portcullis_jwks_keys{issuer=\"idp\"}"), 1, "{m}");
     assert!(get(admin, "/nope").starts_with("HTTP/1.1 404"));
 }

@@ -195,9 +195,20 @@ fn overflow_blocks_or_drops_and_counts() {
             }
             all
         });
+        let sink_of = running.shared.clone();
+        let sink = || sink_of.audit.as_ref().unwrap();
         if mode == "block" {
             // The workers wait for the writer: let it go after a while.
             std::thread::sleep(Duration::from_millis(500));
+            // The pipe is full by now (or soon): records wait for the writer.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while sink().backlog() == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "block: no backlog while the writer is stuck"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
             start_draining.send(()).unwrap();
         }
         let served = client.join().unwrap();
@@ -218,6 +229,12 @@ fn overflow_blocks_or_drops_and_counts() {
             .unwrap()
             .lines()
             .count() as u64;
+        assert_eq!(sink().backlog(), 0, "{mode}: nothing left behind");
+        assert_eq!(
+            sink().failed.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "{mode}: no write failed"
+        );
         match mode {
             "drop" => {
                 assert!(dropped > 0, "drop: the slow writer made records drop");
