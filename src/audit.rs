@@ -31,7 +31,7 @@ fn default_buffers() -> usize {
     CHANNEL_BUFFERS
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// A file (appended to, created if missing) or `-` for stdout.
@@ -50,7 +50,7 @@ pub struct AuditConfig {
     pub buffers: usize,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overflow {
     #[default]
@@ -59,7 +59,7 @@ pub enum Overflow {
 }
 
 /// How a route's audit records show `params.arguments`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Arguments {
     /// The arguments, with token-like values replaced by `"[redacted]"`.

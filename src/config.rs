@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -84,7 +84,7 @@ impl Workers {
 
 /// I/O driver and io_uring ring options. The ring flags matter: see
 /// PERFORMANCE.md (with defaults io_uring loses to epoll on small machines).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     pub driver: Driver,
@@ -106,7 +106,7 @@ impl Default for RuntimeConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Driver {
     Auto,
@@ -114,7 +114,7 @@ pub enum Driver {
     Epoll,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     pub address: SocketAddr,
@@ -124,21 +124,21 @@ pub struct Listen {
     pub max_connections: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenTls {
     /// Certificates chosen by SNI; the first one is the default.
     pub certificates: Vec<CertPair>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
     pub cert_file: EnvPath,
     pub key_file: EnvPath,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_header_bytes: usize,
@@ -173,7 +173,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub connect_timeout: Dur,
@@ -202,7 +202,7 @@ impl Default for UpstreamConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -224,7 +224,7 @@ pub struct RouteConfig {
     pub policy: Option<Vec<crate::policy::RuleConfig>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -241,14 +241,14 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Keep it on loopback: it is not authenticated.
@@ -260,7 +260,7 @@ fn default_admin_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Names of `identity.issuers` whose tokens this route accepts.
@@ -272,7 +272,7 @@ pub struct AuthConfig {
 
 /// What the upstream gets instead of the client's token: exactly one of
 /// `assertion`, `static` or `none: true`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamAuthConfig {
     /// A short-lived ES256 JWT naming the caller, signed by portcullis (its
@@ -286,7 +286,7 @@ pub struct UpstreamAuthConfig {
     pub none: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssertionConfig {
     /// Default `X-Portcullis-Identity`; `Authorization` sends `Bearer <jwt>`.
@@ -296,7 +296,7 @@ pub struct AssertionConfig {
     pub audience: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticCredential {
     pub header: String,
@@ -307,7 +307,7 @@ fn default_assertion_header() -> String {
     "X-Portcullis-Identity".into()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct McpRoute {
     /// Browser origins allowed to call this route (e.g.
@@ -532,6 +532,72 @@ impl<'de> Deserialize<'de> for Url {
         let s = String::deserialize(d)?;
         let s = expand_env(&s).map_err(de::Error::custom)?;
         Url::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// The configuration file's JSON Schema (draft 2020-12), from the types above
+/// and their doc comments.
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(Config);
+    schema.insert("title".into(), "portcullis configuration (YAML)".into());
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+// JSON Schema of the value types that parse themselves.
+
+impl schemars::JsonSchema for Workers {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Workers".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Worker threads: `auto` (one per CPU) or 1 to 1024.",
+            "anyOf": [
+                {"const": "auto"},
+                {"type": "integer", "minimum": 1, "maximum": 1024}
+            ],
+            "default": "auto"
+        })
+    }
+}
+
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A positive duration: `250ms`, `10s`, `2m`, `1h`, or a number of seconds.",
+            "anyOf": [
+                {"type": "string", "pattern": "^\\s*[0-9]+\\s*(ms|s|m|h)?\\s*$"},
+                {"type": "integer", "minimum": 1}
+            ]
+        })
+    }
+}
+
+impl schemars::JsonSchema for EnvPath {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Path".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A file path (relative to the configuration file's directory); `${ENV_VAR}` is substituted.",
+            "type": "string"
+        })
+    }
+}
+
+impl schemars::JsonSchema for Url {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Url".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An http:// or https:// URL; `${ENV_VAR}` is substituted.",
+            "type": "string",
+            "pattern": "^(https?://|\\$\\{)"
+        })
     }
 }
 

@@ -70,6 +70,10 @@ enum Command {
         #[arg(long)]
         summary: bool,
     },
+    /// Print the JSON Schema of the configuration file (for editors: e.g.
+    /// `# yaml-language-server: $schema=portcullis.schema.json`).
+    #[command(after_help = "Example:\n  portcullis schema > portcullis.schema.json")]
+    Schema,
     /// Start a small built-in MCP server on loopback with portcullis in front.
     #[command(after_help = "Example:\n  portcullis demo --listen 127.0.0.1:8080")]
     Demo {
@@ -173,6 +177,10 @@ fn main() -> ExitCode {
             },
             summary,
         ),
+        Command::Schema => {
+            println!("{}", portcullis::config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Demo { listen } => match demo::start(listen) {
             Ok(d) => {
                 println!("{}", demo::instructions(&d));

@@ -65,7 +65,7 @@ impl std::error::Error for AuthError {}
 
 /// The protected header fields the verifier reads. `jwk`, `jku`, `x5u`, `x5c` and any other
 /// member are ignored (never fetched, never used as a key).
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct RawHeader {
     alg: String,
     kid: Option<String>,

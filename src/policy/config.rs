@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// One rule: exactly one of `allow`, `deny` or `use`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     #[serde(default)]
@@ -23,7 +23,7 @@ pub struct RuleConfig {
 }
 
 /// A condition: `and`, `or`, `not`, or one criterion. Exactly one key may be set.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct Condition {
 }
 
 /// One string or a list of strings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -81,7 +81,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimTest {
     pub path: String,
@@ -96,7 +96,7 @@ pub struct ClaimTest {
 }
 
 /// `groups` and `scope`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetTest {
     #[serde(default)]
@@ -107,7 +107,7 @@ pub struct SetTest {
     pub all: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailTest {
     #[serde(default)]
@@ -121,7 +121,7 @@ pub struct EmailTest {
 }
 
 /// `client_id` and `issuer`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EqTest {
     #[serde(default)]
@@ -131,7 +131,7 @@ pub struct EqTest {
 }
 
 /// `mcp_method` and `mcp_prompt`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameTest {
     #[serde(default)]
@@ -142,7 +142,7 @@ pub struct NameTest {
     pub starts_with: Option<OneOrMany>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolTest {
     #[serde(default)]
@@ -155,7 +155,7 @@ pub struct ToolTest {
     pub matches: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceTest {
     #[serde(default)]
@@ -166,7 +166,7 @@ pub struct ResourceTest {
     pub glob: Option<OneOrMany>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArgumentTest {
     /// RFC 6901 JSON pointer into `params.arguments`.
@@ -185,14 +185,14 @@ pub struct ArgumentTest {
     pub exists: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceIpTest {
     #[serde(rename = "in")]
     pub in_: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeTest {
     /// `mon` .. `sun`; absent means every day.
@@ -206,7 +206,7 @@ pub struct TimeTest {
     pub tz: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderTest {
     pub name: String,
@@ -220,7 +220,7 @@ pub struct HeaderTest {
     pub exists: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitTest {
     pub requests: u64,
@@ -230,14 +230,14 @@ pub struct RateLimitTest {
     pub key: RateKey,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Period {
     Seconds(u64),
     Text(String),
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RateKey {
     #[default]
