@@ -535,14 +535,6 @@ impl<'de> Deserialize<'de> for Url {
     }
 }
 
-/// The configuration file's JSON Schema (draft 2020-12), from the types above
-/// and their doc comments.
-pub fn json_schema() -> String {
-    let mut schema = schemars::schema_for!(Config);
-    schema.insert("title".into(), "portcullis configuration (YAML)".into());
-    serde_json::to_string_pretty(&schema).unwrap_or_default()
-}
-
 // JSON Schema of the value types that parse themselves.
 
 impl schemars::JsonSchema for Workers {

@@ -72,8 +72,14 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration file (for editors: e.g.
     /// `# yaml-language-server: $schema=portcullis.schema.json`).
-    #[command(after_help = "Example:\n  portcullis schema > portcullis.schema.json")]
-    Schema,
+    #[command(
+        after_help = "Examples:\n  portcullis schema > portcullis.schema.json\n  portcullis schema --markdown > REFERENCE.md"
+    )]
+    Schema {
+        /// The option reference as Markdown instead.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Start a small built-in MCP server on loopback with portcullis in front.
     #[command(after_help = "Example:\n  portcullis demo --listen 127.0.0.1:8080")]
     Demo {
@@ -177,8 +183,13 @@ fn main() -> ExitCode {
             },
             summary,
         ),
-        Command::Schema => {
-            println!("{}", portcullis::config::json_schema());
+        Command::Schema { markdown } => {
+            let schema = portcullis::schema::json();
+            if markdown {
+                print!("{}", portcullis::schema::markdown(&schema));
+            } else {
+                println!("{schema:#}");
+            }
             ExitCode::SUCCESS
         }
         Command::Demo { listen } => match demo::start(listen) {

@@ -1,11 +1,13 @@
 """`portcullis schema`: the configuration's JSON Schema, as an editor would use
-it. Every example configuration in config/ is valid under it, the committed
-copy (config/portcullis.schema.json) is current, and the mistakes that
-`portcullis check` rejects are rejected by the schema too."""
+it, and the option reference made from it. Every example configuration in
+config/ is valid under the schema, the committed copies
+(config/portcullis.schema.json, config/REFERENCE.md) are current, and the
+mistakes that `portcullis check` rejects are rejected by the schema too."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -30,6 +32,20 @@ def schema() -> dict:
 def test_committed_schema_is_current(schema):
     committed = json.loads((CONFIG / "portcullis.schema.json").read_text())
     assert committed == schema, "regenerate: portcullis schema > config/portcullis.schema.json"
+
+
+def test_committed_reference_is_current():
+    out = subprocess.run(
+        [portcullis_bin(), "schema", "--markdown"], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert (CONFIG / "REFERENCE.md").read_text() == out.stdout, (
+        "regenerate: portcullis schema --markdown > config/REFERENCE.md"
+    )
+    # Every section a type links to exists.
+    anchors = set(re.findall(r'<a id="([a-z0-9_]+)"></a>', out.stdout))
+    anchors |= {h.lower() for h in re.findall(r"^## (\S+)$", out.stdout, re.M)}
+    links = set(re.findall(r"\]\(#([a-z0-9_]+)\)", out.stdout))
+    assert links <= anchors, links - anchors
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
