@@ -3,7 +3,8 @@
 //! client head). `in_process_zero_trust`: the same for an MCP `tools/call` of
 //! 1 KiB with the full security path: bearer token (per-core cache hit),
 //! identity assertion (cached), body decoded in full, header checks, a
-//! 10-rule policy. `loopback`: one keep-alive request through a running proxy
+//! 10-rule policy; `in_process_zero_trust_audited`: the same with the audit
+//! record (arguments hashed, the route's default). `loopback`: one keep-alive request through a running proxy
 //! to a minimal upstream, socket to socket.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -87,6 +88,15 @@ fn call_body() -> String {
 }
 
 fn in_process_zero_trust(c: &mut Criterion) {
+    zero_trust(c, "pipeline/in_process_zero_trust", false);
+    zero_trust(c, "pipeline/in_process_zero_trust_audited", true);
+}
+
+/// The zero-trust path; `audited`: plus what auditing adds on the request
+/// path (the session id and arguments hashed, the facts copied, the record
+/// written to the worker's buffer, full buffers handed to a writer thread
+/// writing to /dev/null).
+fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
     use portcullis::pipeline::{check_mcp_body, Judged};
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
     let jwk: serde_json::Value = serde_json::from_str(
@@ -98,7 +108,16 @@ fn in_process_zero_trust(c: &mut Criterion) {
     let text = SECURE_CONFIG.replace("JWKS", &serde_json::json!({ "keys": [jwk] }).to_string());
     let snap = snapshot::from_text(&text, Path::new("bench.yaml")).unwrap();
     let shared_snap: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
-    let worker = Worker::new(0, Arc::new(Shared::default()), shared_snap.clone());
+    let audit = audited.then(|| {
+        let config: portcullis::audit::AuditConfig =
+            serde_json::from_value(serde_json::json!({"path": "/dev/null"})).unwrap();
+        portcullis::audit::Sink::start(&config).unwrap().0
+    });
+    let shared = Arc::new(Shared {
+        audit,
+        ..Shared::default()
+    });
+    let worker = Worker::new(0, shared, shared_snap.clone());
     let snap = worker.snapshot();
     let now = portcullis::upstream::request::unix_now();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
@@ -127,7 +146,8 @@ fn in_process_zero_trust(c: &mut Criterion) {
     let mut out = Vec::with_capacity(1024);
     let mut head_copy = Vec::with_capacity(2048);
     let mut judged = Judged::default();
-    c.bench_function("pipeline/in_process_zero_trust", |b| {
+    let mut session_hash = portcullis::pipeline::SessionHash::default();
+    c.bench_function(name, |b| {
         b.iter(|| {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let head = parse_request(black_box(request), &mut headers, &snap.head_limits)
@@ -139,12 +159,37 @@ fn in_process_zero_trust(c: &mut Criterion) {
             head_copy.clear();
             head_copy.extend_from_slice(&request[..head.head_len]);
             let body = &request[head.head_len..];
+            if let Some(sink) = &worker.shared.audit {
+                judged.audit = Default::default();
+                judged.audit.principal = req.principal.clone();
+                judged.audit.session = head
+                    .header("mcp-session-id")
+                    .map(|s| session_hash.get(s, sink));
+            }
             check_mcp_body(&worker, route, &req, body, &head_copy, &client, &mut judged).unwrap();
             let mut rh = [httparse::EMPTY_HEADER; 64];
             let resp = parse_response(black_box(RESPONSE), &mut rh, false, 65536)
                 .unwrap()
                 .unwrap();
             write_client_head(&resp, req.id.as_bytes(), &mut out).unwrap();
+            if worker.shared.audit.is_some() {
+                worker.audit(&portcullis::audit::Record {
+                    unix_micros: 1_763_800_000_000_000,
+                    request_id: req.id.as_bytes(),
+                    worker: 0,
+                    client: client.peer,
+                    tls: None,
+                    route: Some("bench"),
+                    facts: &judged.audit,
+                    decision: portcullis::metrics::Decision::Allowed,
+                    reason: "",
+                    status: 200,
+                    latency_us: 180,
+                    upstream: Some((200, 120)),
+                    bytes_in: request.len() as u64,
+                    bytes_out: 200,
+                });
+            }
             black_box((&up, &out));
         })
     });

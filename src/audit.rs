@@ -72,7 +72,7 @@ pub enum Arguments {
 
 /// The process's audit sink: the channel to the writer and its counters.
 pub struct Sink {
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<(Vec<u8>, u64)>,
     overflow: Overflow,
     key: ring::hmac::Key,
     pub written: Arc<AtomicU64>,
@@ -126,17 +126,16 @@ impl Sink {
         ))
     }
 
-    /// Hand a buffer of complete records to the writer.
-    pub fn send(&self, buf: Vec<u8>) {
+    /// Hand a buffer of `lines` complete records to the writer.
+    pub fn send(&self, buf: Vec<u8>, lines: u64) {
         if buf.is_empty() {
             return;
         }
-        let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
         // Counted before the hand-over so the backlog never reads negative.
         self.accepted.fetch_add(lines, Ordering::Relaxed);
         let sent = match self.overflow {
-            Overflow::Block => self.tx.send(buf).is_ok(),
-            Overflow::Drop => match self.tx.try_send(buf) {
+            Overflow::Block => self.tx.send((buf, lines)).is_ok(),
+            Overflow::Drop => match self.tx.try_send((buf, lines)) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
             },
@@ -155,16 +154,18 @@ impl Sink {
 
     /// Tell the writer to finish (after every worker has handed over).
     pub fn finish(&self) {
-        let _ = self.tx.send(Vec::new());
+        let _ = self.tx.send((Vec::new(), 0));
     }
 
     /// `hmac-sha256:<hex>` of `data` under the audit key.
     pub fn hash(&self, data: &[u8]) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let tag = ring::hmac::sign(&self.key, data);
         let mut out = String::with_capacity(12 + 64);
         out.push_str("hmac-sha256:");
-        for b in tag.as_ref() {
-            out.push_str(&format!("{b:02x}"));
+        for &b in tag.as_ref() {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
         out
     }
@@ -204,9 +205,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Vec<u8>>) {
+    fn run(mut self, rx: Receiver<(Vec<u8>, u64)>) {
         loop {
-            let buf = match rx.recv_timeout(Duration::from_secs(1)) {
+            let (buf, lines) = match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(b) => b,
                 Err(RecvTimeoutError::Timeout) => {
                     self.maybe_reopen();
@@ -218,7 +219,6 @@ impl Writer {
             if buf.is_empty() {
                 return; // finish: everything before it is written
             }
-            let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
             let result = match &mut self.out {
                 Output::Stdout => std::io::stdout().lock().write_all(&buf),
                 Output::File(f) => {
@@ -267,7 +267,7 @@ pub struct Facts {
     /// Already rendered: JSON (full), a quoted hash, or nothing.
     pub arguments: Option<String>,
     pub rule: Option<Box<str>>,
-    pub session: Option<String>,
+    pub session: Option<std::rc::Rc<str>>,
 }
 
 /// Everything a record is built from.
@@ -411,14 +411,26 @@ pub fn write_time(out: &mut Vec<u8>, unix_micros: u64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        unix_micros % 1_000_000
-    );
+    // Digits by hand: this runs once per request.
+    let digits = |out: &mut Vec<u8>, v: u64, width: u32| {
+        for k in (0..width).rev() {
+            out.push(b'0' + (v / 10u64.pow(k) % 10) as u8);
+        }
+    };
+    digits(out, y.clamp(0, 9999) as u64, 4);
+    out.push(b'-');
+    digits(out, m as u64, 2);
+    out.push(b'-');
+    digits(out, d as u64, 2);
+    out.push(b'T');
+    digits(out, rem / 3600, 2);
+    out.push(b':');
+    digits(out, rem / 60 % 60, 2);
+    out.push(b':');
+    digits(out, rem % 60, 2);
+    out.push(b'.');
+    digits(out, unix_micros % 1_000_000, 6);
+    out.push(b'Z');
 }
 
 /// Argument keys whose values are never written in full.

@@ -52,6 +52,26 @@ pub struct Conn {
     /// A copy of the current request's head, kept for policies that read
     /// headers after the head was consumed (routes with a policy only).
     pub head_copy: Vec<u8>,
+    /// The audit hash of the last session id seen on this connection.
+    pub session_hash: SessionHash,
+}
+
+/// A connection's last `Mcp-Session-Id` and its keyed hash: a client sends
+/// the same id on every request of its session, so it is hashed once.
+#[derive(Default)]
+pub struct SessionHash(Option<(Box<[u8]>, Rc<str>)>);
+
+impl SessionHash {
+    pub fn get(&mut self, id: &[u8], sink: &crate::audit::Sink) -> Rc<str> {
+        match &self.0 {
+            Some((last, hash)) if **last == *id => hash.clone(),
+            _ => {
+                let hash: Rc<str> = sink.hash(id).into();
+                self.0 = Some((id.into(), hash.clone()));
+                hash
+            }
+        }
+    }
 }
 
 /// What became of one request: its route, the status the client got, and
@@ -118,35 +138,26 @@ fn record(
     let unix_micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    let mut buf = worker.audit_buf.borrow_mut();
-    crate::audit::write_record(
-        &mut buf,
-        &crate::audit::Record {
-            unix_micros,
-            request_id: outcome.request_id.as_bytes(),
-            worker: worker.id,
-            client: conn.client.peer,
-            tls: client.tls_info(),
-            route: route.map(|r| r.name.as_str()),
-            facts: &conn.judged.audit,
-            decision: outcome.decision,
-            reason: if outcome.status == 0 {
-                "the client went away before the answer"
-            } else {
-                outcome.reason
-            },
-            status: outcome.status,
-            latency_us: micros,
-            upstream: outcome.upstream,
-            bytes_in: bytes.0,
-            bytes_out: bytes.1,
+    worker.audit(&crate::audit::Record {
+        unix_micros,
+        request_id: outcome.request_id.as_bytes(),
+        worker: worker.id,
+        client: conn.client.peer,
+        tls: client.tls_info(),
+        route: route.map(|r| r.name.as_str()),
+        facts: &conn.judged.audit,
+        decision: outcome.decision,
+        reason: if outcome.status == 0 {
+            "the client went away before the answer"
+        } else {
+            outcome.reason
         },
-    );
-    let full = buf.len() >= crate::audit::FLUSH_BYTES;
-    drop(buf);
-    if full {
-        worker.flush_audit();
-    }
+        status: outcome.status,
+        latency_us: micros,
+        upstream: outcome.upstream,
+        bytes_in: bytes.0,
+        bytes_out: bytes.1,
+    });
 }
 
 /// The outcome of judging a body, beyond pass or refuse.
@@ -198,6 +209,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         judged: Judged::default(),
         outcome: Outcome::default(),
         head_copy: Vec::new(),
+        session_hash: SessionHash::default(),
     };
     // The client's byte counts at the end of the previous request.
     let mut counted = (0, 0);
@@ -405,7 +417,9 @@ fn parse_and_prepare(
                             let a = &mut conn.judged.audit;
                             a.principal = req.principal.clone();
                             a.era = req.mcp_head.version;
-                            a.session = head.header("mcp-session-id").map(|s| sink.hash(s));
+                            a.session = head
+                                .header("mcp-session-id")
+                                .map(|s| conn.session_hash.get(s, sink));
                         }
                         if snap.routes.get(req.route).policy_reads_headers {
                             conn.head_copy.clear();
@@ -780,7 +794,7 @@ fn note_message(
             .unwrap_or(0);
     }
     let Some(args) = m.arguments else { return };
-    let mut text = Vec::new();
+    let mut text = Vec::with_capacity(512);
     match route.audit_arguments {
         crate::audit::Arguments::Omit => {}
         crate::audit::Arguments::Full => {

@@ -86,7 +86,9 @@ pub struct Worker {
     /// The snapshot generation the caches were filled under.
     cache_generation: Cell<u64>,
     /// Audit records not yet handed to the writer.
-    pub audit_buf: RefCell<Vec<u8>>,
+    audit_buf: RefCell<Vec<u8>>,
+    /// Records in `audit_buf`.
+    audit_records: Cell<u64>,
     /// Requests being served on this worker right now.
     pub in_flight: Cell<usize>,
     request_seq: Cell<u64>,
@@ -118,6 +120,7 @@ impl Worker {
             assertions: RefCell::new(crate::identity::AssertionCache::new(1024)),
             cache_generation: Cell::new(0),
             audit_buf: RefCell::new(Vec::new()),
+            audit_records: Cell::new(0),
             in_flight: Cell::new(0),
             request_seq: Cell::new(0),
             request_seed: h.finish(),
@@ -146,11 +149,23 @@ impl Worker {
         (snap.generation == self.cache_generation.get()).then(|| self.token_cache.borrow_mut())
     }
 
+    /// Buffer one audit record; a full buffer goes to the writer.
+    pub fn audit(&self, record: &crate::audit::Record<'_>) {
+        let mut buf = self.audit_buf.borrow_mut();
+        crate::audit::write_record(&mut buf, record);
+        self.audit_records.set(self.audit_records.get() + 1);
+        let full = buf.len() >= crate::audit::FLUSH_BYTES;
+        drop(buf);
+        if full {
+            self.flush_audit();
+        }
+    }
+
     /// Hand this worker's buffered audit records to the writer.
     pub fn flush_audit(&self) {
         if let Some(sink) = &self.shared.audit {
             let buf = std::mem::take(&mut *self.audit_buf.borrow_mut());
-            sink.send(buf);
+            sink.send(buf, self.audit_records.replace(0));
         }
     }
 

@@ -66,21 +66,58 @@ impl RpcId {
 
 /// Append `s` as a JSON string literal.
 pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = std::io::Write::write_fmt(out, format_args!("\\u{:04x}", c as u32));
-            }
-            c => {
-                let mut b = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+    // Copy runs of bytes that need no escape at once (every escaped byte is
+    // ASCII, so a run never splits a UTF-8 sequence).
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time while none of them needs an escape.
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            if !needs_escape(x) {
+                i += 8;
+                continue;
             }
         }
+        let b = bytes[i];
+        i += 1;
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        let at = i - 1;
+        out.extend_from_slice(&bytes[start..at]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]),
+        }
+        start = at + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any of the eight bytes in `x` is a control character, `"` or `\\`
+/// (the classic "has a zero byte" bit trick, applied three times).
+fn needs_escape(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    // Any byte below 0x20 (exact as a yes/no answer: a borrow starts only
+    // at such a byte).
+    let low = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+    low | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) != 0
 }
 
 /// What one JSON-RPC message says, as far as a policy needs to know.
@@ -356,6 +393,35 @@ fn message<'t>(nodes: &'t [Node<'t>]) -> Result<Message<'t>, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_strings_round_trip_whatever_they_hold() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "plain".into(),
+            "exactly8".into(),
+            "sixteen chars ok".into(),
+            "quote \" and backslash \\ mid-chunk".into(),
+            "\u{0}\u{1f}\n\t\r at the start".into(),
+            "ünïcødé 😀 and \"quotes\" \u{7f} \u{2028}".into(),
+            "x".repeat(861),
+        ];
+        // Every special byte at every offset of a 20-byte string.
+        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', 'é'] {
+            for at in 0..20 {
+                let mut s: String = "abcdefghijklmnopqrst".into();
+                s.insert(at, special);
+                cases.push(s);
+            }
+        }
+        for s in cases {
+            let mut out = Vec::new();
+            super::write_json_string(&mut out, &s);
+            let back: String = serde_json::from_slice(&out)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+            assert_eq!(back, s);
+        }
+    }
+
     use super::*;
 
     fn run(body: &str) -> Result<(Shape, Vec<String>), DecodeError> {
