@@ -164,7 +164,8 @@ pub struct Listen {
     /// Start-up fails when another process already listens there. Fixed at
     /// start.
     pub address: SocketAddr,
-    /// Serve TLS 1.2 and 1.3 on this listener; absent: plain TCP.
+    /// Serve TLS 1.2 and 1.3 on this listener; absent: plain TCP. Adding or
+    /// removing it takes effect at restart; its certificates are reloaded.
     pub tls: Option<ListenTls>,
     /// Open connections on this listener (all workers); absent: no limit of
     /// its own. The total limit `limits.max_connections` applies as well.
@@ -206,9 +207,9 @@ pub struct Limits {
     pub max_target_bytes: usize,
     /// Largest request body, in bytes, on every route: 413 beyond.
     pub max_body_bytes: u64,
-    /// Longest wait for a complete request head, from its first byte (on a new
-    /// connection also from accept to the first byte; it bounds the TLS
-    /// handshake too): 408 when a started head times out.
+    /// Longest wait for a request head: for the first byte on a new
+    /// connection, and from a request's first byte to its complete head (408
+    /// beyond). It also bounds the TLS handshake.
     pub header_timeout: Dur,
     /// Longest wait for the next piece of a request body: 408 beyond.
     pub body_timeout: Dur,

@@ -35,8 +35,9 @@ pub struct IssuerConfig {
     #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub jwks: Option<serde_json::Value>,
     /// Signature algorithms accepted: RS256/384/512, PS256/384/512, ES256,
-    /// ES384, EdDSA, and HS256/384/512 with an inline `jwks` only. Each key is
-    /// pinned to one algorithm, never taken from the token.
+    /// ES384, EdDSA, and HS256/384/512 with an inline `jwks` only. What a key
+    /// may verify comes from the JWKS (its `alg`, else its key type), within
+    /// this list; never from the token.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
     /// Accepted audiences (any one must be in `aud`); when set, these replace
