@@ -3,7 +3,7 @@
 //! line and column), `${ENV_VAR}` substitution, and the cross-field checks that
 //! `portcullis check` reports all at once. No runtime logic lives here.
 
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::{
     fmt,
     net::SocketAddr,
@@ -11,37 +11,54 @@ use std::{
     time::Duration,
 };
 
+/// The configuration file. Routes, policies, issuers, limits and certificates
+/// are reloaded when the file changes (or on SIGHUP); the options marked
+/// "fixed at start" take effect at the next restart.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Worker threads, each with its own event loop and its own sockets on
+    /// every listener: `auto` starts one per CPU. Fixed at start.
     #[serde(default)]
     pub workers: Workers,
-    /// Pin worker N to CPU N (modulo the CPUs available).
+    /// Pin worker N to CPU N (modulo the CPUs available). Fixed at start.
     #[serde(default)]
     pub pin_workers: bool,
+    /// The I/O driver and its io_uring ring options. Fixed at start.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Addresses to accept client connections on (at least one). A route's
+    /// `from` scheme needs a listener of its kind (`tls` for `https://`).
     pub listen: Vec<Listen>,
+    /// Request size limits, client timeouts and the connection limit.
     #[serde(default)]
     pub limits: Limits,
+    /// Timeouts, connection pool and extra CA certificates for upstreams.
     #[serde(default)]
     pub upstream: UpstreamConfig,
-    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT;
+    /// connections still busy then are closed.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
-    /// Logging to stderr (PORTCULLIS_LOG, when set, overrides `level`).
+    /// Logging to stderr (PORTCULLIS_LOG, when set, overrides `level`). Fixed
+    /// at start.
     #[serde(default)]
     pub log: LogConfig,
-    /// The audit log; off when absent.
+    /// The audit log; off when absent. Fixed at start.
     pub audit: Option<crate::audit::AuditConfig>,
     /// The admin listener (metrics, health, config summary); off when absent.
+    /// Fixed at start.
     pub admin: Option<AdminConfig>,
-    /// Trusted token issuers.
+    /// Trusted token issuers, which routes accept by name (`auth.issuers`).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
     /// Named rule lists that routes include with `- use: <name>`.
     #[serde(default)]
+    #[schemars(extend("default" = {}))]
     pub policies: std::collections::HashMap<String, Vec<crate::policy::RuleConfig>>,
+    /// The routes (at least one). A request goes to the route whose `from`
+    /// host and port equal its `Host` and whose path prefix is the longest
+    /// match on a `/` boundary; a request no route matches gets 404.
     pub routes: Vec<RouteConfig>,
 }
 
@@ -73,6 +90,16 @@ impl<'de> Deserialize<'de> for Workers {
     }
 }
 
+/// `"auto"` or the number, as written in the file.
+impl Serialize for Workers {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
 impl Workers {
     pub fn resolve(self) -> usize {
         match self {
@@ -82,15 +109,25 @@ impl Workers {
     }
 }
 
-/// I/O driver and io_uring ring options. The ring flags matter: see
-/// PERFORMANCE.md (with defaults io_uring loses to epoll on small machines).
+/// I/O driver and io_uring ring options (fixed at start). The ring flags
+/// matter: with default ring flags io_uring loses to epoll on small machines
+/// (README, "Runtime"). A worker whose ring cannot be set up (an old kernel
+/// rejecting a flag, too little locked memory) falls back to epoll and logs it.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
+    /// Which I/O driver the workers use.
     pub driver: Driver,
+    /// Entries of each worker's io_uring submission queue (io_uring only).
     pub ring_entries: u32,
+    /// Set up the ring with `IORING_SETUP_COOP_TASKRUN`: completions are
+    /// processed when the worker enters the kernel, without interrupting it.
     pub coop_taskrun: bool,
+    /// Set up the ring with `IORING_SETUP_SINGLE_ISSUER` (only the worker's
+    /// own thread submits to it, so the kernel can skip some locking).
     pub single_issuer: bool,
+    /// Set up the ring with `IORING_SETUP_DEFER_TASKRUN`: completion work is
+    /// deferred until the worker waits for events (needs `single_issuer`).
     pub defer_taskrun: bool,
 }
 
@@ -106,54 +143,84 @@ impl Default for RuntimeConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+/// The I/O driver of the workers.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Driver {
+    /// io_uring where the kernel allows it, else epoll (the choice is logged).
     Auto,
+    /// io_uring; a worker falls back to epoll, with a warning, when its ring
+    /// cannot be set up.
     IoUring,
+    /// epoll only.
     Epoll,
 }
 
+/// One listening address.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
+    /// IP address and port (`0.0.0.0:8443`, `[::1]:8080`; no host names).
+    /// Start-up fails when another process already listens there. Fixed at
+    /// start.
     pub address: SocketAddr,
+    /// Serve TLS 1.2 and 1.3 on this listener; absent: plain TCP. Adding or
+    /// removing it takes effect at restart; its certificates are reloaded.
     pub tls: Option<ListenTls>,
-    /// Open connections on this listener (all workers); the total limit
-    /// `limits.max_connections` applies as well.
+    /// Open connections on this listener (all workers); absent: no limit of
+    /// its own. The total limit `limits.max_connections` applies as well.
+    /// Fixed at start.
     pub max_connections: Option<usize>,
 }
 
+/// TLS on a listener (ALPN `http/1.1`). Certificates are reloaded with the
+/// configuration.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenTls {
-    /// Certificates chosen by SNI; the first one is the default.
+    /// Certificates chosen by SNI; the first one is the default (also when no
+    /// SNI is sent).
     pub certificates: Vec<CertPair>,
 }
 
+/// A certificate chain and its private key, PEM files.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
+    /// The certificate chain, leaf first.
     pub cert_file: EnvPath,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
     pub key_file: EnvPath,
 }
 
+/// Limits on client requests and connections, with safe defaults.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Largest request head (request line and header fields), in bytes: 431
+    /// beyond (414 when the request line alone does not fit).
     pub max_header_bytes: usize,
+    /// Most header fields in a request: 400 beyond. Values above 256 act as
+    /// 256.
     pub max_headers: usize,
+    /// Longest request target (path and query), in bytes: 414 beyond.
     pub max_target_bytes: usize,
+    /// Largest request body, in bytes, on every route: 413 beyond.
     pub max_body_bytes: u64,
-    /// From the first byte of a request (or from accept) to its complete head.
+    /// Longest wait for a request head: for the first byte on a new
+    /// connection, and from a request's first byte to its complete head (408
+    /// beyond). It also bounds the TLS handshake.
     pub header_timeout: Dur,
-    /// Longest wait for the next piece of a request body.
+    /// Longest wait for the next piece of a request body: 408 beyond.
     pub body_timeout: Dur,
-    /// Longest a keep-alive connection may wait for its next request.
+    /// Longest a keep-alive connection may wait for its next request; then it
+    /// is closed.
     pub idle_timeout: Dur,
-    /// Longest a write to a client may stall.
+    /// Longest a write may stall: to a client (the connection is closed), or
+    /// of a request to its upstream (504).
     pub write_timeout: Dur,
-    /// Open client connections, across all listeners and workers.
+    /// Open client connections, across all listeners and workers; a
+    /// connection beyond it is closed at once.
     pub max_connections: usize,
 }
 
@@ -173,16 +240,22 @@ impl Default for Limits {
     }
 }
 
+/// Connections to upstreams (all routes).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
+    /// Longest TCP connect to an upstream address (each resolved address is
+    /// tried in turn), and again longest TLS handshake: 504 beyond.
     pub connect_timeout: Dur,
-    /// From the end of the request to the complete response head.
+    /// From the end of the request to the complete response head: 504 beyond.
     pub response_header_timeout: Dur,
-    /// Longest pause within a response body (SSE streams idle for minutes).
+    /// Longest pause within a response body (SSE streams idle for minutes);
+    /// beyond it the response is abandoned.
     pub read_timeout: Dur,
     /// Idle keep-alive connections kept per upstream and worker.
     pub pool_max_idle: usize,
+    /// How long an idle pooled connection is kept (shorter when the upstream
+    /// announces a shorter `Keep-Alive: timeout`).
     pub pool_idle_timeout: Dur,
     /// Extra CA certificates (PEM) trusted for `https://` upstreams, on top of
     /// the system roots.
@@ -202,33 +275,43 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// One route: a public URL and the upstream it is forwarded to.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// Unique name, used in logs, metrics (`route` label), audit records and
+    /// default policy rule names.
     pub name: String,
     /// The public URL: scheme, host[:port], path prefix.
     pub from: Url,
     /// The upstream URL; the path prefix of `from` is replaced by this one.
+    /// Its host is resolved when the configuration is loaded.
     pub to: Url,
-    /// Present for an MCP route.
+    /// Makes this an MCP route: request bodies are checked as JSON-RPC, and
+    /// `auth` and `policy` may be used. Absent: a plain HTTP route.
     pub mcp: Option<McpRoute>,
-    /// Require a bearer token from one of these issuers (MCP routes).
+    /// Require a bearer token from one of these issuers (needs `mcp`).
     pub auth: Option<AuthConfig>,
-    /// What the upstream gets instead of the client's token (default: an
-    /// identity assertion signed by portcullis).
+    /// What the upstream gets instead of the client's token (needs `auth`);
+    /// default: an identity assertion signed by portcullis.
     pub upstream_auth: Option<UpstreamAuthConfig>,
-    /// How audit records show `params.arguments`: full, hash (default), omit.
+    /// How audit records show `params.arguments`.
     #[serde(default)]
     pub audit_arguments: crate::audit::Arguments,
-    /// Rules deciding each JSON-RPC message (MCP routes); see `policy`.
+    /// Rules deciding each JSON-RPC message (needs `mcp`): deny wins, and with
+    /// any rule present a message no allow rule matches is denied. Absent or
+    /// empty: every message is allowed.
     pub policy: Option<Vec<crate::policy::RuleConfig>>,
 }
 
+/// Logging to stderr (fixed at start).
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// The format of log lines.
     pub format: LogFormat,
     /// A `tracing` filter: `info`, `debug`, `portcullis=debug,warn`, ...
+    /// The environment variable PORTCULLIS_LOG, when set, replaces it.
     pub level: String,
 }
 
@@ -241,17 +324,22 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// The admin listener (plain HTTP): `/healthz`, `/readyz`, `/config` (routes
+/// and listeners, no secrets) and `/metrics` (Prometheus text).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Keep it on loopback: it is not authenticated.
+    /// IP address and port. Keep it on loopback: it is not authenticated.
     #[serde(default = "default_admin_address")]
     pub address: SocketAddr,
 }
@@ -260,25 +348,30 @@ fn default_admin_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 
+/// Bearer-token authentication of an MCP route: a request without a valid
+/// token gets 401 (with RFC 9728 metadata), one without the scopes 403.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Names of `identity.issuers` whose tokens this route accepts.
+    /// Names of `identity.issuers` whose tokens this route accepts (at least
+    /// one).
     pub issuers: Vec<String>,
-    /// Scopes every token must carry (403 `insufficient_scope` otherwise).
+    /// Scopes every token must carry (403 `insufficient_scope` otherwise);
+    /// also announced as the metadata's `scopes_supported`.
     #[serde(default)]
     pub scopes: Vec<String>,
 }
 
-/// What the upstream gets instead of the client's token: exactly one of
-/// `assertion`, `static` or `none: true`.
+/// What the upstream gets instead of the client's token: at most one of
+/// `assertion`, `static` or `none: true` (none set: an assertion with the
+/// default header). The client's `Authorization` is never forwarded.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamAuthConfig {
     /// A short-lived ES256 JWT naming the caller, signed by portcullis (its
     /// public keys are served at `/.well-known/portcullis/jwks.json`).
     pub assertion: Option<AssertionConfig>,
-    /// A fixed credential from the configuration (use `${ENV}` for secrets).
+    /// A fixed credential from the configuration.
     #[serde(rename = "static")]
     pub static_credential: Option<StaticCredential>,
     /// The upstream gets no credential.
@@ -286,20 +379,27 @@ pub struct UpstreamAuthConfig {
     pub none: bool,
 }
 
+/// An identity assertion: a 60-second ES256 JWT (`iss: portcullis`, `sub`,
+/// `email`, `groups`, `client_id`, `idp`) signed by portcullis.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssertionConfig {
-    /// Default `X-Portcullis-Identity`; `Authorization` sends `Bearer <jwt>`.
+    /// The header that carries it; `Authorization` sends `Bearer <jwt>`. A
+    /// client's copy of the header is removed.
     #[serde(default = "default_assertion_header")]
     pub header: String,
-    /// The assertion's `aud`; default: the upstream URL.
+    /// The assertion's `aud`; default: the upstream URL (`to`).
     pub audience: Option<String>,
 }
 
+/// A fixed header sent to the upstream; a client's copy of it is removed.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticCredential {
+    /// The header name, e.g. `Authorization`.
     pub header: String,
+    /// The header value, sent as written: `${ENV_VAR}` is not substituted
+    /// here.
     pub value: String,
 }
 
@@ -307,12 +407,14 @@ fn default_assertion_header() -> String {
     "X-Portcullis-Identity".into()
 }
 
+/// Options of an MCP route (`mcp: {}` for the defaults).
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct McpRoute {
-    /// Browser origins allowed to call this route (e.g.
-    /// `https://app.example.com`). A request with any other `Origin` gets 403;
-    /// one without `Origin` (non-browser clients) is allowed.
+    /// Browser origins allowed to call this route besides its own (e.g.
+    /// `https://app.example.com`, compared ignoring case). A request with any
+    /// other `Origin` gets 403; one without `Origin` (non-browser clients) is
+    /// allowed.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
 }
@@ -359,6 +461,25 @@ impl<'de> Deserialize<'de> for Dur {
                 "\"{raw}\" is not a positive duration such as `250ms`, `10s`, `2m` or `1h`"
             ))),
         }
+    }
+}
+
+/// The inverse of [`Dur::parse`]: `250ms` when not a whole number of
+/// seconds, else `30s`.
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.subsec_nanos() == 0 {
+            write!(f, "{}s", self.0.as_secs())
+        } else {
+            write!(f, "{}ms", self.0.as_millis())
+        }
+    }
+}
+
+/// As written in the file (`"30s"`), so the schema shows defaults readably.
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

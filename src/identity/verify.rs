@@ -67,9 +67,13 @@ impl std::error::Error for AuthError {}
 /// member are ignored (never fetched, never used as a key).
 #[derive(Deserialize, schemars::JsonSchema)]
 struct RawHeader {
+    /// The signature algorithm; `none` (any case) is refused.
     alg: String,
+    /// Which key of the issuer's JWKS signed the token.
     kid: Option<String>,
+    /// The token type, checked against the issuer's `typ` when that is set.
     typ: Option<String>,
+    /// Critical extensions: none is understood, so any `crit` is refused.
     crit: Option<Value>,
 }
 
