@@ -27,6 +27,10 @@ pub const FLUSH_BYTES: usize = 64 * 1024;
 /// Buffers in flight between the workers and the writer, by default.
 const CHANNEL_BUFFERS: usize = 64;
 
+fn env_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    crate::config::env_string(d).map(PathBuf::from)
+}
+
 fn default_buffers() -> usize {
     CHANNEL_BUFFERS
 }
@@ -38,7 +42,9 @@ fn default_buffers() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// A file (appended to, created if missing; a relative path is relative
-    /// to the working directory) or `-` for stdout.
+    /// to the working directory) or `-` for stdout. `${ENV_VAR}` is
+    /// substituted.
+    #[serde(deserialize_with = "env_path")]
     pub path: PathBuf,
     /// What happens when `buffers` buffers already wait for the writer.
     #[serde(default)]
@@ -46,9 +52,10 @@ pub struct AuditConfig {
     /// `fsync` after every batch written (slower, survives a power cut).
     #[serde(default)]
     pub fsync: bool,
-    /// Key of the keyed hash (HMAC-SHA256) of arguments and session ids, taken
-    /// as written (`${ENV_VAR}` is not substituted here); default: a random
-    /// key per process (hashes correlate within a run only).
+    /// Key of the keyed hash (HMAC-SHA256) of arguments and session ids
+    /// (keep it out of the file: `${AUDIT_HASH_KEY}` is substituted);
+    /// default: a random key per process (hashes correlate within a run only).
+    #[serde(default, deserialize_with = "crate::config::env_opt_string")]
     pub hash_key: Option<String>,
     /// Worker buffers (up to 64 KiB each) waiting for the writer before
     /// `on_overflow` applies (0 counts as 1).

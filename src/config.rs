@@ -388,7 +388,9 @@ pub struct AssertionConfig {
     /// client's copy of the header is removed.
     #[serde(default = "default_assertion_header")]
     pub header: String,
-    /// The assertion's `aud`; default: the upstream URL (`to`).
+    /// The assertion's `aud`; default: the upstream URL (`to`). `${ENV_VAR}`
+    /// is substituted.
+    #[serde(default, deserialize_with = "env_opt_string")]
     pub audience: Option<String>,
 }
 
@@ -398,8 +400,9 @@ pub struct AssertionConfig {
 pub struct StaticCredential {
     /// The header name, e.g. `Authorization`.
     pub header: String,
-    /// The header value, sent as written: `${ENV_VAR}` is not substituted
-    /// here.
+    /// The header value; `${ENV_VAR}` is substituted (keep secrets out of
+    /// the file: `"Bearer ${GITHUB_TOKEN}"`), an unset variable is an error.
+    #[serde(deserialize_with = "env_string")]
     pub value: String,
 }
 
@@ -494,6 +497,28 @@ impl<'de> Deserialize<'de> for EnvPath {
             .map(|s| EnvPath(PathBuf::from(s)))
             .map_err(de::Error::custom)
     }
+}
+
+/// `deserialize_with` for a string in which `${ENV_VAR}` is substituted.
+pub fn env_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    expand_env(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
+/// `deserialize_with` for an optional string in which `${ENV_VAR}` is
+/// substituted (with `#[serde(default)]`).
+pub fn env_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| expand_env(&s))
+        .transpose()
+        .map_err(de::Error::custom)
+}
+
+/// `deserialize_with` for strings in which `${ENV_VAR}` is substituted.
+pub fn env_opt_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Option::<Vec<String>>::deserialize(d)?
+        .map(|v| v.iter().map(|s| expand_env(s)).collect())
+        .transpose()
+        .map_err(de::Error::custom)
 }
 
 /// Substitute `${NAME}` with the environment variable NAME; `$${` is a literal
@@ -904,6 +929,31 @@ mod tests {
         assert!(expand_env("${oops").is_err());
         let c = p(&MIN.replace("127.0.0.1:9000", "${PORTCULLIS_TEST_UPSTREAM}")).unwrap();
         assert_eq!(c.routes[0].to.port, 9100);
+        // Credentials, keys and the audit path are substituted too.
+        std::env::set_var("PORTCULLIS_TEST_SECRET", "s3cret");
+        let with = |extra: &str| {
+            format!(
+                "{MIN}    upstream_auth: {{ static: {{ header: Authorization, value: \"Bearer ${{PORTCULLIS_TEST_SECRET}}\" }} }}\n{extra}"
+            )
+        };
+        let c = p(&with("audit: { path: \"/tmp/${PORTCULLIS_TEST_SECRET}.jsonl\", hash_key: \"k-${PORTCULLIS_TEST_SECRET}\" }\n")).unwrap();
+        let value = match &c.routes[0].upstream_auth {
+            Some(UpstreamAuthConfig {
+                static_credential: Some(s),
+                ..
+            }) => s.value.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(value, "Bearer s3cret");
+        let audit = c.audit.unwrap();
+        assert_eq!(audit.path, Path::new("/tmp/s3cret.jsonl"));
+        assert_eq!(audit.hash_key.as_deref(), Some("k-s3cret"));
+        let e = p(&with(
+            "audit: { path: \"-\", hash_key: \"${PORTCULLIS_SURELY_UNSET_VAR}\" }\n",
+        ))
+        .unwrap_err();
+        assert!(e.0[0].message.contains("is not set"), "{e}");
+        assert_eq!(e.0[0].line, Some(9), "{e}");
         let e = p(&MIN.replace("127.0.0.1:9000", "${PORTCULLIS_SURELY_UNSET_VAR}")).unwrap_err();
         assert!(
             e.0[0]

@@ -21,14 +21,18 @@ pub struct IssuerConfig {
     /// Unique name, used by routes (`auth.issuers`) and by the policy
     /// criterion `issuer`.
     pub name: String,
-    /// The exact `iss` value of its tokens.
+    /// The exact `iss` value of its tokens (`${ENV_VAR}` is substituted).
+    #[serde(deserialize_with = "crate::config::env_string")]
     pub issuer: String,
     /// URL of its JWK set: fetched at load (unreachable: the configuration
     /// is rejected), refreshed every `refresh_interval` and on an unknown
     /// `kid` (at most once per 30 s); a failed refresh keeps the last good set.
+    /// `${ENV_VAR}` is substituted.
+    #[serde(default, deserialize_with = "crate::config::env_opt_string")]
     pub jwks_uri: Option<String>,
     /// A file holding its JWK set, read at load. Relative paths are resolved
-    /// against the config file's directory.
+    /// against the config file's directory; `${ENV_VAR}` is substituted.
+    #[serde(default, deserialize_with = "env_opt_path")]
     pub jwks_file: Option<PathBuf>,
     /// An inline JWK set (`{"keys": [...]}`); the only place `oct` keys for
     /// HS256/384/512 are accepted.
@@ -41,7 +45,9 @@ pub struct IssuerConfig {
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
     /// Accepted audiences (any one must be in `aud`); when set, these replace
-    /// the default, the route's public URL (`from`).
+    /// the default, the route's public URL (`from`). `${ENV_VAR}` is
+    /// substituted.
+    #[serde(default, deserialize_with = "crate::config::env_opt_strings")]
     pub audiences: Option<Vec<String>>,
     /// Clock leeway for `exp`, `nbf` and `iat`, in seconds.
     #[schemars(extend("default" = DEFAULT_LEEWAY))]
@@ -65,3 +71,7 @@ fn default_algorithms() -> Vec<String> {
 pub const DEFAULT_LEEWAY: u64 = 5;
 pub const DEFAULT_MAX_LIFETIME: u64 = 24 * 3600;
 pub const DEFAULT_REFRESH_INTERVAL: u64 = 300;
+
+fn env_opt_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    crate::config::env_opt_string(d).map(|s| s.map(PathBuf::from))
+}
