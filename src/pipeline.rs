@@ -718,11 +718,21 @@ pub fn check_mcp_body(
             ..base
         };
         let verdict = match p.evaluate(&facts) {
-            Verdict::Allow { .. } => implied(p, &facts, m),
+            // What the message reaches must be allowed too; the rule that
+            // allowed the message itself is the one the audit names.
+            allow @ Verdict::Allow { .. } => match implied(p, &facts, m) {
+                Verdict::Allow { .. } => allow,
+                deny => deny,
+            },
             deny => deny,
         };
         match verdict {
-            Verdict::Allow { .. } => {
+            Verdict::Allow { rule } => {
+                // The audit record names the rule that allowed the first
+                // message; a deny anywhere in the batch replaces it.
+                if let (Some(rule), Some(_), None) = (rule, sink, &audit.rule) {
+                    audit.rule = Some(rule.into());
+                }
                 if let (Some(kind), Some(id)) = (ListKind::of_method(method), m.id) {
                     lists.push((kind, RpcId::from(id)));
                 }

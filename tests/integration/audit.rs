@@ -101,6 +101,7 @@ fn one_record_per_request_under_load() {
     );
     let allowed = records.iter().find(|r| r["decision"] == "allowed").unwrap();
     assert_eq!(allowed["upstream_status"], 200);
+    assert_eq!(allowed["rule"], "t#1", "the rule that allowed it");
     // One request per connection: the bytes in are exactly the request's,
     // the bytes out the whole response (its head and ok_json's body).
     assert_eq!(allowed["bytes_in"], kind_lengths[0] as u64, "{allowed}");
