@@ -1128,3 +1128,99 @@ def haproxy_tls_conf(port, up_port, combined_pem):
     conf = haproxy_conf(port, up_port)
     return conf.replace(f"    bind 127.0.0.1:{port}\n",
                         f"    bind 127.0.0.1:{port} ssl crt {combined_pem} ssl-min-ver TLSv1.3\n")
+
+
+# ----------------------------------------------------------------------------
+# chart: grouped bars (req/s and CPU µs/req), hand-written SVG
+
+KIND_COLORS = {"direct": ["#9e9e9e"], "nginx": ["#2ca02c", "#74c476"],
+               "haproxy": ["#ff7f0e", "#fdae6b"],
+               "portcullis": ["#1f4e99", "#4a86d4", "#8cb8ec", "#0d2b57"]}
+
+
+def _nice_max(v):
+    if not v or v <= 0:
+        return 1.0
+    import math
+    e = 10 ** math.floor(math.log10(v))
+    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if m * e >= v:
+            return m * e
+    return 10 * e
+
+
+def _esc(s):
+    return (str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
+def svg_grouped_bars(groups, title="",
+                     panels=(("requests/s (higher is better)", 2, ",.0f"),
+                             ("proxy CPU µs per request (lower is better)", 3, ".1f"))):
+    """groups: [(group title, [(bar label, kind, value, value, ...), ...]), ...]; each
+    panel (title, index into the bar tuple, number format) draws one value per bar.
+    Bars are coloured by kind (direct, portcullis, nginx, haproxy), labelled below the
+    last panel; a missing value (None) leaves a gap marked n/a."""
+    barw, gap, left, right, top = 18, 26, 70, 20, 48
+    ph, pgap, label_h = 230, 70, 150
+    width = left + right + sum(len(b) * barw + gap for _, b in groups)
+    width = max(width, 640)
+    height = top + len(panels) * (ph + pgap) + label_h
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+         f'<rect width="{width}" height="{height}" fill="white"/>',
+         f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" '
+         f'font-weight="bold">{_esc(title)}</text>']
+    # legend
+    lx = left
+    for kind in ("direct", "portcullis", "nginx", "haproxy"):
+        o.append(f'<rect x="{lx}" y="30" width="12" height="10" fill="{KIND_COLORS[kind][0]}"/>')
+        o.append(f'<text x="{lx + 16}" y="39">{kind}{" (shades: variants)" if kind == "portcullis" else ""}</text>')
+        lx += 60 + 7 * len(kind) + (110 if kind == "portcullis" else 0)
+    for pi, (ptitle, idx, nf) in enumerate(panels):
+        y0 = top + pi * (ph + pgap) + 20
+        vals = [b[idx] for _, bars in groups for b in bars if b[idx] is not None]
+        vmax = _nice_max(max(vals) if vals else 1)
+        o.append(f'<text x="{left}" y="{y0 - 6}" font-weight="bold">{_esc(ptitle)}</text>')
+        for k in range(6):
+            v = vmax * k / 5
+            y = y0 + ph - ph * k / 5
+            o.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" '
+                     f'stroke="#ddd"/>')
+            o.append(f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">'
+                     f'{format(v, ",.0f" if vmax >= 10 else ".1f")}</text>')
+        o.append(f'<line x1="{left}" y1="{y0 + ph}" x2="{width - right}" y2="{y0 + ph}" stroke="#333"/>')
+        x = left + gap / 2
+        for gtitle, bars in groups:
+            gx = x
+            used = {}
+            for b in bars:
+                label, kind, v = b[0], b[1], b[idx]
+                shades = KIND_COLORS.get(kind, ["#666"])
+                col = shades[used.get(kind, 0) % len(shades)]
+                used[kind] = used.get(kind, 0) + 1
+                if v is None:
+                    o.append(f'<text x="{x + barw / 2:.1f}" y="{y0 + ph - 4}" text-anchor="middle" '
+                             f'font-size="8">n/a</text>')
+                else:
+                    h = ph * v / vmax
+                    o.append(f'<rect x="{x:.1f}" y="{y0 + ph - h:.1f}" width="{barw - 2}" '
+                             f'height="{h:.1f}" fill="{col}"><title>{_esc(gtitle)}: {_esc(label)} '
+                             f'{format(v, nf)}</title></rect>')
+                    ty = y0 + ph - h - 3
+                    o.append(f'<text x="{x + barw / 2 - 1:.1f}" y="{ty:.1f}" font-size="8" '
+                             f'text-anchor="start" transform="rotate(-90 {x + barw / 2 - 1:.1f} {ty:.1f})"'
+                             f' dx="0" dy="3">{format(v, nf)}</text>')
+                if pi == len(panels) - 1:
+                    ly = y0 + ph + 8
+                    o.append(f'<text x="{x + barw / 2:.1f}" y="{ly}" font-size="9" text-anchor="end" '
+                             f'transform="rotate(-60 {x + barw / 2:.1f} {ly})">{_esc(label)}</text>')
+                x += barw
+            o.append(f'<text x="{(gx + x) / 2:.1f}" y="{y0 + ph + (label_h if pi == len(panels) - 1 else 0) + 14}" '
+                     f'text-anchor="middle" font-weight="bold">{_esc(gtitle)}</text>'
+                     if pi == len(panels) - 1 else
+                     f'<text x="{(gx + x) / 2:.1f}" y="{y0 + ph + 14}" text-anchor="middle" '
+                     f'font-weight="bold">{_esc(gtitle)}</text>')
+            x += gap
+    o.append("</svg>")
+    return "\n".join(o) + "\n"
