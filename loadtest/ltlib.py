@@ -1155,72 +1155,118 @@ def _esc(s):
 
 
 def svg_grouped_bars(groups, title="",
-                     panels=(("requests/s (higher is better)", 2, ",.0f"),
-                             ("proxy CPU µs per request (lower is better)", 3, ".1f"))):
+                     panels=(("requests/s (higher is better)", 2, ",.0f", False),
+                             ("proxy CPU µs per request (lower is better)", 3, ".1f", True))):
     """groups: [(group title, [(bar label, kind, value, value, ...), ...]), ...]; each
-    panel (title, index into the bar tuple, number format) draws one value per bar.
-    Bars are coloured by kind (direct, portcullis, nginx, haproxy), labelled below the
-    last panel; a missing value (None) leaves a gap marked n/a."""
-    barw, gap, left, right, top = 18, 26, 70, 20, 48
+    panel (title, index into the bar tuple, number format, may cut) draws one value per bar.
+    Bars are coloured by kind (direct, portcullis, nginx, haproxy) and labelled below the
+    last panel; a missing value (None) is marked n/a. A panel that may cut ends at 2.5× the
+    median bar when a few bars are far above it: those are cut (zig-zag) and keep their
+    value label, so the others stay readable."""
+    barw, gap, left, right, top = 18, 30, 70, 20, 48
     ph, pgap, label_h = 230, 70, 150
-    width = left + right + sum(len(b) * barw + gap for _, b in groups)
-    width = max(width, 640)
+    gw = [max(len(b) * barw, 7 * len(t)) for t, b in groups]
+    width = max(left + right + sum(w + gap for w in gw), 640)
     height = top + len(panels) * (ph + pgap) + label_h
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
          f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
          f'<rect width="{width}" height="{height}" fill="white"/>',
          f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" '
          f'font-weight="bold">{_esc(title)}</text>']
-    # legend
     lx = left
     for kind in ("direct", "portcullis", "nginx", "haproxy"):
         o.append(f'<rect x="{lx}" y="30" width="12" height="10" fill="{KIND_COLORS[kind][0]}"/>')
         o.append(f'<text x="{lx + 16}" y="39">{kind}{" (shades: variants)" if kind == "portcullis" else ""}</text>')
         lx += 60 + 7 * len(kind) + (110 if kind == "portcullis" else 0)
-    for pi, (ptitle, idx, nf) in enumerate(panels):
+    last = len(panels) - 1
+    for pi, (ptitle, idx, nf, may_cut) in enumerate(panels):
         y0 = top + pi * (ph + pgap) + 20
-        vals = [b[idx] for _, bars in groups for b in bars if b[idx] is not None]
-        vmax = _nice_max(max(vals) if vals else 1)
-        o.append(f'<text x="{left}" y="{y0 - 6}" font-weight="bold">{_esc(ptitle)}</text>')
+        vals = sorted(b[idx] for _, bars in groups for b in bars if b[idx] is not None)
+        top_v = vals[-1] if vals else 1
+        mid = statistics.median(vals) if vals else 1
+        cut = may_cut and top_v > 3 * mid > 0
+        vmax = _nice_max(2.5 * mid if cut else top_v)
+        o.append(f'<text x="{left}" y="{y0 - 6}" font-weight="bold">{_esc(ptitle)}'
+                 + (" — scale cut, taller bars broken" if cut else "") + '</text>')
         for k in range(6):
             v = vmax * k / 5
             y = y0 + ph - ph * k / 5
-            o.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" '
-                     f'stroke="#ddd"/>')
+            o.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>')
             o.append(f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">'
                      f'{format(v, ",.0f" if vmax >= 10 else ".1f")}</text>')
         o.append(f'<line x1="{left}" y1="{y0 + ph}" x2="{width - right}" y2="{y0 + ph}" stroke="#333"/>')
         x = left + gap / 2
-        for gtitle, bars in groups:
+        for (gtitle, bars), w in zip(groups, gw):
             gx = x
+            x += (w - len(bars) * barw) / 2
             used = {}
             for b in bars:
                 label, kind, v = b[0], b[1], b[idx]
                 shades = KIND_COLORS.get(kind, ["#666"])
                 col = shades[used.get(kind, 0) % len(shades)]
                 used[kind] = used.get(kind, 0) + 1
+                cx = x + barw / 2 - 1
                 if v is None:
-                    o.append(f'<text x="{x + barw / 2:.1f}" y="{y0 + ph - 4}" text-anchor="middle" '
+                    o.append(f'<text x="{cx:.1f}" y="{y0 + ph - 4}" text-anchor="middle" '
                              f'font-size="8">n/a</text>')
                 else:
-                    h = ph * v / vmax
+                    h = min(ph * v / vmax, ph + 8)
                     o.append(f'<rect x="{x:.1f}" y="{y0 + ph - h:.1f}" width="{barw - 2}" '
                              f'height="{h:.1f}" fill="{col}"><title>{_esc(gtitle)}: {_esc(label)} '
                              f'{format(v, nf)}</title></rect>')
-                    ty = y0 + ph - h - 3
-                    o.append(f'<text x="{x + barw / 2 - 1:.1f}" y="{ty:.1f}" font-size="8" '
-                             f'text-anchor="start" transform="rotate(-90 {x + barw / 2 - 1:.1f} {ty:.1f})"'
-                             f' dx="0" dy="3">{format(v, nf)}</text>')
-                if pi == len(panels) - 1:
+                    if v > vmax:
+                        zy = y0 + 14
+                        o.append(f'<polyline points="{x - 1:.1f},{zy + 4:.1f} {x + 4:.1f},{zy:.1f} '
+                                 f'{x + 9:.1f},{zy + 4:.1f} {x + 14:.1f},{zy:.1f} {x + barw - 1:.1f},{zy + 3:.1f}" '
+                                 f'fill="none" stroke="white" stroke-width="3"/>')
+                        ty = y0 + ph - 4
+                        o.append(f'<text x="{cx:.1f}" y="{ty:.1f}" font-size="8" fill="white" '
+                                 f'transform="rotate(-90 {cx:.1f} {ty:.1f})" dy="3">{format(v, nf)}</text>')
+                    else:
+                        ty = y0 + ph - h - 3
+                        o.append(f'<text x="{cx:.1f}" y="{ty:.1f}" font-size="8" '
+                                 f'transform="rotate(-90 {cx:.1f} {ty:.1f})" dy="3">{format(v, nf)}</text>')
+                if pi == last:
                     ly = y0 + ph + 8
                     o.append(f'<text x="{x + barw / 2:.1f}" y="{ly}" font-size="9" text-anchor="end" '
                              f'transform="rotate(-60 {x + barw / 2:.1f} {ly})">{_esc(label)}</text>')
                 x += barw
-            o.append(f'<text x="{(gx + x) / 2:.1f}" y="{y0 + ph + (label_h if pi == len(panels) - 1 else 0) + 14}" '
-                     f'text-anchor="middle" font-weight="bold">{_esc(gtitle)}</text>'
-                     if pi == len(panels) - 1 else
-                     f'<text x="{(gx + x) / 2:.1f}" y="{y0 + ph + 14}" text-anchor="middle" '
+            x = gx + w
+            gy = y0 + ph + (label_h if pi == last else 0) + 14
+            o.append(f'<text x="{gx + w / 2:.1f}" y="{gy}" text-anchor="middle" '
                      f'font-weight="bold">{_esc(gtitle)}</text>')
             x += gap
     o.append("</svg>")
     return "\n".join(o) + "\n"
+
+
+def tls_resumption(port, path="/"):
+    """Does the TLS listener on port resume a TLS 1.3 session? One HTTPS request on a
+    new connection, then a second connection offering the first's session ticket.
+    Returns (version, resumed: bool, info). wrk resumes sessions on reconnect, so with
+    `Connection: close` a server that resumes does an abbreviated handshake per request."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+
+    def one(session=None):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+        try:
+            s.sendall(req)
+            while s.recv(65536):  # read to the close: TLS 1.3 tickets arrive after the handshake
+                pass
+            return s.version(), s.session, s.session_reused
+        finally:
+            s.close()
+
+    try:
+        v, sess, _ = one()
+        if sess is None:
+            return v, False, "no session from the first connection"
+        v2, _, reused = one(sess)
+        return v2, bool(reused), "second connection " + ("resumed" if reused else "full handshake")
+    except Exception as e:  # noqa: BLE001
+        return None, False, repr(e)
