@@ -910,13 +910,14 @@ def mcp_policy_yaml(rules, indent=6):
 
 def portcullis_mcp_conf(port, up_port, issuer, driver="io_uring", *, workers=1, tls=None,
                         audit_path=None, policy_rules=None, upstream_auth=None,
-                        route_path=MCP_PATH):
+                        route_path=MCP_PATH, admin_port=None):
     """portcullis with the full MCP path: one listener (TLS when tls=(cert, key)), an MCP
     route with `auth` (the ES256 issuer from make_issuer, jwks_file), the 100-rule policy
     (policy_rules, default mcp_policy_rules()[0]; [] for none) and, with audit_path, the
     audit log to that file. upstream_auth: None = portcullis's default (an ES256 identity
     assertion per principal, cached per core), or a YAML flow mapping such as
-    '{ none: true }'."""
+    '{ none: true }'. admin_port: the admin listener (/metrics, e.g. token cache hits; off
+    the data plane: the counters are kept whether it is on or not)."""
     rules = mcp_policy_rules()[0] if policy_rules is None else policy_rules
     scheme = "https" if tls else "http"
     listen = f"  - address: 127.0.0.1:{port}\n"
@@ -924,6 +925,8 @@ def portcullis_mcp_conf(port, up_port, issuer, driver="io_uring", *, workers=1, 
         listen += (f"    tls:\n      certificates:\n"
                    f"        - {{ cert_file: {tls[0]}, key_file: {tls[1]} }}\n")
     audit = (f"audit: {{ path: {audit_path}, on_overflow: block }}\n" if audit_path else "")
+    if admin_port:
+        audit += f"admin: {{ address: 127.0.0.1:{admin_port} }}\n"
     policy = ("    policy:\n" + mcp_policy_yaml(rules)) if rules else ""
     ua = f"    upstream_auth: {upstream_auth}\n" if upstream_auth else ""
     return f"""workers: {workers}
@@ -1094,6 +1097,19 @@ def mcp_preflight(port, token, audit=None, allow_rule=None, tls=False, expect_au
     except Exception as e:  # noqa: BLE001
         res.append(("request", False, repr(e)))
     return res
+
+
+def token_cache_counts(admin_port):
+    """(hits, misses) of portcullis's token cache from its admin /metrics, or None."""
+    try:
+        st, data, _ = http_request(admin_port, "GET", "/metrics", timeout=3)
+    except Exception:  # noqa: BLE001
+        return None
+    if st != 200:
+        return None
+    h = re.search(r'^portcullis_token_cache_lookups_total\{result="hit"\} (\d+)', data, re.M)
+    m = re.search(r'^portcullis_token_cache_lookups_total\{result="miss"\} (\d+)', data, re.M)
+    return (int(h.group(1)), int(m.group(1))) if h and m else None
 
 
 def tls_cert(tmp):

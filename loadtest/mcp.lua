@@ -6,6 +6,8 @@
 --   LT_DYNAMIC  "1": build every request in request(), rotating through the tokens
 --               (each request a different token when the file has many); "0" with one
 --               token: one static request, as get.lua/post.lua
+--   LT_OFFSET   with LT_DYNAMIC=1: start after this many tokens (loadtest/run passes where
+--               the previous run stopped, so no token comes back before the file is used up)
 -- Prints one machine-readable LOADTEST line.
 local function slurp(path)
   local f = assert(io.open(path, "rb"))
@@ -31,7 +33,8 @@ wrk.headers["Accept"] = "application/json, text/event-stream"
 
 if os.getenv("LT_DYNAMIC") == "1" and #tokens > 0 then
   local pre, post
-  local n, i = #tokens, 0
+  local n = #tokens
+  local i = math.floor(tonumber(os.getenv("LT_OFFSET") or "0") or 0) % n
   function init(args)
     local h = {}
     for k, v in pairs(wrk.headers) do h[k] = v end
