@@ -512,6 +512,7 @@ class WrkSpec:
 
     def cmd_text(self, duration, url="<scheme>://127.0.0.1:<port>/"):
         env = " ".join(f"{k}={os.path.basename(v) if k in ('LT_BODY', 'LT_TOKENS') else v}"
+                       if k != "LT_OFFSET" else "LT_OFFSET=<where the last run stopped>"
                        for k, v in sorted(self.env.items()))
         hdr = " ".join(f"-H '{h}'" for h in self.headers)
         return (f"{env + ' ' if env else ''}taskset -c {LOAD_CORE} wrk -t1 -c{CONNECTIONS} "
@@ -633,8 +634,11 @@ def binary_info(src, copy):
     g = sh(["git", "-C", REPO, "log", "-1", "--format=%h %s"]).stdout.strip()
     dirty = sh(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
     label = os.environ.get("PORTCULLIS_LABEL")
+    inside = os.path.abspath(src).startswith(os.path.abspath(REPO) + os.sep)
     where = (f"label: {label}" if label else
-             f"work tree at {g or '?'}{' (with uncommitted changes)' if dirty else ''}")
+             f"work tree at {g or '?'}{' (with uncommitted changes)' if dirty else ''}" if inside else
+             "binary from outside this work tree: its commit is not known here "
+             "(set PORTCULLIS_LABEL)")
     return f"{ver}; binary {src} built {mtime}, sha256 {h.hexdigest()[:16]}; {where}"
 
 
