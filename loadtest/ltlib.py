@@ -1205,7 +1205,7 @@ def svg_grouped_bars(groups, title="",
         top_v = vals[-1] if vals else 1
         mid = statistics.median(vals) if vals else 1
         cut = may_cut and top_v > 3 * mid > 0
-        vmax = _nice_max(2.5 * mid if cut else top_v)
+        vmax = _nice_max(2.5 * mid if cut else top_v * 1.15)  # headroom for the value labels
         o.append(f'<text x="{left}" y="{y0 - 6}" font-weight="bold">{_esc(ptitle)}'
                  + (" — scale cut, taller bars broken" if cut else "") + '</text>')
         for k in range(6):
