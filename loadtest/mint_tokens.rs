@@ -63,7 +63,8 @@ fn mint(dir: &Path, count: usize, claims_path: &Path, out: &Path, lifetime: u64)
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let header = URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT", "kid": KID}).to_string());
+    let header =
+        URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT", "kid": KID}).to_string());
     let f = std::fs::File::create(out).unwrap_or_else(|e| die(format!("create out: {e}")));
     let mut w = std::io::BufWriter::new(f);
     for i in 0..count {
@@ -91,7 +92,13 @@ fn main() {
                 .get(6)
                 .map(|s| s.parse().unwrap_or_else(|_| die("bad lifetime".into())))
                 .unwrap_or(7200);
-            mint(Path::new(&args[2]), count, Path::new(&args[4]), Path::new(&args[5]), lifetime)
+            mint(
+                Path::new(&args[2]),
+                count,
+                Path::new(&args[4]),
+                Path::new(&args[5]),
+                lifetime,
+            )
         }
         _ => die(
             "usage: mint_tokens keygen <dir> | mint <dir> <count> <claims.json> <out> [lifetime]"
