@@ -63,7 +63,7 @@ def start_proxy(scope, name, pbin, port, up_port, driver, conns, sse):
     elif name == "nginx":
         t = scenlib.start_nginx_proxy(scope, port, up_port, conns=conns, sse=sse)
     else:
-        t = scenlib.start_haproxy(scope, port, up_port, conns=conns)
+        t = scenlib.start_haproxy(scope, port, up_port, conns=conns, sse=sse)
     scenlib.wait_started([t])
     return t
 
