@@ -419,6 +419,9 @@ class Target:
         self.proc, self.conf, self.conf_path, self.logfile = proc, conf, conf_path, logfile
         self.pids = []
         self.crashes = []
+        self.scheme = "http"      # "https" for a TLS listener (wrk and preflight use it)
+        self.span_both = False    # True when the proxy runs on both cores (scaling, 2 workers)
+        self.bin = None
 
     def refresh_pids(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -437,19 +440,38 @@ class Target:
             return "".join(f.readlines()[-n:])
 
 
-def check_http(port, method, path, body, headers, expect_body):
-    """One request with http.client (Host header = 127.0.0.1:port)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def http_request(port, method, path, body=None, headers=None, tls=False, timeout=5):
+    """One request with http.client (Host header = 127.0.0.1:port); with tls, over
+    HTTPS without certificate verification (our self-signed test certificate).
+    Returns (status, body text, response headers as a dict with lower-case names)."""
+    if tls:
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        c.request(method, path, body=body, headers=headers)
+        c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
         data = r.read().decode(errors="replace")
-        ok = r.status == 200 and data == expect_body
-        return ok, f"{r.status} {data[:120]!r}"
-    except Exception as e:  # noqa: BLE001
-        return False, repr(e)
+        hdrs = {k.lower(): v for k, v in r.getheaders()}
+        if tls:
+            hdrs[":tls-version"] = c.sock.version() if c.sock else "?"
+        return r.status, data, hdrs
     finally:
         c.close()
+
+
+def check_http(port, method, path, body, headers, expect_body, tls=False):
+    """One request; ok when it returns 200 with exactly expect_body."""
+    try:
+        status, data, _ = http_request(port, method, path, body, headers, tls)
+        ok = status == 200 and data == expect_body
+        return ok, f"{status} {data[:120]!r}"
+    except Exception as e:  # noqa: BLE001
+        return False, repr(e)
 
 
 def post_body():
@@ -466,7 +488,8 @@ def preflight(t):
             ("POST", "/mcp", post_body(),
              {"Content-Type": "application/json",
               "Accept": "application/json, text/event-stream"})):
-        ok, info = check_http(t.port, method, path, body, hdr, UPSTREAM_BODY)
+        ok, info = check_http(t.port, method, path, body, hdr, UPSTREAM_BODY,
+                              tls=getattr(t, "scheme", "http") == "https")
         res.append((method, ok, info))
     return res
 
@@ -477,11 +500,36 @@ def preflight(t):
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def run_wrk(tmp, target, workload, duration, upstream, tag):
-    script = os.path.join(HERE, f"{workload}.lua")
-    url = f"http://127.0.0.1:{target.port}/"
+class WrkSpec:
+    """What wrk sends: a lua script (in loadtest/), environment for it (mcp.lua reads
+    LT_BODY / LT_TOKENS / LT_DYNAMIC), extra -H headers (e.g. "Connection: close")."""
+
+    def __init__(self, script, env=None, headers=(), describe=""):
+        self.script = script if os.path.isabs(script) else os.path.join(HERE, script)
+        self.env = dict(env or {})
+        self.headers = list(headers)
+        self.describe = describe
+
+    def cmd_text(self, duration, url="<scheme>://127.0.0.1:<port>/"):
+        env = " ".join(f"{k}={os.path.basename(v) if k in ('LT_BODY', 'LT_TOKENS') else v}"
+                       for k, v in sorted(self.env.items()))
+        hdr = " ".join(f"-H '{h}'" for h in self.headers)
+        return (f"{env + ' ' if env else ''}taskset -c {LOAD_CORE} wrk -t1 -c{CONNECTIONS} "
+                f"-d{duration}s --latency --timeout 5s {hdr + ' ' if hdr else ''}"
+                f"-s loadtest/{os.path.basename(self.script)} {url}")
+
+
+def run_wrk(tmp, target, workload, duration, upstream, tag, spec=None):
+    """One wrk run against target. workload names get.lua/post.lua unless spec
+    (a WrkSpec) says what to send."""
+    script = spec.script if spec else os.path.join(HERE, f"{workload}.lua")
+    url = f"{getattr(target, 'scheme', 'http')}://127.0.0.1:{target.port}/"
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{CONNECTIONS}",
-           f"-d{duration}s", "--latency", "--timeout", "5s", "-s", script, url]
+           f"-d{duration}s", "--latency", "--timeout", "5s"]
+    for h in (spec.headers if spec else ()):
+        cmd += ["-H", h]
+    cmd += ["-s", script, url]
+    env = dict(os.environ, **spec.env) if spec else None
     pids = target.refresh_pids()
     up_pids = upstream.refresh_pids()
     sampler = CoreSampler().start()
@@ -489,7 +537,7 @@ def run_wrk(tmp, target, workload, duration, upstream, tag):
     ru0, rs0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True,
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env,
                              timeout=duration + 30).stdout
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -523,13 +571,23 @@ def run_wrk(tmp, target, workload, duration, upstream, tag):
         if s["steal_pct"] > STEAL_MEAN_PCT or s["steal_peak_pct"] > STEAL_PEAK_PCT:
             flags.append(f"steal {cpu} {s['steal_pct']:.1f}% (peak {s['steal_peak_pct']:.0f}%)")
     c0s = cores.get(f"cpu{PROXY_CORE}")
+    c1s = cores.get(f"cpu{LOAD_CORE}")
+    if getattr(target, "span_both", False) and c0s and c1s:
+        # The proxy runs on both cores: only the sum of both cores can be accounted.
+        mine = (wrk_cpu + self_cpu) * CLK_TCK + (u1 - u0) + (c1 - c0)
+        foreign = c0s["busy_ticks"] + c1s["busy_ticks"] - mine
+        tot = (c0s["total_ticks"] + c1s["total_ticks"]) or 1
+        r["core0_foreign_pct"] = r["core1_foreign_pct"] = 100.0 * max(foreign, 0) / tot
+        if r["core0_foreign_pct"] > FOREIGN_CORE0_PCT / 2:
+            flags.append(f"foreign load on cores {PROXY_CORE}+{LOAD_CORE} "
+                         f"{r['core0_foreign_pct']:.0f}% of both")
+        c0s = c1s = None
     if c0s:
         foreign = c0s["busy_ticks"] - (c1 - c0)
         r["core0_foreign_pct"] = 100.0 * max(foreign, 0) / (c0s["total_ticks"] or 1)
         # direct leaves core 0 unused: load there does not touch its figures.
         if r["core0_foreign_pct"] > FOREIGN_CORE0_PCT and target.kind != "direct":
             flags.append(f"foreign load on core {PROXY_CORE} {r['core0_foreign_pct']:.0f}%")
-    c1s = cores.get(f"cpu{LOAD_CORE}")
     if c1s:
         mine = (wrk_cpu + self_cpu) * CLK_TCK + (u1 - u0)
         foreign = c1s["busy_ticks"] - mine
@@ -619,3 +677,454 @@ def machine_info():
         "ulimit -l": sh("ulimit -l").stdout.strip(),
         "kernel.io_uring_disabled": iod,
     }
+
+
+# ----------------------------------------------------------------------------
+# The full MCP path: issuer key, JWKS, tokens, a 100-rule policy, the request,
+# portcullis configs with auth / policy / audit / TLS, TLS certificates and the
+# TLS configs of nginx and haproxy. Used by loadtest/run (scenarios mcp, tls,
+# newconn, scaling) and by the other scenario scripts.
+#
+#   iss = make_issuer(tmp)                        # keygen: tmp/issuer/{issuer.p8,jwks.json}
+#   tok = mint_tokens(iss, 1, tmp + "/one.txt")   # one valid token per line
+#   rules, allow_rule = mcp_policy_rules()        # 100 rules; allow_rule is rule 90, not the first
+#   conf = portcullis_mcp_conf(port, up_port, iss, audit_path=tmp + "/audit.jsonl")
+#   body = write(tmp + "/mcp-body.json", mcp_call_body())
+#   spec = mcp_wrk_spec(body, tok)                # WrkSpec for loadtest/mcp.lua
+#   ctl = mint_tokens(iss, 1, tmp + "/ctl.txt", claims=LT_CONTROL_CLAIMS)
+#   pre = mcp_preflight(port, first_token(tok), AuditCounter(path), allow_rule,
+#                       control_token=first_token(ctl))   # 200 / 401 / denials / audit
+
+LT_ISSUER = "https://idp.loadtest.example"
+LT_ISSUER_NAME = "loadtest-idp"
+# Every MCP route of the load tests accepts this audience (issuer `audiences`), so the
+# same tokens work on every port and scheme.
+LT_AUDIENCE = "https://mcp.loadtest.example/mcp"
+# The principal of the load-test tokens.
+LT_CLAIMS = {
+    "iss": LT_ISSUER,
+    "aud": LT_AUDIENCE,
+    "sub": "user-0042",
+    "email": "dev42@example.com",
+    "groups": ["engineering", "team-payments"],
+    "scope": "mcp repo:read",
+    "client_id": "loadtest-cli",
+    "account": {"status": "active"},
+}
+# The same principal without the team-payments group: rule 90 no longer applies and no
+# other rule allows the call (a negative control that the call is allowed by rule 90).
+LT_CONTROL_CLAIMS = dict(LT_CLAIMS, sub="user-0043", email="dev43@example.com",
+                         groups=["engineering", "team-mobile"])
+MCP_TOOL = "search_issues"            # allowed (by rule 90 of 100)
+MCP_DENIED_TOOL = "delete_repository"  # denied (by the no-deletes guardrail)
+MCP_PATH = "/mcp"
+MINT_TOKENS_TARGET = os.environ.get("LOADTEST_HELPERS_TARGET", "/work/target-helpers")
+
+
+def ensure_mint_tokens():
+    """Path of the mint_tokens helper (cargo example, source loadtest/mint_tokens.rs),
+    built into $LOADTEST_HELPERS_TARGET (default /work/target-helpers) when missing."""
+    exe = os.path.join(MINT_TOKENS_TARGET, "release", "examples", "mint_tokens")
+    if not os.access(exe, os.X_OK):
+        log("building the mint_tokens helper (cargo build --release --example mint_tokens; "
+            "a few minutes the first time)")
+        subprocess.run(["cargo", "build", "--release", "--example", "mint_tokens"], cwd=REPO,
+                       env=dict(os.environ, CARGO_TARGET_DIR=MINT_TOKENS_TARGET), check=True)
+    return exe
+
+
+def make_issuer(tmp):
+    """A fresh ES256 (P-256) issuer key in tmp/issuer: issuer.p8 (private, PKCS#8) and
+    jwks.json (public). Returns a dict used by mint_tokens and portcullis_mcp_conf."""
+    d = os.path.join(tmp, "issuer")
+    os.makedirs(d, exist_ok=True)
+    subprocess.run([ensure_mint_tokens(), "keygen", d], check=True)
+    return {"dir": d, "jwks_file": os.path.join(d, "jwks.json"), "issuer": LT_ISSUER,
+            "name": LT_ISSUER_NAME, "audience": LT_AUDIENCE}
+
+
+def mint_tokens(issuer, count, out_path, claims=None, lifetime=7200):
+    """count distinct valid ES256 tokens (distinct jti; iat now, exp now + lifetime),
+    one per line in out_path, for the principal `claims` (default LT_CLAIMS)."""
+    cpath = out_path + ".claims.json"
+    write(cpath, json.dumps(claims or LT_CLAIMS))
+    subprocess.run([ensure_mint_tokens(), "mint", issuer["dir"], str(count), cpath, out_path,
+                    str(lifetime)], check=True)
+    return out_path
+
+
+def first_token(path):
+    with open(path) as f:
+        return f.readline().strip()
+
+
+def mcp_call_body(tool=MCP_TOOL, size=1024, rpc_id=1, repo="acme/payments-api"):
+    """A JSON-RPC tools/call of exactly `size` bytes (the query argument is padding)."""
+    head = ('{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s",'
+            '"arguments":{"repo":"%s","state":"open","per_page":30,"query":"'
+            % (rpc_id, tool, repo))
+    tail = '"}}}'
+    pad = size - len(head) - len(tail)
+    if pad < 1:
+        raise ValueError("body size too small")
+    return head + "open issues about refunds " .ljust(pad, "x")[:pad] + tail
+
+
+def _rule(name, kind, cond, message=None):
+    r = {"name": name, kind: cond}
+    if message:
+        r["message"] = message
+    return r
+
+
+def mcp_policy_rules(n=100):
+    """A realistic policy of exactly n rules (n >= 40) for the load-test principal:
+    guardrail denies (tools, argument patterns, a DLP regex on the query, source
+    networks, headers, claims, a rate limit far above any load-test rate), then team
+    grants on groups / scopes / tools / arguments / times / clients. The load-test
+    request (MCP_TOOL by LT_CLAIMS's principal) is allowed by rule number n-10 (not the
+    first; every deny still has to be checked), MCP_DENIED_TOOL is denied by
+    `no-deletes`. Returns (list of rule dicts, name of the allowing rule)."""
+    if n < 40:
+        raise ValueError("n >= 40")
+    deny = [
+        _rule("no-deletes", "deny", {"mcp_tool": {"starts_with": "delete_"}},
+              "deleting is not allowed through portcullis"),
+        _rule("no-shell", "deny", {"mcp_tool": {"matches": "^(shell|exec|run_command)$"}}),
+        _rule("no-db-drops", "deny", {"mcp_tool": {"in": ["drop_database", "truncate_table"]}}),
+        _rule("no-secret-repos", "deny", {"argument": {"pointer": "/repo", "matches": "^secret-"}}),
+        _rule("sane-page-size", "deny", {"argument": {"pointer": "/per_page", "min": 101}}),
+        _rule("no-path-traversal", "deny", {"argument": {"pointer": "/path", "matches": "\\.\\./"}}),
+        _rule("no-plain-http-fetch", "deny", {"argument": {"pointer": "/url", "matches": "^http://"}}),
+        _rule("no-credentials-in-queries", "deny",
+              {"argument": {"pointer": "/query",
+                            "matches": "(?i)(password=|secret_key|BEGIN [A-Z ]*PRIVATE KEY)"}},
+              "credentials must not be sent to tools"),
+        _rule("no-system-files", "deny", {"mcp_resource": {"glob": "file:///etc/**"}}),
+        _rule("offices-only", "deny",
+              {"not": {"source_ip": {"in": ["127.0.0.0/8", "10.0.0.0/8", "192.168.0.0/16",
+                                            "::1/128"]}}}),
+        _rule("blocked-tenants", "deny", {"header": {"name": "X-Tenant",
+                                                     "in": ["suspended", "trial-expired"]}}),
+        _rule("suspended-accounts", "deny", {"claim": {"path": "account.status",
+                                                       "equals": "suspended"}}),
+        _rule("contractors-no-admin", "deny",
+              {"and": [{"groups": {"has": "contractors"}},
+                       {"mcp_tool": {"starts_with": "admin_"}}]}),
+        _rule("no-force-push", "deny",
+              {"and": [{"mcp_tool": {"equals": "push_files"}},
+                       {"argument": {"pointer": "/force", "equals": True}}]}),
+        _rule("interns-read-only", "deny",
+              {"and": [{"groups": {"has": "interns"}},
+                       {"mcp_tool": {"in": ["create_issue", "update_issue",
+                                            "merge_pull_request", "push_files"]}}]}),
+        _rule("legacy-client-needs-scope", "deny",
+              {"and": [{"client_id": {"in": ["legacy-cli"]}}, {"not": {"scope": {"has": "mcp"}}}]}),
+        _rule("no-competitors", "deny", {"email": {"ends_with": "@competitor.example"}}),
+        _rule("no-debug-header", "deny", {"header": {"name": "X-Debug-Override", "exists": True}}),
+        _rule("per-user-budget", "deny",
+              {"rate_limit": {"requests": 1000000000, "per": "1m", "key": "principal_and_tool"}},
+              "too many calls; try again later"),
+        _rule("everyone-may-connect", "allow",
+              {"mcp_method": {"in": ["initialize", "notifications/initialized", "ping",
+                                     "tools/list", "prompts/list", "resources/list"]}}),
+    ]
+    teams = ["billing", "checkout", "search", "ads", "mobile", "web", "infra", "sre", "data",
+             "ml", "security", "identity", "growth", "support", "docs", "qa", "release", "edge",
+             "storage", "network", "observability", "platform", "frontend", "backend", "ios",
+             "android", "legal", "finance", "hr", "sales", "marketing", "design", "research",
+             "partners", "compliance", "analytics", "ledger", "fraud", "risk", "shipping",
+             "catalog", "pricing", "inventory", "orders", "notifications", "messaging", "media",
+             "maps", "travel", "games", "music", "video", "photos", "payroll", "procurement",
+             "tax", "treasury", "audit", "devex", "build", "ci", "cd", "tooling", "kernel",
+             "compilers", "runtime", "db", "cache", "queue", "stream", "batch", "etl"]
+    tool_sets = [["search_issues", "get_issue"], ["list_pull_requests", "get_pull_request"],
+                 ["get_file_contents", "search_code"], ["create_issue", "update_issue"],
+                 ["list_commits", "get_commit"], ["search_repositories"]]
+    grants = []
+    i = 0
+    while len(deny) + len(grants) < n - 12:
+        team = teams[i % len(teams)] + ("" if i < len(teams) else f"-{i // len(teams)}")
+        tools = tool_sets[i % len(tool_sets)]
+        conds = [{"groups": {"has": f"team-{team}"}}, {"mcp_tool": {"in": tools}}]
+        if i % 3 == 0:
+            conds.append({"scope": {"has": "mcp"}})
+        if i % 4 == 1:
+            conds.append({"argument": {"pointer": "/repo", "matches": f"^acme/{team}-"}})
+        if i % 5 == 2:
+            conds.append({"time": {"days": ["mon", "tue", "wed", "thu", "fri"],
+                                   "hours": "07:00-20:00", "tz": "Europe/Berlin"}})
+        if i % 7 == 3:
+            conds.append({"email": {"ends_with": "@example.com"}})
+        grants.append(_rule(f"team-{team}-{tools[0].split('_')[0]}", "allow", {"and": conds}))
+        i += 1
+    # Rule n-10: the one that allows the load-test call. Rule n-11 is a near miss for the
+    # same team (other tools, office hours only), the last ten are other grants.
+    grants.append(_rule("team-payments-write-office-hours", "allow",
+                        {"and": [{"groups": {"has": "team-payments"}},
+                                 {"mcp_tool": {"in": ["create_issue", "update_issue"]}},
+                                 {"time": {"days": ["mon", "tue", "wed", "thu", "fri"],
+                                           "hours": "08:00-19:00", "tz": "Europe/Berlin"}}]}))
+    allow_rule = "team-payments-read"
+    grants.append(_rule(allow_rule, "allow",
+                        {"and": [{"groups": {"has": "team-payments"}},
+                                 {"scope": {"has": "mcp"}},
+                                 {"mcp_tool": {"in": ["search_issues", "get_issue",
+                                                      "list_pull_requests"]}},
+                                 {"argument": {"pointer": "/repo", "matches": "^acme/payments-"}}]}))
+    tail = [
+        _rule("on-call-incidents", "allow", {"and": [{"claim": {"path": "roles", "contains": "on-call"}},
+                                                     {"mcp_tool": {"starts_with": "incident_"}}]}),
+        _rule("company-prompts", "allow", {"and": [{"email": {"ends_with": "@example.com"}},
+                                                   {"mcp_prompt": {"in": ["code_review", "summarize"]}}]}),
+        _rule("docs-app-resources", "allow", {"and": [{"client_id": {"in": ["docs-app"]}},
+                                                      {"issuer": {"equals": LT_ISSUER_NAME}},
+                                                      {"mcp_resource": {"starts_with": "file:///srv/docs/"}}]}),
+        _rule("sre-any-read", "allow", {"and": [{"groups": {"any": ["sre", "oncall-primary"]}},
+                                                {"mcp_tool": {"starts_with": ["get_", "list_"]}}]}),
+        _rule("admins", "allow", {"and": [{"groups": {"all": ["admins", "mfa-verified"]}},
+                                          {"mcp_tool": {"starts_with": "admin_"}}]}),
+        _rule("bots-ci", "allow", {"and": [{"client_id": {"equals": "ci-bot"}},
+                                           {"mcp_tool": {"in": ["get_commit", "list_commits"]}}]}),
+        _rule("release-managers", "allow", {"and": [{"claim": {"path": "title", "in": ["release manager"]}},
+                                                    {"mcp_tool": {"equals": "create_release"}}]}),
+        _rule("analysts-queries", "allow", {"and": [{"groups": {"has": "analysts"}},
+                                                    {"mcp_tool": {"equals": "run_query"}},
+                                                    {"argument": {"pointer": "/limit", "max": 10000}}]}),
+        _rule("support-tickets", "allow", {"and": [{"groups": {"has": "support"}},
+                                                   {"mcp_tool": {"matches": "^(get|search)_tickets?$"}}]}),
+        _rule("design-assets", "allow", {"and": [{"groups": {"has": "design"}},
+                                                 {"mcp_resource": {"glob": "file:///srv/assets/**"}}]}),
+    ]
+    rules = deny + grants + tail
+    assert len(rules) == n, len(rules)
+    assert [r["name"] for r in rules].index(allow_rule) == n - 11
+    return rules, allow_rule
+
+
+def mcp_policy_yaml(rules, indent=6):
+    """The rules as YAML (one flow mapping per rule: YAML accepts JSON)."""
+    pad = " " * indent
+    return "".join(f"{pad}- {json.dumps(r)}\n" for r in rules)
+
+
+def portcullis_mcp_conf(port, up_port, issuer, driver="io_uring", *, workers=1, tls=None,
+                        audit_path=None, policy_rules=None, upstream_auth=None,
+                        route_path=MCP_PATH):
+    """portcullis with the full MCP path: one listener (TLS when tls=(cert, key)), an MCP
+    route with `auth` (the ES256 issuer from make_issuer, jwks_file), the 100-rule policy
+    (policy_rules, default mcp_policy_rules()[0]; [] for none) and, with audit_path, the
+    audit log to that file. upstream_auth: None = portcullis's default (an ES256 identity
+    assertion per principal, cached per core), or a YAML flow mapping such as
+    '{ none: true }'."""
+    rules = mcp_policy_rules()[0] if policy_rules is None else policy_rules
+    scheme = "https" if tls else "http"
+    listen = f"  - address: 127.0.0.1:{port}\n"
+    if tls:
+        listen += (f"    tls:\n      certificates:\n"
+                   f"        - {{ cert_file: {tls[0]}, key_file: {tls[1]} }}\n")
+    audit = (f"audit: {{ path: {audit_path}, on_overflow: block }}\n" if audit_path else "")
+    policy = ("    policy:\n" + mcp_policy_yaml(rules)) if rules else ""
+    ua = f"    upstream_auth: {upstream_auth}\n" if upstream_auth else ""
+    return f"""workers: {workers}
+runtime: {{ driver: {driver}, ring_entries: 1024, coop_taskrun: true, single_issuer: true, defer_taskrun: true }}
+upstream: {{ pool_max_idle: {POOL_IDLE} }}
+listen:
+{listen}{audit}identity:
+  issuers:
+    - name: {issuer['name']}
+      issuer: {issuer['issuer']}
+      jwks_file: {issuer['jwks_file']}
+      algorithms: [ES256]
+      audiences: [{issuer['audience']}]
+routes:
+  - name: mcp
+    from: {scheme}://127.0.0.1:{port}{route_path}
+    to: http://127.0.0.1:{up_port}{route_path}
+    mcp: {{}}
+    auth: {{ issuers: [{issuer['name']}], scopes: [mcp] }}
+{ua}{policy}"""
+
+
+def portcullis_plain_conf(port, up_port, driver="io_uring", *, workers=1, tls=None):
+    """Plain pass-through (the `plain` scenario's route), optionally TLS-terminating
+    (tls=(cert, key)) and with more workers."""
+    scheme = "https" if tls else "http"
+    listen = f"  - address: 127.0.0.1:{port}\n"
+    if tls:
+        listen += (f"    tls:\n      certificates:\n"
+                   f"        - {{ cert_file: {tls[0]}, key_file: {tls[1]} }}\n")
+    return f"""workers: {workers}
+runtime: {{ driver: {driver}, ring_entries: 1024, coop_taskrun: true, single_issuer: true, defer_taskrun: true }}
+upstream: {{ pool_max_idle: {POOL_IDLE} }}
+listen:
+{listen}routes:
+  - name: bench
+    from: {scheme}://127.0.0.1:{port}/
+    to: http://127.0.0.1:{up_port}/
+    mcp: {{}}
+"""
+
+
+def mcp_wrk_spec(body_path, tokens_path, dynamic=False, headers=(), describe=""):
+    """wrk with loadtest/mcp.lua: POST MCP_PATH with the body file and a bearer token
+    from tokens_path (one per line). dynamic=True builds each request in lua, rotating
+    through the tokens (with one token it then costs wrk the same as with many)."""
+    env = {"LT_BODY": body_path, "LT_TOKENS": tokens_path, "LT_PATH": MCP_PATH,
+           "LT_DYNAMIC": "1" if dynamic else "0"}
+    return WrkSpec("mcp.lua", env, headers, describe)
+
+
+def mcp_headers(token=None):
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    return h
+
+
+class AuditCounter:
+    """Counts the lines appended to an audit file (reads only what is new)."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.lines, self.partial = path, 0, 0, b""
+
+    def poll(self):
+        if not os.path.exists(self.path):
+            return self.lines
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                self.offset += len(chunk)
+                self.lines += chunk.count(b"\n")
+                nl = chunk.rfind(b"\n")
+                self.partial = chunk[nl + 1:] if nl >= 0 else self.partial + chunk
+        return self.lines
+
+    def settle(self, timeout=5.0, quiet=0.3):
+        """Wait until no new line arrived for `quiet` s (the writer thread flushes
+        per-core buffers); returns the line count."""
+        end = time.monotonic() + timeout
+        last = self.poll()
+        since = time.monotonic()
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            n = self.poll()
+            if n != last:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return last
+
+    def last_record(self):
+        """The last complete JSON line (reads the file's tail)."""
+        if not os.path.exists(self.path):
+            return None
+        with open(self.path, "rb") as f:
+            f.seek(max(0, os.path.getsize(self.path) - 65536))
+            lines = f.read().splitlines()
+        for ln in reversed(lines):
+            try:
+                return json.loads(ln)
+            except ValueError:
+                continue
+        return None
+
+
+def mcp_preflight(port, token, audit=None, allow_rule=None, tls=False, expect_auth=True,
+                  control_token=None):
+    """Checks that the full MCP path really authenticates and judges. With the token the
+    call returns the upstream's body (and, with an AuditCounter, its audit record says
+    allowed, by allow_rule if the record names the allowing rule); without a token 401; a
+    broken signature 401; a call of MCP_DENIED_TOOL a JSON-RPC error naming the denial;
+    the same call for another repository (rule 90's argument condition) and, with
+    control_token, by a principal outside team-payments (rule 90's group condition) are
+    denied: so the call is allowed by rule 90 and by no other. With expect_auth=False (a
+    plain proxy such as nginx) only the first check applies. Returns [(check, ok, info)]."""
+    res = []
+    body = mcp_call_body()
+
+    def rpc_error(data):
+        try:
+            j = json.loads(data)
+        except ValueError:
+            return False
+        return isinstance(j, dict) and "error" in j and "result" not in j
+
+    try:
+        st, data, _ = http_request(port, "POST", MCP_PATH, body, mcp_headers(token), tls)
+        ok = st == 200 and data == UPSTREAM_BODY
+        res.append(("valid token, allowed call → 200 + upstream body", ok, f"{st} {data[:100]!r}"))
+        if audit is not None:
+            audit.settle(timeout=3)
+            rec = audit.last_record() or {}
+            ok = (rec.get("decision") == "allowed" and rec.get("target") == MCP_TOOL
+                  and (rec.get("principal") or {}).get("sub") == LT_CLAIMS["sub"]
+                  and rec.get("rule") in (None, allow_rule))
+            res.append(("its audit record: allowed, tool and principal"
+                        + ("" if rec.get("rule") else
+                           " (the record names no allowing rule: portcullis records `rule` "
+                           "only for denials)"), ok,
+                        json.dumps({k: rec.get(k) for k in ("decision", "rule", "method", "target",
+                                                            "status")})[:300]))
+        if not expect_auth:
+            return res
+        st, data, hdrs = http_request(port, "POST", MCP_PATH, body, mcp_headers(None), tls)
+        ok = st == 401 and "bearer" in hdrs.get("www-authenticate", "").lower()
+        res.append(("no token → 401 with a Bearer challenge", ok,
+                    f"{st} www-authenticate={hdrs.get('www-authenticate', '')[:70]!r}"))
+        bad = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        st, data, _ = http_request(port, "POST", MCP_PATH, body, mcp_headers(bad), tls)
+        res.append(("token with a broken signature → 401", st == 401, f"{st} {data[:90]!r}"))
+        st, data, _ = http_request(port, "POST", MCP_PATH, mcp_call_body(MCP_DENIED_TOOL),
+                                   mcp_headers(token), tls)
+        ok = rpc_error(data) and "no-deletes" in data
+        res.append((f"tools/call {MCP_DENIED_TOOL} → JSON-RPC error (rule no-deletes)", ok,
+                    f"{st} {data[:140]!r}"))
+        st, data, _ = http_request(port, "POST", MCP_PATH, mcp_call_body(repo="acme/ledger-core"),
+                                   mcp_headers(token), tls)
+        res.append((f"{MCP_TOOL} on another team's repo → JSON-RPC error (no rule allows)",
+                    rpc_error(data), f"{st} {data[:140]!r}"))
+        if control_token:
+            st, data, _ = http_request(port, "POST", MCP_PATH, body, mcp_headers(control_token), tls)
+            res.append((f"{MCP_TOOL} by a principal outside team-payments → JSON-RPC error",
+                        rpc_error(data), f"{st} {data[:140]!r}"))
+    except Exception as e:  # noqa: BLE001
+        res.append(("request", False, repr(e)))
+    return res
+
+
+def tls_cert(tmp):
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1/localhost (openssl CLI).
+    Returns (cert.pem, key.pem, combined.pem for haproxy)."""
+    d = os.path.join(tmp, "tls")
+    os.makedirs(d, exist_ok=True)
+    cert, key, both = (os.path.join(d, n) for n in ("cert.pem", "key.pem", "combined.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "3", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    write(both, open(cert).read() + open(key).read())
+    return cert, key, both
+
+
+def nginx_tls_proxy_conf(prefix, port, up_port, cert, key):
+    """nginx_proxy_conf with a TLS 1.3 listener (ECDSA P-256 certificate)."""
+    conf = nginx_proxy_conf(prefix, port, up_port)
+    return conf.replace(
+        f"        listen 127.0.0.1:{port} backlog=4096;\n",
+        f"        listen 127.0.0.1:{port} ssl backlog=4096;\n"
+        f"        ssl_certificate {cert};\n"
+        f"        ssl_certificate_key {key};\n"
+        f"        ssl_protocols TLSv1.3;\n"
+        f"        ssl_session_cache shared:SSL:10m;\n")
+
+
+def haproxy_tls_conf(port, up_port, combined_pem):
+    """haproxy_conf with a TLS 1.3 `bind ... ssl crt`."""
+    conf = haproxy_conf(port, up_port)
+    return conf.replace(f"    bind 127.0.0.1:{port}\n",
+                        f"    bind 127.0.0.1:{port} ssl crt {combined_pem} ssl-min-ver TLSv1.3\n")
