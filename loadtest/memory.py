@@ -92,7 +92,10 @@ def fd_cap(t, per_stream):
     if not lim:
         return None, None
     used = max(scenlib.fd_count([p]) for p in t.pids) if t.pids else 0
-    return max(0, (lim[0] - used - 16) // per_stream), lim[0]
+    room = max(0, (lim[0] - used - 16) // per_stream)
+    if getattr(t, "maxconn", None):
+        room = min(room, t.maxconn - 16)  # haproxy: client connections beyond maxconn wait unaccepted
+    return room, lim[0]
 
 
 def idle_step(scope, helper_bin, t, n, args):
@@ -168,8 +171,10 @@ def run(args=None, **kw):
             rows = {"mem0": m0, "warmup": w.get("result"), "steps": []}
             for n in idle_counts:
                 cap, lim = fd_cap(t, 1)
-                step = idle_step(scope, helper_bin, t, n, args)
-                step["nofile"], step["fd_room"] = lim, cap
+                run_n = n if (cap is None or n <= cap) else cap
+                step = idle_step(scope, helper_bin, t, run_n, args)
+                step["requested"], step["nofile"], step["fd_room"] = n, lim, cap
+                step["capped"] = run_n < n
                 if "mem" in step:
                     step["per_conn_bytes"] = per_conn(m0, step["mem"], step["ready"]["opened"])
                 rows["steps"].append(step)
@@ -240,7 +245,7 @@ def goals_of(data, idle_counts, sse_counts):
     goals = []
     pc = data["idle"].get("portcullis")
     if pc:
-        top = max(pc["steps"], key=lambda s: s["n"])
+        top = max(pc["steps"], key=lambda s: s["requested"])
         v = (top.get("per_conn_bytes") or {}).get("vmrss_kib")
         clean = not step_errors(top)
         goals.append({"goal": f"portcullis memory per idle keep-alive connection at {top['n']} "
@@ -284,19 +289,26 @@ def report(data, goals, args, idle_counts, sse_counts):
     if data["errors"]:
         md.append("**Errors:** " + "; ".join(data["errors"]) + "\n")
     md.append("### Idle keep-alive connections\n")
-    md.append("| proxy | N | opened | errors | VmRSS at 0 (MiB) | VmRSS at N (MiB) | "
+    md.append("| proxy | N asked | N run | opened | errors | VmRSS at 0 (MiB) | VmRSS at N (MiB) | "
               "B/conn VmRSS | B/conn Pss | B/conn Private | fds | VmRSS after close (MiB) |")
-    md.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    md.append("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, rows in data["idle"].items():
         for s in rows["steps"]:
             pcb = s.get("per_conn_bytes") or {}
             m = s.get("mem") or {}
-            md.append(f"| {name} | {s['n']} | {(s.get('ready') or {}).get('opened', '–')} | "
+            md.append(f"| {name} | {s['requested']} | {s['n']} | {(s.get('ready') or {}).get('opened', '–')} | "
                       f"{step_errors(s) or 'none'} | {kib(rows['mem0']['vmrss_kib'])} | "
                       f"{kib(m.get('vmrss_kib'))} | {fmt0(pcb.get('vmrss_kib'))} | "
                       f"{fmt0(pcb.get('pss_kib'))} | {fmt0(pcb.get('private_kib'))} | "
                       f"{m.get('fds', '–')} | {kib((s.get('mem_after_close') or {}).get('vmrss_kib'))} |")
     md.append("")
+    icap = [(n, s) for n, rows in data["idle"].items() for s in rows["steps"] if s.get("capped")]
+    if icap:
+        md.append("Fewer idle connections than asked for: "
+                  + "; ".join(f"{n}: {s['n']} of {s['requested']}" for n, s in icap)
+                  + f" (haproxy takes at most `maxconn` client connections and will not start unless "
+                  f"its fd limit holds 2 × maxconn; this machine's hard `RLIMIT_NOFILE` is "
+                  f"{data['nofile'][1]} and cannot be raised here).\n")
     if data["sse"]:
         md.append("### Open SSE streams\n")
         md.append("| proxy | N asked | N run | opened | held at end | errors | VmRSS at 0 (MiB) | "

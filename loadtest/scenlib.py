@@ -188,14 +188,20 @@ def start_nginx_proxy(scope, port, up_port, conns=4096, sse=False):
 
 
 def start_haproxy(scope, port, up_port, conns=4096, sse=False):
-    conf = ltlib.haproxy_conf(port, up_port).replace("maxconn 4096", f"maxconn {conns}")
+    """haproxy refuses to start unless its RLIMIT_NOFILE holds 2 fds per
+    `maxconn` (maxsock = 2 × maxconn + ~14): maxconn is capped to what our hard
+    limit allows (Target.maxconn says how many client connections it takes)."""
+    maxconn = min(conns, (nofile_hard() - 64) // 2)
+    conf = ltlib.haproxy_conf(port, up_port).replace("maxconn 4096", f"maxconn {maxconn}")
     if sse:
         # Without it haproxy holds small chunks back (MSG_MORE): ~200 ms per event.
         conf = conf.replace("    http-reuse always\n", "    http-reuse always\n    option http-no-delay\n")
     path = write(os.path.join(scope.tmp, "haproxy.cfg"), conf)
     p = scope.spawn(["taskset", "-c", PROXY_CORE, find_bin("haproxy"), "-db", "-f", path],
                     "haproxy.log")
-    return Target("haproxy", port, "haproxy", p, conf, path, os.path.join(scope.tmp, "haproxy.log"))
+    t = Target("haproxy", port, "haproxy", p, conf, path, os.path.join(scope.tmp, "haproxy.log"))
+    t.maxconn = maxconn
+    return t
 
 
 def start_portcullis(scope, pbin, name, port, conf):

@@ -67,7 +67,10 @@ def fd_room(t, per_stream):
     if not lim:
         return None, None
     used = max(scenlib.fd_count([p]) for p in t.pids)
-    return max(0, (lim[0] - used - 16) // per_stream), lim[0]
+    room = max(0, (lim[0] - used - 16) // per_stream)
+    if getattr(t, "maxconn", None):
+        room = min(room, t.maxconn - 16)  # haproxy: client connections beyond maxconn wait unaccepted
+    return room, lim[0]
 
 
 def one_run(scope, helper_bin, t, upstream, n, args):
