@@ -92,7 +92,7 @@ def fd_cap(t, per_stream):
     if not lim:
         return None, None
     used = max(scenlib.fd_count([p]) for p in t.pids) if t.pids else 0
-    room = max(0, (lim[0] - used - 16) // per_stream)
+    room = max(0, (lim[0] - used - 64) // per_stream)
     if getattr(t, "maxconn", None):
         room = min(room, t.maxconn - 16)  # haproxy: client connections beyond maxconn wait unaccepted
     return room, lim[0]
@@ -160,8 +160,10 @@ def run(args=None, **kw):
         up = scenlib.start_nginx_upstream(scope, ports["upstream"])
         # --- idle keep-alive connections
         for name in proxies:
+            # nginx counts upstream connections against worker_connections too and
+            # closes idle keep-alive clients when short of slots: give it room.
             t = start_proxy(scope, name, pbin, ports[name], ports["upstream"], args.driver,
-                            maxn + 200, sse=False)
+                            2 * maxn + 400, sse=False)
             if name == "portcullis":
                 data["portcullis_driver"] = scenlib.driver_lines(t)
             # Warm: 100 connections, one request each, then closed.
@@ -170,6 +172,7 @@ def run(args=None, **kw):
             m0 = snapshot(t)
             rows = {"mem0": m0, "warmup": w.get("result"), "steps": []}
             for n in idle_counts:
+                scenlib.wait_fds_below(t, m0["fds"] + 100)
                 cap, lim = fd_cap(t, 1)
                 run_n = n if (cap is None or n <= cap) else cap
                 step = idle_step(scope, helper_bin, t, run_n, args)
@@ -203,6 +206,7 @@ def run(args=None, **kw):
                 m0 = snapshot(t)
                 rows = {"mem0": m0, "warmup": w.get("result"), "steps": []}
                 for n in sse_counts:
+                    scenlib.wait_fds_below(t, m0["fds"] + 100)
                     cap, lim = fd_cap(t, 2)
                     run_n = n if (cap is None or n <= cap or args.sse_over_limit) else cap
                     step = sse_step(scope, helper_bin, t, run_n, args)

@@ -260,6 +260,17 @@ def mem_figures(pids):
     return tot
 
 
+def wait_fds_below(t, limit, timeout=8.0):
+    """Wait (up to timeout s) until the target's processes hold fewer than
+    `limit` fds (connections of a previous step closing)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if fd_count(t.refresh_pids()) < limit:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def fd_count(pids):
     n = 0
     for pid in pids:
@@ -353,5 +364,6 @@ def goals_md(goals):
     lines = ["| goal | value | met |", "|---|---:|:---:|"]
     for g in goals:
         v = g["value"]
-        lines.append(f"| {g['goal']} | {'–' if v is None else format(v, '.3g')} | {goal_mark(g['ok'])} |")
+        txt = "–" if v is None else (str(v) if isinstance(v, int) else format(v, ".3g"))
+        lines.append(f"| {g['goal']} | {txt} | {goal_mark(g['ok'])} |")
     return "\n".join(lines)

@@ -67,7 +67,7 @@ def fd_room(t, per_stream):
     if not lim:
         return None, None
     used = max(scenlib.fd_count([p]) for p in t.pids)
-    room = max(0, (lim[0] - used - 16) // per_stream)
+    room = max(0, (lim[0] - used - 64) // per_stream)
     if getattr(t, "maxconn", None):
         room = min(room, t.maxconn - 16)  # haproxy: client connections beyond maxconn wait unaccepted
     return room, lim[0]
@@ -192,6 +192,8 @@ def run(args=None, **kw):
                 if not t.alive():
                     data["errors"].append(f"{t.name} not running before n={n}: {t.log_tail(10)}")
                     continue
+                if t.proc is not None:
+                    scenlib.wait_fds_below(t, 200)
                 room, lim = fd_room(t, 2)
                 run_n = n if (room is None or n <= room or args.over_limit) else room
                 if args.quiet_wait:
