@@ -92,7 +92,7 @@ def fd_cap(t, per_stream):
     if not lim:
         return None, None
     used = max(scenlib.fd_count([p]) for p in t.pids) if t.pids else 0
-    room = max(0, (lim[0] - used - 64) // per_stream)
+    room = max(0, (lim[0] - used - 200) // per_stream)
     if getattr(t, "maxconn", None):
         room = min(room, t.maxconn - 16)  # haproxy: client connections beyond maxconn wait unaccepted
     return room, lim[0]
