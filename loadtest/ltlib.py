@@ -722,12 +722,12 @@ LT_CONTROL_CLAIMS = dict(LT_CLAIMS, sub="user-0043", email="dev43@example.com",
 MCP_TOOL = "search_issues"            # allowed (by rule 90 of 100)
 MCP_DENIED_TOOL = "delete_repository"  # denied (by the no-deletes guardrail)
 MCP_PATH = "/mcp"
-MINT_TOKENS_TARGET = os.environ.get("LOADTEST_HELPERS_TARGET", "/work/target-helpers")
+MINT_TOKENS_TARGET = os.environ.get("LOADTEST_HELPERS_TARGET", os.path.join(REPO, "target"))
 
 
 def ensure_mint_tokens():
     """Path of the mint_tokens helper (cargo example, source loadtest/mint_tokens.rs),
-    built into $LOADTEST_HELPERS_TARGET (default /work/target-helpers) when missing."""
+    built into $LOADTEST_HELPERS_TARGET (default: the repository's target/) when missing."""
     exe = os.path.join(MINT_TOKENS_TARGET, "release", "examples", "mint_tokens")
     if not os.access(exe, os.X_OK):
         log("building the mint_tokens helper (cargo build --release --example mint_tokens; "

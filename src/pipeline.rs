@@ -232,11 +232,22 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         counted = (client.bytes_in, client.bytes_out);
         record(&worker, &snap, &mut conn, &client, started, bytes);
         conn.served += 1;
+        release_idle(&mut conn);
         if next == Next::Close || worker.shared.shutting_down() {
             break;
         }
     }
     linger_close(&mut client, &mut conn).await;
+}
+
+/// Between requests a kept-alive connection holds only its read buffer: the
+/// upstream read buffer, the upstream head and the client output are freed
+/// (each exchange allocates them again), so idle connections stay small.
+fn release_idle(conn: &mut Conn) {
+    conn.ubuf = Vec::new();
+    conn.up = Vec::new();
+    conn.out = Vec::new();
+    conn.head_copy = Vec::new();
 }
 
 /// Close the way RFC 9112 §9.6 asks: send FIN, then read and discard what the
@@ -1028,5 +1039,38 @@ async fn stream_body(
             return Ok(());
         }
         read_body(snap, client, conn, 64 * 1024).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_keeps_only_its_read_buffer() {
+        let mut conn = Conn {
+            client: ClientFacts::new("127.0.0.1:1".parse().unwrap(), false),
+            buf: Vec::with_capacity(4096),
+            up: Vec::with_capacity(512),
+            ubuf: Vec::with_capacity(4096),
+            out: Vec::with_capacity(512),
+            served: 1,
+            judged: Judged::default(),
+            outcome: Outcome::default(),
+            head_copy: Vec::with_capacity(512),
+        };
+        // Pipelined bytes of the next request stay where they are.
+        conn.buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        release_idle(&mut conn);
+        assert_eq!(conn.buf, b"GET / HTTP/1.1\r\n");
+        assert_eq!(conn.buf.capacity(), 4096);
+        for (name, v) in [
+            ("ubuf", &conn.ubuf),
+            ("up", &conn.up),
+            ("out", &conn.out),
+            ("head_copy", &conn.head_copy),
+        ] {
+            assert_eq!(v.capacity(), 0, "{name} still holds memory");
+        }
     }
 }
