@@ -1058,6 +1058,7 @@ mod tests {
             judged: Judged::default(),
             outcome: Outcome::default(),
             head_copy: Vec::with_capacity(512),
+            session_hash: SessionHash::default(),
         };
         // Pipelined bytes of the next request stay where they are.
         conn.buf.extend_from_slice(b"GET / HTTP/1.1\r\n");

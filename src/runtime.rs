@@ -53,6 +53,20 @@ impl Running {
 /// Bind every listener and start the workers.
 pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     let workers = snapshot.workers;
+    match crate::sys::raise_open_files_limit() {
+        Ok((before, after)) => {
+            tracing::info!(before, after, "open files limit");
+            // Each connection may need two descriptors (client, upstream).
+            if after < 2 * snapshot.limits.max_connections as u64 + 64 {
+                tracing::warn!(
+                    open_files = after,
+                    max_connections = snapshot.limits.max_connections,
+                    "the open files limit holds fewer than 2 x limits.max_connections; raise it (LimitNOFILE=, ulimit -n)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
+    }
     let bound = listener::bind_all(&snapshot.listeners, workers)?;
     let addresses: Vec<_> = bound
         .first()

@@ -36,10 +36,47 @@ pub fn idle_connection_is_dead(stream: &impl AsRawFd) -> bool {
     peek(stream) != Peek::Quiet
 }
 
+/// Raise the soft limit of open files to the hard limit (as nginx's
+/// `worker_rlimit_nofile` does): each client connection and each upstream
+/// connection is a descriptor, and the usual soft limit of 1024 would cap the
+/// proxy far below `limits.max_connections`. Returns (before, after).
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads one `rlimit` through a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn open_files_limit_is_raised_to_the_hard_limit() {
+        let (before, after) = raise_open_files_limit().unwrap();
+        assert!(after >= before);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as in raise_open_files_limit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!((lim.rlim_cur, lim.rlim_cur), (after, lim.rlim_max));
+    }
 
     #[test]
     fn detects_closed_and_chatty_peers() {

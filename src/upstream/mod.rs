@@ -19,6 +19,7 @@ pub async fn connect(
     settings: &UpstreamSettings,
 ) -> Result<UpstreamStream, HttpError> {
     let mut timed_out = false;
+    let mut last_error = None;
     for addr in &route.upstream_addrs {
         match monoio::time::timeout(settings.connect_timeout, TcpStream::connect_addr(*addr)).await
         {
@@ -50,14 +51,22 @@ pub async fn connect(
                 };
             }
             Ok(Err(e)) => {
-                tracing::debug!(route = %route.name, %addr, error = %e, "upstream connect failed")
+                tracing::debug!(route = %route.name, %addr, error = %e, "upstream connect failed");
+                last_error = Some(e);
             }
             Err(_) => timed_out = true,
         }
     }
-    Err(if timed_out {
-        HttpError::GatewayTimeout
-    } else {
-        HttpError::BadGateway("upstream connection refused")
+    Err(match last_error {
+        _ if timed_out => HttpError::GatewayTimeout,
+        Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            HttpError::BadGateway("upstream connection refused")
+        }
+        Some(e) => {
+            // Not the upstream's doing (e.g. out of file descriptors): say so.
+            tracing::warn!(route = %route.name, error = %e, "cannot connect to the upstream");
+            HttpError::BadGateway("cannot connect to the upstream")
+        }
+        None => HttpError::BadGateway("upstream connection refused"),
     })
 }

@@ -150,10 +150,17 @@ pub async fn response(
         );
         let got = if head.event_stream {
             // A stream may stay quiet for minutes: notice a client that left
-            // and close the upstream stream with it (MCP cancellation).
+            // and close the upstream stream with it (MCP cancellation). The
+            // check is armed only once the stream has been quiet for a
+            // moment: with io_uring it is an operation of its own, cancelled
+            // whenever an event comes first, which would double the cost of
+            // every event on a busy stream.
             monoio::select! {
                 got = read => got,
-                () = client_gone(client) => {
+                () = async {
+                    monoio::time::sleep(CLIENT_CHECK_AFTER).await;
+                    client_gone(client).await
+                } => {
                     tracing::debug!(route = %route.name, "client left the event stream, closing upstream");
                     return Err(None);
                 }
@@ -417,6 +424,10 @@ fn parse_head(
     };
     Ok(Some(Parsed::Final(head, r.head_len)))
 }
+
+/// How long an event stream may be quiet before each wait for its next
+/// event also watches for the client leaving.
+const CLIENT_CHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Resolves only when the client has closed (or reset) its connection; a
 /// client that sends bytes instead is not "gone" and this never resolves.
