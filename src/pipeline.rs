@@ -226,7 +226,9 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
         conn.judged.method_slot = crate::metrics::method_slot(None);
         let next = {
             let _busy = InFlight::enter(&worker);
-            exchange(&worker, &snap, &mut client, &mut conn).await
+            // Boxed: the exchange's state (several KiB) exists only while a
+            // request is served, so an idle keep-alive connection stays small.
+            Box::pin(exchange(&worker, &snap, &mut client, &mut conn)).await
         };
         let bytes = (client.bytes_in - counted.0, client.bytes_out - counted.1);
         counted = (client.bytes_in, client.bytes_out);
@@ -237,7 +239,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
             break;
         }
     }
-    linger_close(&mut client, &mut conn).await;
+    Box::pin(linger_close(&mut client, &mut conn)).await;
 }
 
 /// Between requests a kept-alive connection holds only its read buffer: the

@@ -18,14 +18,18 @@ macro_rules! either_stream {
             async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
                 match self {
                     Self::Plain(s) => s.read(buf).await,
-                    Self::Tls(s) => s.read(buf).await,
+                    // Boxed: a TLS operation's state is large, and every
+                    // future awaiting this stream would carry it.
+                    Self::Tls(s) => Box::pin(s.read(buf)).await,
                 }
             }
 
             async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
                 match self {
                     Self::Plain(s) => s.readv(buf).await,
-                    Self::Tls(s) => s.readv(buf).await,
+                    // Boxed: a TLS operation's state is large, and every
+                    // future awaiting this stream would carry it.
+                    Self::Tls(s) => Box::pin(s.readv(buf)).await,
                 }
             }
         }
@@ -34,14 +38,18 @@ macro_rules! either_stream {
             async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
                 match self {
                     Self::Plain(s) => s.write(buf).await,
-                    Self::Tls(s) => s.write(buf).await,
+                    // Boxed: a TLS operation's state is large, and every
+                    // future awaiting this stream would carry it.
+                    Self::Tls(s) => Box::pin(s.write(buf)).await,
                 }
             }
 
             async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
                 match self {
                     Self::Plain(s) => s.writev(buf).await,
-                    Self::Tls(s) => s.writev(buf).await,
+                    // Boxed: a TLS operation's state is large, and every
+                    // future awaiting this stream would carry it.
+                    Self::Tls(s) => Box::pin(s.writev(buf)).await,
                 }
             }
 

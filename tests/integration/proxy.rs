@@ -415,9 +415,12 @@ fn a_taken_port_is_an_error_not_a_shared_listener() {
 }
 
 /// The state kept per connection while it waits: the future of
-/// `pipeline::serve` (4352 bytes when written). A guard against scratch
-/// arrays or big values creeping into it; header arrays belong on the stack of
-/// the synchronous parse calls.
+/// `pipeline::serve` (2 KiB in release builds, 2.5 KiB in debug: the
+/// exchange's own state and TLS operations are boxed and live only while a
+/// request is served; ≤ 10 KiB per idle connection is a goal, see
+/// loadtest/memory.py). A guard against scratch arrays or big values
+/// creeping into it; header arrays belong on the stack of the synchronous
+/// parse calls.
 #[test]
 fn connection_future_stays_small() {
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -435,7 +438,7 @@ fn connection_future_stays_small() {
         let fut = portcullis::pipeline::serve(worker, portcullis::stream::ClientStream::plain(tcp), "127.0.0.1:1".parse().unwrap());
         let size = std::mem::size_of_val(&fut);
         eprintln!("pipeline::serve future: {size} bytes");
-        assert!(size <= 6 * 1024, "a connection's future is {size} bytes");
+        assert!(size <= 2560, "a connection's future is {size} bytes");
     });
 }
 
