@@ -126,54 +126,51 @@ pub fn metrics(snap: &Snapshot, shared: &Shared) -> String {
         "portcullis_reloads_total{{outcome=\"failed\"}} {}",
         load(&shared.reload_failures)
     );
-    let _ = writeln!(out, "# TYPE portcullis_token_cache_lookups_total counter");
-    let _ = writeln!(
-        out,
-        "portcullis_token_cache_lookups_total{{result=\"hit\"}} {}",
-        shared.sum(|c| &c.token_cache_hits)
+    let sum =
+        |f: fn(&crate::worker::WorkerCounters) -> &std::sync::atomic::AtomicU64| shared.sum(f);
+    series(
+        &mut out,
+        "portcullis_token_cache_lookups_total",
+        "counter",
+        &[
+            ("result=\"hit\"", sum(|c| &c.token_cache_hits)),
+            ("result=\"miss\"", sum(|c| &c.token_cache_misses)),
+        ],
     );
-    let _ = writeln!(
-        out,
-        "portcullis_token_cache_lookups_total{{result=\"miss\"}} {}",
-        shared.sum(|c| &c.token_cache_misses)
+    series(
+        &mut out,
+        "portcullis_upstream_connections_total",
+        "counter",
+        &[
+            ("kind=\"new\"", sum(|c| &c.upstream_connects)),
+            ("kind=\"reused\"", sum(|c| &c.upstream_reuses)),
+        ],
     );
-    let _ = writeln!(out, "# TYPE portcullis_upstream_connections_total counter");
-    let _ = writeln!(
-        out,
-        "portcullis_upstream_connections_total{{kind=\"new\"}} {}",
-        shared.sum(|c| &c.upstream_connects)
-    );
-    let _ = writeln!(
-        out,
-        "portcullis_upstream_connections_total{{kind=\"reused\"}} {}",
-        shared.sum(|c| &c.upstream_reuses)
-    );
-    let _ = writeln!(out, "# TYPE portcullis_upstream_idle_connections gauge");
-    let _ = writeln!(
-        out,
-        "portcullis_upstream_idle_connections {}",
-        shared.sum(|c| &c.upstream_idle)
+    series(
+        &mut out,
+        "portcullis_upstream_idle_connections",
+        "gauge",
+        &[("", sum(|c| &c.upstream_idle))],
     );
     snap.identity.render_metrics(&mut out);
     if let Some(a) = &shared.audit {
-        let _ = writeln!(out, "# TYPE portcullis_audit_records_total counter");
-        let _ = writeln!(
-            out,
-            "portcullis_audit_records_total{{outcome=\"written\"}} {}",
-            a.written.load(Ordering::Relaxed)
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        series(
+            &mut out,
+            "portcullis_audit_records_total",
+            "counter",
+            &[
+                ("outcome=\"written\"", n(&a.written)),
+                ("outcome=\"dropped\"", n(&a.dropped)),
+                ("outcome=\"failed\"", n(&a.failed)),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "portcullis_audit_records_total{{outcome=\"dropped\"}} {}",
-            a.dropped.load(Ordering::Relaxed)
+        series(
+            &mut out,
+            "portcullis_audit_backlog_records",
+            "gauge",
+            &[("", a.backlog())],
         );
-        let _ = writeln!(
-            out,
-            "portcullis_audit_records_total{{outcome=\"failed\"}} {}",
-            a.failed.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# TYPE portcullis_audit_backlog_records gauge");
-        let _ = writeln!(out, "portcullis_audit_backlog_records {}", a.backlog());
     }
     let _ = writeln!(out, "# TYPE portcullis_requests_total counter");
     let _ = writeln!(out, "# TYPE portcullis_decisions_total counter");
@@ -217,4 +214,17 @@ pub fn config(snap: &Snapshot) -> String {
         "routes": routes,
     })
     .to_string()
+}
+
+/// One Prometheus metric: its TYPE line, then a line per label set (`""`:
+/// no labels) and value.
+fn series(out: &mut String, name: &str, kind: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in values {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
 }

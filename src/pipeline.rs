@@ -239,7 +239,7 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
             break;
         }
     }
-    Box::pin(linger_close(&mut client, &mut conn)).await;
+    linger_close(&mut client, &mut conn).await;
 }
 
 /// Between requests a kept-alive connection holds only its read buffer: the
