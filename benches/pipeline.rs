@@ -109,7 +109,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
     let snap = snapshot::from_text(&text, Path::new("bench.yaml")).unwrap();
     let shared_snap: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
     let audit = audited.then(|| {
-        let config: portcullis::audit::AuditConfig =
+        let config: portcullis::config::audit::AuditConfig =
             serde_json::from_value(serde_json::json!({"path": "/dev/null"})).unwrap();
         portcullis::audit::Sink::start(&config).unwrap().0
     });

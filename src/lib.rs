@@ -20,7 +20,6 @@ pub mod principal;
 pub mod reload;
 pub mod route;
 pub mod runtime;
-pub mod schema;
 pub mod session;
 pub mod snapshot;
 pub mod stream;

@@ -184,9 +184,9 @@ fn main() -> ExitCode {
             summary,
         ),
         Command::Schema { markdown } => {
-            let schema = portcullis::schema::json();
+            let schema = portcullis::config::schema::json();
             if markdown {
-                print!("{}", portcullis::schema::markdown(&schema));
+                print!("{}", portcullis::config::schema::markdown(&schema));
             } else {
                 println!("{schema:#}");
             }

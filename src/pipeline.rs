@@ -819,12 +819,12 @@ fn note_message(
     let Some(args) = m.arguments else { return };
     let mut text = Vec::with_capacity(512);
     match route.audit_arguments {
-        crate::audit::Arguments::Omit => {}
-        crate::audit::Arguments::Full => {
+        crate::config::audit::Arguments::Omit => {}
+        crate::config::audit::Arguments::Full => {
             crate::audit::arguments_json(args, &mut text);
             audit.arguments = String::from_utf8(text).ok();
         }
-        crate::audit::Arguments::Hash => {
+        crate::config::audit::Arguments::Hash => {
             crate::audit::arguments_exact(args, &mut text);
             audit.arguments = Some(format!("\"{}\"", sink.hash(&text)));
         }

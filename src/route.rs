@@ -31,7 +31,7 @@ pub struct Route {
     /// The policy has `header` criteria: the request's head is kept for it.
     pub policy_reads_headers: bool,
     /// How its audit records show arguments.
-    pub audit_arguments: crate::audit::Arguments,
+    pub audit_arguments: crate::config::audit::Arguments,
     /// This route's counters (carried over by name across reloads).
     pub metrics: std::sync::Arc<crate::metrics::RouteMetrics>,
 }

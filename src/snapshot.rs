@@ -53,7 +53,7 @@ pub struct Snapshot {
     /// Logging (fixed at start).
     pub log: crate::config::LogConfig,
     /// The audit log (fixed at start).
-    pub audit: Option<crate::audit::AuditConfig>,
+    pub audit: Option<crate::config::audit::AuditConfig>,
     /// The admin listener's address (fixed at start).
     pub admin: Option<SocketAddr>,
     /// Counters of requests that matched no route.

@@ -44,14 +44,14 @@ use std::time::{Duration, Instant};
 
 pub mod assertion;
 pub mod cache;
-pub mod config;
+use crate::config::identity as config;
 pub mod crypto;
 pub mod jwks;
 pub mod verify;
 
+pub use crate::config::identity::{IdentityConfig, IssuerConfig};
 pub use assertion::{AssertionCache, AssertionSigner};
 pub use cache::TokenCache;
-pub use config::{IdentityConfig, IssuerConfig};
 pub use jwks::{Key, KeySet};
 pub use verify::{verify_signature, AuthError, MAX_TOKEN_BYTES};
 

@@ -4,9 +4,9 @@
 use regex::Regex;
 
 use super::cidr::Cidrs;
-use super::config::{self, Condition, RateKey};
 use super::matchers::{self, Pattern, Prefixes, Scalar, StrSet};
 use super::time::TimeWindow;
+use crate::config::policy::{self as config, Condition, RateKey};
 
 /// Most `requests` a rate limit may allow in one window.
 pub(crate) const MAX_REQUESTS: u64 = 1 << 30;

@@ -10,10 +10,10 @@ use simd_json::{Node, StaticNode};
 use super::compile::{
     Argument, ClaimOp, Cond, EmailOp, Header, NameOp, RateLimit, ResourceOp, SetOp, ValueOp,
 };
-use super::config::RateKey;
 use super::matchers::{lower, same, same_lower, Scalar, StrSet};
 use super::ratelimit::RateTable;
 use super::Facts;
+use crate::config::policy::RateKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tri {

@@ -24,7 +24,6 @@
 
 mod cidr;
 mod compile;
-pub mod config;
 mod eval;
 mod matchers;
 mod ratelimit;
@@ -36,7 +35,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-pub use config::RuleConfig;
+pub use crate::config::policy::RuleConfig;
 
 use crate::principal::Principal;
 use compile::{Compiler, Cond, NameOp};

@@ -1,7 +1,14 @@
 //! The YAML configuration file: serde shapes (unknown keys are errors), value
 //! types that validate themselves while deserializing (so their errors carry a
 //! line and column), `${ENV_VAR}` substitution, and the cross-field checks that
-//! `portcullis check` reports all at once. No runtime logic lives here.
+//! `portcullis check` reports all at once. No runtime logic lives here, and
+//! nothing here imports the rest of the crate: it is the leaf every other
+//! module reads its settings from.
+
+pub mod audit;
+pub mod identity;
+pub mod policy;
+pub mod schema;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::{
@@ -45,17 +52,17 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     /// The audit log; off when absent. Fixed at start.
-    pub audit: Option<crate::audit::AuditConfig>,
+    pub audit: Option<audit::AuditConfig>,
     /// The admin listener (metrics, health, config summary); off when absent.
     /// Fixed at start.
     pub admin: Option<AdminConfig>,
     /// Trusted token issuers, which routes accept by name (`auth.issuers`).
     #[serde(default)]
-    pub identity: crate::identity::IdentityConfig,
+    pub identity: identity::IdentityConfig,
     /// Named rule lists that routes include with `- use: <name>`.
     #[serde(default)]
     #[schemars(extend("default" = {}))]
-    pub policies: std::collections::HashMap<String, Vec<crate::policy::RuleConfig>>,
+    pub policies: std::collections::HashMap<String, Vec<policy::RuleConfig>>,
     /// The routes (at least one). A request goes to the route whose `from`
     /// host and port equal its `Host` and whose path prefix is the longest
     /// match on a `/` boundary; a request no route matches gets 404.
@@ -297,11 +304,11 @@ pub struct RouteConfig {
     pub upstream_auth: Option<UpstreamAuthConfig>,
     /// How audit records show `params.arguments`.
     #[serde(default)]
-    pub audit_arguments: crate::audit::Arguments,
+    pub audit_arguments: audit::Arguments,
     /// Rules deciding each JSON-RPC message (needs `mcp`): deny wins, and with
     /// any rule present a message no allow rule matches is denied. Absent or
     /// empty: every message is allowed.
-    pub policy: Option<Vec<crate::policy::RuleConfig>>,
+    pub policy: Option<Vec<policy::RuleConfig>>,
 }
 
 /// Logging to stderr (fixed at start).

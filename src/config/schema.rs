@@ -229,17 +229,17 @@ mod tests {
         );
         let mut with_path = audit;
         with_path.insert("path".into(), "-".into());
-        let a: crate::audit::AuditConfig =
+        let a: crate::config::audit::AuditConfig =
             serde_json::from_value(Value::Object(with_path)).unwrap();
-        assert_eq!(a.on_overflow, crate::audit::Overflow::default());
+        assert_eq!(a.on_overflow, crate::config::audit::Overflow::default());
         let route = defaults(&s, "RouteConfig");
         assert_eq!(route["audit_arguments"], json!("hash"));
-        let r: crate::audit::Arguments =
+        let r: crate::config::audit::Arguments =
             serde_json::from_value(route["audit_arguments"].clone()).unwrap();
-        assert_eq!(r, crate::audit::Arguments::default());
+        assert_eq!(r, crate::config::audit::Arguments::default());
         assert_eq!(defaults(&s, "RateLimitTest")["key"], json!("principal"));
         let issuer = defaults(&s, "IssuerConfig");
-        use crate::identity::config as id;
+        use crate::config::identity as id;
         assert_eq!(issuer["leeway"], json!(id::DEFAULT_LEEWAY));
         assert_eq!(issuer["max_lifetime"], json!(id::DEFAULT_MAX_LIFETIME));
         assert_eq!(
