@@ -10,10 +10,10 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::http1::parse::parse_request;
 use portcullis::http1::response::parse_response;
+use portcullis::proxy::admit::{prepare, ClientFacts};
+use portcullis::proxy::upstream::relay::write_client_head;
+use portcullis::proxy::worker::{Shared, Worker};
 use portcullis::snapshot::{self, SharedSnapshot};
-use portcullis::upstream::relay::write_client_head;
-use portcullis::upstream::request::{prepare, ClientFacts};
-use portcullis::worker::{Shared, Worker};
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -97,7 +97,7 @@ fn in_process_zero_trust(c: &mut Criterion) {
 /// written to the worker's buffer, full buffers handed to a writer thread
 /// writing to /dev/null).
 fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
-    use portcullis::pipeline::{check_mcp_body, Judged};
+    use portcullis::proxy::{check_mcp_body, Judged};
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
     let jwk: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{keys}/rsa2048.pub.jwk.json")).unwrap(),
@@ -119,7 +119,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
     });
     let worker = Worker::new(0, shared, shared_snap.clone());
     let snap = worker.snapshot();
-    let now = portcullis::upstream::request::unix_now();
+    let now = portcullis::proxy::admit::unix_now();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("k1".into());
     let claims = serde_json::json!({"iss": "https://idp.bench", "aud": "http://bench.test/mcp",
@@ -146,7 +146,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
     let mut out = Vec::with_capacity(1024);
     let mut head_copy = Vec::with_capacity(2048);
     let mut judged = Judged::default();
-    let mut session_hash = portcullis::pipeline::SessionHash::default();
+    let mut session_hash = portcullis::proxy::SessionHash::default();
     c.bench_function(name, |b| {
         b.iter(|| {
             let mut headers = [httparse::EMPTY_HEADER; 64];

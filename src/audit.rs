@@ -231,7 +231,7 @@ pub struct Record<'a> {
     pub worker: usize,
     pub client: std::net::SocketAddr,
     /// What the TLS handshake settled (`None`: plain TCP).
-    pub tls: Option<&'a crate::stream::TlsInfo>,
+    pub tls: Option<&'a crate::proxy::stream::TlsInfo>,
     pub route: Option<&'a str>,
     pub facts: &'a Facts,
     pub decision: Decision,

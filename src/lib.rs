@@ -1,30 +1,32 @@
 //! portcullis: an identity-aware, zero-trust edge proxy for MCP servers.
 //!
-//! The request path is in [`pipeline`]; see ARCHITECTURE.md for the map.
+//! Modules in dependency order: each uses only those above it (kept by the
+//! `dependency_direction` test in `tests/integration/layout.rs`). The request
+//! path is [`proxy`], read in flow order; ARCHITECTURE.md has the map.
 
-pub mod admin;
+/// Audit records (one JSON line per request), the writer thread, `portcullis audit`.
 pub mod audit;
-pub mod auth;
+/// Every serde shape of the YAML file and its value types; imports nothing else.
 pub mod config;
-pub mod demo;
+/// The closed set of local answers (`HttpError`): status, reason, close.
 pub mod error;
-pub mod gate;
+/// Strict HTTP/1.1: request and response heads, chunked framing, local answers.
 pub mod http1;
+/// Token verification (JWKS, claims), the per-core token cache, identity assertions.
 pub mod identity;
-pub mod listener;
+/// MCP messages: full JSON-RPC decoding, list filtering, the legacy SSE endpoint rewrite.
 pub mod mcp;
+/// Per-route counters and latency histograms (atomics), Prometheus text.
 pub mod metrics;
-pub mod pipeline;
+/// The rule language compiled to matchers, and the allocation-free evaluator.
 pub mod policy;
+/// The verified caller, built by `identity`, read by `policy` and `audit`.
 pub mod principal;
-pub mod reload;
-pub mod route;
+/// The data plane, in flow order: accept, read, admit, judge, send, relay, record.
+pub mod proxy;
+/// Threads, signals, reload, the admin listener and the demo.
 pub mod runtime;
-pub mod session;
+/// `compile(config) -> Snapshot`: routes, TLS, upstreams, policies; swapped whole on reload.
 pub mod snapshot;
-pub mod stream;
+/// The one module allowed `unsafe`: a socket peek, the open-files limit.
 pub mod sys;
-pub mod tls;
-pub mod upstream;
-pub mod wellknown;
-pub mod worker;

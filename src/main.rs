@@ -2,7 +2,8 @@
 //! configuration, run. No proxy logic lives here.
 
 use clap::{Parser, Subcommand};
-use portcullis::{demo, runtime, snapshot};
+use portcullis::runtime::demo;
+use portcullis::{runtime, snapshot};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::gate::{decode_mirror, message, McpHead, Mirrors, MODERN};
+use portcullis::proxy::gate::{decode_mirror, message, McpHead, Mirrors, MODERN};
 use portcullis::mcp::jsonrpc::{decode, Kind, Scratch};
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! first event passes through byte-exact; nothing is held back longer than the
 //! first event (or `MAX_FIRST_EVENT` bytes).
 
-use crate::route::Route;
+use crate::snapshot::route::Route;
 
 const MAX_FIRST_EVENT: usize = 8 * 1024;
 

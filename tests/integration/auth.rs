@@ -230,7 +230,8 @@ fn the_demo_shows_zero_trust() {
         .local_addr()
         .unwrap()
         .port();
-    let demo = portcullis::demo::start(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+    let demo =
+        portcullis::runtime::demo::start(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
     let addr = demo.running.addresses[0];
     let ask = |token: &str, body: &str| {
         let raw = post(Some(token), body).replace("Host: proxy.test", &format!("Host: {addr}"));
@@ -252,7 +253,7 @@ fn the_demo_shows_zero_trust() {
     assert_eq!(tools(ask(&demo.bob, list)), ["echo"]);
     assert_eq!(ask(&demo.alice, add)["result"]["content"][0]["text"], "5");
     assert_eq!(ask(&demo.bob, add)["error"]["code"], -32003);
-    let text = portcullis::demo::instructions(&demo);
+    let text = portcullis::runtime::demo::instructions(&demo);
     assert!(text.contains(&demo.alice) && text.contains(&demo.bob));
     demo.running.shutdown();
     demo.running.join();

@@ -2,8 +2,8 @@
 //! invalid file keeps the running snapshot, and the watcher notices edits.
 
 use crate::harness::{ok_json, Upstream};
-use portcullis::reload::{self, Outcome, Reloader};
 use portcullis::runtime;
+use portcullis::runtime::reload::{self, Outcome, Reloader};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
 //! Per-core state: one `Worker` per thread, shared by that thread's tasks via
 //! `Rc`, never sent across threads. Cross-core state (`Shared`) is atomics only.
 
+use crate::proxy::upstream::pool::Pool;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub struct Shared {
     /// The audit log's sink (absent when not configured).
     pub audit: Option<crate::audit::Sink>,
     /// Which principal opened each legacy MCP session.
-    pub sessions: crate::session::Sessions,
+    pub sessions: crate::proxy::session::Sessions,
 }
 
 impl Shared {

@@ -4,8 +4,8 @@
 //! summary, no secrets). Answers are small and built per scrape; nothing here
 //! touches the request path.
 
+use crate::proxy::worker::Shared;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::worker::Shared;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -126,8 +126,9 @@ pub fn metrics(snap: &Snapshot, shared: &Shared) -> String {
         "portcullis_reloads_total{{outcome=\"failed\"}} {}",
         load(&shared.reload_failures)
     );
-    let sum =
-        |f: fn(&crate::worker::WorkerCounters) -> &std::sync::atomic::AtomicU64| shared.sum(f);
+    let sum = |f: fn(&crate::proxy::worker::WorkerCounters) -> &std::sync::atomic::AtomicU64| {
+        shared.sum(f)
+    };
     series(
         &mut out,
         "portcullis_token_cache_lookups_total",

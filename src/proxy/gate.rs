@@ -12,7 +12,7 @@
 use crate::error::HttpError;
 use crate::http1::RequestHead;
 use crate::mcp::jsonrpc::{Kind, Message};
-use crate::route::Route;
+use crate::snapshot::route::Route;
 
 /// The first "modern" protocol revision: no sessions, `Mcp-Method`/`Mcp-Name`.
 pub const MODERN: u32 = 2026_07_28;

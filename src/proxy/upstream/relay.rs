@@ -14,13 +14,13 @@ use crate::mcp::listfilter::{
     filter_message, ListFilter, ListKind, SseListFilter, Visible, MAX_LIST_BYTES,
 };
 use crate::mcp::sse::EndpointRewriter;
-use crate::pipeline::{Conn, Next};
 use crate::policy::Facts;
-use crate::route::Route;
+use crate::proxy::admit::{dropped_in_response, ConnectionOptions, Request};
+use crate::proxy::stream::{read_more, write_all, ClientStream, UpstreamStream};
+use crate::proxy::worker::Worker;
+use crate::proxy::{Conn, Next};
+use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
-use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
-use crate::upstream::request::{dropped_in_response, ConnectionOptions, Request};
-use crate::worker::Worker;
 use monoio::io::AsyncWriteRent;
 use monoio::time::{timeout, timeout_at};
 use std::time::{Duration, Instant};
@@ -193,9 +193,9 @@ fn with_visible<R>(
     conn: &Conn,
     f: impl FnOnce(&mut Visible<'_>) -> R,
 ) -> R {
-    let mut space = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
+    let mut space = [httparse::EMPTY_HEADER; crate::proxy::MAX_HEADERS];
     let headers = if route.policy_reads_headers {
-        crate::pipeline::reparse_headers(&conn.head_copy, &mut space)
+        crate::proxy::reparse_headers(&conn.head_copy, &mut space)
     } else {
         &[]
     };
@@ -378,7 +378,7 @@ fn parse_head(
     req: &Request,
     conn: &mut Conn,
 ) -> Result<Option<Parsed>, Option<HttpError>> {
-    let mut headers = [httparse::EMPTY_HEADER; crate::pipeline::MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; crate::proxy::MAX_HEADERS];
     let head = parse_response(
         &conn.ubuf,
         &mut headers,

@@ -3,12 +3,11 @@
 
 pub mod pool;
 pub mod relay;
-pub mod request;
 
 use crate::error::HttpError;
-use crate::route::Route;
+use crate::proxy::stream::UpstreamStream;
+use crate::snapshot::route::Route;
 use crate::snapshot::UpstreamSettings;
-use crate::stream::UpstreamStream;
 use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
 

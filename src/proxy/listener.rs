@@ -2,10 +2,9 @@
 //! kernel spreads connections across cores), accept loops that enforce the
 //! connection limit, TLS handshakes, and a task per connection.
 
-use crate::pipeline;
+use crate::proxy::stream::ClientStream;
+use crate::proxy::worker::Worker;
 use crate::snapshot::ListenerSpec;
-use crate::stream::ClientStream;
-use crate::worker::Worker;
 use monoio::io::CancelHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -137,8 +136,11 @@ pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle)
             let client = match tls {
                 None => ClientStream::plain(tcp),
                 Some(config) => {
-                    match monoio::time::timeout(handshake_timeout, crate::tls::accept(config, tcp))
-                        .await
+                    match monoio::time::timeout(
+                        handshake_timeout,
+                        crate::proxy::tls::accept(config, tcp),
+                    )
+                    .await
                     {
                         Ok(Ok((tls, info))) => ClientStream::tls(tls, info),
                         Ok(Err(e)) => {
@@ -149,7 +151,7 @@ pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle)
                     }
                 }
             };
-            pipeline::serve(worker, client, peer).await;
+            super::serve(worker, client, peer).await;
         });
     }
 }

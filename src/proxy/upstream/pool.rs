@@ -4,7 +4,7 @@
 //! checked for a close by the peer before reuse. `!Send` by design: one pool
 //! per worker, no locks.
 
-use crate::stream::UpstreamStream;
+use crate::proxy::stream::UpstreamStream;
 use crate::sys::idle_connection_is_dead;
 use std::cell::RefCell;
 use std::collections::HashMap;

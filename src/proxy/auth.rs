@@ -9,9 +9,9 @@ use crate::error::HttpError;
 use crate::http1::encode::Detail;
 use crate::http1::RequestHead;
 use crate::principal::Principal;
-use crate::route::RouteAuth;
+use crate::proxy::worker::{Worker, WorkerCounters};
+use crate::snapshot::route::RouteAuth;
 use crate::snapshot::Snapshot;
-use crate::worker::{Worker, WorkerCounters};
 use std::io::Write;
 use std::rc::Rc;
 

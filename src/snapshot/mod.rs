@@ -3,13 +3,15 @@
 //! loads the current snapshot once and uses it to the end; a reload (later)
 //! swaps the whole snapshot through the one `ArcSwap`.
 
+pub mod route;
+
 use crate::config::UpstreamAuthConfig;
 use crate::config::{self, Config, ConfigError, ConfigErrors, Limits, RuntimeConfig};
 use crate::http1::parse::HeadLimits;
 use crate::identity::Issuers;
-use crate::route::{Route, RouteTable};
-use crate::route::{RouteAuth, UpstreamCredential};
-use crate::tls;
+use crate::proxy::tls;
+use crate::snapshot::route::{Route, RouteTable};
+use crate::snapshot::route::{RouteAuth, UpstreamCredential};
 use arc_swap::ArcSwap;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -3,14 +3,14 @@
 //! allocation-free (it writes into a reused buffer).
 
 use crate::error::HttpError;
-use crate::gate::{self, McpHead};
 use crate::http1::encode::Detail;
 use crate::http1::{trim_ows, Framing, Method, RequestHead};
 use crate::principal::Principal;
-use crate::route::{RouteAuth, UpstreamCredential};
-use crate::session::Binding;
+use crate::proxy::gate::{self, McpHead};
+use crate::proxy::session::Binding;
+use crate::proxy::worker::{RequestId, Worker};
+use crate::snapshot::route::{RouteAuth, UpstreamCredential};
 use crate::snapshot::Snapshot;
-use crate::worker::{RequestId, Worker};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -195,9 +195,11 @@ pub fn prepare(
     let principal = match &route.auth {
         None => None,
         Some(auth) => Some(
-            crate::auth::authenticate(worker, snap, auth, head, now_unix).map_err(|r| Reject {
-                detail: Some(r.detail),
-                ..reject(r.err, true)
+            crate::proxy::auth::authenticate(worker, snap, auth, head, now_unix).map_err(|r| {
+                Reject {
+                    detail: Some(r.detail),
+                    ..reject(r.err, true)
+                }
             })?,
         ),
     };
@@ -296,7 +298,7 @@ fn credential(
             audience,
             bearer,
         } => {
-            let signer = crate::auth::signer().ok_or(HttpError::ServiceUnavailable)?;
+            let signer = crate::proxy::auth::signer().ok_or(HttpError::ServiceUnavailable)?;
             let request_id = std::str::from_utf8(id.as_bytes()).unwrap_or("");
             let jwt = worker
                 .assertions

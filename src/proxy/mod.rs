@@ -9,8 +9,18 @@
 //! Every local answer goes through `reject`. Every timeout closes the
 //! connection, so a dropped in-flight read never loses request bytes.
 
+pub mod admit;
+pub mod auth;
+pub mod gate;
+pub mod listener;
+pub mod session;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+pub mod wellknown;
+pub mod worker;
+
 use crate::error::HttpError;
-use crate::gate;
 use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::encode::{error_response, Detail};
 use crate::http1::{parse_request, Framing};
@@ -18,12 +28,12 @@ use crate::mcp::jsonrpc::{Kind, Message, RpcId};
 use crate::mcp::listfilter::{ListFilter, ListKind};
 use crate::metrics::Decision;
 use crate::policy::{Facts, Verdict};
-use crate::route::Route;
+use crate::proxy::admit::{prepare, ClientFacts, Reject, Request};
+use crate::proxy::stream::{read_more, write_all, ClientStream, UpstreamStream};
+use crate::proxy::upstream::{connect, relay};
+use crate::proxy::worker::{Worker, WorkerCounters};
+use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
-use crate::stream::{read_more, write_all, ClientStream, UpstreamStream};
-use crate::upstream::request::{prepare, ClientFacts, Reject, Request};
-use crate::upstream::{connect, relay};
-use crate::worker::{Worker, WorkerCounters};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::timeout;
 use std::net::SocketAddr;
@@ -79,7 +89,7 @@ impl SessionHash {
 #[derive(Clone, Copy)]
 pub struct Outcome {
     pub route: Option<usize>,
-    pub request_id: crate::worker::RequestId,
+    pub request_id: crate::proxy::worker::RequestId,
     /// Why it was refused ("" when forwarded).
     pub reason: &'static str,
     /// When the request went to the upstream, and how long its answer's
@@ -420,7 +430,12 @@ fn parse_and_prepare(
     let n = snap.head_limits.max_headers.clamp(1, MAX_HEADERS);
     Ok(
         parse_request(&conn.buf, &mut headers[..n], &snap.head_limits)?.map(|head| {
-            let step = match crate::wellknown::answer(snap, &head, conn.client.tls, &mut conn.out) {
+            let step = match crate::proxy::wellknown::answer(
+                snap,
+                &head,
+                conn.client.tls,
+                &mut conn.out,
+            ) {
                 Some(close) => Step::Answered(close),
                 None => match prepare(worker, snap, &head, &conn.client, &mut conn.up) {
                     Ok(req) => {

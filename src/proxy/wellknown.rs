@@ -25,7 +25,7 @@ pub fn answer(
         return None;
     }
     let body = if path == ASSERTION_JWKS_PATH {
-        crate::auth::signer().map(|s| s.jwks_json())
+        crate::proxy::auth::signer().map(|s| s.jwks_json())
     } else if let Some(resource) = path.strip_prefix(METADATA_PREFIX) {
         if !resource.is_empty() && !resource.starts_with('/') {
             return None;

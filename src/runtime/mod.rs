@@ -3,10 +3,14 @@
 //! is unavailable: the choice is logged), optional CPU pinning, and graceful
 //! shutdown on SIGTERM/SIGINT.
 
+pub mod admin;
+pub mod demo;
+pub mod reload;
+
 use crate::config::{Driver, RuntimeConfig};
-use crate::listener::{self, Bound};
+use crate::proxy::listener::{self, Bound};
+use crate::proxy::worker::{Shared, Worker};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::worker::{Shared, Worker};
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::rc::Rc;
@@ -114,7 +118,7 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         threads.push(t);
     }
     let admin = match admin {
-        Some(address) => Some(crate::admin::start(
+        Some(address) => Some(crate::runtime::admin::start(
             address,
             snapshot.clone(),
             shared.clone(),
@@ -278,7 +282,7 @@ pub fn run_until_signal(running: Running, config: Option<&std::path::Path>) -> s
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     let shared = running.shared.clone();
     let reload = match config {
-        Some(path) => Some(crate::reload::start(
+        Some(path) => Some(crate::runtime::reload::start(
             path,
             running.snapshot.clone(),
             shared.clone(),

@@ -6,8 +6,8 @@
 //! snapshot stays. Listener addresses, worker count and runtime options are
 //! fixed at start: a change to them is logged and takes effect at restart.
 
+use crate::proxy::worker::Shared;
 use crate::snapshot::{self, SharedSnapshot, Snapshot};
-use crate::worker::Shared;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

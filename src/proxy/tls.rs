@@ -113,7 +113,7 @@ pub async fn accept(
     mut tcp: monoio::net::TcpStream,
 ) -> std::io::Result<(
     monoio_rustls::ServerTlsStream<monoio::net::TcpStream>,
-    crate::stream::TlsInfo,
+    crate::proxy::stream::TlsInfo,
 )> {
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     use std::io::{Error, ErrorKind};
@@ -133,7 +133,7 @@ pub async fn accept(
             res?;
         }
         if !session.is_handshaking() {
-            let info = crate::stream::TlsInfo {
+            let info = crate::proxy::stream::TlsInfo {
                 version: match session.protocol_version() {
                     Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                     Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",

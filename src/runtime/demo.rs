@@ -62,7 +62,7 @@ impl DevIssuer {
     /// A token for `sub` in `groups`, valid for 8 hours, for `audience`.
     pub fn token(&self, sub: &str, groups: &[&str], audience: &str) -> Result<String, String> {
         crate::identity::crypto::install();
-        let now = crate::upstream::request::unix_now();
+        let now = crate::proxy::admit::unix_now();
         let claims = json!({"iss": self.issuer, "sub": sub, "aud": audience,
             "email": format!("{sub}@example.com"), "groups": groups, "scope": "mcp",
             "iat": now, "exp": now + 8 * 3600});
