@@ -8,9 +8,9 @@
 //! to a minimal upstream, socket to socket.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::http1::parse::parse_request;
 use portcullis::http1::response::parse_response;
-use portcullis::proxy::admit::{prepare, ClientFacts};
+use portcullis::proxy::conn::Conn;
+use portcullis::proxy::request::{parse, Step};
 use portcullis::proxy::upstream::relay::write_client_head;
 use portcullis::proxy::worker::{Shared, Worker};
 use portcullis::snapshot::{self, SharedSnapshot};
@@ -28,26 +28,28 @@ fn in_process(c: &mut Criterion) {
     let text = CONFIG.replace("{upstream}", "127.0.0.1:9");
     let snap = snapshot::from_text(&text, Path::new("bench.yaml")).unwrap();
     let shared_snap: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
-    let worker = Worker::new(0, Arc::new(Shared::default()), shared_snap.clone());
-    let snap = shared_snap.load_full();
-    let client = ClientFacts::new("127.0.0.1:40000".parse().unwrap(), false);
-    let mut up = Vec::with_capacity(1024);
+    let worker = Worker::new(
+        0,
+        Arc::new(Shared::new(1, None).unwrap()),
+        shared_snap.clone(),
+    );
+    let snap = worker.snapshot();
+    let mut conn = Conn::new("127.0.0.1:40000".parse().unwrap(), false);
+    conn.up.reserve(1024);
     let mut out = Vec::with_capacity(1024);
     c.bench_function("pipeline/in_process", |b| {
         b.iter(|| {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let head = parse_request(black_box(REQUEST), &mut headers, &snap.head_limits)
-                .unwrap()
-                .unwrap();
-            let req = prepare(&worker, &snap, &head, &client, &mut up)
-                .ok()
-                .unwrap();
+            conn.buf.clear();
+            conn.buf.extend_from_slice(black_box(REQUEST));
+            let Some((Step::Forward(req), _)) = parse(&worker, &snap, &mut conn).unwrap() else {
+                panic!("not forwarded")
+            };
             let mut rh = [httparse::EMPTY_HEADER; 64];
             let resp = parse_response(black_box(RESPONSE), &mut rh, false, 65536)
                 .unwrap()
                 .unwrap();
             write_client_head(&resp, req.id.as_bytes(), &mut out).unwrap();
-            black_box((&up, &out));
+            black_box((&conn.up, &out));
         })
     });
 }
@@ -97,7 +99,8 @@ fn in_process_zero_trust(c: &mut Criterion) {
 /// written to the worker's buffer, full buffers handed to a writer thread
 /// writing to /dev/null).
 fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
-    use portcullis::proxy::{check_mcp_body, Judged};
+    use portcullis::proxy::body::Body;
+    use portcullis::proxy::judge::judge;
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
     let jwk: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{keys}/rsa2048.pub.jwk.json")).unwrap(),
@@ -113,10 +116,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
             serde_json::from_value(serde_json::json!({"path": "/dev/null"})).unwrap();
         portcullis::audit::Sink::start(&config).unwrap().0
     });
-    let shared = Arc::new(Shared {
-        audit,
-        ..Shared::default()
-    });
+    let shared = Arc::new(Shared::new(1, audit).unwrap());
     let worker = Worker::new(0, shared, shared_snap.clone());
     let snap = worker.snapshot();
     let now = portcullis::proxy::admit::unix_now();
@@ -140,33 +140,23 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
         body.len()
     );
     let request = request.as_bytes();
-    let client = ClientFacts::new("127.0.0.1:40000".parse().unwrap(), false);
-    let route = snap.routes.get(0);
-    let mut up = Vec::with_capacity(4096);
+    let mut conn = Conn::new("127.0.0.1:40000".parse().unwrap(), false);
+    conn.up.reserve(4096);
+    conn.head_copy.reserve(2048);
     let mut out = Vec::with_capacity(1024);
-    let mut head_copy = Vec::with_capacity(2048);
-    let mut judged = Judged::default();
-    let mut session_hash = portcullis::proxy::SessionHash::default();
     c.bench_function(name, |b| {
         b.iter(|| {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let head = parse_request(black_box(request), &mut headers, &snap.head_limits)
-                .unwrap()
-                .unwrap();
-            let req = prepare(&worker, &snap, &head, &client, &mut up)
-                .ok()
-                .unwrap();
-            head_copy.clear();
-            head_copy.extend_from_slice(&request[..head.head_len]);
-            let body = &request[head.head_len..];
-            if let Some(sink) = &worker.shared.audit {
-                judged.audit = Default::default();
-                judged.audit.principal = req.principal.clone();
-                judged.audit.session = head
-                    .header("mcp-session-id")
-                    .map(|s| session_hash.get(s, sink));
-            }
-            check_mcp_body(&worker, route, &req, body, &head_copy, &client, &mut judged).unwrap();
+            // What `serve` does between requests, then the stages in order.
+            conn.begin();
+            conn.buf.clear();
+            conn.buf.extend_from_slice(black_box(request));
+            let Some((Step::Forward(req), head_len)) = parse(&worker, &snap, &mut conn).unwrap()
+            else {
+                panic!("not forwarded")
+            };
+            conn.buf.drain(..head_len);
+            let body = Body::Buffered(conn.buf.len());
+            judge(&worker, &snap, &req, body, &mut conn).ok().unwrap();
             let mut rh = [httparse::EMPTY_HEADER; 64];
             let resp = parse_response(black_box(RESPONSE), &mut rh, false, 65536)
                 .unwrap()
@@ -177,10 +167,10 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
                     unix_micros: 1_763_800_000_000_000,
                     request_id: req.id.as_bytes(),
                     worker: 0,
-                    client: client.peer,
+                    client: conn.client.peer,
                     tls: None,
                     route: Some("bench"),
-                    facts: &judged.audit,
+                    facts: &conn.judged.audit,
                     decision: portcullis::metrics::Decision::Allowed,
                     reason: "",
                     status: 200,
@@ -190,7 +180,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
                     bytes_out: 200,
                 });
             }
-            black_box((&up, &out));
+            black_box((&conn.up, &out));
         })
     });
 }

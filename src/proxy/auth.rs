@@ -15,25 +15,6 @@ use crate::snapshot::Snapshot;
 use std::io::Write;
 use std::rc::Rc;
 
-/// The process's assertion signer: one key pair for the life of the process
-/// (reloads keep it, so upstreams' cached keys stay valid). `None` only if the
-/// system has no randomness.
-pub fn signer() -> Option<&'static crate::identity::AssertionSigner> {
-    static SIGNER: std::sync::OnceLock<Option<crate::identity::AssertionSigner>> =
-        std::sync::OnceLock::new();
-    SIGNER
-        .get_or_init(
-            || match crate::identity::AssertionSigner::generate("portcullis") {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot create the identity assertion key");
-                    None
-                }
-            },
-        )
-        .as_ref()
-}
-
 /// A refused request: the error and its challenge.
 pub struct Refusal {
     pub err: HttpError,

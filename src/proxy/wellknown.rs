@@ -16,6 +16,7 @@ pub const ASSERTION_JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
 /// the connection closes after it; `None` when `head` is not one.
 pub fn answer(
     snap: &Snapshot,
+    signer: &crate::identity::AssertionSigner,
     head: &RequestHead<'_>,
     tls: bool,
     out: &mut Vec<u8>,
@@ -25,7 +26,7 @@ pub fn answer(
         return None;
     }
     let body = if path == ASSERTION_JWKS_PATH {
-        crate::proxy::auth::signer().map(|s| s.jwks_json())
+        Some(signer.jwks_json())
     } else if let Some(resource) = path.strip_prefix(METADATA_PREFIX) {
         if !resource.is_empty() && !resource.starts_with('/') {
             return None;

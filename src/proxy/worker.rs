@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// State shared by all workers: atomics only, no locks.
-#[derive(Default)]
+/// State shared by all workers: atomics and values fixed at start, no locks.
 pub struct Shared {
     pub shutdown: AtomicBool,
     /// Open client connections across all workers.
@@ -29,9 +28,32 @@ pub struct Shared {
     pub audit: Option<crate::audit::Sink>,
     /// Which principal opened each legacy MCP session.
     pub sessions: crate::proxy::session::Sessions,
+    /// The key identity assertions are signed with: one for the life of the
+    /// process (reloads keep it, so upstreams' cached keys stay valid).
+    pub signer: crate::identity::AssertionSigner,
 }
 
 impl Shared {
+    /// What `workers` workers share, with a new assertion key. Fails only
+    /// when the system has no randomness (a start-up error).
+    pub fn new(workers: usize, audit: Option<crate::audit::Sink>) -> Result<Shared, String> {
+        let signer = crate::identity::AssertionSigner::generate("portcullis")
+            .map_err(|e| format!("cannot create the identity assertion key: {e}"))?;
+        Ok(Shared {
+            shutdown: AtomicBool::default(),
+            connections: AtomicUsize::default(),
+            reloads: AtomicUsize::default(),
+            reload_failures: AtomicUsize::default(),
+            counters: (0..workers).map(|_| Arc::default()).collect(),
+            uring_workers: AtomicUsize::default(),
+            epoll_workers: AtomicUsize::default(),
+            stopped: AtomicBool::default(),
+            audit,
+            sessions: Default::default(),
+            signer,
+        })
+    }
+
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
     }

@@ -88,11 +88,7 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         }
         None => (None, None),
     };
-    let shared = Arc::new(Shared {
-        audit,
-        counters: (0..workers).map(|_| Arc::default()).collect(),
-        ..Shared::default()
-    });
+    let shared = Arc::new(Shared::new(workers, audit).map_err(std::io::Error::other)?);
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(workers);

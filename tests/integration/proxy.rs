@@ -434,7 +434,7 @@ fn connection_future_stays_small() {
         let text = "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - { name: t, from: http://proxy.test/, to: http://127.0.0.1:9/ }\n";
         let snap = portcullis::snapshot::from_text(text, std::path::Path::new("t.yaml")).unwrap();
         let shared_snap = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snap));
-        let worker = std::rc::Rc::new(portcullis::proxy::worker::Worker::new(0, Default::default(), shared_snap));
+        let worker = std::rc::Rc::new(portcullis::proxy::worker::Worker::new(0, std::sync::Arc::new(portcullis::proxy::worker::Shared::new(1, None).unwrap()), shared_snap));
         let fut = portcullis::proxy::serve(worker, portcullis::proxy::stream::ClientStream::plain(tcp), "127.0.0.1:1".parse().unwrap());
         let size = std::mem::size_of_val(&fut);
         eprintln!("pipeline::serve future: {size} bytes");

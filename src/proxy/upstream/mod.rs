@@ -1,8 +1,10 @@
 //! Upstreams: connecting (plain or TLS, with a connect timeout) and the
 //! per-core keep-alive pool. Forwarding itself is a stage of `pipeline`.
 
+pub mod head;
 pub mod pool;
 pub mod relay;
+pub mod send;
 
 use crate::error::HttpError;
 use crate::proxy::stream::UpstreamStream;

@@ -15,10 +15,11 @@ use crate::mcp::listfilter::{
 };
 use crate::mcp::sse::EndpointRewriter;
 use crate::policy::Facts;
-use crate::proxy::admit::{dropped_in_response, ConnectionOptions, Request};
+use crate::proxy::admit::Request;
+use crate::proxy::conn::{Conn, Next};
 use crate::proxy::stream::{read_more, write_all, ClientStream, UpstreamStream};
+use crate::proxy::upstream::head::{dropped_in_response, ConnectionOptions};
 use crate::proxy::worker::Worker;
-use crate::proxy::{Conn, Next};
 use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
 use monoio::io::AsyncWriteRent;
@@ -193,9 +194,9 @@ fn with_visible<R>(
     conn: &Conn,
     f: impl FnOnce(&mut Visible<'_>) -> R,
 ) -> R {
-    let mut space = [httparse::EMPTY_HEADER; crate::proxy::MAX_HEADERS];
+    let mut space = [httparse::EMPTY_HEADER; crate::proxy::request::MAX_HEADERS];
     let headers = if route.policy_reads_headers {
-        crate::proxy::reparse_headers(&conn.head_copy, &mut space)
+        crate::proxy::request::reparse_headers(&conn.head_copy, &mut space)
     } else {
         &[]
     };
@@ -378,7 +379,7 @@ fn parse_head(
     req: &Request,
     conn: &mut Conn,
 ) -> Result<Option<Parsed>, Option<HttpError>> {
-    let mut headers = [httparse::EMPTY_HEADER; crate::proxy::MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; crate::proxy::request::MAX_HEADERS];
     let head = parse_response(
         &conn.ubuf,
         &mut headers,

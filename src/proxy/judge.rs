@@ -1,0 +1,385 @@
+//! Judgement: the only place a `Permit` is made, and nothing is sent
+//! upstream without one.
+//!
+//! On MCP routes the body is decoded in full (`mcp::jsonrpc`): every POST
+//! (an empty one included) and any other request that carries a body. Each
+//! message is checked against the head (`gate::message`) and judged by the
+//! route's policy; one refused message refuses the whole body (a batch too),
+//! answered locally with the refused requests' ids (`judged.detail`). A list
+//! request whose answer must be filtered is noted in `judged.list`. A body
+//! not held whole cannot be judged, so it is refused: an MCP body can never
+//! stream past judgement.
+
+use crate::error::HttpError;
+use crate::http1::encode::Detail;
+use crate::http1::Framing;
+use crate::mcp::jsonrpc::{Kind, Message, RpcId};
+use crate::mcp::listfilter::{ListFilter, ListKind};
+use crate::policy::{Facts, Policy, Verdict};
+use crate::proxy::admit::Request;
+use crate::proxy::body::{push_length, Body};
+use crate::proxy::conn::{Conn, Judged};
+use crate::proxy::gate;
+use crate::proxy::request::{reparse_headers, MAX_HEADERS};
+use crate::proxy::worker::Worker;
+use crate::snapshot::route::Route;
+use crate::snapshot::Snapshot;
+
+/// Leave to send one request upstream, made only by [`judge`]: the upstream
+/// head in `conn.up` is complete with its framing, and a body still to
+/// stream from the client (plain routes only) is named here.
+pub struct Permit {
+    unread: Option<Framing>,
+}
+
+impl Permit {
+    /// The framing of the body still to come from the client, if any.
+    pub fn unread(&self) -> Option<Framing> {
+        self.unread
+    }
+}
+
+/// Judge a request and its body; on success the upstream head in
+/// `conn.up` is finished with the body's framing (and a held body).
+pub fn judge(
+    worker: &Worker,
+    snap: &Snapshot,
+    req: &Request,
+    body: Body,
+    conn: &mut Conn,
+) -> Result<Permit, HttpError> {
+    let route = snap.routes.get(req.route);
+    conn.judged.list = None;
+    let held: &[u8] = match &body {
+        Body::Empty | Body::Unread(_) => &[],
+        Body::Buffered(n) => &conn.buf[..*n],
+        Body::Decoded(data) => data,
+    };
+    let verdict = match &body {
+        _ if !req.mcp => Ok(()),
+        Body::Unread(_) => Err(HttpError::PayloadTooLarge),
+        _ => {
+            let mut space = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let headers = if route.policy_reads_headers {
+                reparse_headers(&conn.head_copy, &mut space)
+            } else {
+                &[]
+            };
+            let judge = Judge::new(worker, route, req, conn.client.peer.ip(), headers);
+            judge.body(held, &mut conn.judged)
+        }
+    };
+    let up = &mut conn.up;
+    match (&body, verdict) {
+        (Body::Empty, Ok(())) => up.extend_from_slice(b"\r\n"),
+        (Body::Buffered(n), Ok(())) => {
+            push_length(up, *n as u64);
+            up.extend_from_slice(&conn.buf[..*n]);
+        }
+        (Body::Decoded(data), Ok(())) => {
+            push_length(up, data.len() as u64);
+            up.extend_from_slice(data);
+        }
+        (Body::Unread(Framing::Length(n)), Ok(())) => push_length(up, *n),
+        (Body::Unread(_), Ok(())) => up.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n"),
+        (_, Err(e)) => {
+            // Consumed either way: a refused body must not be read as a request.
+            if let Body::Buffered(n) = body {
+                conn.buf.drain(..n);
+            }
+            return Err(e);
+        }
+    }
+    let unread = match body {
+        Body::Buffered(n) => {
+            conn.buf.drain(..n);
+            None
+        }
+        Body::Unread(framing) => Some(framing),
+        Body::Empty | Body::Decoded(_) => None,
+    };
+    Ok(Permit { unread })
+}
+
+/// What judging one request's messages needs: the route's policy and the
+/// facts every message shares.
+pub struct Judge<'a> {
+    worker: &'a Worker,
+    route: &'a Route,
+    req: &'a Request,
+    policy: Option<&'a Policy>,
+    base: Facts<'a>,
+}
+
+/// What the messages of one body add up to while they are judged.
+#[derive(Default)]
+struct Tally {
+    batch: bool,
+    /// The ids a local answer names: every request of a batch, else the
+    /// one request (or the refused message's).
+    ids: Vec<RpcId>,
+    /// List requests whose answers are to be filtered.
+    lists: Vec<(ListKind, RpcId)>,
+    refused: Option<Refused>,
+}
+
+/// The first refusal in a body: its error, message and `Retry-After`.
+struct Refused {
+    err: HttpError,
+    message: Option<String>,
+    retry_after: Option<u64>,
+}
+
+impl<'a> Judge<'a> {
+    pub fn new(
+        worker: &'a Worker,
+        route: &'a Route,
+        req: &'a Request,
+        source_ip: std::net::IpAddr,
+        headers: &'a [httparse::Header<'a>],
+    ) -> Judge<'a> {
+        let base = Facts {
+            principal: req.principal.as_deref(),
+            method: "",
+            name: None,
+            uri: None,
+            arguments: None,
+            source_ip,
+            now_unix: req.now_unix,
+            headers,
+        };
+        Judge {
+            worker,
+            route,
+            req,
+            policy: route.policy.as_ref(),
+            base,
+        }
+    }
+
+    /// Judge a held MCP body: `Err` refuses it, `judged` says why and what
+    /// the answer carries.
+    pub fn body(&self, body: &[u8], judged: &mut Judged) -> Result<(), HttpError> {
+        if body.is_empty() && self.req.method != crate::http1::Method::Post {
+            return self.without_call(judged);
+        }
+        let mut tally = Tally {
+            batch: body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['),
+            ..Tally::default()
+        };
+        let mut scratch = self.worker.mcp_scratch.borrow_mut();
+        let mut first = true;
+        crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
+            if std::mem::take(&mut first) {
+                judged.method_slot = crate::metrics::method_slot(m.method);
+            }
+            self.message(m, &mut tally, judged);
+        })
+        .map_err(|e| HttpError::InvalidJsonRpc {
+            code: e.code(),
+            message: e.message(),
+        })?;
+        let Some(refused) = tally.refused else {
+            judged.list = (!tally.lists.is_empty()).then_some(ListFilter {
+                wanted: tally.lists,
+            });
+            return Ok(());
+        };
+        Err(answer(refused, tally.ids, tally.batch, judged))
+    }
+
+    /// GET (listen stream) and DELETE (end session) carry no call: deny
+    /// rules apply to them, but they need no allow rule.
+    fn without_call(&self, judged: &mut Judged) -> Result<(), HttpError> {
+        let verdict = self.policy.map(|p| (p, p.evaluate(&self.base)));
+        if let Some((p, Verdict::Deny { rule, message, .. })) = verdict {
+            if !p.is_default_rule(rule) {
+                judged.detail = Some(Box::new(Detail {
+                    message: Some(format!("denied by policy rule {rule:?}: {message}")),
+                    ..Detail::default()
+                }));
+                return Err(HttpError::PolicyForbidden);
+            }
+        }
+        if self.policy.is_some() && self.req.method == crate::http1::Method::Get {
+            // A GET stream may carry list answers (legacy HTTP+SSE, or a
+            // resumed stream): every one of them is filtered.
+            judged.list = Some(ListFilter { wanted: Vec::new() });
+        }
+        Ok(())
+    }
+
+    /// One message of the body: noted for the audit record, checked against
+    /// the head, judged by the policy. After a refusal only ids are noted.
+    fn message(&self, m: &Message<'_>, tally: &mut Tally, judged: &mut Judged) {
+        let sink = self.worker.shared.audit.as_ref();
+        if let Some(sink) = sink {
+            judged.audit.batch += 1;
+            if judged.audit.batch == 1 {
+                note_message(sink, self.route, m, &mut judged.audit);
+            }
+        }
+        if m.kind == Some(Kind::Request) {
+            if let Some(id) = m.id {
+                if tally.batch || tally.ids.is_empty() {
+                    tally.ids.push(RpcId::from(id));
+                }
+            }
+        }
+        if tally.refused.is_some() {
+            return;
+        }
+        if let Err(err) = gate::message(m, &self.req.mcp_head, tally.batch) {
+            // Errors of one message name that message's id only.
+            tally.ids.clear();
+            tally.ids.extend(m.id.map(RpcId::from));
+            tally.refused = Some(Refused {
+                err,
+                message: None,
+                retry_after: None,
+            });
+            return;
+        }
+        let (Some(p), Some(method), false) =
+            (self.policy, m.method, m.kind == Some(Kind::Response))
+        else {
+            return;
+        };
+        let facts = Facts {
+            method,
+            name: m.name,
+            uri: m.uri,
+            arguments: m.arguments,
+            ..self.base
+        };
+        match verdict(p, &facts, m) {
+            Verdict::Allow { rule } => {
+                // The audit record names the rule that allowed the first
+                // message; a deny anywhere in the batch replaces it.
+                if let (Some(rule), Some(_), None) = (rule, sink, &judged.audit.rule) {
+                    judged.audit.rule = Some(rule.into());
+                }
+                if let (Some(kind), Some(id)) = (ListKind::of_method(method), m.id) {
+                    tally.lists.push((kind, RpcId::from(id)));
+                }
+            }
+            Verdict::Deny {
+                rule,
+                message,
+                retry_after_secs,
+            } => {
+                if sink.is_some() {
+                    judged.audit.rule = Some(rule.into());
+                }
+                tally.refused = Some(Refused {
+                    err: if retry_after_secs.is_some() {
+                        HttpError::RateLimited
+                    } else {
+                        HttpError::PolicyDenied
+                    },
+                    message: Some(format!("denied by policy rule {rule:?}: {message}")),
+                    retry_after: retry_after_secs,
+                });
+            }
+        }
+    }
+}
+
+/// The policy's verdict on a message: what the message reaches must be
+/// allowed too; the rule that allowed the message itself is the one the
+/// audit names.
+fn verdict<'p>(p: &'p Policy, facts: &Facts<'_>, m: &Message<'_>) -> Verdict<'p> {
+    match p.evaluate(facts) {
+        allow @ Verdict::Allow { .. } => match implied(p, facts, m) {
+            Verdict::Allow { .. } => allow,
+            deny => deny,
+        },
+        deny => deny,
+    }
+}
+
+/// The local answer to a refused body: its error, with the ids it names and
+/// `Retry-After` in `judged.detail`.
+fn answer(refused: Refused, ids: Vec<RpcId>, batch: bool, judged: &mut Judged) -> HttpError {
+    let mut err = refused.err;
+    if err == HttpError::PolicyDenied && ids.is_empty() {
+        // Only notifications were refused: nothing answers a notification.
+        err = HttpError::NotificationDenied;
+    }
+    let mut headers = Vec::new();
+    if let Some(secs) = refused.retry_after {
+        headers.extend_from_slice(b"Retry-After: ");
+        crate::http1::encode::push_u64(&mut headers, secs.max(1));
+        headers.extend_from_slice(b"\r\n");
+    }
+    judged.detail = Some(Box::new(Detail {
+        ids,
+        batch,
+        message: refused.message,
+        headers,
+    }));
+    err
+}
+/// Copy what the audit record says of a body's (first) message.
+fn note_message(
+    sink: &crate::audit::Sink,
+    route: &Route,
+    m: &Message<'_>,
+    audit: &mut crate::audit::Facts,
+) {
+    audit.method = m.method.map(Box::from);
+    audit.target = m.name.or(m.uri).or(m.ref_name).or(m.ref_uri).map(Box::from);
+    audit.rpc_id = m.id.map(RpcId::from);
+    if audit.era == 0 {
+        audit.era = m
+            .protocol_version
+            .and_then(|v| gate::parse_version(v.as_bytes()))
+            .unwrap_or(0);
+    }
+    let Some(args) = m.arguments else { return };
+    let mut text = Vec::with_capacity(512);
+    match route.audit_arguments {
+        crate::config::audit::Arguments::Omit => {}
+        crate::config::audit::Arguments::Full => {
+            crate::audit::arguments_json(args, &mut text);
+            audit.arguments = String::from_utf8(text).ok();
+        }
+        crate::config::audit::Arguments::Hash => {
+            crate::audit::arguments_exact(args, &mut text);
+            audit.arguments = Some(format!("\"{}\"", sink.hash(&text)));
+        }
+    }
+}
+
+/// What a message reaches besides its own key, judged as if it were asked
+/// for directly: the prompt or resource a `completion/complete` completes
+/// (`prompts/get` / `resources/read`), and each resource a
+/// `subscriptions/listen` subscribes to (`resources/subscribe`).
+fn implied<'p>(p: &'p crate::policy::Policy, facts: &Facts<'_>, m: &Message<'_>) -> Verdict<'p> {
+    let as_call = |method, name, uri| Facts {
+        method,
+        name,
+        uri,
+        arguments: None,
+        ..*facts
+    };
+    if let Some(name) = m.ref_name {
+        let v = p.evaluate(&as_call("prompts/get", Some(name), None));
+        if !matches!(v, Verdict::Allow { .. }) {
+            return v;
+        }
+    }
+    if let Some(uri) = m.ref_uri {
+        let v = p.evaluate(&as_call("resources/read", None, Some(uri)));
+        if !matches!(v, Verdict::Allow { .. }) {
+            return v;
+        }
+    }
+    for uri in m.subscription_uris() {
+        let v = p.evaluate(&as_call("resources/subscribe", None, Some(uri)));
+        if !matches!(v, Verdict::Allow { .. }) {
+            return v;
+        }
+    }
+    Verdict::Allow { rule: None }
+}

@@ -1,0 +1,144 @@
+//! Reading a request head: wait for its first byte (header or idle timeout),
+//! read until it is complete, parse it strictly (`http1::parse`), then answer
+//! it locally (`wellknown`) or admit it (`admit`) and write the upstream head
+//! (`upstream::head`), all while the head is borrowed from the read buffer.
+
+use crate::error::HttpError;
+use crate::http1::{parse_request, Framing};
+use crate::proxy::admit::{admit, request_id, Request};
+use crate::proxy::conn::Conn;
+use crate::proxy::reject::Reject;
+use crate::proxy::stream::{read_more, ClientStream};
+use crate::proxy::worker::Worker;
+use crate::snapshot::Snapshot;
+use monoio::time::timeout;
+use std::time::Instant;
+
+/// Upper bound on header fields httparse is given room for.
+pub const MAX_HEADERS: usize = 256;
+
+/// What a parsed head leads to.
+pub enum Step {
+    Forward(Request),
+    Refuse(Reject),
+    /// Answered by portcullis itself (`wellknown`), the response in
+    /// `conn.out`; whether the connection closes after it.
+    Answered(bool),
+}
+
+/// Wait for the first byte of the next request: `header_timeout` on a fresh
+/// connection, `idle_timeout` between keep-alive requests.
+pub async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut Conn) -> bool {
+    if !conn.buf.is_empty() {
+        return true;
+    }
+    let wait = if conn.served == 0 {
+        snap.limits.header_timeout.0
+    } else {
+        snap.limits.idle_timeout.0
+    };
+    matches!(timeout(wait, read_more(client, &mut conn.buf, snap.limits.max_header_bytes + 1)).await, Ok(Ok(n)) if n > 0)
+}
+
+/// Read until a complete head is parsed, then admit it. `Err(None)`: the
+/// client went away, close without an answer.
+pub async fn read_head(
+    worker: &Worker,
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+) -> Result<Step, Option<Reject>> {
+    // Taken only when the head needs another read (most arrive in one).
+    let mut deadline = None;
+    let local = |err: HttpError| {
+        Some(Reject {
+            err,
+            mcp: false,
+            close: true,
+            id: Default::default(),
+            detail: None,
+            route: None,
+        })
+    };
+    loop {
+        if let Some((step, head_len)) = parse(worker, snap, conn).map_err(local)? {
+            // The head is consumed whatever the outcome: a request answered
+            // locally on a kept-alive connection must not be read again.
+            conn.buf.drain(..head_len);
+            return Ok(step);
+        }
+        let max = snap.limits.max_header_bytes + 1;
+        let until = *deadline.get_or_insert_with(|| Instant::now() + snap.limits.header_timeout.0);
+        match monoio::time::timeout_at(until.into(), read_more(client, &mut conn.buf, max)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(local(HttpError::RequestTimeout)),
+        }
+    }
+}
+
+/// Parse the buffered head and, when complete, answer or admit it (with the
+/// head's length). A plain function, so the header array lives on the stack
+/// for this call only, not in every connection's future.
+pub fn parse(
+    worker: &Worker,
+    snap: &Snapshot,
+    conn: &mut Conn,
+) -> Result<Option<(Step, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let n = snap.head_limits.max_headers.clamp(1, MAX_HEADERS);
+    let Some(head) = parse_request(&conn.buf, &mut headers[..n], &snap.head_limits)? else {
+        return Ok(None);
+    };
+    let tls = conn.client.tls;
+    if let Some(close) =
+        crate::proxy::wellknown::answer(snap, &worker.shared.signer, &head, tls, &mut conn.out)
+    {
+        return Ok(Some((Step::Answered(close), head.head_len)));
+    }
+    let id = request_id(worker, &head);
+    conn.outcome.request_id = id;
+    let (route, req) = match admit(worker, snap, &head, tls, id) {
+        Ok(admitted) => admitted,
+        Err(rej) => return Ok(Some((Step::Refuse(rej), head.head_len))),
+    };
+    conn.outcome.route = Some(req.route);
+    if let Err(err) =
+        crate::proxy::upstream::head::write(worker, route, &head, &conn.client, &req, &mut conn.up)
+    {
+        let rej = Reject {
+            err,
+            mcp: route.mcp,
+            close: err.must_close() || head.framing != Framing::None || !head.keep_alive,
+            id,
+            detail: None,
+            route: u32::try_from(route.index).ok(),
+        };
+        return Ok(Some((Step::Refuse(rej), head.head_len)));
+    }
+    if let Some(sink) = &worker.shared.audit {
+        let a = &mut conn.judged.audit;
+        a.principal = req.principal.clone();
+        a.era = req.mcp_head.version;
+        a.session = head
+            .header("mcp-session-id")
+            .map(|s| conn.session_hash.get(s, sink));
+    }
+    if route.policy_reads_headers {
+        conn.head_copy.clear();
+        conn.head_copy.extend_from_slice(&conn.buf[..head.head_len]);
+    }
+    Ok(Some((Step::Forward(req), head.head_len)))
+}
+
+/// The header fields of a copied request head (for `header` criteria).
+pub fn reparse_headers<'h, 'b>(
+    head: &'b [u8],
+    space: &'h mut [httparse::Header<'b>],
+) -> &'h [httparse::Header<'b>] {
+    let mut req = httparse::Request::new(space);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => req.headers,
+        _ => &[],
+    }
+}
