@@ -558,9 +558,21 @@ pub struct Query {
     /// Tool, prompt or resource (`target`).
     pub tool: Option<String>,
     pub decision: Option<String>,
-    /// RFC 3339 times (compared as the records write them, UTC).
-    pub since: Option<String>,
-    pub until: Option<String>,
+    /// Records stamped at or after this instant (inclusive).
+    pub since: Option<jiff::Timestamp>,
+    /// Records stamped before this instant (exclusive: `--until T` and
+    /// `--since T` split a log with no record in both).
+    pub until: Option<jiff::Timestamp>,
+}
+
+/// Parse a `--since` / `--until` value: an RFC 3339 time with an offset.
+pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
+    s.parse().map_err(|e| {
+        format!(
+            "expected an RFC 3339 time with an offset, such as 2026-11-22T08:00:00Z \
+             or 2026-11-22T10:00:00+02:00 ({e})"
+        )
+    })
 }
 
 impl Query {
@@ -578,14 +590,21 @@ impl Query {
         if self.decision.is_some() && s(&r["decision"]) != self.decision {
             return false;
         }
-        let time = r["time"].as_str().unwrap_or("");
-        if self.since.as_deref().is_some_and(|t| time < t) {
-            return false;
+        self.in_window(r["time"].as_str())
+    }
+
+    /// Whether a record's `time` is within `since..until`, compared as
+    /// instants (the records write UTC with microseconds, the bounds may have
+    /// any offset and precision). With a bound, a record without a readable
+    /// time is left out.
+    fn in_window(&self, time: Option<&str>) -> bool {
+        if self.since.is_none() && self.until.is_none() {
+            return true;
         }
-        if self.until.as_deref().is_some_and(|t| time >= t) {
+        let Some(t) = time.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
             return false;
-        }
-        true
+        };
+        self.since.is_none_or(|since| t >= since) && self.until.is_none_or(|until| t < until)
     }
 }
 
@@ -679,14 +698,80 @@ not a record
         assert_eq!(f.matched, 1);
         let (f, _) = run(Query {
             tool: Some("search".into()),
-            since: Some("2026-11-22T12:00:00Z".into()),
+            since: Some("2026-11-22T12:00:00Z".parse().unwrap()),
             ..Query::default()
         });
         assert_eq!(f.matched, 1);
         let (f, _) = run(Query {
-            until: Some("2026-11-22T11:00:00.000000Z".into()),
+            until: Some("2026-11-22T11:00:00.000000Z".parse().unwrap()),
             ..Query::default()
         });
         assert_eq!(f.matched, 1);
+    }
+
+    #[test]
+    fn bad_times_are_refused_clearly() {
+        assert!(parse_time("2026-11-22T10:00:00+02:00").is_ok());
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-22",
+            "2026-11-22T08:00:00",
+            "2026-11-31T08:00:00Z",
+        ] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.contains("RFC 3339"), "{bad}: {e}");
+        }
+    }
+
+    /// `--since` is inclusive and `--until` exclusive, both compared as
+    /// instants whatever the offset or the digits of the fraction.
+    #[test]
+    fn time_bounds_are_instants() {
+        let log = [
+            r#"{"v":1,"time":"2026-01-01T00:00:00.000000Z","target":"at"}"#,
+            r#"{"v":1,"time":"2026-01-01T00:00:01.000000Z","target":"after"}"#,
+            r#"{"v":1,"time":"2026-01-01T01:30:00+01:00","target":"offset"}"#,
+        ]
+        .join("\n");
+        let targets = |since: Option<&str>, until: Option<&str>| {
+            let q = Query {
+                since: since.map(|t| t.parse().unwrap()),
+                until: until.map(|t| t.parse().unwrap()),
+                ..Query::default()
+            };
+            let mut out = Vec::new();
+            query(log.as_bytes(), &q, &mut out, false).unwrap();
+            String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["target"].to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace('"', "")
+        };
+        let rows = [
+            (Some("2026-01-01T00:00:00Z"), None, "at after offset"),
+            (Some("2026-01-01T00:00:00.000Z"), None, "at after offset"),
+            (Some("2026-01-01T00:00:00.000001Z"), None, "after offset"),
+            (None, Some("2026-01-01T00:00:00Z"), ""),
+            (None, Some("2026-01-01T00:00:01Z"), "at"),
+            (
+                Some("2026-01-01T02:00:00+02:00"),
+                Some("2026-01-01T00:30:00Z"),
+                "at after",
+            ),
+            (Some("2026-01-01T00:30:00Z"), None, "offset"),
+            (None, Some("2025-12-31T19:00:00.5-05:00"), "at"),
+        ];
+        for (since, until, want) in rows {
+            assert_eq!(
+                targets(since, until),
+                want,
+                "since {since:?} until {until:?}"
+            );
+        }
     }
 }

@@ -61,12 +61,15 @@ enum Command {
         /// allowed, denied, unauthenticated, invalid or failed.
         #[arg(long)]
         decision: Option<String>,
-        /// From this time on (RFC 3339, UTC, e.g. 2026-11-22T08:00:00Z).
-        #[arg(long)]
-        since: Option<String>,
-        /// Before this time.
-        #[arg(long)]
-        until: Option<String>,
+        /// From this time on, inclusive (RFC 3339 with an offset, e.g.
+        /// 2026-11-22T08:00:00Z or 2026-11-22T10:00:00+02:00; compared as
+        /// instants).
+        #[arg(long, value_name = "TIME", value_parser = portcullis::audit::parse_time)]
+        since: Option<jiff::Timestamp>,
+        /// Before this time, exclusive: a record stamped exactly at it is left
+        /// out, so --until T and --since T split a log without overlap.
+        #[arg(long, value_name = "TIME", value_parser = portcullis::audit::parse_time)]
+        until: Option<jiff::Timestamp>,
         /// Only counts per tool and decision.
         #[arg(long)]
         summary: bool,

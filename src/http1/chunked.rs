@@ -35,8 +35,8 @@ enum State {
     Size,
     /// Whitespace after the size, before `;` or CR.
     SizeWs,
-    /// Inside chunk extensions, until CR.
-    Ext,
+    /// Inside chunk extensions, until CR (`Ext` says where).
+    Ext(Ext),
     /// Saw CR after the size line; LF must follow.
     SizeLf,
     Data,
@@ -50,6 +50,31 @@ enum State {
     EndLf,
     Done,
     Failed,
+}
+
+/// Where the decoder is within the extensions of a size line. RFC 9112 §7.1.1:
+/// `*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )`, so
+/// whitespace is allowed around `;` and `=` but not before the line's CRLF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ext {
+    /// After `;`: optional whitespace, then a name.
+    BeforeName,
+    /// Inside a name (a token).
+    Name,
+    /// Whitespace after a name: `=` or `;` must follow.
+    AfterName,
+    /// After `=`: optional whitespace, then a value.
+    BeforeValue,
+    /// Inside a token value.
+    Token,
+    /// Inside a quoted-string value.
+    Quoted,
+    /// After a backslash inside a quoted string.
+    QuotedPair,
+    /// Right after the closing quote.
+    QuotedEnd,
+    /// Whitespace after a value: `;` must follow.
+    AfterValue,
 }
 
 /// Limits of the decoder.
@@ -121,25 +146,24 @@ impl ChunkedDecoder {
                     None if self.digits == 0 => return self.fail(ChunkError::BadSize),
                     None => match b {
                         b'\r' => self.state = State::SizeLf,
-                        b';' => self.state = State::Ext,
+                        b';' => self.state = State::Ext(Ext::BeforeName),
                         b' ' | b'\t' => self.state = State::SizeWs,
                         _ => return self.fail(ChunkError::BadSize),
                     },
                 },
                 State::SizeWs => match b {
                     b' ' | b'\t' => {}
-                    b';' => self.state = State::Ext,
+                    b';' => self.state = State::Ext(Ext::BeforeName),
                     _ => return self.fail(ChunkError::BadSize),
                 },
-                State::Ext => {
+                State::Ext(at) => {
                     self.ext_len += 1;
                     if self.ext_len > MAX_EXTENSION_BYTES {
                         return self.fail(ChunkError::ExtensionTooLong);
                     }
-                    match b {
-                        b'\r' => self.state = State::SizeLf,
-                        b'\t' | 0x20..=0x7e | 0x80..=0xff => {}
-                        _ => return self.fail(ChunkError::BadExtension),
+                    match ext_next(at, b) {
+                        Some(next) => self.state = next,
+                        None => return self.fail(ChunkError::BadExtension),
                     }
                 }
                 State::SizeLf => {
@@ -243,6 +267,41 @@ impl ChunkedDecoder {
         self.state = State::Failed;
         Err(e)
     }
+}
+
+/// The state after extension byte `b` read in `at`, or `None` when the
+/// grammar does not allow `b` there. CR ends the extensions, and only after a
+/// complete name or value: `5;`, `5;a=` and `5;a ` are all refused.
+fn ext_next(at: Ext, b: u8) -> Option<State> {
+    use Ext::*;
+    let next = match (at, b) {
+        (BeforeName, b' ' | b'\t') => BeforeName,
+        (BeforeName | Name, c) if super::is_tchar(c) => Name,
+        (Name | AfterName, b' ' | b'\t') => AfterName,
+        (Name | AfterName, b'=') => BeforeValue,
+        (BeforeValue, b' ' | b'\t') => BeforeValue,
+        (BeforeValue | Token, c) if super::is_tchar(c) => Token,
+        (BeforeValue, b'"') => Quoted,
+        (Quoted, b'"') => QuotedEnd,
+        (Quoted, b'\\') => QuotedPair,
+        (Quoted, c) if is_qdtext(c) => Quoted,
+        (QuotedPair, c) if is_quoted_pair_text(c) => Quoted,
+        (Token | QuotedEnd | AfterValue, b' ' | b'\t') => AfterValue,
+        (Name | AfterName | Token | QuotedEnd | AfterValue, b';') => BeforeName,
+        (Name | Token | QuotedEnd, b'\r') => return Some(State::SizeLf),
+        _ => return None,
+    };
+    Some(State::Ext(next))
+}
+
+/// RFC 9110 `qdtext`: what a quoted string holds unescaped (obs-text included).
+fn is_qdtext(b: u8) -> bool {
+    matches!(b, b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff)
+}
+
+/// What may follow a backslash in an RFC 9110 `quoted-pair`.
+fn is_quoted_pair_text(b: u8) -> bool {
+    matches!(b, b'\t' | 0x20..=0x7e | 0x80..=0xff)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -350,9 +409,67 @@ mod tests {
         assert_eq!(decode_all(b"5\r\nhel").unwrap(), None);
     }
 
+    /// A body of one 40-byte chunk whose size line is `line`, then the last chunk.
+    fn with_ext(line: &[u8]) -> Vec<u8> {
+        [line, b"\r\n", &[b'x'; 40], b"\r\n0\r\n\r\n"].concat()
+    }
+
+    #[test]
+    fn extension_grammar() {
+        let good: &[&[u8]] = &[
+            b"28;a=b",
+            b"28;a",
+            b"28;a;b=c",
+            b"28;a=\"b c\"",
+            b"28;a=\"\"",
+            b"28;a=\"b\\\"c\\\\\"",
+            b"28;a=\"\xff\"",
+            b"28 ; a = b",
+            b"28\t;\ta\t=\t\"b\"\t;\tc",
+            b"28;a=b ;c",
+            b"28;!#$%&'*+-.^_`|~09azAZ=!#$%&'*+-.^_`|~09azAZ",
+        ];
+        for line in good {
+            let (out, used) = decode_all(&with_ext(line))
+                .unwrap_or_else(|e| panic!("{:?}: {e:?}", String::from_utf8_lossy(line)))
+                .unwrap();
+            assert_eq!(out, [b'x'; 40], "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(used, with_ext(line).len());
+        }
+        let bad: &[&[u8]] = &[
+            b"28;",              // no name
+            b"28;=b",            // no name before `=`
+            b"28;a=",            // no value after `=`
+            b"28;a=\"b",         // unterminated quoted string
+            b"28;a=b c",         // space inside a token value
+            b"28;a=\xff",        // obs-text outside quotes
+            b"28;a b",           // space inside a name
+            b"28;a\"=b",         // quote inside a name
+            b"28;a=b\"",         // quote after a token value
+            b"28;a=\"b\"c",      // text after a quoted string
+            b"28;a=\"b\x01\"",   // control inside quotes
+            b"28;a=\"b\\\x7f\"", // DEL after a backslash
+            b"28;a=b;",          // no name after the last `;`
+            b"28;;a",            // empty extension
+            b"28;a ",            // whitespace before CRLF
+            b"28;a=b\t",         // whitespace before CRLF
+            b"28;a=@",           // separator as a token value
+            b"28;a=b=c",         // second `=`
+            b"28;\x00",          // NUL
+        ];
+        for line in bad {
+            assert_eq!(
+                decode_all(&with_ext(line)),
+                Err(ChunkError::BadExtension),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
     #[test]
     fn any_split_gives_the_same_result() {
-        let input = b"3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\nNEXT";
+        let input = b"3;x=y\r\nabc\r\n10 ; q = \"a\\\"; b\" ;z\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\nNEXT";
         let (whole, used) = decode_all(input).unwrap().unwrap();
         assert_eq!(used, input.len() - 4);
         for split in 1..input.len() {

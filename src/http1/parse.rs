@@ -74,7 +74,8 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct RequestHead<'b> {
     pub method: Method,
-    /// The path and query (origin-form; absolute-form is reduced to it).
+    /// The path and query (origin-form; absolute-form is reduced to it). Never
+    /// holds a fragment.
     pub path: &'b str,
     /// `true` for HTTP/1.1, `false` for HTTP/1.0.
     pub http11: bool,
@@ -155,6 +156,11 @@ where
     let target = req.path.unwrap_or("");
     if target.len() > limits.max_target_bytes {
         return Err(HttpError::UriTooLong);
+    }
+    // RFC 9112 §3.2: the request-target has no fragment (a client strips it);
+    // forwarding one would leave the upstream to decide what it means.
+    if target.contains('#') {
+        return Err(HttpError::BadRequest("fragment in request target"));
     }
     let headers: &'b [httparse::Header<'b>] = req.headers;
 
@@ -483,6 +489,11 @@ mod tests {
             ("dot segment", b"GET /mcp/../admin HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
             ("encoded dot segment", b"GET /mcp/%2e%2E/admin HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
             ("asterisk form", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("fragment", b"GET /x#f HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("fragment after query", b"GET /x?a=1#f HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("empty fragment", b"GET /x# HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("fragment in absolute-form", b"GET http://a/x#f HTTP/1.1\r\nHost: a\r\n\r\n", Err(400)),
+            ("encoded hash", b"GET /x%23f HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None)),
             // 7: Host
             ("missing Host", b"GET / HTTP/1.1\r\n\r\n", Err(400)),
             ("duplicate Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Err(400)),
@@ -505,5 +516,14 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// RFC 9112 §3.2: a request target never carries a fragment.
+    #[test]
+    fn fragment_is_refused_with_its_reason() {
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let raw = b"POST /mcp#top HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
+        let err = parse_request(raw, &mut headers, &HeadLimits::default()).unwrap_err();
+        assert_eq!(err, HttpError::BadRequest("fragment in request target"));
     }
 }

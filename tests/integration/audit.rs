@@ -338,3 +338,79 @@ fn shutdown_under_load_answers_in_flight_and_flushes_every_record() {
     assert_eq!(records, answered, "every answered request has its record");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `portcullis audit --since/--until` compares instants, not strings: a
+/// record stamped exactly at `--since` is in, one exactly at `--until` is
+/// out, offsets count, and a time that is not RFC 3339 is an error.
+#[test]
+fn audit_command_compares_times_as_instants() {
+    let dir = std::env::temp_dir().join(format!("portcullis-audit-{}-query", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.jsonl");
+    let record = |time: &str, target: &str| {
+        format!(
+            r#"{{"v":1,"time":"{time}","principal":null,"method":"tools/call","target":"{target}","decision":"allowed"}}"#
+        )
+    };
+    std::fs::write(
+        &log,
+        [
+            record("2025-12-31T23:59:59.999999Z", "before"),
+            record("2026-01-01T00:00:00.000000Z", "at"),
+            record("2026-01-01T01:00:00.000000Z", "after"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let audit = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("audit")
+            .arg(&log)
+            .args(args)
+            .output()
+            .unwrap();
+        let targets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["target"].to_string())
+            .collect();
+        (
+            out.status.code(),
+            targets.join(" ").replace('"', ""),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let rows: &[(&[&str], &str)] = &[
+        (&["--since", "2026-01-01T00:00:00Z"], "at after"),
+        (&["--until", "2026-01-01T00:00:00Z"], "before"),
+        (&["--since", "2026-01-01T02:00:00+02:00"], "at after"),
+        (&["--until", "2025-12-31T19:00:00.5-05:00"], "before at"),
+        (
+            &[
+                "--since",
+                "2025-12-31T23:59:59.999999Z",
+                "--until",
+                "2026-01-01T00:00:00.000001Z",
+            ],
+            "before at",
+        ),
+    ];
+    for (args, want) in rows {
+        let (code, got, err) = audit(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert_eq!(got, *want, "{args:?}");
+    }
+    for bad in [
+        "yesterday",
+        "2026-01-01",
+        "2026-01-01T00:00:00",
+        "2026-13-01T00:00:00Z",
+    ] {
+        let (code, got, err) = audit(&["--since", bad]);
+        assert_eq!(code, Some(2), "--since {bad}: {got} {err}");
+        assert!(
+            err.contains("--since") && err.contains(bad) && err.contains("RFC 3339"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

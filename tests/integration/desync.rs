@@ -14,6 +14,10 @@ const DEVIATIONS: &[(&str, &str)] = &[
         "raw non-ASCII bytes are not valid in a request target (RFC 3986: percent-encode)",
     ),
     ("Empty URI", "RFC 9112 has no empty request-target"),
+    (
+        "Compliant URL",
+        "its target holds `#` (a fragment): RFC 9112 request-target has none",
+    ),
 ];
 use serde::Deserialize;
 use std::path::PathBuf;

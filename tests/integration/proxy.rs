@@ -128,6 +128,22 @@ fn local_answers_never_parse_the_body_as_a_request() {
     );
 }
 
+/// A request target with a fragment is answered 400 and never forwarded.
+#[test]
+fn fragment_in_target_is_refused() {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, "");
+    let (resp, closed) = exchange(
+        proxy.addr,
+        b"GET /mcp#frag HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+        SHORT,
+    );
+    assert_eq!(statuses(&resp), [400], "{resp}");
+    assert!(resp.contains("fragment in request target"), "{resp}");
+    assert!(closed, "a malformed head closes the connection");
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+}
+
 #[test]
 fn no_route_without_body_keeps_the_connection() {
     let up = Upstream::start(ok_json);
