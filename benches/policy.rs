@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
     let tape = simd_json::to_tape(&mut args).unwrap();
     let facts = |name: &'static str| Facts {
         principal: Some(&p),
-        method: "tools/call",
+        method: Some(portcullis::mcp::method::Method::ToolsCall),
         name: Some(name),
         uri: None,
         arguments: Some(&tape.0),
@@ -150,7 +150,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let list = Facts {
-        method: "tools/list",
+        method: Some(portcullis::mcp::method::Method::ToolsList),
         name: None,
         arguments: None,
         ..facts("x")

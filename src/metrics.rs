@@ -4,6 +4,7 @@
 //! Everything on the request path is a relaxed atomic add; a route keeps its
 //! counters across reloads (matched by name).
 
+use crate::mcp::method::Method;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,10 +38,10 @@ const OTHER: usize = METHODS.len();
 const NONE: usize = METHODS.len() + 1;
 
 /// The counter slot of a method (`None`: no JSON-RPC body).
-pub fn method_slot(method: Option<&str>) -> u8 {
+pub fn method_slot(method: Option<Method<'_>>) -> u8 {
     match method {
         None => NONE as u8,
-        Some(m) => METHODS.iter().position(|k| *k == m).unwrap_or(OTHER) as u8,
+        Some(m) => m.index().filter(|&i| i < METHODS.len()).unwrap_or(OTHER) as u8,
     }
 }
 
@@ -180,10 +181,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counted_methods_are_the_first_named_ones() {
+        assert_eq!(METHODS[..], Method::NAMES[..METHODS.len()]);
+        assert_eq!(method_slot(Some(Method::ResourcesUnsubscribe)), OTHER as u8);
+    }
+
+    #[test]
     fn records_render_as_prometheus_series() {
         let m = RouteMetrics::default();
-        m.record(200, Decision::Allowed, method_slot(Some("tools/call")), 80);
-        m.record(200, Decision::Denied, method_slot(Some("x/unknown")), 3_000);
+        m.record(
+            200,
+            Decision::Allowed,
+            method_slot(Some(Method::ToolsCall)),
+            80,
+        );
+        m.record(
+            200,
+            Decision::Denied,
+            method_slot(Some(Method::Other("x/unknown"))),
+            3_000,
+        );
         m.record(
             401,
             Decision::Unauthenticated,

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let mut seen = Vec::new();
     let Ok(shape) = decode(&mut scratch, data, |m| {
         seen.push((
-            m.method.map(str::to_owned),
+            m.method.map(|m| m.as_str().to_owned()),
             m.id.map(|id| match id {
                 Id::Str(s) => Value::from(s),
                 Id::Int(n) => Value::from(n),

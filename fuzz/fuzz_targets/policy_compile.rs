@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
     for (i, (method, name, uri)) in calls.into_iter().enumerate() {
         let f = Facts {
             principal: (i != 4).then_some(&p),
-            method,
+            method: (!method.is_empty()).then(|| portcullis::mcp::method::Method::parse(method)),
             name,
             uri,
             arguments: (i == 0).then_some(&tape.0[..]),

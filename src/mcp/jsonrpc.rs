@@ -9,6 +9,7 @@
 //! On the request path for POST bodies on MCP routes (`pipeline`); the
 //! messages are to feed the policy (issue 3).
 
+pub use crate::mcp::method::Method;
 use simd_json::{Buffers, Node, StaticNode};
 
 /// Deepest nesting of arrays and objects accepted in a body.
@@ -125,7 +126,7 @@ fn needs_escape(x: u64) -> bool {
 pub struct Message<'a> {
     pub kind: Option<Kind>,
     pub id: Option<Id<'a>>,
-    pub method: Option<&'a str>,
+    pub method: Option<Method<'a>>,
     /// `params.name` (tools/call, prompts/get).
     pub name: Option<&'a str>,
     /// `params.uri` (resources/read, subscribe, unsubscribe).
@@ -320,7 +321,7 @@ fn message<'t>(nodes: &'t [Node<'t>]) -> Result<Message<'t>, DecodeError> {
         )),
         Some(_) => return Err(DecodeError::BadMember("id")),
     };
-    let method = string(method, "method")?;
+    let method = string(method, "method")?.map(Method::parse);
     let kind = match (method, id, result.is_some() || error.is_some()) {
         (Some(_), Some(_), false) => Kind::Request,
         (Some(_), None, false) => Kind::Notification,
@@ -445,7 +446,7 @@ mod tests {
                 }),
                 method: m
                     .method
-                    .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
+                    .map(|s| Method::parse(Box::leak(s.as_str().to_string().into_boxed_str()))),
                 name: m.name.map(|s| &*Box::leak(s.to_string().into_boxed_str())),
                 uri: m.uri.map(|s| &*Box::leak(s.to_string().into_boxed_str())),
                 task_id: m
@@ -477,7 +478,7 @@ mod tests {
         assert_eq!(m.id, Some(Id::Int(7)));
         assert_eq!(
             (m.method, m.name, m.arguments.is_some()),
-            (Some("tools/call"), Some("search"), true)
+            (Some(Method::ToolsCall), Some("search"), true)
         );
         assert_eq!(m.protocol_version, Some("2026-07-28"));
         let m = one(

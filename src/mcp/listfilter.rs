@@ -6,6 +6,7 @@
 //! be read is replaced by an error, never passed unfiltered.
 
 use super::jsonrpc::RpcId;
+use super::method::Method;
 use super::sse::{event_end, field};
 use serde_json::Value;
 
@@ -19,12 +20,12 @@ pub enum ListKind {
 }
 
 impl ListKind {
-    pub fn of_method(method: &str) -> Option<ListKind> {
+    pub fn of_method(method: Method<'_>) -> Option<ListKind> {
         Some(match method {
-            "tools/list" => ListKind::Tools,
-            "prompts/list" => ListKind::Prompts,
-            "resources/list" => ListKind::Resources,
-            "resources/templates/list" => ListKind::ResourceTemplates,
+            Method::ToolsList => ListKind::Tools,
+            Method::PromptsList => ListKind::Prompts,
+            Method::ResourcesList => ListKind::Resources,
+            Method::ResourcesTemplatesList => ListKind::ResourceTemplates,
             _ => return None,
         })
     }

@@ -1,8 +1,10 @@
 //! What the proxy must understand of MCP: JSON-RPC bodies decoded in full
 //! (`jsonrpc`), list results filtered to what the caller may use
 //! (`listfilter`), and the legacy HTTP+SSE transport's `endpoint` event,
-//! rewritten when the public and upstream path prefixes differ (`sse`).
+//! rewritten when the public and upstream path prefixes differ (`sse`), and
+//! method names read once into [`method::Method`].
 
 pub mod jsonrpc;
 pub mod listfilter;
+pub mod method;
 pub mod sse;

@@ -5,6 +5,7 @@
 //! is `Unknown`. A deny rule denies unless its condition is `False`; an allow
 //! rule allows only when its condition is `True`.
 
+use crate::mcp::method::Method;
 use simd_json::{Node, StaticNode};
 
 use super::compile::{
@@ -42,17 +43,20 @@ pub(crate) enum Call {
 }
 
 impl Call {
-    /// Compared with `same` (inlined word loads), not `memcmp` calls.
-    pub fn of(method: &str) -> Call {
-        let m = method.as_bytes();
-        if same(m, b"tools/call") {
-            Call::Tool
-        } else if same(m, b"prompts/get") {
-            Call::Prompt
-        } else if m.len() >= 10 && same(&m[..10], b"resources/") {
-            Call::Resource
-        } else {
-            Call::Other
+    /// Every `resources/` method reaches a resource, named or not.
+    pub fn of(method: Option<Method<'_>>) -> Call {
+        match method {
+            Some(Method::ToolsCall) => Call::Tool,
+            Some(Method::PromptsGet) => Call::Prompt,
+            Some(
+                Method::ResourcesList
+                | Method::ResourcesTemplatesList
+                | Method::ResourcesRead
+                | Method::ResourcesSubscribe
+                | Method::ResourcesUnsubscribe,
+            ) => Call::Resource,
+            Some(Method::Other(m)) if m.starts_with("resources/") => Call::Resource,
+            _ => Call::Other,
         }
     }
 }
@@ -114,7 +118,8 @@ impl Cond {
                 .principal
                 .is_some_and(|p| set.contains(&p.issuer_name))
                 .into(),
-            Cond::Method(op) => name_op(op, f.method).into(),
+            // A request without a method (GET, DELETE) matches no method test.
+            Cond::Method(op) => f.method.is_some_and(|m| name_op(op, m.as_str())).into(),
             Cond::Tool(op) => {
                 (cx.call == Call::Tool && f.name.is_some_and(|n| name_op(op, n))).into()
             }

@@ -32,6 +32,7 @@ mod time;
 #[cfg(test)]
 mod tests;
 
+use crate::mcp::method::Method;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -52,8 +53,8 @@ const INDEX_MIN_RULES: usize = 16;
 #[derive(Clone, Copy)]
 pub struct Facts<'a> {
     pub principal: Option<&'a Principal>,
-    /// JSON-RPC method, or "" for a request without one (GET, DELETE).
-    pub method: &'a str,
+    /// JSON-RPC method; `None` for a request without one (GET, DELETE).
+    pub method: Option<Method<'a>>,
     /// `params.name`.
     pub name: Option<&'a str>,
     /// `params.uri`.
@@ -262,21 +263,21 @@ impl Policy {
         }
         let facts = match kind {
             ItemKind::Tool => Facts {
-                method: "tools/call",
+                method: Some(Method::ToolsCall),
                 name: Some(name),
                 uri: None,
                 arguments: None,
                 ..*facts_without_arguments
             },
             ItemKind::Prompt => Facts {
-                method: "prompts/get",
+                method: Some(Method::PromptsGet),
                 name: Some(name),
                 uri: None,
                 arguments: None,
                 ..*facts_without_arguments
             },
             ItemKind::Resource | ItemKind::ResourceTemplate => Facts {
-                method: "resources/read",
+                method: Some(Method::ResourcesRead),
                 name: None,
                 uri: Some(name),
                 arguments: None,
@@ -512,7 +513,7 @@ impl Index {
     /// Two disjoint candidate lists, to be merged in rule order.
     fn lists<'s>(
         &'s self,
-        method: &str,
+        method: Option<Method<'_>>,
         name: Option<&str>,
         none: &'s Lists,
     ) -> (&'s Lists, &'s Lists) {
@@ -523,9 +524,11 @@ impl Index {
                 any,
                 by_tool,
             } => {
-                let a = by_method.get(method).unwrap_or(any);
+                let a = method
+                    .and_then(|m| by_method.get(m.as_str()))
+                    .unwrap_or(any);
                 let b = match name {
-                    Some(n) if method == "tools/call" => by_tool.get(n).unwrap_or(none),
+                    Some(n) if method == Some(Method::ToolsCall) => by_tool.get(n).unwrap_or(none),
                     _ => none,
                 };
                 (a, b)

@@ -1,3 +1,4 @@
+use crate::mcp::method::Method;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -35,10 +36,15 @@ fn alice() -> Principal {
     }
 }
 
+/// A method as the tests write it: "" for none.
+fn method_of(text: &str) -> Option<Method<'_>> {
+    (!text.is_empty()).then(|| Method::parse(text))
+}
+
 fn facts<'a>(p: Option<&'a Principal>, method: &'a str, name: Option<&'a str>) -> Facts<'a> {
     Facts {
         principal: p,
-        method,
+        method: method_of(method),
         name,
         uri: None,
         arguments: None,
@@ -273,18 +279,18 @@ fn method_tool_prompt_resource() {
     ));
     assert!(!holds("{ mcp_resource: { glob: 'file:///srv/*' } }", &read));
     assert!(holds("{ mcp_resource: { glob: 'file:///srv/**' } }", &read));
-    read.method = "resources/subscribe";
+    read.method = Some(Method::ResourcesSubscribe);
     assert!(holds(
         "{ mcp_resource: { starts_with: 'file:///srv/' } }",
         &read
     ));
-    read.method = "tools/call";
+    read.method = Some(Method::ToolsCall);
     assert!(!holds(
         "{ mcp_resource: { starts_with: 'file:///srv/' } }",
         &read
     ));
     // Dot segments: a prefix cannot confine them; a deny rule denies them.
-    read.method = "resources/read";
+    read.method = Some(Method::ResourcesRead);
     read.uri = Some("file:///srv/%2E%2e/etc/passwd");
     assert!(!holds(
         "{ mcp_resource: { starts_with: 'file:///srv/' } }",
@@ -759,11 +765,11 @@ fn index_agrees_with_full_scan() {
             ("other", Some("t3")),
         ] {
             let f = facts(Some(p), m, n);
-            let (idx_a, idx_b) = big.index.lists(m, n, &big.none);
+            let (idx_a, idx_b) = big.index.lists(f.method, n, &big.none);
             let indexed: Vec<usize> = merge(&idx_a.allow, &idx_b.allow).collect();
             // The index only drops rules a full scan would find false.
             let full = Index::All(Lists::of(&big.rules, |_| true));
-            let (fa, fb) = full.lists(m, n, &big.none);
+            let (fa, fb) = full.lists(f.method, n, &big.none);
             let all: Vec<usize> = merge(&fa.allow, &fb.allow).collect();
             assert!(indexed.iter().all(|i| all.contains(i)));
             let v1 = allowed(big.evaluate(&f));
@@ -848,13 +854,16 @@ fn ref_eval(c: &Cond, cx: &mut Ctx) -> Tri {
             Tri::False => Tri::True,
             Tri::Unknown => Tri::Unknown,
         },
-        Cond::Method(op) => eval::name_op(op, f.method).into(),
-        Cond::Tool(op) => {
-            (f.method == "tools/call" && f.name.is_some_and(|n| eval::name_op(op, n))).into()
-        }
-        Cond::Prompt(op) => {
-            (f.method == "prompts/get" && f.name.is_some_and(|n| eval::name_op(op, n))).into()
-        }
+        Cond::Method(op) => f
+            .method
+            .is_some_and(|m| eval::name_op(op, m.as_str()))
+            .into(),
+        Cond::Tool(op) => (f.method == Some(Method::ToolsCall)
+            && f.name.is_some_and(|n| eval::name_op(op, n)))
+        .into(),
+        Cond::Prompt(op) => (f.method == Some(Method::PromptsGet)
+            && f.name.is_some_and(|n| eval::name_op(op, n)))
+        .into(),
         Cond::Header(h) => {
             let values: Vec<bool> = f
                 .headers
@@ -912,7 +921,7 @@ fn ref_visible_tool(p: &Policy, f: &Facts, name: &str) -> bool {
         return true;
     }
     let f = Facts {
-        method: "tools/call",
+        method: Some(Method::ToolsCall),
         name: Some(name),
         uri: None,
         arguments: None,
@@ -1045,7 +1054,7 @@ fn evaluate_agrees_with_reference() {
         for _ in 0..40 {
             let f = Facts {
                 principal: people[rnd(people.len())],
-                method: methods[rnd(methods.len())],
+                method: method_of(methods[rnd(methods.len())]),
                 name: names[rnd(names.len())],
                 uri: uris[rnd(uris.len())],
                 arguments: match rnd(tapes.len() + 1) {

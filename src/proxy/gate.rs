@@ -12,6 +12,7 @@
 use crate::error::HttpError;
 use crate::http1::RequestHead;
 use crate::mcp::jsonrpc::{Kind, Message};
+use crate::mcp::method::Method;
 use crate::snapshot::route::Route;
 
 /// The first "modern" protocol revision: no sessions, `Mcp-Method`/`Mcp-Name`.
@@ -205,13 +206,15 @@ pub fn message(m: &Message<'_>, head: &McpHead, batch: bool) -> Result<(), HttpE
         return Err(mismatch("Mcp-Method and Mcp-Name cannot describe a batch"));
     }
     let name = match m.method {
-        Some("tools/call") | Some("prompts/get") => m.name,
-        Some("resources/read") => m.uri,
+        Some(Method::ToolsCall | Method::PromptsGet) => m.name,
+        Some(Method::ResourcesRead) => m.uri,
         _ => None,
     };
     let required = modern && m.kind == Some(Kind::Request);
     match (sent_method, m.method) {
-        (Some(h), Some(b)) if h != b => return Err(mismatch("Mcp-Method does not match the body")),
+        (Some(h), Some(b)) if h != b.as_str() => {
+            return Err(mismatch("Mcp-Method does not match the body"))
+        }
         (Some(_), None) => return Err(mismatch("Mcp-Method sent for a message without a method")),
         (None, Some(_)) if required => return Err(mismatch("Mcp-Method header is required")),
         _ => {}
@@ -260,7 +263,7 @@ mod tests {
     fn msg<'a>(method: &'a str, name: Option<&'a str>, version: Option<&'a str>) -> Message<'a> {
         Message {
             kind: Some(Kind::Request),
-            method: Some(method),
+            method: Some(Method::parse(method)),
             name,
             protocol_version: version,
             ..Message::default()

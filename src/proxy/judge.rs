@@ -15,6 +15,7 @@ use crate::http1::encode::Detail;
 use crate::http1::Framing;
 use crate::mcp::jsonrpc::{Kind, Message, RpcId};
 use crate::mcp::listfilter::{ListFilter, ListKind};
+use crate::mcp::method::Method;
 use crate::policy::{Facts, Policy, Verdict};
 use crate::proxy::admit::Request;
 use crate::proxy::body::{push_length, Body};
@@ -140,7 +141,7 @@ impl<'a> Judge<'a> {
     ) -> Judge<'a> {
         let base = Facts {
             principal: req.principal.as_deref(),
-            method: "",
+            method: None,
             name: None,
             uri: None,
             arguments: None,
@@ -246,7 +247,7 @@ impl<'a> Judge<'a> {
             return;
         };
         let facts = Facts {
-            method,
+            method: Some(method),
             name: m.name,
             uri: m.uri,
             arguments: m.arguments,
@@ -327,7 +328,7 @@ fn note_message(
     m: &Message<'_>,
     audit: &mut crate::audit::Facts,
 ) {
-    audit.method = m.method.map(Box::from);
+    audit.method = m.method.map(|m| m.as_str().into());
     audit.target = m.name.or(m.uri).or(m.ref_name).or(m.ref_uri).map(Box::from);
     audit.rpc_id = m.id.map(RpcId::from);
     if audit.era == 0 {
@@ -357,26 +358,26 @@ fn note_message(
 /// `subscriptions/listen` subscribes to (`resources/subscribe`).
 fn implied<'p>(p: &'p crate::policy::Policy, facts: &Facts<'_>, m: &Message<'_>) -> Verdict<'p> {
     let as_call = |method, name, uri| Facts {
-        method,
+        method: Some(method),
         name,
         uri,
         arguments: None,
         ..*facts
     };
     if let Some(name) = m.ref_name {
-        let v = p.evaluate(&as_call("prompts/get", Some(name), None));
+        let v = p.evaluate(&as_call(Method::PromptsGet, Some(name), None));
         if !matches!(v, Verdict::Allow { .. }) {
             return v;
         }
     }
     if let Some(uri) = m.ref_uri {
-        let v = p.evaluate(&as_call("resources/read", None, Some(uri)));
+        let v = p.evaluate(&as_call(Method::ResourcesRead, None, Some(uri)));
         if !matches!(v, Verdict::Allow { .. }) {
             return v;
         }
     }
     for uri in m.subscription_uris() {
-        let v = p.evaluate(&as_call("resources/subscribe", None, Some(uri)));
+        let v = p.evaluate(&as_call(Method::ResourcesSubscribe, None, Some(uri)));
         if !matches!(v, Verdict::Allow { .. }) {
             return v;
         }

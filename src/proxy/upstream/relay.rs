@@ -202,7 +202,7 @@ fn with_visible<R>(
     };
     let base = Facts {
         principal: req.principal.as_deref(),
-        method: "",
+        method: None,
         name: None,
         uri: None,
         arguments: None,
