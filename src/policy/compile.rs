@@ -222,267 +222,334 @@ impl Compiler {
         if depth > MAX_DEPTH {
             return Err(format!("conditions nested deeper than {MAX_DEPTH}"));
         }
-        let Condition {
-            and,
-            or,
-            not,
-            claim,
-            groups,
-            email,
-            scope,
-            client_id,
-            issuer,
-            mcp_method,
-            mcp_tool,
-            mcp_resource,
-            mcp_prompt,
-            argument,
-            source_ip,
-            time,
-            header,
-            rate_limit,
-        } = c;
-        let keys: Vec<&str> = [
-            ("and", and.is_some()),
-            ("or", or.is_some()),
-            ("not", not.is_some()),
-            ("claim", claim.is_some()),
-            ("groups", groups.is_some()),
-            ("email", email.is_some()),
-            ("scope", scope.is_some()),
-            ("client_id", client_id.is_some()),
-            ("issuer", issuer.is_some()),
-            ("mcp_method", mcp_method.is_some()),
-            ("mcp_tool", mcp_tool.is_some()),
-            ("mcp_resource", mcp_resource.is_some()),
-            ("mcp_prompt", mcp_prompt.is_some()),
-            ("argument", argument.is_some()),
-            ("source_ip", source_ip.is_some()),
-            ("time", time.is_some()),
-            ("header", header.is_some()),
-            ("rate_limit", rate_limit.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(k, set)| set.then_some(k))
-        .collect();
-        if keys.len() != 1 {
-            return Err(if keys.is_empty() {
-                "empty condition (want and, or, not or one criterion)".to_string()
-            } else {
-                format!("a condition has exactly one key, got {}", keys.join(", "))
-            });
-        }
-        let list = |this: &mut Compiler, items: &[Condition]| -> Result<Box<[Cond]>, String> {
+        one_key(c)?;
+        self.combinator(c, in_deny, depth)
+            .or_else(|| principal(c))
+            .or_else(|| mcp_names(c))
+            .or_else(|| network_time(c))
+            .or_else(|| values(c))
+            .or_else(|| self.rate_limit(c, in_deny))
+            .unwrap_or_else(|| unreachable!("one key was checked above"))
+    }
+
+    /// `and`, `or`, `not`: their conditions are one level deeper.
+    fn combinator(
+        &mut self,
+        c: &Condition,
+        in_deny: bool,
+        depth: usize,
+    ) -> Option<Result<Cond, String>> {
+        let mut list = |items: &[Condition]| -> Result<Box<[Cond]>, String> {
             items
                 .iter()
-                .map(|i| this.cond(i, in_deny, depth + 1))
+                .map(|i| self.cond(i, in_deny, depth + 1))
                 .collect()
         };
-        if let Some(items) = and {
-            return Ok(Cond::And(list(self, items)?));
+        if let Some(items) = &c.and {
+            return Some(list(items).map(Cond::And));
         }
-        if let Some(items) = or {
-            return Ok(Cond::Or(list(self, items)?));
+        if let Some(items) = &c.or {
+            return Some(list(items).map(Cond::Or));
         }
-        if let Some(inner) = not {
-            return Ok(Cond::Not(Box::new(self.cond(inner, in_deny, depth + 1)?)));
-        }
-        if let Some(t) = claim {
-            if t.path.is_empty() || t.path.split('.').any(str::is_empty) {
-                return Err(format!("claim: bad path {:?}", t.path));
-            }
-            let op = one(
-                "claim",
-                vec![
-                    (
-                        "equals",
-                        t.equals
-                            .as_ref()
-                            .map(|v| Scalar::from_value(v).map(ClaimOp::Equals)),
-                    ),
-                    (
-                        "in",
-                        t.in_
-                            .as_ref()
-                            .map(|v| scalars(v).map(|v| ClaimOp::In(v.into()))),
-                    ),
-                    (
-                        "contains",
-                        t.contains
-                            .as_ref()
-                            .map(|v| Scalar::from_value(v).map(ClaimOp::Contains)),
-                    ),
-                    (
-                        "matches",
-                        t.matches
-                            .as_ref()
-                            .map(|r| Pattern::new(r).map(ClaimOp::Matches)),
-                    ),
-                ],
-            )?
-            .map_err(|e| format!("claim: {e}"))?;
-            return Ok(Cond::Claim(t.path.as_str().into(), op));
-        }
-        if let Some(t) = groups {
-            return Ok(Cond::Groups(set_op("groups", t)?));
-        }
-        if let Some(t) = scope {
-            return Ok(Cond::Scope(set_op("scope", t)?));
-        }
-        if let Some(t) = email {
-            let lower = |v: &[String]| StrSet::new(v.iter().map(|s| s.to_ascii_lowercase()));
-            let op = one(
-                "email",
-                vec![
-                    (
-                        "equals",
-                        t.equals
-                            .as_ref()
-                            .map(|s| Ok(EmailOp::In(lower(std::slice::from_ref(s))))),
-                    ),
-                    ("in", t.in_.as_ref().map(|v| Ok(EmailOp::In(lower(v))))),
-                    (
-                        "ends_with",
-                        t.ends_with.as_ref().map(|v| {
-                            Ok(EmailOp::EndsWith(
-                                v.clone()
-                                    .into_vec()
-                                    .iter()
-                                    .map(|s| s.to_ascii_lowercase().into())
-                                    .collect(),
-                            ))
-                        }),
-                    ),
-                    (
-                        "matches",
-                        t.matches
-                            .as_ref()
-                            .map(|r| Pattern::new(r).map(EmailOp::Matches)),
-                    ),
-                ],
-            )?
-            .map_err(|e: String| format!("email: {e}"))?;
-            return Ok(Cond::Email(op));
-        }
-        if let Some(t) = client_id {
-            return Ok(Cond::ClientId(eq_set("client_id", t)?));
-        }
-        if let Some(t) = issuer {
-            return Ok(Cond::Issuer(eq_set("issuer", t)?));
-        }
-        if let Some(t) = mcp_method {
-            return Ok(Cond::Method(name_op("mcp_method", t, None)?));
-        }
-        if let Some(t) = mcp_prompt {
-            return Ok(Cond::Prompt(name_op("mcp_prompt", t, None)?));
-        }
-        if let Some(t) = mcp_tool {
-            let names = config::NameTest {
-                equals: t.equals.clone(),
-                in_: t.in_.clone(),
-                starts_with: t.starts_with.clone(),
-            };
-            return Ok(Cond::Tool(name_op("mcp_tool", &names, Some(&t.matches))?));
-        }
-        if let Some(t) = mcp_resource {
-            let op = one(
-                "mcp_resource",
-                vec![
-                    (
-                        "equals",
-                        t.equals
-                            .as_ref()
-                            .map(|s| Ok(ResourceOp::Equals(s.as_str().into()))),
-                    ),
-                    (
-                        "starts_with",
-                        t.starts_with
-                            .as_ref()
-                            .map(|v| Ok(ResourceOp::Prefix(Prefixes::new(v.clone().into_vec())))),
-                    ),
-                    (
-                        "glob",
-                        t.glob.as_ref().map(|v| {
-                            v.clone()
-                                .into_vec()
-                                .iter()
-                                .map(|g| matchers::glob(g))
-                                .collect::<Result<_, _>>()
-                                .map(ResourceOp::Glob)
-                        }),
-                    ),
-                ],
-            )?
-            .map_err(|e: String| format!("mcp_resource: {e}"))?;
-            return Ok(Cond::Resource(op));
-        }
-        if let Some(t) = argument {
-            let pointer = pointer(&t.pointer).map_err(|e| format!("argument: {e}"))?;
-            let op = value_op(
-                "argument",
-                t.equals.as_ref(),
-                t.in_.as_deref(),
-                t.matches.as_deref(),
-                (t.min, t.max),
-                t.exists,
-            )?;
-            return Ok(Cond::Argument(Box::new(Argument { pointer, op })));
-        }
-        if let Some(t) = source_ip {
-            return Ok(Cond::SourceIp(
-                Cidrs::parse(&t.in_).map_err(|e| format!("source_ip: {e}"))?,
+        let inner = c.not.as_ref()?;
+        Some(
+            self.cond(inner, in_deny, depth + 1)
+                .map(|i| Cond::Not(Box::new(i))),
+        )
+    }
+
+    /// `rate_limit` (deny rules only); each gets the next id of this policy.
+    fn rate_limit(&mut self, c: &Condition, in_deny: bool) -> Option<Result<Cond, String>> {
+        let t = c.rate_limit.as_ref()?;
+        if !in_deny {
+            return Some(Err(
+                "rate_limit is true when the limit is exceeded: use it in a deny rule".into(),
             ));
         }
-        if let Some(t) = time {
-            let hours = t.hours.clone().map(|h| h.into_vec()).unwrap_or_default();
-            let w = TimeWindow::new(t.days.as_deref(), &hours, t.tz.as_deref())
-                .map_err(|e| format!("time: {e}"))?;
-            return Ok(Cond::Time(Box::new(w)));
+        if t.requests > MAX_REQUESTS {
+            return Some(Err(format!("rate_limit: requests above {MAX_REQUESTS}")));
         }
-        if let Some(t) = header {
-            if t.name.is_empty() || !t.name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-                return Err(format!("header: bad name {:?}", t.name));
-            }
-            let equals = t.equals.clone().map(serde_json::Value::String);
-            let in_ = t.in_.as_ref().map(|v| {
-                v.iter()
-                    .cloned()
-                    .map(serde_json::Value::String)
-                    .collect::<Vec<_>>()
-            });
-            let op = value_op(
-                "header",
-                equals.as_ref(),
-                in_.as_deref(),
-                t.matches.as_deref(),
-                (None, None),
-                t.exists,
-            )?;
-            return Ok(Cond::Header(Box::new(Header {
-                name: t.name.to_ascii_lowercase().into(),
-                op,
-            })));
-        }
-        if let Some(t) = rate_limit {
-            if !in_deny {
-                return Err(
-                    "rate_limit is true when the limit is exceeded: use it in a deny rule".into(),
-                );
-            }
-            if t.requests > MAX_REQUESTS {
-                return Err(format!("rate_limit: requests above {MAX_REQUESTS}"));
-            }
-            let per = period(&t.per)?;
-            self.rate_limits += 1;
-            return Ok(Cond::RateLimit(RateLimit {
-                id: self.rate_limits,
-                requests: t.requests as u32,
-                per,
-                key: t.key,
-            }));
-        }
-        unreachable!("one key was checked above")
+        let per = match period(&t.per) {
+            Ok(per) => per,
+            Err(e) => return Some(Err(e)),
+        };
+        self.rate_limits += 1;
+        Some(Ok(Cond::RateLimit(RateLimit {
+            id: self.rate_limits,
+            requests: t.requests as u32,
+            per,
+            key: t.key,
+        })))
     }
+}
+
+/// A condition has exactly one key: a combinator or one criterion.
+fn one_key(c: &Condition) -> Result<(), String> {
+    let Condition {
+        and,
+        or,
+        not,
+        claim,
+        groups,
+        email,
+        scope,
+        client_id,
+        issuer,
+        mcp_method,
+        mcp_tool,
+        mcp_resource,
+        mcp_prompt,
+        argument,
+        source_ip,
+        time,
+        header,
+        rate_limit,
+    } = c;
+    let keys: Vec<&str> = [
+        ("and", and.is_some()),
+        ("or", or.is_some()),
+        ("not", not.is_some()),
+        ("claim", claim.is_some()),
+        ("groups", groups.is_some()),
+        ("email", email.is_some()),
+        ("scope", scope.is_some()),
+        ("client_id", client_id.is_some()),
+        ("issuer", issuer.is_some()),
+        ("mcp_method", mcp_method.is_some()),
+        ("mcp_tool", mcp_tool.is_some()),
+        ("mcp_resource", mcp_resource.is_some()),
+        ("mcp_prompt", mcp_prompt.is_some()),
+        ("argument", argument.is_some()),
+        ("source_ip", source_ip.is_some()),
+        ("time", time.is_some()),
+        ("header", header.is_some()),
+        ("rate_limit", rate_limit.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    match keys.len() {
+        1 => Ok(()),
+        0 => Err("empty condition (want and, or, not or one criterion)".to_string()),
+        _ => Err(format!(
+            "a condition has exactly one key, got {}",
+            keys.join(", ")
+        )),
+    }
+}
+
+/// Criteria on the caller's token: `claim`, `groups`, `scope`, `email`,
+/// `client_id`, `issuer`.
+fn principal(c: &Condition) -> Option<Result<Cond, String>> {
+    if let Some(t) = &c.claim {
+        return Some(claim(t));
+    }
+    if let Some(t) = &c.groups {
+        return Some(set_op("groups", t).map(Cond::Groups));
+    }
+    if let Some(t) = &c.scope {
+        return Some(set_op("scope", t).map(Cond::Scope));
+    }
+    if let Some(t) = &c.email {
+        return Some(email(t));
+    }
+    if let Some(t) = &c.client_id {
+        return Some(eq_set("client_id", t).map(Cond::ClientId));
+    }
+    let t = c.issuer.as_ref()?;
+    Some(eq_set("issuer", t).map(Cond::Issuer))
+}
+
+fn claim(t: &config::ClaimTest) -> Result<Cond, String> {
+    if t.path.is_empty() || t.path.split('.').any(str::is_empty) {
+        return Err(format!("claim: bad path {:?}", t.path));
+    }
+    let op = one(
+        "claim",
+        vec![
+            (
+                "equals",
+                t.equals
+                    .as_ref()
+                    .map(|v| Scalar::from_value(v).map(ClaimOp::Equals)),
+            ),
+            (
+                "in",
+                t.in_
+                    .as_ref()
+                    .map(|v| scalars(v).map(|v| ClaimOp::In(v.into()))),
+            ),
+            (
+                "contains",
+                t.contains
+                    .as_ref()
+                    .map(|v| Scalar::from_value(v).map(ClaimOp::Contains)),
+            ),
+            (
+                "matches",
+                t.matches
+                    .as_ref()
+                    .map(|r| Pattern::new(r).map(ClaimOp::Matches)),
+            ),
+        ],
+    )?
+    .map_err(|e| format!("claim: {e}"))?;
+    Ok(Cond::Claim(t.path.as_str().into(), op))
+}
+
+fn email(t: &config::EmailTest) -> Result<Cond, String> {
+    let lower = |v: &[String]| StrSet::new(v.iter().map(|s| s.to_ascii_lowercase()));
+    let op = one(
+        "email",
+        vec![
+            (
+                "equals",
+                t.equals
+                    .as_ref()
+                    .map(|s| Ok(EmailOp::In(lower(std::slice::from_ref(s))))),
+            ),
+            ("in", t.in_.as_ref().map(|v| Ok(EmailOp::In(lower(v))))),
+            (
+                "ends_with",
+                t.ends_with.as_ref().map(|v| {
+                    Ok(EmailOp::EndsWith(
+                        v.clone()
+                            .into_vec()
+                            .iter()
+                            .map(|s| s.to_ascii_lowercase().into())
+                            .collect(),
+                    ))
+                }),
+            ),
+            (
+                "matches",
+                t.matches
+                    .as_ref()
+                    .map(|r| Pattern::new(r).map(EmailOp::Matches)),
+            ),
+        ],
+    )?
+    .map_err(|e: String| format!("email: {e}"))?;
+    Ok(Cond::Email(op))
+}
+
+/// Criteria on the MCP message's names: `mcp_method`, `mcp_prompt`,
+/// `mcp_tool`, `mcp_resource`.
+fn mcp_names(c: &Condition) -> Option<Result<Cond, String>> {
+    if let Some(t) = &c.mcp_method {
+        return Some(name_op("mcp_method", t, None).map(Cond::Method));
+    }
+    if let Some(t) = &c.mcp_prompt {
+        return Some(name_op("mcp_prompt", t, None).map(Cond::Prompt));
+    }
+    if let Some(t) = &c.mcp_tool {
+        let names = config::NameTest {
+            equals: t.equals.clone(),
+            in_: t.in_.clone(),
+            starts_with: t.starts_with.clone(),
+        };
+        return Some(name_op("mcp_tool", &names, Some(&t.matches)).map(Cond::Tool));
+    }
+    let t = c.mcp_resource.as_ref()?;
+    Some(resource(t))
+}
+
+fn resource(t: &config::ResourceTest) -> Result<Cond, String> {
+    let op = one(
+        "mcp_resource",
+        vec![
+            (
+                "equals",
+                t.equals
+                    .as_ref()
+                    .map(|s| Ok(ResourceOp::Equals(s.as_str().into()))),
+            ),
+            (
+                "starts_with",
+                t.starts_with
+                    .as_ref()
+                    .map(|v| Ok(ResourceOp::Prefix(Prefixes::new(v.clone().into_vec())))),
+            ),
+            (
+                "glob",
+                t.glob.as_ref().map(|v| {
+                    v.clone()
+                        .into_vec()
+                        .iter()
+                        .map(|g| matchers::glob(g))
+                        .collect::<Result<_, _>>()
+                        .map(ResourceOp::Glob)
+                }),
+            ),
+        ],
+    )?
+    .map_err(|e: String| format!("mcp_resource: {e}"))?;
+    Ok(Cond::Resource(op))
+}
+
+/// Criteria on where and when: `source_ip`, `time`.
+fn network_time(c: &Condition) -> Option<Result<Cond, String>> {
+    if let Some(t) = &c.source_ip {
+        return Some(
+            Cidrs::parse(&t.in_)
+                .map(Cond::SourceIp)
+                .map_err(|e| format!("source_ip: {e}")),
+        );
+    }
+    let t = c.time.as_ref()?;
+    let hours = t.hours.clone().map(|h| h.into_vec()).unwrap_or_default();
+    Some(
+        TimeWindow::new(t.days.as_deref(), &hours, t.tz.as_deref())
+            .map(|w| Cond::Time(Box::new(w)))
+            .map_err(|e| format!("time: {e}")),
+    )
+}
+
+/// Criteria on values in the request: `argument`, `header`.
+fn values(c: &Condition) -> Option<Result<Cond, String>> {
+    if let Some(t) = &c.argument {
+        return Some(argument(t));
+    }
+    let t = c.header.as_ref()?;
+    Some(header(t))
+}
+
+fn argument(t: &config::ArgumentTest) -> Result<Cond, String> {
+    let pointer = pointer(&t.pointer).map_err(|e| format!("argument: {e}"))?;
+    let op = value_op(
+        "argument",
+        t.equals.as_ref(),
+        t.in_.as_deref(),
+        t.matches.as_deref(),
+        (t.min, t.max),
+        t.exists,
+    )?;
+    Ok(Cond::Argument(Box::new(Argument { pointer, op })))
+}
+
+fn header(t: &config::HeaderTest) -> Result<Cond, String> {
+    if t.name.is_empty() || !t.name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        return Err(format!("header: bad name {:?}", t.name));
+    }
+    let equals = t.equals.clone().map(serde_json::Value::String);
+    let in_ = t.in_.as_ref().map(|v| {
+        v.iter()
+            .cloned()
+            .map(serde_json::Value::String)
+            .collect::<Vec<_>>()
+    });
+    let op = value_op(
+        "header",
+        equals.as_ref(),
+        in_.as_deref(),
+        t.matches.as_deref(),
+        (None, None),
+        t.exists,
+    )?;
+    Ok(Cond::Header(Box::new(Header {
+        name: t.name.to_ascii_lowercase().into(),
+        op,
+    })))
 }
 
 fn set_op(what: &str, t: &config::SetTest) -> Result<SetOp, String> {

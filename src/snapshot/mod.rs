@@ -97,6 +97,22 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         file,
         list: Vec::new(),
     };
+    let listeners = compile_listeners(&config, base, &mut errs);
+    check_routes_present(&config, &mut errs);
+    check_log(&config.log, &mut errs);
+    let identity = compile_identity(&config, base, &mut errs);
+    let routes = compile_routes(&config, &mut errs);
+    let upstream_tls = compile_upstream_tls(&config.upstream, base, &mut errs);
+    let (Some(upstream_tls), Some(identity), true) = (upstream_tls, identity, errs.list.is_empty())
+    else {
+        return Err(ConfigErrors(errs.list));
+    };
+    Ok(assemble(config, routes, listeners, identity, upstream_tls))
+}
+
+/// The listeners: each address once, and each TLS listener's certificates
+/// loaded into a server config.
+fn compile_listeners(config: &Config, base: &Path, errs: &mut Errors) -> Vec<ListenerSpec> {
     if config.listen.is_empty() {
         errs.at0("listen", "", "at least one listener is required".into());
     }
@@ -110,39 +126,7 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         }
         let tls = match &l.tls {
             None => None,
-            Some(t) if t.certificates.is_empty() => {
-                errs.at0(
-                    "address",
-                    &addr,
-                    format!("listener {addr}: tls needs at least one certificate"),
-                );
-                None
-            }
-            Some(t) => {
-                let mut keys = Vec::new();
-                for c in &t.certificates {
-                    cert_index += 1;
-                    let cert_index = cert_index - 1;
-                    let (cert, key) = (base.join(&c.cert_file.0), base.join(&c.key_file.0));
-                    match tls::load_certified_key(&cert, &key) {
-                        Ok(k) => keys.push(k),
-                        Err(e) => {
-                            errs.at("cert_file", "", cert_index, format!("listener {addr}: {e}"))
-                        }
-                    }
-                }
-                if keys.len() == t.certificates.len() {
-                    match tls::server_config(keys) {
-                        Ok(cfg) => Some(cfg),
-                        Err(e) => {
-                            errs.at0("address", &addr, format!("listener {addr}: {e}"));
-                            None
-                        }
-                    }
-                } else {
-                    None
-                }
-            }
+            Some(t) => listener_tls(&addr, t, base, &mut cert_index, errs),
         };
         listeners.push(ListenerSpec {
             address: l.address,
@@ -150,20 +134,67 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
             tls,
         });
     }
-    let has_plain = config.listen.iter().any(|l| l.tls.is_none());
-    let has_tls = config.listen.iter().any(|l| l.tls.is_some());
+    listeners
+}
 
+/// One listener's TLS server config. `cert_index` counts the `cert_file` keys
+/// of all listeners so far (it locates a certificate's errors).
+fn listener_tls(
+    addr: &str,
+    t: &config::ListenTls,
+    base: &Path,
+    cert_index: &mut usize,
+    errs: &mut Errors,
+) -> Option<Arc<rustls::ServerConfig>> {
+    if t.certificates.is_empty() {
+        errs.at0(
+            "address",
+            addr,
+            format!("listener {addr}: tls needs at least one certificate"),
+        );
+        return None;
+    }
+    let mut keys = Vec::new();
+    for c in &t.certificates {
+        *cert_index += 1;
+        let cert_index = *cert_index - 1;
+        let (cert, key) = (base.join(&c.cert_file.0), base.join(&c.key_file.0));
+        match tls::load_certified_key(&cert, &key) {
+            Ok(k) => keys.push(k),
+            Err(e) => errs.at("cert_file", "", cert_index, format!("listener {addr}: {e}")),
+        }
+    }
+    if keys.len() != t.certificates.len() {
+        return None;
+    }
+    match tls::server_config(keys) {
+        Ok(cfg) => Some(cfg),
+        Err(e) => {
+            errs.at0("address", addr, format!("listener {addr}: {e}"));
+            None
+        }
+    }
+}
+
+fn check_routes_present(config: &Config, errs: &mut Errors) {
     if config.routes.is_empty() {
         errs.at0("routes", "", "at least one route is required".into());
     }
-    if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
+}
+
+fn check_log(log: &config::LogConfig, errs: &mut Errors) {
+    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
         errs.at0(
             "level",
-            &config.log.level,
-            format!("log.level: {:?} is not a tracing filter", config.log.level),
+            &log.level,
+            format!("log.level: {:?} is not a tracing filter", log.level),
         );
     }
-    let identity = match Issuers::compile(&config.identity.issuers, base) {
+}
+
+/// The identity issuers; `None` when any of them is wrong.
+fn compile_identity(config: &Config, base: &Path, errs: &mut Errors) -> Option<Issuers> {
+    match Issuers::compile(&config.identity.issuers, base) {
         Ok(i) => Some(i),
         Err(list) => {
             for (i, message) in list {
@@ -181,77 +212,27 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
             }
             None
         }
+    }
+}
+
+/// The routes, in configuration order.
+fn compile_routes(config: &Config, errs: &mut Errors) -> Vec<Route> {
+    let mut seen = SeenRoutes {
+        has_plain: config.listen.iter().any(|l| l.tls.is_none()),
+        has_tls: config.listen.iter().any(|l| l.tls.is_some()),
+        names: HashSet::new(),
+        publics: HashSet::new(),
     };
-    let mut names = HashSet::new();
-    let mut publics = HashSet::new();
     let mut routes = Vec::new();
     for (index, r) in config.routes.iter().enumerate() {
-        if r.name.is_empty() {
-            errs.at(
-                "from",
-                "",
-                index,
-                format!("route #{}: name must not be empty", index + 1),
-            );
-        } else if !names.insert(r.name.as_str()) {
-            errs.at(
-                "from",
-                "",
-                index,
-                format!("route name {:?} is used twice", r.name),
-            );
-        }
-        if !publics.insert((
-            r.from.tls,
-            r.from.host.clone(),
-            r.from.port,
-            r.from.path.clone(),
-        )) {
-            errs.at(
-                "from",
-                "",
-                index,
-                format!(
-                    "route {:?}: public URL {} is already routed",
-                    r.name, r.from
-                ),
-            );
-        }
-        if r.from.tls && !has_tls {
-            errs.at(
-                "from",
-                "",
-                index,
-                format!(
-                    "route {:?}: {} is https but no listener has tls",
-                    r.name, r.from
-                ),
-            );
-        }
-        if !r.from.tls && !has_plain {
-            errs.at(
-                "from",
-                "",
-                index,
-                format!(
-                    "route {:?}: {} is http but every listener has tls",
-                    r.name, r.from
-                ),
-            );
-        }
-        let host = r.to.host.trim_start_matches('[').trim_end_matches(']');
-        let upstream_addrs: Vec<SocketAddr> = match (host, r.to.port).to_socket_addrs() {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                errs.at(
-                    "to",
-                    "",
-                    index,
-                    format!("route {:?}: cannot resolve upstream {}: {e}", r.name, r.to),
-                );
-                Vec::new()
-            }
+        let mut cx = RouteCx {
+            config,
+            index,
+            r,
+            errs,
         };
+        cx.check_unique(&mut seen);
+        let upstream_addrs = cx.resolve_upstream();
         let mut route = Route::new(
             index,
             &r.name,
@@ -264,176 +245,298 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         if let Some(mcp) = &r.mcp {
             route.allowed_origins = mcp.allowed_origins.clone();
         }
-        if let Some(auth) = &r.auth {
-            if r.mcp.is_none() {
-                errs.at(
-                    "auth",
-                    "",
-                    index,
-                    format!("route {:?}: auth needs an MCP route (`mcp: {{}}`)", r.name),
-                );
-            }
-            let mut issuers = Vec::new();
-            let mut issuer_urls = Vec::new();
-            for name in &auth.issuers {
-                match config.identity.issuers.iter().position(|c| &c.name == name) {
-                    Some(i) => {
-                        issuers.push(i);
-                        issuer_urls.push(config.identity.issuers[i].issuer.clone());
-                    }
-                    None => errs.at(
-                        "issuers",
-                        "",
-                        index,
-                        format!(
-                            "route {:?}: unknown issuer {name:?} (not in identity.issuers)",
-                            r.name
-                        ),
-                    ),
-                }
-            }
-            if auth.issuers.is_empty() {
-                errs.at(
-                    "auth",
-                    "",
-                    index,
-                    format!("route {:?}: auth needs at least one issuer", r.name),
-                );
-            }
-            let default_auth = UpstreamAuthConfig::default();
-            let ua = r.upstream_auth.as_ref().unwrap_or(&default_auth);
-            let set = usize::from(ua.assertion.is_some())
-                + usize::from(ua.static_credential.is_some())
-                + usize::from(ua.none);
-            if set > 1 {
-                errs.at(
-                    "upstream_auth",
-                    "",
-                    index,
-                    format!(
-                        "route {:?}: upstream_auth takes one of assertion, static, none",
-                        r.name
-                    ),
-                );
-            }
-            let upstream = match (&ua.assertion, &ua.static_credential, ua.none) {
-                (_, Some(s), _) => {
-                    if !crate::http1::is_token(s.header.as_bytes())
-                        || s.value
-                            .bytes()
-                            .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
-                    {
-                        errs.at(
-                            "upstream_auth",
-                            "",
-                            index,
-                            format!("route {:?}: invalid static header", r.name),
-                        );
-                    }
-                    UpstreamCredential::Static(
-                        format!("{}: {}\r\n", s.header, s.value).into_bytes(),
-                    )
-                }
-                (_, _, true) => UpstreamCredential::None,
-                (assertion, None, false) => {
-                    let assertion = assertion.as_ref();
-                    let header = assertion.map_or("X-Portcullis-Identity", |a| a.header.as_str());
-                    if !crate::http1::is_token(header.as_bytes()) {
-                        errs.at(
-                            "upstream_auth",
-                            "",
-                            index,
-                            format!("route {:?}: invalid assertion header name", r.name),
-                        );
-                    }
-                    UpstreamCredential::Assertion {
-                        bearer: header.eq_ignore_ascii_case("authorization"),
-                        header: header.to_string(),
-                        audience: assertion
-                            .and_then(|a| a.audience.clone())
-                            .unwrap_or_else(|| r.to.to_string()),
-                    }
-                }
-            };
-            route.auth = Some(RouteAuth {
-                issuers,
-                issuer_urls,
-                scopes: auth.scopes.clone(),
-                audience: r.from.to_string(),
-                metadata_url: RouteAuth::metadata_url_for(&r.from),
-                upstream,
-            });
-        } else if r.upstream_auth.is_some() {
-            errs.at(
-                "upstream_auth",
-                "",
-                index,
-                format!("route {:?}: upstream_auth needs auth", r.name),
-            );
-        }
+        route.auth = cx.auth();
         if let Some(rules) = &r.policy {
-            let nth = config.routes[..index]
-                .iter()
-                .filter(|o| o.policy.is_some())
-                .count();
-            if r.mcp.is_none() {
-                errs.at(
-                    "policy",
-                    "",
-                    nth,
-                    format!(
-                        "route {:?}: policy needs an MCP route (`mcp: {{}}`)",
-                        r.name
-                    ),
-                );
-            }
-            match crate::policy::Policy::compile(rules, &config.policies, &r.name) {
-                Ok(p) if p.is_empty() => {}
-                Ok(p) => {
-                    route.policy_reads_headers = p.uses_headers();
-                    route.policy = Some(p);
-                }
-                Err(list) => {
-                    for message in list {
-                        errs.at("policy", "", nth, format!("route {:?}: {message}", r.name));
-                    }
-                }
-            }
+            cx.policy(rules, &mut route);
         }
         routes.push(route);
     }
-    let ca = config.upstream.ca_file.as_ref().map(|p| base.join(&p.0));
-    let upstream_tls = match tls::client_config(ca.as_deref()) {
+    routes
+}
+
+/// What the routes checked so far have used, and which listener kinds exist.
+struct SeenRoutes<'c> {
+    has_plain: bool,
+    has_tls: bool,
+    names: HashSet<&'c str>,
+    publics: HashSet<(bool, String, u16, String)>,
+}
+
+/// The route being compiled: its configuration, its position, and where its
+/// errors go.
+struct RouteCx<'c, 'e, 't> {
+    config: &'c Config,
+    index: usize,
+    r: &'c config::RouteConfig,
+    errs: &'e mut Errors<'t>,
+}
+
+impl<'c> RouteCx<'c, '_, '_> {
+    /// An error located at this route's `key` (the route's nth occurrence).
+    fn at(&mut self, key: &str, message: String) {
+        self.errs.at(key, "", self.index, message);
+    }
+
+    /// A unique non-empty name and public URL, with a listener of its scheme.
+    fn check_unique(&mut self, seen: &mut SeenRoutes<'c>) {
+        let (index, r) = (self.index, self.r);
+        if r.name.is_empty() {
+            self.at(
+                "from",
+                format!("route #{}: name must not be empty", index + 1),
+            );
+        } else if !seen.names.insert(r.name.as_str()) {
+            self.at("from", format!("route name {:?} is used twice", r.name));
+        }
+        if !seen.publics.insert((
+            r.from.tls,
+            r.from.host.clone(),
+            r.from.port,
+            r.from.path.clone(),
+        )) {
+            self.at(
+                "from",
+                format!(
+                    "route {:?}: public URL {} is already routed",
+                    r.name, r.from
+                ),
+            );
+        }
+        if r.from.tls && !seen.has_tls {
+            self.at(
+                "from",
+                format!(
+                    "route {:?}: {} is https but no listener has tls",
+                    r.name, r.from
+                ),
+            );
+        }
+        if !r.from.tls && !seen.has_plain {
+            self.at(
+                "from",
+                format!(
+                    "route {:?}: {} is http but every listener has tls",
+                    r.name, r.from
+                ),
+            );
+        }
+    }
+
+    /// The upstream's addresses (resolved now).
+    fn resolve_upstream(&mut self) -> Vec<SocketAddr> {
+        let r = self.r;
+        let host = r.to.host.trim_start_matches('[').trim_end_matches(']');
+        match (host, r.to.port).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                self.at(
+                    "to",
+                    format!("route {:?}: cannot resolve upstream {}: {e}", r.name, r.to),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// The route's `auth` (with its upstream credential), checking that
+    /// `upstream_auth` comes only with it.
+    fn auth(&mut self) -> Option<RouteAuth> {
+        let r = self.r;
+        let Some(auth) = &r.auth else {
+            if r.upstream_auth.is_some() {
+                self.at(
+                    "upstream_auth",
+                    format!("route {:?}: upstream_auth needs auth", r.name),
+                );
+            }
+            return None;
+        };
+        if r.mcp.is_none() {
+            self.at(
+                "auth",
+                format!("route {:?}: auth needs an MCP route (`mcp: {{}}`)", r.name),
+            );
+        }
+        let issuers_config = &self.config.identity.issuers;
+        let mut issuers = Vec::new();
+        let mut issuer_urls = Vec::new();
+        for name in &auth.issuers {
+            match issuers_config.iter().position(|c| &c.name == name) {
+                Some(i) => {
+                    issuers.push(i);
+                    issuer_urls.push(issuers_config[i].issuer.clone());
+                }
+                None => self.at(
+                    "issuers",
+                    format!(
+                        "route {:?}: unknown issuer {name:?} (not in identity.issuers)",
+                        r.name
+                    ),
+                ),
+            }
+        }
+        if auth.issuers.is_empty() {
+            self.at(
+                "auth",
+                format!("route {:?}: auth needs at least one issuer", r.name),
+            );
+        }
+        let upstream = self.upstream_credential();
+        Some(RouteAuth {
+            issuers,
+            issuer_urls,
+            scopes: auth.scopes.clone(),
+            audience: r.from.to_string(),
+            metadata_url: RouteAuth::metadata_url_for(&r.from),
+            upstream,
+        })
+    }
+
+    /// What the upstream gets instead of the client's token: one of
+    /// assertion (the default), static, none.
+    fn upstream_credential(&mut self) -> UpstreamCredential {
+        let r = self.r;
+        let default_auth = UpstreamAuthConfig::default();
+        let ua = r.upstream_auth.as_ref().unwrap_or(&default_auth);
+        let set = usize::from(ua.assertion.is_some())
+            + usize::from(ua.static_credential.is_some())
+            + usize::from(ua.none);
+        if set > 1 {
+            self.at(
+                "upstream_auth",
+                format!(
+                    "route {:?}: upstream_auth takes one of assertion, static, none",
+                    r.name
+                ),
+            );
+        }
+        match (&ua.assertion, &ua.static_credential, ua.none) {
+            (_, Some(s), _) => {
+                if !crate::http1::is_token(s.header.as_bytes())
+                    || s.value
+                        .bytes()
+                        .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+                {
+                    self.at(
+                        "upstream_auth",
+                        format!("route {:?}: invalid static header", r.name),
+                    );
+                }
+                UpstreamCredential::Static(format!("{}: {}\r\n", s.header, s.value).into_bytes())
+            }
+            (_, _, true) => UpstreamCredential::None,
+            (assertion, None, false) => {
+                let assertion = assertion.as_ref();
+                let header = assertion.map_or("X-Portcullis-Identity", |a| a.header.as_str());
+                if !crate::http1::is_token(header.as_bytes()) {
+                    self.at(
+                        "upstream_auth",
+                        format!("route {:?}: invalid assertion header name", r.name),
+                    );
+                }
+                UpstreamCredential::Assertion {
+                    bearer: header.eq_ignore_ascii_case("authorization"),
+                    header: header.to_string(),
+                    audience: assertion
+                        .and_then(|a| a.audience.clone())
+                        .unwrap_or_else(|| r.to.to_string()),
+                }
+            }
+        }
+    }
+
+    /// The route's policy, set on `route` unless it is empty. Its errors are
+    /// located at the nth `policy` key (counting only routes that have one).
+    fn policy(&mut self, rules: &[crate::config::policy::RuleConfig], route: &mut Route) {
+        let (config, r) = (self.config, self.r);
+        let nth = config.routes[..self.index]
+            .iter()
+            .filter(|o| o.policy.is_some())
+            .count();
+        if r.mcp.is_none() {
+            self.errs.at(
+                "policy",
+                "",
+                nth,
+                format!(
+                    "route {:?}: policy needs an MCP route (`mcp: {{}}`)",
+                    r.name
+                ),
+            );
+        }
+        match crate::policy::Policy::compile(rules, &config.policies, &r.name) {
+            Ok(p) if p.is_empty() => {}
+            Ok(p) => {
+                route.policy_reads_headers = p.uses_headers();
+                route.policy = Some(p);
+            }
+            Err(list) => {
+                for message in list {
+                    self.errs
+                        .at("policy", "", nth, format!("route {:?}: {message}", r.name));
+                }
+            }
+        }
+    }
+}
+
+/// The client TLS config for upstreams (with `ca_file`, when set).
+fn compile_upstream_tls(
+    upstream: &config::UpstreamConfig,
+    base: &Path,
+    errs: &mut Errors,
+) -> Option<Arc<rustls::ClientConfig>> {
+    let ca = upstream.ca_file.as_ref().map(|p| base.join(&p.0));
+    match tls::client_config(ca.as_deref()) {
         Ok(c) => Some(c),
         Err(e) => {
             errs.at0("ca_file", "", format!("upstream: {e}"));
             None
         }
-    };
-    let (Some(upstream_tls), Some(identity), true) = (upstream_tls, identity, errs.list.is_empty())
-    else {
-        return Err(ConfigErrors(errs.list));
-    };
+    }
+}
+
+/// The header limits the HTTP/1 parser takes from `limits`.
+fn head_limits(limits: &Limits) -> HeadLimits {
+    HeadLimits {
+        max_header_bytes: limits.max_header_bytes,
+        max_headers: limits.max_headers,
+        max_target_bytes: limits.max_target_bytes,
+    }
+}
+
+fn upstream_settings(
+    upstream: &config::UpstreamConfig,
+    tls: Arc<rustls::ClientConfig>,
+) -> UpstreamSettings {
+    UpstreamSettings {
+        connect_timeout: upstream.connect_timeout.0,
+        response_header_timeout: upstream.response_header_timeout.0,
+        read_timeout: upstream.read_timeout.0,
+        pool_max_idle: upstream.pool_max_idle,
+        pool_idle_timeout: upstream.pool_idle_timeout.0,
+        tls,
+    }
+}
+
+/// The snapshot of a configuration found free of errors; starts the JWKS
+/// refresher of its issuers.
+fn assemble(
+    config: Config,
+    routes: Vec<Route>,
+    listeners: Vec<ListenerSpec>,
+    identity: Issuers,
+    upstream_tls: Arc<rustls::ClientConfig>,
+) -> Snapshot {
     let identity = Arc::new(identity);
     let stop = Arc::new(AtomicBool::new(false));
     identity.start_refresher(stop.clone());
     let limits = config.limits;
-    Ok(Snapshot {
+    Snapshot {
         routes: RouteTable::new(routes),
-        head_limits: HeadLimits {
-            max_header_bytes: limits.max_header_bytes,
-            max_headers: limits.max_headers,
-            max_target_bytes: limits.max_target_bytes,
-        },
+        head_limits: head_limits(&limits),
         limits,
-        upstream: UpstreamSettings {
-            connect_timeout: config.upstream.connect_timeout.0,
-            response_header_timeout: config.upstream.response_header_timeout.0,
-            read_timeout: config.upstream.read_timeout.0,
-            pool_max_idle: config.upstream.pool_max_idle,
-            pool_idle_timeout: config.upstream.pool_idle_timeout.0,
-            tls: upstream_tls,
-        },
+        upstream: upstream_settings(&config.upstream, upstream_tls),
         listeners,
         workers: config.workers.resolve(),
         pin_workers: config.pin_workers,
@@ -446,7 +549,7 @@ pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, Conf
         admin: config.admin.map(|a| a.address),
         audit: config.audit,
         log: config.log,
-    })
+    }
 }
 
 /// Errors found while compiling, located by the nth occurrence of a key.
