@@ -24,6 +24,15 @@ use std::time::Duration;
 pub const SCHEMA_VERSION: u32 = 1;
 /// A worker hands its buffer over once it holds this much.
 pub const FLUSH_BYTES: usize = 64 * 1024;
+/// What a TLS handshake settled, for the audit record.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// "TLSv1.3" or "TLSv1.2".
+    pub version: &'static str,
+    /// The server name the client asked for (SNI), if it sent one.
+    pub sni: Option<Box<str>>,
+}
+
 /// The process's audit sink: the channel to the writer and its counters.
 pub struct Sink {
     tx: SyncSender<(Vec<u8>, u64)>,
@@ -231,7 +240,7 @@ pub struct Record<'a> {
     pub worker: usize,
     pub client: std::net::SocketAddr,
     /// What the TLS handshake settled (`None`: plain TCP).
-    pub tls: Option<&'a crate::proxy::stream::TlsInfo>,
+    pub tls: Option<&'a TlsInfo>,
     pub route: Option<&'a str>,
     pub facts: &'a Facts,
     pub decision: Decision,

@@ -132,51 +132,10 @@ impl ChunkedDecoder {
         while i < input.len() {
             let b = input[i];
             match self.state {
-                State::Size => match hex(b) {
-                    Some(d) => {
-                        self.digits += 1;
-                        if self.digits > MAX_SIZE_DIGITS {
-                            return self.fail(ChunkError::SizeTooLarge);
-                        }
-                        self.size = (self.size << 4) | u64::from(d);
-                        if self.size > MAX_CHUNK {
-                            return self.fail(ChunkError::SizeTooLarge);
-                        }
+                State::Size | State::SizeWs | State::Ext(_) | State::SizeLf => {
+                    if let Err(e) = self.size_line(b) {
+                        return self.fail(e);
                     }
-                    None if self.digits == 0 => return self.fail(ChunkError::BadSize),
-                    None => match b {
-                        b'\r' => self.state = State::SizeLf,
-                        b';' => self.state = State::Ext(Ext::BeforeName),
-                        b' ' | b'\t' => self.state = State::SizeWs,
-                        _ => return self.fail(ChunkError::BadSize),
-                    },
-                },
-                State::SizeWs => match b {
-                    b' ' | b'\t' => {}
-                    b';' => self.state = State::Ext(Ext::BeforeName),
-                    _ => return self.fail(ChunkError::BadSize),
-                },
-                State::Ext(at) => {
-                    self.ext_len += 1;
-                    if self.ext_len > MAX_EXTENSION_BYTES {
-                        return self.fail(ChunkError::ExtensionTooLong);
-                    }
-                    match ext_next(at, b) {
-                        Some(next) => self.state = next,
-                        None => return self.fail(ChunkError::BadExtension),
-                    }
-                }
-                State::SizeLf => {
-                    if b != b'\n' {
-                        return self.fail(ChunkError::BadLineEnd);
-                    }
-                    self.state = if self.size == 0 {
-                        State::TrailerStart
-                    } else {
-                        State::Data
-                    };
-                    self.digits = 0;
-                    self.ext_len = 0;
                 }
                 State::Data => {
                     let take =
@@ -203,26 +162,13 @@ impl ChunkedDecoder {
                     }
                     self.state = State::Size;
                 }
-                State::TrailerStart => match b {
-                    b'\r' => self.state = State::EndLf,
-                    b if super::is_tchar(b) => self.trailer_byte(State::TrailerName)?,
-                    _ => return self.fail(ChunkError::BadTrailer),
-                },
-                State::TrailerName => match b {
-                    b':' => self.trailer_byte(State::TrailerValue)?,
-                    b if super::is_tchar(b) => self.trailer_byte(State::TrailerName)?,
-                    _ => return self.fail(ChunkError::BadTrailer),
-                },
-                State::TrailerValue => match b {
-                    b'\r' => self.trailer_byte(State::TrailerLf)?,
-                    b'\t' | 0x20..=0x7e | 0x80..=0xff => self.trailer_byte(State::TrailerValue)?,
-                    _ => return self.fail(ChunkError::BadTrailer),
-                },
-                State::TrailerLf => {
-                    if b != b'\n' {
-                        return self.fail(ChunkError::BadLineEnd);
+                State::TrailerStart
+                | State::TrailerName
+                | State::TrailerValue
+                | State::TrailerLf => {
+                    if let Err(e) = self.trailer_line(b) {
+                        return self.fail(e);
                     }
-                    self.state = State::TrailerStart;
                 }
                 State::EndLf => {
                     if b != b'\n' {
@@ -251,6 +197,91 @@ impl ChunkedDecoder {
             data: 0..0,
             done: self.state == State::Done,
         })
+    }
+
+    /// One byte of a chunk-size line: size, whitespace, extensions, CRLF.
+    #[inline]
+    fn size_line(&mut self, b: u8) -> Result<(), ChunkError> {
+        match self.state {
+            State::Size => match hex(b) {
+                Some(d) => {
+                    self.digits += 1;
+                    if self.digits > MAX_SIZE_DIGITS {
+                        return Err(ChunkError::SizeTooLarge);
+                    }
+                    self.size = (self.size << 4) | u64::from(d);
+                    if self.size > MAX_CHUNK {
+                        return Err(ChunkError::SizeTooLarge);
+                    }
+                }
+                None if self.digits == 0 => return Err(ChunkError::BadSize),
+                None => match b {
+                    b'\r' => self.state = State::SizeLf,
+                    b';' => self.state = State::Ext(Ext::BeforeName),
+                    b' ' | b'\t' => self.state = State::SizeWs,
+                    _ => return Err(ChunkError::BadSize),
+                },
+            },
+            State::SizeWs => match b {
+                b' ' | b'\t' => {}
+                b';' => self.state = State::Ext(Ext::BeforeName),
+                _ => return Err(ChunkError::BadSize),
+            },
+            State::Ext(at) => {
+                self.ext_len += 1;
+                if self.ext_len > MAX_EXTENSION_BYTES {
+                    return Err(ChunkError::ExtensionTooLong);
+                }
+                match ext_next(at, b) {
+                    Some(next) => self.state = next,
+                    None => return Err(ChunkError::BadExtension),
+                }
+            }
+            State::SizeLf => {
+                if b != b'\n' {
+                    return Err(ChunkError::BadLineEnd);
+                }
+                self.state = if self.size == 0 {
+                    State::TrailerStart
+                } else {
+                    State::Data
+                };
+                self.digits = 0;
+                self.ext_len = 0;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// One byte of the trailer section.
+    #[inline]
+    fn trailer_line(&mut self, b: u8) -> Result<(), ChunkError> {
+        match self.state {
+            State::TrailerStart => match b {
+                b'\r' => self.state = State::EndLf,
+                b if super::is_tchar(b) => self.trailer_byte(State::TrailerName)?,
+                _ => return Err(ChunkError::BadTrailer),
+            },
+            State::TrailerName => match b {
+                b':' => self.trailer_byte(State::TrailerValue)?,
+                b if super::is_tchar(b) => self.trailer_byte(State::TrailerName)?,
+                _ => return Err(ChunkError::BadTrailer),
+            },
+            State::TrailerValue => match b {
+                b'\r' => self.trailer_byte(State::TrailerLf)?,
+                b'\t' | 0x20..=0x7e | 0x80..=0xff => self.trailer_byte(State::TrailerValue)?,
+                _ => return Err(ChunkError::BadTrailer),
+            },
+            State::TrailerLf => {
+                if b != b'\n' {
+                    return Err(ChunkError::BadLineEnd);
+                }
+                self.state = State::TrailerStart;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn trailer_byte(&mut self, next: State) -> Result<(), ChunkError> {

@@ -145,14 +145,7 @@ where
         Some(0) => false,
         _ => return Err(HttpError::BadVersion),
     };
-    let method_bytes = req.method.unwrap_or("").as_bytes();
-    let method = match Method::from_bytes(method_bytes) {
-        Some(m) => m,
-        None if method_bytes == b"CONNECT" || method_bytes == b"TRACE" => {
-            return Err(HttpError::MethodNotAllowed)
-        }
-        None => return Err(HttpError::NotImplemented("method not supported")),
-    };
+    let method = method_of(req.method.unwrap_or(""))?;
     let target = req.path.unwrap_or("");
     if target.len() > limits.max_target_bytes {
         return Err(HttpError::UriTooLong);
@@ -164,6 +157,60 @@ where
     }
     let headers: &'b [httparse::Header<'b>] = req.headers;
 
+    let HeaderFacts {
+        host,
+        host_count,
+        content_length,
+        te,
+        keep_alive,
+        expect_continue,
+    } = header_facts(headers, http11)?;
+    let framing = framing(content_length, te.chunked()?, http11)?;
+    // A body on GET or HEAD has no defined meaning and peers disagree on
+    // whether to read it: never forward one.
+    if matches!(method, Method::Get | Method::Head) && framing != Framing::None {
+        return Err(HttpError::BadRequest("GET or HEAD with a body"));
+    }
+
+    // Request target: origin-form, or absolute-form whose authority must agree
+    // with Host.
+    let (path, target_host) = split_target(target)?;
+    let host = choose_host(host, host_count, target_host, http11)?;
+    if !valid_host(host) {
+        return Err(HttpError::BadHost);
+    }
+    if has_dot_segment(path) {
+        return Err(HttpError::BadRequest("dot segment in request path"));
+    }
+    Ok(Some(RequestHead {
+        method,
+        path,
+        http11,
+        host,
+        framing,
+        keep_alive,
+        expect_continue,
+        head_len,
+        headers,
+    }))
+}
+
+/// What the header fields say about host, framing and the connection.
+struct HeaderFacts<'b> {
+    host: Option<&'b str>,
+    host_count: usize,
+    content_length: Option<u64>,
+    te: TeList,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// Read the header fields that decide host, framing and the connection;
+/// refuse obfuscated or conflicting ones.
+fn header_facts<'b>(
+    headers: &'b [httparse::Header<'b>],
+    http11: bool,
+) -> Result<HeaderFacts<'b>, HttpError> {
     let mut host: Option<&'b str> = None;
     let mut host_count = 0usize;
     let mut content_length: Option<u64> = None;
@@ -203,59 +250,66 @@ where
             expect_continue = http11;
         }
     }
-    let transfer_encoding = te.chunked()?;
-    let framing = match (content_length, transfer_encoding) {
-        (Some(_), true) => {
-            return Err(HttpError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ))
-        }
-        (None, true) if !http11 => {
-            return Err(HttpError::BadRequest("Transfer-Encoding on HTTP/1.0"))
-        }
-        (None, true) => Framing::Chunked,
-        (Some(0), false) | (None, false) => Framing::None,
-        (Some(n), false) => Framing::Length(n),
-    };
-    // A body on GET or HEAD has no defined meaning and peers disagree on
-    // whether to read it: never forward one.
-    if matches!(method, Method::Get | Method::Head) && framing != Framing::None {
-        return Err(HttpError::BadRequest("GET or HEAD with a body"));
-    }
+    Ok(HeaderFacts {
+        host,
+        host_count,
+        content_length,
+        te,
+        keep_alive,
+        expect_continue,
+    })
+}
 
-    // Request target: origin-form, or absolute-form whose authority must agree
-    // with Host.
-    let (path, target_host) = split_target(target)?;
+/// How the body is framed: by Content-Length or chunked, never both (and
+/// never chunked on HTTP/1.0).
+fn framing(
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    http11: bool,
+) -> Result<Framing, HttpError> {
+    match (content_length, transfer_encoding) {
+        (Some(_), true) => Err(HttpError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        )),
+        (None, true) if !http11 => Err(HttpError::BadRequest("Transfer-Encoding on HTTP/1.0")),
+        (None, true) => Ok(Framing::Chunked),
+        (Some(0), false) | (None, false) => Ok(Framing::None),
+        (Some(n), false) => Ok(Framing::Length(n)),
+    }
+}
+
+/// The request's method; CONNECT and TRACE are refused as not allowed, any
+/// other unknown one as not implemented.
+fn method_of(text: &str) -> Result<Method, HttpError> {
+    let method_bytes = text.as_bytes();
+    match Method::from_bytes(method_bytes) {
+        Some(m) => Ok(m),
+        None if method_bytes == b"CONNECT" || method_bytes == b"TRACE" => {
+            Err(HttpError::MethodNotAllowed)
+        }
+        None => Err(HttpError::NotImplemented("method not supported")),
+    }
+}
+
+/// The one host of a request: its Host header, which an absolute-form
+/// target must agree with (HTTP/1.0 may name it in the target only).
+fn choose_host<'b>(
+    host: Option<&'b str>,
+    host_count: usize,
+    target_host: Option<&'b str>,
+    http11: bool,
+) -> Result<&'b str, HttpError> {
     if host_count > 1 {
         return Err(HttpError::BadRequest("duplicate Host header"));
     }
-    let host = match (host, target_host) {
-        (Some(h), Some(t)) if !h.eq_ignore_ascii_case(t) => {
-            return Err(HttpError::BadRequest(
-                "Host does not match the request target",
-            ))
-        }
-        (Some(h), _) => h,
-        (None, Some(t)) if !http11 => t,
-        (None, _) => return Err(HttpError::BadRequest("missing Host header")),
-    };
-    if !valid_host(host) {
-        return Err(HttpError::BadHost);
+    match (host, target_host) {
+        (Some(h), Some(t)) if !h.eq_ignore_ascii_case(t) => Err(HttpError::BadRequest(
+            "Host does not match the request target",
+        )),
+        (Some(h), _) => Ok(h),
+        (None, Some(t)) if !http11 => Ok(t),
+        (None, _) => Err(HttpError::BadRequest("missing Host header")),
     }
-    if has_dot_segment(path) {
-        return Err(HttpError::BadRequest("dot segment in request path"));
-    }
-    Ok(Some(RequestHead {
-        method,
-        path,
-        http11,
-        host,
-        framing,
-        keep_alive,
-        expect_continue,
-        head_len,
-        headers,
-    }))
 }
 
 /// httparse reports a space inside the target as a bad version; only a

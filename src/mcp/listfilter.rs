@@ -30,16 +30,6 @@ impl ListKind {
         })
     }
 
-    /// The policy's kind of item.
-    pub fn item(self) -> crate::policy::ItemKind {
-        match self {
-            ListKind::Tools => crate::policy::ItemKind::Tool,
-            ListKind::Prompts => crate::policy::ItemKind::Prompt,
-            ListKind::Resources => crate::policy::ItemKind::Resource,
-            ListKind::ResourceTemplates => crate::policy::ItemKind::ResourceTemplate,
-        }
-    }
-
     /// (result member holding the items, item member naming each).
     fn keys(self) -> (&'static str, &'static str) {
         match self {

@@ -1,9 +1,12 @@
 //! Rewriting the first event of a legacy (2024-11-05) SSE stream: `event:
 //! endpoint` whose data is the POST URL on the upstream. Everything after the
 //! first event passes through byte-exact; nothing is held back longer than the
-//! first event (or `MAX_FIRST_EVENT` bytes).
+//! first event (or `MAX_FIRST_EVENT` bytes). The URL mapping itself is the
+//! caller's (the route's: `Route::public_url`).
 
-use crate::snapshot::route::Route;
+/// Maps an upstream URL (a path, or an absolute URL on the upstream) to the
+/// public one; `None` leaves the event as it is.
+pub type MapUrl<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 const MAX_FIRST_EVENT: usize = 8 * 1024;
 
@@ -15,7 +18,7 @@ pub struct EndpointRewriter {
 
 impl EndpointRewriter {
     /// Feed body bytes; append what may be sent now to `out`.
-    pub fn feed(&mut self, route: &Route, data: &[u8], out: &mut Vec<u8>) {
+    pub fn feed(&mut self, map: MapUrl<'_>, data: &[u8], out: &mut Vec<u8>) {
         if self.done {
             out.extend_from_slice(data);
             return;
@@ -30,7 +33,7 @@ impl EndpointRewriter {
         };
         self.done = true;
         let (event, rest) = self.pending.split_at(end);
-        match rewrite_event(route, event) {
+        match rewrite_event(map, event) {
             Some(new) => out.extend_from_slice(&new),
             None => out.extend_from_slice(event),
         }
@@ -66,7 +69,7 @@ pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-fn rewrite_event(route: &Route, event: &[u8]) -> Option<Vec<u8>> {
+fn rewrite_event(map: MapUrl<'_>, event: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(event).ok()?;
     let is_endpoint = text.lines().any(|l| field(l, "event") == Some("endpoint"));
     if !is_endpoint {
@@ -77,7 +80,7 @@ fn rewrite_event(route: &Route, event: &[u8]) -> Option<Vec<u8>> {
         let bare = line.trim_end_matches(['\r', '\n']);
         match field(bare, "data") {
             Some(url) => {
-                let rewritten = rewrite_url(route, url)?;
+                let rewritten = map(url)?;
                 out.push_str("data: ");
                 out.push_str(&rewritten);
                 out.push_str(&line[bare.len()..]);
@@ -94,43 +97,21 @@ pub(crate) fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(v.strip_prefix(' ').unwrap_or(v))
 }
 
-/// A path (or an absolute URL on the upstream) mapped to the public URL space.
-fn rewrite_url(route: &Route, url: &str) -> Option<String> {
-    if url.starts_with('/') {
-        return route.public_path(url);
-    }
-    let upstream_base = format!(
-        "{}://{}",
-        route.upstream.scheme(),
-        route.upstream.authority()
-    );
-    let path = url.strip_prefix(&upstream_base)?;
-    let public = route.public_path(path)?;
-    Some(format!(
-        "{}://{}{}",
-        route.public.scheme(),
-        route.public.authority(),
-        public
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Url;
 
-    fn route() -> Route {
-        let public = Url::parse("https://mcp.example.com/legacy").unwrap();
-        let upstream = Url::parse("http://127.0.0.1:9000/").unwrap();
-        Route::new(0, "l", public, upstream, vec![], true)
+    /// `/x` and `http://up/x` on the upstream are `/legacy/x` publicly.
+    fn map(url: &str) -> Option<String> {
+        let path = url.strip_prefix("http://up").unwrap_or(url);
+        path.starts_with('/').then(|| format!("/legacy{path}"))
     }
 
     fn run(parts: &[&[u8]]) -> Vec<u8> {
-        let r = route();
         let mut rw = EndpointRewriter::default();
         let mut out = Vec::new();
         for p in parts {
-            rw.feed(&r, p, &mut out);
+            rw.feed(&map, p, &mut out);
         }
         rw.finish(&mut out);
         out
@@ -151,14 +132,14 @@ mod tests {
     }
 
     #[test]
-    fn rewrites_absolute_urls_and_leaves_others() {
+    fn rewrites_only_the_endpoint_event_and_what_maps() {
         assert_eq!(
-            run(&[b"event:endpoint\ndata:http://127.0.0.1:9000/messages?s=1\n\n"]),
-            b"event:endpoint\ndata: https://mcp.example.com/legacy/messages?s=1\n\n"
+            run(&[b"event:endpoint\ndata:http://up/messages?s=1\n\n"]),
+            b"event:endpoint\ndata: /legacy/messages?s=1\n\n"
         );
         let other: &[u8] = b"event: message\ndata: /messages\n\n";
         assert_eq!(run(&[other]), other);
-        let foreign: &[u8] = b"event: endpoint\ndata: http://elsewhere/messages\n\n";
+        let foreign: &[u8] = b"event: endpoint\ndata: elsewhere/messages\n\n";
         assert_eq!(run(&[foreign]), foreign);
     }
 }

@@ -32,6 +32,7 @@ mod time;
 #[cfg(test)]
 mod tests;
 
+use crate::mcp::listfilter::ListKind;
 use crate::mcp::method::Method;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -85,6 +86,17 @@ pub enum ItemKind {
     Prompt,
     Resource,
     ResourceTemplate,
+}
+
+impl From<ListKind> for ItemKind {
+    fn from(list: ListKind) -> ItemKind {
+        match list {
+            ListKind::Tools => ItemKind::Tool,
+            ListKind::Prompts => ItemKind::Prompt,
+            ListKind::Resources => ItemKind::Resource,
+            ListKind::ResourceTemplates => ItemKind::ResourceTemplate,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! The two kinds of byte stream portcullis speaks over, plain TCP or TLS, as
 //! one concrete type per side so the request path is not generic over them.
 
+use crate::audit::TlsInfo;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
@@ -80,15 +81,6 @@ either_stream!(
     UpstreamStream,
     monoio_rustls::ClientTlsStream<TcpStream>
 );
-
-/// What a TLS handshake settled, for the audit record.
-#[derive(Debug, Clone)]
-pub struct TlsInfo {
-    /// "TLSv1.3" or "TLSv1.2".
-    pub version: &'static str,
-    /// The server name the client asked for (SNI), if it sent one.
-    pub sni: Option<Box<str>>,
-}
 
 /// A client connection: its transport, what its TLS handshake settled, and
 /// how many bytes were read from and written to it (application bytes, after

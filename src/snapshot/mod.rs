@@ -4,12 +4,12 @@
 //! swaps the whole snapshot through the one `ArcSwap`.
 
 pub mod route;
+pub mod tls;
 
 use crate::config::UpstreamAuthConfig;
 use crate::config::{self, Config, ConfigError, ConfigErrors, Limits, RuntimeConfig};
 use crate::http1::parse::HeadLimits;
 use crate::identity::Issuers;
-use crate::proxy::tls;
 use crate::snapshot::route::{Route, RouteTable};
 use crate::snapshot::route::{RouteAuth, UpstreamCredential};
 use arc_swap::ArcSwap;

@@ -135,6 +135,22 @@ impl Route {
         out.extend_from_slice(rest.as_bytes());
     }
 
+    /// A path (or an absolute URL on the upstream) mapped to the public URL space.
+    pub fn public_url(&self, url: &str) -> Option<String> {
+        if url.starts_with('/') {
+            return self.public_path(url);
+        }
+        let upstream_base = format!("{}://{}", self.upstream.scheme(), self.upstream.authority());
+        let path = url.strip_prefix(&upstream_base)?;
+        let public = self.public_path(path)?;
+        Some(format!(
+            "{}://{}{}",
+            self.public.scheme(),
+            self.public.authority(),
+            public
+        ))
+    }
+
     /// The public path for an upstream `path`, if it lies under the upstream
     /// prefix (used to rewrite the legacy SSE `endpoint` event).
     pub fn public_path(&self, upstream_path: &str) -> Option<String> {
@@ -303,6 +319,21 @@ mod tests {
             Some("/github/messages/?session_id=1")
         );
         assert_eq!(t.get(2).public_path("/elsewhere"), None);
+        let legacy = Route::new(
+            0,
+            "l",
+            Url::parse("https://mcp.example.com/legacy").unwrap(),
+            Url::parse("http://127.0.0.1:9000/").unwrap(),
+            vec![],
+            true,
+        );
+        assert_eq!(
+            legacy
+                .public_url("http://127.0.0.1:9000/messages?s=1")
+                .as_deref(),
+            Some("https://mcp.example.com/legacy/messages?s=1")
+        );
+        assert_eq!(legacy.public_url("http://elsewhere/messages"), None);
         assert_eq!(
             t.get(1).public_path("/messages/?s=1").as_deref(),
             Some("/mcp/admin/messages/?s=1")

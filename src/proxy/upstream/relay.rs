@@ -107,7 +107,7 @@ pub async fn response(
                 .map_err(|_| None::<HttpError>)?;
             if let Some(rw) = rewriter.as_mut() {
                 let mut rewritten = Vec::with_capacity(data.len());
-                rw.feed(route, &data, &mut rewritten);
+                rw.feed(&|url| route.public_url(url), &data, &mut rewritten);
                 if done {
                     rw.finish(&mut rewritten);
                 }
@@ -213,7 +213,7 @@ fn with_visible<R>(
     let policy = route.policy.as_ref();
     f(
         &mut |kind: ListKind, name: &str| {
-            policy.is_none_or(|p| p.visible(&base, kind.item(), name))
+            policy.is_none_or(|p| p.visible(&base, kind.into(), name))
         },
     )
 }
