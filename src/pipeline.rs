@@ -784,6 +784,12 @@ pub fn check_mcp_body(
     if err == HttpError::PolicyDenied && ids.is_empty() {
         // Only notifications were refused: nothing answers a notification.
         err = HttpError::NotificationDenied;
+    } else if err == HttpError::PolicyDenied && req.mcp_head.legacy_post {
+        // A legacy HTTP+SSE client ignores the body of a 200 (its answers
+        // come on the GET stream): a 4xx is what it reports at once. The
+        // error cannot go on that stream instead: it may be relayed by
+        // another core, and this one holds nothing of it.
+        err = HttpError::LegacyPolicyDenied;
     }
     let mut headers = Vec::new();
     if let Some(secs) = retry_after {
