@@ -34,6 +34,11 @@ pub enum HttpError {
     /// A policy denied the call: answered as a JSON-RPC error (HTTP 200) so
     /// the client shows it and the session stays usable.
     PolicyDenied,
+    /// A policy denied a call POSTed on the legacy HTTP+SSE transport: 403
+    /// with the same JSON-RPC error. That transport's clients read answers
+    /// only on their GET stream and ignore the body of a successful POST, so
+    /// a 200 would leave the call waiting for the client's own timeout.
+    LegacyPolicyDenied,
     /// A deny rule refused a request that carries no call (GET, DELETE): 403.
     PolicyForbidden,
     /// A policy denied a notification: 202 as for any notification, with no
@@ -66,9 +71,10 @@ impl HttpError {
             HttpError::BadGateway(_) => 502,
             HttpError::GatewayTimeout => 504,
             HttpError::ServiceUnavailable => 503,
-            HttpError::Forbidden(_) | HttpError::InsufficientScope | HttpError::PolicyForbidden => {
-                403
-            }
+            HttpError::Forbidden(_)
+            | HttpError::InsufficientScope
+            | HttpError::PolicyForbidden
+            | HttpError::LegacyPolicyDenied => 403,
             HttpError::Unauthorized(_) => 401,
             HttpError::RateLimited => 429,
             HttpError::PolicyDenied => 200,
@@ -86,6 +92,7 @@ impl HttpError {
             HttpError::InsufficientScope => "insufficient scope",
             HttpError::RateLimited => "rate limit exceeded",
             HttpError::PolicyDenied
+            | HttpError::LegacyPolicyDenied
             | HttpError::NotificationDenied
             | HttpError::PolicyForbidden => "denied by policy",
             HttpError::InvalidJsonRpc { message, .. } => message,
@@ -118,6 +125,7 @@ impl HttpError {
                 | HttpError::InsufficientScope
                 | HttpError::RateLimited
                 | HttpError::PolicyDenied
+                | HttpError::LegacyPolicyDenied
                 | HttpError::NotificationDenied
                 | HttpError::PolicyForbidden
         ) && !self.judged_whole_body()
@@ -128,6 +136,7 @@ impl HttpError {
         use crate::metrics::Decision;
         match self {
             HttpError::PolicyDenied
+            | HttpError::LegacyPolicyDenied
             | HttpError::RateLimited
             | HttpError::NotificationDenied
             | HttpError::PolicyForbidden => Decision::Denied,
@@ -148,6 +157,7 @@ impl HttpError {
             self,
             HttpError::InvalidJsonRpc { .. }
                 | HttpError::PolicyDenied
+                | HttpError::LegacyPolicyDenied
                 | HttpError::NotificationDenied
                 | HttpError::RateLimited
         )

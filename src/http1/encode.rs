@@ -85,6 +85,7 @@ pub fn error_response(
             HttpError::InvalidJsonRpc { code, .. } => code,
             HttpError::GatewayTimeout => -32001,
             HttpError::PolicyDenied
+            | HttpError::LegacyPolicyDenied
             | HttpError::RateLimited
             | HttpError::Unauthorized(_)
             | HttpError::Forbidden(_)

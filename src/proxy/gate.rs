@@ -4,7 +4,9 @@
 //! the modern era (2026-07-28 and later) the `Mcp-Method` / `Mcp-Name`
 //! headers against the body they mirror (missing or different → 400 with
 //! JSON-RPC error -32020). Policy is always decided on the body, never on
-//! these headers alone.
+//! these headers alone. It also tells a message POST of the legacy HTTP+SSE
+//! transport from a Streamable HTTP one (`legacy_message_post`): their
+//! clients read a refusal in different places.
 
 // Versions are written as dates: 2026_07_28 reads better than 20_260_728.
 #![allow(clippy::inconsistent_digit_grouping)]
@@ -27,6 +29,9 @@ pub struct McpHead {
     pub version: u32,
     /// The mirrored headers, decoded (only when the client sent any).
     pub mirrors: Option<Box<Mirrors>>,
+    /// A message POST of the legacy HTTP+SSE transport (2024-11-05), see
+    /// `legacy_message_post`.
+    pub legacy_post: bool,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -45,7 +50,7 @@ fn mismatch(message: &'static str) -> HttpError {
 /// Check the head of a request on an MCP route.
 pub fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, HttpError> {
     // `Mcp-Session-Id` too must be unambiguous (it is bound to a principal).
-    let [origin, version, method, name, _session] = find_once(
+    let [origin, version, method, name, session] = find_once(
         head,
         [
             "origin",
@@ -82,7 +87,33 @@ pub fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, HttpError>
     } else {
         None
     };
-    Ok(McpHead { version, mirrors })
+    let legacy_post = head.method == crate::http1::Method::Post
+        && session.is_none()
+        && version < MODERN
+        && legacy_message_post(head.path);
+    Ok(McpHead {
+        version,
+        mirrors,
+        legacy_post,
+    })
+}
+
+/// Whether a POST's target is a message endpoint of the legacy HTTP+SSE
+/// transport: the URL its server announced in the GET stream's `endpoint`
+/// event, which names the session in its query (`?session_id=` in the Python
+/// SDK, `?sessionId=` in the TypeScript one; the name is matched without
+/// case). A Streamable HTTP POST names its session in `Mcp-Session-Id`
+/// instead (the caller checks it is absent). The protocol version cannot
+/// tell the two apart: the TypeScript SDK sends the version it negotiated
+/// (2025-11-25) on the legacy transport too.
+pub fn legacy_message_post(target: &str) -> bool {
+    let Some((_, query)) = target.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        name.eq_ignore_ascii_case("session_id") || name.eq_ignore_ascii_case("sessionid")
+    })
 }
 
 /// Headers that may appear at most once each (a second copy is ambiguous),
@@ -260,6 +291,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn legacy_message_posts_name_their_session_in_the_query() {
+        for legacy in [
+            "/messages/?session_id=0f3a",
+            "/message?sessionId=abc",
+            "/mcp/message?sessionid=abc",
+            "/m?a=1&SESSION_ID=x",
+            "/m?session_id",
+        ] {
+            assert!(legacy_message_post(legacy), "{legacy}");
+        }
+        for streamable in [
+            "/mcp",
+            "/mcp?tenant=a",
+            "/mcp?my_session_id=1",
+            "/session_id=1",
+            "/m?x=session_id",
+        ] {
+            assert!(!legacy_message_post(streamable), "{streamable}");
+        }
+    }
+
     fn msg<'a>(method: &'a str, name: Option<&'a str>, version: Option<&'a str>) -> Message<'a> {
         Message {
             kind: Some(Kind::Request),
@@ -279,6 +332,7 @@ mod tests {
                     name: name.map(Box::from),
                 })
             }),
+            legacy_post: false,
         }
     }
 

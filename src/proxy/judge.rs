@@ -180,13 +180,18 @@ impl<'a> Judge<'a> {
             code: e.code(),
             message: e.message(),
         })?;
-        let Some(refused) = tally.refused else {
+        let Some(refused) = tally.refused.take() else {
             judged.list = (!tally.lists.is_empty()).then_some(ListFilter {
                 wanted: tally.lists,
             });
             return Ok(());
         };
-        Err(answer(refused, tally.ids, tally.batch, judged))
+        Err(answer(
+            refused,
+            tally,
+            self.req.mcp_head.legacy_post,
+            judged,
+        ))
     }
 
     /// GET (listen stream) and DELETE (end session) carry no call: deny
@@ -301,11 +306,18 @@ fn verdict<'p>(p: &'p Policy, facts: &Facts<'_>, m: &Message<'_>) -> Verdict<'p>
 
 /// The local answer to a refused body: its error, with the ids it names and
 /// `Retry-After` in `judged.detail`.
-fn answer(refused: Refused, ids: Vec<RpcId>, batch: bool, judged: &mut Judged) -> HttpError {
+fn answer(refused: Refused, tally: Tally, legacy_post: bool, judged: &mut Judged) -> HttpError {
+    let Tally { ids, batch, .. } = tally;
     let mut err = refused.err;
     if err == HttpError::PolicyDenied && ids.is_empty() {
         // Only notifications were refused: nothing answers a notification.
         err = HttpError::NotificationDenied;
+    } else if err == HttpError::PolicyDenied && legacy_post {
+        // A legacy HTTP+SSE client ignores the body of a 200 (its answers
+        // come on the GET stream): a 4xx is what it reports at once. The
+        // error cannot go on that stream instead: it may be relayed by
+        // another core, and this one holds nothing of it.
+        err = HttpError::LegacyPolicyDenied;
     }
     let mut headers = Vec::new();
     if let Some(secs) = refused.retry_after {

@@ -9,10 +9,12 @@ import json
 import re
 import socket
 
+import subprocess
+
 import anyio
 import pytest
 
-from conftest import run_mcp1_client
+from conftest import HELPERS, NODE, free_port, run_mcp1_client
 from mcpclient import exercise
 
 STEPS = [[1.0, 3.0, "step 1"], [2.0, 3.0, "step 2"], [3.0, 3.0, "step 3"]]
@@ -172,3 +174,73 @@ def test_message_post_relayed_202_no_body(gateway):
             assert chunk
             buf += chunk
         assert b'"protocolVersion":"2024-11-05"' in buf
+
+
+# A policy for the TypeScript client test: `echo` denied by a named rule,
+# `countdown` rate-limited to one call a day, everything it needs allowed.
+TS_POLICY = """
+    policy:
+      - allow: {mcp_method: {in: [initialize, notifications/initialized, ping, tools/list, tools/call]}}
+      - name: no-echo
+        deny: {mcp_tool: {equals: echo}}
+        message: echo is switched off here
+      - name: one-countdown
+        deny: {and: [{mcp_tool: {equals: countdown}}, {rate_limit: {requests: 1, per: 24h, key: principal_and_tool}}]}
+"""
+
+
+def run_ts_sse_client(url: str, calls: list[dict], call_timeout_ms: int = 10_000) -> dict:
+    """Run helpers/sse_client.mjs (the TypeScript SDK's `Client` over
+    `SSEClientTransport`); return its JSON report."""
+    r = subprocess.run(
+        [NODE, str(HELPERS / "sse_client.mjs"), "--url", url, "--calls", json.dumps(calls), "--timeout", str(call_timeout_ms)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert r.returncode == 0, f"sse_client.mjs failed ({r.returncode}):\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("upstream", ["mcp1_sse", "mcp2_legacy_sse"])
+def test_policy_denial_reaches_typescript_sse_client_at_once(request, portcullis, upstream):
+    """The TypeScript SDK's SSEClientTransport ignores the body of a message
+    POST that succeeded (the answer is expected on the GET stream), so a
+    denial answered 200 left its call waiting for its own timeout. A refused
+    legacy message POST is answered 4xx with the JSON-RPC error: the SDK
+    raises it at once, and the session goes on."""
+    up = request.getfixturevalue(upstream)
+    port = free_port()
+    cfg = f"""
+workers: 1
+shutdown_timeout: 3s
+listen:
+  - address: 127.0.0.1:{port}
+routes:
+  - name: legacy
+    from: http://127.0.0.1:{port}/legacy
+    to: http://127.0.0.1:{up.port}/
+    mcp: {{}}
+{TS_POLICY}
+"""
+    portcullis.start(cfg, [port], name="portcullis-ts-sse")
+    add = {"tool": "add", "arguments": {"a": 2, "b": 40}}
+    countdown = {"tool": "countdown", "arguments": {"n": 1}}
+    out = run_ts_sse_client(
+        f"http://127.0.0.1:{port}/legacy/sse",
+        [add, {"tool": "echo", "arguments": {"text": "hi"}}, add, countdown, countdown],
+    )
+    before, denied, after, first_countdown, limited = out["calls"]
+    assert before["ok"] and before["text"] == "42", before
+    # Denied: raised by the SDK within a couple of seconds (not its timeout),
+    # naming the rule and its message; the status says why.
+    assert not denied["ok"] and not denied.get("timedOut"), denied
+    assert denied["ms"] < 2000, denied
+    assert "HTTP 403" in denied["error"], denied
+    assert 'denied by policy rule \\"no-echo\\": echo is switched off here' in denied["error"], denied
+    # The same connection (GET stream and session) still works.
+    assert after["ok"] and after["text"] == "42", after
+    assert first_countdown["ok"] and first_countdown["text"] == "counted 1", first_countdown
+    # Rate-limited: 429, raised at once too.
+    assert not limited["ok"] and not limited.get("timedOut") and limited["ms"] < 2000, limited
+    assert "HTTP 429" in limited["error"] and "one-countdown" in limited["error"], limited

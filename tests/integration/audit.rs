@@ -2,7 +2,7 @@
 //! outcome, all flushed at shutdown, with the fields right.
 
 use crate::auth::{claims, config, post, token};
-use crate::harness::{exchange, ok_json, Upstream};
+use crate::harness::{exchange, ok_json, statuses, Proxy, Upstream};
 use std::time::Duration;
 
 const SHORT: Duration = Duration::from_millis(300);
@@ -412,5 +412,128 @@ fn audit_command_compares_times_as_instants() {
             "{err}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An answer the upstream breaks after its head was relayed is audited as
+/// failed, with why, and the status the client got; a client that leaves
+/// mid-body keeps the upstream's verdict (allowed, no reason).
+#[test]
+fn responses_cut_off_mid_body_are_failed() {
+    use std::io::{Read, Write};
+    // Content-Length 100, 10 bytes, then the connection closes.
+    fn closes(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n01234CLOSE"
+            .to_vec()
+    }
+    // Content-Length 100, 10 bytes, then silence (the connection stays open).
+    fn stalls(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n0123456789"
+            .to_vec()
+    }
+    // A chunk, then a chunk size that is not hexadecimal (in the same read:
+    // nothing was relayed yet, so it is still answered 502).
+    fn bad_chunk(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".to_vec()
+    }
+    // 8 MiB: more than the sockets hold, so the proxy is still writing when
+    // the client leaves.
+    fn large(_: &[u8]) -> Vec<u8> {
+        let mut out =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8388608\r\n\r\n"
+                .to_vec();
+        out.resize(out.len() + 8 * 1024 * 1024, b'x');
+        out
+    }
+    let ups = [
+        ("closes", Upstream::start(closes)),
+        ("stalls", Upstream::start(stalls)),
+        ("bad-chunk", Upstream::start(bad_chunk)),
+        ("large", Upstream::start(large)),
+    ];
+    // The same bad chunk a moment after the head and the first chunk.
+    let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let late_addr = late.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut c, _) = late.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = c.write_all(b"zz\r\n");
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let dir = std::env::temp_dir().join(format!("portcullis-audit-{}-cut", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let routes: String = ups
+        .iter()
+        .map(|(name, up)| (*name, up.addr))
+        .chain([("late-bad-chunk", late_addr)])
+        .map(|(name, addr)| {
+            format!(
+                "  - {{ name: {name}, from: http://proxy.test/{name}, to: http://{addr}/, mcp: {{}} }}\n"
+            )
+        })
+        .collect();
+    let proxy = Proxy::start(
+        ups[0].1.addr,
+        &routes,
+        &format!(
+            "audit: {{ path: {} }}\nupstream: {{ read_timeout: 1s }}",
+            log.display()
+        ),
+    );
+    let get = |name: &str| format!("GET /{name} HTTP/1.1\r\nHost: proxy.test\r\n\r\n");
+    for (name, status) in [
+        ("closes", 200),
+        ("stalls", 200),
+        ("late-bad-chunk", 200),
+        ("bad-chunk", 502),
+    ] {
+        let (resp, closed) = exchange(proxy.addr, get(name).as_bytes(), Duration::from_secs(3));
+        assert_eq!(statuses(&resp), [status], "{name}: {resp}");
+        assert!(closed, "{name}: the connection is closed after it");
+    }
+    // The client reads the head and a little of the body, then leaves.
+    let mut s = std::net::TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(get("large").as_bytes()).unwrap();
+    let mut some = [0u8; 4096];
+    assert!(s.read(&mut some).unwrap() > 0);
+    drop(s);
+    // The proxy notices on a write; it has written everything by 2 s at most.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(proxy);
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |route: &str| {
+        let found: Vec<_> = records.iter().filter(|r| r["route"] == route).collect();
+        assert_eq!(found.len(), 1, "{route}: {records:?}");
+        found[0].clone()
+    };
+    for (route, reason, status) in [
+        ("closes", "upstream closed mid-body", 200),
+        ("stalls", "upstream timed out mid-body", 200),
+        ("late-bad-chunk", "invalid upstream response framing", 200),
+        ("bad-chunk", "invalid upstream response framing", 502),
+    ] {
+        let r = of(route);
+        assert_eq!(r["decision"], "failed", "{r}");
+        assert_eq!(r["reason"], reason, "{r}");
+        assert_eq!(r["status"], status, "the status the client got: {r}");
+        assert_eq!(r["upstream_status"], 200, "{r}");
+    }
+    let r = of("large");
+    assert_eq!(r["decision"], "allowed", "{r}");
+    assert_eq!(r["reason"], "", "{r}");
+    assert_eq!(r["status"], 200, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
 }

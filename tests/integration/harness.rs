@@ -109,7 +109,8 @@ fn serve_upstream(mut stream: TcpStream, respond: Responder, rec: Arc<Mutex<Vec<
         let request: Vec<u8> = buf.drain(..total).collect();
         rec.lock().unwrap().push(request.clone());
         let answer = respond(&request);
-        if stream.write_all(&answer).is_err() || answer.ends_with(b"\r\n\r\nCLOSE") {
+        // An answer ending in `CLOSE` is followed by closing the connection.
+        if stream.write_all(&answer).is_err() || answer.ends_with(b"CLOSE") {
             return;
         }
     }

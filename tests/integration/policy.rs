@@ -183,6 +183,66 @@ fn calls_are_allowed_and_denied_by_rule() {
     );
 }
 
+/// A message POST of the legacy HTTP+SSE transport (to the endpoint its
+/// server announced, session in the query, no `Mcp-Session-Id`) is answered
+/// 403 when denied: its clients ignore the body of a 200. A Streamable HTTP
+/// POST keeps its 200 (also with a session query but an `Mcp-Session-Id`).
+#[test]
+fn denied_legacy_message_posts_answer_403() {
+    let up = Upstream::start(respond);
+    let proxy = Proxy::from_config(up.addr, &config(POLICY));
+    let alice = token(claims("alice", "mcp"));
+    let to = |target: &str, extra: &str, body: &str| {
+        post(Some(&alice), body)
+            .replacen("POST /mcp ", &format!("POST {target} "), 1)
+            .replace(
+                "Host: proxy.test\r\n",
+                &format!("Host: proxy.test\r\n{extra}"),
+            )
+    };
+    let delete = call(2, "delete_repo", "{}");
+    // Python and TypeScript SDK endpoints (any case), the version header the
+    // TypeScript SDK sends after negotiating: all legacy. Denied, then an
+    // allowed call on the same connection.
+    for (i, target) in [
+        "/mcp/messages/?session_id=0f3a",
+        "/mcp/message?sessionId=abc-1",
+        "/mcp/message?x=1&sessionid=abc",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for extra in ["", "MCP-Protocol-Version: 2025-11-25\r\n"] {
+            // A tool of its own each time: clear of the `slow-down` limit.
+            let allowed = call(3, &format!("search_{i}"), "{}");
+            let raw = [to(target, extra, &delete), to(target, extra, &allowed)].concat();
+            let (resp, closed) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+            assert_eq!(statuses(&resp), [403, 200], "{target} {extra}: {resp}");
+            assert!(!closed, "{resp}");
+            let answers: Vec<&str> = resp.split("HTTP/1.1 ").skip(1).collect();
+            let denied = body(&format!("HTTP/1.1 {}", answers[0]));
+            assert_eq!(denied["id"], 2);
+            assert_eq!(denied["error"]["code"], -32003);
+            assert!(denied["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no-deletes"));
+        }
+    }
+    // Streamable HTTP: no session query, or an Mcp-Session-Id: 200 as before.
+    for (target, extra) in [
+        ("/mcp", ""),
+        ("/mcp?tenant=a", ""),
+        ("/mcp/messages/?session_id=0f3a", "Mcp-Session-Id: s-1\r\n"),
+        ("/mcp", "MCP-Protocol-Version: 2024-11-05\r\n"),
+    ] {
+        let (resp, _) = exchange(proxy.addr, to(target, extra, &delete).as_bytes(), SHORT);
+        assert_eq!(statuses(&resp), [200], "{target} {extra}: {resp}");
+        assert_eq!(body(&resp)["error"]["code"], -32003);
+    }
+    assert!(up.requests().iter().all(|r| !r.contains("delete_repo")));
+}
+
 #[test]
 fn rate_limits_answer_429() {
     let up = Upstream::start(respond);

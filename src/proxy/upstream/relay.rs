@@ -43,7 +43,8 @@ struct Head {
 
 /// Relay the response. `Err(Some(e))`: nothing was sent to the client yet, the
 /// caller answers `e`; `Err(None)`: the exchange broke after the head was sent,
-/// the caller closes.
+/// the caller closes (when the upstream broke it, `broken` has marked the
+/// request failed; a client that left keeps the upstream's verdict).
 pub async fn response(
     worker: &Worker,
     snap: &Snapshot,
@@ -94,17 +95,19 @@ pub async fn response(
     let mut source = Source::of(head.body);
     let mut data = Vec::new();
     let write_timeout = snap.limits.write_timeout.0;
+    // `out` holds the head until the first write.
+    let mut head_sent = false;
     loop {
         // Move what the upstream buffer holds into `out`: directly when the
         // bytes pass unchanged, else through the rewriter and/or chunk framing.
         let done = if rewriter.is_none() && sse_filter.is_none() && !client_chunked {
             source
                 .take(&mut conn.ubuf, &mut conn.out)
-                .map_err(|_| None::<HttpError>)?
+                .map_err(|_| broken(route, conn, head_sent, BAD_FRAMING))?
         } else {
             let done = source
                 .take(&mut conn.ubuf, &mut data)
-                .map_err(|_| None::<HttpError>)?;
+                .map_err(|_| broken(route, conn, head_sent, BAD_FRAMING))?;
             if let Some(rw) = rewriter.as_mut() {
                 let mut rewritten = Vec::with_capacity(data.len());
                 rw.feed(&|url| route.public_url(url), &data, &mut rewritten);
@@ -115,7 +118,7 @@ pub async fn response(
             }
             if let (Some(f), Some(filter)) = (sse_filter.as_mut(), list.as_ref()) {
                 data = filter_events(route, req, conn, f, filter, &data)
-                    .map_err(|_| None::<HttpError>)?;
+                    .map_err(|_| broken(route, conn, head_sent, LIST_TOO_LARGE))?;
                 if done {
                     f.finish(&mut data);
                 }
@@ -134,7 +137,7 @@ pub async fn response(
         };
         if !conn.out.is_empty() {
             match timeout(write_timeout, write_all(client, &mut conn.out)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => head_sent = true,
                 _ => return Err(None),
             }
             if head.event_stream && client.is_tls() && client.flush().await.is_err() {
@@ -172,9 +175,17 @@ pub async fn response(
         match got {
             Ok(Ok(0)) if matches!(source, Source::UntilClose) => source = Source::Ended,
             Ok(Ok(n)) if n > 0 => {}
-            // Upstream broke the framing or stalled mid-body: the client cannot
-            // be told with a status any more; closing tells it.
-            _ => return Err(None),
+            // Upstream closed or stalled mid-body: the client cannot be told
+            // with a status any more; closing tells it.
+            Ok(_) => return Err(broken(route, conn, head_sent, "upstream closed mid-body")),
+            Err(_) => {
+                return Err(broken(
+                    route,
+                    conn,
+                    head_sent,
+                    "upstream timed out mid-body",
+                ))
+            }
         }
     }
     pool_or_drop(worker, snap, route, &head, &source, upstream, conn);
@@ -183,6 +194,28 @@ pub async fn response(
     } else {
         Next::Close
     })
+}
+
+const BAD_FRAMING: &str = "invalid upstream response framing";
+const LIST_TOO_LARGE: &str = "list result too large to filter";
+
+/// The upstream broke its answer. Before the client's head went out (bad
+/// framing in the first bytes) a 502 still answers it; after, the client can
+/// only learn of it by the close (`None`), and the request counts as failed
+/// with `reason` (its status stays the one the client got).
+fn broken(
+    route: &Route,
+    conn: &mut Conn,
+    head_sent: bool,
+    reason: &'static str,
+) -> Option<HttpError> {
+    if !head_sent {
+        return Some(HttpError::BadGateway(reason));
+    }
+    conn.outcome.decision = crate::metrics::Decision::Failed;
+    conn.outcome.reason = reason;
+    tracing::warn!(peer = %conn.client.peer, route = %route.name, status = conn.outcome.status, reason, "response cut off");
+    None
 }
 
 /// Call `f` with a visibility test for list items: the route's policy, on
@@ -274,14 +307,12 @@ async fn filtered_json(
     loop {
         let done = source
             .take(&mut conn.ubuf, &mut body)
-            .map_err(|_| Some(HttpError::BadGateway("invalid upstream response framing")))?;
+            .map_err(|_| Some(HttpError::BadGateway(BAD_FRAMING)))?;
         if done {
             break;
         }
         if body.len() > MAX_LIST_BYTES {
-            return Err(Some(HttpError::BadGateway(
-                "list result too large to filter",
-            )));
+            return Err(Some(HttpError::BadGateway(LIST_TOO_LARGE)));
         }
         conn.ubuf.clear();
         match timeout(
