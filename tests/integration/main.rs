@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod desync;
 mod harness;
+mod layout;
 mod listfilter;
 mod policy;
 mod proxy;

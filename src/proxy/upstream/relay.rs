@@ -66,77 +66,31 @@ pub async fn response(
     if list.is_some() && !head.event_stream {
         return filtered_json(worker, snap, route, req, client, upstream, conn, head, list).await;
     }
-    if list.is_some() && matches!(head.body, BodyKind::Length(_)) {
-        strip_content_length(&mut conn.out);
-    }
-    let client_chunked = req.http11
-        && (list.is_some() || matches!(head.body, BodyKind::Chunked | BodyKind::UntilClose));
-    let keep_client = req.keep_alive
-        && req.http11
-        && !worker.shared.shutting_down()
-        && (client_chunked
-            || (list.is_none() && matches!(head.body, BodyKind::Empty | BodyKind::Length(_))));
-    // `out` holds the client head built by `read_head`; finish it.
-    if client_chunked {
-        conn.out
-            .extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
-    if !keep_client {
-        conn.out.extend_from_slice(b"Connection: close\r\n");
-    }
-    conn.out.extend_from_slice(b"\r\n");
-
-    let mut rewriter = (head.event_stream
-        && req.method == Method::Get
-        && route.public.path != route.upstream.path
-        && client_chunked)
-        .then(EndpointRewriter::default);
-    let mut sse_filter = list.as_ref().map(|_| SseListFilter::default());
+    let (client_chunked, keep_client) = finish_head(worker, req, &head, list.is_some(), conn);
+    let mut body = Reframe {
+        rewriter: (head.event_stream
+            && req.method == Method::Get
+            && route.public.path != route.upstream.path
+            && client_chunked)
+            .then(EndpointRewriter::default),
+        sse_filter: list.map(|l| (l, SseListFilter::default())),
+        client_chunked,
+        data: Vec::new(),
+    };
     let mut source = Source::of(head.body);
-    let mut data = Vec::new();
-    let write_timeout = snap.limits.write_timeout.0;
     // `out` holds the head until the first write.
     let mut head_sent = false;
     loop {
-        // Move what the upstream buffer holds into `out`: directly when the
-        // bytes pass unchanged, else through the rewriter and/or chunk framing.
-        let done = if rewriter.is_none() && sse_filter.is_none() && !client_chunked {
-            source
-                .take(&mut conn.ubuf, &mut conn.out)
-                .map_err(|_| broken(route, conn, head_sent, BAD_FRAMING))?
-        } else {
-            let done = source
-                .take(&mut conn.ubuf, &mut data)
-                .map_err(|_| broken(route, conn, head_sent, BAD_FRAMING))?;
-            if let Some(rw) = rewriter.as_mut() {
-                let mut rewritten = Vec::with_capacity(data.len());
-                rw.feed(&|url| route.public_url(url), &data, &mut rewritten);
-                if done {
-                    rw.finish(&mut rewritten);
-                }
-                data = rewritten;
-            }
-            if let (Some(f), Some(filter)) = (sse_filter.as_mut(), list.as_ref()) {
-                data = filter_events(route, req, conn, f, filter, &data)
-                    .map_err(|_| broken(route, conn, head_sent, LIST_TOO_LARGE))?;
-                if done {
-                    f.finish(&mut data);
-                }
-            }
-            if client_chunked {
-                encode_chunk(&mut conn.out, &data);
-                if done {
-                    conn.out.extend_from_slice(LAST_CHUNK);
-                }
-            } else {
-                // An HTTP/1.0 client: the body ends when the connection closes.
-                conn.out.extend_from_slice(&data);
-            }
-            data.clear();
-            done
-        };
+        let done = body
+            .take(route, req, conn, &mut source)
+            .map_err(|reason| broken(route, conn, head_sent, reason))?;
         if !conn.out.is_empty() {
-            match timeout(write_timeout, write_all(client, &mut conn.out)).await {
+            match timeout(
+                snap.limits.write_timeout.0,
+                write_all(client, &mut conn.out),
+            )
+            .await
+            {
                 Ok(Ok(())) => head_sent = true,
                 _ => return Err(None),
             }
@@ -147,38 +101,13 @@ pub async fn response(
         if done {
             break;
         }
-        conn.ubuf.clear();
-        let read = timeout(
-            snap.upstream.read_timeout,
-            read_more(&mut upstream, &mut conn.ubuf, READ_CHUNK),
-        );
-        let got = if head.event_stream {
-            // A stream may stay quiet for minutes: notice a client that left
-            // and close the upstream stream with it (MCP cancellation). The
-            // check is armed only once the stream has been quiet for a
-            // moment: with io_uring it is an operation of its own, cancelled
-            // whenever an event comes first, which would double the cost of
-            // every event on a busy stream.
-            monoio::select! {
-                got = read => got,
-                () = async {
-                    monoio::time::sleep(CLIENT_CHECK_AFTER).await;
-                    client_gone(client).await
-                } => {
-                    tracing::debug!(route = %route.name, "client left the event stream, closing upstream");
-                    return Err(None);
-                }
-            }
-        } else {
-            read.await
-        };
-        match got {
+        match read_body(snap, route, client, &mut upstream, conn, head.event_stream).await {
             Ok(Ok(0)) if matches!(source, Source::UntilClose) => source = Source::Ended,
             Ok(Ok(n)) if n > 0 => {}
             // Upstream closed or stalled mid-body: the client cannot be told
             // with a status any more; closing tells it.
             Ok(_) => return Err(broken(route, conn, head_sent, "upstream closed mid-body")),
-            Err(_) => {
+            Err(Stalled::Upstream) => {
                 return Err(broken(
                     route,
                     conn,
@@ -186,6 +115,7 @@ pub async fn response(
                     "upstream timed out mid-body",
                 ))
             }
+            Err(Stalled::ClientLeft) => return Err(None),
         }
     }
     pool_or_drop(worker, snap, route, &head, &source, upstream, conn);
@@ -194,6 +124,137 @@ pub async fn response(
     } else {
         Next::Close
     })
+}
+
+/// Finish the client's head in `conn.out` (written by `read_head`) with the
+/// framing chosen for this client; returns (chunked, keep the connection).
+fn finish_head(
+    worker: &Worker,
+    req: &Request,
+    head: &Head,
+    filtered: bool,
+    conn: &mut Conn,
+) -> (bool, bool) {
+    if filtered && matches!(head.body, BodyKind::Length(_)) {
+        strip_content_length(&mut conn.out);
+    }
+    let client_chunked =
+        req.http11 && (filtered || matches!(head.body, BodyKind::Chunked | BodyKind::UntilClose));
+    let keep_client = req.keep_alive
+        && req.http11
+        && !worker.shared.shutting_down()
+        && (client_chunked
+            || (!filtered && matches!(head.body, BodyKind::Empty | BodyKind::Length(_))));
+    if client_chunked {
+        conn.out
+            .extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !keep_client {
+        conn.out.extend_from_slice(b"Connection: close\r\n");
+    }
+    conn.out.extend_from_slice(b"\r\n");
+    (client_chunked, keep_client)
+}
+
+/// How body bytes pass from the upstream buffer to the client's output.
+struct Reframe {
+    /// The legacy SSE `endpoint` event, rewritten to the public path.
+    rewriter: Option<EndpointRewriter>,
+    /// A list request's answer on an event stream, filtered event by event.
+    sse_filter: Option<(ListFilter, SseListFilter)>,
+    client_chunked: bool,
+    /// Scratch for bytes being changed.
+    data: Vec<u8>,
+}
+
+impl Reframe {
+    /// Move what the upstream buffer holds into `conn.out`: directly when
+    /// the bytes pass unchanged, else through the rewriter, the filter and
+    /// chunk framing. `Ok(true)` when the body ended; `Err`: why it broke.
+    fn take(
+        &mut self,
+        route: &Route,
+        req: &Request,
+        conn: &mut Conn,
+        source: &mut Source,
+    ) -> Result<bool, &'static str> {
+        if self.rewriter.is_none() && self.sse_filter.is_none() && !self.client_chunked {
+            return source
+                .take(&mut conn.ubuf, &mut conn.out)
+                .map_err(|_| BAD_FRAMING);
+        }
+        let done = source
+            .take(&mut conn.ubuf, &mut self.data)
+            .map_err(|_| BAD_FRAMING)?;
+        if let Some(rw) = self.rewriter.as_mut() {
+            let mut rewritten = Vec::with_capacity(self.data.len());
+            rw.feed(&|url| route.public_url(url), &self.data, &mut rewritten);
+            if done {
+                rw.finish(&mut rewritten);
+            }
+            self.data = rewritten;
+        }
+        if let Some((filter, state)) = self.sse_filter.as_mut() {
+            self.data = filter_events(route, req, conn, state, filter, &self.data)
+                .map_err(|_| LIST_TOO_LARGE)?;
+            if done {
+                state.finish(&mut self.data);
+            }
+        }
+        if self.client_chunked {
+            encode_chunk(&mut conn.out, &self.data);
+            if done {
+                conn.out.extend_from_slice(LAST_CHUNK);
+            }
+        } else {
+            // An HTTP/1.0 client: the body ends when the connection closes.
+            conn.out.extend_from_slice(&self.data);
+        }
+        self.data.clear();
+        Ok(done)
+    }
+}
+
+/// Why a wait for more of the body ended without bytes.
+enum Stalled {
+    /// The upstream sent nothing within `read_timeout`.
+    Upstream,
+    /// The client left a quiet event stream.
+    ClientLeft,
+}
+
+/// Read more of the body from the upstream into `conn.ubuf`.
+async fn read_body(
+    snap: &Snapshot,
+    route: &Route,
+    client: &ClientStream,
+    upstream: &mut UpstreamStream,
+    conn: &mut Conn,
+    event_stream: bool,
+) -> Result<std::io::Result<usize>, Stalled> {
+    conn.ubuf.clear();
+    let read = timeout(
+        snap.upstream.read_timeout,
+        read_more(upstream, &mut conn.ubuf, READ_CHUNK),
+    );
+    if !event_stream {
+        return read.await.map_err(|_| Stalled::Upstream);
+    }
+    // A stream may stay quiet for minutes: notice a client that left and
+    // close the upstream stream with it (MCP cancellation). The check is
+    // armed only once the stream has been quiet for a moment: with io_uring
+    // it is an operation of its own, cancelled whenever an event comes
+    // first, which would double the cost of every event on a busy stream.
+    monoio::select! {
+        got = read => got.map_err(|_| Stalled::Upstream),
+        () = async {
+            monoio::time::sleep(CLIENT_CHECK_AFTER).await;
+            client_gone(client).await
+        } => {
+            tracing::debug!(route = %route.name, "client left the event stream, closing upstream");
+            Err(Stalled::ClientLeft)
+        }
+    }
 }
 
 const BAD_FRAMING: &str = "invalid upstream response framing";
