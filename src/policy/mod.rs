@@ -183,20 +183,20 @@ impl Policy {
         shared: &HashMap<String, Vec<RuleConfig>>,
         route_name: &str,
     ) -> Result<Policy, Vec<String>> {
-        let mut out = Vec::new();
-        let mut errors = Vec::new();
-        let mut compiler = Compiler { rate_limits: 0 };
-        let mut stack = Vec::new();
-        expand(
-            rules,
+        let mut expander = Expander {
             shared,
-            &format!("route {route_name}"),
-            route_name,
-            &mut stack,
-            &mut compiler,
-            &mut out,
-            &mut errors,
-        );
+            stack: Vec::new(),
+            compiler: Compiler { rate_limits: 0 },
+            out: Vec::new(),
+            errors: Vec::new(),
+        };
+        expander.expand(rules, &format!("route {route_name}"), route_name);
+        let Expander {
+            compiler,
+            out,
+            mut errors,
+            ..
+        } = expander;
         if !errors.is_empty() {
             let mut seen = HashSet::new();
             errors.retain(|e| seen.insert(e.clone()));
@@ -320,91 +320,86 @@ impl Policy {
     }
 }
 
-/// Expand `use` and compile each rule into `out`.
-#[allow(clippy::too_many_arguments)]
-fn expand(
-    rules: &[RuleConfig],
-    shared: &HashMap<String, Vec<RuleConfig>>,
-    place: &str,
-    prefix: &str,
-    stack: &mut Vec<String>,
-    compiler: &mut Compiler,
-    out: &mut Vec<Rule>,
-    errors: &mut Vec<String>,
-) {
-    for (i, rule) in rules.iter().enumerate() {
-        let name = rule
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{prefix}#{}", i + 1));
-        let what = format!("{place} rule {} ({name})", i + 1);
-        let kinds = [
-            rule.allow.is_some(),
-            rule.deny.is_some(),
-            rule.use_.is_some(),
-        ];
-        if kinds.iter().filter(|k| **k).count() != 1 {
-            errors.push(format!(
-                "{what}: a rule has exactly one of allow, deny, use"
-            ));
-            continue;
-        }
-        if let Some(used) = &rule.use_ {
-            if rule.name.is_some() || rule.message.is_some() {
-                errors.push(format!("{what}: use takes no name or message"));
-                continue;
-            }
-            let Some(inner) = shared.get(used) else {
-                errors.push(format!("{what}: unknown policy {used:?}"));
-                continue;
-            };
-            if stack.contains(used) {
-                errors.push(format!(
-                    "{what}: policy {used:?} uses itself ({} -> {used})",
-                    stack.join(" -> ")
+/// Rules being expanded (`use` inlined) and compiled, with what they need.
+struct Expander<'a> {
+    shared: &'a HashMap<String, Vec<RuleConfig>>,
+    /// The shared policies being expanded (to find cycles).
+    stack: Vec<String>,
+    compiler: Compiler,
+    out: Vec<Rule>,
+    errors: Vec<String>,
+}
+
+impl Expander<'_> {
+    /// Expand `use` and compile each rule into `out`.
+    fn expand(&mut self, rules: &[RuleConfig], place: &str, prefix: &str) {
+        for (i, rule) in rules.iter().enumerate() {
+            let name = rule
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{prefix}#{}", i + 1));
+            let what = format!("{place} rule {} ({name})", i + 1);
+            let kinds = [
+                rule.allow.is_some(),
+                rule.deny.is_some(),
+                rule.use_.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                self.errors.push(format!(
+                    "{what}: a rule has exactly one of allow, deny, use"
                 ));
                 continue;
             }
-            stack.push(used.clone());
-            expand(
-                inner,
-                shared,
-                &format!("policy {used}"),
-                used,
-                stack,
-                compiler,
-                out,
-                errors,
-            );
-            stack.pop();
-            continue;
-        }
-        if out.len() >= MAX_RULES {
-            errors.push(format!("{what}: more than {MAX_RULES} rules"));
-            return;
-        }
-        let deny = rule.deny.is_some();
-        let cond = rule.allow.as_ref().or(rule.deny.as_ref()).expect("checked");
-        match compiler.cond(cond, deny, 0) {
-            Ok(cond) => {
-                let message = match &rule.message {
-                    Some(m) => m.clone(),
-                    None => format!("denied by policy rule {name}"),
+            if let Some(used) = &rule.use_ {
+                if rule.name.is_some() || rule.message.is_some() {
+                    self.errors
+                        .push(format!("{what}: use takes no name or message"));
+                    continue;
+                }
+                let Some(inner) = self.shared.get(used) else {
+                    self.errors.push(format!("{what}: unknown policy {used:?}"));
+                    continue;
                 };
-                let call = if cond.has_rate_limit() {
-                    None
-                } else {
-                    required_call(&cond)
-                };
-                out.push(Rule {
-                    call,
-                    name: name.into(),
-                    message: message.into(),
-                    deny,
-                    cond,
-                });
+                if self.stack.contains(used) {
+                    self.errors.push(format!(
+                        "{what}: policy {used:?} uses itself ({} -> {used})",
+                        self.stack.join(" -> ")
+                    ));
+                    continue;
+                }
+                self.stack.push(used.clone());
+                self.expand(inner, &format!("policy {used}"), used);
+                self.stack.pop();
+                continue;
             }
-            Err(e) => errors.push(format!("{what}: {e}")),
+            if self.out.len() >= MAX_RULES {
+                self.errors
+                    .push(format!("{what}: more than {MAX_RULES} rules"));
+                return;
+            }
+            let deny = rule.deny.is_some();
+            let cond = rule.allow.as_ref().or(rule.deny.as_ref()).expect("checked");
+            match self.compiler.cond(cond, deny, 0) {
+                Ok(cond) => {
+                    let message = match &rule.message {
+                        Some(m) => m.clone(),
+                        None => format!("denied by policy rule {name}"),
+                    };
+                    let call = if cond.has_rate_limit() {
+                        None
+                    } else {
+                        required_call(&cond)
+                    };
+                    self.out.push(Rule {
+                        call,
+                        name: name.into(),
+                        message: message.into(),
+                        deny,
+                        cond,
+                    });
+                }
+                Err(e) => self.errors.push(format!("{what}: {e}")),
+            }
         }
     }
 }

@@ -181,3 +181,16 @@ fn long_functions_are_measured() {
         ["proxy", "a"]
     );
 }
+
+#[test]
+fn no_function_is_excused_from_clippy_argument_counts() {
+    for module in declared_order() {
+        for (path, text) in sources(&module) {
+            assert!(
+                !text.contains("too_many_arguments"),
+                "{}: pass a context struct instead",
+                path.display()
+            );
+        }
+    }
+}

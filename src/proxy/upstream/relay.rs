@@ -64,7 +64,13 @@ pub async fn response(
         )));
     }
     if list.is_some() && !head.event_stream {
-        return filtered_json(worker, snap, route, req, client, upstream, conn, head, list).await;
+        let exchange = Exchange {
+            worker,
+            snap,
+            route,
+            req,
+        };
+        return filtered_json(&exchange, client, upstream, conn, head, list).await;
     }
     let (client_chunked, keep_client) = finish_head(worker, req, &head, list.is_some(), conn);
     let mut body = Reframe {
@@ -349,20 +355,31 @@ fn strip_content_length(out: &mut Vec<u8>) {
     }
 }
 
+/// What one exchange's relay works within.
+#[derive(Clone, Copy)]
+struct Exchange<'a> {
+    worker: &'a Worker,
+    snap: &'a Snapshot,
+    route: &'a Route,
+    req: &'a Request,
+}
+
 /// Relay a JSON answer to a list request: read it whole (bounded), keep the
 /// items the caller may use, send it with its new length.
-#[allow(clippy::too_many_arguments)]
 async fn filtered_json(
-    worker: &Worker,
-    snap: &Snapshot,
-    route: &Route,
-    req: &Request,
+    exchange: &Exchange<'_>,
     client: &mut ClientStream,
     mut upstream: UpstreamStream,
     conn: &mut Conn,
     head: Head,
     list: Option<ListFilter>,
 ) -> Result<Next, Option<HttpError>> {
+    let Exchange {
+        worker,
+        snap,
+        route,
+        req,
+    } = *exchange;
     let mut source = Source::of(head.body);
     let mut body = Vec::new();
     loop {
