@@ -156,6 +156,15 @@ impl AssertionCache {
         }
     }
 
+    /// Assertions held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     fn hash(&self, p: &Principal, audience: &str) -> u64 {
         self.hasher.hash_one((
             &p.issuer,

@@ -91,6 +91,8 @@ impl WorkerCounters {
 
 /// Verified tokens kept per core.
 const TOKEN_CACHE_ENTRIES: usize = 4096;
+/// Signed identity assertions kept per core.
+const ASSERTION_CACHE_ENTRIES: usize = 1024;
 
 pub struct Worker {
     pub id: usize,
@@ -139,7 +141,9 @@ impl Worker {
             pool: Pool::default(),
             mcp_scratch: RefCell::default(),
             token_cache: RefCell::new(crate::identity::TokenCache::new(TOKEN_CACHE_ENTRIES)),
-            assertions: RefCell::new(crate::identity::AssertionCache::new(1024)),
+            assertions: RefCell::new(crate::identity::AssertionCache::new(
+                ASSERTION_CACHE_ENTRIES,
+            )),
             cache_generation: Cell::new(0),
             audit_buf: RefCell::new(Vec::new()),
             audit_records: Cell::new(0),
@@ -195,9 +199,13 @@ impl Worker {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         let snap = self.snapshot.borrow_mut().load().clone();
         if snap.generation != self.cache_generation.get() {
-            // Issuers or keys may have changed: verify every token again.
+            // Issuers, keys or claim mappings may have changed: verify every
+            // token again, and sign every assertion again from what that
+            // verification finds.
             self.cache_generation.set(snap.generation);
             *self.token_cache.borrow_mut() = crate::identity::TokenCache::new(TOKEN_CACHE_ENTRIES);
+            *self.assertions.borrow_mut() =
+                crate::identity::AssertionCache::new(ASSERTION_CACHE_ENTRIES);
         }
         snap
     }
@@ -254,5 +262,56 @@ impl RequestId {
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_snapshot_empties_the_token_and_assertion_caches() {
+        let text = "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - { name: t, from: http://proxy.test/, to: http://127.0.0.1:9/ }\n";
+        let path = std::path::Path::new("t.yaml");
+        let snap = crate::snapshot::from_text(text, path).unwrap();
+        let shared_snap: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+        let shared = Arc::new(Shared::new(1, None).unwrap());
+        let worker = Worker::new(0, shared.clone(), shared_snap.clone());
+        let first = worker.snapshot();
+        let principal = crate::principal::Principal {
+            issuer_name: "idp".into(),
+            issuer: "https://idp.test".into(),
+            sub: "alice".into(),
+            email: None,
+            groups: vec![],
+            scopes: vec![],
+            client_id: None,
+            exp: i64::MAX,
+            claims: Default::default(),
+        };
+        let sign = || {
+            worker.assertions.borrow_mut().get_or_sign(
+                &shared.signer,
+                &principal,
+                "http://127.0.0.1:9",
+                1_000,
+                "r1",
+            )
+        };
+        let jwt = sign();
+        assert_eq!(worker.assertions.borrow().len(), 1);
+        assert_eq!(sign(), jwt, "reused while the snapshot stays");
+        worker.snapshot();
+        assert_eq!(worker.assertions.borrow().len(), 1, "same generation");
+
+        shared_snap.store(Arc::new(crate::snapshot::from_text(text, path).unwrap()));
+        let second = worker.snapshot();
+        assert_ne!(first.generation, second.generation);
+        assert!(worker.assertions.borrow().is_empty(), "emptied on reload");
+        assert!(worker.token_cache_for(&second).is_some());
+        assert!(
+            worker.token_cache_for(&first).is_none(),
+            "an older snapshot never fills it"
+        );
     }
 }
