@@ -5,9 +5,11 @@
 //! (`Worker::audit_buf`) and hands full buffers (and, every 100 ms, partial
 //! ones) to one writer thread through a bounded channel. When the writer
 //! cannot keep up, `on_overflow: block` (the default) makes the worker wait,
-//! so no record is lost; `drop` drops the buffer and counts its records. On
-//! shutdown every worker hands over what it holds, then the writer writes
-//! everything and stops. SIGUSR1 reopens the file (logrotate).
+//! so no record is lost: the worker's thread stops in the hand-over, and
+//! every connection on it with it, until the writer takes the buffer (shown
+//! by `blocked` and `blocked_micros`); `drop` drops the buffer and counts its
+//! records. On shutdown every worker hands over what it holds, then the
+//! writer writes everything and stops. SIGUSR1 reopens the file (logrotate).
 
 use crate::config::audit::{AuditConfig, Overflow};
 use crate::mcp::jsonrpc::write_json_string;
@@ -44,6 +46,13 @@ pub struct Sink {
     pub accepted: AtomicU64,
     pub failed: Arc<AtomicU64>,
     pub reopen: Arc<AtomicBool>,
+    /// `block`: workers waiting for the writer right now, and the time all
+    /// of them have waited in total (µs).
+    pub blocked: AtomicU64,
+    pub blocked_micros: AtomicU64,
+    /// When a wait was last logged (µs since `started`): once per 10 s.
+    last_warned: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl Sink {
@@ -84,6 +93,10 @@ impl Sink {
                 accepted: AtomicU64::new(0),
                 failed,
                 reopen,
+                blocked: AtomicU64::new(0),
+                blocked_micros: AtomicU64::new(0),
+                last_warned: AtomicU64::new(0),
+                started: std::time::Instant::now(),
             },
             handle,
         ))
@@ -97,7 +110,11 @@ impl Sink {
         // Counted before the hand-over so the backlog never reads negative.
         self.accepted.fetch_add(lines, Ordering::Relaxed);
         let sent = match self.overflow {
-            Overflow::Block => self.tx.send((buf, lines)).is_ok(),
+            Overflow::Block => match self.tx.try_send((buf, lines)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(batch)) => self.wait_for_writer(batch),
+                Err(TrySendError::Disconnected(_)) => false,
+            },
             Overflow::Drop => match self.tx.try_send((buf, lines)) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
@@ -109,15 +126,45 @@ impl Sink {
         }
     }
 
+    /// `block` with `buffers` buffers already waiting: stop this worker's
+    /// thread until the writer takes one (counted while it lasts, and logged
+    /// once per 10 s).
+    fn wait_for_writer(&self, batch: (Vec<u8>, u64)) -> bool {
+        let start = std::time::Instant::now();
+        let now = u64::try_from((start - self.started).as_micros()).unwrap_or(u64::MAX);
+        let last = self.last_warned.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 10_000_000)
+            && self
+                .last_warned
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                backlog = self.backlog(),
+                "the audit writer is behind: a worker stops until it catches up (on_overflow: block)"
+            );
+        }
+        self.blocked.fetch_add(1, Ordering::Relaxed);
+        let sent = self.tx.send(batch).is_ok();
+        self.blocked.fetch_sub(1, Ordering::Relaxed);
+        let waited = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.blocked_micros.fetch_add(waited, Ordering::Relaxed);
+        sent
+    }
+
     /// Records handed to the writer and not yet written (or failed).
     pub fn backlog(&self) -> u64 {
         let done = self.written.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
         self.accepted.load(Ordering::Relaxed).saturating_sub(done)
     }
 
-    /// Tell the writer to finish (after every worker has handed over).
-    pub fn finish(&self) {
-        let _ = self.tx.send((Vec::new(), 0));
+    /// Tell the writer to finish (after every worker has handed over);
+    /// `false` while the channel is full (try again).
+    pub fn finish(&self) -> bool {
+        !matches!(
+            self.tx.try_send((Vec::new(), 0)),
+            Err(TrySendError::Full(_))
+        )
     }
 
     /// `hmac-sha256:<hex>` of `data` under the audit key.

@@ -49,11 +49,14 @@ pub struct AuditConfig {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Overflow {
-    /// Wait for the writer: a slow disk slows the proxy, no record is lost.
+    /// Wait for the writer: the worker's thread stops, every connection on
+    /// it waits, until the writer takes the buffer. A slow disk stops the
+    /// proxy (shutdown too); no record is lost.
     #[default]
     Block,
     /// Drop the buffer's records and count them in `/metrics`
-    /// (`portcullis_audit_records_total{outcome="dropped"}`).
+    /// (`portcullis_audit_records_total{outcome="dropped"}`); requests never
+    /// wait.
     Drop,
 }
 

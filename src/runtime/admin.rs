@@ -172,6 +172,18 @@ pub fn metrics(snap: &Snapshot, shared: &Shared) -> String {
             "gauge",
             &[("", a.backlog())],
         );
+        series(
+            &mut out,
+            "portcullis_audit_blocked_workers",
+            "gauge",
+            &[("", n(&a.blocked))],
+        );
+        // Seconds, not a whole number: written here rather than by `series`.
+        let _ = writeln!(
+            out,
+            "# TYPE portcullis_audit_blocked_seconds_total counter\nportcullis_audit_blocked_seconds_total {}",
+            n(&a.blocked_micros) as f64 / 1e6
+        );
     }
     let _ = writeln!(out, "# TYPE portcullis_requests_total counter");
     let _ = writeln!(out, "# TYPE portcullis_decisions_total counter");

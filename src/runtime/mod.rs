@@ -36,14 +36,45 @@ impl Running {
         self.shared.shutdown.store(true, Ordering::SeqCst);
     }
 
-    /// Wait until every worker has stopped.
+    /// Wait until every worker has stopped (called at once by
+    /// `run_until_signal`: it returns after a shutdown).
     pub fn join(self) {
+        let mut told = false;
         for t in self.threads {
+            // A worker stopped by a writer that is behind (`on_overflow:
+            // block`) finishes only once the writer catches up: say so once.
+            while let (Some(a), false) = (&self.shared.audit, t.is_finished()) {
+                let blocked = a.blocked.load(Ordering::Relaxed);
+                if blocked > 0 && !told && self.shared.shutting_down() {
+                    told = true;
+                    tracing::warn!(
+                        workers = blocked,
+                        records = a.backlog(),
+                        "shutdown waits for the audit writer to catch up (on_overflow: block); a second signal exits now and loses the records not yet written"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = t.join();
         }
         // Every worker has handed over its records: write them all, stop.
         if let (Some(sink), Some(writer)) = (&self.shared.audit, self.audit_writer) {
-            sink.finish();
+            let since = Instant::now();
+            let mut finished = false;
+            loop {
+                finished = finished || sink.finish();
+                if finished && writer.is_finished() {
+                    break;
+                }
+                if !told && since.elapsed() >= Duration::from_secs(1) {
+                    told = true;
+                    tracing::warn!(
+                        records = sink.backlog(),
+                        "shutdown waits for the audit writer to write every record; a second signal exits now and loses them"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = writer.join();
         }
         self.shared.stopped.store(true, Ordering::SeqCst);

@@ -537,3 +537,238 @@ fn responses_cut_off_mid_body_are_failed() {
     assert_eq!(r["status"], 200, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `on_overflow: block` with a writer that cannot write (its file is a pipe
+/// nobody reads yet), measured: once `buffers` buffers wait for the writer,
+/// a worker's thread stops in its next hand-over. No connection on it is
+/// served, a new one neither, until the writer catches up; then everything
+/// goes on and no record is lost. The workers share the writer: with two,
+/// both stop. Shutdown waits for the writer too. The numbers are printed:
+/// `cargo test --test integration block_stops -- --nocapture`.
+#[test]
+fn block_stops_the_workers_until_the_writer_catches_up() {
+    for workers in [1, 2] {
+        block_stall(workers);
+    }
+}
+
+fn block_stall(workers: usize) {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Instant;
+    const STALL: Duration = Duration::from_millis(1500);
+
+    let up = Upstream::start(ok_json);
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-audit-{}-stall-{workers}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("audit.pipe");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    // The pipe is read only while `reading` is set.
+    let reading = Arc::new(AtomicBool::new(false));
+    let lines = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let drain = {
+        let (reading, lines, done) = (reading.clone(), lines.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            loop {
+                if !reading.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                match reader.read(&mut buf) {
+                    Ok(0) => break, // the writer closed: everything is in
+                    Ok(k) => {
+                        let n = buf[..k].iter().filter(|&&b| b == b'\n').count();
+                        lines.fetch_add(n, SeqCst);
+                    }
+                    Err(_) if done.load(SeqCst) => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })
+    };
+    let text = config("")
+        .replace(
+            "workers: 1\n",
+            &format!(
+                "workers: {workers}\nadmin: {{ address: 127.0.0.1:0 }}\naudit: {{ path: {}, on_overflow: block, buffers: 1 }}\n",
+                fifo.display()
+            ),
+        )
+        .replace("{upstream}", &up.addr.to_string());
+    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    let running = portcullis::runtime::start(snap).unwrap();
+    let (addr, admin) = (running.addresses[0], running.admin.unwrap());
+    let metric = |name: &str| -> f64 {
+        let (text, _) = exchange(
+            admin,
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",
+            Duration::from_secs(2),
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    };
+    let raw = post(
+        Some(&token(claims("alice", "mcp"))),
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    )
+    .replace(
+        "Host: proxy.test\r\n",
+        "Host: proxy.test\r\nConnection: close\r\n",
+    );
+    // One request after the other, each on a new connection, until `stop`.
+    let served = Arc::new(AtomicUsize::new(0));
+    let slowest = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (served, slowest, stop, raw) =
+            (served.clone(), slowest.clone(), stop.clone(), raw.clone());
+        std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                let t = Instant::now();
+                let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                    break;
+                };
+                use std::io::Write;
+                if s.write_all(raw.as_bytes()).is_err() {
+                    break;
+                }
+                let (resp, _) = crate::harness::read_all(&mut s, Duration::from_secs(30));
+                if !resp.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+                served.fetch_add(1, SeqCst);
+                slowest.fetch_max(t.elapsed().as_millis() as u64, SeqCst);
+            }
+        })
+    };
+    // Stalled: no request served for 300 ms.
+    let wait_for_stall = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let before = served.load(SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            let after = served.load(SeqCst);
+            if after == before && after > 0 {
+                return after;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the worker never stopped"
+            );
+        }
+    };
+
+    // 1. The writer is stuck: the worker stops.
+    let stalled_after = wait_for_stall("block");
+    let backlog = running.shared.audit.as_ref().unwrap().backlog();
+    // The admin listener has a thread of its own: it answers, and says so.
+    let blocked_workers = metric("portcullis_audit_blocked_workers");
+    // A worker that had handed over all it held serves on until its next
+    // hand-over (at most 100 ms after its next request): give it requests.
+    let request = |raw: String| {
+        std::thread::spawn(move || {
+            let (resp, _) = exchange(addr, raw.as_bytes(), Duration::from_secs(30));
+            assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+            Instant::now()
+        })
+    };
+    let mut nudges = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric("portcullis_audit_blocked_workers") < workers as f64 {
+        assert!(Instant::now() < deadline, "a worker never stopped");
+        nudges.push(request(raw.clone()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // New connections are not served either while the writer is stuck
+    // (with two workers the kernel spreads them over both).
+    let probes: Vec<_> = (0..2 * workers).map(|_| request(raw.clone())).collect();
+    let probed = Instant::now();
+    std::thread::sleep(STALL);
+    assert!(
+        probes.iter().all(|p| !p.is_finished()),
+        "a request was served while the writer was stuck"
+    );
+    let released = Instant::now();
+    reading.store(true, SeqCst);
+    let answered: Vec<Instant> = probes.into_iter().map(|p| p.join().unwrap()).collect();
+    let nudged = nudges.len();
+    for n in nudges {
+        n.join().unwrap();
+    }
+    let probe_latency = answered.iter().map(|a| *a - probed).min().unwrap();
+    let after_release = answered.iter().map(|a| *a - released).max().unwrap();
+    // It goes on: more requests are served.
+    let resumed_at = served.load(SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served.load(SeqCst) < resumed_at + 50 {
+        assert!(Instant::now() < deadline, "the worker did not resume");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let blocked_seconds = metric("portcullis_audit_blocked_seconds_total");
+    let slowest_ms = slowest.load(SeqCst);
+    eprintln!(
+        "block, {workers} worker(s): stopped after {stalled_after} requests (backlog {backlog} \
+         records, portcullis_audit_blocked_workers {blocked_workers}, {nudged} more requests to \
+         stop them all); requests on new \
+         connections waited at least {probe_latency:?}, all answered within {after_release:?} \
+         after the writer was let go; slowest request {slowest_ms} ms; \
+         portcullis_audit_blocked_seconds_total {blocked_seconds}"
+    );
+    assert_eq!(blocked_workers, workers as f64, "the stopped workers show");
+    assert!(probe_latency >= STALL, "{probe_latency:?}");
+    assert!(after_release < Duration::from_secs(2), "{after_release:?}");
+    assert!(slowest_ms >= STALL.as_millis() as u64, "{slowest_ms}");
+    assert!(blocked_seconds >= STALL.as_secs_f64(), "{blocked_seconds}");
+
+    // 2. Stuck again, then SIGTERM's path: shutdown waits for the writer.
+    reading.store(false, SeqCst);
+    wait_for_stall("block, second time");
+    stop.store(true, SeqCst);
+    let t = Instant::now();
+    let shared = running.shared.clone();
+    let stopper = std::thread::spawn(move || {
+        running.shutdown();
+        running.join();
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        !stopper.is_finished(),
+        "shutdown did not wait for the writer"
+    );
+    reading.store(true, SeqCst);
+    stopper.join().unwrap();
+    let shutdown_took = t.elapsed();
+    load.join().unwrap();
+    done.store(true, SeqCst);
+    drain.join().unwrap();
+    let sink = shared.audit.as_ref().unwrap();
+    let requests = served.load(SeqCst) + 2 * workers + nudged;
+    eprintln!(
+        "block, {workers} worker(s): shutdown with the writer stuck took {shutdown_took:?} (released after 1 s); \
+         {requests} requests answered, {} records written, {} dropped",
+        lines.load(SeqCst),
+        sink.dropped.load(SeqCst)
+    );
+    assert_eq!(sink.dropped.load(SeqCst), 0);
+    assert_eq!(sink.backlog(), 0);
+    assert_eq!(lines.load(SeqCst), requests, "no record lost");
+    let _ = std::fs::remove_dir_all(&dir);
+}
