@@ -3,9 +3,9 @@
 //! MCP JSON-RPC envelope decode of a 1 KiB `tools/call`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use portcullis::http1::chunked::{decode_all, encode_chunk, LAST_CHUNK};
-use portcullis::http1::parse::{parse_request, HeadLimits};
-use portcullis::http1::response::parse_response;
+use portcullis::internal::http1::parse_response;
+use portcullis::internal::http1::{decode_all, encode_chunk, LAST_CHUNK};
+use portcullis::internal::http1::{parse_request, HeadLimits};
 use std::hint::black_box;
 
 const SMALL_GET: &[u8] =
@@ -61,7 +61,7 @@ fn chunked(c: &mut Criterion) {
 }
 
 fn mcp_decode(c: &mut Criterion) {
-    use portcullis::mcp::jsonrpc::{decode, Scratch};
+    use portcullis::internal::mcp::{decode, Scratch};
     let padding = "x".repeat(880);
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{{"name":"search_repositories","arguments":{{"query":"{padding}","page":1}},"_meta":{{"progressToken":7}}}}}}"#

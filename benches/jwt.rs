@@ -14,7 +14,7 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{encode, Algorithm, DecodingKey, EncodingKey, Header};
-use portcullis::identity::{
+use portcullis::internal::identity::{
     crypto, AssertionCache, AssertionSigner, IssuerConfig, Issuers, TokenCache,
 };
 use ring::signature::KeyPair;

@@ -8,12 +8,13 @@
 //! to a minimal upstream, socket to socket.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::http1::response::parse_response;
-use portcullis::proxy::conn::Conn;
-use portcullis::proxy::request::{parse, Step};
-use portcullis::proxy::upstream::relay::write_client_head;
-use portcullis::proxy::worker::{Shared, Worker};
-use portcullis::snapshot::{self, SharedSnapshot};
+use portcullis::from_text;
+use portcullis::internal::http1::parse_response;
+use portcullis::internal::proxy::write_client_head;
+use portcullis::internal::proxy::Conn;
+use portcullis::internal::proxy::{parse, Step};
+use portcullis::internal::proxy::{Shared, Worker};
+use portcullis::internal::SharedSnapshot;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,7 +27,7 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nM
 
 fn in_process(c: &mut Criterion) {
     let text = CONFIG.replace("{upstream}", "127.0.0.1:9");
-    let snap = snapshot::from_text(&text, Path::new("bench.yaml")).unwrap();
+    let snap = from_text(&text, Path::new("bench.yaml")).unwrap();
     let shared_snap: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
     let worker = Worker::new(
         0,
@@ -99,8 +100,8 @@ fn in_process_zero_trust(c: &mut Criterion) {
 /// written to the worker's buffer, full buffers handed to a writer thread
 /// writing to /dev/null).
 fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
-    use portcullis::proxy::body::Body;
-    use portcullis::proxy::judge::judge;
+    use portcullis::internal::proxy::judge;
+    use portcullis::internal::proxy::Body;
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
     let jwk: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{keys}/rsa2048.pub.jwk.json")).unwrap(),
@@ -109,23 +110,23 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
     let mut jwk = jwk.as_object().unwrap().clone();
     jwk.insert("kid".into(), "k1".into());
     let text = SECURE_CONFIG.replace("JWKS", &serde_json::json!({ "keys": [jwk] }).to_string());
-    let snap = snapshot::from_text(&text, Path::new("bench.yaml")).unwrap();
+    let snap = from_text(&text, Path::new("bench.yaml")).unwrap();
     let shared_snap: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
     let audit = audited.then(|| {
         let config: portcullis::config::audit::AuditConfig =
             serde_json::from_value(serde_json::json!({"path": "/dev/null"})).unwrap();
-        portcullis::audit::Sink::start(&config).unwrap().0
+        portcullis::internal::audit::Sink::start(&config).unwrap().0
     });
     let shared = Arc::new(Shared::new(1, audit).unwrap());
     let worker = Worker::new(0, shared, shared_snap.clone());
     let snap = worker.snapshot();
-    let now = portcullis::proxy::admit::unix_now();
+    let now = portcullis::internal::proxy::unix_now();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("k1".into());
     let claims = serde_json::json!({"iss": "https://idp.bench", "aud": "http://bench.test/mcp",
         "sub": "alice", "scope": "mcp", "groups": ["engineering"], "email": "alice@example.com",
         "iat": now, "exp": now + 3600});
-    portcullis::identity::crypto::install();
+    portcullis::internal::identity::crypto::install();
     let pem = std::fs::read(format!("{keys}/rsa2048.pem")).unwrap();
     let token = jsonwebtoken::encode(
         &header,
@@ -163,7 +164,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
                 .unwrap();
             write_client_head(&resp, req.id.as_bytes(), &mut out).unwrap();
             if worker.shared.audit.is_some() {
-                worker.audit(&portcullis::audit::Record {
+                worker.audit(&portcullis::internal::audit::Record {
                     unix_micros: 1_763_800_000_000_000,
                     request_id: req.id.as_bytes(),
                     worker: 0,
@@ -171,7 +172,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
                     tls: None,
                     route: Some("bench"),
                     facts: &conn.judged.audit,
-                    decision: portcullis::metrics::Decision::Allowed,
+                    decision: portcullis::internal::Decision::Allowed,
                     reason: "",
                     status: 200,
                     latency_us: 180,
@@ -219,8 +220,8 @@ fn upstream() -> std::net::SocketAddr {
 fn loopback(c: &mut Criterion) {
     let up = upstream();
     let text = CONFIG.replace("{upstream}", &up.to_string());
-    let snap = snapshot::from_text(&text, Path::new("bench.yaml")).unwrap();
-    let running = portcullis::runtime::start(snap).unwrap();
+    let snap = from_text(&text, Path::new("bench.yaml")).unwrap();
+    let running = portcullis::start(snap).unwrap();
     let mut client = TcpStream::connect(running.addresses[0]).unwrap();
     client.set_nodelay(true).unwrap();
     let mut buf = vec![0u8; 4096];

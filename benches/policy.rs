@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::policy::{Facts, ItemKind, Policy, RuleConfig};
-use portcullis::principal::Principal;
+use portcullis::internal::policy::{Facts, ItemKind, Policy, RuleConfig};
+use portcullis::internal::Principal;
 
 const TEN: &str = r#"
 - allow: { mcp_method: { in: [initialize, ping, tools/list, prompts/list, resources/list] } }
@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
     let tape = simd_json::to_tape(&mut args).unwrap();
     let facts = |name: &'static str| Facts {
         principal: Some(&p),
-        method: Some(portcullis::mcp::method::Method::ToolsCall),
+        method: Some(portcullis::internal::mcp::Method::ToolsCall),
         name: Some(name),
         uri: None,
         arguments: Some(&tape.0),
@@ -120,7 +120,7 @@ fn bench(c: &mut Criterion) {
     let f = facts("git.push");
     assert!(matches!(
         ten.evaluate(&f),
-        portcullis::policy::Verdict::Allow { .. }
+        portcullis::internal::policy::Verdict::Allow { .. }
     ));
     run(c, "policy/10_rules", || {
         black_box(ten.evaluate(black_box(&f)));
@@ -129,7 +129,7 @@ fn bench(c: &mut Criterion) {
     let ten_rate = compile(&format!("{TEN}{RATE}"));
     assert!(matches!(
         ten_rate.evaluate(&f),
-        portcullis::policy::Verdict::Allow { .. }
+        portcullis::internal::policy::Verdict::Allow { .. }
     ));
     run(c, "policy/10_rules_and_rate_limit", || {
         black_box(ten_rate.evaluate(black_box(&f)));
@@ -139,7 +139,7 @@ fn bench(c: &mut Criterion) {
     let f = facts("tool504");
     assert!(matches!(
         big.evaluate(&f),
-        portcullis::policy::Verdict::Allow { .. }
+        portcullis::internal::policy::Verdict::Allow { .. }
     ));
     run(c, "policy/1000_rules", || {
         black_box(big.evaluate(black_box(&f)));
@@ -150,7 +150,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let list = Facts {
-        method: Some(portcullis::mcp::method::Method::ToolsList),
+        method: Some(portcullis::internal::mcp::Method::ToolsList),
         name: None,
         arguments: None,
         ..facts("x")

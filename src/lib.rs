@@ -1,46 +1,110 @@
 //! portcullis: an identity-aware, zero-trust edge proxy for MCP servers.
 //!
+//! The public surface is what the `portcullis` command uses: the
+//! configuration types ([`config`]), loading and checking a configuration
+//! ([`load`], [`Snapshot`]), running it ([`start`], [`run_until_signal`]), the
+//! [`demo`], and querying an audit log ([`audit_log`]). What tests, benches
+//! and fuzz targets reach beyond that sits in the hidden `internal` module.
+//!
 //! Modules in dependency order: each uses only those listed before it (kept
-//! by `tests/integration/layout.rs`). The request path is [`proxy`], read in
+//! by `tests/integration/layout.rs`). The request path is `proxy`, read in
 //! flow order; ARCHITECTURE.md has the map.
+
+#![warn(unreachable_pub)]
 
 /// Every serde shape of the YAML file and its value types; imports nothing else.
 pub mod config;
 
 /// The one module allowed `unsafe`: a socket peek, the open-files limit.
-pub mod sys;
+pub(crate) mod sys;
 
 /// MCP messages: full JSON-RPC decoding, method names, list filtering, the
 /// legacy SSE endpoint rewrite.
-pub mod mcp;
+pub(crate) mod mcp;
 
 /// Per-route counters and latency histograms (atomics), Prometheus text.
-pub mod metrics;
+pub(crate) mod metrics;
 
 /// The verified caller, built by `identity`, read by `policy` and `audit`.
-pub mod principal;
+pub(crate) mod principal;
 
 /// The closed set of local answers (`HttpError`): status, reason, close.
-pub mod error;
+pub(crate) mod error;
 
 /// Strict HTTP/1.1: request and response heads, chunked framing, local answers.
-pub mod http1;
+pub(crate) mod http1;
 
 /// The rule language compiled to matchers, and the allocation-free evaluator.
-pub mod policy;
+pub(crate) mod policy;
 
 /// Token verification (JWKS, claims), the per-core token cache, identity assertions.
-pub mod identity;
+pub(crate) mod identity;
 
 /// Audit records (one JSON line per request), the writer thread, `portcullis audit`.
-pub mod audit;
+pub(crate) mod audit;
 
 /// `compile(config) -> Snapshot`: routes, TLS configs, upstreams, policies;
 /// swapped whole on reload.
-pub mod snapshot;
+pub(crate) mod snapshot;
 
 /// The data plane, in flow order: accept, read, admit, judge, send, relay, record.
-pub mod proxy;
+pub(crate) mod proxy;
 
 /// Threads, signals, reload, the admin listener and the demo.
-pub mod runtime;
+pub(crate) mod runtime;
+
+pub use runtime::{demo, run_until_signal, start, Running};
+pub use snapshot::{from_text, load, Snapshot};
+
+/// `portcullis audit`: select and count audit records.
+pub mod audit_log {
+    pub use crate::audit::query::{parse_time, query, Found, Query};
+}
+
+/// The crate's insides, for its own tests, benches and fuzz targets only:
+/// no stability, no documentation (as rustls's `internal`).
+#[doc(hidden)]
+pub mod internal {
+    pub mod http1 {
+        pub use crate::http1::chunked::{decode_all, encode_chunk, ChunkedDecoder, LAST_CHUNK};
+        pub use crate::http1::parse::Framing;
+        pub use crate::http1::parse::{parse_request, HeadLimits};
+        pub use crate::http1::response::parse_response;
+    }
+    pub mod mcp {
+        pub use crate::mcp::jsonrpc::{decode, Id, Kind, Scratch};
+        pub use crate::mcp::method::Method;
+    }
+    pub mod policy {
+        pub use crate::config::policy::RuleConfig;
+        pub use crate::policy::{Facts, ItemKind, Policy, Verdict};
+    }
+    pub mod identity {
+        pub use crate::config::identity::IssuerConfig;
+        pub use crate::identity::assertion::{AssertionCache, AssertionSigner};
+        pub use crate::identity::cache::TokenCache;
+        pub use crate::identity::{crypto, Issuers};
+    }
+    pub mod audit {
+        pub use crate::audit::{Record, Sink};
+    }
+    pub mod proxy {
+        pub use crate::proxy::admit::unix_now;
+        pub use crate::proxy::body::Body;
+        pub use crate::proxy::conn::Conn;
+        pub use crate::proxy::gate::{decode_mirror, message, McpHead, Mirrors, MODERN};
+        pub use crate::proxy::judge::judge;
+        pub use crate::proxy::request::{parse, Step};
+        pub use crate::proxy::serve;
+        pub use crate::proxy::stream::ClientStream;
+        pub use crate::proxy::upstream::relay::write_client_head;
+        pub use crate::proxy::worker::{Shared, Worker};
+    }
+    pub mod runtime {
+        pub use crate::runtime::reload;
+    }
+    pub use crate::error::HttpError;
+    pub use crate::metrics::Decision;
+    pub use crate::principal::Principal;
+    pub use crate::snapshot::SharedSnapshot;
+}

@@ -2,8 +2,7 @@
 //! configuration, run. No proxy logic lives here.
 
 use clap::{Parser, Subcommand};
-use portcullis::runtime::demo;
-use portcullis::{runtime, snapshot};
+use portcullis::{audit_log, demo};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,11 +63,11 @@ enum Command {
         /// From this time on, inclusive (RFC 3339 with an offset, e.g.
         /// 2026-11-22T08:00:00Z or 2026-11-22T10:00:00+02:00; compared as
         /// instants).
-        #[arg(long, value_name = "TIME", value_parser = portcullis::audit::parse_time)]
+        #[arg(long, value_name = "TIME", value_parser = audit_log::parse_time)]
         since: Option<jiff::Timestamp>,
         /// Before this time, exclusive: a record stamped exactly at it is left
         /// out, so --until T and --since T split a log without overlap.
-        #[arg(long, value_name = "TIME", value_parser = portcullis::audit::parse_time)]
+        #[arg(long, value_name = "TIME", value_parser = audit_log::parse_time)]
         until: Option<jiff::Timestamp>,
         /// Only counts per tool and decision.
         #[arg(long)]
@@ -114,38 +113,10 @@ fn main() -> ExitCode {
         _ => init_logging(&Default::default()),
     }
     match command {
-        Command::Check { config } => match snapshot::load(&config) {
+        Command::Check { config } => match portcullis::load(&config) {
             Ok(snap) => {
                 println!("{}: OK", config.display());
-                println!("workers: {}", snap.workers);
-                for l in &snap.listeners {
-                    println!(
-                        "listen: {}{}",
-                        l.address,
-                        if l.tls.is_some() { " (tls)" } else { "" }
-                    );
-                }
-                for r in snap.routes.all() {
-                    let mut notes = Vec::new();
-                    if r.mcp {
-                        notes.push("mcp".to_string());
-                    }
-                    if let Some(a) = &r.auth {
-                        notes.push(format!("auth: {}", a.issuer_urls.join(", ")));
-                        if !a.scopes.is_empty() {
-                            notes.push(format!("scopes: {}", a.scopes.join(" ")));
-                        }
-                    }
-                    if r.policy.is_some() {
-                        notes.push("policy".into());
-                    }
-                    let notes = if notes.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", notes.join("; "))
-                    };
-                    println!("route {}: {} -> {}{notes}", r.name, r.public, r.upstream);
-                }
+                print!("{}", snap.summary());
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -156,9 +127,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => match snapshot::load(&config) {
+        Command::Run { config } => match portcullis::load(&config) {
             Ok(snap) => {
-                init_logging(&snap.log);
+                init_logging(snap.log());
                 run(snap, &config)
             }
             Err(errors) => {
@@ -178,7 +149,7 @@ fn main() -> ExitCode {
             summary,
         } => audit(
             &file,
-            &portcullis::audit::Query {
+            &audit_log::Query {
                 principal,
                 tool,
                 decision,
@@ -200,7 +171,7 @@ fn main() -> ExitCode {
             Ok(d) => {
                 println!("{}", demo::instructions(&d));
                 let config = d.config_path.clone();
-                let result = runtime::run_until_signal(d.running, Some(&config));
+                let result = portcullis::run_until_signal(d.running, Some(&config));
                 if let Some(dir) = config.parent() {
                     let _ = std::fs::remove_dir_all(dir);
                 }
@@ -214,7 +185,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn audit(file: &std::path::Path, q: &portcullis::audit::Query, summary: bool) -> ExitCode {
+fn audit(file: &std::path::Path, q: &audit_log::Query, summary: bool) -> ExitCode {
     let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -226,7 +197,7 @@ fn audit(file: &std::path::Path, q: &portcullis::audit::Query, summary: bool) ->
             }
         }
     };
-    let found = match portcullis::audit::query(input, q, std::io::stdout().lock(), summary) {
+    let found = match audit_log::query(input, q, std::io::stdout().lock(), summary) {
         Ok(f) => f,
         // The reader went away (`| head`): nothing more to say.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
@@ -269,9 +240,9 @@ fn audit(file: &std::path::Path, q: &portcullis::audit::Query, summary: bool) ->
     ExitCode::SUCCESS
 }
 
-fn run(snap: snapshot::Snapshot, config: &std::path::Path) -> ExitCode {
-    match runtime::start(snap) {
-        Ok(running) => finish(runtime::run_until_signal(running, Some(config))),
+fn run(snap: portcullis::Snapshot, config: &std::path::Path) -> ExitCode {
+    match portcullis::start(snap) {
+        Ok(running) => finish(portcullis::run_until_signal(running, Some(config))),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -9,14 +9,14 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bounds of the latency buckets, in microseconds.
-pub const BUCKETS_US: [u64; 14] = [
+pub(crate) const BUCKETS_US: [u64; 14] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
     5_000_000, 30_000_000,
 ];
 
 /// MCP methods counted by name; any other is counted as `other`, and a
 /// request without a JSON-RPC body (GET, DELETE) as `none`.
-pub const METHODS: [&str; 16] = [
+pub(crate) const METHODS: [&str; 16] = [
     "initialize",
     "notifications/initialized",
     "ping",
@@ -38,7 +38,7 @@ const OTHER: usize = METHODS.len();
 const NONE: usize = METHODS.len() + 1;
 
 /// The counter slot of a method (`None`: no JSON-RPC body).
-pub fn method_slot(method: Option<Method<'_>>) -> u8 {
+pub(crate) fn method_slot(method: Option<Method<'_>>) -> u8 {
     match method {
         None => NONE as u8,
         Some(m) => m.index().filter(|&i| i < METHODS.len()).unwrap_or(OTHER) as u8,
@@ -170,7 +170,7 @@ impl RouteMetrics {
 }
 
 /// A label value with `\`, `"` and newlines escaped.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

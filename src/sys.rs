@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// What a non-blocking one-byte `MSG_PEEK` sees on a connection.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Peek {
+pub(crate) enum Peek {
     /// Open, nothing to read.
     Quiet,
     /// Bytes are waiting.
@@ -16,7 +16,7 @@ pub enum Peek {
     Closed,
 }
 
-pub fn peek(stream: &impl AsRawFd) -> Peek {
+pub(crate) fn peek(stream: &impl AsRawFd) -> Peek {
     // SAFETY: the fd belongs to `stream`, which is borrowed for the whole
     // call, so it stays open while `fd` is in use; nothing takes ownership.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
@@ -32,7 +32,7 @@ pub fn peek(stream: &impl AsRawFd) -> Peek {
 
 /// Whether an idle connection is no longer usable: closed, reset, or with
 /// bytes nobody asked for.
-pub fn idle_connection_is_dead(stream: &impl AsRawFd) -> bool {
+pub(crate) fn idle_connection_is_dead(stream: &impl AsRawFd) -> bool {
     peek(stream) != Peek::Quiet
 }
 
@@ -40,7 +40,7 @@ pub fn idle_connection_is_dead(stream: &impl AsRawFd) -> bool {
 /// `worker_rlimit_nofile` does): each client connection and each upstream
 /// connection is a descriptor, and the usual soft limit of 1024 would cap the
 /// proxy far below `limits.max_connections`. Returns (before, after).
-pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+pub(crate) fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::http1::chunked::{decode_all, ChunkedDecoder};
-use portcullis::http1::parse::{parse_request, HeadLimits};
-use portcullis::http1::Framing;
+use portcullis::internal::http1::{decode_all, ChunkedDecoder};
+use portcullis::internal::http1::{parse_request, HeadLimits};
+use portcullis::internal::http1::Framing;
 
 fuzz_target!(|data: &[u8]| {
     let (split_byte, input) = match data.split_first() {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::mcp::jsonrpc::{decode, Id, Scratch};
+use portcullis::internal::mcp::{decode, Id, Scratch};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::identity::{IssuerConfig, Issuers};
+use portcullis::internal::identity::{IssuerConfig, Issuers};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::OnceLock;

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::proxy::gate::{decode_mirror, message, McpHead, Mirrors, MODERN};
-use portcullis::mcp::jsonrpc::{decode, Kind, Scratch};
+use portcullis::internal::proxy::{decode_mirror, message, McpHead, Mirrors, MODERN};
+use portcullis::internal::mcp::{decode, Kind, Scratch};
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(3, |&b| b == 0);
@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
             method: (!method.is_empty()).then(|| method.clone()),
             name: (!name.is_empty()).then(|| name.clone()),
         })),
+        legacy_post: false,
     };
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let mut scratch = Scratch::default();

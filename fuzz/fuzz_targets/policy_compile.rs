@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::policy::{Facts, ItemKind, Policy, RuleConfig};
-use portcullis::principal::Principal;
+use portcullis::internal::policy::{Facts, ItemKind, Policy, RuleConfig};
+use portcullis::internal::Principal;
 
 const SHARED: &str = r#"
 base:
@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
     for (i, (method, name, uri)) in calls.into_iter().enumerate() {
         let f = Facts {
             principal: (i != 4).then_some(&p),
-            method: (!method.is_empty()).then(|| portcullis::mcp::method::Method::parse(method)),
+            method: (!method.is_empty()).then(|| portcullis::internal::mcp::Method::parse(method)),
             name,
             uri,
             arguments: (i == 0).then_some(&tape.0[..]),

@@ -78,9 +78,9 @@ enum Ext {
 }
 
 /// Limits of the decoder.
-pub const MAX_SIZE_DIGITS: u32 = 16;
-pub const MAX_EXTENSION_BYTES: usize = 1024;
-pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_SIZE_DIGITS: u32 = 16;
+pub(crate) const MAX_EXTENSION_BYTES: usize = 1024;
+pub(crate) const MAX_TRAILER_BYTES: usize = 8 * 1024;
 /// Chunk sizes above this are refused outright (the body limit is far below).
 const MAX_CHUNK: u64 = 1 << 48;
 

@@ -6,7 +6,7 @@ use crate::mcp::jsonrpc::{write_json_string, RpcId};
 
 /// JSON-RPC error code for calls refused by portcullis (policy, rate limit,
 /// authentication); the HTTP status tells them apart.
-pub const REFUSED: i32 = -32003;
+pub(crate) const REFUSED: i32 = -32003;
 
 /// What a local answer says beyond its `HttpError`.
 #[derive(Debug, Default)]
@@ -22,7 +22,7 @@ pub struct Detail {
 }
 
 /// Standard reason phrase for the statuses portcullis produces itself.
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         202 => "Accepted",
@@ -48,7 +48,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 }
 
 /// Append a decimal number without allocating.
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();
     loop {
@@ -65,7 +65,7 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 /// A complete local error response. On an MCP route the body is a JSON-RPC
 /// error object (with the request's id when it is known, else null), else a
 /// short JSON object. `close` adds `Connection: close`.
-pub fn error_response(
+pub(crate) fn error_response(
     out: &mut Vec<u8>,
     err: HttpError,
     mcp: bool,

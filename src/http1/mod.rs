@@ -5,12 +5,12 @@
 //! This module owns every framing decision. It must never guess: a message whose
 //! length two parties could read differently is rejected, never "repaired".
 
-pub mod chunked;
-pub mod encode;
-pub mod parse;
-pub mod response;
+pub(crate) mod chunked;
+pub(crate) mod encode;
+pub(crate) mod parse;
+pub(crate) mod response;
 
-pub use parse::{parse_request, Framing, Method, RequestHead};
+pub(crate) use parse::{parse_request, Framing, Method, RequestHead};
 
 /// Whether `b` is an RFC 9110 `tchar`.
 #[inline]
@@ -21,7 +21,7 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 }
 
 /// Whether `s` is an RFC 9110 `token` (a valid field name).
-pub fn is_token(s: &[u8]) -> bool {
+pub(crate) fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| is_tchar(b))
 }
 

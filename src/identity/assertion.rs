@@ -15,9 +15,9 @@ use std::hash::BuildHasher;
 use std::rc::Rc;
 
 /// Lifetime of an assertion, seconds.
-pub const ASSERTION_TTL: i64 = 60;
+pub(crate) const ASSERTION_TTL: i64 = 60;
 /// A cached assertion is reused until this many seconds before its `exp`.
-pub const REUSE_MARGIN: i64 = 30;
+pub(crate) const REUSE_MARGIN: i64 = 30;
 
 /// Holds a P-256 key pair generated at start and signs assertions with it.
 pub struct AssertionSigner {

@@ -13,10 +13,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 
 /// Default number of positive entries.
-pub const DEFAULT_ENTRIES: usize = 4096;
+pub(crate) const DEFAULT_ENTRIES: usize = 4096;
 /// Negative entries and how long a rejection is remembered (seconds).
-pub const NEGATIVE_ENTRIES: usize = 256;
-pub const NEGATIVE_TTL: i64 = 10;
+pub(crate) const NEGATIVE_ENTRIES: usize = 256;
+pub(crate) const NEGATIVE_TTL: i64 = 10;
 
 struct Entry {
     token: Box<str>,

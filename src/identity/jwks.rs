@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest JWKS document fetched.
-pub const MAX_JWKS_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_JWKS_BYTES: u64 = 1 << 20;
 /// Timeout of one JWKS fetch.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A verification key and the algorithms it may be used with (never taken from a token).
-pub struct Key {
+pub(crate) struct Key {
     pub kid: Option<String>,
     pub algs: Vec<Algorithm>,
     pub key: DecodingKey,
@@ -31,13 +31,13 @@ impl std::fmt::Debug for Key {
 
 /// The usable keys of one JWK set.
 #[derive(Debug, Default)]
-pub struct KeySet {
+pub(crate) struct KeySet {
     by_kid: HashMap<String, Arc<Key>>,
     no_kid: Vec<Arc<Key>>,
 }
 
 /// Parses an algorithm name as the verifier supports it. `none` and unknown names are `None`.
-pub fn parse_alg(name: &str) -> Option<Algorithm> {
+pub(crate) fn parse_alg(name: &str) -> Option<Algorithm> {
     Some(match name {
         "RS256" => Algorithm::RS256,
         "RS384" => Algorithm::RS384,
@@ -60,7 +60,7 @@ impl KeySet {
     /// or whose algorithm is not allowed are skipped; malformed keys, RSA keys under 2048
     /// bits and duplicate kids are errors. `oct` (HMAC) keys are used only when
     /// `allow_secret` (inline config) and an HS algorithm is in `allowed`.
-    pub fn parse(
+    pub(crate) fn parse(
         jwks: &Value,
         allowed: &[Algorithm],
         allow_secret: bool,
@@ -92,17 +92,17 @@ impl KeySet {
         Ok(set)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_kid.is_empty() && self.no_kid.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_kid.len() + self.no_kid.len()
     }
 
     /// The keys a token may be checked against: the one named by `kid` (a map key, nothing
     /// more), or without a kid every kid-less key that allows `alg`.
-    pub fn candidates<'a>(&'a self, kid: Option<&str>, alg: Algorithm) -> Candidates<'a> {
+    pub(crate) fn candidates<'a>(&'a self, kid: Option<&str>, alg: Algorithm) -> Candidates<'a> {
         match kid {
             Some(k) => Candidates::One(self.by_kid.get(k).map(|k| &**k)),
             None => Candidates::Many(self.no_kid.iter(), alg),
@@ -110,7 +110,7 @@ impl KeySet {
     }
 }
 
-pub enum Candidates<'a> {
+pub(crate) enum Candidates<'a> {
     One(Option<&'a Key>),
     Many(std::slice::Iter<'a, Arc<Key>>, Algorithm),
 }
@@ -136,7 +136,7 @@ fn b64_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
 }
 
 /// One JWK as a [`Key`]; `Ok(None)` when it is skipped (see [`KeySet::parse`]).
-pub fn parse_key(
+pub(crate) fn parse_key(
     jwk: &Value,
     allowed: &[Algorithm],
     allow_secret: bool,
@@ -240,7 +240,7 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
 }
 
 /// Fetches a JWKS document (blocking; timeout [`FETCH_TIMEOUT`], at most [`MAX_JWKS_BYTES`]).
-pub fn fetch(url: &str) -> Result<Value, String> {
+pub(crate) fn fetch(url: &str) -> Result<Value, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(FETCH_TIMEOUT))
         .build()

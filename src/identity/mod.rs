@@ -42,23 +42,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-pub mod assertion;
-pub mod cache;
+pub(crate) mod assertion;
+pub(crate) mod cache;
 use crate::config::identity as config;
 pub mod crypto;
-pub mod jwks;
-pub mod verify;
+pub(crate) mod jwks;
+pub(crate) mod verify;
 
-pub use crate::config::identity::{IdentityConfig, IssuerConfig};
-pub use assertion::{AssertionCache, AssertionSigner};
-pub use cache::TokenCache;
-pub use jwks::{Key, KeySet};
-pub use verify::{verify_signature, AuthError, MAX_TOKEN_BYTES};
+pub(crate) use crate::config::identity::IssuerConfig;
+pub(crate) use assertion::{AssertionCache, AssertionSigner};
+pub(crate) use cache::TokenCache;
+pub(crate) use jwks::KeySet;
+pub(crate) use verify::{AuthError, MAX_TOKEN_BYTES};
 
 use verify::{check_claims, parse_claims, ClaimRules, Jws};
 
 /// Least time between two refetches of one issuer's JWKS triggered by unknown kids.
-pub const MIN_REFETCH: Duration = Duration::from_secs(30);
+pub(crate) const MIN_REFETCH: Duration = Duration::from_secs(30);
 
 struct Remote {
     uri: String,

@@ -1,4 +1,6 @@
 use super::*;
+use crate::config::identity::IdentityConfig;
+use crate::identity::verify::verify_signature;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{encode, EncodingKey, Header};
@@ -784,13 +786,13 @@ mod server {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    pub struct Server {
+    pub(super) struct Server {
         pub url: String,
         pub body: Arc<Mutex<(u16, String)>>,
         pub hits: Arc<AtomicUsize>,
     }
 
-    pub fn start(body: String) -> Server {
+    pub(super) fn start(body: String) -> Server {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
         let state = Arc::new(Mutex::new((200u16, body)));

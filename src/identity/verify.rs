@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 
 /// Tokens longer than this are rejected before any decoding.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Why a token was rejected. [`AuthError::reason`] is safe for `WWW-Authenticate` and logs:
 /// it never contains the token.
@@ -78,7 +78,7 @@ struct RawHeader {
 }
 
 /// A compact JWS split and decoded, signature not yet checked.
-pub struct Jws<'a> {
+pub(crate) struct Jws<'a> {
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub typ: Option<String>,
@@ -95,7 +95,7 @@ fn b64(s: &str) -> Result<Vec<u8>, AuthError> {
 impl<'a> Jws<'a> {
     /// Splits and decodes a compact JWS; rejects oversized input, `alg: none` in any case,
     /// unknown algorithms, any `crit`, and an empty signature.
-    pub fn parse(token: &'a str) -> Result<Jws<'a>, AuthError> {
+    pub(crate) fn parse(token: &'a str) -> Result<Jws<'a>, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Oversized);
         }
@@ -134,7 +134,7 @@ impl<'a> Jws<'a> {
     }
 
     /// Checks the signature with one key: the header's alg must be one the key is pinned to.
-    pub fn verify_with(&self, key: &Key) -> Result<(), AuthError> {
+    pub(crate) fn verify_with(&self, key: &Key) -> Result<(), AuthError> {
         if !key.algs.contains(&self.alg) {
             return Err(AuthError::AlgNotAllowed);
         }
@@ -150,7 +150,7 @@ impl<'a> Jws<'a> {
     }
 
     /// Checks the signature against the key set (kid only as a map key).
-    pub fn verify_in(&self, keys: &KeySet) -> Result<(), AuthError> {
+    pub(crate) fn verify_in(&self, keys: &KeySet) -> Result<(), AuthError> {
         let mut last = AuthError::UnknownKey;
         for key in keys.candidates(self.kid.as_deref(), self.alg) {
             match self.verify_with(key) {
@@ -162,15 +162,17 @@ impl<'a> Jws<'a> {
     }
 }
 
-/// The signature-only layer: parses `jws` and checks it with `key`; returns the payload.
-pub fn verify_signature(jws: &str, key: &Key) -> Result<Vec<u8>, AuthError> {
+/// The signature-only layer: parses `jws` and checks it with `key`; returns
+/// the payload (tested alone against the Wycheproof vectors).
+#[cfg(test)]
+pub(crate) fn verify_signature(jws: &str, key: &Key) -> Result<Vec<u8>, AuthError> {
     let parsed = Jws::parse(jws)?;
     parsed.verify_with(key)?;
     Ok(parsed.payload)
 }
 
 /// What the claim checks need from an issuer's configuration.
-pub struct ClaimRules<'a> {
+pub(crate) struct ClaimRules<'a> {
     pub issuer_name: &'a Arc<str>,
     pub issuer: &'a str,
     /// Any one of these must appear in `aud`.
@@ -181,7 +183,7 @@ pub struct ClaimRules<'a> {
 }
 
 /// `at+jwt`, `AT+JWT` and `application/at+jwt` are the same type.
-pub fn typ_matches(got: &str, want: &str) -> bool {
+pub(crate) fn typ_matches(got: &str, want: &str) -> bool {
     fn norm(s: &str) -> &str {
         match s.get(..12) {
             Some(p) if p.eq_ignore_ascii_case("application/") => &s[12..],
@@ -214,7 +216,7 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 }
 
 /// Parses the payload as a claim set (a JSON object).
-pub fn parse_claims(payload: &[u8]) -> Result<Map<String, Value>, AuthError> {
+pub(crate) fn parse_claims(payload: &[u8]) -> Result<Map<String, Value>, AuthError> {
     match serde_json::from_slice(payload) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(AuthError::Malformed),
@@ -222,7 +224,7 @@ pub fn parse_claims(payload: &[u8]) -> Result<Map<String, Value>, AuthError> {
 }
 
 /// Checks the claims of a token whose signature is already verified, and builds the principal.
-pub fn check_claims(
+pub(crate) fn check_claims(
     jws: &Jws<'_>,
     claims: Map<String, Value>,
     rules: &ClaimRules<'_>,

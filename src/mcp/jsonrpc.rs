@@ -9,14 +9,14 @@
 //! On the request path for POST bodies on MCP routes (`pipeline`); the
 //! messages are to feed the policy (issue 3).
 
-pub use crate::mcp::method::Method;
+pub(crate) use crate::mcp::method::Method;
 use simd_json::{Buffers, Node, StaticNode};
 
 /// Deepest nesting of arrays and objects accepted in a body.
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// The meta key carrying the protocol version in modern-era messages.
-pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
 /// Per-core scratch space: reused across requests, never shared.
 #[derive(Default)]
@@ -66,7 +66,7 @@ impl RpcId {
 }
 
 /// Append `s` as a JSON string literal.
-pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_json_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);

@@ -64,16 +64,16 @@ impl ListFilter {
 }
 
 /// Whether the caller may see the item of this kind with this name.
-pub type Visible<'a> = dyn FnMut(ListKind, &str) -> bool + 'a;
+pub(crate) type Visible<'a> = dyn FnMut(ListKind, &str) -> bool + 'a;
 
 /// Largest list response (JSON body or one SSE event) filtered.
-pub const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Filter a JSON-RPC message or batch of messages (`body`): the answers to
 /// `filter`'s requests lose the items `visible` refuses. `None`: no answer
 /// to them is in it (pass it unchanged); else the new body and how many
 /// answers it held. An answer whose items cannot be read becomes an error.
-pub fn filter_message(
+pub(crate) fn filter_message(
     filter: &ListFilter,
     body: &[u8],
     visible: &mut Visible<'_>,
@@ -172,7 +172,7 @@ fn unreadable(id: Value) -> Value {
 /// byte-exact. With wanted requests, the stream passes as it comes once all
 /// of them are answered; without (a GET stream), every event is judged.
 #[derive(Default)]
-pub struct SseListFilter {
+pub(crate) struct SseListFilter {
     pending: Vec<u8>,
     /// Answers seen so far; done when every wanted one was filtered.
     answered: usize,
@@ -183,7 +183,7 @@ impl SseListFilter {
     /// Feed body bytes; append what may be sent now to `out`. `Err` when an
     /// event grows past the bound (the stream is then cut: fail closed).
     #[allow(clippy::result_unit_err)]
-    pub fn feed(
+    pub(crate) fn feed(
         &mut self,
         filter: &ListFilter,
         data: &[u8],
@@ -223,7 +223,7 @@ impl SseListFilter {
 
     /// At the end of the stream: what is held is an event without its blank
     /// line, which clients discard unread; it passes as it is.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.pending);
     }
 }

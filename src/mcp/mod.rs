@@ -4,7 +4,7 @@
 //! rewritten when the public and upstream path prefixes differ (`sse`), and
 //! method names read once into [`method::Method`].
 
-pub mod jsonrpc;
-pub mod listfilter;
-pub mod method;
-pub mod sse;
+pub(crate) mod jsonrpc;
+pub(crate) mod listfilter;
+pub(crate) mod method;
+pub(crate) mod sse;

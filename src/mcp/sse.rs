@@ -6,19 +6,19 @@
 
 /// Maps an upstream URL (a path, or an absolute URL on the upstream) to the
 /// public one; `None` leaves the event as it is.
-pub type MapUrl<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(crate) type MapUrl<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 const MAX_FIRST_EVENT: usize = 8 * 1024;
 
 #[derive(Default)]
-pub struct EndpointRewriter {
+pub(crate) struct EndpointRewriter {
     pending: Vec<u8>,
     done: bool,
 }
 
 impl EndpointRewriter {
     /// Feed body bytes; append what may be sent now to `out`.
-    pub fn feed(&mut self, map: MapUrl<'_>, data: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn feed(&mut self, map: MapUrl<'_>, data: &[u8], out: &mut Vec<u8>) {
         if self.done {
             out.extend_from_slice(data);
             return;
@@ -42,7 +42,7 @@ impl EndpointRewriter {
     }
 
     /// Whatever is still held at end of stream.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
         self.done = true;
         out.append(&mut self.pending);
     }

@@ -11,7 +11,7 @@ pub(crate) struct Cidrs {
 }
 
 impl Cidrs {
-    pub fn parse(items: &[String]) -> Result<Cidrs, String> {
+    pub(super) fn parse(items: &[String]) -> Result<Cidrs, String> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for item in items {
@@ -73,7 +73,7 @@ impl Cidrs {
         })
     }
 
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(super) fn contains(&self, ip: IpAddr) -> bool {
         match unmap(ip).0 {
             IpAddr::V4(a) => {
                 let a = u32::from(a);

@@ -218,7 +218,12 @@ pub(crate) fn pointer(text: &str) -> Result<Box<[Box<str>]>, String> {
 
 impl Compiler {
     /// `in_deny` says whether rate limits are allowed here.
-    pub fn cond(&mut self, c: &Condition, in_deny: bool, depth: usize) -> Result<Cond, String> {
+    pub(super) fn cond(
+        &mut self,
+        c: &Condition,
+        in_deny: bool,
+        depth: usize,
+    ) -> Result<Cond, String> {
         if depth > MAX_DEPTH {
             return Err(format!("conditions nested deeper than {MAX_DEPTH}"));
         }

@@ -44,7 +44,7 @@ pub(crate) enum Call {
 
 impl Call {
     /// Every `resources/` method reaches a resource, named or not.
-    pub fn of(method: Option<Method<'_>>) -> Call {
+    pub(super) fn of(method: Option<Method<'_>>) -> Call {
         match method {
             Some(Method::ToolsCall) => Call::Tool,
             Some(Method::PromptsGet) => Call::Prompt,
@@ -75,7 +75,7 @@ impl Cond {
     /// Only `and`/`or`/`not` and the cheapest criteria are evaluated here;
     /// the rest are calls, so this recursive function keeps a small frame
     /// (its prologue and dispatch were most of the cost of a node).
-    pub fn eval(&self, cx: &mut Ctx<'_, '_>) -> Tri {
+    pub(super) fn eval(&self, cx: &mut Ctx<'_, '_>) -> Tri {
         let f = cx.facts;
         match self {
             Cond::And(items) => {

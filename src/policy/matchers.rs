@@ -82,7 +82,7 @@ pub(crate) enum StrSet {
 }
 
 impl StrSet {
-    pub fn new(items: impl IntoIterator<Item = String>) -> StrSet {
+    pub(super) fn new(items: impl IntoIterator<Item = String>) -> StrSet {
         let mut v: Vec<Box<str>> = items.into_iter().map(String::into_boxed_str).collect();
         v.sort();
         v.dedup();
@@ -94,7 +94,7 @@ impl StrSet {
     }
 
     #[inline]
-    pub fn contains(&self, s: &str) -> bool {
+    pub(super) fn contains(&self, s: &str) -> bool {
         match self {
             StrSet::Few(v) => v.iter().any(|x| same(x.as_bytes(), s.as_bytes())),
             StrSet::Many(h) => h.contains(s),
@@ -102,7 +102,7 @@ impl StrSet {
     }
 
     /// `contains` for bytes that may not be UTF-8 (never a member then).
-    pub fn contains_bytes(&self, b: &[u8]) -> bool {
+    pub(super) fn contains_bytes(&self, b: &[u8]) -> bool {
         match self {
             StrSet::Few(v) => v.iter().any(|x| same(x.as_bytes(), b)),
             StrSet::Many(h) => std::str::from_utf8(b).is_ok_and(|s| h.contains(s)),
@@ -110,7 +110,7 @@ impl StrSet {
     }
 
     /// Every member, for the rule index.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+    pub(super) fn iter(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match self {
             StrSet::Few(v) => Box::new(v.iter().map(|s| &**s)),
             StrSet::Many(h) => Box::new(h.iter().map(|s| &**s)),
@@ -124,7 +124,7 @@ impl StrSet {
 pub(crate) struct Prefixes(Box<[Box<str>]>);
 
 impl Prefixes {
-    pub fn new(items: Vec<String>) -> Prefixes {
+    pub(super) fn new(items: Vec<String>) -> Prefixes {
         let mut v: Vec<Box<str>> = items.into_iter().map(String::into_boxed_str).collect();
         v.sort();
         v.dedup();
@@ -140,7 +140,7 @@ impl Prefixes {
     }
 
     #[inline]
-    pub fn matches(&self, s: &str) -> bool {
+    pub(super) fn matches(&self, s: &str) -> bool {
         if self.0.len() <= 4 {
             return self.0.iter().any(|p| starts(s, p));
         }
@@ -170,7 +170,7 @@ pub(crate) enum Pattern {
 }
 
 impl Pattern {
-    pub fn new(pattern: &str) -> Result<Pattern, String> {
+    pub(super) fn new(pattern: &str) -> Result<Pattern, String> {
         let re = regex(pattern)?;
         let (head, body) = match pattern.strip_prefix('^') {
             Some(rest) => (true, rest),
@@ -212,7 +212,7 @@ impl Pattern {
     }
 
     #[inline]
-    pub fn is_match(&self, s: &str) -> bool {
+    pub(super) fn is_match(&self, s: &str) -> bool {
         match self {
             Pattern::Contains(b) => s.contains(&**b),
             Pattern::Prefix(b) => starts(s, b),
@@ -262,7 +262,7 @@ pub(crate) enum Scalar {
 }
 
 impl Scalar {
-    pub fn from_value(v: &Value) -> Result<Scalar, String> {
+    pub(super) fn from_value(v: &Value) -> Result<Scalar, String> {
         Ok(match v {
             Value::String(s) => Scalar::Str(s.as_str().into()),
             Value::Bool(b) => Scalar::Bool(*b),
@@ -279,7 +279,7 @@ impl Scalar {
     }
 
     /// Numeric equality: exact for integers, by value otherwise.
-    pub fn eq_i128(&self, x: i128) -> bool {
+    pub(super) fn eq_i128(&self, x: i128) -> bool {
         match self {
             Scalar::Num(_, Some(i)) => *i == x,
             Scalar::Num(f, None) => *f == x as f64,
@@ -287,12 +287,12 @@ impl Scalar {
         }
     }
 
-    pub fn eq_f64(&self, x: f64) -> bool {
+    pub(super) fn eq_f64(&self, x: f64) -> bool {
         matches!(self, Scalar::Num(f, _) if *f == x)
     }
 
     /// Equality with a JSON value (a token claim).
-    pub fn eq_json(&self, v: &Value) -> bool {
+    pub(super) fn eq_json(&self, v: &Value) -> bool {
         match (self, v) {
             (Scalar::Str(a), Value::String(b)) => **a == **b,
             (Scalar::Bool(a), Value::Bool(b)) => a == b,

@@ -37,7 +37,7 @@ use crate::mcp::method::Method;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-pub use crate::config::policy::RuleConfig;
+pub(crate) use crate::config::policy::RuleConfig;
 
 use crate::principal::Principal;
 use compile::{Compiler, Cond, NameOp};
@@ -46,7 +46,7 @@ use matchers::Hasher;
 use ratelimit::RateTable;
 
 /// Most rules one policy may expand to (after `use`).
-pub const MAX_RULES: usize = 10_000;
+pub(crate) const MAX_RULES: usize = 10_000;
 /// Policies with more rules than this are indexed by method and tool name.
 const INDEX_MIN_RULES: usize = 16;
 

@@ -59,14 +59,14 @@ fn pack(window: u32, count: u32) -> u64 {
 
 impl RateTable {
     /// The hash of a key, with this table's seed.
-    pub fn hash<K: Hash>(&self, key: K) -> u64 {
+    pub(super) fn hash<K: Hash>(&self, key: K) -> u64 {
         self.seed.hash_one(key)
     }
 
     /// Count one request for `key` in the window of `per` seconds holding
     /// `now`. `Err(retry_after_secs)` when `limit` requests were already
     /// counted in this window (the refused request is not counted).
-    pub fn hit(&self, hash: u64, now: i64, per: u64, limit: u32) -> Result<(), u64> {
+    pub(super) fn hit(&self, hash: u64, now: i64, per: u64, limit: u32) -> Result<(), u64> {
         let per_i = i64::try_from(per.max(1)).unwrap_or(i64::MAX);
         let window = now.div_euclid(per_i) as u32;
         let retry = (per_i - now.rem_euclid(per_i)).max(1) as u64;

@@ -31,7 +31,7 @@ pub(crate) struct TimeWindow {
 }
 
 impl TimeWindow {
-    pub fn new(
+    pub(super) fn new(
         days: Option<&[String]>,
         hours: &[String],
         tz: Option<&str>,
@@ -85,7 +85,7 @@ impl TimeWindow {
         o[i].1
     }
 
-    pub fn matches(&self, now: i64) -> bool {
+    pub(super) fn matches(&self, now: i64) -> bool {
         let offset = match &self.tz {
             None => 0,
             Some(_) if (SPAN_START..SPAN_END).contains(&now) => i64::from(self.offset_in_span(now)),

@@ -34,7 +34,7 @@ pub struct Request {
 }
 
 /// The request id: the client's when well-formed, else a new one.
-pub fn request_id(worker: &Worker, head: &RequestHead<'_>) -> RequestId {
+pub(crate) fn request_id(worker: &Worker, head: &RequestHead<'_>) -> RequestId {
     head.header("x-request-id")
         .and_then(RequestId::keep)
         .unwrap_or_else(|| {
@@ -46,7 +46,7 @@ pub fn request_id(worker: &Worker, head: &RequestHead<'_>) -> RequestId {
 
 /// Admit a request: route → gate → authenticate → session. A refusal is
 /// answered locally (and closes when a body would otherwise be left unread).
-pub fn admit<'s>(
+pub(crate) fn admit<'s>(
     worker: &Worker,
     snap: &'s Snapshot,
     head: &RequestHead<'_>,

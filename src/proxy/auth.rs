@@ -16,13 +16,13 @@ use std::io::Write;
 use std::rc::Rc;
 
 /// A refused request: the error and its challenge.
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub err: HttpError,
     pub detail: Box<Detail>,
 }
 
 /// The caller of a request on an authenticated route.
-pub fn authenticate(
+pub(crate) fn authenticate(
     worker: &Worker,
     snap: &Snapshot,
     auth: &RouteAuth,

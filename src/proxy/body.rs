@@ -31,7 +31,7 @@ pub enum Body {
 /// Read the body as far as it is held: on MCP routes to its end (413 past
 /// the body limit); on plain routes when it is small, or chunked and already
 /// complete in the buffer.
-pub async fn read(
+pub(crate) async fn read(
     snap: &Snapshot,
     client: &mut ClientStream,
     conn: &mut Conn,
@@ -58,7 +58,7 @@ pub async fn read(
 }
 
 /// End the upstream head with the framing of a held body of `n` bytes.
-pub fn push_length(up: &mut Vec<u8>, n: u64) {
+pub(crate) fn push_length(up: &mut Vec<u8>, n: u64) {
     up.extend_from_slice(b"Content-Length: ");
     crate::http1::encode::push_u64(up, n);
     up.extend_from_slice(b"\r\n\r\n");
@@ -159,7 +159,7 @@ async fn hold_chunked(
 
 /// Stream the rest of a request body from the client to the upstream,
 /// re-framing chunked bodies, enforcing the body limit and body timeout.
-pub async fn stream(
+pub(crate) async fn stream(
     snap: &Snapshot,
     client: &mut ClientStream,
     upstream: &mut UpstreamStream,

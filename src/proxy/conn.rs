@@ -154,7 +154,7 @@ pub struct Judged {
 
 /// What happens to the connection after an exchange.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     KeepAlive,
     Close,
 }
@@ -163,7 +163,7 @@ pub enum Next {
 /// client still sends for a moment. Closing with unread bytes in the receive
 /// buffer would make the kernel send a reset, which can destroy the response
 /// the client has not read yet (e.g. a 413 sent before its body).
-pub async fn linger_close(client: &mut ClientStream, conn: &mut Conn) {
+pub(crate) async fn linger_close(client: &mut ClientStream, conn: &mut Conn) {
     const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
     const MAX_DRAIN: usize = 256 * 1024;
     if client.shutdown().await.is_err() {

@@ -20,7 +20,7 @@ use crate::snapshot::route::Route;
 /// The first "modern" protocol revision: no sessions, `Mcp-Method`/`Mcp-Name`.
 pub const MODERN: u32 = 2026_07_28;
 /// The first revision without JSON-RPC batches.
-pub const NO_BATCHES: u32 = 2025_06_18;
+pub(crate) const NO_BATCHES: u32 = 2025_06_18;
 
 /// What the head of a request on an MCP route says about the protocol.
 #[derive(Debug, Default, PartialEq)]
@@ -48,7 +48,7 @@ fn mismatch(message: &'static str) -> HttpError {
 }
 
 /// Check the head of a request on an MCP route.
-pub fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, HttpError> {
+pub(crate) fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, HttpError> {
     // `Mcp-Session-Id` too must be unambiguous (it is bound to a principal).
     let [origin, version, method, name, session] = find_once(
         head,
@@ -106,7 +106,7 @@ pub fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, HttpError>
 /// instead (the caller checks it is absent). The protocol version cannot
 /// tell the two apart: the TypeScript SDK sends the version it negotiated
 /// (2025-11-25) on the legacy transport too.
-pub fn legacy_message_post(target: &str) -> bool {
+pub(crate) fn legacy_message_post(target: &str) -> bool {
     let Some((_, query)) = target.split_once('?') else {
         return false;
     };
@@ -140,7 +140,7 @@ fn find_once<'b, const N: usize>(
 }
 
 /// `YYYY-MM-DD` as the number YYYYMMDD.
-pub fn parse_version(v: &[u8]) -> Option<u32> {
+pub(crate) fn parse_version(v: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(v).ok()?;
     let b = s.as_bytes();
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {

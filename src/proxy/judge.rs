@@ -104,7 +104,7 @@ pub fn judge(
 
 /// What judging one request's messages needs: the route's policy and the
 /// facts every message shares.
-pub struct Judge<'a> {
+pub(crate) struct Judge<'a> {
     worker: &'a Worker,
     route: &'a Route,
     req: &'a Request,
@@ -132,7 +132,7 @@ struct Refused {
 }
 
 impl<'a> Judge<'a> {
-    pub fn new(
+    pub(crate) fn new(
         worker: &'a Worker,
         route: &'a Route,
         req: &'a Request,
@@ -160,7 +160,7 @@ impl<'a> Judge<'a> {
 
     /// Judge a held MCP body: `Err` refuses it, `judged` says why and what
     /// the answer carries.
-    pub fn body(&self, body: &[u8], judged: &mut Judged) -> Result<(), HttpError> {
+    pub(crate) fn body(&self, body: &[u8], judged: &mut Judged) -> Result<(), HttpError> {
         if body.is_empty() && self.req.method != crate::http1::Method::Post {
             return self.without_call(judged);
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// One bound socket for one worker, not yet registered with a runtime.
-pub struct Bound {
+pub(crate) struct Bound {
     pub socket: std::net::TcpListener,
     pub address: SocketAddr,
     /// Index of this listener in the snapshot, and its configured address:
@@ -30,7 +30,7 @@ pub struct Bound {
 
 /// Bind `workers` sockets per listener, all on the same address. A port of 0
 /// is resolved by the first bind and reused by the others.
-pub fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<Vec<Bound>>> {
+pub(crate) fn bind_all(specs: &[ListenerSpec], workers: usize) -> std::io::Result<Vec<Vec<Bound>>> {
     let mut per_worker: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
     for (index, spec) in specs.iter().enumerate() {
         let mut addr = spec.address;
@@ -94,7 +94,7 @@ impl Drop for ConnectionSlot {
 }
 
 /// Accept connections until cancelled (shutdown), one task per connection.
-pub async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle) {
+pub(crate) async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: CancelHandle) {
     let listener = match monoio::net::TcpListener::from_std(bound.socket) {
         Ok(l) => l,
         Err(e) => {

@@ -16,22 +16,22 @@
 //! Every timeout closes the connection, so a dropped in-flight read never
 //! loses request bytes.
 
-pub mod admit;
-pub mod auth;
-pub mod body;
-pub mod conn;
-pub mod gate;
-pub mod judge;
-pub mod listener;
-pub mod record;
-pub mod reject;
-pub mod request;
-pub mod session;
-pub mod stream;
-pub mod tls;
-pub mod upstream;
-pub mod wellknown;
-pub mod worker;
+pub(crate) mod admit;
+pub(crate) mod auth;
+pub(crate) mod body;
+pub(crate) mod conn;
+pub(crate) mod gate;
+pub(crate) mod judge;
+pub(crate) mod listener;
+pub(crate) mod record;
+pub(crate) mod reject;
+pub(crate) mod request;
+pub(crate) mod session;
+pub(crate) mod stream;
+pub(crate) mod tls;
+pub(crate) mod upstream;
+pub(crate) mod wellknown;
+pub(crate) mod worker;
 
 use crate::error::HttpError;
 use crate::http1::Framing;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 /// Count a finished request in its route's metrics and write its audit
 /// record; `bytes` are what the client connection carried for it (in, out).
-pub fn record(
+pub(crate) fn record(
     worker: &Worker,
     snap: &Snapshot,
     conn: &Conn,

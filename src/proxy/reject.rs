@@ -21,7 +21,7 @@ pub struct Reject {
 }
 
 /// Answer locally; close when framing is in doubt or the error requires it.
-pub async fn reject(client: &mut ClientStream, conn: &mut Conn, rej: Reject) -> Next {
+pub(crate) async fn reject(client: &mut ClientStream, conn: &mut Conn, rej: Reject) -> Next {
     conn.outcome.status = rej.err.status();
     conn.outcome.decision = rej.err.decision();
     conn.outcome.reason = rej.err.reason();

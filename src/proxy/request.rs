@@ -15,7 +15,7 @@ use monoio::time::timeout;
 use std::time::Instant;
 
 /// Upper bound on header fields httparse is given room for.
-pub const MAX_HEADERS: usize = 256;
+pub(crate) const MAX_HEADERS: usize = 256;
 
 /// What a parsed head leads to.
 pub enum Step {
@@ -28,7 +28,7 @@ pub enum Step {
 
 /// Wait for the first byte of the next request: `header_timeout` on a fresh
 /// connection, `idle_timeout` between keep-alive requests.
-pub async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut Conn) -> bool {
+pub(crate) async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut Conn) -> bool {
     if !conn.buf.is_empty() {
         return true;
     }
@@ -42,7 +42,7 @@ pub async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut Conn) -
 
 /// Read until a complete head is parsed, then admit it. `Err(None)`: the
 /// client went away, close without an answer.
-pub async fn read_head(
+pub(crate) async fn read_head(
     worker: &Worker,
     snap: &Snapshot,
     client: &mut ClientStream,
@@ -132,7 +132,7 @@ pub fn parse(
 }
 
 /// The header fields of a copied request head (for `header` criteria).
-pub fn reparse_headers<'h, 'b>(
+pub(crate) fn reparse_headers<'h, 'b>(
     head: &'b [u8],
     space: &'h mut [httparse::Header<'b>],
 ) -> &'h [httparse::Header<'b>] {

@@ -10,7 +10,7 @@ use monoio::BufResult;
 macro_rules! either_stream {
     ($(#[$doc:meta])* $name:ident, $tls:ty) => {
         $(#[$doc])*
-        pub enum $name {
+        pub(crate) enum $name {
             Plain(TcpStream),
             Tls(Box<$tls>),
         }
@@ -165,7 +165,7 @@ impl AsyncWriteRent for ClientStream {
 
 /// Read more bytes into the spare capacity of `buf` (growing it when full, up
 /// to `max`). Returns the number of bytes read; 0 means end of stream.
-pub async fn read_more<S: AsyncReadRent>(
+pub(crate) async fn read_more<S: AsyncReadRent>(
     s: &mut S,
     buf: &mut Vec<u8>,
     max: usize,
@@ -186,7 +186,10 @@ pub async fn read_more<S: AsyncReadRent>(
 }
 
 /// Write all of `data` (taken from `buf`, which is given back cleared).
-pub async fn write_all<S: AsyncWriteRent>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<()> {
+pub(crate) async fn write_all<S: AsyncWriteRent>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
     use monoio::io::AsyncWriteRentExt;
     let owned = std::mem::take(buf);
     let (res, mut owned) = s.write_all(owned).await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 /// accept, everything rustls wants to send is flushed even when the handshake
 /// fails, so a client gets its alert (e.g. `no_application_protocol` in TLS
 /// 1.3, where it follows the ServerHello) instead of a bare close.
-pub async fn accept(
+pub(crate) async fn accept(
     config: Arc<rustls::ServerConfig>,
     mut tcp: monoio::net::TcpStream,
 ) -> std::io::Result<(

@@ -9,12 +9,12 @@ use crate::http1::{Framing, Method, RequestHead};
 use crate::mcp::jsonrpc::write_json_string;
 use crate::snapshot::Snapshot;
 
-pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
-pub const ASSERTION_JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
+pub(crate) const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
+pub(crate) const ASSERTION_JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
 
 /// Write the answer to a well-known request into `out` and return whether
 /// the connection closes after it; `None` when `head` is not one.
-pub fn answer(
+pub(crate) fn answer(
     snap: &Snapshot,
     signer: &crate::identity::AssertionSigner,
     head: &RequestHead<'_>,

@@ -100,7 +100,7 @@ pub struct Worker {
     /// This worker's counters (its entry in `Shared::counters`).
     pub counters: Arc<WorkerCounters>,
     snapshot: RefCell<arc_swap::Cache<SharedSnapshot, Arc<Snapshot>>>,
-    pub pool: Pool,
+    pub(crate) pool: Pool,
     /// Scratch space for decoding MCP bodies (simd-json rewrites its input).
     pub mcp_scratch: RefCell<crate::mcp::jsonrpc::Scratch>,
     /// Verified tokens (and recently rejected ones), for the current snapshot.

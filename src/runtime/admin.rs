@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Bind the admin address and serve it on a thread; returns the bound address.
-pub fn start(
+pub(crate) fn start(
     address: SocketAddr,
     snapshot: SharedSnapshot,
     shared: Arc<Shared>,
@@ -89,7 +89,7 @@ fn respond(stream: &mut TcpStream, status: u16, kind: &str, body: &str) -> std::
 }
 
 /// The Prometheus exposition of every counter.
-pub fn metrics(snap: &Snapshot, shared: &Shared) -> String {
+pub(crate) fn metrics(snap: &Snapshot, shared: &Shared) -> String {
     let mut out = String::with_capacity(4096);
     let load = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed);
     let _ = writeln!(out, "# TYPE portcullis_connections_active gauge");
@@ -196,7 +196,7 @@ pub fn metrics(snap: &Snapshot, shared: &Shared) -> String {
 }
 
 /// The active configuration's summary: no credentials, no keys.
-pub fn config(snap: &Snapshot) -> String {
+pub(crate) fn config(snap: &Snapshot) -> String {
     let routes: Vec<serde_json::Value> = snap
         .routes
         .all()

@@ -3,7 +3,7 @@
 //! is unavailable: the choice is logged), optional CPU pinning, and graceful
 //! shutdown on SIGTERM/SIGINT.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod demo;
 pub mod reload;
 

@@ -3,8 +3,8 @@
 //! loads the current snapshot once and uses it to the end; a reload (later)
 //! swaps the whole snapshot through the one `ArcSwap`.
 
-pub mod route;
-pub mod tls;
+pub(crate) mod route;
+pub(crate) mod tls;
 
 use crate::config::UpstreamAuthConfig;
 use crate::config::{self, Config, ConfigError, ConfigErrors, Limits, RuntimeConfig};
@@ -90,7 +90,7 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Check and compile a parsed configuration. Every problem found is reported,
 /// located in `file` (whose text is `text`) where possible.
-pub fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, ConfigErrors> {
+pub(crate) fn compile(config: Config, text: &str, file: &Path) -> Result<Snapshot, ConfigErrors> {
     let base = file.parent().unwrap_or(Path::new("."));
     let mut errs = Errors {
         text,
@@ -579,6 +579,51 @@ impl Errors<'_> {
 pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
     let (config, text) = config::load(path)?;
     compile(config, &text, path)
+}
+
+impl Snapshot {
+    /// What `portcullis check` prints of a valid configuration: workers,
+    /// listeners, and each route with what guards it.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "workers: {}", self.workers);
+        for l in &self.listeners {
+            let tls = if l.tls.is_some() { " (tls)" } else { "" };
+            let _ = writeln!(out, "listen: {}{tls}", l.address);
+        }
+        for r in self.routes.all() {
+            let mut notes = Vec::new();
+            if r.mcp {
+                notes.push("mcp".to_string());
+            }
+            if let Some(a) = &r.auth {
+                notes.push(format!("auth: {}", a.issuer_urls.join(", ")));
+                if !a.scopes.is_empty() {
+                    notes.push(format!("scopes: {}", a.scopes.join(" ")));
+                }
+            }
+            if r.policy.is_some() {
+                notes.push("policy".into());
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join("; "))
+            };
+            let _ = writeln!(
+                out,
+                "route {}: {} -> {}{notes}",
+                r.name, r.public, r.upstream
+            );
+        }
+        out
+    }
+
+    /// How the process logs (fixed at start).
+    pub fn log(&self) -> &config::LogConfig {
+        &self.log
+    }
 }
 
 /// Compile configuration text (tests, benches and the demo).

@@ -52,7 +52,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// Load one certificate chain and its key; checks that they belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+pub(crate) fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let chain = read_certs(cert)?;
     let key_der = read_key(key)?;
     let signing = provider::sign::any_supported_type(&key_der)
@@ -64,7 +64,9 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
 }
 
 /// Server configuration for one TLS listener.
-pub fn server_config(certs: Vec<Arc<CertifiedKey>>) -> Result<Arc<rustls::ServerConfig>, String> {
+pub(crate) fn server_config(
+    certs: Vec<Arc<CertifiedKey>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let mut cfg =
         rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -77,7 +79,7 @@ pub fn server_config(certs: Vec<Arc<CertifiedKey>>) -> Result<Arc<rustls::Server
 
 /// Client configuration for `https://` upstreams: the system's roots (or the
 /// bundled Mozilla roots where the system has none) plus `extra_ca`.
-pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {

@@ -21,8 +21,8 @@ fn one_record_per_request_under_load() {
             &format!("workers: 2\naudit: {{ path: {} }}\n", log.display()),
         )
         .replace("{upstream}", &up.addr.to_string());
-    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
-    let running = portcullis::runtime::start(snap).unwrap();
+    let snap = portcullis::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    let running = portcullis::start(snap).unwrap();
     let addr = running.addresses[0];
     let alice = token(claims("alice", "mcp"));
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
@@ -153,8 +153,8 @@ fn overflow_blocks_or_drops_and_counts() {
                 ),
             )
             .replace("{upstream}", &up.addr.to_string());
-        let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
-        let running = portcullis::runtime::start(snap).unwrap();
+        let snap = portcullis::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+        let running = portcullis::start(snap).unwrap();
         let addr = running.addresses[0];
         let alice = token(claims("alice", "mcp"));
         let raw = post(Some(&alice), r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).replace(
@@ -270,8 +270,8 @@ fn shutdown_under_load_answers_in_flight_and_flushes_every_record() {
             &format!("workers: 2\naudit: {{ path: {} }}\n", log.display()),
         )
         .replace("{upstream}", &up.addr.to_string());
-    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
-    let running = portcullis::runtime::start(snap).unwrap();
+    let snap = portcullis::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    let running = portcullis::start(snap).unwrap();
     let addr = running.addresses[0];
     let raw = post(
         Some(&token(claims("alice", "mcp"))),
@@ -612,8 +612,8 @@ fn block_stall(workers: usize) {
             ),
         )
         .replace("{upstream}", &up.addr.to_string());
-    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
-    let running = portcullis::runtime::start(snap).unwrap();
+    let snap = portcullis::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    let running = portcullis::start(snap).unwrap();
     let (addr, admin) = (running.addresses[0], running.admin.unwrap());
     let metric = |name: &str| -> f64 {
         let (text, _) = exchange(

@@ -16,7 +16,7 @@ fn keys_dir() -> String {
 }
 
 pub fn token(claims: serde_json::Value) -> String {
-    portcullis::identity::crypto::install();
+    portcullis::internal::identity::crypto::install();
     let pem = std::fs::read(format!("{}/rsa2048.pem", keys_dir())).unwrap();
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("k1".into());
@@ -230,8 +230,7 @@ fn the_demo_shows_zero_trust() {
         .local_addr()
         .unwrap()
         .port();
-    let demo =
-        portcullis::runtime::demo::start(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+    let demo = portcullis::demo::start(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
     let addr = demo.running.addresses[0];
     let ask = |token: &str, body: &str| {
         let raw = post(Some(token), body).replace("Host: proxy.test", &format!("Host: {addr}"));
@@ -253,7 +252,7 @@ fn the_demo_shows_zero_trust() {
     assert_eq!(tools(ask(&demo.bob, list)), ["echo"]);
     assert_eq!(ask(&demo.alice, add)["result"]["content"][0]["text"], "5");
     assert_eq!(ask(&demo.bob, add)["error"]["code"], -32003);
-    let text = portcullis::runtime::demo::instructions(&demo);
+    let text = portcullis::demo::instructions(&demo);
     assert!(text.contains(&demo.alice) && text.contains(&demo.bob));
     demo.running.shutdown();
     demo.running.join();
@@ -285,7 +284,7 @@ fn upstream_credentials_replace_the_token() {
     }
     let text = config("    upstream_auth: { none: true, static: { header: X, value: y } }\n")
         .replace("{upstream}", "127.0.0.1:9");
-    let errs = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml"))
+    let errs = portcullis::from_text(&text, std::path::Path::new("t.yaml"))
         .err()
         .expect("two credentials must be refused");
     assert!(
@@ -335,15 +334,15 @@ fn a_reload_revokes_trust_on_idle_connections_and_in_the_cache() {
     let up = Upstream::start(ok_json);
     let old = config("").replace("{upstream}", &up.addr.to_string());
     let new = old.replace("issuer: https://idp.test", "issuer: https://other.test");
-    let snap = portcullis::snapshot::from_text(&old, std::path::Path::new("a.yaml")).unwrap();
-    let running = portcullis::runtime::start(snap).unwrap();
+    let snap = portcullis::from_text(&old, std::path::Path::new("a.yaml")).unwrap();
+    let running = portcullis::start(snap).unwrap();
     let addr = running.addresses[0];
     let mut idle = std::net::TcpStream::connect(addr).unwrap();
     idle.write_all(post(Some(&token(claims("alice", "mcp"))), PING).as_bytes())
         .unwrap();
     assert_eq!(statuses(&read_all(&mut idle, SHORT).0), [200]);
 
-    let snap = portcullis::snapshot::from_text(&new, std::path::Path::new("b.yaml")).unwrap();
+    let snap = portcullis::from_text(&new, std::path::Path::new("b.yaml")).unwrap();
     running.snapshot.store(std::sync::Arc::new(snap));
     let (resp, _) = exchange(
         addr,

@@ -4,8 +4,8 @@
 //! never forwards a request whose framing a peer could read differently);
 //! Compliant requests must be accepted.
 
-use portcullis::error::HttpError;
-use portcullis::http1::parse::{parse_request, HeadLimits};
+use portcullis::internal::http1::{parse_request, HeadLimits};
+use portcullis::internal::HttpError;
 
 /// Cases marked Compliant that portcullis rejects on purpose.
 const DEVIATIONS: &[(&str, &str)] = &[
@@ -170,7 +170,7 @@ fn example_configs_compile() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|x| x == "yaml") {
-            portcullis::snapshot::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            portcullis::load(&path).unwrap_or_else(|e| panic!("{e}"));
             n += 1;
         }
     }

@@ -1,7 +1,7 @@
 //! Test fixtures: a proxy started in-process on an ephemeral port, a
 //! recording upstream on plain std threads, and a raw client.
 
-use portcullis::runtime::{self, Running};
+use portcullis::Running;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -139,9 +139,9 @@ impl Proxy {
     /// Start a proxy from a whole configuration (with `{upstream}` replaced).
     pub fn from_config(upstream: SocketAddr, text: &str) -> Proxy {
         let text = text.replace("{upstream}", &upstream.to_string());
-        let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("test.yaml"))
+        let snap = portcullis::from_text(&text, std::path::Path::new("test.yaml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let running = runtime::start(snap).unwrap();
+        let running = portcullis::start(snap).unwrap();
         let addr = running.addresses[0];
         Proxy {
             addr,

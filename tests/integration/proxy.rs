@@ -416,8 +416,8 @@ fn a_taken_port_is_an_error_not_a_shared_listener() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let text = format!("workers: 1\nlisten:\n  - address: {addr}\nroutes:\n  - {{ name: t, from: http://proxy.test/, to: http://127.0.0.1:9/ }}\n");
-    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
-    let err = portcullis::runtime::start(snap)
+    let snap = portcullis::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    let err = portcullis::start(snap)
         .err()
         .expect("must refuse a port in use");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
@@ -426,8 +426,8 @@ fn a_taken_port_is_an_error_not_a_shared_listener() {
     let up = Upstream::start(ok_json);
     let first = Proxy::mcp(up.addr, "");
     let text = format!("workers: 1\nlisten:\n  - address: {}\nroutes:\n  - {{ name: t, from: http://proxy.test/, to: http://127.0.0.1:9/ }}\n", first.addr);
-    let snap = portcullis::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
-    assert!(portcullis::runtime::start(snap).is_err());
+    let snap = portcullis::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+    assert!(portcullis::start(snap).is_err());
 }
 
 /// The state kept per connection while it waits: the future of
@@ -448,10 +448,10 @@ fn connection_future_stays_small() {
         let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let tcp = monoio::net::TcpStream::from_std(std_stream).unwrap();
         let text = "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - { name: t, from: http://proxy.test/, to: http://127.0.0.1:9/ }\n";
-        let snap = portcullis::snapshot::from_text(text, std::path::Path::new("t.yaml")).unwrap();
+        let snap = portcullis::from_text(text, std::path::Path::new("t.yaml")).unwrap();
         let shared_snap = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snap));
-        let worker = std::rc::Rc::new(portcullis::proxy::worker::Worker::new(0, std::sync::Arc::new(portcullis::proxy::worker::Shared::new(1, None).unwrap()), shared_snap));
-        let fut = portcullis::proxy::serve(worker, portcullis::proxy::stream::ClientStream::plain(tcp), "127.0.0.1:1".parse().unwrap());
+        let worker = std::rc::Rc::new(portcullis::internal::proxy::Worker::new(0, std::sync::Arc::new(portcullis::internal::proxy::Shared::new(1, None).unwrap()), shared_snap));
+        let fut = portcullis::internal::proxy::serve(worker, portcullis::internal::proxy::ClientStream::plain(tcp), "127.0.0.1:1".parse().unwrap());
         let size = std::mem::size_of_val(&fut);
         eprintln!("pipeline::serve future: {size} bytes");
         assert!(size <= 2560, "a connection's future is {size} bytes");

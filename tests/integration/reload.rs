@@ -2,8 +2,7 @@
 //! invalid file keeps the running snapshot, and the watcher notices edits.
 
 use crate::harness::{ok_json, Upstream};
-use portcullis::runtime;
-use portcullis::runtime::reload::{self, Outcome, Reloader};
+use portcullis::internal::runtime::reload::{self, Outcome, Reloader};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -70,7 +69,7 @@ fn reload_under_load_fails_no_request() {
     let up = Upstream::start(ok_json);
     let path = temp_file("load");
     write(&path, &config(up.addr, 0));
-    let running = runtime::start(portcullis::snapshot::load(&path).unwrap()).unwrap();
+    let running = portcullis::start(portcullis::load(&path).unwrap()).unwrap();
     let addr = running.addresses[0];
     let mut reloader = Reloader::new(&path, running.snapshot.clone(), running.shared.clone());
 
@@ -115,7 +114,7 @@ fn the_watcher_picks_up_an_edit() {
     let up = Upstream::start(ok_json);
     let path = temp_file("watch");
     write(&path, &config(up.addr, 0));
-    let running = runtime::start(portcullis::snapshot::load(&path).unwrap()).unwrap();
+    let running = portcullis::start(portcullis::load(&path).unwrap()).unwrap();
     let addr = running.addresses[0];
     let _sighup = reload::start(&path, running.snapshot.clone(), running.shared.clone()).unwrap();
     write(&path, &config(up.addr, 7));

@@ -35,7 +35,7 @@ fn dropped(name: &str) -> bool {
 }
 
 /// Headers a response never carries to the client.
-pub fn dropped_in_response(name: &str) -> bool {
+pub(crate) fn dropped_in_response(name: &str) -> bool {
     let n = name.as_bytes();
     let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
     match n.len() {
@@ -51,14 +51,14 @@ pub fn dropped_in_response(name: &str) -> bool {
 }
 
 /// The option names listed in Connection headers (they are hop-by-hop too).
-pub struct ConnectionOptions<'b> {
+pub(crate) struct ConnectionOptions<'b> {
     names: [&'b [u8]; 16],
     len: usize,
 }
 
 impl<'b> ConnectionOptions<'b> {
     /// `None` when more than 16 options are listed.
-    pub fn collect(headers: &[httparse::Header<'b>]) -> Option<Self> {
+    pub(crate) fn collect(headers: &[httparse::Header<'b>]) -> Option<Self> {
         let mut opts = ConnectionOptions {
             names: [&[]; 16],
             len: 0,
@@ -83,7 +83,7 @@ impl<'b> ConnectionOptions<'b> {
         Some(opts)
     }
 
-    pub fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.names[..self.len]
             .iter()
             .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
@@ -92,7 +92,7 @@ impl<'b> ConnectionOptions<'b> {
 
 /// Write the upstream request head into `up`, without its framing header and
 /// final CRLF (sending adds those once the body is judged).
-pub fn write(
+pub(crate) fn write(
     worker: &Worker,
     route: &Route,
     head: &RequestHead<'_>,

@@ -1,10 +1,10 @@
 //! Upstreams: connecting (plain or TLS, with a connect timeout) and the
 //! per-core keep-alive pool. Forwarding itself is a stage of `pipeline`.
 
-pub mod head;
-pub mod pool;
-pub mod relay;
-pub mod send;
+pub(crate) mod head;
+pub(crate) mod pool;
+pub(crate) mod relay;
+pub(crate) mod send;
 
 use crate::error::HttpError;
 use crate::proxy::stream::UpstreamStream;
@@ -15,7 +15,7 @@ use rustls::pki_types::ServerName;
 
 /// Open a new connection to the route's upstream, trying each resolved
 /// address in turn.
-pub async fn connect(
+pub(crate) async fn connect(
     route: &Route,
     settings: &UpstreamSettings,
 ) -> Result<UpstreamStream, HttpError> {

@@ -21,7 +21,7 @@ struct Idle {
 }
 
 #[derive(Default)]
-pub struct Pool {
+pub(crate) struct Pool {
     idle: RefCell<HashMap<String, Vec<Idle>>>,
 }
 
@@ -30,7 +30,7 @@ impl Pool {
     /// request can be sent again on a fresh connection if this one fails, so
     /// a connection idle for only a moment is taken without a peek.
     /// `now` may be coarse (the worker's clock, ±100 ms).
-    pub fn take(&self, key: &str, replayable: bool, now: Instant) -> Option<UpstreamStream> {
+    pub(crate) fn take(&self, key: &str, replayable: bool, now: Instant) -> Option<UpstreamStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
         while let Some(Idle {
@@ -56,7 +56,14 @@ impl Pool {
 
     /// Keep a connection for reuse for `keep`; beyond `max` idle ones per
     /// upstream the oldest is closed.
-    pub fn put(&self, key: &str, conn: UpstreamStream, max: usize, keep: Duration, now: Instant) {
+    pub(crate) fn put(
+        &self,
+        key: &str,
+        conn: UpstreamStream,
+        max: usize,
+        keep: Duration,
+        now: Instant,
+    ) {
         if max == 0 || keep.is_zero() {
             return;
         }
@@ -76,12 +83,12 @@ impl Pool {
     }
 
     /// Idle connections held, to all upstreams.
-    pub fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         self.idle.borrow().values().map(Vec::len).sum()
     }
 
     /// Close expired idle connections.
-    pub fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         for list in self.idle.borrow_mut().values_mut() {
             list.retain(|i| now < i.expires);
         }

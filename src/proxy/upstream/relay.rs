@@ -45,7 +45,7 @@ struct Head {
 /// caller answers `e`; `Err(None)`: the exchange broke after the head was sent,
 /// the caller closes (when the upstream broke it, `broken` has marked the
 /// request failed; a client that left keeps the upstream's verdict).
-pub async fn response(
+pub(crate) async fn response(
     worker: &Worker,
     snap: &Snapshot,
     route: &Route,

@@ -16,7 +16,7 @@ use monoio::time::timeout;
 
 /// Send the request `permit` allows: `conn.up` holds its complete head (and
 /// held body); a body still unread streams from the client after it.
-pub async fn send(
+pub(crate) async fn send(
     worker: &Worker,
     snap: &Snapshot,
     client: &mut ClientStream,
