@@ -67,6 +67,14 @@ fn answer(mut stream: TcpStream, snap: &Snapshot, shared: &Shared) -> std::io::R
         b"/readyz" if shared.shutting_down() => {
             respond(&mut stream, 503, "text/plain", "draining\n")
         }
+        // A worker stopped by a slow audit disk serves nothing: a load
+        // balancer should send its traffic elsewhere until it goes on.
+        b"/readyz" if audit_blocked(shared) => respond(
+            &mut stream,
+            503,
+            "text/plain",
+            "audit writer behind: workers stopped\n",
+        ),
         b"/readyz" => respond(&mut stream, 200, "text/plain", "ready\n"),
         b"/metrics" => respond(
             &mut stream,
@@ -240,4 +248,12 @@ fn series(out: &mut String, name: &str, kind: &str, values: &[(&str, u64)]) {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
     }
+}
+
+/// Whether a worker is stopped right now waiting for the audit writer.
+fn audit_blocked(shared: &Shared) -> bool {
+    shared
+        .audit
+        .as_ref()
+        .is_some_and(|a| a.blocked.load(Ordering::Relaxed) > 0)
 }

@@ -697,6 +697,14 @@ fn block_stall(workers: usize) {
         nudges.push(request(raw.clone()));
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A load balancer is told to look elsewhere.
+    let (ready, _) = exchange(
+        admin,
+        b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("audit writer behind"), "{ready}");
     // New connections are not served either while the writer is stuck
     // (with two workers the kernel spreads them over both).
     let probes: Vec<_> = (0..2 * workers).map(|_| request(raw.clone())).collect();
@@ -722,6 +730,15 @@ fn block_stall(workers: usize) {
         assert!(Instant::now() < deadline, "the worker did not resume");
         std::thread::sleep(Duration::from_millis(10));
     }
+    let (ready, _) = exchange(
+        admin,
+        b"GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert!(
+        ready.starts_with("HTTP/1.1 200"),
+        "ready again once it goes on: {ready}"
+    );
     let blocked_seconds = metric("portcullis_audit_blocked_seconds_total");
     let slowest_ms = slowest.load(SeqCst);
     eprintln!(
