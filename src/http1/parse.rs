@@ -152,7 +152,8 @@ where
     }
     // RFC 9112 §3.2: the request-target has no fragment (a client strips it);
     // forwarding one would leave the upstream to decide what it means.
-    if target.contains('#') {
+    // (A byte search: `str::contains(char)` costs a few hundred instructions.)
+    if target.as_bytes().contains(&b'#') {
         return Err(HttpError::BadRequest("fragment in request target"));
     }
     let headers: &'b [httparse::Header<'b>] = req.headers;
@@ -436,9 +437,10 @@ fn valid_host(host: &str) -> bool {
 /// `.` or `..` path segments (also percent-encoded) would let a request escape
 /// its route's prefix once the upstream normalises the path.
 fn has_dot_segment(path: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    path.split('/').any(|seg| {
-        let s = seg.as_bytes();
+    // The target holds no `#` (refused before); the query is not a path.
+    let path = path.as_bytes();
+    let path = &path[..memchr::memchr(b'?', path).unwrap_or(path.len())];
+    path.split(|&b| b == b'/').any(|s| {
         let mut dots = 0;
         let mut i = 0;
         while i < s.len() {
