@@ -118,8 +118,9 @@ impl Cond {
                 .principal
                 .is_some_and(|p| set.contains(&p.issuer_name))
                 .into(),
-            // A request without a method (GET, DELETE) matches no method test.
-            Cond::Method(op) => f.method.is_some_and(|m| name_op(op, m.as_str())).into(),
+            // A request without a method (GET, DELETE) is tested as the
+            // empty name: `mcp_method: { equals: "" }` is how a rule names them.
+            Cond::Method(op) => name_op(op, f.method.map_or("", Method::as_str)).into(),
             Cond::Tool(op) => {
                 (cx.call == Call::Tool && f.name.is_some_and(|n| name_op(op, n))).into()
             }

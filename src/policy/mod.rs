@@ -531,8 +531,9 @@ impl Index {
                 any,
                 by_tool,
             } => {
-                let a = method
-                    .and_then(|m| by_method.get(m.as_str()))
+                // No method is indexed as the empty name (see `Cond::Method`).
+                let a = by_method
+                    .get(method.map_or("", Method::as_str))
                     .unwrap_or(any);
                 let b = match name {
                     Some(n) if method == Some(Method::ToolsCall) => by_tool.get(n).unwrap_or(none),

@@ -854,10 +854,7 @@ fn ref_eval(c: &Cond, cx: &mut Ctx) -> Tri {
             Tri::False => Tri::True,
             Tri::Unknown => Tri::Unknown,
         },
-        Cond::Method(op) => f
-            .method
-            .is_some_and(|m| eval::name_op(op, m.as_str()))
-            .into(),
+        Cond::Method(op) => eval::name_op(op, f.method.map_or("", Method::as_str)).into(),
         Cond::Tool(op) => (f.method == Some(Method::ToolsCall)
             && f.name.is_some_and(|n| eval::name_op(op, n)))
         .into(),

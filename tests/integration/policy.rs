@@ -378,3 +378,26 @@ fn get_and_delete_obey_deny_rules_only() {
         assert!(resp.contains("blocked"), "{resp}");
     }
 }
+
+/// The README's way to refuse listen streams and session ends: a deny rule on
+/// the empty method (a request without a JSON-RPC body has none).
+#[test]
+fn a_deny_rule_on_the_empty_method_refuses_get_and_delete() {
+    let up = Upstream::start(respond);
+    let policy = r#"    policy:
+      - name: no-streams
+        deny: { mcp_method: { equals: "" } }
+      - allow: { mcp_method: { in: [initialize, tools/list] } }
+"#;
+    let proxy = Proxy::from_config(up.addr, &config(policy));
+    let alice = token(claims("alice", "mcp"));
+    for method in ["GET", "DELETE"] {
+        let raw = format!("{method} /mcp HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer {alice}\r\n\r\n");
+        let (resp, _) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+        assert_eq!(statuses(&resp), [403], "{method}: {resp}");
+        assert!(resp.contains("no-streams"), "{resp}");
+    }
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let (resp, _) = exchange(proxy.addr, post(Some(&alice), list).as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [200], "a call with a method is not caught: {resp}");
+}
