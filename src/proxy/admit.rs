@@ -31,6 +31,8 @@ pub struct Request {
     pub principal: Option<Rc<Principal>>,
     /// Unix seconds when the request was admitted (0 when no stage needed it).
     pub now_unix: i64,
+    /// The request named a legacy session (`Mcp-Session-Id`).
+    pub in_session: bool,
 }
 
 /// The request id: the client's when well-formed, else a new one.
@@ -94,7 +96,8 @@ pub(crate) fn admit<'s>(
             })?,
         ),
     };
-    if let (Some(p), Some(session)) = (&principal, head.header("mcp-session-id")) {
+    let session = head.header("mcp-session-id");
+    if let (Some(p), Some(session)) = (&principal, session) {
         if worker.shared.sessions.check(&route.name, session, p) == Binding::Other {
             return Err(refuse_as(
                 HttpError::Forbidden("this session belongs to another caller"),
@@ -114,6 +117,7 @@ pub(crate) fn admit<'s>(
         mcp_head,
         principal,
         now_unix,
+        in_session: session.is_some(),
     };
     Ok((route, req))
 }

@@ -422,6 +422,7 @@ mod tests {
             mcp_head: Default::default(),
             principal: None,
             now_unix: 0,
+            in_session: false,
         }
     }
 

@@ -2,7 +2,10 @@
 //! is never authentication, so a request on an authenticated route carrying
 //! an `Mcp-Session-Id` minted for someone else is refused (403), however it
 //! got the id. The binding is recorded when an upstream's answer to an
-//! authenticated caller carries `Mcp-Session-Id`.
+//! authenticated caller carries `Mcp-Session-Id` that its request did not
+//! (the session was minted for it; an answer that repeats the id of a
+//! session portcullis does not know binds nothing, so a caller presenting
+//! someone else's id after it left the table cannot take it over).
 //!
 //! Shared by all cores: a fixed table of slots, each a session fingerprint and
 //! a principal fingerprint (64-bit seeded hashes) guarded by a sequence number
@@ -34,6 +37,12 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Slots (24 bytes each: 1.5 MiB).
 const SLOTS: usize = 1 << 16;
+
+/// The slot of a session key: from its high bits (the lowest is always
+/// set, so it would leave every even slot empty).
+fn slot_index(key: u64) -> usize {
+    (key >> 32) as usize & (SLOTS - 1)
+}
 
 /// Reads of a slot that overlapped a write before `check` reports `Unknown`.
 const READ_TRIES: usize = 8;
@@ -137,7 +146,7 @@ impl Sessions {
     }
 
     fn slot(&self, key: u64) -> &Slot {
-        &self.slots[key as usize & (SLOTS - 1)]
+        &self.slots[slot_index(key)]
     }
 
     /// Record that `id` on the route named `route` belongs to `p` (by name,
@@ -196,12 +205,27 @@ mod tests {
         assert_eq!(s.check("r", b"abd", &bob), Binding::Unknown);
     }
 
+    #[test]
+    fn sessions_spread_over_every_slot() {
+        let s = Sessions::default();
+        let used: std::collections::HashSet<usize> = (0..4 * SLOTS)
+            .map(|i| slot_index(s.session_key("r", format!("s{i}").as_bytes())))
+            .collect();
+        // 4 keys per slot on average: nearly all slots, odd and even, in use.
+        assert!(
+            used.len() > SLOTS * 9 / 10,
+            "{} of {SLOTS} slots",
+            used.len()
+        );
+        assert!(used.iter().any(|i| i % 2 == 0) && used.iter().any(|i| i % 2 == 1));
+    }
+
     /// `n` session ids on route `r` whose bindings share one slot.
     fn colliding_ids(s: &Sessions, n: usize) -> Vec<String> {
         let mut by_slot = std::collections::HashMap::<usize, Vec<String>>::new();
         for i in 0.. {
             let id = format!("session-{i}");
-            let slot = s.session_key("r", id.as_bytes()) as usize & (SLOTS - 1);
+            let slot = slot_index(s.session_key("r", id.as_bytes()));
             let ids = by_slot.entry(slot).or_default();
             ids.push(id);
             if ids.len() == n {

@@ -324,6 +324,35 @@ fn sessions_are_bound_to_their_principal() {
     );
 }
 
+/// An answer that repeats the id of a session portcullis does not know (its
+/// binding was lost: a restart, or its slot taken) binds nothing: whoever
+/// presents the id first cannot take the session over from its owner.
+#[test]
+fn a_repeated_unknown_session_is_not_bound_to_whoever_presents_it() {
+    let up = Upstream::start(with_session);
+    let proxy = Proxy::from_config(up.addr, &config(""));
+    let (alice, bob) = (token(claims("alice", "mcp")), token(claims("bob", "mcp")));
+    let in_session = |t: &str| {
+        post(Some(t), PING).replace(
+            "Host: proxy.test\r\n",
+            "Host: proxy.test\r\nMcp-Session-Id: sess-1\r\n",
+        )
+    };
+    // sess-1 was minted for alice before this proxy started: unknown here.
+    let (resp, _) = exchange(proxy.addr, in_session(&bob).as_bytes(), SHORT);
+    assert_eq!(
+        statuses(&resp),
+        [200],
+        "unknown sessions are forwarded: {resp}"
+    );
+    let (resp, _) = exchange(proxy.addr, in_session(&alice).as_bytes(), SHORT);
+    assert_eq!(
+        statuses(&resp),
+        [200],
+        "bob did not take sess-1 over: {resp}"
+    );
+}
+
 /// A reload that stops trusting an issuer takes effect on kept-alive
 /// connections too, and a token verified on an older snapshot never lands
 /// in the cache of the new one. (Found in review.)

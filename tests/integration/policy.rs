@@ -392,12 +392,18 @@ fn a_deny_rule_on_the_empty_method_refuses_get_and_delete() {
     let proxy = Proxy::from_config(up.addr, &config(policy));
     let alice = token(claims("alice", "mcp"));
     for method in ["GET", "DELETE"] {
-        let raw = format!("{method} /mcp HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer {alice}\r\n\r\n");
+        let raw = format!(
+            "{method} /mcp HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer {alice}\r\n\r\n"
+        );
         let (resp, _) = exchange(proxy.addr, raw.as_bytes(), SHORT);
         assert_eq!(statuses(&resp), [403], "{method}: {resp}");
         assert!(resp.contains("no-streams"), "{resp}");
     }
     let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
     let (resp, _) = exchange(proxy.addr, post(Some(&alice), list).as_bytes(), SHORT);
-    assert_eq!(statuses(&resp), [200], "a call with a method is not caught: {resp}");
+    assert_eq!(
+        statuses(&resp),
+        [200],
+        "a call with a method is not caught: {resp}"
+    );
 }

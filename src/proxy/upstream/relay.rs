@@ -512,7 +512,8 @@ fn parse_head(
         )
     });
     conn.outcome.decision = crate::metrics::Decision::Allowed;
-    if let (Some(p), true) = (&req.principal, (200..300).contains(&r.status)) {
+    let minted = (200..300).contains(&r.status) && !req.in_session;
+    if let (Some(p), true) = (&req.principal, minted) {
         // A session minted for an authenticated caller is theirs alone.
         if let Some(h) = r
             .headers
