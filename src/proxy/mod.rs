@@ -122,9 +122,11 @@ async fn forward(
     conn: &mut Conn,
     req: &Request,
 ) -> Result<UpstreamStream, Option<HttpError>> {
+    // The upstream latency is counted from here, as it always was (the
+    // body's arrival and judging included).
+    conn.outcome.upstream_sent = Some(Instant::now());
     let body = body::read(snap, client, conn, req).await?;
     let permit = judge::judge(worker, snap, req, body, conn)?;
-    conn.outcome.upstream_sent = Some(Instant::now());
     upstream::send::send(worker, snap, client, conn, req, permit).await
 }
 

@@ -436,6 +436,12 @@ fn responses_cut_off_mid_body_are_failed() {
     fn bad_chunk(_: &[u8]) -> Vec<u8> {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".to_vec()
     }
+    // An event stream with one event, then quiet (a listen stream): past
+    // `read_timeout` it ends with the upstream's verdict, not as a failure.
+    fn quiet_stream(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n15\r\nevent: ping\ndata: 1\n\n\r\n"
+            .to_vec()
+    }
     // 8 MiB: more than the sockets hold, so the proxy is still writing when
     // the client leaves.
     fn large(_: &[u8]) -> Vec<u8> {
@@ -450,6 +456,7 @@ fn responses_cut_off_mid_body_are_failed() {
         ("stalls", Upstream::start(stalls)),
         ("bad-chunk", Upstream::start(bad_chunk)),
         ("large", Upstream::start(large)),
+        ("quiet-stream", Upstream::start(quiet_stream)),
     ];
     // The same bad chunk a moment after the head and the first chunk.
     let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -494,6 +501,7 @@ fn responses_cut_off_mid_body_are_failed() {
         ("stalls", 200),
         ("late-bad-chunk", 200),
         ("bad-chunk", 502),
+        ("quiet-stream", 200),
     ] {
         let (resp, closed) = exchange(proxy.addr, get(name).as_bytes(), Duration::from_secs(3));
         assert_eq!(statuses(&resp), [status], "{name}: {resp}");
@@ -531,10 +539,12 @@ fn responses_cut_off_mid_body_are_failed() {
         assert_eq!(r["status"], status, "the status the client got: {r}");
         assert_eq!(r["upstream_status"], 200, "{r}");
     }
-    let r = of("large");
-    assert_eq!(r["decision"], "allowed", "{r}");
-    assert_eq!(r["reason"], "", "{r}");
-    assert_eq!(r["status"], 200, "{r}");
+    for route in ["large", "quiet-stream"] {
+        let r = of(route);
+        assert_eq!(r["decision"], "allowed", "{r}");
+        assert_eq!(r["reason"], "", "{r}");
+        assert_eq!(r["status"], 200, "{r}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -113,6 +113,13 @@ pub(crate) async fn response(
             // Upstream closed or stalled mid-body: the client cannot be told
             // with a status any more; closing tells it.
             Ok(_) => return Err(broken(route, conn, head_sent, "upstream closed mid-body")),
+            // An event stream may be quiet for long (a listen stream): one
+            // that outlasts `read_timeout` ends as every stream does, with
+            // the upstream's verdict, not as a failure.
+            Err(Stalled::Upstream) if head.event_stream => {
+                tracing::debug!(route = %route.name, "event stream quiet past read_timeout, closing");
+                return Err(None);
+            }
             Err(Stalled::Upstream) => {
                 return Err(broken(
                     route,
