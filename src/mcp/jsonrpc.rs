@@ -6,10 +6,10 @@
 //! `MAX_DEPTH`, duplicate keys in the members the proxy inspects, a
 //! non-object message, an empty batch, members of the wrong type.
 //!
-//! On the request path for POST bodies on MCP routes (`pipeline`); the
-//! messages are to feed the policy (issue 3).
+//! On the request path for every body on an MCP route (`proxy::judge`),
+//! which hands each message to the gate and the policy.
 
-pub(crate) use crate::mcp::method::Method;
+use crate::mcp::method::Method;
 use simd_json::{Buffers, Node, StaticNode};
 
 /// Deepest nesting of arrays and objects accepted in a body.

@@ -88,11 +88,6 @@ impl<'a> Method<'a> {
         }
         names
     };
-
-    /// The methods whose `params.name` names their target (a tool, a prompt).
-    pub fn names_target(self) -> bool {
-        matches!(self, Method::ToolsCall | Method::PromptsGet)
-    }
 }
 
 impl std::fmt::Display for Method<'_> {

@@ -47,18 +47,29 @@ fn declared_order() -> Vec<String> {
         .collect()
 }
 
-/// The top-level modules a text names as `crate::<module>`.
+/// The top-level modules a text names as `crate::<module>`, also inside a
+/// group (`crate::{a, b::c}`).
 fn named_modules(text: &str) -> Vec<String> {
     let mut found = Vec::new();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
     let mut rest = text;
     while let Some(at) = rest.find("crate::") {
         let tail = &rest[at + "crate::".len()..];
-        let name: String = tail
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if !name.is_empty() && !found.contains(&name) {
-            found.push(name);
+        let names: Vec<String> = match tail.strip_prefix('{') {
+            Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                .split(',')
+                .map(|item| ident(item.trim_start()))
+                .collect(),
+            None => vec![ident(tail)],
+        };
+        for name in names {
+            if !name.is_empty() && !found.contains(&name) {
+                found.push(name);
+            }
         }
         rest = tail;
     }
@@ -95,7 +106,17 @@ fn modules_depend_only_on_those_listed_before() {
 
 #[test]
 fn pure_libraries_never_reach_the_data_plane() {
-    for module in ["config", "http1", "mcp", "policy", "identity", "audit"] {
+    for module in [
+        "config",
+        "mcp",
+        "metrics",
+        "principal",
+        "error",
+        "http1",
+        "policy",
+        "identity",
+        "audit",
+    ] {
         for (path, text) in sources(module) {
             for forbidden in ["crate::proxy", "crate::runtime", "monoio::"] {
                 assert!(
@@ -184,6 +205,10 @@ fn long_functions_are_measured() {
     assert_eq!(
         named_modules("use crate::proxy::x; crate::a::b, crate::proxy"),
         ["proxy", "a"]
+    );
+    assert_eq!(
+        named_modules("use crate::{snapshot::Snapshot, proxy};"),
+        ["snapshot", "proxy"]
     );
 }
 

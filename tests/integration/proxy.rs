@@ -431,7 +431,7 @@ fn a_taken_port_is_an_error_not_a_shared_listener() {
 }
 
 /// The state kept per connection while it waits: the future of
-/// `pipeline::serve` (2 KiB in release builds, 2.5 KiB in debug: the
+/// `proxy::serve` (2 KiB in release builds, 2.5 KiB in debug: the
 /// exchange's own state and TLS operations are boxed and live only while a
 /// request is served; ≤ 10 KiB per idle connection is a goal, see
 /// loadtest/memory.py). A guard against scratch arrays or big values
@@ -453,7 +453,7 @@ fn connection_future_stays_small() {
         let worker = std::rc::Rc::new(portcullis::internal::proxy::Worker::new(0, std::sync::Arc::new(portcullis::internal::proxy::Shared::new(1, None).unwrap()), shared_snap));
         let fut = portcullis::internal::proxy::serve(worker, portcullis::internal::proxy::ClientStream::plain(tcp), "127.0.0.1:1".parse().unwrap());
         let size = std::mem::size_of_val(&fut);
-        eprintln!("pipeline::serve future: {size} bytes");
+        eprintln!("proxy::serve future: {size} bytes");
         assert!(size <= 2560, "a connection's future is {size} bytes");
     });
 }

@@ -1,5 +1,7 @@
-//! Upstreams: connecting (plain or TLS, with a connect timeout) and the
-//! per-core keep-alive pool. Forwarding itself is a stage of `pipeline`.
+//! The upstream side of an exchange: the request head (`head`), connecting
+//! (plain or TLS, with a connect timeout, here), sending a judged request
+//! (`send`), the per-core keep-alive pool (`pool`) and relaying the answer
+//! (`relay`).
 
 pub(crate) mod head;
 pub(crate) mod pool;
