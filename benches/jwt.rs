@@ -14,6 +14,7 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{encode, Algorithm, DecodingKey, EncodingKey, Header};
+use portcullis::internal::identity::minted;
 use portcullis::internal::identity::{
     crypto, AssertionCache, AssertionSigner, IssuerConfig, Issuers, TokenCache,
 };
@@ -159,6 +160,36 @@ fn verify(c: &mut Criterion) {
     });
     g.bench_function("es256", |b| {
         b.iter(|| s.issuers.verify(black_box(&s.es256), AUD, NOW).unwrap())
+    });
+    // A token portcullis issues itself (issue 11): HS256 under its own key,
+    // cold (no cache), the same claims as the IdP tokens above plus groups.
+    let key = minted::MintKey::new("k1", &[7; 32]);
+    let (scopes, groups) = (vec!["mcp".to_string()], vec!["engineering".to_string()]);
+    let token = minted::mint(
+        &key,
+        &minted::AccessClaims {
+            issuer: "https://mcp.example.com",
+            subject: "alice",
+            audience: AUD,
+            client_id: "https://claude.ai/oauth/mcp-oauth-client-metadata",
+            scopes: &scopes,
+            email: Some("alice@example.com"),
+            groups: &groups,
+            issued_at: NOW - 60,
+            expires: NOW + 3600,
+            token_id: "0f3a9c2e-grant",
+        },
+    );
+    let name: std::sync::Arc<str> = "portcullis".into();
+    let expect = minted::Expect {
+        issuer_name: &name,
+        issuer: "https://mcp.example.com",
+        audience: AUD,
+        max_lifetime: 86_400,
+    };
+    let keys = [key];
+    g.bench_function("minted_hs256", |b| {
+        b.iter(|| minted::verify(&keys, black_box(&token), &expect, NOW).unwrap())
     });
     g.finish();
 }

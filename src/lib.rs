@@ -84,6 +84,9 @@ pub mod internal {
         pub use crate::identity::assertion::{AssertionCache, AssertionSigner};
         pub use crate::identity::cache::TokenCache;
         pub use crate::identity::{crypto, Issuers};
+        pub mod minted {
+            pub use crate::identity::minted::{mint, verify, AccessClaims, Expect, MintKey};
+        }
     }
     pub mod audit {
         pub use crate::audit::{Record, Sink};

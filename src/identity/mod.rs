@@ -8,6 +8,8 @@
 //! - [`verify`]: the signature layer ([`verify::verify_signature`]) and the claim checks.
 //! - [`cache`]: the per-core token cache (positive and negative).
 //! - [`assertion`]: the ES256 identity assertion signer and its per-core cache.
+//! - [`minted`]: access tokens portcullis issues itself (HS256 under its own key) and their
+//!   verification: an HMAC and a JSON parse.
 //!
 //! **Which issuer**: the token's `iss` selects the issuer among those allowed (all of them for
 //! [`Issuers::verify`], a route's for [`Issuers::verify_for`]).
@@ -47,6 +49,7 @@ pub(crate) mod cache;
 use crate::config::identity as config;
 pub mod crypto;
 pub(crate) mod jwks;
+pub(crate) mod minted;
 pub(crate) mod verify;
 
 pub(crate) use crate::config::identity::IssuerConfig;
@@ -210,7 +213,7 @@ impl Issuers {
             max_lifetime: issuer.max_lifetime,
             typ: issuer.typ.as_deref(),
         };
-        check_claims(&jws, claims, &rules, now)
+        check_claims(jws.typ.as_deref(), claims, &rules, now)
     }
 
     fn now_ms(&self) -> u64 {

@@ -225,13 +225,13 @@ pub(crate) fn parse_claims(payload: &[u8]) -> Result<Map<String, Value>, AuthErr
 
 /// Checks the claims of a token whose signature is already verified, and builds the principal.
 pub(crate) fn check_claims(
-    jws: &Jws<'_>,
+    typ: Option<&str>,
     claims: Map<String, Value>,
     rules: &ClaimRules<'_>,
     now: i64,
 ) -> Result<Principal, AuthError> {
     if let Some(want) = rules.typ {
-        match &jws.typ {
+        match typ {
             Some(got) if typ_matches(got, want) => {}
             _ => return Err(AuthError::WrongType),
         }
