@@ -43,6 +43,10 @@ pub(crate) mod identity;
 /// Audit records (one JSON line per request), the writer thread, `portcullis audit`.
 pub(crate) mod audit;
 
+/// The authorization server's embedded state (clients, consents, codes, grants,
+/// refresh-token families, keys) behind the `Store` trait; off the data plane.
+pub(crate) mod store;
+
 /// `compile(config) -> Snapshot`: routes, TLS configs, upstreams, policies;
 /// swapped whole on reload.
 pub(crate) mod snapshot;
@@ -105,6 +109,13 @@ pub mod internal {
     }
     pub mod runtime {
         pub use crate::runtime::reload;
+    }
+    pub mod store {
+        pub use crate::store::sqlite::SqliteStore;
+        pub use crate::store::{
+            Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
+            StoreError, Swept, CODE_MEMORY_SECS,
+        };
     }
     pub use crate::error::HttpError;
     pub use crate::metrics::Decision;

@@ -116,6 +116,7 @@ fn pure_libraries_never_reach_the_data_plane() {
         "policy",
         "identity",
         "audit",
+        "store",
     ] {
         for (path, text) in sources(module) {
             for forbidden in ["crate::proxy", "crate::runtime", "monoio::"] {

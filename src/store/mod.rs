@@ -1,0 +1,274 @@
+//! The authorization server's state: one embedded store behind a small,
+//! synchronous [`Store`] trait (issue 11). Not used by the proxy yet.
+//!
+//! What is stored: OAuth clients (pre-registered, dynamically registered, and
+//! resolved Client ID Metadata Documents, which are cached records), consents
+//! per (user, client, redirect URI), authorization codes, grants with their
+//! refresh-token families, the sealed signing keys, and a change sequence.
+//!
+//! Secrets never reach the store in the clear: authorization codes, refresh
+//! tokens and client secrets are stored only as SHA-256 hashes, which the
+//! caller computes and passes as `[u8; 32]`; signing keys arrive sealed by the
+//! caller and are stored as opaque bytes.
+//!
+//! Who uses it: one control-plane thread owns a store (hence `Send`, not
+//! `Sync`) and serves the authorization server's requests from it. The data
+//! plane never touches it: what the cores need (revocations, keys) reaches
+//! them through snapshots. Every operation is one transaction; every write
+//! bumps [`Store::seq`], which cache invalidation and the later PostgreSQL
+//! backend will read.
+//!
+//! Times are unix seconds (`i64`). A record is valid while `now < expires`.
+//!
+//! Backends: [`sqlite::SqliteStore`] (one file, WAL). The behaviour suite in
+//! `tests.rs` is written once against the trait, so every backend runs it.
+
+pub(crate) mod sqlite;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// How long a used authorization code is remembered after it expired, so a
+/// late replay is still reported (and its grant revoked) rather than unknown.
+pub const CODE_MEMORY_SECS: i64 = 24 * 3600;
+
+/// How a client came to be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// From the configuration.
+    Registered,
+    /// RFC 7591 dynamic registration.
+    Dynamic,
+    /// A resolved Client ID Metadata Document (a cached record, re-fetched
+    /// when it expires).
+    MetadataDocument,
+}
+
+/// An OAuth client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub id: String,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub kind: ClientKind,
+    /// SHA-256 of the client secret; `None` for a public client.
+    pub secret_hash: Option<[u8; 32]>,
+    pub grant_types: Vec<String>,
+    pub created: i64,
+    /// When the registration (or the cached document) lapses; `None`: never.
+    pub expires: Option<i64>,
+}
+
+/// A user's consent to one client at one redirect URI, for some scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    pub user: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub expires: i64,
+}
+
+/// An issued authorization code and everything it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeGrant {
+    /// SHA-256 of the code.
+    pub code_hash: [u8; 32],
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// The PKCE S256 code challenge.
+    pub challenge: String,
+    /// The canonical resource (RFC 8707) the tokens will be bound to.
+    pub resource: String,
+    pub scopes: Vec<String>,
+    /// The user's subject.
+    pub user: String,
+    /// The principal's claims (`sub`, `email`, `groups`…) as a JSON object.
+    pub claims: String,
+    pub expires: i64,
+}
+
+/// A grant: what one authorization gave one client, and the refresh-token
+/// family issued under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub id: String,
+    /// The user's subject.
+    pub user: String,
+    /// The principal's claims as a JSON object, for access tokens minted on
+    /// refresh.
+    pub claims: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub created: i64,
+    /// The end of the refresh lifetime; access tokens must not outlive it.
+    pub expires: i64,
+    pub revoked: bool,
+}
+
+/// A signing key, sealed by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    pub kid: String,
+    pub created: i64,
+    pub sealed: Vec<u8>,
+}
+
+/// What presenting an authorization code found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeTake {
+    /// The code was valid; it is now used.
+    Granted(Box<CodeGrant>),
+    /// The code was never used but has expired.
+    Expired,
+    /// The code was used before. `grant_id` is the grant issued from it, if
+    /// [`Store::code_issued`] recorded one: the caller revokes it.
+    Replayed { grant_id: Option<String> },
+    /// No such code (or long forgotten).
+    Unknown,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The current token: the new hash replaces it. The caller issues the
+    /// new refresh token and an access token.
+    Rotated(Box<Grant>),
+    /// The token just replaced, again within the grace window (parallel
+    /// sessions racing a refresh): valid, nothing rotated; the caller issues
+    /// an access token only.
+    Grace(Box<Grant>),
+    /// A replaced token after the grace window, or an older one: the whole
+    /// grant (every token of its family) was revoked in the same transaction.
+    Reused { grant_id: String },
+    /// The grant was revoked.
+    Revoked,
+    /// The grant's refresh lifetime is over.
+    Expired,
+    /// No such token.
+    Unknown,
+}
+
+/// What [`Store::sweep_expired`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Clients whose registration or cached document lapsed.
+    pub clients: usize,
+    pub consents: usize,
+    /// Unused codes past their expiry; used ones [`CODE_MEMORY_SECS`] later.
+    pub codes: usize,
+    /// Grants past their refresh lifetime, with their refresh tokens.
+    pub grants: usize,
+}
+
+impl Swept {
+    /// Records removed in all.
+    pub fn total(&self) -> usize {
+        self.clients + self.consents + self.codes + self.grants
+    }
+}
+
+/// Why a store operation failed. Never carries a secret, a hash or a claim.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error(
+        "the store was written by a newer portcullis (schema version {found}, this build knows \
+         up to {known}); refusing to open it"
+    )]
+    NewerSchema { found: i64, known: i64 },
+    #[error("the store is busy: another writer held it past the busy timeout")]
+    Busy,
+    #[error("{0} already exists")]
+    Exists(&'static str),
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    #[error("revoking everything is not a filter: name a user, a client, or both")]
+    NoFilter,
+    #[error("a stored record cannot be read: {0}")]
+    Corrupt(&'static str),
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// The authorization server's state. Each method is one transaction.
+pub trait Store: Send {
+    /// Inserts a client or replaces the one with its id.
+    fn put_client(&mut self, client: &Client) -> Result<(), StoreError>;
+    /// The client with this id, unless it has expired.
+    fn client(&self, id: &str, now: i64) -> Result<Option<Client>, StoreError>;
+    /// Removes expired clients, consents, codes and grants.
+    fn sweep_expired(&mut self, now: i64) -> Result<Swept, StoreError>;
+
+    /// Inserts a consent or replaces the one for its (user, client, redirect URI).
+    fn put_consent(&mut self, consent: &Consent) -> Result<(), StoreError>;
+    /// Whether the user's unexpired consent to this client at this redirect
+    /// URI covers every one of `scopes`.
+    fn consented(
+        &self,
+        user: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        scopes: &[String],
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Removes the consents of a user, of a client, or of both together;
+    /// returns how many. Both `None` is [`StoreError::NoFilter`].
+    fn revoke_consents(
+        &mut self,
+        user: Option<&str>,
+        client_id: Option<&str>,
+    ) -> Result<usize, StoreError>;
+
+    /// Stores a new authorization code.
+    fn put_code(&mut self, code: &CodeGrant) -> Result<(), StoreError>;
+    /// Uses a code: [`CodeTake::Granted`] at most once per code, whoever asks.
+    fn take_code(&mut self, code_hash: &[u8; 32], now: i64) -> Result<CodeTake, StoreError>;
+    /// Records the grant issued from a taken code, so that a replay reports
+    /// it. Returns false when the code was replayed in between: the grant
+    /// has then been revoked in the same transaction.
+    fn code_issued(&mut self, code_hash: &[u8; 32], grant_id: &str) -> Result<bool, StoreError>;
+
+    /// Stores a new grant and the first token of its refresh family (none
+    /// for a client that gets no refresh token).
+    fn create_grant(
+        &mut self,
+        grant: &Grant,
+        first_refresh_hash: Option<&[u8; 32]>,
+    ) -> Result<(), StoreError>;
+    /// Presents a refresh token; on [`Rotation::Rotated`], `new_hash` is the
+    /// family's current token. Concurrent presentations of one token yield
+    /// one `Rotated`, the others `Grace`.
+    fn rotate_refresh(
+        &mut self,
+        old_hash: &[u8; 32],
+        new_hash: &[u8; 32],
+        now: i64,
+        grace_secs: i64,
+    ) -> Result<Rotation, StoreError>;
+    /// The grant with this id, revoked or not.
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
+    /// Grants of a user, of a client, of both, or all (`None, None`), oldest first.
+    fn grants(&self, user: Option<&str>, client_id: Option<&str>)
+        -> Result<Vec<Grant>, StoreError>;
+    /// Revokes one grant; false if it is unknown or was already revoked.
+    fn revoke_grant(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Revokes the live grants of a user, of a client, or of both together;
+    /// returns how many. Both `None` is [`StoreError::NoFilter`].
+    fn revoke_grants(
+        &mut self,
+        user: Option<&str>,
+        client_id: Option<&str>,
+    ) -> Result<usize, StoreError>;
+
+    /// Stores a sealed signing key; an existing `kid` is [`StoreError::Exists`].
+    fn put_key(&mut self, kid: &str, created: i64, sealed: &[u8]) -> Result<(), StoreError>;
+    /// Every signing key, oldest first.
+    fn keys(&self) -> Result<Vec<SigningKey>, StoreError>;
+
+    /// The change sequence: grows with every write that changed something.
+    fn seq(&self) -> Result<i64, StoreError>;
+}

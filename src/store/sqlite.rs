@@ -1,0 +1,689 @@
+//! The embedded backend: one SQLite file (rusqlite, bundled SQLite).
+//!
+//! Opened in WAL mode with `synchronous=FULL` (a commit is on disk before
+//! it returns, so neither a crash nor a power loss loses it), foreign keys
+//! on, and a busy timeout so that two connections to one file wait for each
+//! other. Every write is a `BEGIN IMMEDIATE` transaction: it takes the write
+//! lock up front, so a transaction never fails half-way to upgrade a read.
+//! The schema is versioned in `schema_version` and migrated at open; a file
+//! from a newer build is refused. Every statement is parameterised. The file
+//! is created readable by its owner only.
+
+use super::{
+    Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
+    StoreError, Swept, CODE_MEMORY_SECS,
+};
+use rusqlite::types::Type;
+use rusqlite::TransactionBehavior::Immediate;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transaction};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a write waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The migrations, in order: `MIGRATIONS[i]` takes the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// Schema version 1. Lists (redirect URIs, grant types, scopes) are JSON
+/// arrays of strings; hashes are 32-byte blobs; times are unix seconds.
+/// Grants and consents name their client by id without a foreign key: a
+/// metadata-document client is a cache entry that expires and is fetched
+/// again, and its grants outlive that.
+const V1: &str = "
+CREATE TABLE changes (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+) STRICT;
+INSERT INTO changes (id, seq) VALUES (1, 0);
+
+CREATE TABLE clients (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    redirect_uris TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('registered', 'dynamic', 'metadata_document')),
+    secret_hash BLOB CHECK (secret_hash IS NULL OR length(secret_hash) = 32),
+    grant_types TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER
+) STRICT;
+CREATE INDEX clients_expires ON clients (expires);
+
+CREATE TABLE consents (
+    subject TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (subject, client_id, redirect_uri)
+) STRICT;
+CREATE INDEX consents_client ON consents (client_id);
+
+-- state: 0 issued, 1 taken (exchanged once), 2 replayed (presented again).
+CREATE TABLE codes (
+    code_hash BLOB PRIMARY KEY CHECK (length(code_hash) = 32),
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    challenge TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    claims TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2)),
+    grant_id TEXT
+) STRICT;
+CREATE INDEX codes_expires ON codes (expires);
+
+CREATE TABLE grants (
+    id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    claims TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))
+) STRICT;
+CREATE INDEX grants_subject ON grants (subject);
+CREATE INDEX grants_client ON grants (client_id);
+CREATE INDEX grants_expires ON grants (expires);
+
+-- One refresh-token family per grant: generation 0 is the first token;
+-- `replaced` is when the next generation replaced it (NULL: the current one).
+CREATE TABLE refresh_tokens (
+    hash BLOB PRIMARY KEY CHECK (length(hash) = 32),
+    grant_id TEXT NOT NULL REFERENCES grants (id) ON DELETE CASCADE,
+    generation INTEGER NOT NULL,
+    replaced INTEGER,
+    UNIQUE (grant_id, generation)
+) STRICT;
+
+CREATE TABLE signing_keys (
+    kid TEXT PRIMARY KEY,
+    created INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+) STRICT;
+";
+
+macro_rules! grant_columns {
+    () => {
+        "id, subject, claims, client_id, redirect_uri, resource, scopes, created, expires, revoked"
+    };
+}
+
+macro_rules! client_columns {
+    () => {
+        "id, name, redirect_uris, kind, secret_hash, grant_types, created, expires"
+    };
+}
+
+/// The SQLite store: one connection to one file. Open the same file twice
+/// for two connections (tests do, to race writers).
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// The newest schema version this build knows.
+    pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+    /// Opens (creating if needed) the store at `path` and migrates its schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let failed = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        create_private(path).map_err(|e| failed(e.to_string()))?;
+        let mut conn = Connection::open(path).map_err(|e| failed(e.to_string()))?;
+        configure(&conn).map_err(|e| match e {
+            StoreError::Backend(reason) => failed(reason),
+            other => other,
+        })?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { conn })
+    }
+
+    /// One write transaction: `f` returns its result and whether it changed
+    /// anything (then the change sequence grows in the same transaction).
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.conn.transaction_with_behavior(Immediate)?;
+        let (out, changed) = f(&tx)?;
+        if changed {
+            tx.prepare_cached("UPDATE changes SET seq = seq + 1 WHERE id = 1")?
+                .execute([])?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Creates the file readable by its owner only (SQLite gives its `-wal` and
+/// `-shm` files the same mode); an existing file is left as it is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "the file cannot use WAL (journal mode stays {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY) STRICT",
+    )?;
+    let found: i64 = tx.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    if found > SqliteStore::SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found,
+            known: SqliteStore::SCHEMA_VERSION,
+        });
+    }
+    for (at, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [at as i64 + 1],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
+            {
+                StoreError::Busy
+            }
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                StoreError::Corrupt("a stored value has the wrong type or shape")
+            }
+            // SQLite's messages name tables and columns, never bound values.
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+/// Maps a uniqueness failure to [`StoreError::Exists`].
+fn exists(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
+            StoreError::Exists(what)
+        }
+        _ => e.into(),
+    }
+}
+
+fn to_json(list: &[String]) -> String {
+    serde_json::to_string(list).expect("a list of strings always serialises")
+}
+
+fn list(r: &Row<'_>, at: usize) -> rusqlite::Result<Vec<String>> {
+    let text: String = r.get(at)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(at, Type::Text, Box::new(e)))
+}
+
+fn kind_name(kind: ClientKind) -> &'static str {
+    match kind {
+        ClientKind::Registered => "registered",
+        ClientKind::Dynamic => "dynamic",
+        ClientKind::MetadataDocument => "metadata_document",
+    }
+}
+
+fn client_row(r: &Row<'_>) -> rusqlite::Result<Client> {
+    let kind = match r.get_ref(3)?.as_str()? {
+        "registered" => ClientKind::Registered,
+        "dynamic" => ClientKind::Dynamic,
+        "metadata_document" => ClientKind::MetadataDocument,
+        _ => {
+            return Err(rusqlite::Error::InvalidColumnType(
+                3,
+                "kind".into(),
+                Type::Text,
+            ))
+        }
+    };
+    Ok(Client {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        redirect_uris: list(r, 2)?,
+        kind,
+        secret_hash: r.get(4)?,
+        grant_types: list(r, 5)?,
+        created: r.get(6)?,
+        expires: r.get(7)?,
+    })
+}
+
+fn grant_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
+    Ok(Grant {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        claims: r.get(2)?,
+        client_id: r.get(3)?,
+        redirect_uri: r.get(4)?,
+        resource: r.get(5)?,
+        scopes: list(r, 6)?,
+        created: r.get(7)?,
+        expires: r.get(8)?,
+        revoked: r.get(9)?,
+    })
+}
+
+fn grant_in(tx: &Connection, id: &str) -> Result<Option<Grant>, StoreError> {
+    Ok(tx
+        .prepare_cached(concat!(
+            "SELECT ",
+            grant_columns!(),
+            " FROM grants WHERE id = ?1"
+        ))?
+        .query_row([id], grant_row)
+        .optional()?)
+}
+
+fn revoke_in(tx: &Connection, id: &str) -> Result<bool, StoreError> {
+    let n = tx
+        .prepare_cached("UPDATE grants SET revoked = 1 WHERE id = ?1 AND revoked = 0")?
+        .execute([id])?;
+    Ok(n > 0)
+}
+
+impl Store for SqliteStore {
+    fn put_client(&mut self, c: &Client) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(concat!(
+                "INSERT OR REPLACE INTO clients (",
+                client_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                c.id,
+                c.name,
+                to_json(&c.redirect_uris),
+                kind_name(c.kind),
+                c.secret_hash,
+                to_json(&c.grant_types),
+                c.created,
+                c.expires,
+            ])?;
+            Ok(((), true))
+        })
+    }
+
+    fn client(&self, id: &str, now: i64) -> Result<Option<Client>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(concat!(
+                "SELECT ",
+                client_columns!(),
+                " FROM clients WHERE id = ?1 AND (expires IS NULL OR expires > ?2)"
+            ))?
+            .query_row(params![id, now], client_row)
+            .optional()?)
+    }
+
+    fn sweep_expired(&mut self, now: i64) -> Result<Swept, StoreError> {
+        self.write(|tx| {
+            let swept = Swept {
+                clients: tx
+                    .prepare_cached("DELETE FROM clients WHERE expires <= ?1")?
+                    .execute([now])?,
+                consents: tx
+                    .prepare_cached("DELETE FROM consents WHERE expires <= ?1")?
+                    .execute([now])?,
+                codes: tx
+                    .prepare_cached(
+                        "DELETE FROM codes WHERE (state = 0 AND expires <= ?1) \
+                         OR expires + ?2 <= ?1",
+                    )?
+                    .execute([now, CODE_MEMORY_SECS])?,
+                grants: tx
+                    .prepare_cached("DELETE FROM grants WHERE expires <= ?1")?
+                    .execute([now])?,
+            };
+            Ok((swept, swept.total() > 0))
+        })
+    }
+
+    fn put_consent(&mut self, c: &Consent) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO consents (subject, client_id, redirect_uri, scopes, expires) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![c.user, c.client_id, c.redirect_uri, to_json(&c.scopes), c.expires])?;
+            Ok(((), true))
+        })
+    }
+
+    fn consented(
+        &self,
+        user: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        scopes: &[String],
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let granted = self
+            .conn
+            .prepare_cached(
+                "SELECT scopes FROM consents WHERE subject = ?1 AND client_id = ?2 \
+                 AND redirect_uri = ?3 AND expires > ?4",
+            )?
+            .query_row(params![user, client_id, redirect_uri, now], |r| list(r, 0))
+            .optional()?;
+        Ok(granted.is_some_and(|granted| scopes.iter().all(|s| granted.contains(s))))
+    }
+
+    fn revoke_consents(
+        &mut self,
+        user: Option<&str>,
+        client_id: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        if user.is_none() && client_id.is_none() {
+            return Err(StoreError::NoFilter);
+        }
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM consents WHERE (?1 IS NULL OR subject = ?1) \
+                     AND (?2 IS NULL OR client_id = ?2)",
+                )?
+                .execute(params![user, client_id])?;
+            Ok((n, n > 0))
+        })
+    }
+
+    fn put_code(&mut self, c: &CodeGrant) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO codes (code_hash, client_id, redirect_uri, challenge, resource, \
+                 scopes, subject, claims, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                c.code_hash,
+                c.client_id,
+                c.redirect_uri,
+                c.challenge,
+                c.resource,
+                to_json(&c.scopes),
+                c.user,
+                c.claims,
+                c.expires,
+            ])
+            .map_err(exists("code"))?;
+            Ok(((), true))
+        })
+    }
+
+    fn take_code(&mut self, code_hash: &[u8; 32], now: i64) -> Result<CodeTake, StoreError> {
+        self.write(|tx| {
+            // The one way to `Granted`: a conditional update, so it happens
+            // once per code whatever runs beside it.
+            let taken = tx
+                .prepare_cached(
+                    "UPDATE codes SET state = 1 WHERE code_hash = ?1 AND state = 0 AND expires > ?2 \
+                     RETURNING client_id, redirect_uri, challenge, resource, scopes, subject, \
+                     claims, expires",
+                )?
+                .query_row(params![code_hash, now], |r| {
+                    Ok(CodeGrant {
+                        code_hash: *code_hash,
+                        client_id: r.get(0)?,
+                        redirect_uri: r.get(1)?,
+                        challenge: r.get(2)?,
+                        resource: r.get(3)?,
+                        scopes: list(r, 4)?,
+                        user: r.get(5)?,
+                        claims: r.get(6)?,
+                        expires: r.get(7)?,
+                    })
+                })
+                .optional()?;
+            if let Some(code) = taken {
+                return Ok((CodeTake::Granted(Box::new(code)), true));
+            }
+            let found: Option<(i64, Option<String>)> = tx
+                .prepare_cached("SELECT state, grant_id FROM codes WHERE code_hash = ?1")?
+                .query_row([code_hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(match found {
+                None => (CodeTake::Unknown, false),
+                Some((0, _)) => (CodeTake::Expired, false),
+                Some((_, grant_id)) => {
+                    tx.prepare_cached("UPDATE codes SET state = 2 WHERE code_hash = ?1")?
+                        .execute([code_hash])?;
+                    (CodeTake::Replayed { grant_id }, true)
+                }
+            })
+        })
+    }
+
+    fn code_issued(&mut self, code_hash: &[u8; 32], grant_id: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let state: Option<i64> = tx
+                .prepare_cached(
+                    "UPDATE codes SET grant_id = ?2 WHERE code_hash = ?1 AND state != 0 \
+                     RETURNING state",
+                )?
+                .query_row(params![code_hash, grant_id], |r| r.get(0))
+                .optional()?;
+            match state {
+                None => Err(StoreError::NotFound("taken code")),
+                Some(1) => Ok((true, true)),
+                Some(_) => {
+                    revoke_in(tx, grant_id)?;
+                    Ok((false, true))
+                }
+            }
+        })
+    }
+
+    fn create_grant(
+        &mut self,
+        g: &Grant,
+        first_refresh_hash: Option<&[u8; 32]>,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(concat!(
+                "INSERT INTO grants (",
+                grant_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ))?
+            .execute(params![
+                g.id,
+                g.user,
+                g.claims,
+                g.client_id,
+                g.redirect_uri,
+                g.resource,
+                to_json(&g.scopes),
+                g.created,
+                g.expires,
+                g.revoked,
+            ])
+            .map_err(exists("grant"))?;
+            if let Some(hash) = first_refresh_hash {
+                tx.prepare_cached(
+                    "INSERT INTO refresh_tokens (hash, grant_id, generation) VALUES (?1, ?2, 0)",
+                )?
+                .execute(params![hash, g.id])
+                .map_err(exists("refresh token"))?;
+            }
+            Ok(((), true))
+        })
+    }
+
+    fn rotate_refresh(
+        &mut self,
+        old_hash: &[u8; 32],
+        new_hash: &[u8; 32],
+        now: i64,
+        grace_secs: i64,
+    ) -> Result<Rotation, StoreError> {
+        self.write(|tx| {
+            let token: Option<(String, i64)> = tx
+                .prepare_cached("SELECT grant_id, generation FROM refresh_tokens WHERE hash = ?1")?
+                .query_row([old_hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((grant_id, generation)) = token else {
+                return Ok((Rotation::Unknown, false));
+            };
+            let Some(grant) = grant_in(tx, &grant_id)? else {
+                return Ok((Rotation::Unknown, false));
+            };
+            if grant.revoked {
+                return Ok((Rotation::Revoked, false));
+            }
+            if grant.expires <= now {
+                return Ok((Rotation::Expired, false));
+            }
+            // The one way to `Rotated`: replace the token only if it is
+            // still the current one.
+            let rotated = tx
+                .prepare_cached(
+                    "UPDATE refresh_tokens SET replaced = ?2 WHERE hash = ?1 AND replaced IS NULL",
+                )?
+                .execute(params![old_hash, now])?;
+            if rotated == 1 {
+                tx.prepare_cached(
+                    "INSERT INTO refresh_tokens (hash, grant_id, generation) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![new_hash, grant_id, generation + 1])
+                .map_err(exists("refresh token"))?;
+                return Ok((Rotation::Rotated(Box::new(grant)), true));
+            }
+            // Replaced already: the one just replaced (its successor is the
+            // current token) within the grace window is still good.
+            let replaced: i64 = tx
+                .prepare_cached("SELECT replaced FROM refresh_tokens WHERE hash = ?1")?
+                .query_row([old_hash], |r| r.get(0))?;
+            let successor_current: bool = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM refresh_tokens WHERE grant_id = ?1 AND generation = ?2 \
+                     AND replaced IS NULL",
+                )?
+                .query_row(params![grant_id, generation + 1], |r| r.get(0))?;
+            if successor_current && now < replaced.saturating_add(grace_secs) {
+                return Ok((Rotation::Grace(Box::new(grant)), false));
+            }
+            revoke_in(tx, &grant_id)?;
+            Ok((Rotation::Reused { grant_id }, true))
+        })
+    }
+
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        grant_in(&self.conn, id)
+    }
+
+    fn grants(
+        &self,
+        user: Option<&str>,
+        client_id: Option<&str>,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT ",
+            grant_columns!(),
+            " FROM grants WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR client_id = ?2) \
+             ORDER BY created, id"
+        ))?;
+        let rows = stmt.query_map(params![user, client_id], grant_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn revoke_grant(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let revoked = revoke_in(tx, id)?;
+            Ok((revoked, revoked))
+        })
+    }
+
+    fn revoke_grants(
+        &mut self,
+        user: Option<&str>,
+        client_id: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        if user.is_none() && client_id.is_none() {
+            return Err(StoreError::NoFilter);
+        }
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE grants SET revoked = 1 WHERE revoked = 0 \
+                     AND (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR client_id = ?2)",
+                )?
+                .execute(params![user, client_id])?;
+            Ok((n, n > 0))
+        })
+    }
+
+    fn put_key(&mut self, kid: &str, created: i64, sealed: &[u8]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO signing_keys (kid, created, sealed) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![kid, created, sealed])
+            .map_err(exists("signing key"))?;
+            Ok(((), true))
+        })
+    }
+
+    fn keys(&self) -> Result<Vec<SigningKey>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT kid, created, sealed FROM signing_keys ORDER BY created, kid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SigningKey {
+                kid: r.get(0)?,
+                created: r.get(1)?,
+                sealed: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn seq(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT seq FROM changes WHERE id = 1", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests;
