@@ -47,6 +47,10 @@ pub(crate) mod audit;
 /// refresh-token families, keys) behind the `Store` trait; off the data plane.
 pub(crate) mod store;
 
+/// The OAuth 2.1 authorization server for MCP clients; so far its pure rules
+/// (redirect URIs, `resource`).
+pub(crate) mod authz;
+
 /// `compile(config) -> Snapshot`: routes, TLS configs, upstreams, policies;
 /// swapped whole on reload.
 pub(crate) mod snapshot;
@@ -109,6 +113,14 @@ pub mod internal {
     }
     pub mod runtime {
         pub use crate::runtime::reload;
+    }
+    pub mod authz {
+        pub mod redirect {
+            pub use crate::authz::redirect::{check, matches, Refused};
+        }
+        pub mod resource {
+            pub use crate::authz::resource::{canonical, Refused};
+        }
     }
     pub mod store {
         pub use crate::store::sqlite::SqliteStore;
