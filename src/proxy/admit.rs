@@ -35,6 +35,27 @@ pub struct Request {
     pub in_session: bool,
 }
 
+impl Request {
+    /// What every policy check of this request shares: the caller, where
+    /// from, when, and the head's fields; no call yet.
+    pub(crate) fn facts<'a>(
+        &'a self,
+        source_ip: std::net::IpAddr,
+        headers: &'a [httparse::Header<'a>],
+    ) -> crate::policy::Facts<'a> {
+        crate::policy::Facts {
+            principal: self.principal.as_deref(),
+            method: None,
+            name: None,
+            uri: None,
+            arguments: None,
+            source_ip,
+            now_unix: self.now_unix,
+            headers,
+        }
+    }
+}
+
 /// The request id: the client's when well-formed, else a new one.
 pub(crate) fn request_id(worker: &Worker, head: &RequestHead<'_>) -> RequestId {
     head.header("x-request-id")

@@ -21,7 +21,7 @@ use crate::proxy::admit::Request;
 use crate::proxy::body::{push_length, Body};
 use crate::proxy::conn::{Conn, Judged};
 use crate::proxy::gate;
-use crate::proxy::request::{reparse_headers, MAX_HEADERS};
+use crate::proxy::request::{policy_headers, MAX_HEADERS};
 use crate::proxy::worker::Worker;
 use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
@@ -61,11 +61,7 @@ pub fn judge(
         Body::Unread(_) => Err(HttpError::PayloadTooLarge),
         _ => {
             let mut space = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let headers = if route.policy_reads_headers {
-                reparse_headers(&conn.head_copy, &mut space)
-            } else {
-                &[]
-            };
+            let headers = policy_headers(route, &conn.head_copy, &mut space);
             let judge = Judge::new(worker, route, req, conn.client.peer.ip(), headers);
             judge.body(held, &mut conn.judged)
         }
@@ -139,22 +135,12 @@ impl<'a> Judge<'a> {
         source_ip: std::net::IpAddr,
         headers: &'a [httparse::Header<'a>],
     ) -> Judge<'a> {
-        let base = Facts {
-            principal: req.principal.as_deref(),
-            method: None,
-            name: None,
-            uri: None,
-            arguments: None,
-            source_ip,
-            now_unix: req.now_unix,
-            headers,
-        };
         Judge {
             worker,
             route,
             req,
             policy: route.policy.as_ref(),
-            base,
+            base: req.facts(source_ip, headers),
         }
     }
 

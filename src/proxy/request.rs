@@ -10,6 +10,7 @@ use crate::proxy::conn::Conn;
 use crate::proxy::reject::Reject;
 use crate::proxy::stream::{read_more, ClientStream};
 use crate::proxy::worker::Worker;
+use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
 use monoio::time::timeout;
 use std::time::Instant;
@@ -129,6 +130,20 @@ pub fn parse(
         conn.head_copy.extend_from_slice(&conn.buf[..head.head_len]);
     }
     Ok(Some((Step::Forward(req), head.head_len)))
+}
+
+/// The header fields a route's policy reads (`header` criteria): the copied
+/// head's, parsed into `space`, when it has such criteria, else none.
+pub(crate) fn policy_headers<'h, 'b>(
+    route: &Route,
+    head_copy: &'b [u8],
+    space: &'h mut [httparse::Header<'b>],
+) -> &'h [httparse::Header<'b>] {
+    if route.policy_reads_headers {
+        reparse_headers(head_copy, space)
+    } else {
+        &[]
+    }
 }
 
 /// The header fields of a copied request head (for `header` criteria).

@@ -14,7 +14,6 @@ use crate::mcp::listfilter::{
     filter_message, ListFilter, ListKind, SseListFilter, Visible, MAX_LIST_BYTES,
 };
 use crate::mcp::sse::EndpointRewriter;
-use crate::policy::Facts;
 use crate::proxy::admit::Request;
 use crate::proxy::conn::{Conn, Next};
 use crate::proxy::stream::{read_more, write_all, ClientStream, UpstreamStream};
@@ -302,21 +301,8 @@ fn with_visible<R>(
     f: impl FnOnce(&mut Visible<'_>) -> R,
 ) -> R {
     let mut space = [httparse::EMPTY_HEADER; crate::proxy::request::MAX_HEADERS];
-    let headers = if route.policy_reads_headers {
-        crate::proxy::request::reparse_headers(&conn.head_copy, &mut space)
-    } else {
-        &[]
-    };
-    let base = Facts {
-        principal: req.principal.as_deref(),
-        method: None,
-        name: None,
-        uri: None,
-        arguments: None,
-        source_ip: conn.client.peer.ip(),
-        now_unix: req.now_unix,
-        headers,
-    };
+    let headers = crate::proxy::request::policy_headers(route, &conn.head_copy, &mut space);
+    let base = req.facts(conn.client.peer.ip(), headers);
     let policy = route.policy.as_ref();
     f(
         &mut |kind: ListKind, name: &str| {
