@@ -125,13 +125,7 @@ fn bearer(value: &[u8]) -> Option<&str> {
 
 /// Whether the query string carries `access_token` (RFC 6750 §2.3), refused.
 fn query_has_token(path: &str) -> bool {
-    path.split_once('?').is_some_and(|(_, q)| {
-        q.split('&').any(|p| {
-            p.split('=')
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
-        })
-    })
+    crate::http1::query_has_param(path, &["access_token"])
 }
 
 fn refuse(auth: &RouteAuth, err: HttpError, error: Option<&str>) -> Refusal {

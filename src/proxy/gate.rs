@@ -107,16 +107,7 @@ pub(crate) fn head(route: &Route, head: &RequestHead<'_>) -> Result<McpHead, Htt
 /// tell the two apart: the TypeScript SDK sends the version it negotiated
 /// (2025-11-25) on the legacy transport too.
 pub(crate) fn legacy_message_post(target: &str) -> bool {
-    // Byte searches: this runs on every such POST, and `str` searches for a
-    // `char` cost a few hundred instructions.
-    let target = target.as_bytes();
-    let Some(q) = memchr::memchr(b'?', target) else {
-        return false;
-    };
-    target[q + 1..].split(|&b| b == b'&').any(|pair| {
-        let name = &pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())];
-        name.eq_ignore_ascii_case(b"session_id") || name.eq_ignore_ascii_case(b"sessionid")
-    })
+    crate::http1::query_has_param(target, &["session_id", "sessionid"])
 }
 
 /// Headers that may appear at most once each (a second copy is ambiguous),
