@@ -409,6 +409,16 @@ fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// RFC 3339 UTC with microseconds, from microseconds since the epoch.
+/// Now, as audit records write their `time`.
+pub(crate) fn now_rfc3339() -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut out = Vec::with_capacity(32);
+    write_time(&mut out, micros);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 pub(crate) fn write_time(out: &mut Vec<u8>, unix_micros: u64) {
     let secs = unix_micros / 1_000_000;
     let days = (secs / 86_400) as i64;

@@ -4,8 +4,29 @@
 //! matches (`redirect`), and the RFC 8707 `resource` in canonical form
 //! (`resource`). Not used by the proxy yet.
 
+pub(crate) mod authorize;
+pub(crate) mod cimd;
+pub(crate) mod clients;
+pub(crate) mod consent;
+pub(crate) mod http;
+pub(crate) mod login;
+pub(crate) mod metadata;
+pub(crate) mod oidc;
+pub(crate) mod pages;
 pub(crate) mod redirect;
+pub(crate) mod register;
 pub(crate) mod resource;
+pub(crate) mod seal;
+pub(crate) mod server;
+pub(crate) mod settings;
+pub(crate) mod token;
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
 
 /// The parts of an absolute URI the rules look at (RFC 3986 §3), borrowed.
 #[derive(Debug, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! module reads its settings from.
 
 pub mod audit;
+pub mod authz;
 pub mod identity;
 pub mod policy;
 pub mod schema;
@@ -56,6 +57,11 @@ pub struct Config {
     /// The admin listener (metrics, health, config summary); off when absent.
     /// Fixed at start.
     pub admin: Option<AdminConfig>,
+    /// portcullis as the OAuth 2.1 authorization server of MCP clients; off
+    /// when absent.
+    pub authorization_server: Option<authz::AuthorizationServerConfig>,
+    /// The authorization server's embedded store.
+    pub store: Option<authz::StoreConfig>,
     /// Trusted token issuers, which routes accept by name (`auth.issuers`).
     #[serde(default)]
     pub identity: identity::IdentityConfig,

@@ -39,6 +39,7 @@ pub struct AccessClaims<'a> {
 }
 
 /// One signing key: its id, the HMAC key, and its fixed header, encoded.
+#[derive(Clone)]
 pub struct MintKey {
     kid: String,
     key: hmac::Key,
@@ -131,6 +132,63 @@ pub fn verify(
         typ: Some("at+jwt"),
     };
     check_claims(Some("at+jwt"), parse_claims(&payload)?, &rules, now)
+}
+
+/// What the data plane needs to accept the built-in issuer's tokens:
+/// published by the authorization server (control plane) through an
+/// `ArcSwapOption` in the workers' shared state, read with one atomic load.
+pub struct Issued {
+    pub issuer: String,
+    pub issuer_name: Arc<str>,
+    /// The first signs; all verify.
+    pub keys: Vec<MintKey>,
+    /// The longest access-token lifetime configured.
+    pub max_lifetime: i64,
+    /// Revoked grants (their tokens' `jti` is `<grant>.<n>`) whose tokens
+    /// may still be unexpired.
+    pub revoked: std::collections::HashSet<String>,
+}
+
+impl Issued {
+    /// Verify a token of this issuer for `audience`, refusing a revoked grant's.
+    pub fn verify(&self, token: &str, audience: &str, now: i64) -> Result<Principal, AuthError> {
+        let expect = Expect {
+            issuer_name: &self.issuer_name,
+            issuer: &self.issuer,
+            audience,
+            max_lifetime: self.max_lifetime,
+        };
+        let p = verify(&self.keys, token, &expect, now)?;
+        if self.is_revoked(&p) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(p)
+    }
+
+    /// Whether a principal of this issuer comes from a revoked grant.
+    pub fn is_revoked(&self, p: &Principal) -> bool {
+        !self.revoked.is_empty() && self.revoked.contains(grant_of(p))
+    }
+
+    /// Whether `token` looks like one of this issuer's (its header is a key's).
+    pub fn claims_token(&self, token: &str) -> bool {
+        let header = token.split('.').next().unwrap_or("");
+        self.keys.iter().any(|k| k.header == header)
+    }
+}
+
+/// The `iat` of a token, read without verifying it (only as the clock at
+/// which to verify it: revoking an expired token).
+pub fn issued_at(token: &str) -> Option<i64> {
+    let payload = token.split('.').nth(1)?;
+    let raw = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&raw).ok()?.get("iat")?.as_i64()
+}
+
+/// The grant id of a minted token's principal (`jti` up to its first `.`).
+pub fn grant_of(p: &Principal) -> &str {
+    let jti = p.claims.get("jti").and_then(|v| v.as_str()).unwrap_or("");
+    jti.split('.').next().unwrap_or("")
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub enum AuthError {
     NotYetValid,
     IssuedInFuture,
     LifetimeTooLong,
+    /// The grant the token was issued under was revoked.
+    Revoked,
 }
 
 impl AuthError {
@@ -51,6 +53,7 @@ impl AuthError {
             AuthError::NotYetValid => "token not yet valid",
             AuthError::IssuedInFuture => "token issued in the future",
             AuthError::LifetimeTooLong => "token lifetime too long",
+            AuthError::Revoked => "token revoked",
         }
     }
 }

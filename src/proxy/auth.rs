@@ -75,7 +75,10 @@ pub(crate) fn authenticate(
     Ok(principal)
 }
 
-/// Verify through the per-core cache (positive and negative).
+/// Verify through the per-core cache (positive and negative). Tokens of the
+/// built-in authorization server are checked against its revoked grants on
+/// every request, cached or not (one atomic load), so a revocation holds on
+/// every core at once.
 fn verify_cached(
     worker: &Worker,
     snap: &Snapshot,
@@ -83,10 +86,20 @@ fn verify_cached(
     token: &str,
     now: i64,
 ) -> Result<Rc<Principal>, &'static str> {
+    let guard = auth.builtin.then(|| worker.shared.issued.load());
+    let issued = guard.as_ref().and_then(|g| g.as_deref());
+    let revoked = |p: &Principal| {
+        issued
+            .as_ref()
+            .is_some_and(|i| *p.issuer_name == *i.issuer_name && i.is_revoked(p))
+    };
     let mut cache = worker.token_cache_for(snap);
     if let Some(cache) = cache.as_deref() {
         if let Some(p) = cache.get(token, &auth.audience, now) {
             WorkerCounters::bump(&worker.counters.token_cache_hits);
+            if revoked(&p) {
+                return Err(crate::identity::AuthError::Revoked.reason());
+            }
             return Ok(p);
         }
         WorkerCounters::bump(&worker.counters.token_cache_misses);
@@ -94,10 +107,13 @@ fn verify_cached(
             return Err(e.reason());
         }
     }
-    match snap
-        .identity
-        .verify_for(&auth.issuers, token, &auth.audience, now)
-    {
+    let verified = match issued {
+        Some(i) if i.claims_token(token) => i.verify(token, &auth.audience, now),
+        _ => snap
+            .identity
+            .verify_for(&auth.issuers, token, &auth.audience, now),
+    };
+    match verified {
         Ok(p) => {
             let p = Rc::new(p);
             if let Some(cache) = cache.as_deref_mut() {
@@ -105,6 +121,9 @@ fn verify_cached(
             }
             Ok(p)
         }
+        // Not cached: a revoked grant is looked up again each time, and a
+        // token of a grant revoked by mistake is not refused for longer.
+        Err(e @ crate::identity::AuthError::Revoked) => Err(e.reason()),
         Err(e) => {
             if let Some(cache) = cache.as_deref_mut() {
                 cache.insert_rejected(token, &auth.audience, now, e);

@@ -3,6 +3,7 @@
 //! ```text
 //! listener ─► tls ─► serve (keep-alive loop) ─► exchange:
 //!   request::read_head   head parsed (http1) ─► wellknown answers, or
+//!                        handoff to the authorization server (control plane), or
 //!                        admit: route ─► gate ─► authenticate ─► session
 //!                        ─► upstream::head written
 //!   body::read           held whole when bounded (MCP routes: always)
@@ -21,6 +22,7 @@ pub(crate) mod auth;
 pub(crate) mod body;
 pub(crate) mod conn;
 pub(crate) mod gate;
+pub(crate) mod handoff;
 pub(crate) mod judge;
 pub(crate) mod listener;
 pub(crate) mod record;
@@ -91,6 +93,7 @@ async fn exchange(
         Ok(Step::Forward(req)) => req,
         Ok(Step::Refuse(rej)) | Err(Some(rej)) => return reject(client, conn, rej).await,
         Ok(Step::Answered(close)) => return answered(client, conn, close).await,
+        Ok(Step::Authz(pending)) => return handoff::serve(worker, snap, client, conn, pending).await,
         Err(None) => return Next::Close,
     };
     let upstream = match forward(worker, snap, client, conn, &req).await {

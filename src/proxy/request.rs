@@ -25,6 +25,8 @@ pub enum Step {
     /// Answered by portcullis itself (`wellknown`), the response in
     /// `conn.out`; whether the connection closes after it.
     Answered(bool),
+    /// For the built-in authorization server (`handoff`).
+    Authz(crate::proxy::handoff::Pending),
 }
 
 /// Wait for the first byte of the next request: `header_timeout` on a fresh
@@ -99,6 +101,11 @@ pub fn parse(
     }
     let id = request_id(worker, &head);
     conn.outcome.request_id = id;
+    match crate::proxy::handoff::claim(worker, snap, &head, tls, conn.client.peer.ip()) {
+        Some(Ok(pending)) => return Ok(Some((Step::Authz(pending), head.head_len))),
+        Some(Err(rej)) => return Ok(Some((Step::Refuse(Reject { id, ..rej }), head.head_len))),
+        None => {}
+    }
     let (route, req) = match admit(worker, snap, &head, tls, id) {
         Ok(admitted) => admitted,
         Err(rej) => return Ok(Some((Step::Refuse(rej), head.head_len))),

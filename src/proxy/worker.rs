@@ -31,6 +31,13 @@ pub struct Shared {
     /// The key identity assertions are signed with: one for the life of the
     /// process (reloads keep it, so upstreams' cached keys stay valid).
     pub signer: crate::identity::AssertionSigner,
+    /// The built-in authorization server's keys and revoked grants, for
+    /// verifying its tokens (published by the control plane).
+    pub issued: Arc<arc_swap::ArcSwapOption<crate::identity::minted::Issued>>,
+    /// Where requests for the authorization server go (when it runs).
+    pub control: Option<crate::proxy::handoff::Control>,
+    /// The authorization server's counters (metrics).
+    pub authz_counters: Option<Arc<crate::authz::server::Counters>>,
 }
 
 impl Shared {
@@ -51,6 +58,9 @@ impl Shared {
             audit,
             sessions: Default::default(),
             signer,
+            issued: Arc::default(),
+            control: None,
+            authz_counters: None,
         })
     }
 

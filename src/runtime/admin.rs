@@ -162,6 +162,9 @@ pub(crate) fn metrics(snap: &Snapshot, shared: &Shared) -> String {
         &[("", sum(|c| &c.upstream_idle))],
     );
     snap.identity.render_metrics(&mut out);
+    if let Some(c) = &shared.authz_counters {
+        c.render(&mut out);
+    }
     if let Some(a) = &shared.audit {
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         series(

@@ -79,13 +79,35 @@ impl DevIssuer {
 
 /// The configuration `portcullis demo` runs with: one authenticated MCP
 /// route with a policy.
-pub fn config_text(listen: SocketAddr, upstream: SocketAddr, issuer: &DevIssuer) -> String {
+pub fn config_text(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    issuer: &DevIssuer,
+    store: &std::path::Path,
+) -> String {
     format!(
         r#"# The portcullis demo configuration. It is watched: edit the policy below
 # and save, and the next request is judged by the new rules.
 workers: 1
 listen:
   - address: {listen}
+# portcullis is also the OAuth 2.1 authorization server of MCP clients here:
+# they discover it from the route's 401, register (dynamic registration or a
+# client metadata document), log in on the development login page (alice or
+# bob, no password: loopback only) and consent; their tokens are for this
+# route only.
+authorization_server:
+  issuer: http://{listen}
+  login:
+    dev_users:
+      - {{ sub: alice, email: alice@example.com, groups: [engineering] }}
+      - {{ sub: bob, email: bob@example.com, groups: [sales] }}
+  clients:
+    dynamic_registration: true
+    registered:
+      - {{ client_id: demo-cli, name: Demo CLI, redirect_uris: ["http://127.0.0.1/callback", "http://localhost/callback"] }}
+store:
+  path: {store}
 identity:
   issuers:
     - name: demo
@@ -96,7 +118,7 @@ routes:
     from: http://{listen}/mcp
     to: http://{upstream}/mcp
     mcp: {{}}
-    auth: {{ issuers: [demo], scopes: [mcp] }}
+    auth: {{ issuers: [demo, portcullis], scopes: [mcp] }}
     policy:
       - name: engineering-all-tools
         allow: {{ groups: {{ has: engineering }} }}
@@ -113,6 +135,7 @@ routes:
 "#,
         iss = issuer.issuer,
         jwks = issuer.jwks,
+        store = store.display(),
     )
 }
 
@@ -310,7 +333,7 @@ pub fn start(listen: SocketAddr) -> Result<Demo, String> {
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let config_path = dir.join("portcullis.yaml");
-    std::fs::write(&config_path, config_text(listen, upstream, &issuer))
+    std::fs::write(&config_path, config_text(listen, upstream, &issuer, &dir.join("state.db")))
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let snap = crate::snapshot::load(&config_path).map_err(|e| e.to_string())?;
     let running = crate::runtime::start(snap).map_err(|e| e.to_string())?;
@@ -357,6 +380,9 @@ Try it:
   # alice's add works; her delete_everything is denied
   {alice_add}
   {alice_delete}
+  # a real MCP client that does OAuth itself (discovery, registration, PKCE;
+  # log in as alice or bob in the browser it opens, then allow it):
+  npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list
   # a real MCP client, with a token:
   npx @modelcontextprotocol/inspector --cli {url} --transport http --header \"Authorization: Bearer $ALICE\" --method tools/list
 

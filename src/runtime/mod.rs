@@ -4,6 +4,7 @@
 //! shutdown on SIGTERM/SIGINT.
 
 pub(crate) mod admin;
+pub(crate) mod control;
 pub mod demo;
 pub mod reload;
 
@@ -119,8 +120,17 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         }
         None => (None, None),
     };
-    let shared = Arc::new(Shared::new(workers, audit).map_err(std::io::Error::other)?);
+    let mut shared = Shared::new(workers, audit).map_err(std::io::Error::other)?;
+    let authz = control::prepare(&snapshot, &shared.issued)?;
+    if let Some(a) = &authz {
+        shared.control = Some(a.control.clone());
+        shared.authz_counters = Some(a.server.counters.clone());
+    }
+    let shared = Arc::new(shared);
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    if let Some(a) = authz {
+        control::spawn(a, snapshot.clone(), shared.clone())?;
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(workers);
     for (id, listeners) in bound.into_iter().enumerate() {

@@ -58,6 +58,9 @@ pub struct Snapshot {
     pub audit: Option<crate::config::audit::AuditConfig>,
     /// The admin listener's address (fixed at start).
     pub admin: Option<SocketAddr>,
+    /// The built-in authorization server's settings (routes accepting its
+    /// tokens among them).
+    pub authz: Option<Arc<crate::authz::settings::Settings>>,
     /// Counters of requests that matched no route.
     pub unrouted: Arc<crate::metrics::RouteMetrics>,
     /// Stops this snapshot's JWKS refresher when the snapshot is dropped.
@@ -103,11 +106,14 @@ pub(crate) fn compile(config: Config, text: &str, file: &Path) -> Result<Snapsho
     let identity = compile_identity(&config, base, &mut errs);
     let routes = compile_routes(&config, &mut errs);
     let upstream_tls = compile_upstream_tls(&config.upstream, base, &mut errs);
+    let authz = compile_authz(&config, base, &mut errs);
     let (Some(upstream_tls), Some(identity), true) = (upstream_tls, identity, errs.list.is_empty())
     else {
         return Err(ConfigErrors(errs.list));
     };
-    Ok(assemble(config, routes, listeners, identity, upstream_tls))
+    let mut snap = assemble(config, routes, listeners, identity, upstream_tls);
+    snap.authz = authz.map(Arc::new);
+    Ok(snap)
 }
 
 /// The listeners: each address once, and each TLS listener's certificates
@@ -209,6 +215,41 @@ fn compile_identity(config: &Config, base: &Path, errs: &mut Errors) -> Option<I
                     0,
                     format!("identity issuer {name:?}: {message}"),
                 );
+            }
+            None
+        }
+    }
+}
+
+/// The authorization server's settings, when configured.
+fn compile_authz(
+    config: &Config,
+    base: &Path,
+    errs: &mut Errors,
+) -> Option<crate::authz::settings::Settings> {
+    if config
+        .identity
+        .issuers
+        .iter()
+        .any(|i| i.name == crate::authz::settings::ISSUER_NAME)
+    {
+        errs.at0(
+            "name",
+            crate::authz::settings::ISSUER_NAME,
+            "identity issuer name \"portcullis\" is reserved for the built-in authorization server".into(),
+        );
+    }
+    let Some(cfg) = &config.authorization_server else {
+        if config.store.is_some() {
+            errs.at0("store", "", "store is only used by the authorization_server section".into());
+        }
+        return None;
+    };
+    match crate::authz::settings::compile(cfg, config.store.as_ref(), &config.routes, base) {
+        Ok(s) => Some(s),
+        Err(list) => {
+            for message in list {
+                errs.at0("authorization_server", "", message);
             }
             None
         }
@@ -360,7 +401,24 @@ impl<'c> RouteCx<'c, '_, '_> {
         let issuers_config = &self.config.identity.issuers;
         let mut issuers = Vec::new();
         let mut issuer_urls = Vec::new();
+        let mut builtin = false;
         for name in &auth.issuers {
+            if name == crate::authz::settings::ISSUER_NAME {
+                match &self.config.authorization_server {
+                    Some(a) => {
+                        builtin = true;
+                        issuer_urls.push(a.issuer.clone());
+                    }
+                    None => self.at(
+                        "issuers",
+                        format!(
+                            "route {:?}: issuer \"portcullis\" needs the `authorization_server` section",
+                            r.name
+                        ),
+                    ),
+                }
+                continue;
+            }
             match issuers_config.iter().position(|c| &c.name == name) {
                 Some(i) => {
                     issuers.push(i);
@@ -384,6 +442,7 @@ impl<'c> RouteCx<'c, '_, '_> {
         let upstream = self.upstream_credential();
         Some(RouteAuth {
             issuers,
+            builtin,
             issuer_urls,
             scopes: auth.scopes.clone(),
             audience: r.from.to_string(),
@@ -547,6 +606,7 @@ fn assemble(
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         unrouted: Default::default(),
         admin: config.admin.map(|a| a.address),
+        authz: None,
         audit: config.audit,
         log: config.log,
     }

@@ -42,6 +42,8 @@ pub struct Route {
 pub struct RouteAuth {
     /// Indexes of the accepted issuers in the snapshot's identity.
     pub issuers: Vec<usize>,
+    /// Tokens of the built-in authorization server are accepted too.
+    pub builtin: bool,
     /// Their `iss` URLs (the metadata's `authorization_servers`).
     pub issuer_urls: Vec<String>,
     pub scopes: Vec<String>,

@@ -249,6 +249,9 @@ pub trait Store: Send {
         now: i64,
         grace_secs: i64,
     ) -> Result<Rotation, StoreError>;
+    /// The grant a refresh token (current or replaced) belongs to, for
+    /// revocation (RFC 7009); nothing is rotated.
+    fn refresh_grant(&self, hash: &[u8; 32]) -> Result<Option<String>, StoreError>;
     /// The grant with this id, revoked or not.
     fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
     /// Grants of a user, of a client, of both, or all (`None, None`), oldest first.

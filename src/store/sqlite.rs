@@ -608,6 +608,14 @@ impl Store for SqliteStore {
         })
     }
 
+    fn refresh_grant(&self, hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT grant_id FROM refresh_tokens WHERE hash = ?1")?
+            .query_row([hash], |r| r.get(0))
+            .optional()?)
+    }
+
     fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
         grant_in(&self.conn, id)
     }

@@ -338,6 +338,9 @@ pub(crate) fn refresh_rotates_then_grace_then_reuse_revokes_family(place: &dyn P
         }
     );
     assert!(revoked(&*s, "g1"));
+    // Every token of the family still names its grant (for RFC 7009).
+    assert_eq!(s.refresh_grant(&h("rt-1")).unwrap().as_deref(), Some("g1"));
+    assert_eq!(s.refresh_grant(&h("rt-x")).unwrap(), None);
     for rt in ["rt-0", "rt-1", "rt-2"] {
         assert_eq!(
             s.rotate_refresh(&h(rt), &h("rt-9"), t + 32, 30).unwrap(),

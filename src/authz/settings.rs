@@ -1,0 +1,202 @@
+//! The authorization server's configuration, checked and compiled: the
+//! issuer, how users log in, which clients exist, lifetimes, and the
+//! resources (routes accepting `portcullis` tokens) a grant can be bound to.
+//! Part of the snapshot: reloads swap it with the routes.
+
+use crate::config::authz::{
+    AuthorizationServerConfig, DevUser, OidcLoginConfig, RegisteredClient, StoreConfig,
+};
+use crate::config::{RouteConfig, Url};
+use std::path::PathBuf;
+
+/// The name routes use for the built-in issuer (`auth.issuers: [portcullis]`).
+pub const ISSUER_NAME: &str = "portcullis";
+
+/// One route a grant can be bound to.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub route: String,
+    /// RFC 8707 canonical form, what requests are compared in.
+    pub canonical: String,
+    /// The route's public URL as its metadata names it: the tokens' `aud`.
+    pub audience: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum Login {
+    Oidc(OidcLoginConfig),
+    Dev(Vec<DevUser>),
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    /// The origin, no trailing slash.
+    pub issuer: String,
+    pub issuer_url: Url,
+    pub login: Login,
+    pub cimd: Option<crate::config::authz::MetadataDocumentsConfig>,
+    pub dynamic_registration: bool,
+    pub registration_ttl: i64,
+    pub registered: Vec<RegisteredClient>,
+    pub access_ttl: i64,
+    pub refresh_ttl: i64,
+    pub refresh_grace: i64,
+    pub consent_ttl: i64,
+    pub resources: Vec<Resource>,
+    pub secret: Option<String>,
+    pub store_path: PathBuf,
+}
+
+impl Settings {
+    /// The resource a canonical `resource` names.
+    pub fn resource(&self, canonical: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.canonical == canonical)
+    }
+
+    /// An endpoint's absolute URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    /// Whether the authorization server is only reachable on loopback.
+    pub fn on_loopback(&self) -> bool {
+        crate::authz::Uri::parse(&self.issuer)
+            .and_then(|u| u.authority)
+            .is_some_and(|a| a.is_loopback())
+    }
+}
+
+/// Check and compile. Errors are whole sentences for `portcullis check`.
+pub fn compile(
+    cfg: &AuthorizationServerConfig,
+    store: Option<&StoreConfig>,
+    routes: &[RouteConfig],
+    base: &std::path::Path,
+) -> Result<Settings, Vec<String>> {
+    let mut errs = Vec::new();
+    let issuer_url = match Url::parse(&cfg.issuer) {
+        Ok(u) if u.path == "/" && !cfg.issuer.ends_with('/') => Some(u),
+        Ok(_) => {
+            errs.push(format!(
+                "authorization_server.issuer {:?} must be an origin with no path and no trailing slash (https://mcp.example.com)",
+                cfg.issuer
+            ));
+            None
+        }
+        Err(e) => {
+            errs.push(format!("authorization_server.issuer: {e}"));
+            None
+        }
+    };
+    let login = match (&cfg.login.oidc, &cfg.login.dev_users) {
+        (Some(o), None) => Some(Login::Oidc(o.clone())),
+        (None, Some(users)) if !users.is_empty() => Some(Login::Dev(users.clone())),
+        _ => {
+            errs.push("authorization_server.login needs exactly one of `oidc` or `dev_users` (a non-empty list)".into());
+            None
+        }
+    };
+    let loopback = crate::authz::Uri::parse(&cfg.issuer)
+        .and_then(|u| u.authority)
+        .is_some_and(|a| a.is_loopback());
+    if matches!(login, Some(Login::Dev(_))) && !loopback {
+        errs.push("authorization_server.login.dev_users is a development login without passwords: only allowed when the issuer is on loopback (http://127.0.0.1:PORT)".into());
+    }
+    if cfg.tokens.access_ttl.0.as_secs() > 24 * 3600 {
+        errs.push("authorization_server.tokens.access_ttl must be at most 24h".into());
+    }
+    for c in &cfg.clients.registered {
+        check_registered(c, &mut errs);
+    }
+    let resources = resources(routes);
+    if resources.is_empty() {
+        errs.push("authorization_server: no route accepts its tokens (add `portcullis` to a route's auth.issuers)".into());
+    }
+    let store_path = match store {
+        Some(s) if s.path.0.is_absolute() => s.path.0.clone(),
+        Some(s) => base.join(&s.path.0),
+        None => {
+            errs.push("authorization_server needs `store: { path: … }` (one file for clients, grants and keys)".into());
+            PathBuf::new()
+        }
+    };
+    if let Some(secret) = &cfg.secret {
+        if let Err(e) = crate::authz::seal::parse_secret(secret) {
+            errs.push(format!("authorization_server.secret: {e}"));
+        }
+    }
+    let (Some(issuer_url), Some(login), true) = (issuer_url, login, errs.is_empty()) else {
+        return Err(errs);
+    };
+    let secs = |d: crate::config::Dur| d.0.as_secs() as i64;
+    Ok(Settings {
+        issuer: cfg.issuer.clone(),
+        issuer_url,
+        login,
+        cimd: match &cfg.clients.metadata_documents {
+            Some(m) if !m.enabled => None,
+            Some(m) => Some(crate::config::authz::MetadataDocumentsConfig {
+                allowed_domains: m.allowed_domains.clone(),
+                open: m.open,
+                enabled: true,
+                loopback_ca_file: m.loopback_ca_file.clone(),
+            }),
+            None => Some(crate::config::authz::MetadataDocumentsConfig {
+                allowed_domains: crate::config::authz::default_cimd_domains(),
+                open: false,
+                enabled: true,
+                loopback_ca_file: None,
+            }),
+        },
+        dynamic_registration: cfg.clients.dynamic_registration,
+        registration_ttl: secs(cfg.clients.registration_ttl),
+        registered: cfg.clients.registered.clone(),
+        access_ttl: secs(cfg.tokens.access_ttl),
+        refresh_ttl: secs(cfg.tokens.refresh_ttl),
+        refresh_grace: secs(cfg.tokens.refresh_grace),
+        consent_ttl: secs(cfg.consent_ttl),
+        resources,
+        secret: cfg.secret.clone(),
+        store_path,
+    })
+}
+
+fn check_registered(c: &RegisteredClient, errs: &mut Vec<String>) {
+    if c.client_id.is_empty() || c.client_id.starts_with("https://") {
+        errs.push(format!(
+            "authorization_server.clients.registered: client_id {:?} must be non-empty and not an https URL (those are metadata documents)",
+            c.client_id
+        ));
+    }
+    if c.redirect_uris.is_empty() {
+        errs.push(format!("client {:?}: redirect_uris is empty", c.client_id));
+    }
+    for uri in &c.redirect_uris {
+        if let Err(e) = crate::authz::redirect::check(uri, c.client_secret.is_none()) {
+            errs.push(format!("client {:?}: {uri:?}: {}", c.client_id, e.reason()));
+        }
+    }
+    if c.access_ttl.is_some_and(|t| t.0.as_secs() > 24 * 3600) {
+        errs.push(format!("client {:?}: access_ttl must be at most 24h", c.client_id));
+    }
+}
+
+/// The routes that accept the built-in issuer's tokens.
+fn resources(routes: &[RouteConfig]) -> Vec<Resource> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let auth = r.auth.as_ref()?;
+            auth.issuers.iter().any(|i| i == ISSUER_NAME).then(|| {
+                let audience = r.from.to_string();
+                Resource {
+                    route: r.name.clone(),
+                    canonical: crate::authz::resource::canonical(&audience).unwrap_or_else(|_| audience.clone()),
+                    audience,
+                    scopes: auth.scopes.clone(),
+                }
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,144 @@
+//! The control plane: the built-in authorization server on threads of its
+//! own. The cores hand it requests over a bounded channel (`proxy::handoff`)
+//! and never wait on it; it owns the store, calls the company IdP and fetches
+//! client metadata documents (blocking, here only), and publishes what the
+//! cores need (signing keys, revoked grants) through `Shared::issued`. While
+//! idle it re-reads revocations when the store changed (also those made by
+//! `portcullis grants revoke` in another process) and sweeps expired records.
+
+use crate::authz::server::Server;
+use crate::proxy::handoff::{Control, Job};
+use crate::proxy::worker::Shared;
+use crate::snapshot::SharedSnapshot;
+use crate::store::sqlite::SqliteStore;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Threads answering the authorization server's requests: a slow IdP or
+/// metadata fetch on one leaves the others serving.
+const THREADS: usize = 4;
+/// Requests queued beyond those being answered; more are refused (503).
+const QUEUE: usize = 1024;
+/// How often revocations are re-read from the store when it changed.
+const POLL: Duration = Duration::from_millis(250);
+const SWEEP: Duration = Duration::from_secs(600);
+
+/// The parts of a started authorization server the runtime keeps.
+pub(crate) struct Started {
+    pub control: Control,
+    pub server: Arc<Server>,
+    receiver: Receiver<Job>,
+}
+
+/// Open the store and make the server, when the configuration has one; its
+/// keys and revocations are in `issued` when this returns.
+pub(crate) fn prepare(
+    snapshot: &crate::snapshot::Snapshot,
+    issued: &Arc<arc_swap::ArcSwapOption<crate::identity::minted::Issued>>,
+) -> std::io::Result<Option<Started>> {
+    let Some(settings) = &snapshot.authz else {
+        return Ok(None);
+    };
+    let err = |e: String| std::io::Error::other(format!("authorization server: {e}"));
+    if let Some(dir) = settings.store_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+    }
+    let store = SqliteStore::open(&settings.store_path).map_err(|e| err(e.to_string()))?;
+    let master = master_secret(settings).map_err(err)?;
+    let server = Server::new(settings, Box::new(store), &master, issued.clone()).map_err(err)?;
+    tracing::info!(issuer = %settings.issuer, store = %settings.store_path.display(), "authorization server ready");
+    let (control, receiver) = std::sync::mpsc::sync_channel(QUEUE);
+    Ok(Some(Started {
+        control,
+        server: Arc::new(server),
+        receiver,
+    }))
+}
+
+/// Start the threads; they end once every worker has stopped.
+pub(crate) fn spawn(started: Started, snapshot: SharedSnapshot, shared: Arc<Shared>) -> std::io::Result<()> {
+    let audit = shared.clone();
+    let _ = started.server.audit.set(Box::new(move |line| {
+        if let Some(sink) = &audit.audit {
+            sink.send(line, 1);
+        }
+    }));
+    let receiver = Arc::new(Mutex::new(started.receiver));
+    for i in 0..THREADS {
+        let (receiver, server, snapshot, shared) = (receiver.clone(), started.server.clone(), snapshot.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name(format!("portcullis-authz{i}"))
+            .spawn(move || serve(i, &receiver, &server, &snapshot, &shared))?;
+    }
+    Ok(())
+}
+
+fn serve(i: usize, receiver: &Mutex<Receiver<Job>>, server: &Server, snapshot: &SharedSnapshot, shared: &Shared) {
+    let mut swept = Instant::now();
+    while !shared.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+        let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(POLL);
+        let snap = snapshot.load();
+        let Some(settings) = snap.authz.as_deref() else {
+            // Reloaded without the section: keep answering, clearly.
+            if let Ok(job) = next {
+                let _ = job.reply.send(crate::authz::token::oauth_error(404, "invalid_request", "the authorization server is not configured"));
+            }
+            continue;
+        };
+        match next {
+            Ok(job) => {
+                let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.handle(settings, &job.call)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("the authorization server failed on a request (a bug): answered 500");
+                        crate::authz::token::oauth_error(500, "server_error", "the authorization server failed on this request")
+                    });
+                let _ = job.reply.send(answer);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = server.publish(settings) {
+                    tracing::warn!(error = %e, "cannot read revocations from the store");
+                }
+                if i == 0 && swept.elapsed() >= SWEEP {
+                    swept = Instant::now();
+                    match server.sweep() {
+                        Ok(n) if n > 0 => tracing::info!(records = n, "swept expired authorization records"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot sweep the store"),
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// The configured secret, or the one kept beside the store (made on first
+/// start, mode 0600).
+fn master_secret(s: &crate::authz::settings::Settings) -> Result<Vec<u8>, String> {
+    use crate::authz::seal::parse_secret;
+    if let Some(text) = &s.secret {
+        return parse_secret(text);
+    }
+    let path = s.store_path.with_file_name("secret.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_secret(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| "no system randomness".to_string())?;
+            let text = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, secret);
+            write_private(&path, text.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), "made the authorization server's secret (keep it with the store)");
+            Ok(secret.to_vec())
+        }
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
