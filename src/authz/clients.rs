@@ -54,7 +54,8 @@ pub(crate) fn find(server: &Server, s: &Settings, id: &str, now: i64) -> Result<
             expires: None,
         });
     }
-    if let Some(c) = server.store().client(id, now)? {
+    let stored = server.store().client(id, now)?;
+    if let Some(c) = stored {
         return Ok(c);
     }
     if id.starts_with("https://") {

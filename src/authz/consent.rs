@@ -50,7 +50,8 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
         Err(e) => return pages::error(400, "This application is not known here", &e.to_string()),
     };
     if !tx.pc {
-        match server.store().consented(&user.sub, &tx.c, &tx.r, &tx.sc, now) {
+        let remembered = server.store().consented(&user.sub, &tx.c, &tx.r, &tx.sc, now);
+        match remembered {
             Ok(true) => return issue_code(server, s, &tx, &user, now),
             Ok(false) => {}
             Err(e) => return unavailable(&e),

@@ -248,13 +248,15 @@ pub(crate) fn revoke(server: &Server, s: &Settings, call: &Call) -> Answer {
     let Some(token) = form.get("token") else {
         return oauth_error(400, "invalid_request", "token is required");
     };
-    let grant_id = match server.store().refresh_grant(&hash(token)) {
+    let found = server.store().refresh_grant(&hash(token));
+    let grant_id = match found {
         Ok(found) => found,
         Err(e) => return unavailable(&e),
     }
     .or_else(|| server.access_token_grant(s, token));
     if let Some(id) = grant_id {
-        match server.store().grant(&id) {
+        let grant = server.store().grant(&id);
+        match grant {
             Ok(Some(g)) if g.client_id == client.id => {
                 server.revoke_grant(s, &id, "revoked by the client (RFC 7009)");
             }
