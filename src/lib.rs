@@ -61,6 +61,7 @@ pub(crate) mod proxy;
 /// Threads, signals, reload, the admin listener and the demo.
 pub(crate) mod runtime;
 
+pub use runtime::grants::{grants, GrantsCommand};
 pub use runtime::{demo, run_until_signal, start, Running};
 pub use snapshot::{from_text, load, Snapshot};
 

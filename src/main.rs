@@ -73,6 +73,29 @@ enum Command {
         #[arg(long)]
         summary: bool,
     },
+    /// The built-in authorization server's grants: list them, or revoke them
+    /// (their tokens are refused on every core within a second, and the
+    /// user is asked to consent again).
+    #[command(after_help = "Examples:
+  portcullis grants list -c portcullis.yaml --user alice
+  portcullis grants revoke -c portcullis.yaml --client https://claude.ai/oauth/mcp-oauth-client-metadata
+  portcullis grants revoke -c portcullis.yaml --grant 3Qk9...")]
+    Grants {
+        /// list or revoke.
+        #[arg(value_parser = ["list", "revoke"])]
+        action: String,
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The user's subject (`sub`).
+        #[arg(long)]
+        user: Option<String>,
+        /// The client id.
+        #[arg(long)]
+        client: Option<String>,
+        /// One grant by id (revoke only).
+        #[arg(long)]
+        grant: Option<String>,
+    },
     /// Print the JSON Schema of the configuration file (for editors: e.g.
     /// `# yaml-language-server: $schema=portcullis.schema.json`).
     #[command(
@@ -166,6 +189,33 @@ fn main() -> ExitCode {
                 println!("{schema:#}");
             }
             ExitCode::SUCCESS
+        }
+        Command::Grants {
+            action,
+            config,
+            user,
+            client,
+            grant,
+        } => {
+            let command = match (action.as_str(), &grant) {
+                ("revoke", Some(id)) => portcullis::GrantsCommand::RevokeOne(id),
+                ("revoke", None) => portcullis::GrantsCommand::Revoke,
+                (_, None) => portcullis::GrantsCommand::List,
+                (_, Some(_)) => {
+                    eprintln!("error: --grant goes with revoke");
+                    return ExitCode::from(2);
+                }
+            };
+            match portcullis::grants(&config, command, user.as_deref(), client.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Demo { listen } => match demo::start(listen) {
             Ok(d) => {

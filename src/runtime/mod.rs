@@ -5,6 +5,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod control;
+pub mod grants;
 pub mod demo;
 pub mod reload;
 
