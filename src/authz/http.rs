@@ -96,10 +96,12 @@ impl Answer {
             .with("content-type", "text/html; charset=utf-8")
             .with(
                 "content-security-policy",
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                // No `form-action`: browsers apply it to the redirect that
+                // follows the consent POST too, which goes to the client.
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
             )
             .with("x-frame-options", "DENY")
-            .with("referrer-policy", "no-referrer")
+            .with("referrer-policy", "same-origin")
             .with("cache-control", "no-store")
             .body(body.into_bytes())
     }

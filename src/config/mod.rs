@@ -439,7 +439,7 @@ fn default_shutdown_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
-/// A duration written as `250ms`, `10s`, `2m`, `1h`, or a number of seconds.
+/// A duration written as `250ms`, `10s`, `2m`, `1h`, `30d`, or a number of seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -454,6 +454,7 @@ impl Dur {
             "" | "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.checked_mul(60)?),
             "h" => Duration::from_secs(n.checked_mul(3600)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400)?),
             _ => return None,
         })
     }

@@ -190,7 +190,8 @@ class Portcullis:
         cfg = self.config_dir / f"{name}.yaml"
         cfg.write_text(yaml_text)
         check = subprocess.run(
-            [portcullis_bin(), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30
+            [portcullis_bin(), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30,
+            env={**os.environ, **(env or {})},
         )
         assert check.returncode == 0, f"portcullis check failed:\n{check.stdout}\n{check.stderr}\n{yaml_text}"
         e = {"PORTCULLIS_LOG": os.environ.get("PORTCULLIS_LOG", "info")}
