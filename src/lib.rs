@@ -116,6 +116,9 @@ pub mod internal {
         pub use crate::runtime::reload;
     }
     pub mod authz {
+        pub use crate::authz::http::{Answer, Call, Form, Verb};
+        pub use crate::authz::server::Server;
+        pub use crate::authz::settings::{compile as compile_settings, Settings};
         pub mod redirect {
             pub use crate::authz::redirect::{check, matches, Refused};
         }

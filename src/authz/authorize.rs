@@ -40,7 +40,10 @@ pub(crate) struct Tx {
 
 impl Tx {
     pub(crate) fn seal(&self, server: &Server) -> String {
-        server.sealer.seal(Purpose::Transaction, &serde_json::to_vec(self).unwrap_or_default())
+        server.sealer.seal(
+            Purpose::Transaction,
+            &serde_json::to_vec(self).unwrap_or_default(),
+        )
     }
 
     /// The transaction named by a `tx` parameter, unless tampered or expired.
@@ -56,7 +59,13 @@ impl Tx {
     }
 }
 
-pub(crate) fn redirect_error(s: &Settings, redirect: &str, state: Option<&str>, code: &str, description: &str) -> Answer {
+pub(crate) fn redirect_error(
+    s: &Settings,
+    redirect: &str,
+    state: Option<&str>,
+    code: &str,
+    description: &str,
+) -> Answer {
     let mut params = vec![("error", code), ("error_description", description)];
     if let Some(st) = state {
         params.push(("state", st));
@@ -69,10 +78,20 @@ pub(crate) fn authorize(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
     let form = match Form::parse(call.query.as_bytes()) {
         Ok(f) => f,
-        Err(e) => return pages::error(400, "This authorization request is malformed", &e.to_string()),
+        Err(e) => {
+            return pages::error(
+                400,
+                "This authorization request is malformed",
+                &e.to_string(),
+            )
+        }
     };
     let Some(client_id) = form.get("client_id") else {
-        return pages::error(400, "This authorization request names no client", "client_id is required");
+        return pages::error(
+            400,
+            "This authorization request names no client",
+            "client_id is required",
+        );
     };
     let client = match super::clients::find(server, s, client_id, now) {
         Ok(c) => c,
@@ -80,13 +99,24 @@ pub(crate) fn authorize(server: &Server, s: &Settings, call: &Call) -> Answer {
         Err(e) => return pages::error(400, "This application is not known here", &e.to_string()),
     };
     let Some(redirect) = form.get("redirect_uri") else {
-        return pages::error(400, "This authorization request has no redirect URI", "redirect_uri is required");
+        return pages::error(
+            400,
+            "This authorization request has no redirect URI",
+            "redirect_uri is required",
+        );
     };
-    if !client.redirect_uris.iter().any(|r| super::redirect::matches(r, redirect)) {
+    if !client
+        .redirect_uris
+        .iter()
+        .any(|r| super::redirect::matches(r, redirect))
+    {
         return pages::error(
             400,
             "This redirect URI is not registered for this application",
-            &format!("{} is not one of the client's redirect URIs", super::register::clip(redirect)),
+            &format!(
+                "{} is not one of the client's redirect URIs",
+                super::register::clip(redirect)
+            ),
         );
     }
     let state = form.get("state");
@@ -94,19 +124,50 @@ pub(crate) fn authorize(server: &Server, s: &Settings, call: &Call) -> Answer {
     if form.get("response_type") != Some("code") {
         return fail("unsupported_response_type", "response_type must be code");
     }
-    let challenge = match (form.get("code_challenge"), form.get("code_challenge_method")) {
-        (None, _) => return fail("invalid_request", "PKCE is required: code_challenge with code_challenge_method=S256"),
-        (Some(_), m) if m != Some("S256") => return fail("invalid_request", "code_challenge_method must be S256 (plain is not accepted)"),
-        (Some(c), _) if !is_challenge(c) => return fail("invalid_request", "code_challenge must be 43 base64url characters"),
+    let challenge = match (
+        form.get("code_challenge"),
+        form.get("code_challenge_method"),
+    ) {
+        (None, _) => {
+            return fail(
+                "invalid_request",
+                "PKCE is required: code_challenge with code_challenge_method=S256",
+            )
+        }
+        (Some(_), m) if m != Some("S256") => {
+            return fail(
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is not accepted)",
+            )
+        }
+        (Some(c), _) if !is_challenge(c) => {
+            return fail(
+                "invalid_request",
+                "code_challenge must be 43 base64url characters",
+            )
+        }
         (Some(c), _) => c,
     };
     let resource = match form.get("resource") {
-        Some(r) => match super::resource::canonical(r).ok().and_then(|c| s.resource(&c)) {
+        Some(r) => match super::resource::canonical(r)
+            .ok()
+            .and_then(|c| s.resource(&c))
+        {
             Some(res) => res,
-            None => return fail("invalid_target", "resource is not an MCP server of this authorization server"),
+            None => {
+                return fail(
+                    "invalid_target",
+                    "resource is not an MCP server of this authorization server",
+                )
+            }
         },
         None if s.resources.len() == 1 => &s.resources[0],
-        None => return fail("invalid_target", "resource is required: this server protects several MCP servers"),
+        None => {
+            return fail(
+                "invalid_target",
+                "resource is required: this server protects several MCP servers",
+            )
+        }
     };
     let tx = Tx {
         c: client.id.clone(),
@@ -115,15 +176,21 @@ pub(crate) fn authorize(server: &Server, s: &Settings, call: &Call) -> Answer {
         st: state.map(str::to_string),
         res: resource.canonical.clone(),
         sc: resource.scopes.clone(),
-        pc: form.get("prompt").is_some_and(|p| p.split(' ').any(|p| p == "consent" || p == "login")),
+        pc: form
+            .get("prompt")
+            .is_some_and(|p| p.split(' ').any(|p| p == "consent" || p == "login")),
         exp: now + TX_TTL,
     };
     Counters::bump(&server.counters.authorizations);
-    Answer::redirect(with_query(&s.url("/.portcullis/consent"), &[("tx", &tx.seal(server))]))
+    Answer::redirect(with_query(
+        &s.url("/.portcullis/consent"),
+        &[("tx", &tx.seal(server))],
+    ))
 }
 
 /// 43 to 128 characters of the verifier alphabet; S256 gives exactly 43.
 fn is_challenge(c: &str) -> bool {
     (43..=128).contains(&c.len())
-        && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }

@@ -41,7 +41,12 @@ impl From<StoreError> for ClientError {
 }
 
 /// The client with this id, wherever it is known from.
-pub(crate) fn find(server: &Server, s: &Settings, id: &str, now: i64) -> Result<Client, ClientError> {
+pub(crate) fn find(
+    server: &Server,
+    s: &Settings,
+    id: &str,
+    now: i64,
+) -> Result<Client, ClientError> {
     if let Some(c) = s.registered.iter().find(|c| c.client_id == id) {
         return Ok(Client {
             id: c.client_id.clone(),
@@ -65,11 +70,19 @@ pub(crate) fn find(server: &Server, s: &Settings, id: &str, now: i64) -> Result<
 }
 
 /// Fetch, check and keep a Client ID Metadata Document.
-fn resolve_document(server: &Server, s: &Settings, url: &str, now: i64) -> Result<Client, ClientError> {
+fn resolve_document(
+    server: &Server,
+    s: &Settings,
+    url: &str,
+    now: i64,
+) -> Result<Client, ClientError> {
     let Some(policy) = server.cimd_policy(s) else {
-        return Err(ClientError::Document("this server does not accept client metadata documents".into()));
+        return Err(ClientError::Document(
+            "this server does not accept client metadata documents".into(),
+        ));
     };
-    let client = super::cimd::resolve(&policy, url, now).map_err(|e| ClientError::Document(e.reason().to_string()))?;
+    let client = super::cimd::resolve(&policy, url, now)
+        .map_err(|e| ClientError::Document(e.reason().to_string()))?;
     Counters::bump(&server.counters.metadata_documents);
     // A document that must not be cached is used for this request only.
     if client.expires.is_some_and(|e| e > now) {
@@ -81,10 +94,20 @@ fn resolve_document(server: &Server, s: &Settings, url: &str, now: i64) -> Resul
 /// The client a token or revocation request comes from, authenticated:
 /// HTTP Basic (`client_secret_basic`), form fields (`client_secret_post`), or
 /// a public client's bare `client_id` (`none`).
-pub(crate) fn authenticate(server: &Server, s: &Settings, call: &Call, form: &Form, now: i64) -> Result<Client, ClientError> {
+pub(crate) fn authenticate(
+    server: &Server,
+    s: &Settings,
+    call: &Call,
+    form: &Form,
+    now: i64,
+) -> Result<Client, ClientError> {
     let basic = call.header("authorization").and_then(basic_credentials);
     let (id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
-        (Some(_), _, Some(_)) => return Err(ClientError::WrongMethod("use one client authentication method, not two")),
+        (Some(_), _, Some(_)) => {
+            return Err(ClientError::WrongMethod(
+                "use one client authentication method, not two",
+            ))
+        }
         (Some((id, secret)), form_id, None) => {
             if form_id.is_some_and(|f| f != id) {
                 return Err(ClientError::BadCredentials);
@@ -97,8 +120,12 @@ pub(crate) fn authenticate(server: &Server, s: &Settings, call: &Call, form: &Fo
     let client = find(server, s, &id, now)?;
     match (&client.secret_hash, secret) {
         (None, None) => Ok(client),
-        (None, Some(_)) => Err(ClientError::WrongMethod("this is a public client: it authenticates with no secret")),
-        (Some(_), None) => Err(ClientError::WrongMethod("this client must authenticate with its secret")),
+        (None, Some(_)) => Err(ClientError::WrongMethod(
+            "this is a public client: it authenticates with no secret",
+        )),
+        (Some(_), None) => Err(ClientError::WrongMethod(
+            "this client must authenticate with its secret",
+        )),
         (Some(want), Some(got)) if seal::same(want, &seal::hash(&got)) => Ok(client),
         (Some(_), Some(_)) => Err(ClientError::BadCredentials),
     }
@@ -110,10 +137,16 @@ fn basic_credentials(value: &str) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, rest.trim()).ok()?;
+    let raw =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, rest.trim()).ok()?;
     let raw = String::from_utf8(raw).ok()?;
     let (id, secret) = raw.split_once(':')?;
-    let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().ok().map(|c| c.into_owned());
+    let dec = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
     Some((dec(id)?, dec(secret)?))
 }
 
@@ -123,8 +156,17 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_decoded() {
-        let v = format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ops%3Acli:s3cr%2Bt"));
-        assert_eq!(basic_credentials(&v), Some(("ops:cli".into(), "s3cr+t".into())));
+        let v = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                "ops%3Acli:s3cr%2Bt"
+            )
+        );
+        assert_eq!(
+            basic_credentials(&v),
+            Some(("ops:cli".into(), "s3cr+t".into()))
+        );
         assert_eq!(basic_credentials("Bearer x"), None);
         assert_eq!(basic_credentials("Basic !!"), None);
     }

@@ -36,10 +36,18 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
     let query = Form::parse(call.query.as_bytes()).unwrap_or_default();
     let Some(tx_text) = query.get("tx") else {
-        return pages::error(400, "This authorization has expired", "start again from the application");
+        return pages::error(
+            400,
+            "This authorization has expired",
+            "start again from the application",
+        );
     };
     let Some(tx) = Tx::open(server, Some(tx_text), now) else {
-        return pages::error(400, "This authorization has expired", "start again from the application");
+        return pages::error(
+            400,
+            "This authorization has expired",
+            "start again from the application",
+        );
     };
     let Some(user) = session(server, call, now) else {
         return super::login::start(server, s, tx_text, now);
@@ -50,7 +58,9 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
         Err(e) => return pages::error(400, "This application is not known here", &e.to_string()),
     };
     if !tx.pc {
-        let remembered = server.store().consented(&user.sub, &tx.c, &tx.r, &tx.sc, now);
+        let remembered = server
+            .store()
+            .consented(&user.sub, &tx.c, &tx.r, &tx.sc, now);
         match remembered {
             Ok(true) => return issue_code(server, s, &tx, &user, now),
             Ok(false) => {}
@@ -58,8 +68,17 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
         }
     }
     let nonce = server.sealer.token();
-    let f = Bound { n: nonce.clone(), c: tx.c.clone(), r: tx.r.clone(), u: user.sub.clone(), exp: now + FORM_TTL };
-    let sealed = server.sealer.seal(Purpose::Consent, &serde_json::to_vec(&f).unwrap_or_default());
+    let f = Bound {
+        n: nonce.clone(),
+        c: tx.c.clone(),
+        r: tx.r.clone(),
+        u: user.sub.clone(),
+        exp: now + FORM_TTL,
+    };
+    let sealed = server.sealer.seal(
+        Purpose::Consent,
+        &serde_json::to_vec(&f).unwrap_or_default(),
+    );
     let resource = s.resource(&tx.res);
     pages::consent(&pages::ConsentView {
         client: &client,
@@ -78,17 +97,29 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
 pub(crate) fn decide(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
     if call.header("origin").is_some_and(|o| o != s.issuer) {
-        return pages::error(403, "This form was sent from another site", "the Origin is not this server's");
+        return pages::error(
+            403,
+            "This form was sent from another site",
+            "the Origin is not this server's",
+        );
     }
     let form = match Form::parse(&call.body) {
         Ok(f) => f,
         Err(e) => return pages::error(400, "This consent form is malformed", &e.to_string()),
     };
     let Some(tx) = Tx::open(server, form.get("tx"), now) else {
-        return pages::error(400, "This authorization has expired", "start again from the application");
+        return pages::error(
+            400,
+            "This authorization has expired",
+            "start again from the application",
+        );
     };
     let Some(user) = session(server, call, now) else {
-        return pages::error(403, "You are not logged in", "the login session is missing or expired: start again from the application");
+        return pages::error(
+            403,
+            "You are not logged in",
+            "the login session is missing or expired: start again from the application",
+        );
     };
     let bound = call
         .cookie(CONSENT_COOKIE)
@@ -100,14 +131,27 @@ pub(crate) fn decide(server: &Server, s: &Settings, call: &Call) -> Answer {
         _ => false,
     };
     if !csrf_ok {
-        return pages::error(403, "This consent was not given on this browser's consent page", "CSRF check failed: reload the application's sign-in");
+        return pages::error(
+            403,
+            "This consent was not given on this browser's consent page",
+            "CSRF check failed: reload the application's sign-in",
+        );
     }
     let clear = cookie(CONSENT_COOKIE, "", 0);
     match form.get("decision") {
         Some("allow") => {}
         Some("deny") => {
-            server.audit_event("consent.denied", &[("user", &user.sub), ("client_id", &tx.c), ("redirect_uri", &tx.r)]);
-            return tx.error(s, "access_denied", "the user denied the request").with("set-cookie", clear);
+            server.audit_event(
+                "consent.denied",
+                &[
+                    ("user", &user.sub),
+                    ("client_id", &tx.c),
+                    ("redirect_uri", &tx.r),
+                ],
+            );
+            return tx
+                .error(s, "access_denied", "the user denied the request")
+                .with("set-cookie", clear);
         }
         _ => return pages::error(400, "No decision", "choose Allow or Deny"),
     }
@@ -122,7 +166,15 @@ pub(crate) fn decide(server: &Server, s: &Settings, call: &Call) -> Answer {
         return unavailable(&e);
     }
     Counters::bump(&server.counters.consents);
-    server.audit_event("consent.given", &[("user", &user.sub), ("client_id", &tx.c), ("redirect_uri", &tx.r), ("resource", &tx.res)]);
+    server.audit_event(
+        "consent.given",
+        &[
+            ("user", &user.sub),
+            ("client_id", &tx.c),
+            ("redirect_uri", &tx.r),
+            ("resource", &tx.res),
+        ],
+    );
     issue_code(server, s, &tx, &user, now).with("set-cookie", clear)
 }
 
@@ -145,7 +197,14 @@ fn issue_code(server: &Server, s: &Settings, tx: &Tx, user: &Session, now: i64) 
         return unavailable(&e);
     }
     Counters::bump(&server.counters.codes);
-    server.audit_event("code.issued", &[("user", &user.sub), ("client_id", &tx.c), ("resource", &tx.res)]);
+    server.audit_event(
+        "code.issued",
+        &[
+            ("user", &user.sub),
+            ("client_id", &tx.c),
+            ("resource", &tx.res),
+        ],
+    );
     let mut params = vec![("code", code.as_str())];
     if let Some(st) = &tx.st {
         params.push(("state", st));

@@ -6,11 +6,11 @@
 use std::net::IpAddr;
 
 /// The largest body an authorization-server request may have.
-pub const MAX_BODY: usize = 16 * 1024;
+pub(crate) const MAX_BODY: usize = 16 * 1024;
 
 /// The request headers the authorization server reads; the others are not
 /// handed over.
-pub const HEADERS: [&str; 6] = [
+pub(crate) const HEADERS: [&str; 6] = [
     "authorization",
     "content-type",
     "cookie",
@@ -147,7 +147,9 @@ impl std::fmt::Display for FormError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FormError::Repeated(name) => write!(f, "parameter `{name}` is repeated"),
-            FormError::BadEncoding => f.write_str("the parameters are not valid percent-encoded UTF-8"),
+            FormError::BadEncoding => {
+                f.write_str("the parameters are not valid percent-encoded UTF-8")
+            }
         }
     }
 }
@@ -185,22 +187,26 @@ impl Form {
 }
 
 fn decode(s: &[u8]) -> Result<String, FormError> {
-    let plus: Vec<u8> = s.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    let plus: Vec<u8> = s
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
     let bytes: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
     // A `%` not followed by two hex digits is passed through by the decoder:
     // refuse it rather than guess.
-    if plus
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'%' && !(plus.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))))
-    {
+    if plus.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !(plus
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
+    }) {
         return Err(FormError::BadEncoding);
     }
     String::from_utf8(bytes).map_err(|_| FormError::BadEncoding)
 }
 
 /// Percent-encode a query parameter value.
-pub fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'.')
@@ -210,7 +216,7 @@ pub fn encode(s: &str) -> String {
 }
 
 /// `base?k=v&…` (appended with `&` when `base` has a query already).
-pub fn with_query(base: &str, params: &[(&str, &str)]) -> String {
+pub(crate) fn with_query(base: &str, params: &[(&str, &str)]) -> String {
     let mut out = base.to_owned();
     let mut sep = if base.contains('?') { '&' } else { '?' };
     for (k, v) in params {
@@ -246,10 +252,16 @@ mod tests {
     #[test]
     fn queries_are_built_encoded() {
         assert_eq!(
-            with_query("http://127.0.0.1:9/cb", &[("code", "a b"), ("state", "x&y")]),
+            with_query(
+                "http://127.0.0.1:9/cb",
+                &[("code", "a b"), ("state", "x&y")]
+            ),
             "http://127.0.0.1:9/cb?code=a%20b&state=x%26y"
         );
-        assert_eq!(with_query("https://a/cb?x=1", &[("k", "v")]), "https://a/cb?x=1&k=v");
+        assert_eq!(
+            with_query("https://a/cb?x=1", &[("k", "v")]),
+            "https://a/cb?x=1&k=v"
+        );
     }
 
     #[test]

@@ -46,7 +46,9 @@ pub(crate) fn cookie(name: &str, value: &str, max_age: i64) -> String {
 }
 
 pub(crate) fn session(server: &Server, call: &Call, now: i64) -> Option<Session> {
-    let raw = server.sealer.open(Purpose::Session, call.cookie(SESSION_COOKIE)?)?;
+    let raw = server
+        .sealer
+        .open(Purpose::Session, call.cookie(SESSION_COOKIE)?)?;
     let s: Session = serde_json::from_slice(&raw).ok()?;
     (s.exp > now).then_some(s)
 }
@@ -60,7 +62,11 @@ pub(crate) fn start(server: &Server, s: &Settings, tx: &str, now: i64) -> Answer
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "the company IdP is unavailable");
-                    return pages::error(503, "The login service is unavailable", "the company identity provider cannot be reached; try again shortly");
+                    return pages::error(
+                        503,
+                        "The login service is unavailable",
+                        "the company identity provider cannot be reached; try again shortly",
+                    );
                 }
             };
             let pending = Pending {
@@ -70,18 +76,32 @@ pub(crate) fn start(server: &Server, s: &Settings, tx: &str, now: i64) -> Answer
                 tx: tx.to_string(),
                 exp: now + LOGIN_TTL,
             };
-            let url = super::oidc::authorize_url(&provider, cfg, &s.url("/.portcullis/callback"), &pending.st, &pending.nonce, &s256(&pending.verifier));
-            Answer::redirect(url).with("set-cookie", cookie(LOGIN_COOKIE, &seal(server, &pending), LOGIN_TTL))
+            let url = super::oidc::authorize_url(
+                &provider,
+                cfg,
+                &s.url("/.portcullis/callback"),
+                &pending.st,
+                &pending.nonce,
+                &s256(&pending.verifier),
+            );
+            Answer::redirect(url).with(
+                "set-cookie",
+                cookie(LOGIN_COOKIE, &seal(server, &pending), LOGIN_TTL),
+            )
         }
     }
 }
 
 fn seal(server: &Server, p: &Pending) -> String {
-    server.sealer.seal(Purpose::Login, &serde_json::to_vec(p).unwrap_or_default())
+    server
+        .sealer
+        .seal(Purpose::Login, &serde_json::to_vec(p).unwrap_or_default())
 }
 
 fn pending(server: &Server, call: &Call, now: i64) -> Option<Pending> {
-    let raw = server.sealer.open(Purpose::Login, call.cookie(LOGIN_COOKIE)?)?;
+    let raw = server
+        .sealer
+        .open(Purpose::Login, call.cookie(LOGIN_COOKIE)?)?;
     let p: Pending = serde_json::from_slice(&raw).ok()?;
     (p.exp > now).then_some(p)
 }
@@ -89,8 +109,14 @@ fn pending(server: &Server, call: &Call, now: i64) -> Option<Pending> {
 /// Set the session and go on to consent.
 fn logged_in(server: &Server, s: &Settings, session: Session, tx: &str) -> Answer {
     Counters::bump(&server.counters.logins);
-    server.audit_event("user.login", &[("user", &session.sub), ("idp", &session.idp)]);
-    let sealed = server.sealer.seal(Purpose::Session, &serde_json::to_vec(&session).unwrap_or_default());
+    server.audit_event(
+        "user.login",
+        &[("user", &session.sub), ("idp", &session.idp)],
+    );
+    let sealed = server.sealer.seal(
+        Purpose::Session,
+        &serde_json::to_vec(&session).unwrap_or_default(),
+    );
     Answer::redirect(with_query(&s.url("/.portcullis/consent"), &[("tx", tx)]))
         .with("set-cookie", cookie(SESSION_COOKIE, &sealed, SESSION_TTL))
         .with("set-cookie", cookie(LOGIN_COOKIE, "", 0))
@@ -100,37 +126,82 @@ fn logged_in(server: &Server, s: &Settings, session: Session, tx: &str) -> Answe
 pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
     let Login::Dev(users) = &s.login else {
-        return pages::error(404, "No login page here", "users log in at the company identity provider");
+        return pages::error(
+            404,
+            "No login page here",
+            "users log in at the company identity provider",
+        );
     };
     let form = Form::parse(call.query.as_bytes()).unwrap_or_default();
-    let Some(tx) = form.get("tx").filter(|t| Tx::open(server, Some(t), now).is_some()) else {
-        return pages::error(400, "This login has expired", "start again from the application");
+    let Some(tx) = form
+        .get("tx")
+        .filter(|t| Tx::open(server, Some(t), now).is_some())
+    else {
+        return pages::error(
+            400,
+            "This login has expired",
+            "start again from the application",
+        );
     };
     let nonce = server.sealer.token();
-    let p = Pending { st: nonce.clone(), nonce: String::new(), verifier: String::new(), tx: tx.to_string(), exp: now + LOGIN_TTL };
-    pages::dev_login(users, tx, &nonce).with("set-cookie", cookie(LOGIN_COOKIE, &seal(server, &p), LOGIN_TTL))
+    let p = Pending {
+        st: nonce.clone(),
+        nonce: String::new(),
+        verifier: String::new(),
+        tx: tx.to_string(),
+        exp: now + LOGIN_TTL,
+    };
+    pages::dev_login(users, tx, &nonce).with(
+        "set-cookie",
+        cookie(LOGIN_COOKIE, &seal(server, &p), LOGIN_TTL),
+    )
 }
 
 /// `POST /.portcullis/login`: a user picked on the development page.
 pub(crate) fn dev_login(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
     let Login::Dev(users) = &s.login else {
-        return pages::error(404, "No login page here", "users log in at the company identity provider");
+        return pages::error(
+            404,
+            "No login page here",
+            "users log in at the company identity provider",
+        );
     };
     let form = match Form::parse(&call.body) {
         Ok(f) => f,
         Err(e) => return pages::error(400, "This login form is malformed", &e.to_string()),
     };
     let Some(p) = pending(server, call, now) else {
-        return pages::error(400, "This login has expired", "the login cookie is missing or expired: start again from the application");
+        return pages::error(
+            400,
+            "This login has expired",
+            "the login cookie is missing or expired: start again from the application",
+        );
     };
-    if !form.get("csrf").is_some_and(|c| same(c.as_bytes(), p.st.as_bytes())) || form.get("tx") != Some(p.tx.as_str()) {
-        return pages::error(403, "This login form was not sent from this browser's login page", "CSRF check failed");
+    if !form
+        .get("csrf")
+        .is_some_and(|c| same(c.as_bytes(), p.st.as_bytes()))
+        || form.get("tx") != Some(p.tx.as_str())
+    {
+        return pages::error(
+            403,
+            "This login form was not sent from this browser's login page",
+            "CSRF check failed",
+        );
     }
-    let Some(user) = form.get("user").and_then(|u| users.iter().find(|d| d.sub == u)) else {
+    let Some(user) = form
+        .get("user")
+        .and_then(|u| users.iter().find(|d| d.sub == u))
+    else {
         return pages::error(400, "No such user", "pick one of the listed users");
     };
-    let session = Session { sub: user.sub.clone(), email: user.email.clone(), groups: user.groups.clone(), idp: "dev".into(), exp: now + SESSION_TTL };
+    let session = Session {
+        sub: user.sub.clone(),
+        email: user.email.clone(),
+        groups: user.groups.clone(),
+        idp: "dev".into(),
+        exp: now + SESSION_TTL,
+    };
     logged_in(server, s, session, &p.tx)
 }
 
@@ -138,25 +209,54 @@ pub(crate) fn dev_login(server: &Server, s: &Settings, call: &Call) -> Answer {
 pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
     let Login::Oidc(cfg) = &s.login else {
-        return pages::error(404, "No login callback here", "this server has no company IdP login");
+        return pages::error(
+            404,
+            "No login callback here",
+            "this server has no company IdP login",
+        );
     };
     let form = match Form::parse(call.query.as_bytes()) {
         Ok(f) => f,
-        Err(e) => return pages::error(400, "The identity provider's answer is malformed", &e.to_string()),
+        Err(e) => {
+            return pages::error(
+                400,
+                "The identity provider's answer is malformed",
+                &e.to_string(),
+            )
+        }
     };
     let Some(p) = pending(server, call, now) else {
-        return pages::error(400, "This login has expired", "the login cookie is missing or expired: start again from the application");
+        return pages::error(
+            400,
+            "This login has expired",
+            "the login cookie is missing or expired: start again from the application",
+        );
     };
-    if !form.get("state").is_some_and(|st| same(st.as_bytes(), p.st.as_bytes())) {
-        return pages::error(403, "This login answer belongs to another login", "state mismatch");
+    if !form
+        .get("state")
+        .is_some_and(|st| same(st.as_bytes(), p.st.as_bytes()))
+    {
+        return pages::error(
+            403,
+            "This login answer belongs to another login",
+            "state mismatch",
+        );
     }
     if let Some(iss) = form.get("iss") {
         if iss != cfg.issuer {
-            return pages::error(403, "This login answer comes from another identity provider", "iss mismatch (RFC 9207)");
+            return pages::error(
+                403,
+                "This login answer comes from another identity provider",
+                "iss mismatch (RFC 9207)",
+            );
         }
     }
     if let Some(err) = form.get("error") {
-        return pages::error(403, "The identity provider refused the login", &super::register::clip(err));
+        return pages::error(
+            403,
+            "The identity provider refused the login",
+            &super::register::clip(err),
+        );
     }
     let Some(code) = form.get("code") else {
         return pages::error(400, "The identity provider sent no code", "code is missing");
@@ -165,10 +265,22 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "the company IdP is unavailable");
-            return pages::error(503, "The login service is unavailable", "the company identity provider cannot be reached; try again shortly");
+            return pages::error(
+                503,
+                "The login service is unavailable",
+                "the company identity provider cannot be reached; try again shortly",
+            );
         }
     };
-    let user = match super::oidc::exchange(&provider, cfg, code, &p.verifier, &s.url("/.portcullis/callback"), &p.nonce, now) {
+    let user = match super::oidc::exchange(
+        &provider,
+        cfg,
+        code,
+        &p.verifier,
+        &s.url("/.portcullis/callback"),
+        &p.nonce,
+        now,
+    ) {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(error = %e, "IdP login failed");
@@ -176,12 +288,23 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         }
     };
     let claim = |name: &str| user.claims.get(name);
-    let email = claim(&cfg.claims.email).and_then(|v| v.as_str()).map(str::to_string);
+    let email = claim(&cfg.claims.email)
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
     let groups = match claim(&cfg.claims.groups) {
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect(),
         Some(serde_json::Value::String(g)) => vec![g.clone()],
         _ => Vec::new(),
     };
-    let session = Session { sub: user.sub, email, groups, idp: format!("oidc {}", cfg.issuer), exp: now + SESSION_TTL };
+    let session = Session {
+        sub: user.sub,
+        email,
+        groups,
+        idp: format!("oidc {}", cfg.issuer),
+        exp: now + SESSION_TTL,
+    };
     logged_in(server, s, session, &p.tx)
 }

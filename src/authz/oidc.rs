@@ -71,7 +71,8 @@ fn read_json(mut resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<V
         .limit(MAX_BYTES)
         .read_to_vec()
         .map_err(|e| format!("{what}: {e}"))?;
-    let v: Value = serde_json::from_slice(&body).map_err(|_| format!("{what}: the answer is not JSON (status {status})"))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|_| format!("{what}: the answer is not JSON (status {status})"))?;
     if status != 200 {
         let err = v.get("error").and_then(Value::as_str).unwrap_or("?");
         return Err(format!("{what}: status {status}, error {err}"));
@@ -80,12 +81,28 @@ fn read_json(mut resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<V
 }
 
 fn discover(cfg: &OidcLoginConfig) -> Result<Provider, String> {
-    let url = format!("{}/.well-known/openid-configuration", cfg.issuer.trim_end_matches('/'));
-    let resp = agent(cfg)?.get(&url).header("accept", "application/json").call().map_err(|e| format!("IdP discovery {url}: {e}"))?;
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        cfg.issuer.trim_end_matches('/')
+    );
+    let resp = agent(cfg)?
+        .get(&url)
+        .header("accept", "application/json")
+        .call()
+        .map_err(|e| format!("IdP discovery {url}: {e}"))?;
     let doc = read_json(resp, "IdP discovery")?;
-    let field = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_string).ok_or(format!("IdP discovery: no {k}"));
+    let field = |k: &str| {
+        doc.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or(format!("IdP discovery: no {k}"))
+    };
     if field("issuer")? != cfg.issuer {
-        return Err(format!("IdP discovery: its issuer is {:?}, not the configured {:?}", field("issuer")?, cfg.issuer));
+        return Err(format!(
+            "IdP discovery: its issuer is {:?}, not the configured {:?}",
+            field("issuer")?,
+            cfg.issuer
+        ));
     }
     let jwks_uri = field("jwks_uri")?;
     let issuer = IssuerConfig {
@@ -101,8 +118,12 @@ fn discover(cfg: &OidcLoginConfig) -> Result<Provider, String> {
         max_lifetime: None,
         refresh_interval: None,
     };
-    let id_tokens = Issuers::compile(&[issuer], std::path::Path::new("."))
-        .map_err(|e| format!("IdP keys: {}", e.into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("; ")))?;
+    let id_tokens = Issuers::compile(&[issuer], std::path::Path::new(".")).map_err(|e| {
+        format!(
+            "IdP keys: {}",
+            e.into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("; ")
+        )
+    })?;
     Ok(Provider {
         authorization_endpoint: field("authorization_endpoint")?,
         token_endpoint: field("token_endpoint")?,
@@ -111,7 +132,14 @@ fn discover(cfg: &OidcLoginConfig) -> Result<Provider, String> {
 }
 
 /// Where the browser goes to log in.
-pub(crate) fn authorize_url(p: &Provider, cfg: &OidcLoginConfig, redirect_uri: &str, state: &str, nonce: &str, challenge: &str) -> String {
+pub(crate) fn authorize_url(
+    p: &Provider,
+    cfg: &OidcLoginConfig,
+    redirect_uri: &str,
+    state: &str,
+    nonce: &str,
+    challenge: &str,
+) -> String {
     let scope = cfg.scopes.join(" ");
     with_query(
         &p.authorization_endpoint,
@@ -129,18 +157,34 @@ pub(crate) fn authorize_url(p: &Provider, cfg: &OidcLoginConfig, redirect_uri: &
 }
 
 /// Exchange the IdP's code and verify its ID token: the user.
-pub(crate) fn exchange(p: &Provider, cfg: &OidcLoginConfig, code: &str, verifier: &str, redirect_uri: &str, nonce: &str, now: i64) -> Result<Principal, String> {
+pub(crate) fn exchange(
+    p: &Provider,
+    cfg: &OidcLoginConfig,
+    code: &str,
+    verifier: &str,
+    redirect_uri: &str,
+    nonce: &str,
+    now: i64,
+) -> Result<Principal, String> {
     let mut body = format!(
         "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
         encode(code),
         encode(redirect_uri),
         encode(verifier)
     );
-    let mut req = agent(cfg)?.post(&p.token_endpoint).header("accept", "application/json");
+    let mut req = agent(cfg)?
+        .post(&p.token_endpoint)
+        .header("accept", "application/json");
     match &cfg.client_secret {
         Some(secret) => {
             let basic = format!("{}:{}", encode(&cfg.client_id), encode(secret));
-            req = req.header("authorization", format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)));
+            req = req.header(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)
+                ),
+            );
         }
         None => body.push_str(&format!("&client_id={}", encode(&cfg.client_id))),
     }
@@ -149,7 +193,10 @@ pub(crate) fn exchange(p: &Provider, cfg: &OidcLoginConfig, code: &str, verifier
         .send(body.as_bytes())
         .map_err(|e| format!("IdP token endpoint: {e}"))?;
     let tokens = read_json(resp, "IdP token endpoint")?;
-    let id_token = tokens.get("id_token").and_then(Value::as_str).ok_or("the IdP answered without an id_token")?;
+    let id_token = tokens
+        .get("id_token")
+        .and_then(Value::as_str)
+        .ok_or("the IdP answered without an id_token")?;
     let principal = p
         .id_tokens
         .verify(id_token, &cfg.client_id, now)

@@ -81,10 +81,10 @@ pub(crate) struct ConsentView<'a> {
 
 pub(crate) fn consent(v: &ConsentView<'_>) -> Answer {
     let uri = super::Uri::parse(v.redirect_uri);
-    let host = uri.as_ref().and_then(|u| u.authority.as_ref()).map_or(
-        uri.as_ref().map_or("?", |u| u.scheme),
-        |a| a.host,
-    );
+    let host = uri
+        .as_ref()
+        .and_then(|u| u.authority.as_ref())
+        .map_or(uri.as_ref().map_or("?", |u| u.scheme), |a| a.host);
     let loopback = v.client.redirect_uris.iter().all(|r| {
         super::Uri::parse(r)
             .and_then(|u| u.authority)
@@ -93,7 +93,9 @@ pub(crate) fn consent(v: &ConsentView<'_>) -> Answer {
     let who = match v.client.kind {
         ClientKind::MetadataDocument => format!(
             "verified by its metadata document at <b>{}</b>",
-            esc(super::Uri::parse(&v.client.id).and_then(|u| u.authority).map_or("?", |a| a.host))
+            esc(super::Uri::parse(&v.client.id)
+                .and_then(|u| u.authority)
+                .map_or("?", |a| a.host))
         ),
         ClientKind::Dynamic => "registered itself: <b>unverified</b>".to_string(),
         ClientKind::Registered => "registered by your administrators".to_string(),
@@ -141,6 +143,9 @@ just started it yourself.</div>",
 mod tests {
     #[test]
     fn values_are_escaped() {
-        assert_eq!(super::esc("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
+        assert_eq!(
+            super::esc("<a href=\"x\">'&"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+        );
     }
 }

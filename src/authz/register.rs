@@ -45,15 +45,33 @@ fn invalid_metadata(why: &str) -> Answer {
 
 pub(crate) fn register(server: &Server, s: &Settings, call: &Call) -> Answer {
     if !s.dynamic_registration {
-        return oauth_error(404, "invalid_request", "dynamic client registration is off on this server");
+        return oauth_error(
+            404,
+            "invalid_request",
+            "dynamic client registration is off on this server",
+        );
     }
     let now = crate::authz::unix_now();
     if !server.limiter.allow(call.peer, now) {
-        return oauth_error(429, "invalid_request", "too many registrations from this address; try again in a minute")
-            .with("retry-after", "60");
+        return oauth_error(
+            429,
+            "invalid_request",
+            "too many registrations from this address; try again in a minute",
+        )
+        .with("retry-after", "60");
     }
-    if !call.header("content-type").is_some_and(|c| c.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json")) {
-        return oauth_error(400, "invalid_request", "the registration request must be application/json");
+    if !call.header("content-type").is_some_and(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("application/json")
+    }) {
+        return oauth_error(
+            400,
+            "invalid_request",
+            "the registration request must be application/json",
+        );
     }
     let meta: Value = match serde_json::from_slice(&call.body) {
         Ok(v @ Value::Object(_)) => v,
@@ -61,23 +79,48 @@ pub(crate) fn register(server: &Server, s: &Settings, call: &Call) -> Answer {
     };
     let method = match meta.get("token_endpoint_auth_method") {
         None | Some(Value::Null) => "none",
-        Some(Value::String(m)) if matches!(m.as_str(), "none" | "client_secret_post" | "client_secret_basic") => m.as_str(),
-        Some(_) => return invalid_metadata("token_endpoint_auth_method must be none, client_secret_post or client_secret_basic"),
+        Some(Value::String(m))
+            if matches!(
+                m.as_str(),
+                "none" | "client_secret_post" | "client_secret_basic"
+            ) =>
+        {
+            m.as_str()
+        }
+        Some(_) => return invalid_metadata(
+            "token_endpoint_auth_method must be none, client_secret_post or client_secret_basic",
+        ),
     };
     let public = method == "none";
     let redirect_uris = match strings(&meta, "redirect_uris") {
         Some(v) if !v.is_empty() => v,
-        _ => return oauth_error(400, "invalid_redirect_uri", "redirect_uris must be a non-empty array of strings"),
+        _ => {
+            return oauth_error(
+                400,
+                "invalid_redirect_uri",
+                "redirect_uris must be a non-empty array of strings",
+            )
+        }
     };
     for uri in &redirect_uris {
         if let Err(e) = super::redirect::check(uri, public) {
-            return oauth_error(400, "invalid_redirect_uri", &format!("{}: {}", e.reason(), clip(uri)));
+            return oauth_error(
+                400,
+                "invalid_redirect_uri",
+                &format!("{}: {}", e.reason(), clip(uri)),
+            );
         }
     }
     let grant_types = match meta.get("grant_types") {
-        None | Some(Value::Null) => vec!["authorization_code".to_string(), "refresh_token".to_string()],
+        None | Some(Value::Null) => vec![
+            "authorization_code".to_string(),
+            "refresh_token".to_string(),
+        ],
         Some(_) => match strings(&meta, "grant_types") {
-            Some(g) => g.into_iter().filter(|g| g == "authorization_code" || g == "refresh_token").collect(),
+            Some(g) => g
+                .into_iter()
+                .filter(|g| g == "authorization_code" || g == "refresh_token")
+                .collect(),
             None => return invalid_metadata("grant_types must be an array of strings"),
         },
     };
@@ -111,7 +154,12 @@ pub(crate) fn register(server: &Server, s: &Settings, call: &Call) -> Answer {
     Counters::bump(&server.counters.registrations);
     server.audit_event(
         "client.registered",
-        &[("client_id", &id), ("client_name", &name), ("auth_method", method), ("source", &call.peer.to_string())],
+        &[
+            ("client_id", &id),
+            ("client_name", &name),
+            ("auth_method", method),
+            ("source", &call.peer.to_string()),
+        ],
     );
     let mut out = json!({
         "client_id": id,
@@ -126,7 +174,14 @@ pub(crate) fn register(server: &Server, s: &Settings, call: &Call) -> Answer {
         out["client_secret"] = secret.into();
         out["client_secret_expires_at"] = 0.into();
     }
-    for echo in ["application_type", "scope", "client_uri", "logo_uri", "software_id", "software_version"] {
+    for echo in [
+        "application_type",
+        "scope",
+        "client_uri",
+        "logo_uri",
+        "software_id",
+        "software_version",
+    ] {
         if let Some(Value::String(v)) = meta.get(echo) {
             out[echo] = v.clone().into();
         }

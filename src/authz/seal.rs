@@ -11,7 +11,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 /// What a sealed value is for (its associated data and its key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// An authorization request in flight (`tx`): client, redirect, PKCE.
     Transaction,
     /// The browser's login session cookie.
@@ -45,7 +45,7 @@ impl Purpose {
 }
 
 /// The keys of every purpose.
-pub struct Sealer {
+pub(crate) struct Sealer {
     keys: Vec<(Purpose, LessSafeKey)>,
     rng: SystemRandom,
 }
@@ -60,11 +60,12 @@ impl ring::hkdf::KeyType for Len32 {
 
 impl Sealer {
     /// Keys derived from `master` (at least 32 bytes).
-    pub fn new(master: &[u8]) -> Result<Sealer, String> {
+    pub(crate) fn new(master: &[u8]) -> Result<Sealer, String> {
         if master.len() < 32 {
             return Err("the authorization server's secret must be at least 32 bytes".into());
         }
-        let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"portcullis-authz").extract(master);
+        let prk =
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"portcullis-authz").extract(master);
         let mut keys = Vec::new();
         for p in Purpose::ALL {
             let mut k = [0u8; 32];
@@ -82,11 +83,16 @@ impl Sealer {
     }
 
     fn key(&self, p: Purpose) -> &LessSafeKey {
-        &self.keys.iter().find(|(q, _)| *q == p).expect("every purpose has a key").1
+        &self
+            .keys
+            .iter()
+            .find(|(q, _)| *q == p)
+            .expect("every purpose has a key")
+            .1
     }
 
     /// `plain` sealed for `purpose`: nonce ‖ ciphertext ‖ tag, base64url.
-    pub fn seal(&self, purpose: Purpose, plain: &[u8]) -> String {
+    pub(crate) fn seal(&self, purpose: Purpose, plain: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).expect("system randomness");
         let mut buf = plain.to_vec();
@@ -104,7 +110,7 @@ impl Sealer {
 
     /// The plaintext of a value sealed for `purpose`; `None` when it was
     /// not (tampered, another purpose, another secret, not base64).
-    pub fn open(&self, purpose: Purpose, sealed: &str) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, purpose: Purpose, sealed: &str) -> Option<Vec<u8>> {
         if sealed.len() > 8192 {
             return None;
         }
@@ -123,20 +129,20 @@ impl Sealer {
     }
 
     /// `n` random bytes.
-    pub fn random<const N: usize>(&self) -> [u8; N] {
+    pub(crate) fn random<const N: usize>(&self) -> [u8; N] {
         let mut b = [0u8; N];
         self.rng.fill(&mut b).expect("system randomness");
         b
     }
 
     /// A random token: 32 bytes, base64url (43 characters).
-    pub fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.random::<32>())
     }
 }
 
 /// SHA-256 of a token, as the store keeps it.
-pub fn hash(token: &str) -> [u8; 32] {
+pub(crate) fn hash(token: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -144,19 +150,22 @@ pub fn hash(token: &str) -> [u8; 32] {
 }
 
 /// The PKCE S256 challenge of a verifier (RFC 7636 §4.2).
-pub fn s256(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()))
+pub(crate) fn s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ))
 }
 
 /// Equal in constant time (for secrets).
-pub fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// The master secret from its configured text: base64 (standard or url) or
 /// hex, at least 32 bytes.
-pub fn parse_secret(text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_secret(text: &str) -> Result<Vec<u8>, String> {
     let t = text.trim();
     let decoded = if t.len() >= 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
         (0..t.len() / 2)
@@ -170,7 +179,10 @@ pub fn parse_secret(text: &str) -> Result<Vec<u8>, String> {
     };
     match decoded {
         Some(b) if b.len() >= 32 => Ok(b),
-        _ => Err("the authorization server's secret must be at least 32 bytes, written in base64 or hex".into()),
+        _ => Err(
+            "the authorization server's secret must be at least 32 bytes, written in base64 or hex"
+                .into(),
+        ),
     }
 }
 
@@ -182,15 +194,24 @@ mod tests {
     fn sealed_values_open_only_for_their_purpose() {
         let s = Sealer::new(&[7u8; 32]).unwrap();
         let sealed = s.seal(Purpose::Session, b"alice");
-        assert_eq!(s.open(Purpose::Session, &sealed).as_deref(), Some(&b"alice"[..]));
+        assert_eq!(
+            s.open(Purpose::Session, &sealed).as_deref(),
+            Some(&b"alice"[..])
+        );
         assert_eq!(s.open(Purpose::Consent, &sealed), None);
         let other = Sealer::new(&[8u8; 32]).unwrap();
         assert_eq!(other.open(Purpose::Session, &sealed), None);
         let mut bytes = URL_SAFE_NO_PAD.decode(&sealed).unwrap();
         bytes[14] ^= 1;
-        assert_eq!(s.open(Purpose::Session, &URL_SAFE_NO_PAD.encode(bytes)), None);
+        assert_eq!(
+            s.open(Purpose::Session, &URL_SAFE_NO_PAD.encode(bytes)),
+            None
+        );
         assert_eq!(s.open(Purpose::Session, "!!"), None);
-        assert_ne!(s.seal(Purpose::Session, b"a"), s.seal(Purpose::Session, b"a"));
+        assert_ne!(
+            s.seal(Purpose::Session, b"a"),
+            s.seal(Purpose::Session, b"a")
+        );
         assert!(Sealer::new(&[1u8; 31]).is_err());
     }
 
@@ -199,11 +220,16 @@ mod tests {
         // RFC 7636 appendix B.
         assert_eq!(
             s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t3URxcmhGkjRoRmM"
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"ab", b"abc"));
         assert_eq!(parse_secret(&"ab".repeat(32)).unwrap().len(), 32);
-        assert_eq!(parse_secret(&base64::engine::general_purpose::STANDARD.encode([1u8; 40])).unwrap().len(), 40);
+        assert_eq!(
+            parse_secret(&base64::engine::general_purpose::STANDARD.encode([1u8; 40]))
+                .unwrap()
+                .len(),
+            40
+        );
         assert!(parse_secret("short").is_err());
     }
 }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Paths the authorization server answers; the cores hand these over.
-pub fn is_endpoint(path: &str) -> bool {
+pub(crate) fn is_endpoint(path: &str) -> bool {
     matches!(
         path,
         "/.well-known/oauth-authorization-server"
@@ -64,17 +64,45 @@ impl Counters {
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
         for (name, c, help) in [
-            ("registrations", &self.registrations, "Clients registered dynamically"),
-            ("metadata_documents", &self.metadata_documents, "Client ID Metadata Documents fetched"),
-            ("authorizations", &self.authorizations, "Authorization requests accepted"),
+            (
+                "registrations",
+                &self.registrations,
+                "Clients registered dynamically",
+            ),
+            (
+                "metadata_documents",
+                &self.metadata_documents,
+                "Client ID Metadata Documents fetched",
+            ),
+            (
+                "authorizations",
+                &self.authorizations,
+                "Authorization requests accepted",
+            ),
             ("logins", &self.logins, "Users logged in"),
             ("consents", &self.consents, "Consents given"),
             ("codes", &self.codes, "Authorization codes issued"),
-            ("tokens", &self.tokens, "Tokens issued for an authorization code"),
-            ("refreshes", &self.refreshes, "Tokens issued for a refresh token"),
-            ("reuse_detected", &self.reuse_detected, "Replayed codes and reused refresh tokens (their grant revoked)"),
+            (
+                "tokens",
+                &self.tokens,
+                "Tokens issued for an authorization code",
+            ),
+            (
+                "refreshes",
+                &self.refreshes,
+                "Tokens issued for a refresh token",
+            ),
+            (
+                "reuse_detected",
+                &self.reuse_detected,
+                "Replayed codes and reused refresh tokens (their grant revoked)",
+            ),
             ("revocations", &self.revocations, "Grants revoked"),
-            ("errors", &self.errors, "Requests refused with an OAuth error"),
+            (
+                "errors",
+                &self.errors,
+                "Requests refused with an OAuth error",
+            ),
         ] {
             let _ = writeln!(out, "# HELP portcullis_authz_{name}_total {help}.\n# TYPE portcullis_authz_{name}_total counter\nportcullis_authz_{name}_total {}", c.load(Ordering::Relaxed));
         }
@@ -308,12 +336,17 @@ fn load_keys(store: &mut dyn Store, sealer: &Sealer) -> Result<Vec<MintKey>, Str
         let secret = sealer.open(Purpose::SigningKey, std::str::from_utf8(&k.sealed).unwrap_or("")).ok_or_else(|| {
             format!("signing key {} in the store does not open with this secret: the store was made with another authorization_server.secret", k.kid)
         })?;
-        let secret: [u8; 32] = secret.try_into().map_err(|_| format!("signing key {} is not 32 bytes", k.kid))?;
+        let secret: [u8; 32] = secret
+            .try_into()
+            .map_err(|_| format!("signing key {} is not 32 bytes", k.kid))?;
         keys.push(MintKey::new(&k.kid, &secret));
     }
     if keys.is_empty() {
         let secret = sealer.random::<32>();
-        let kid = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sealer.random::<9>());
+        let kid = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            sealer.random::<9>(),
+        );
         let sealed = sealer.seal(Purpose::SigningKey, &secret);
         store
             .put_key(&kid, crate::authz::unix_now(), sealed.as_bytes())
@@ -336,7 +369,10 @@ impl From<ClientError> for Answer {
 impl Server {
     /// Remove expired records; how many.
     pub fn sweep(&self) -> Result<usize, StoreError> {
-        Ok(self.store().sweep_expired(crate::authz::unix_now())?.total())
+        Ok(self
+            .store()
+            .sweep_expired(crate::authz::unix_now())?
+            .total())
     }
 
     /// How metadata documents are fetched (`None`: not accepted).

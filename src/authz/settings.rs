@@ -10,7 +10,7 @@ use crate::config::{RouteConfig, Url};
 use std::path::PathBuf;
 
 /// The name routes use for the built-in issuer (`auth.issuers: [portcullis]`).
-pub const ISSUER_NAME: &str = "portcullis";
+pub(crate) const ISSUER_NAME: &str = "portcullis";
 
 /// One route a grant can be bound to.
 #[derive(Debug, Clone)]
@@ -178,7 +178,10 @@ fn check_registered(c: &RegisteredClient, errs: &mut Vec<String>) {
         }
     }
     if c.access_ttl.is_some_and(|t| t.0.as_secs() > 24 * 3600) {
-        errs.push(format!("client {:?}: access_ttl must be at most 24h", c.client_id));
+        errs.push(format!(
+            "client {:?}: access_ttl must be at most 24h",
+            c.client_id
+        ));
     }
 }
 
@@ -192,7 +195,8 @@ fn resources(routes: &[RouteConfig]) -> Vec<Resource> {
                 let audience = r.from.to_string();
                 Resource {
                     route: r.name.clone(),
-                    canonical: crate::authz::resource::canonical(&audience).unwrap_or_else(|_| audience.clone()),
+                    canonical: crate::authz::resource::canonical(&audience)
+                        .unwrap_or_else(|_| audience.clone()),
                     audience,
                     scopes: auth.scopes.clone(),
                 }

@@ -19,9 +19,12 @@ use serde_json::json;
 
 /// An OAuth error answer (RFC 6749 §5.2).
 pub(crate) fn oauth_error(status: u16, code: &str, description: &str) -> Answer {
-    let a = Answer::json(status, &json!({"error": code, "error_description": description}))
-        .with("cache-control", "no-store")
-        .with("pragma", "no-cache");
+    let a = Answer::json(
+        status,
+        &json!({"error": code, "error_description": description}),
+    )
+    .with("cache-control", "no-store")
+    .with("pragma", "no-cache");
     if status == 401 {
         a.with("www-authenticate", "Basic realm=\"portcullis\"")
     } else {
@@ -39,11 +42,25 @@ fn client_error(e: ClientError) -> Answer {
 /// The form of an OAuth POST, or the error answer.
 fn form_of(call: &Call) -> Result<Form, Answer> {
     let ct = call.header("content-type").unwrap_or("");
-    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        return Err(oauth_error(400, "invalid_request", "the body must be application/x-www-form-urlencoded"));
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    {
+        return Err(oauth_error(
+            400,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
     }
     if !call.query.is_empty() {
-        return Err(oauth_error(400, "invalid_request", "parameters belong in the body, not the query"));
+        return Err(oauth_error(
+            400,
+            "invalid_request",
+            "parameters belong in the body, not the query",
+        ));
     }
     Form::parse(&call.body).map_err(|e| oauth_error(400, "invalid_request", &e.to_string()))
 }
@@ -61,7 +78,11 @@ pub(crate) fn token(server: &Server, s: &Settings, call: &Call) -> Answer {
     match form.get("grant_type") {
         Some("authorization_code") => code_grant(server, s, &client, &form, now),
         Some("refresh_token") => refresh_grant(server, s, &client, &form, now),
-        Some(_) => oauth_error(400, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token"),
+        Some(_) => oauth_error(
+            400,
+            "unsupported_grant_type",
+            "grant_type must be authorization_code or refresh_token",
+        ),
         None => oauth_error(400, "invalid_request", "grant_type is required"),
     }
 }
@@ -72,17 +93,33 @@ fn requested_resource(s: &Settings, form: &Form) -> Result<Option<String>, Answe
         None => Ok(None),
         Some(r) => match super::resource::canonical(r) {
             Ok(c) if s.resource(&c).is_some() => Ok(Some(c)),
-            _ => Err(oauth_error(400, "invalid_target", "resource is not an MCP server of this authorization server")),
+            _ => Err(oauth_error(
+                400,
+                "invalid_target",
+                "resource is not an MCP server of this authorization server",
+            )),
         },
     }
 }
 
 fn code_grant(server: &Server, s: &Settings, client: &Client, form: &Form, now: i64) -> Answer {
-    let (Some(code), Some(redirect), Some(verifier)) = (form.get("code"), form.get("redirect_uri"), form.get("code_verifier")) else {
-        return oauth_error(400, "invalid_request", "code, redirect_uri and code_verifier are required");
+    let (Some(code), Some(redirect), Some(verifier)) = (
+        form.get("code"),
+        form.get("redirect_uri"),
+        form.get("code_verifier"),
+    ) else {
+        return oauth_error(
+            400,
+            "invalid_request",
+            "code, redirect_uri and code_verifier are required",
+        );
     };
     if !(43..=128).contains(&verifier.len()) {
-        return oauth_error(400, "invalid_request", "code_verifier must be 43 to 128 characters");
+        return oauth_error(
+            400,
+            "invalid_request",
+            "code_verifier must be 43 to 128 characters",
+        );
     }
     // Checked before the code is used up (a bad resource must not burn it).
     let resource = match requested_resource(s, form) {
@@ -95,27 +132,61 @@ fn code_grant(server: &Server, s: &Settings, client: &Client, form: &Form, now: 
         Ok(CodeTake::Granted(g)) => g,
         Ok(CodeTake::Replayed { grant_id }) => {
             Counters::bump(&server.counters.reuse_detected);
-            server.audit_event("code.replayed", &[("client_id", &client.id), ("grant", grant_id.as_deref().unwrap_or(""))]);
+            server.audit_event(
+                "code.replayed",
+                &[
+                    ("client_id", &client.id),
+                    ("grant", grant_id.as_deref().unwrap_or("")),
+                ],
+            );
             if let Some(id) = grant_id {
                 server.revoke_grant(s, &id, "authorization code replayed");
             }
-            return oauth_error(400, "invalid_grant", "the authorization code was already used; what it issued is revoked");
+            return oauth_error(
+                400,
+                "invalid_grant",
+                "the authorization code was already used; what it issued is revoked",
+            );
         }
-        Ok(CodeTake::Expired) => return oauth_error(400, "invalid_grant", &format!("the authorization code expired (codes live {CODE_TTL} s)")),
-        Ok(CodeTake::Unknown) => return oauth_error(400, "invalid_grant", "unknown authorization code"),
+        Ok(CodeTake::Expired) => {
+            return oauth_error(
+                400,
+                "invalid_grant",
+                &format!("the authorization code expired (codes live {CODE_TTL} s)"),
+            )
+        }
+        Ok(CodeTake::Unknown) => {
+            return oauth_error(400, "invalid_grant", "unknown authorization code")
+        }
         Err(e) => return unavailable(&e),
     };
     if g.client_id != client.id {
-        return oauth_error(400, "invalid_grant", "the authorization code was issued to another client");
+        return oauth_error(
+            400,
+            "invalid_grant",
+            "the authorization code was issued to another client",
+        );
     }
     if g.redirect_uri != redirect {
-        return oauth_error(400, "invalid_grant", "redirect_uri differs from the authorization request's");
+        return oauth_error(
+            400,
+            "invalid_grant",
+            "redirect_uri differs from the authorization request's",
+        );
     }
     if !same(s256(verifier).as_bytes(), g.challenge.as_bytes()) {
-        return oauth_error(400, "invalid_grant", "code_verifier does not match the code challenge (PKCE)");
+        return oauth_error(
+            400,
+            "invalid_grant",
+            "code_verifier does not match the code challenge (PKCE)",
+        );
     }
     if resource.as_ref().is_some_and(|r| *r != g.resource) {
-        return oauth_error(400, "invalid_target", "resource differs from the authorization request's");
+        return oauth_error(
+            400,
+            "invalid_target",
+            "resource differs from the authorization request's",
+        );
     }
     let refresh = client.grant_types.iter().any(|t| t == "refresh_token");
     let grant = Grant {
@@ -141,12 +212,24 @@ fn code_grant(server: &Server, s: &Settings, client: &Client, form: &Form, now: 
         Ok(true) => {}
         Ok(false) => {
             let _ = server.publish(s);
-            return oauth_error(400, "invalid_grant", "the authorization code was replayed while it was being used");
+            return oauth_error(
+                400,
+                "invalid_grant",
+                "the authorization code was replayed while it was being used",
+            );
         }
         Err(e) => return unavailable(&e),
     }
     Counters::bump(&server.counters.tokens);
-    server.audit_event("token.issued", &[("user", &grant.user), ("client_id", &client.id), ("grant", &grant.id), ("resource", &grant.resource)]);
+    server.audit_event(
+        "token.issued",
+        &[
+            ("user", &grant.user),
+            ("client_id", &client.id),
+            ("grant", &grant.id),
+            ("resource", &grant.resource),
+        ],
+    );
     issue(server, s, client, &grant, rt, now)
 }
 
@@ -159,18 +242,35 @@ fn refresh_grant(server: &Server, s: &Settings, client: &Client, form: &Form, no
         Err(a) => return a,
     };
     let new = server.sealer.token();
-    let rotation = server.store().rotate_refresh(&hash(old), &hash(&new), now, s.refresh_grace);
+    let rotation = server
+        .store()
+        .rotate_refresh(&hash(old), &hash(&new), now, s.refresh_grace);
     let (grant, rt) = match rotation {
         Ok(Rotation::Rotated(g)) => (g, Some(new)),
         Ok(Rotation::Grace(g)) => (g, None),
         Ok(Rotation::Reused { grant_id }) => {
             Counters::bump(&server.counters.reuse_detected);
-            server.audit_event("refresh.reused", &[("client_id", &client.id), ("grant", &grant_id)]);
+            server.audit_event(
+                "refresh.reused",
+                &[("client_id", &client.id), ("grant", &grant_id)],
+            );
             server.revoke_grant(s, &grant_id, "refresh token reused after its grace window");
-            return oauth_error(400, "invalid_grant", "the refresh token was already used; the grant is revoked, authorize again");
+            return oauth_error(
+                400,
+                "invalid_grant",
+                "the refresh token was already used; the grant is revoked, authorize again",
+            );
         }
-        Ok(Rotation::Revoked) => return oauth_error(400, "invalid_grant", "the grant was revoked; authorize again"),
-        Ok(Rotation::Expired) => return oauth_error(400, "invalid_grant", "the grant expired; authorize again"),
+        Ok(Rotation::Revoked) => {
+            return oauth_error(
+                400,
+                "invalid_grant",
+                "the grant was revoked; authorize again",
+            )
+        }
+        Ok(Rotation::Expired) => {
+            return oauth_error(400, "invalid_grant", "the grant expired; authorize again")
+        }
         Ok(Rotation::Unknown) => return oauth_error(400, "invalid_grant", "unknown refresh token"),
         Err(e) => return unavailable(&e),
     };
@@ -178,20 +278,50 @@ fn refresh_grant(server: &Server, s: &Settings, client: &Client, form: &Form, no
         // A refresh token presented by another client: stolen. The rotation
         // already happened, so the family is revoked.
         server.revoke_grant(s, &grant.id, "refresh token presented by another client");
-        return oauth_error(400, "invalid_grant", "the refresh token was issued to another client");
+        return oauth_error(
+            400,
+            "invalid_grant",
+            "the refresh token was issued to another client",
+        );
     }
     if resource.as_ref().is_some_and(|r| *r != grant.resource) {
         return oauth_error(400, "invalid_target", "resource differs from the grant's");
     }
     Counters::bump(&server.counters.refreshes);
-    server.audit_event("token.refreshed", &[("user", &grant.user), ("client_id", &client.id), ("grant", &grant.id), ("rotated", if rt.is_some() { "true" } else { "false (grace)" })]);
+    server.audit_event(
+        "token.refreshed",
+        &[
+            ("user", &grant.user),
+            ("client_id", &client.id),
+            ("grant", &grant.id),
+            (
+                "rotated",
+                if rt.is_some() {
+                    "true"
+                } else {
+                    "false (grace)"
+                },
+            ),
+        ],
+    );
     issue(server, s, client, &grant, rt, now)
 }
 
 /// The token response: an access token for the grant's one resource.
-fn issue(server: &Server, s: &Settings, client: &Client, grant: &Grant, refresh: Option<String>, now: i64) -> Answer {
+fn issue(
+    server: &Server,
+    s: &Settings,
+    client: &Client,
+    grant: &Grant,
+    refresh: Option<String>,
+    now: i64,
+) -> Answer {
     let Some(resource) = s.resource(&grant.resource) else {
-        return oauth_error(400, "invalid_target", "the grant's MCP server is no longer served here");
+        return oauth_error(
+            400,
+            "invalid_target",
+            "the grant's MCP server is no longer served here",
+        );
     };
     let ttl = s
         .registered
@@ -202,7 +332,14 @@ fn issue(server: &Server, s: &Settings, client: &Client, grant: &Grant, refresh:
         .min(max_access_ttl(s));
     let expires = (now + ttl).min(grant.expires);
     let claims: serde_json::Value = serde_json::from_str(&grant.claims).unwrap_or_default();
-    let groups: Vec<String> = claims["groups"].as_array().map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let groups: Vec<String> = claims["groups"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     let suffix = server.sealer.token();
     let jti = format!("{}.{}", grant.id, &suffix[..8]);
     let token = mint(
@@ -229,7 +366,9 @@ fn issue(server: &Server, s: &Settings, client: &Client, grant: &Grant, refresh:
     if let Some(rt) = refresh {
         body["refresh_token"] = rt.into();
     }
-    Answer::json(200, &body).with("cache-control", "no-store").with("pragma", "no-cache")
+    Answer::json(200, &body)
+        .with("cache-control", "no-store")
+        .with("pragma", "no-cache")
 }
 
 /// `POST /revoke`: a refresh token or an access token of this client; its
@@ -273,10 +412,17 @@ impl Server {
     fn access_token_grant(&self, s: &Settings, token: &str) -> Option<String> {
         s.resources.iter().find_map(|r| {
             let name: std::sync::Arc<str> = super::settings::ISSUER_NAME.into();
-            let expect = crate::identity::minted::Expect { issuer_name: &name, issuer: &s.issuer, audience: &r.audience, max_lifetime: i64::MAX };
+            let expect = crate::identity::minted::Expect {
+                issuer_name: &name,
+                issuer: &s.issuer,
+                audience: &r.audience,
+                max_lifetime: i64::MAX,
+            };
             // Verified as of its issue time, so an expired token still names its grant.
             let iat = crate::identity::minted::issued_at(token)?;
-            crate::identity::minted::verify(self.keys(), token, &expect, iat).ok().map(|p| grant_of(&p).to_string())
+            crate::identity::minted::verify(self.keys(), token, &expect, iat)
+                .ok()
+                .map(|p| grant_of(&p).to_string())
         })
     }
 }

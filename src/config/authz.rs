@@ -132,6 +132,7 @@ pub struct ClientsConfig {
     pub registration_ttl: Dur,
     /// Clients from this file.
     #[serde(default)]
+    #[schemars(extend("default" = []))]
     pub registered: Vec<RegisteredClient>,
 }
 

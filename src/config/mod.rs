@@ -475,7 +475,7 @@ impl<'de> Deserialize<'de> for Dur {
         match parsed {
             Some(d) if !d.is_zero() => Ok(Dur(d)),
             _ => Err(de::Error::custom(format!(
-                "\"{raw}\" is not a positive duration such as `250ms`, `10s`, `2m` or `1h`"
+                "\"{raw}\" is not a positive duration such as `250ms`, `10s`, `2m`, `1h` or `30d`"
             ))),
         }
     }
@@ -1003,6 +1003,7 @@ mod tests {
         assert_eq!(Dur::parse("7"), Some(Duration::from_secs(7)));
         assert_eq!(Dur::parse("1 h"), Some(Duration::from_secs(3600)));
         assert_eq!(Dur::parse("-1s"), None);
-        assert_eq!(Dur::parse("1d"), None);
+        assert_eq!(Dur::parse("30d"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(Dur::parse("1w"), None);
     }
 }

@@ -279,7 +279,16 @@ mod tests {
         missing.sort();
         assert_eq!(
             missing,
-            [".identity", ".limits", ".log", ".runtime", ".upstream"]
+            [
+                ".identity",
+                ".limits",
+                ".log",
+                ".runtime",
+                ".upstream",
+                "AuthorizationServerConfig.clients",
+                "AuthorizationServerConfig.tokens",
+                "OidcLoginConfig.claims"
+            ]
         );
     }
 

@@ -179,14 +179,17 @@ impl Issued {
 
 /// The `iat` of a token, read without verifying it (only as the clock at
 /// which to verify it: revoking an expired token).
-pub fn issued_at(token: &str) -> Option<i64> {
+pub(crate) fn issued_at(token: &str) -> Option<i64> {
     let payload = token.split('.').nth(1)?;
     let raw = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<serde_json::Value>(&raw).ok()?.get("iat")?.as_i64()
+    serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()?
+        .get("iat")?
+        .as_i64()
 }
 
 /// The grant id of a minted token's principal (`jti` up to its first `.`).
-pub fn grant_of(p: &Principal) -> &str {
+pub(crate) fn grant_of(p: &Principal) -> &str {
     let jti = p.claims.get("jti").and_then(|v| v.as_str()).unwrap_or("");
     jti.split('.').next().unwrap_or("")
 }

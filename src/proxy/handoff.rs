@@ -26,7 +26,7 @@ pub struct Job {
 }
 
 /// The sending side, one per process (cloned into `Shared`).
-pub type Control = std::sync::mpsc::SyncSender<Job>;
+pub(crate) type Control = std::sync::mpsc::SyncSender<Job>;
 
 /// A request for the authorization server, its body still to be read.
 pub struct Pending {
@@ -71,7 +71,11 @@ pub(crate) fn claim(
         Framing::None => 0,
         Framing::Length(n) if n as usize <= MAX_BODY => n as usize,
         Framing::Length(_) => return refuse(HttpError::PayloadTooLarge),
-        _ => return refuse(HttpError::BadRequest("authorization server requests need a Content-Length")),
+        _ => {
+            return refuse(HttpError::BadRequest(
+                "authorization server requests need a Content-Length",
+            ))
+        }
     };
     let verb = match head.method {
         Method::Get => Verb::Get,
@@ -121,7 +125,12 @@ pub(crate) async fn serve(
             }
         }
         while conn.buf.len() < p.body_len {
-            match monoio::time::timeout(snap.limits.body_timeout.0, read_more(client, &mut conn.buf, MAX_BODY)).await {
+            match monoio::time::timeout(
+                snap.limits.body_timeout.0,
+                read_more(client, &mut conn.buf, MAX_BODY),
+            )
+            .await
+            {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Next::Close,
             }
@@ -131,7 +140,11 @@ pub(crate) async fn serve(
     let head_only = p.head_only();
     let answer = ask(worker, p.call).await;
     conn.outcome.status = answer.status;
-    conn.outcome.decision = if answer.status < 400 { Decision::Allowed } else { Decision::Denied };
+    conn.outcome.decision = if answer.status < 400 {
+        Decision::Allowed
+    } else {
+        Decision::Denied
+    };
     conn.out.clear();
     write_answer(&mut conn.out, &answer, !p.keep_alive, head_only);
     let sent = write_all(client, &mut conn.out).await;
@@ -146,8 +159,11 @@ pub(crate) async fn serve(
 /// answer are answered here.
 async fn ask(worker: &Worker, call: Call) -> Answer {
     let unavailable = |why: &str| {
-        Answer::json(503, &serde_json::json!({"error": "temporarily_unavailable", "error_description": why}))
-            .with("retry-after", "1")
+        Answer::json(
+            503,
+            &serde_json::json!({"error": "temporarily_unavailable", "error_description": why}),
+        )
+        .with("retry-after", "1")
     };
     let Some(control) = &worker.shared.control else {
         return unavailable("the authorization server is not running");
@@ -155,13 +171,20 @@ async fn ask(worker: &Worker, call: Call) -> Answer {
     let (tx, rx) = futures_channel::oneshot::channel();
     match control.try_send(Job { call, reply: tx }) {
         Ok(()) => {}
-        Err(std::sync::mpsc::TrySendError::Full(_)) => return unavailable("the authorization server is busy; try again"),
-        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return unavailable("the authorization server is not running"),
+        Err(std::sync::mpsc::TrySendError::Full(_)) => {
+            return unavailable("the authorization server is busy; try again")
+        }
+        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+            return unavailable("the authorization server is not running")
+        }
     }
     match monoio::time::timeout(ANSWER_TIMEOUT, rx).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => unavailable("the authorization server failed on this request"),
-        Err(_) => Answer::json(504, &serde_json::json!({"error": "temporarily_unavailable", "error_description": "the authorization server did not answer in time"})),
+        Err(_) => Answer::json(
+            504,
+            &serde_json::json!({"error": "temporarily_unavailable", "error_description": "the authorization server did not answer in time"}),
+        ),
     }
 }
 

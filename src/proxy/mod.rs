@@ -93,7 +93,9 @@ async fn exchange(
         Ok(Step::Forward(req)) => req,
         Ok(Step::Refuse(rej)) | Err(Some(rej)) => return reject(client, conn, rej).await,
         Ok(Step::Answered(close)) => return answered(client, conn, close).await,
-        Ok(Step::Authz(pending)) => return handoff::serve(worker, snap, client, conn, pending).await,
+        Ok(Step::Authz(pending)) => {
+            return handoff::serve(worker, snap, client, conn, pending).await
+        }
         Err(None) => return Next::Close,
     };
     let upstream = match forward(worker, snap, client, conn, &req).await {

@@ -42,7 +42,8 @@ pub(crate) fn prepare(
     };
     let err = |e: String| std::io::Error::other(format!("authorization server: {e}"));
     if let Some(dir) = settings.store_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
     }
     let store = SqliteStore::open(&settings.store_path).map_err(|e| err(e.to_string()))?;
     let master = master_secret(settings).map_err(err)?;
@@ -57,7 +58,11 @@ pub(crate) fn prepare(
 }
 
 /// Start the threads; they end once every worker has stopped.
-pub(crate) fn spawn(started: Started, snapshot: SharedSnapshot, shared: Arc<Shared>) -> std::io::Result<()> {
+pub(crate) fn spawn(
+    started: Started,
+    snapshot: SharedSnapshot,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
     let audit = shared.clone();
     let _ = started.server.audit.set(Box::new(move |line| {
         if let Some(sink) = &audit.audit {
@@ -66,7 +71,12 @@ pub(crate) fn spawn(started: Started, snapshot: SharedSnapshot, shared: Arc<Shar
     }));
     let receiver = Arc::new(Mutex::new(started.receiver));
     for i in 0..THREADS {
-        let (receiver, server, snapshot, shared) = (receiver.clone(), started.server.clone(), snapshot.clone(), shared.clone());
+        let (receiver, server, snapshot, shared) = (
+            receiver.clone(),
+            started.server.clone(),
+            snapshot.clone(),
+            shared.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("portcullis-authz{i}"))
             .spawn(move || serve(i, &receiver, &server, &snapshot, &shared))?;
@@ -74,25 +84,46 @@ pub(crate) fn spawn(started: Started, snapshot: SharedSnapshot, shared: Arc<Shar
     Ok(())
 }
 
-fn serve(i: usize, receiver: &Mutex<Receiver<Job>>, server: &Server, snapshot: &SharedSnapshot, shared: &Shared) {
+fn serve(
+    i: usize,
+    receiver: &Mutex<Receiver<Job>>,
+    server: &Server,
+    snapshot: &SharedSnapshot,
+    shared: &Shared,
+) {
     let mut swept = Instant::now();
     while !shared.stopped.load(std::sync::atomic::Ordering::Relaxed) {
-        let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(POLL);
+        let next = receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv_timeout(POLL);
         let snap = snapshot.load();
         let Some(settings) = snap.authz.as_deref() else {
             // Reloaded without the section: keep answering, clearly.
             if let Ok(job) = next {
-                let _ = job.reply.send(crate::authz::token::oauth_error(404, "invalid_request", "the authorization server is not configured"));
+                let _ = job.reply.send(crate::authz::token::oauth_error(
+                    404,
+                    "invalid_request",
+                    "the authorization server is not configured",
+                ));
             }
             continue;
         };
         match next {
             Ok(job) => {
-                let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.handle(settings, &job.call)))
-                    .unwrap_or_else(|_| {
-                        tracing::error!("the authorization server failed on a request (a bug): answered 500");
-                        crate::authz::token::oauth_error(500, "server_error", "the authorization server failed on this request")
-                    });
+                let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    server.handle(settings, &job.call)
+                }))
+                .unwrap_or_else(|_| {
+                    tracing::error!(
+                        "the authorization server failed on a request (a bug): answered 500"
+                    );
+                    crate::authz::token::oauth_error(
+                        500,
+                        "server_error",
+                        "the authorization server failed on this request",
+                    )
+                });
                 let _ = job.reply.send(answer);
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -102,7 +133,9 @@ fn serve(i: usize, receiver: &Mutex<Receiver<Job>>, server: &Server, snapshot: &
                 if i == 0 && swept.elapsed() >= SWEEP {
                     swept = Instant::now();
                     match server.sweep() {
-                        Ok(n) if n > 0 => tracing::info!(records = n, "swept expired authorization records"),
+                        Ok(n) if n > 0 => {
+                            tracing::info!(records = n, "swept expired authorization records")
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "cannot sweep the store"),
                     }
@@ -125,9 +158,11 @@ fn master_secret(s: &crate::authz::settings::Settings) -> Result<Vec<u8>, String
         Ok(text) => parse_secret(&text).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| "no system randomness".to_string())?;
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| "no system randomness".to_string())?;
             let text = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, secret);
-            write_private(&path, text.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            write_private(&path, text.as_bytes())
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
             tracing::info!(path = %path.display(), "made the authorization server's secret (keep it with the store)");
             Ok(secret.to_vec())
         }
@@ -138,7 +173,11 @@ fn master_secret(s: &crate::authz::settings::Settings) -> Result<Vec<u8>, String
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)?;
     f.sync_all()
 }

@@ -333,8 +333,11 @@ pub fn start(listen: SocketAddr) -> Result<Demo, String> {
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let config_path = dir.join("portcullis.yaml");
-    std::fs::write(&config_path, config_text(listen, upstream, &issuer, &dir.join("state.db")))
-        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    std::fs::write(
+        &config_path,
+        config_text(listen, upstream, &issuer, &dir.join("state.db")),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let snap = crate::snapshot::load(&config_path).map_err(|e| e.to_string())?;
     let running = crate::runtime::start(snap).map_err(|e| e.to_string())?;
     Ok(Demo {

@@ -27,12 +27,18 @@ pub fn grants(
 ) -> Result<String, String> {
     let (cfg, _) = crate::config::load(config).map_err(|e| e.to_string())?;
     let Some(store) = &cfg.store else {
-        return Err(format!("{}: no `store` section: this configuration has no authorization server", config.display()));
+        return Err(format!(
+            "{}: no `store` section: this configuration has no authorization server",
+            config.display()
+        ));
     };
     let base = config.parent().unwrap_or(Path::new("."));
     let path = base.join(&store.path.0);
     if !path.exists() {
-        return Err(format!("{}: no store yet (the authorization server has not run)", path.display()));
+        return Err(format!(
+            "{}: no store yet (the authorization server has not run)",
+            path.display()
+        ));
     }
     let mut store = SqliteStore::open(&path).map_err(|e| e.to_string())?;
     let now = crate::authz::unix_now();
@@ -46,16 +52,26 @@ pub fn grants(
             false => Err(format!("no live grant {id}")),
         },
         GrantsCommand::Revoke => {
-            let grants = store.revoke_grants(user, client).map_err(|e| e.to_string())?;
-            let consents = store.revoke_consents(user, client).map_err(|e| e.to_string())?;
-            Ok(format!("revoked {grants} grant(s) and forgot {consents} consent(s)\n"))
+            let grants = store
+                .revoke_grants(user, client)
+                .map_err(|e| e.to_string())?;
+            let consents = store
+                .revoke_consents(user, client)
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "revoked {grants} grant(s) and forgot {consents} consent(s)\n"
+            ))
         }
     }
 }
 
 fn render(list: &[Grant], now: i64) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<24} {:<8} {:<20} {:<28} {:<36} {}", "GRANT", "STATE", "CREATED", "USER", "CLIENT", "RESOURCE");
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:<20} {:<28} {:<36} RESOURCE",
+        "GRANT", "STATE", "CREATED", "USER", "CLIENT"
+    );
     for g in list {
         let state = if g.revoked {
             "revoked"
@@ -64,8 +80,15 @@ fn render(list: &[Grant], now: i64) -> String {
         } else {
             "live"
         };
-        let created = jiff::Timestamp::from_second(g.created).map_or_else(|_| g.created.to_string(), |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-        let _ = writeln!(out, "{:<24} {:<8} {:<20} {:<28} {:<36} {}", g.id, state, created, g.user, g.client_id, g.resource);
+        let created = jiff::Timestamp::from_second(g.created).map_or_else(
+            |_| g.created.to_string(),
+            |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {:<20} {:<28} {:<36} {}",
+            g.id, state, created, g.user, g.client_id, g.resource
+        );
     }
     let _ = writeln!(out, "{} grant(s)", list.len());
     out

@@ -5,8 +5,8 @@
 
 pub(crate) mod admin;
 pub(crate) mod control;
-pub mod grants;
 pub mod demo;
+pub(crate) mod grants;
 pub mod reload;
 
 use crate::config::{Driver, RuntimeConfig};

@@ -236,12 +236,17 @@ fn compile_authz(
         errs.at0(
             "name",
             crate::authz::settings::ISSUER_NAME,
-            "identity issuer name \"portcullis\" is reserved for the built-in authorization server".into(),
+            "identity issuer name \"portcullis\" is reserved for the built-in authorization server"
+                .into(),
         );
     }
     let Some(cfg) = &config.authorization_server else {
         if config.store.is_some() {
-            errs.at0("store", "", "store is only used by the authorization_server section".into());
+            errs.at0(
+                "store",
+                "",
+                "store is only used by the authorization_server section".into(),
+            );
         }
         return None;
     };
