@@ -94,7 +94,9 @@ pub mod internal {
         pub use crate::identity::cache::TokenCache;
         pub use crate::identity::{crypto, Issuers};
         pub mod minted {
-            pub use crate::identity::minted::{mint, verify, AccessClaims, Expect, MintKey};
+            pub use crate::identity::minted::{
+                mint, verify, AccessClaims, Expect, Issued, MintKey,
+            };
         }
     }
     pub mod audit {

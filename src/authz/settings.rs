@@ -46,6 +46,8 @@ pub struct Settings {
     pub resources: Vec<Resource>,
     pub secret: Option<String>,
     pub store_path: PathBuf,
+    /// Every commit synced to disk (`store.sync: full`).
+    pub store_full_sync: bool,
 }
 
 impl Settings {
@@ -159,6 +161,7 @@ pub fn compile(
         resources,
         secret: cfg.secret.clone(),
         store_path,
+        store_full_sync: store.is_none_or(|s| s.sync == crate::config::authz::StoreSync::Full),
     })
 }
 

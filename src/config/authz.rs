@@ -227,4 +227,23 @@ impl Default for TokensConfig {
 pub struct StoreConfig {
     /// The file; created with its directory when missing.
     pub path: EnvPath,
+    /// `full`: every commit is synced to disk before it is answered (a
+    /// revocation or rotation survives a power loss). `normal`: synced at
+    /// checkpoints only, several times the token endpoint's throughput on
+    /// slow disks; a killed process still loses nothing, a power loss may
+    /// lose the last commits (users then log in again; a revocation made
+    /// in the last moments may need repeating).
+    #[serde(default)]
+    pub sync: StoreSync,
+}
+
+/// How the store syncs its commits.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreSync {
+    #[default]
+    Full,
+    Normal,
 }

@@ -45,7 +45,8 @@ pub(crate) fn prepare(
         std::fs::create_dir_all(dir)
             .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
     }
-    let store = SqliteStore::open(&settings.store_path).map_err(|e| err(e.to_string()))?;
+    let store = SqliteStore::open_with(&settings.store_path, settings.store_full_sync)
+        .map_err(|e| err(e.to_string()))?;
     let master = master_secret(settings).map_err(err)?;
     let server = Server::new(settings, Box::new(store), &master, issued.clone()).map_err(err)?;
     tracing::info!(issuer = %settings.issuer, store = %settings.store_path.display(), "authorization server ready");

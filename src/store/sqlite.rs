@@ -130,8 +130,17 @@ impl SqliteStore {
     /// The newest schema version this build knows.
     pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-    /// Opens (creating if needed) the store at `path` and migrates its schema.
+    /// Opens (creating if needed) the store at `path` and migrates its
+    /// schema; every commit is synced to disk (`synchronous=FULL`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// As [`SqliteStore::open`]; with `full_sync` false, commits reach the
+    /// operating system but are synced only at checkpoints
+    /// (`synchronous=NORMAL`): a killed process still loses nothing, a power
+    /// loss may lose the last commits (never corrupts the file).
+    pub fn open_with(path: impl AsRef<Path>, full_sync: bool) -> Result<Self, StoreError> {
         let path = path.as_ref();
         let failed = |reason: String| StoreError::Open {
             path: path.display().to_string(),
@@ -139,7 +148,7 @@ impl SqliteStore {
         };
         create_private(path).map_err(|e| failed(e.to_string()))?;
         let mut conn = Connection::open(path).map_err(|e| failed(e.to_string()))?;
-        configure(&conn).map_err(|e| match e {
+        configure(&conn, full_sync).map_err(|e| match e {
             StoreError::Backend(reason) => failed(reason),
             other => other,
         })?;
@@ -179,7 +188,7 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
+fn configure(conn: &Connection, full_sync: bool) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -187,7 +196,11 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
             "the file cannot use WAL (journal mode stays {mode})"
         )));
     }
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if full_sync { "FULL" } else { "NORMAL" },
+    )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
