@@ -241,6 +241,24 @@ fn refresh_grant(server: &Server, s: &Settings, client: &Client, form: &Form, no
         Ok(r) => r,
         Err(a) => return a,
     };
+    // Checked before rotating: a refused request must not use the token up
+    // (the client would keep the replaced one and lose the grant to reuse
+    // detection after the grace window).
+    if let Some(r) = &resource {
+        let found = server.store().refresh_grant(&hash(old));
+        let grant = match found {
+            Ok(Some(id)) => server.store().grant(&id),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match grant {
+            Ok(Some(g)) if g.client_id == client.id && g.resource != *r => {
+                return oauth_error(400, "invalid_target", "resource differs from the grant's");
+            }
+            Ok(_) => {}
+            Err(e) => return unavailable(&e),
+        }
+    }
     let new = server.sealer.token();
     let rotation = server
         .store()
