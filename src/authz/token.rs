@@ -103,15 +103,14 @@ fn requested_resource(s: &Settings, form: &Form) -> Result<Option<String>, Answe
 }
 
 fn code_grant(server: &Server, s: &Settings, client: &Client, form: &Form, now: i64) -> Answer {
-    let (Some(code), Some(redirect), Some(verifier)) = (
-        form.get("code"),
-        form.get("redirect_uri"),
-        form.get("code_verifier"),
-    ) else {
+    // `redirect_uri` is optional (OAuth 2.1 §10.2: PKCE does its job, and
+    // 2.1 clients do not send it); sent, it must match (OAuth 2.0 clients).
+    let redirect = form.get("redirect_uri");
+    let (Some(code), Some(verifier)) = (form.get("code"), form.get("code_verifier")) else {
         return oauth_error(
             400,
             "invalid_request",
-            "code, redirect_uri and code_verifier are required",
+            "code and code_verifier are required",
         );
     };
     if !(43..=128).contains(&verifier.len()) {
@@ -167,7 +166,7 @@ fn code_grant(server: &Server, s: &Settings, client: &Client, form: &Form, now: 
             "the authorization code was issued to another client",
         );
     }
-    if g.redirect_uri != redirect {
+    if redirect.is_some_and(|r| r != g.redirect_uri) {
         return oauth_error(
             400,
             "invalid_grant",
