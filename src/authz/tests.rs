@@ -1534,21 +1534,33 @@ fn a_redirect_uri_other_than_the_authorization_requests_is_refused() {
         PUB_APP_CB,
         "http://127.0.0.1/callback/",
         "http://127.0.0.1:80/callback",
-        "",
+        "http://127.0.0.1:53127/callback",
     ] {
         let c = h.code(&mut Browser::new(), PUB, PUB_CB, RES_A);
         let wrong = Code {
             redirect: other.into(),
             ..c
         };
-        let a = h.exchange(Auth::Public(PUB), &wrong);
-        let want = if other.is_empty() {
-            "invalid_request"
-        } else {
-            "invalid_grant"
-        };
-        assert_oauth_error(&a, 400, want);
+        assert_oauth_error(&h.exchange(Auth::Public(PUB), &wrong), 400, "invalid_grant");
     }
+}
+
+#[test]
+fn an_oauth_2_1_client_may_leave_redirect_uri_out_of_the_token_request() {
+    // OAuth 2.1 §10.2: PKCE binds the code; the parameter was removed.
+    let h = H::new();
+    let c = h.code(&mut Browser::new(), PUB, PUB_CB, RES_A);
+    let a = h.post(
+        "/token",
+        Auth::Public(PUB),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &c.code),
+            ("code_verifier", &c.verifier),
+        ],
+    );
+    assert_eq!(a.status, 200, "{}", text(&a));
+    assert!(h.verify(access(&json_of(&a)), RES_A).is_ok());
 }
 
 #[test]
