@@ -1879,6 +1879,63 @@ fn a_client_without_the_refresh_token_grant_type_gets_no_refresh_token() {
     );
 }
 
+#[test]
+fn parallel_refreshes_of_one_token_rotate_it_once_and_keep_the_grant() {
+    // Parallel sessions of one client racing a refresh (Claude Code).
+    let h = H::new();
+    let t = h.tokens(Auth::Public(PUB), PUB, PUB_CB, RES_A);
+    let rt = refresh_token(&t).to_string();
+    let answers: Vec<Answer> = std::thread::scope(|sc| {
+        let racers: Vec<_> = (0..6)
+            .map(|_| sc.spawn(|| h.refresh(Auth::Public(PUB), &rt)))
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let bodies: Vec<Value> = answers.iter().map(json_of).collect();
+    assert!(answers.iter().all(|a| a.status == 200), "{bodies:?}");
+    let rotated: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b.get("refresh_token").is_some())
+        .collect();
+    assert_eq!(rotated.len(), 1, "{bodies:?}");
+    for b in &bodies {
+        assert!(h.verify(access(b), RES_A).is_ok());
+    }
+    assert!(h.verify(access(&t), RES_A).is_ok());
+    let next = h.refresh(Auth::Public(PUB), refresh_token(rotated[0]));
+    assert_eq!(next.status, 200, "{}", text(&next));
+    assert!(json_of(&next).get("refresh_token").is_some());
+}
+
+#[test]
+fn parallel_redemptions_of_one_code_issue_at_most_once_and_revoke_it() {
+    let h = H::new();
+    let c = h.code(&mut Browser::new(), PUB, PUB_CB, RES_A);
+    let answers: Vec<Answer> = std::thread::scope(|sc| {
+        let racers: Vec<_> = (0..6)
+            .map(|_| sc.spawn(|| h.exchange(Auth::Public(PUB), &c)))
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let won: Vec<&Answer> = answers.iter().filter(|a| a.status == 200).collect();
+    assert!(won.len() <= 1, "{answers:?}");
+    for a in answers.iter().filter(|a| a.status != 200) {
+        assert_oauth_error(a, 400, "invalid_grant");
+    }
+    // Whatever was issued from the replayed code is revoked.
+    for a in won {
+        assert_eq!(
+            h.verify(access(&json_of(a)), RES_A).unwrap_err(),
+            AuthError::Revoked
+        );
+    }
+    let grants = h.server.store().grants(None, None).unwrap();
+    assert!(
+        !grants.is_empty() && grants.iter().all(|g| g.revoked),
+        "{grants:?}"
+    );
+}
+
 // ----------------------------------------------------------------- revoke
 
 #[test]
@@ -1965,6 +2022,88 @@ fn revoking_an_unknown_token_is_200_but_clients_must_authenticate() {
     assert_oauth_error(&a, 401, "invalid_client");
     let a = h.post("/revoke", Auth::Public("nobody"), &[("token", "x")]);
     assert_oauth_error(&a, 401, "invalid_client");
+}
+
+// ------------------------------------------------------- audit, sweeping
+
+#[test]
+fn audit_records_name_every_step_and_never_a_secret() {
+    let h = H::new();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = Arc::clone(&lines);
+    let set = h.server.audit.set(Box::new(move |line: Vec<u8>| {
+        sink.lock().unwrap().extend_from_slice(&line);
+    }));
+    assert!(set.is_ok());
+    let reg = json_of(&h.register(
+        [10, 0, 0, 9],
+        &json!({"redirect_uris": [CONF_CB], "token_endpoint_auth_method": "client_secret_basic"}),
+    ));
+    let (id, secret) = (
+        reg["client_id"].as_str().unwrap(),
+        reg["client_secret"].as_str().unwrap(),
+    );
+    let c = h.code(&mut Browser::new(), id, CONF_CB, RES_A);
+    let t = json_of(&h.exchange(Auth::Basic(id, secret), &c));
+    let r = json_of(&h.refresh(Auth::Basic(id, secret), refresh_token(&t)));
+    h.exchange(Auth::Basic(id, secret), &c); // replayed
+    h.post(
+        "/revoke",
+        Auth::Basic(id, secret),
+        &[("token", refresh_token(&r))],
+    );
+    let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = records.iter().filter_map(|r| r["event"].as_str()).collect();
+    for want in [
+        "client.registered",
+        "user.login",
+        "consent.given",
+        "code.issued",
+        "token.issued",
+        "token.refreshed",
+        "code.replayed",
+        "grant.revoked",
+    ] {
+        assert!(events.contains(&want), "{want} in {events:?}");
+    }
+    for secret in [
+        secret,
+        &c.code,
+        &c.verifier,
+        access(&t),
+        refresh_token(&t),
+        access(&r),
+        refresh_token(&r),
+    ] {
+        assert!(!text.contains(secret), "a secret in the audit log: {text}");
+    }
+    // Digests of them neither (what the store keeps).
+    for secret in [&c.code, refresh_token(&t)] {
+        let digest = super::seal::hash(secret);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!text.contains(&b64) && !text.contains(&hex), "{text}");
+    }
+}
+
+#[test]
+fn sweeping_keeps_what_is_live() {
+    let h = H::new();
+    let t = h.tokens(Auth::Public(PUB), PUB, PUB_CB, RES_A);
+    let a = h.register([10, 0, 0, 10], &json!({"redirect_uris": [PUB_CB]}));
+    let id = json_of(&a)["client_id"].as_str().unwrap().to_string();
+    let mut b = Browser::new();
+    h.code(&mut b, PUB, PUB_CB, RES_A);
+    h.server.sweep().unwrap();
+    assert_eq!(h.refresh(Auth::Public(PUB), refresh_token(&t)).status, 200);
+    h.code(&mut b, &id, PUB_CB, RES_A);
+    // The consent given before the sweep is still remembered.
+    h.code(&mut b, PUB, PUB_CB, RES_A);
+    assert!(b.shown.is_empty(), "{:?}", b.shown);
 }
 
 // ------------------------------------------------------------- bad input
