@@ -60,7 +60,7 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
     if !tx.pc {
         let remembered = server
             .store()
-            .consented(&user.sub, &tx.c, &tx.r, &tx.sc, now);
+            .consented(&user.sub, &tx.c, &tx.r, &covered(&tx), now);
         match remembered {
             Ok(true) => return issue_code(server, s, &tx, &user, now),
             Ok(false) => {}
@@ -159,7 +159,7 @@ pub(crate) fn decide(server: &Server, s: &Settings, call: &Call) -> Answer {
         user: user.sub.clone(),
         client_id: tx.c.clone(),
         redirect_uri: tx.r.clone(),
-        scopes: tx.sc.clone(),
+        scopes: covered(&tx),
         expires: now + s.consent_ttl,
     };
     if let Err(e) = server.store().put_consent(&consent) {
@@ -176,6 +176,15 @@ pub(crate) fn decide(server: &Server, s: &Settings, call: &Call) -> Answer {
         ],
     );
     issue_code(server, s, &tx, &user, now).with("set-cookie", clear)
+}
+
+/// What a consent covers: the scopes, and the MCP server the page named
+/// (kept among them as `resource:<canonical>`, so that consent to one route
+/// is not consent to another with the same or fewer scopes).
+fn covered(tx: &Tx) -> Vec<String> {
+    let mut v = tx.sc.clone();
+    v.push(format!("resource:{}", tx.res));
+    v
 }
 
 /// Issue the code and send the browser back to the client.

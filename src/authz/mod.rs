@@ -21,6 +21,12 @@ pub(crate) mod server;
 pub(crate) mod settings;
 pub(crate) mod token;
 
+/// The behaviour suite of the whole server (`tests.rs`; `tests` below is
+/// this file's own).
+#[cfg(test)]
+#[path = "tests.rs"]
+mod behaviour;
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()

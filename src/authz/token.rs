@@ -103,15 +103,14 @@ fn requested_resource(s: &Settings, form: &Form) -> Result<Option<String>, Answe
 }
 
 fn code_grant(server: &Server, s: &Settings, client: &Client, form: &Form, now: i64) -> Answer {
-    let (Some(code), Some(redirect), Some(verifier)) = (
-        form.get("code"),
-        form.get("redirect_uri"),
-        form.get("code_verifier"),
-    ) else {
+    // `redirect_uri` is optional (OAuth 2.1 §10.2: PKCE does its job, and
+    // 2.1 clients do not send it); sent, it must match (OAuth 2.0 clients).
+    let redirect = form.get("redirect_uri");
+    let (Some(code), Some(verifier)) = (form.get("code"), form.get("code_verifier")) else {
         return oauth_error(
             400,
             "invalid_request",
-            "code, redirect_uri and code_verifier are required",
+            "code and code_verifier are required",
         );
     };
     if !(43..=128).contains(&verifier.len()) {
@@ -167,7 +166,7 @@ fn code_grant(server: &Server, s: &Settings, client: &Client, form: &Form, now: 
             "the authorization code was issued to another client",
         );
     }
-    if g.redirect_uri != redirect {
+    if redirect.is_some_and(|r| r != g.redirect_uri) {
         return oauth_error(
             400,
             "invalid_grant",
@@ -241,6 +240,24 @@ fn refresh_grant(server: &Server, s: &Settings, client: &Client, form: &Form, no
         Ok(r) => r,
         Err(a) => return a,
     };
+    // Checked before rotating: a refused request must not use the token up
+    // (the client would keep the replaced one and lose the grant to reuse
+    // detection after the grace window).
+    if let Some(r) = &resource {
+        let found = server.store().refresh_grant(&hash(old));
+        let grant = match found {
+            Ok(Some(id)) => server.store().grant(&id),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match grant {
+            Ok(Some(g)) if g.client_id == client.id && g.resource != *r => {
+                return oauth_error(400, "invalid_target", "resource differs from the grant's");
+            }
+            Ok(_) => {}
+            Err(e) => return unavailable(&e),
+        }
+    }
     let new = server.sealer.token();
     let rotation = server
         .store()
