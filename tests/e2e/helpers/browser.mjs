@@ -8,7 +8,9 @@
 //
 // Opens AUTHORIZE_URL in a fresh profile and then, page after page:
 //  * a request to a URL starting with CALLBACK_PREFIX (navigation, redirect
-//    or not) is intercepted and aborted, so nothing needs to listen there;
+//    or not) is paused and failed in the browser (DevTools Fetch interception,
+//    which also catches the requests redirects lead to, unlike Playwright's
+//    routes), so nothing needs to listen there and a listener gets nothing;
 //    its URL is printed as the one stdout line `callback <url>`; exit 0;
 //  * portcullis's consent page, a form with button#allow and button#deny:
 //    screenshot consent.png, then click #allow (#deny with --deny);
@@ -118,15 +120,30 @@ try {
     args: flags,
     timeout: left(),
   });
-  await context.route((u) => isCallback(u.href), async (route) => {
-    sawCallback(route.request().url());
-    await route.abort().catch(() => {});
+  page = context.pages()[0] ?? (await context.newPage());
+  // The callback is stopped in the browser with the DevTools Fetch domain,
+  // not with context.route(): Playwright's routes never see the request a
+  // redirect leads to (microsoft/playwright#3993, "as designed"), and the
+  // callback is always reached by a redirect (after the consent POST), so a
+  // client listening there would get the code from the browser. Fetch
+  // interception pauses redirected requests too: the callback is failed
+  // before it leaves the browser, and only this script's caller delivers it.
+  const cdp = await context.newCDPSession(page);
+  cdp.on("Fetch.requestPaused", (ev) => {
+    const u = ev.request.url;
+    if (isCallback(u)) {
+      sawCallback(u);
+      cdp.send("Fetch.failRequest", { requestId: ev.requestId, errorReason: "Aborted" }).catch(() => {});
+    } else {
+      cdp.send("Fetch.continueRequest", { requestId: ev.requestId }).catch(() => {});
+    }
   });
-  // A request the route did not see (it should see all) still counts.
+  await cdp.send("Fetch.enable", { patterns: [{ urlPattern: "*", requestStage: "Request" }] });
+  // A callback request the interception did not pause still counts (and a
+  // listener there may have received it).
   context.on("request", (req) => {
     if (isCallback(req.url())) sawCallback(req.url());
   });
-  page = context.pages()[0] ?? (await context.newPage());
   page.setDefaultTimeout(15000);
   log(`open ${url}`);
   await Promise.race([page.goto(url, { timeout: left() }).catch(() => {}), callbackSeen]);
