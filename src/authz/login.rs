@@ -125,6 +125,13 @@ fn logged_in(server: &Server, s: &Settings, session: Session, tx: &str) -> Answe
 /// `GET /.portcullis/login?tx=…`: the development login page.
 pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
+    if !call.peer.is_loopback() {
+        return pages::error(
+            403,
+            "The development login is for this machine only",
+            "connect from a loopback address",
+        );
+    }
     let Login::Dev(users) = &s.login else {
         return pages::error(
             404,
@@ -160,6 +167,13 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
 /// `POST /.portcullis/login`: a user picked on the development page.
 pub(crate) fn dev_login(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
+    if !call.peer.is_loopback() {
+        return pages::error(
+            403,
+            "The development login is for this machine only",
+            "connect from a loopback address",
+        );
+    }
     let Login::Dev(users) = &s.login else {
         return pages::error(
             404,

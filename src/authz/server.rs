@@ -179,23 +179,19 @@ impl Server {
     /// cores, when the store changed since the last time (revocations made
     /// by `portcullis grants revoke` in another process too).
     pub fn publish(&self, settings: &Settings) -> Result<(), StoreError> {
-        let (seq, grants) = {
+        let now = crate::authz::unix_now();
+        let max_lifetime = max_access_ttl(settings);
+        let (seq, revoked) = {
             let store = self.store();
             let seq = store.seq()?;
             if seq as u64 == self.seen_seq.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            (seq, store.grants(None, None)?)
+            // A grant's access tokens never outlive it: once it has expired
+            // by more than the longest access-token lifetime, none is left.
+            (seq, store.revoked_grants(now - max_lifetime)?)
         };
-        let now = crate::authz::unix_now();
-        let max_lifetime = max_access_ttl(settings);
-        let revoked = grants
-            .into_iter()
-            // A grant's tokens live at most `max_lifetime` past its creation
-            // or last refresh, and never past its expiry.
-            .filter(|g| g.revoked && g.expires + max_lifetime > now)
-            .map(|g| g.id)
-            .collect();
+        let revoked = revoked.into_iter().collect();
         let keys = self.keys.clone();
         self.issued.store(Some(Arc::new(Issued {
             issuer: settings.issuer.clone(),

@@ -254,6 +254,9 @@ pub trait Store: Send {
     fn refresh_grant(&self, hash: &[u8; 32]) -> Result<Option<String>, StoreError>;
     /// The grant with this id, revoked or not.
     fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
+    /// The ids of the revoked grants that expire after `after` (those whose
+    /// access tokens may still be unexpired).
+    fn revoked_grants(&self, after: i64) -> Result<Vec<String>, StoreError>;
     /// Grants of a user, of a client, of both, or all (`None, None`), oldest first.
     fn grants(&self, user: Option<&str>, client_id: Option<&str>)
         -> Result<Vec<Grant>, StoreError>;

@@ -629,6 +629,14 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn revoked_grants(&self, after: i64) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM grants WHERE revoked = 1 AND expires > ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([after], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
         grant_in(&self.conn, id)
     }

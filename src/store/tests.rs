@@ -338,6 +338,8 @@ pub(crate) fn refresh_rotates_then_grace_then_reuse_revokes_family(place: &dyn P
         }
     );
     assert!(revoked(&*s, "g1"));
+    assert_eq!(s.revoked_grants(T0).unwrap(), ["g1"]);
+    assert!(s.revoked_grants(T0 + 10 * 86_400 * 365).unwrap().is_empty());
     // Every token of the family still names its grant (for RFC 7009).
     assert_eq!(s.refresh_grant(&h("rt-1")).unwrap().as_deref(), Some("g1"));
     assert_eq!(s.refresh_grant(&h("rt-x")).unwrap(), None);
