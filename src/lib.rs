@@ -121,6 +121,12 @@ pub mod internal {
         pub mod resource {
             pub use crate::authz::resource::{canonical, Refused};
         }
+        pub mod cimd {
+            pub use crate::authz::cimd::{
+                check_url, fetch, resolve, special_use, validate, CimdPolicy, Refused,
+                MAX_DOC_BYTES, MIN_MAX_AGE,
+            };
+        }
     }
     pub mod store {
         pub use crate::store::sqlite::SqliteStore;

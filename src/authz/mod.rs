@@ -1,9 +1,11 @@
 //! The OAuth 2.1 authorization server for MCP clients (issue 11). So far its
 //! pure rules, written and tested before the endpoints that will use them:
 //! which redirect URIs a client may register and when a requested one
-//! matches (`redirect`), and the RFC 8707 `resource` in canonical form
-//! (`resource`). Not used by the proxy yet.
+//! matches (`redirect`), the RFC 8707 `resource` in canonical form
+//! (`resource`), and Client ID Metadata Documents resolved with SSRF care
+//! (`cimd`). Not used by the proxy yet.
 
+pub(crate) mod cimd;
 pub(crate) mod redirect;
 pub(crate) mod resource;
 
