@@ -755,3 +755,621 @@ fn grant_types(v: Option<Value>) -> Result<Vec<String>, Refused> {
         .map(String::from)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::OnceLock;
+    use std::thread;
+
+    // -- The URL ------------------------------------------------------------
+
+    #[test]
+    fn urls_follow_the_drafts_rules() {
+        for ok in [
+            "https://claude.ai/oauth/mcp-oauth-client-metadata",
+            "https://claude.ai/oauth/claude-code-client-metadata",
+            "https://chatgpt.com/oauth/abc123/client.json",
+            "https://vscode.dev/oauth/client-metadata.json",
+            "https://Claude.AI/x",
+            "https://example.com:8443/client",
+            "https://127.0.0.1:9/c.json",
+            "https://[::1]:9/c.json",
+            "https://a.example/x%20y/z.json",
+            "https://a.example/a/",
+            "https://a.example/...",
+            "https://a.example/.well-known/x",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("http://claude.ai/oauth/x", Refused::NotHttps),
+            ("HTTP://claude.ai/oauth/x", Refused::NotHttps),
+            ("ftp://claude.ai/x", Refused::NotHttps),
+            ("https:/claude.ai/x", Refused::NotUrl),
+            ("claude.ai/x", Refused::NotUrl),
+            ("", Refused::NotUrl),
+            ("https://claude.ai/a b", Refused::NotUrl),
+            ("https://claude.ai/a\\..\\b", Refused::NotUrl),
+            ("https://claude.ai/é", Refused::NotUrl),
+            ("https://claude.ai/%zz", Refused::NotUrl),
+            ("https://claude.ai/%2", Refused::NotUrl),
+            ("https://claude.ai", Refused::NoPath),
+            ("https://claude.ai/", Refused::NoPath),
+            ("https://claude.ai:443/", Refused::NoPath),
+            ("https://claude.ai/oauth/./x", Refused::DotSegment),
+            ("https://claude.ai/oauth/../x", Refused::DotSegment),
+            ("https://claude.ai/oauth/..", Refused::DotSegment),
+            ("https://claude.ai/.", Refused::DotSegment),
+            ("https://claude.ai/oauth/%2e%2E/x", Refused::DotSegment),
+            ("https://claude.ai/oauth/.%2e/x", Refused::DotSegment),
+            ("https://claude.ai/x#f", Refused::Fragment),
+            ("https://claude.ai/x#", Refused::Fragment),
+            ("https://claude.ai/x?v=1", Refused::Query),
+            ("https://claude.ai/x?", Refused::Query),
+            ("https://user@claude.ai/x", Refused::Userinfo),
+            ("https://claude.ai@evil.example/x", Refused::Userinfo),
+            ("https://claude.ai:pw@evil.example/x", Refused::Userinfo),
+            ("https://claude..ai/x", Refused::BadHost),
+            ("https://claude.ai./x", Refused::BadHost),
+            ("https://cla_ude.ai/x", Refused::BadHost),
+            ("https://claude%2eai/x", Refused::BadHost),
+            ("https://[::1/x", Refused::NotUrl),
+            ("https://[claude.ai]/x", Refused::BadHost),
+            ("https://claude.ai:99999/x", Refused::NotUrl),
+        ] {
+            assert_eq!(check_url(bad), Err(why), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_allowlist_takes_domains_and_their_subdomains() {
+        let p = CimdPolicy::default();
+        for ok in [
+            "claude.ai",
+            "CLAUDE.AI",
+            "x.claude.ai",
+            "a.b.claude.com",
+            "chatgpt.com",
+            "vscode.dev",
+            "insiders.vscode.dev",
+        ] {
+            assert!(p.allowed(ok), "{ok}");
+        }
+        for not in [
+            "evilclaude.ai",
+            "claude.ai.evil.example",
+            "claude.aix",
+            "ai",
+            "",
+            ".claude.ai.x",
+            "openai.com",
+            "127.0.0.1",
+        ] {
+            assert!(!p.allowed(not), "{not}");
+        }
+        let dotted = CimdPolicy {
+            allowed_domains: vec![".example.org".into(), String::new()],
+            ..CimdPolicy::default()
+        };
+        assert!(dotted.allowed("example.org") && dotted.allowed("a.example.org"));
+        assert!(!dotted.allowed("x.") && !dotted.allowed("anything"));
+        let open = CimdPolicy {
+            open: true,
+            ..CimdPolicy::default()
+        };
+        assert!(open.allowed("anything.example"));
+    }
+
+    // -- Addresses ----------------------------------------------------------
+
+    #[test]
+    fn special_use_addresses() {
+        let special = [
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.0.0.1",
+            "10.255.255.255",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.0.1",
+            "127.255.0.1",
+            "169.254.169.254",
+            "169.254.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.31.196.1",
+            "192.52.193.1",
+            "192.88.99.1",
+            "192.168.1.1",
+            "192.175.48.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "::ffff:169.254.169.254",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "100::1",
+            "2001::1",
+            "2001:2::1",
+            "2001:1ff:ffff::1",
+            "2001:db8::1",
+            "2002:a00:1::1",
+            "3fff::1",
+            "3fff:fff::1",
+            "5f00::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "ff02::1",
+        ];
+        for ip in special {
+            assert!(special_use(ip.parse().unwrap()), "{ip} is special-use");
+        }
+        let public = [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "126.255.255.255",
+            "128.0.0.1",
+            "169.253.0.1",
+            "172.15.255.255",
+            "172.32.0.1",
+            "192.0.1.1",
+            "192.167.1.1",
+            "198.17.0.1",
+            "198.20.0.1",
+            "223.255.255.255",
+            "160.79.104.10",
+            "2606:4700::1111",
+            "2a00:1450:4001::200e",
+            "2001:200::1",
+            "2001:4860:4860::8888",
+            "3ffe::1",
+            "3fff:1000::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ];
+        for ip in public {
+            assert!(!special_use(ip.parse().unwrap()), "{ip} is public");
+        }
+        let at = |s: &str| vec![SocketAddr::new(s.parse().unwrap(), 443)];
+        assert_eq!(vet(&at("127.0.0.1"), true), Ok(()));
+        assert_eq!(vet(&at("::1"), true), Ok(()));
+        assert_eq!(vet(&at("127.0.0.1"), false), Err(Refused::SpecialUse));
+        // Only true loopback is excepted, not its mapped forms or the rest.
+        for s in ["::ffff:127.0.0.1", "10.0.0.1", "169.254.169.254", "0.0.0.0"] {
+            assert_eq!(vet(&at(s), true), Err(Refused::SpecialUse), "{s}");
+        }
+        // One bad address among good ones refuses the host.
+        let mixed = [at("8.8.8.8"), at("10.0.0.1")].concat();
+        assert_eq!(vet(&mixed, false), Err(Refused::SpecialUse));
+        assert_eq!(vet(&at("8.8.8.8"), false), Ok(()));
+    }
+
+    // -- Cache lifetime -----------------------------------------------------
+
+    #[test]
+    fn cache_control_is_honoured_within_bounds() {
+        let p = CimdPolicy::default();
+        for (headers, want) in [
+            (&[][..], 3600),
+            (&["max-age=600"][..], 600),
+            (&["public, max-age=7200"][..], 7200),
+            (&["MAX-AGE=\"120\""][..], 120),
+            (&["max-age=10"][..], MIN_MAX_AGE),
+            (&["max-age=0"][..], MIN_MAX_AGE),
+            (&["max-age=9999999"][..], 86400),
+            (&["max-age=99999999999999999999999"][..], 86400),
+            (&["max-age=abc"][..], MIN_MAX_AGE),
+            (&["max-age=-5"][..], MIN_MAX_AGE),
+            (&["max-age=600", "max-age=300"][..], 300),
+            (&["no-store"][..], 0),
+            (&["max-age=600, no-store"][..], 0),
+            (&["public", "No-Cache"][..], 0),
+            (&["private, must-revalidate"][..], 3600),
+        ] {
+            assert_eq!(p.max_age(headers.iter().copied()), want, "{headers:?}");
+        }
+        let odd = CimdPolicy {
+            default_max_age: 999_999,
+            max_max_age: 10,
+            ..CimdPolicy::default()
+        };
+        assert_eq!(odd.max_age([]), MIN_MAX_AGE);
+        assert_eq!(odd.max_age(["max-age=3600"]), MIN_MAX_AGE);
+    }
+
+    // -- The document -------------------------------------------------------
+
+    const CLAUDE: &str = "https://claude.ai/oauth/mcp-oauth-client-metadata";
+    const CLAUDE_CODE: &str = "https://claude.ai/oauth/claude-code-client-metadata";
+    const CHATGPT: &str = "https://chatgpt.com/oauth/abc123/client.json";
+    const VSCODE: &str = "https://vscode.dev/oauth/client-metadata.json";
+
+    /// The documents of OAUTH.md §2.1, in their published shapes.
+    fn real_documents() -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        vec![
+            (
+                CLAUDE,
+                json!({
+                    "client_id": CLAUDE,
+                    "client_name": "Claude",
+                    "client_uri": "https://claude.ai",
+                    "redirect_uris": ["https://claude.ai/api/mcp/auth_callback",
+                                      "https://claude.com/api/mcp/auth_callback"],
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "response_types": ["code"],
+                    "token_endpoint_auth_method": "none"
+                }),
+            ),
+            (
+                CLAUDE_CODE,
+                json!({
+                    "client_id": CLAUDE_CODE,
+                    "client_name": "Claude Code",
+                    "redirect_uris": ["http://localhost/callback", "http://127.0.0.1/callback"],
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "response_types": ["code"],
+                    "token_endpoint_auth_method": "none"
+                }),
+            ),
+            (
+                CHATGPT,
+                json!({
+                    "client_id": CHATGPT,
+                    "client_name": "ChatGPT",
+                    "redirect_uris": ["https://chatgpt.com/connector/oauth/abc123",
+                                      "https://chatgpt.com/connector_platform_oauth_redirect"],
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "response_types": ["code"],
+                    "token_endpoint_auth_method": "private_key_jwt",
+                    "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+                    "token_endpoint_auth_signing_alg": "RS256",
+                    "jwks_uri": "https://chatgpt.com/oauth/jwks.json"
+                }),
+            ),
+            (
+                VSCODE,
+                json!({
+                    "client_id": VSCODE,
+                    "client_name": "Visual Studio Code",
+                    "redirect_uris": ["https://vscode.dev/redirect",
+                                      "https://insiders.vscode.dev/redirect",
+                                      "http://127.0.0.1/", "http://127.0.0.1:33418/"],
+                    "grant_types": ["authorization_code", "refresh_token",
+                                    "urn:ietf:params:oauth:grant-type:device_code"],
+                    "response_types": ["code"],
+                    "token_endpoint_auth_method": "none",
+                    "application_type": "native"
+                }),
+            ),
+        ]
+    }
+
+    fn check_doc(url: &str, doc: &serde_json::Value) -> Result<Client, Refused> {
+        validate(url, doc.to_string().as_bytes(), 1_000, 3600)
+    }
+
+    #[test]
+    fn the_real_clients_documents_are_accepted() {
+        for (url, doc) in real_documents() {
+            let c = check_doc(url, &doc).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(c.id, url);
+            assert_eq!(c.name, doc["client_name"].as_str().unwrap());
+            let uris: Vec<&str> = doc["redirect_uris"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u.as_str().unwrap())
+                .collect();
+            assert_eq!(c.redirect_uris, uris, "{url}");
+            assert_eq!(c.kind, ClientKind::MetadataDocument);
+            assert_eq!(c.secret_hash, None);
+            // VS Code's device_code is dropped, not refused.
+            assert_eq!(
+                c.grant_types,
+                ["authorization_code", "refresh_token"],
+                "{url}"
+            );
+            assert_eq!((c.created, c.expires), (1_000, Some(4_600)));
+        }
+    }
+
+    /// The Claude Code document with `edit` applied.
+    fn edited(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> String {
+        let mut doc = real_documents().swap_remove(1).1;
+        edit(doc.as_object_mut().unwrap());
+        doc.to_string()
+    }
+
+    #[test]
+    fn auth_methods_and_grant_types_are_negotiated() {
+        use serde_json::json;
+        let ok = |body: String| validate(CLAUDE_CODE, body.as_bytes(), 0, 60);
+        // Neither method member: a public client.
+        let c = ok(edited(|d| {
+            d.remove("token_endpoint_auth_method");
+            d.remove("grant_types");
+        }))
+        .unwrap();
+        assert_eq!(c.grant_types, ["authorization_code"], "the default");
+        // `none` in either member suffices, next to any other method.
+        for (one, many) in [
+            (json!("none"), json!(["private_key_jwt"])),
+            (json!("private_key_jwt"), json!(["private_key_jwt", "none"])),
+            (json!("client_secret_basic"), json!(["none"])),
+        ] {
+            let body = edited(|d| {
+                d.insert("token_endpoint_auth_method".into(), one.clone());
+                d.insert("token_endpoint_auth_methods_supported".into(), many.clone());
+            });
+            assert!(ok(body).is_ok(), "{one} {many}");
+        }
+        for (one, many, why) in [
+            (json!("private_key_jwt"), None, Refused::NotPublic),
+            (
+                json!("private_key_jwt"),
+                Some(json!(["private_key_jwt"])),
+                Refused::NotPublic,
+            ),
+            (json!("tls_client_auth"), None, Refused::NotPublic),
+            (json!("client_secret_basic"), None, Refused::SecretMethod),
+            (
+                json!("client_secret_post"),
+                Some(json!(["client_secret_basic", "private_key_jwt"])),
+                Refused::SecretMethod,
+            ),
+            (
+                json!(["none"]),
+                None,
+                Refused::Malformed("token_endpoint_auth_method must be a string"),
+            ),
+            (
+                json!("none"),
+                Some(json!("none")),
+                Refused::Malformed(
+                    "token_endpoint_auth_methods_supported must be an array of strings",
+                ),
+            ),
+            (
+                json!("none"),
+                Some(json!(["none", 1])),
+                Refused::Malformed(
+                    "token_endpoint_auth_methods_supported must be an array of strings",
+                ),
+            ),
+        ] {
+            let body = edited(|d| {
+                d.insert("token_endpoint_auth_method".into(), one.clone());
+                if let Some(m) = many.clone() {
+                    d.insert("token_endpoint_auth_methods_supported".into(), m);
+                }
+            });
+            assert_eq!(ok(body).err(), Some(why), "{one} {many:?}");
+        }
+        assert_eq!(
+            Refused::NotPublic.reason(),
+            "this server supports public clients (token_endpoint_auth_method none) only"
+        );
+        for (grants, want) in [
+            (json!(["refresh_token", "authorization_code"]), Ok(2)),
+            (json!(["authorization_code", "authorization_code"]), Ok(1)),
+            (json!(["authorization_code", "implicit", "password"]), Ok(1)),
+            (json!(["refresh_token"]), Err(Refused::NoAuthorizationCode)),
+            (json!([]), Err(Refused::NoAuthorizationCode)),
+            (
+                json!(["urn:ietf:params:oauth:grant-type:device_code"]),
+                Err(Refused::NoAuthorizationCode),
+            ),
+            (
+                json!("authorization_code"),
+                Err(Refused::Malformed(
+                    "grant_types must be an array of strings",
+                )),
+            ),
+            (
+                json!(["authorization_code", null]),
+                Err(Refused::Malformed(
+                    "grant_types must be an array of strings",
+                )),
+            ),
+        ] {
+            let body = edited(|d| {
+                d.insert("grant_types".into(), grants.clone());
+            });
+            let got = ok(body).map(|c| {
+                assert_eq!(c.grant_types[0], "authorization_code");
+                c.grant_types.len()
+            });
+            assert_eq!(got, want, "{grants}");
+        }
+    }
+
+    #[test]
+    fn bad_documents_are_refused() {
+        use serde_json::json;
+        let url = CLAUDE_CODE;
+        let mut cases: Vec<(String, Refused)> = vec![
+            ("".into(), Refused::NotObject),
+            ("   ".into(), Refused::NotObject),
+            ("[]".into(), Refused::NotObject),
+            (
+                format!("[\"{url}\", \"x\", [\"http://localhost/cb\"]]"),
+                Refused::NotObject,
+            ),
+            ("\"x\"".into(), Refused::NotObject),
+            ("null".into(), Refused::NotObject),
+            ("{".into(), Refused::NotJson),
+            ("{}x".into(), Refused::NotJson),
+            ("{\"a\":1,}".into(), Refused::NotJson),
+            ("{\"client_name\":\"\\ud800\"}".into(), Refused::NotJson),
+            ("{}".into(), Refused::ClientIdMismatch),
+            (" {} {}".into(), Refused::NotJson),
+            (
+                format!("{{\"client_id\":\"{url}\",\"client_id\":\"https://evil.example/x\"}}"),
+                Refused::Malformed("a member appears twice"),
+            ),
+            (
+                format!("{{\"client_id\":\"{url}\",\"client\\u005fid\":\"{url}\"}}"),
+                Refused::Malformed("a member appears twice"),
+            ),
+            (
+                edited(|d| {
+                    d.insert("client_secret".into(), json!("s3cret"));
+                }),
+                Refused::Secret,
+            ),
+            (
+                edited(|d| {
+                    d.insert("client_secret".into(), json!(null));
+                }),
+                Refused::Secret,
+            ),
+            (
+                edited(|d| {
+                    d.insert("client_secret_expires_at".into(), json!(0));
+                }),
+                Refused::Secret,
+            ),
+            (
+                edited(|d| {
+                    d.remove("client_id");
+                }),
+                Refused::ClientIdMismatch,
+            ),
+            (
+                edited(|d| {
+                    d.insert("client_id".into(), json!(format!("{url}/")));
+                }),
+                Refused::ClientIdMismatch,
+            ),
+            (
+                edited(|d| {
+                    d.insert(
+                        "client_id".into(),
+                        json!(url.replace("claude.ai", "CLAUDE.ai")),
+                    );
+                }),
+                Refused::ClientIdMismatch,
+            ),
+            (
+                edited(|d| {
+                    d.insert("client_id".into(), json!([url]));
+                }),
+                Refused::Malformed("client_id must be a string"),
+            ),
+            (
+                edited(|d| {
+                    d.remove("client_name");
+                }),
+                Refused::NoName,
+            ),
+            (
+                edited(|d| {
+                    d.insert("client_name".into(), json!("  "));
+                }),
+                Refused::NoName,
+            ),
+            (
+                edited(|d| {
+                    d.insert("client_name".into(), json!(7));
+                }),
+                Refused::Malformed("client_name must be a string"),
+            ),
+            (
+                edited(|d| {
+                    d.remove("redirect_uris");
+                }),
+                Refused::NoRedirectUris,
+            ),
+            (
+                edited(|d| {
+                    d.insert("redirect_uris".into(), json!([]));
+                }),
+                Refused::NoRedirectUris,
+            ),
+            (
+                edited(|d| {
+                    d.insert("redirect_uris".into(), json!("http://localhost/callback"));
+                }),
+                Refused::Malformed("redirect_uris must be an array of strings"),
+            ),
+            (
+                edited(|d| {
+                    d.insert("redirect_uris".into(), json!(["http://localhost/cb", 1]));
+                }),
+                Refused::Malformed("redirect_uris must be an array of strings"),
+            ),
+            (
+                edited(|d| {
+                    d.insert("redirect_uris".into(), json!(["http://evil.example/cb"]));
+                }),
+                Refused::RedirectUri(redirect::Refused::PlainHttp),
+            ),
+            (
+                edited(|d| {
+                    d.insert(
+                        "redirect_uris".into(),
+                        json!(["http://localhost/cb", "javascript:alert(1)"]),
+                    );
+                }),
+                Refused::RedirectUri(redirect::Refused::Dangerous),
+            ),
+            (
+                edited(|d| {
+                    d.insert("redirect_uris".into(), json!(["https://claude.ai/cb#x"]));
+                }),
+                Refused::RedirectUri(redirect::Refused::Fragment),
+            ),
+        ];
+        let mut big = edited(|_| {});
+        big.insert(1, ' ');
+        while big.len() <= MAX_DOC_BYTES {
+            big.insert(1, ' ');
+        }
+        cases.push((big, Refused::TooLarge));
+        for (body, why) in cases {
+            let got = validate(url, body.as_bytes(), 0, 60).err();
+            assert_eq!(got, Some(why), "{body}");
+            // A reason names fields, never what the document said.
+            assert!(!why.reason().contains("s3cret") && !why.reason().contains("evil"));
+        }
+        // Right at the limit is fine; a private-use scheme is fine (public).
+        let mut at_limit = edited(|d| {
+            d.insert("redirect_uris".into(), json!(["cursor://x/cb"]));
+        });
+        while at_limit.len() < MAX_DOC_BYTES {
+            at_limit.insert(1, ' ');
+        }
+        assert!(validate(url, at_limit.as_bytes(), 0, 60).is_ok());
+        // The URL itself must be a valid document URL.
+        let doc = |u: &str| {
+            json!({"client_id": u, "client_name": "x",
+                                   "redirect_uris": ["http://localhost/cb"]})
+        };
+        let bad = "https://claude.ai/x?y=1";
+        assert_eq!(check_doc(bad, &doc(bad)).err(), Some(Refused::Query));
+        // no-store: expired from the start, usable for this request only.
+        let c = validate(url, edited(|_| {}).as_bytes(), 50, 0).unwrap();
+        assert_eq!(c.expires, Some(50));
+    }
+}
