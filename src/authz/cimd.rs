@@ -950,6 +950,10 @@ mod tests {
         for ip in public {
             assert!(!special_use(ip.parse().unwrap()), "{ip} is public");
         }
+    }
+
+    #[test]
+    fn hosts_are_vetted_on_all_their_addresses() {
         let at = |s: &str| vec![SocketAddr::new(s.parse().unwrap(), 443)];
         assert_eq!(vet(&at("127.0.0.1"), true), Ok(()));
         assert_eq!(vet(&at("::1"), true), Ok(()));
@@ -1101,61 +1105,72 @@ mod tests {
         doc.to_string()
     }
 
+    /// The Claude Code document with `key` set to `value`.
+    fn with(key: &str, value: serde_json::Value) -> String {
+        edited(|d| {
+            d.insert(key.into(), value);
+        })
+    }
+
+    fn without(key: &str) -> String {
+        edited(|d| {
+            d.remove(key);
+        })
+    }
+
+    fn check_body(body: &str) -> Result<Client, Refused> {
+        validate(CLAUDE_CODE, body.as_bytes(), 0, 60)
+    }
+
     #[test]
-    fn auth_methods_and_grant_types_are_negotiated() {
+    fn auth_methods_are_negotiated() {
         use serde_json::json;
-        let ok = |body: String| validate(CLAUDE_CODE, body.as_bytes(), 0, 60);
         // Neither method member: a public client.
-        let c = ok(edited(|d| {
+        let none_given = edited(|d| {
             d.remove("token_endpoint_auth_method");
-            d.remove("grant_types");
-        }))
-        .unwrap();
-        assert_eq!(c.grant_types, ["authorization_code"], "the default");
-        // `none` in either member suffices, next to any other method.
-        for (one, many) in [
-            (json!("none"), json!(["private_key_jwt"])),
-            (json!("private_key_jwt"), json!(["private_key_jwt", "none"])),
-            (json!("client_secret_basic"), json!(["none"])),
-        ] {
-            let body = edited(|d| {
-                d.insert("token_endpoint_auth_method".into(), one.clone());
-                d.insert("token_endpoint_auth_methods_supported".into(), many.clone());
-            });
-            assert!(ok(body).is_ok(), "{one} {many}");
-        }
-        for (one, many, why) in [
-            (json!("private_key_jwt"), None, Refused::NotPublic),
+            d.remove("token_endpoint_auth_methods_supported");
+        });
+        assert!(check_body(&none_given).is_ok());
+        const ONE: &str = "token_endpoint_auth_method must be a string";
+        const LIST: &str = "token_endpoint_auth_methods_supported must be an array of strings";
+        for (one, many, want) in [
+            // `none` in either member suffices, next to any other method.
+            (json!("none"), Some(json!(["private_key_jwt"])), Ok(())),
+            (
+                json!("private_key_jwt"),
+                Some(json!(["private_key_jwt", "none"])),
+                Ok(()),
+            ),
+            (json!("client_secret_basic"), Some(json!(["none"])), Ok(())),
+            (json!("none"), Some(json!([])), Ok(())),
+            (json!("private_key_jwt"), None, Err(Refused::NotPublic)),
             (
                 json!("private_key_jwt"),
                 Some(json!(["private_key_jwt"])),
-                Refused::NotPublic,
+                Err(Refused::NotPublic),
             ),
-            (json!("tls_client_auth"), None, Refused::NotPublic),
-            (json!("client_secret_basic"), None, Refused::SecretMethod),
+            (json!("tls_client_auth"), None, Err(Refused::NotPublic)),
+            (
+                json!("client_secret_basic"),
+                None,
+                Err(Refused::SecretMethod),
+            ),
             (
                 json!("client_secret_post"),
                 Some(json!(["client_secret_basic", "private_key_jwt"])),
-                Refused::SecretMethod,
+                Err(Refused::SecretMethod),
             ),
-            (
-                json!(["none"]),
-                None,
-                Refused::Malformed("token_endpoint_auth_method must be a string"),
-            ),
+            (json!(["none"]), None, Err(Refused::Malformed(ONE))),
+            (json!(null), None, Err(Refused::Malformed(ONE))),
             (
                 json!("none"),
                 Some(json!("none")),
-                Refused::Malformed(
-                    "token_endpoint_auth_methods_supported must be an array of strings",
-                ),
+                Err(Refused::Malformed(LIST)),
             ),
             (
                 json!("none"),
                 Some(json!(["none", 1])),
-                Refused::Malformed(
-                    "token_endpoint_auth_methods_supported must be an array of strings",
-                ),
+                Err(Refused::Malformed(LIST)),
             ),
         ] {
             let body = edited(|d| {
@@ -1164,54 +1179,58 @@ mod tests {
                     d.insert("token_endpoint_auth_methods_supported".into(), m);
                 }
             });
-            assert_eq!(ok(body).err(), Some(why), "{one} {many:?}");
+            assert_eq!(check_body(&body).map(|_| ()), want, "{one} {many:?}");
         }
         assert_eq!(
             Refused::NotPublic.reason(),
             "this server supports public clients (token_endpoint_auth_method none) only"
         );
+    }
+
+    #[test]
+    fn grant_types_are_filtered() {
+        use serde_json::json;
+        let c = check_body(&without("grant_types")).unwrap();
+        assert_eq!(c.grant_types, ["authorization_code"], "the default");
+        const LIST: &str = "grant_types must be an array of strings";
+        let code = "authorization_code";
+        let both = Ok(vec![code, "refresh_token"]);
         for (grants, want) in [
-            (json!(["refresh_token", "authorization_code"]), Ok(2)),
-            (json!(["authorization_code", "authorization_code"]), Ok(1)),
-            (json!(["authorization_code", "implicit", "password"]), Ok(1)),
+            (json!(["refresh_token", code]), both.clone()),
+            (json!([code, "refresh_token", "refresh_token"]), both),
+            (json!([code, code]), Ok(vec![code])),
+            (json!([code, "implicit", "password"]), Ok(vec![code])),
+            (
+                json!([code, "urn:ietf:params:oauth:grant-type:device_code"]),
+                Ok(vec![code]),
+            ),
             (json!(["refresh_token"]), Err(Refused::NoAuthorizationCode)),
             (json!([]), Err(Refused::NoAuthorizationCode)),
             (
                 json!(["urn:ietf:params:oauth:grant-type:device_code"]),
                 Err(Refused::NoAuthorizationCode),
             ),
-            (
-                json!("authorization_code"),
-                Err(Refused::Malformed(
-                    "grant_types must be an array of strings",
-                )),
-            ),
-            (
-                json!(["authorization_code", null]),
-                Err(Refused::Malformed(
-                    "grant_types must be an array of strings",
-                )),
-            ),
+            (json!(code), Err(Refused::Malformed(LIST))),
+            (json!([code, null]), Err(Refused::Malformed(LIST))),
         ] {
-            let body = edited(|d| {
-                d.insert("grant_types".into(), grants.clone());
-            });
-            let got = ok(body).map(|c| {
-                assert_eq!(c.grant_types[0], "authorization_code");
-                c.grant_types.len()
-            });
-            assert_eq!(got, want, "{grants}");
+            let got = check_body(&with("grant_types", grants.clone())).map(|c| c.grant_types);
+            assert_eq!(
+                got,
+                want.map(|v| v.into_iter().map(String::from).collect()),
+                "{grants}"
+            );
         }
     }
 
     #[test]
-    fn bad_documents_are_refused() {
-        use serde_json::json;
+    fn bad_json_is_refused() {
         let url = CLAUDE_CODE;
-        let mut cases: Vec<(String, Refused)> = vec![
+        let twice = Refused::Malformed("a member appears twice");
+        for (body, why) in [
             ("".into(), Refused::NotObject),
             ("   ".into(), Refused::NotObject),
             ("[]".into(), Refused::NotObject),
+            // Serde would read a struct from an array, by position.
             (
                 format!("[\"{url}\", \"x\", [\"http://localhost/cb\"]]"),
                 Refused::NotObject,
@@ -1220,156 +1239,455 @@ mod tests {
             ("null".into(), Refused::NotObject),
             ("{".into(), Refused::NotJson),
             ("{}x".into(), Refused::NotJson),
+            (" {} {}".into(), Refused::NotJson),
             ("{\"a\":1,}".into(), Refused::NotJson),
             ("{\"client_name\":\"\\ud800\"}".into(), Refused::NotJson),
             ("{}".into(), Refused::ClientIdMismatch),
-            (" {} {}".into(), Refused::NotJson),
+            // Two parsers could disagree on which one counts.
             (
                 format!("{{\"client_id\":\"{url}\",\"client_id\":\"https://evil.example/x\"}}"),
-                Refused::Malformed("a member appears twice"),
+                twice,
             ),
             (
                 format!("{{\"client_id\":\"{url}\",\"client\\u005fid\":\"{url}\"}}"),
-                Refused::Malformed("a member appears twice"),
+                twice,
             ),
-            (
-                edited(|d| {
-                    d.insert("client_secret".into(), json!("s3cret"));
-                }),
-                Refused::Secret,
-            ),
-            (
-                edited(|d| {
-                    d.insert("client_secret".into(), json!(null));
-                }),
-                Refused::Secret,
-            ),
-            (
-                edited(|d| {
-                    d.insert("client_secret_expires_at".into(), json!(0));
-                }),
-                Refused::Secret,
-            ),
-            (
-                edited(|d| {
-                    d.remove("client_id");
-                }),
-                Refused::ClientIdMismatch,
-            ),
-            (
-                edited(|d| {
-                    d.insert("client_id".into(), json!(format!("{url}/")));
-                }),
-                Refused::ClientIdMismatch,
-            ),
-            (
-                edited(|d| {
-                    d.insert(
-                        "client_id".into(),
-                        json!(url.replace("claude.ai", "CLAUDE.ai")),
-                    );
-                }),
-                Refused::ClientIdMismatch,
-            ),
-            (
-                edited(|d| {
-                    d.insert("client_id".into(), json!([url]));
-                }),
-                Refused::Malformed("client_id must be a string"),
-            ),
-            (
-                edited(|d| {
-                    d.remove("client_name");
-                }),
-                Refused::NoName,
-            ),
-            (
-                edited(|d| {
-                    d.insert("client_name".into(), json!("  "));
-                }),
-                Refused::NoName,
-            ),
-            (
-                edited(|d| {
-                    d.insert("client_name".into(), json!(7));
-                }),
-                Refused::Malformed("client_name must be a string"),
-            ),
-            (
-                edited(|d| {
-                    d.remove("redirect_uris");
-                }),
-                Refused::NoRedirectUris,
-            ),
-            (
-                edited(|d| {
-                    d.insert("redirect_uris".into(), json!([]));
-                }),
-                Refused::NoRedirectUris,
-            ),
-            (
-                edited(|d| {
-                    d.insert("redirect_uris".into(), json!("http://localhost/callback"));
-                }),
-                Refused::Malformed("redirect_uris must be an array of strings"),
-            ),
-            (
-                edited(|d| {
-                    d.insert("redirect_uris".into(), json!(["http://localhost/cb", 1]));
-                }),
-                Refused::Malformed("redirect_uris must be an array of strings"),
-            ),
-            (
-                edited(|d| {
-                    d.insert("redirect_uris".into(), json!(["http://evil.example/cb"]));
-                }),
-                Refused::RedirectUri(redirect::Refused::PlainHttp),
-            ),
-            (
-                edited(|d| {
-                    d.insert(
-                        "redirect_uris".into(),
-                        json!(["http://localhost/cb", "javascript:alert(1)"]),
-                    );
-                }),
-                Refused::RedirectUri(redirect::Refused::Dangerous),
-            ),
-            (
-                edited(|d| {
-                    d.insert("redirect_uris".into(), json!(["https://claude.ai/cb#x"]));
-                }),
-                Refused::RedirectUri(redirect::Refused::Fragment),
-            ),
-        ];
+        ] {
+            assert_eq!(
+                validate(url, body.as_bytes(), 0, 60).err(),
+                Some(why),
+                "{body}"
+            );
+        }
         let mut big = edited(|_| {});
-        big.insert(1, ' ');
         while big.len() <= MAX_DOC_BYTES {
             big.insert(1, ' ');
         }
-        cases.push((big, Refused::TooLarge));
-        for (body, why) in cases {
-            let got = validate(url, body.as_bytes(), 0, 60).err();
-            assert_eq!(got, Some(why), "{body}");
-            // A reason names fields, never what the document said.
-            assert!(!why.reason().contains("s3cret") && !why.reason().contains("evil"));
-        }
-        // Right at the limit is fine; a private-use scheme is fine (public).
-        let mut at_limit = edited(|d| {
-            d.insert("redirect_uris".into(), json!(["cursor://x/cb"]));
-        });
-        while at_limit.len() < MAX_DOC_BYTES {
-            at_limit.insert(1, ' ');
-        }
-        assert!(validate(url, at_limit.as_bytes(), 0, 60).is_ok());
+        assert_eq!(check_body(&big).err(), Some(Refused::TooLarge));
+        big.remove(1);
+        assert_eq!(big.len(), MAX_DOC_BYTES);
+        assert!(check_body(&big).is_ok(), "right at the limit");
         // The URL itself must be a valid document URL.
-        let doc = |u: &str| {
-            json!({"client_id": u, "client_name": "x",
-                                   "redirect_uris": ["http://localhost/cb"]})
-        };
         let bad = "https://claude.ai/x?y=1";
-        assert_eq!(check_doc(bad, &doc(bad)).err(), Some(Refused::Query));
+        let doc = with("client_id", bad.into());
+        assert_eq!(
+            validate(bad, doc.as_bytes(), 0, 60).err(),
+            Some(Refused::Query)
+        );
         // no-store: expired from the start, usable for this request only.
         let c = validate(url, edited(|_| {}).as_bytes(), 50, 0).unwrap();
         assert_eq!(c.expires, Some(50));
+    }
+
+    #[test]
+    fn bad_members_are_refused() {
+        use serde_json::json;
+        let url = CLAUDE_CODE;
+        let uris = "redirect_uris must be an array of strings";
+        for (body, why) in [
+            (with("client_secret", json!("s3cret")), Refused::Secret),
+            (with("client_secret", json!(null)), Refused::Secret),
+            (with("client_secret_expires_at", json!(0)), Refused::Secret),
+            (without("client_id"), Refused::ClientIdMismatch),
+            (
+                with("client_id", json!(format!("{url}/"))),
+                Refused::ClientIdMismatch,
+            ),
+            (
+                with("client_id", json!(url.replace("claude.ai", "CLAUDE.ai"))),
+                Refused::ClientIdMismatch,
+            ),
+            (
+                with("client_id", json!([url])),
+                Refused::Malformed("client_id must be a string"),
+            ),
+            (without("client_name"), Refused::NoName),
+            (with("client_name", json!("  ")), Refused::NoName),
+            (
+                with("client_name", json!(7)),
+                Refused::Malformed("client_name must be a string"),
+            ),
+            (without("redirect_uris"), Refused::NoRedirectUris),
+            (with("redirect_uris", json!([])), Refused::NoRedirectUris),
+            (
+                with("redirect_uris", json!("http://localhost/cb")),
+                Refused::Malformed(uris),
+            ),
+            (
+                with("redirect_uris", json!(["http://localhost/cb", 1])),
+                Refused::Malformed(uris),
+            ),
+            (
+                with("redirect_uris", json!(["http://evil.example/cb"])),
+                Refused::RedirectUri(redirect::Refused::PlainHttp),
+            ),
+            (
+                with(
+                    "redirect_uris",
+                    json!(["http://localhost/cb", "javascript:alert(1)"]),
+                ),
+                Refused::RedirectUri(redirect::Refused::Dangerous),
+            ),
+            (
+                with("redirect_uris", json!(["https://claude.ai/cb#x"])),
+                Refused::RedirectUri(redirect::Refused::Fragment),
+            ),
+        ] {
+            assert_eq!(check_body(&body).err(), Some(why), "{body}");
+            // A reason names fields, never what the document said.
+            assert!(!why.reason().contains("s3cret") && !why.reason().contains("evil"));
+        }
+        // A private-use scheme is fine: these are public clients.
+        assert!(check_body(&with("redirect_uris", json!(["cursor://x/cb"]))).is_ok());
+    }
+
+    // -- Fetching, from a real HTTPS server on 127.0.0.1 --------------------
+
+    struct Pki {
+        ca: CertificateDer<'static>,
+        server: Arc<rustls::ServerConfig>,
+    }
+
+    /// A test CA and a leaf for `localhost` and 127.0.0.1 that it signed.
+    fn pki() -> &'static Pki {
+        static PKI: OnceLock<Pki> = OnceLock::new();
+        PKI.get_or_init(|| {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "portcullis CIMD test CA");
+            let ca = params.self_signed(&ca_key).unwrap();
+            let issuer = rcgen::Issuer::new(params, ca_key);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let leaf = rcgen::CertificateParams::new(["localhost".into(), "127.0.0.1".into()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+            let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+            Pki {
+                ca: ca.der().clone(),
+                server: Arc::new(server),
+            }
+        })
+    }
+
+    enum Reply {
+        Bytes(Vec<u8>),
+        /// Read the request, answer nothing for a while.
+        Stall,
+    }
+
+    /// A 200 (or `status`) with `headers`, the body with a Content-Length or
+    /// in one chunk.
+    fn answer(status: &str, headers: &[&str], body: &[u8], chunked: bool) -> Reply {
+        let mut head = format!("HTTP/1.1 {status}\r\nconnection: close\r\n");
+        for h in headers {
+            head += &format!("{h}\r\n");
+        }
+        let mut out = if chunked {
+            head += "transfer-encoding: chunked\r\n\r\n";
+            let mut out = head.into_bytes();
+            out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\r\n0\r\n\r\n");
+            out
+        } else {
+            head += &format!("content-length: {}\r\n\r\n", body.len());
+            let mut out = head.into_bytes();
+            out.extend_from_slice(body);
+            out
+        };
+        out.shrink_to_fit();
+        Reply::Bytes(out)
+    }
+
+    /// An HTTPS server on 127.0.0.1 for one request, answering `reply(port)`;
+    /// the thread returns the request head it read.
+    fn serve(reply: impl FnOnce(u16) -> Reply) -> (u16, thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reply = reply(port);
+        let cfg = pki().server.clone();
+        let server = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let conn = rustls::ServerConnection::new(cfg).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            match reply {
+                Reply::Bytes(b) => {
+                    let _ = tls.write_all(&b);
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                }
+                Reply::Stall => thread::sleep(Duration::from_secs(2)),
+            }
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (port, server)
+    }
+
+    fn test_policy() -> CimdPolicy {
+        CimdPolicy {
+            allowed_domains: vec!["127.0.0.1".into(), "localhost".into()],
+            allow_loopback: true,
+            extra_roots: vec![pki().ca.clone()],
+            ..CimdPolicy::default()
+        }
+    }
+
+    fn doc_for(url: &str) -> Vec<u8> {
+        serde_json::json!({
+            "client_id": url,
+            "client_name": "Test Client",
+            "redirect_uris": ["http://localhost/callback"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none"
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn doc_url(host: &str, port: u16) -> String {
+        format!("https://{host}:{port}/cimd/client.json")
+    }
+
+    /// Serves the test document for its own URL, with `headers`.
+    fn serve_doc(headers: &'static [&'static str]) -> (u16, thread::JoinHandle<String>) {
+        serve(|port| {
+            answer(
+                "200 OK",
+                headers,
+                &doc_for(&doc_url("127.0.0.1", port)),
+                false,
+            )
+        })
+    }
+
+    #[test]
+    fn a_document_is_fetched_and_resolved() {
+        let (port, server) = serve_doc(&[]);
+        let url = doc_url("127.0.0.1", port);
+        let client = resolve(&test_policy(), &url, 1_000).unwrap();
+        assert_eq!(
+            client,
+            Client {
+                id: url,
+                name: "Test Client".into(),
+                redirect_uris: vec!["http://localhost/callback".into()],
+                kind: ClientKind::MetadataDocument,
+                secret_hash: None,
+                grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+                created: 1_000,
+                expires: Some(1_000 + 3600),
+            }
+        );
+        let head = server.join().unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /cimd/client.json http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\nhost: 127.0.0.1:{port}\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("\r\naccept: application/json\r\n"), "{head}");
+        // By name: one lookup of localhost, then only its vetted addresses.
+        let (port, server) =
+            serve(|port| answer("200 OK", &[], &doc_for(&doc_url("localhost", port)), false));
+        let policy = test_policy();
+        assert!(resolve(&policy, &doc_url("localhost", port), 0).is_ok());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn cache_control_sets_the_lifetime() {
+        for (header, age) in [
+            ("cache-control: max-age=120", 120),
+            ("cache-control: public, max-age=5", MIN_MAX_AGE),
+            ("cache-control: max-age=604800", 86400),
+            ("cache-control: no-store", 0),
+        ] {
+            let (port, server) = serve(|port| {
+                answer(
+                    "200 OK",
+                    &[header],
+                    &doc_for(&doc_url("127.0.0.1", port)),
+                    false,
+                )
+            });
+            let (body, got) = fetch(&test_policy(), &doc_url("127.0.0.1", port)).unwrap();
+            assert_eq!(body, doc_for(&doc_url("127.0.0.1", port)));
+            assert_eq!(got, age, "{header}");
+            server.join().unwrap();
+        }
+        let (port, server) = serve_doc(&["cache-control: no-store"]);
+        let client = resolve(&test_policy(), &doc_url("127.0.0.1", port), 77).unwrap();
+        assert_eq!(client.expires, Some(77), "no-store: expired from the start");
+        server.join().unwrap();
+    }
+
+    /// A listener that must see no connection at all.
+    fn untouched() -> (u16, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        (listener.local_addr().unwrap().port(), listener)
+    }
+
+    fn assert_untouched(listener: &TcpListener) {
+        let err = listener.accept().expect_err("a connection was made");
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn loopback_and_untrusted_hosts_are_refused_before_connecting() {
+        let (port, listener) = untouched();
+        let no_loopback = CimdPolicy {
+            allow_loopback: false,
+            ..test_policy()
+        };
+        for host in ["127.0.0.1", "localhost"] {
+            assert_eq!(
+                fetch(&no_loopback, &doc_url(host, port)),
+                Err(Refused::SpecialUse),
+                "{host}"
+            );
+        }
+        let open = CimdPolicy {
+            open: true,
+            ..no_loopback.clone()
+        };
+        assert_eq!(
+            fetch(&open, &doc_url("127.0.0.1", port)),
+            Err(Refused::SpecialUse)
+        );
+        // The default allowlist: 127.0.0.1 is not on it.
+        let default = CimdPolicy {
+            allow_loopback: true,
+            ..CimdPolicy::default()
+        };
+        assert_eq!(
+            fetch(&default, &doc_url("127.0.0.1", port)),
+            Err(Refused::NotAllowed)
+        );
+        // A bad URL never gets as far as the network.
+        for (bad, why) in [
+            (format!("http://127.0.0.1:{port}/c.json"), Refused::NotHttps),
+            (format!("https://127.0.0.1:{port}/"), Refused::NoPath),
+            (format!("https://127.0.0.1:{port}/c.json?x"), Refused::Query),
+        ] {
+            assert_eq!(fetch(&test_policy(), &bad), Err(why), "{bad}");
+        }
+        assert_untouched(&listener);
+    }
+
+    #[test]
+    fn only_a_200_answer_counts() {
+        let redirect = |status: &'static str| {
+            move |port| {
+                let to = format!("location: {}", doc_url("127.0.0.1", port));
+                answer(status, &[to.as_str()], b"", false)
+            }
+        };
+        for status in [
+            "302 Found",
+            "301 Moved Permanently",
+            "307 Temporary Redirect",
+        ] {
+            let (port, server) = serve(redirect(status));
+            let got = fetch(&test_policy(), &doc_url("127.0.0.1", port));
+            assert_eq!(got, Err(Refused::Redirect), "{status}");
+            server.join().unwrap();
+        }
+        for status in [
+            "404 Not Found",
+            "500 Internal Server Error",
+            "201 Created",
+            "204 No Content",
+        ] {
+            let (port, server) =
+                serve(|port| answer(status, &[], &doc_for(&doc_url("127.0.0.1", port)), false));
+            let got = fetch(&test_policy(), &doc_url("127.0.0.1", port));
+            assert_eq!(got, Err(Refused::Status), "{status}");
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn bodies_are_capped() {
+        let big = vec![b' '; 6 * 1024];
+        for chunked in [false, true] {
+            let (port, server) = serve(|_| answer("200 OK", &[], &big, chunked));
+            let got = fetch(&test_policy(), &doc_url("127.0.0.1", port));
+            assert_eq!(got, Err(Refused::TooLarge), "chunked: {chunked}");
+            drop(server);
+        }
+        // Exactly the limit passes; one byte less in the policy does not.
+        let limit = vec![b' '; MAX_DOC_BYTES];
+        for chunked in [false, true] {
+            let (port, server) = serve(|_| answer("200 OK", &[], &limit, chunked));
+            let (body, _) = fetch(&test_policy(), &doc_url("127.0.0.1", port)).unwrap();
+            assert_eq!(body.len(), MAX_DOC_BYTES);
+            server.join().unwrap();
+            let (port, server) = serve(|_| answer("200 OK", &[], &limit, chunked));
+            let tight = CimdPolicy {
+                max_bytes: MAX_DOC_BYTES - 1,
+                ..test_policy()
+            };
+            let got = fetch(&tight, &doc_url("127.0.0.1", port));
+            assert_eq!(got, Err(Refused::TooLarge), "chunked: {chunked}");
+            drop(server);
+        }
+    }
+
+    #[test]
+    fn a_slow_server_times_out() {
+        let (port, _server) = serve(|_| Reply::Stall);
+        let quick = CimdPolicy {
+            timeout: Duration::from_millis(300),
+            ..test_policy()
+        };
+        let started = Instant::now();
+        assert_eq!(
+            fetch(&quick, &doc_url("127.0.0.1", port)),
+            Err(Refused::Timeout)
+        );
+        assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_certificate_must_be_trusted() {
+        // Without the test CA only the webpki roots are trusted.
+        let (port, server) = serve_doc(&[]);
+        let webpki_only = CimdPolicy {
+            extra_roots: Vec::new(),
+            ..test_policy()
+        };
+        assert_eq!(
+            fetch(&webpki_only, &doc_url("127.0.0.1", port)),
+            Err(Refused::Network)
+        );
+        let _ = server.join();
     }
 }
