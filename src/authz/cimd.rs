@@ -640,6 +640,14 @@ pub fn validate(url: &str, body: &[u8], now: i64, max_age: i64) -> Result<Client
     if body.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
         return Err(Refused::NotObject);
     }
+    // Read twice. As a `Value` first: the whole text must be valid JSON,
+    // members skipped below included (serde skips them without checking
+    // their UTF-8 or surrogate escapes, which another parser would read
+    // differently). Then the members, refusing any given twice.
+    let whole: Value = serde_json::from_slice(body).map_err(|_| Refused::NotJson)?;
+    if !whole.is_object() {
+        return Err(Refused::NotObject);
+    }
     let doc: Doc = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Refused::Malformed("a member appears twice"),
         _ => Refused::NotJson,
@@ -1242,6 +1250,9 @@ mod tests {
             (" {} {}".into(), Refused::NotJson),
             ("{\"a\":1,}".into(), Refused::NotJson),
             ("{\"client_name\":\"\\ud800\"}".into(), Refused::NotJson),
+            // Even in members that are not read: another parser would.
+            ("{\"logo\":\"\\ud800\"}".into(), Refused::NotJson),
+            ("{\"logo\":\"\\udc00\\ud800\"}".into(), Refused::NotJson),
             ("{}".into(), Refused::ClientIdMismatch),
             // Two parsers could disagree on which one counts.
             (
@@ -1259,6 +1270,13 @@ mod tests {
                 "{body}"
             );
         }
+        let mut bad_utf8 = with("logo_uri", "https://claude.ai/x.png".into()).into_bytes();
+        let at = bad_utf8.windows(5).position(|w| w == b"x.png").unwrap();
+        bad_utf8[at] = 0x81;
+        assert_eq!(
+            validate(url, &bad_utf8, 0, 60).err(),
+            Some(Refused::NotJson)
+        );
         let mut big = edited(|_| {});
         while big.len() <= MAX_DOC_BYTES {
             big.insert(1, ' ');
