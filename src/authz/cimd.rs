@@ -223,8 +223,10 @@ pub struct CimdPolicy {
     pub allow_loopback: bool,
     /// Trust anchors beyond the webpki roots (tests).
     pub extra_roots: Vec<CertificateDer<'static>>,
-    /// For the lookup, and separately for connecting, TLS and the answer.
+    /// One deadline for the whole fetch: lookup, connecting, TLS, answer.
     pub timeout: Duration,
+    /// The body limit (`validate` refuses more than [`MAX_DOC_BYTES`]
+    /// whatever this says).
     pub max_bytes: usize,
     /// Seconds to cache a document that has no `Cache-Control: max-age`.
     pub default_max_age: i64,
@@ -1407,6 +1409,8 @@ mod tests {
         Bytes(Vec<u8>),
         /// Read the request, answer nothing for a while.
         Stall,
+        /// Send these bytes, then nothing for a while.
+        Partial(Vec<u8>),
     }
 
     /// A 200 (or `status`) with `headers`, the body with a Content-Length or
@@ -1460,6 +1464,11 @@ mod tests {
                     let _ = tls.flush();
                 }
                 Reply::Stall => thread::sleep(Duration::from_secs(2)),
+                Reply::Partial(b) => {
+                    let _ = tls.write_all(&b);
+                    let _ = tls.flush();
+                    thread::sleep(Duration::from_secs(2));
+                }
             }
             String::from_utf8_lossy(&head).into_owned()
         });
@@ -1686,6 +1695,15 @@ mod tests {
             timeout: Duration::from_millis(300),
             ..test_policy()
         };
+        let started = Instant::now();
+        assert_eq!(
+            fetch(&quick, &doc_url("127.0.0.1", port)),
+            Err(Refused::Timeout)
+        );
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        // The deadline covers the body too: a head, then a trickle.
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"client_id\"".to_vec();
+        let (port, _server) = serve(|_| Reply::Partial(head));
         let started = Instant::now();
         assert_eq!(
             fetch(&quick, &doc_url("127.0.0.1", port)),
