@@ -47,8 +47,8 @@ pub(crate) mod audit;
 /// refresh-token families, keys) behind the `Store` trait; off the data plane.
 pub(crate) mod store;
 
-/// The OAuth 2.1 authorization server for MCP clients; so far its pure rules
-/// (redirect URIs, `resource`).
+/// The OAuth 2.1 authorization server for MCP clients; so far its rules
+/// (redirect URIs, `resource`) and Client ID Metadata Document resolution.
 pub(crate) mod authz;
 
 /// `compile(config) -> Snapshot`: routes, TLS configs, upstreams, policies;
