@@ -47,8 +47,8 @@ pub(crate) mod audit;
 /// refresh-token families, keys) behind the `Store` trait; off the data plane.
 pub(crate) mod store;
 
-/// The OAuth 2.1 authorization server for MCP clients; so far its pure rules
-/// (redirect URIs, `resource`).
+/// The OAuth 2.1 authorization server for MCP clients; so far its rules
+/// (redirect URIs, `resource`) and Client ID Metadata Document resolution.
 pub(crate) mod authz;
 
 /// `compile(config) -> Snapshot`: routes, TLS configs, upstreams, policies;
@@ -126,6 +126,12 @@ pub mod internal {
         }
         pub mod resource {
             pub use crate::authz::resource::{canonical, Refused};
+        }
+        pub mod cimd {
+            pub use crate::authz::cimd::{
+                check_url, fetch, resolve, special_use, validate, CimdPolicy, Refused,
+                MAX_DOC_BYTES, MIN_MAX_AGE,
+            };
         }
     }
     pub mod store {

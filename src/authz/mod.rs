@@ -1,8 +1,10 @@
-//! The OAuth 2.1 authorization server for MCP clients (issue 11). So far its
-//! pure rules, written and tested before the endpoints that will use them:
-//! which redirect URIs a client may register and when a requested one
-//! matches (`redirect`), and the RFC 8707 `resource` in canonical form
-//! (`resource`). Not used by the proxy yet.
+//! The OAuth 2.1 authorization server for MCP clients: control-plane work,
+//! answered on its own threads (`runtime::control`) for the requests the
+//! cores hand over (`proxy::handoff`). `server` dispatches to one module per
+//! endpoint; the rules they share are `redirect` (which redirect URIs a
+//! client may register, and when a requested one matches), `resource`
+//! (RFC 8707 canonical form), `cimd` (Client ID Metadata Documents resolved
+//! with SSRF care) and `seal` (keys, sealing, hashes).
 
 pub(crate) mod authorize;
 pub(crate) mod cimd;

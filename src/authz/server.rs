@@ -373,6 +373,27 @@ impl Server {
 
     /// How metadata documents are fetched (`None`: not accepted).
     pub(crate) fn cimd_policy(&self, s: &Settings) -> Option<super::cimd::CimdPolicy> {
-        s.cimd.as_ref().map(|_| super::cimd::CimdPolicy)
+        let m = s.cimd.as_ref()?;
+        // Tests only: documents on loopback, under a test CA (the draft
+        // allows loopback when the authorization server is on it too).
+        let extra_roots = match &m.loopback_ca_file {
+            Some(ca) => match std::fs::read(&ca.0) {
+                Ok(pem) => rustls_pemfile::certs(&mut pem.as_slice())
+                    .filter_map(Result::ok)
+                    .collect(),
+                Err(e) => {
+                    tracing::error!(file = %ca.0.display(), error = %e, "cannot read clients.metadata_documents.loopback_ca_file");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        Some(super::cimd::CimdPolicy {
+            allowed_domains: m.allowed_domains.clone(),
+            open: m.open,
+            allow_loopback: m.loopback_ca_file.is_some(),
+            extra_roots,
+            ..Default::default()
+        })
     }
 }

@@ -99,6 +99,15 @@ pub fn compile(
             None
         }
     };
+    if let Some(m) = &cfg.clients.metadata_documents {
+        if m.loopback_ca_file.is_some()
+            && !crate::authz::Uri::parse(&cfg.issuer)
+                .and_then(|u| u.authority)
+                .is_some_and(|a| a.is_loopback())
+        {
+            errs.push("authorization_server.clients.metadata_documents.loopback_ca_file is for tests: only allowed when the issuer is on loopback".into());
+        }
+    }
     let loopback = crate::authz::Uri::parse(&cfg.issuer)
         .and_then(|u| u.authority)
         .is_some_and(|a| a.is_loopback());
