@@ -22,8 +22,13 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import anyio
 import httpx
+import trustme
 import httpx2
 import jwt
 import pytest
@@ -70,6 +75,7 @@ class Gateway:
     port: int
     config: Path
     idp: str
+    ca: "trustme.CA"
 
     @property
     def issuer(self) -> str:
@@ -94,6 +100,8 @@ def gw(module_procs, tmp_path_factory) -> Gateway:
     idp.wait_ports([idp_port])
     issuer = f"http://127.0.0.1:{idp_port}"
     d = tmp_path_factory.mktemp("oauth-server")
+    ca = trustme.CA(organization_name="portcullis e2e metadata-document CA")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
     cfg = f"""
 workers: 2
 listen: [{{address: 127.0.0.1:{port}}}]
@@ -107,6 +115,7 @@ authorization_server:
       scopes: [openid, email, profile, groups]
   clients:
     dynamic_registration: true
+    metadata_documents: {{open: true, loopback_ca_file: {d}/ca.pem}}
   tokens: {{access_ttl: 10m, refresh_ttl: 1d, refresh_grace: 2s}}
 store: {{path: {d}/state.db}}
 routes:
@@ -126,7 +135,7 @@ routes:
 """
     pc = Portcullis(module_procs, d)
     pc.start(cfg, [port], name="portcullis-as", env={"IDP_SECRET": IDP_SECRET})
-    return Gateway(port, d / "portcullis-as.yaml", issuer)
+    return Gateway(port, d / "portcullis-as.yaml", issuer, ca)
 
 
 def browser(url: str, stop_at: str, user: str, shots: Path, deny: bool = False) -> str:
@@ -161,11 +170,10 @@ class Storage:
         self.client = info
 
 
-def sdk_session(url: str, user: str, shots: Path, calls):
+def sdk_session(url: str, user: str, shots: Path, calls, metadata_url=None, callback=None):
     """The Python SDK's OAuth client through the whole flow, then `calls`
     on the MCP session; (results, storage, what the browser saw)."""
-    cb_port = free_port()
-    callback = f"http://127.0.0.1:{cb_port}/callback"
+    callback = callback or f"http://127.0.0.1:{free_port()}/callback"
     seen: dict = {}
     storage = Storage()
 
@@ -187,6 +195,7 @@ def sdk_session(url: str, user: str, shots: Path, calls):
         storage=storage,
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
+        client_metadata_url=metadata_url,
     )
 
     async def go():
@@ -345,3 +354,95 @@ def test_consent_post_without_the_csrf_token_is_refused(gw):
     assert r.status_code == 403 and "location" not in r.headers
     r = httpx.post(f"{gw.issuer}/.portcullis/consent", data={"tx": "x", "decision": "allow"}, timeout=10)
     assert r.status_code in (400, 403) and "location" not in r.headers
+
+
+class MetadataDocument:
+    """A client's metadata document served over HTTPS on loopback (a test CA
+    that portcullis trusts through `loopback_ca_file`)."""
+
+    def __init__(self, ca: "trustme.CA", path: str, doc_for):
+        port = free_port()
+        self.url = f"https://localhost:{port}{path}"
+        self.fetches = 0
+        body = json.dumps(doc_for(self.url)).encode()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.fetches += 1
+                if self.path != path:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("cache-control", "max-age=300")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_python_sdk_with_a_client_metadata_document(gw):
+    """The SDK's metadata-document path: its client id is the HTTPS URL of
+    its document, which portcullis fetches (pinned, no redirects, size cap),
+    checks and keeps as a cached client; login, consent, tools/call."""
+    callback = f"http://127.0.0.1:{free_port()}/callback"
+    doc = MetadataDocument(gw.ca, "/oauth/client.json", lambda url: {
+        "client_id": url, "client_name": "e2e metadata-document client", "redirect_uris": [callback],
+        "grant_types": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+    })
+    try:
+        async def calls(client):
+            return text_of(await client.call_tool("add", {"a": 20, "b": 22}))
+
+        added, storage, seen = sdk_session(gw.url("notion"), "alice", ARTIFACTS / "oauth-cimd", calls,
+                                           metadata_url=doc.url, callback=callback)
+        assert added == ["42"]
+        assert storage.client.client_id == doc.url and doc.fetches >= 1
+        claims = jwt.decode(storage.tokens.access_token, options={"verify_signature": False})
+        assert claims["client_id"] == doc.url and claims["aud"] == gw.url("notion")
+    finally:
+        doc.close()
+
+
+def test_metadata_documents_that_must_be_refused(gw):
+    """A document whose client_id is not its URL, one with a secret, and a URL
+    with a fragment: the authorization request gets an error page (never a
+    redirect) naming why, and nothing is registered."""
+    def authorize(client_id: str) -> httpx.Response:
+        return httpx.get(f"{gw.issuer}/authorize", params={
+            "response_type": "code", "client_id": client_id, "redirect_uri": "http://127.0.0.1:9/cb",
+            "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256",
+            "state": "s", "resource": gw.url("notion"),
+        }, timeout=20)
+
+    cases = [
+        (lambda url: {"client_id": url + "x", "client_name": "x", "redirect_uris": ["http://127.0.0.1:9/cb"]}, "client_id"),
+        (lambda url: {"client_id": url, "client_name": "x", "redirect_uris": ["http://127.0.0.1:9/cb"],
+                      "client_secret": "s"}, "secret"),
+        (lambda url: {"client_id": url, "client_name": "x", "redirect_uris": ["http://127.0.0.1:9/cb"],
+                      "token_endpoint_auth_method": "private_key_jwt"}, "public clients"),
+    ]
+    for i, (doc_for, why) in enumerate(cases):
+        doc = MetadataDocument(gw.ca, f"/bad{i}.json", doc_for)
+        try:
+            r = authorize(doc.url)
+            assert r.status_code == 400 and "location" not in r.headers, r.text
+            assert why in r.text, r.text
+        finally:
+            doc.close()
+    r = authorize("https://localhost:1/client.json#frag")
+    assert r.status_code == 400 and "location" not in r.headers
