@@ -111,6 +111,12 @@ pub fn compile(
     let loopback = crate::authz::Uri::parse(&cfg.issuer)
         .and_then(|u| u.authority)
         .is_some_and(|a| a.is_loopback());
+    if issuer_url.as_ref().is_some_and(|u| !u.tls) && !loopback {
+        errs.push(format!(
+            "authorization_server.issuer {:?}: an authorization server is reached over https (OAuth 2.1 §1.5); plain http only on loopback",
+            cfg.issuer
+        ));
+    }
     if matches!(login, Some(Login::Dev(_))) && !loopback {
         errs.push("authorization_server.login.dev_users is a development login without passwords: only allowed when the issuer is on loopback (http://127.0.0.1:PORT)".into());
     }
@@ -215,4 +221,58 @@ fn resources(routes: &[RouteConfig]) -> Vec<Resource> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(auth: &str, auth_issuers: &str) -> Vec<String> {
+        let text = format!(
+            "listen: [{{address: 127.0.0.1:8080}}]
+authorization_server:
+{auth}
+store: {{path: state.db}}
+routes:
+  - {{name: a, from: https://mcp.example.com/a, to: http://127.0.0.1:9/mcp, mcp: {{}}, auth: {{issuers: [{auth_issuers}]}}}}
+"
+        );
+        let cfg = crate::config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+        match compile(
+            cfg.authorization_server.as_ref().unwrap(),
+            cfg.store.as_ref(),
+            &cfg.routes,
+            std::path::Path::new("/tmp"),
+        ) {
+            Ok(_) => Vec::new(),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn the_issuer_login_and_resources_are_checked() {
+        let oidc = "  login: {oidc: {issuer: https://login.example.com, client_id: p}}";
+        assert!(errors(
+            &format!("  issuer: https://mcp.example.com\n{oidc}"),
+            "portcullis"
+        )
+        .is_empty());
+        let cases = [
+            (format!("  issuer: https://mcp.example.com/\n{oidc}"), "portcullis", "no trailing slash"),
+            (format!("  issuer: https://mcp.example.com/as\n{oidc}"), "portcullis", "no path"),
+            (format!("  issuer: http://mcp.example.com\n{oidc}"), "portcullis", "https"),
+            ("  issuer: https://mcp.example.com\n  login: {dev_users: [{sub: a}]}".into(), "portcullis", "loopback"),
+            ("  issuer: https://mcp.example.com\n  login: {}".into(), "portcullis", "exactly one"),
+            (format!("  issuer: https://mcp.example.com\n{oidc}"), "other", "no route accepts"),
+            (
+                format!("  issuer: https://mcp.example.com\n{oidc}\n  clients: {{registered: [{{client_id: c, redirect_uris: ['javascript:x']}}]}}"),
+                "portcullis",
+                "scheme is not allowed",
+            ),
+        ];
+        for (auth, issuers, want) in cases {
+            let errs = errors(&auth, issuers);
+            assert!(errs.iter().any(|e| e.contains(want)), "{auth}: {errs:?}");
+        }
+    }
 }
