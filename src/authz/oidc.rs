@@ -197,10 +197,16 @@ pub(crate) fn exchange(
         .get("id_token")
         .and_then(Value::as_str)
         .ok_or("the IdP answered without an id_token")?;
-    let principal = p
-        .id_tokens
-        .verify(id_token, &cfg.client_id, now)
-        .map_err(|e| format!("the IdP's ID token was refused: {}", e.reason()))?;
+    // A key the IdP rotated in since discovery: fetch its keys once more.
+    let verified = match p.id_tokens.verify(id_token, &cfg.client_id, now) {
+        Err(crate::identity::AuthError::UnknownKey) => {
+            let _ = p.id_tokens.refresh(0);
+            p.id_tokens.verify(id_token, &cfg.client_id, now)
+        }
+        other => other,
+    };
+    let principal =
+        verified.map_err(|e| format!("the IdP's ID token was refused: {}", e.reason()))?;
     if principal.claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
         return Err("the IdP's ID token does not carry this login's nonce".into());
     }
