@@ -190,7 +190,13 @@ fn covered(tx: &Tx) -> Vec<String> {
 /// Issue the code and send the browser back to the client.
 fn issue_code(server: &Server, s: &Settings, tx: &Tx, user: &Session, now: i64) -> Answer {
     let code = server.sealer.token();
-    let claims = serde_json::json!({"sub": user.sub, "email": user.email, "groups": user.groups, "idp": user.idp});
+    let mut claims = serde_json::json!({"sub": user.sub, "email": user.email, "groups": user.groups, "idp": user.idp});
+    if let Some(rt) = &user.idp_refresh {
+        // Sealed: the store never holds the IdP's token in the clear.
+        claims["idp_refresh"] = server.sealer.seal(Purpose::IdpToken, rt.as_bytes()).into();
+        claims["idp_checked"] = now.into();
+    }
+
     let grant = CodeGrant {
         code_hash: super::seal::hash(&code),
         client_id: tx.c.clone(),

@@ -26,6 +26,9 @@ pub(crate) struct Session {
     pub groups: Vec<String>,
     /// Which login made it (`oidc <issuer>`, `dev`).
     pub idp: String,
+    /// The IdP's refresh token, when it gave one (inside the sealed cookie).
+    #[serde(default)]
+    pub idp_refresh: Option<String>,
     pub exp: i64,
 }
 
@@ -214,6 +217,7 @@ pub(crate) fn dev_login(server: &Server, s: &Settings, call: &Call) -> Answer {
         email: user.email.clone(),
         groups: user.groups.clone(),
         idp: "dev".into(),
+        idp_refresh: None,
         exp: now + SESSION_TTL,
     };
     logged_in(server, s, session, &p.tx)
@@ -286,7 +290,7 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
             );
         }
     };
-    let user = match super::oidc::exchange(
+    let logged = match super::oidc::exchange(
         &provider,
         cfg,
         code,
@@ -295,12 +299,29 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         &p.nonce,
         now,
     ) {
-        Ok(u) => u,
+        Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "IdP login failed");
             return pages::error(403, "The login could not be completed", &e);
         }
     };
+    let (email, groups) = idp_claims(cfg, &logged.user);
+    let session = Session {
+        sub: logged.user.sub,
+        email,
+        groups,
+        idp: format!("oidc {}", cfg.issuer),
+        idp_refresh: logged.refresh_token,
+        exp: now + SESSION_TTL,
+    };
+    logged_in(server, s, session, &p.tx)
+}
+
+/// The principal's email and groups from the IdP's claims, as configured.
+pub(crate) fn idp_claims(
+    cfg: &crate::config::authz::OidcLoginConfig,
+    user: &crate::principal::Principal,
+) -> (Option<String>, Vec<String>) {
     let claim = |name: &str| user.claims.get(name);
     let email = claim(&cfg.claims.email)
         .and_then(|v| v.as_str())
@@ -313,12 +334,5 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         Some(serde_json::Value::String(g)) => vec![g.clone()],
         _ => Vec::new(),
     };
-    let session = Session {
-        sub: user.sub,
-        email,
-        groups,
-        idp: format!("oidc {}", cfg.issuer),
-        exp: now + SESSION_TTL,
-    };
-    logged_in(server, s, session, &p.tx)
+    (email, groups)
 }

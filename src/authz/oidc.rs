@@ -141,7 +141,9 @@ pub(crate) fn authorize_url(
     challenge: &str,
 ) -> String {
     let scope = cfg.scopes.join(" ");
-    with_query(
+    // OIDC Core §11: offline access is asked with prompt=consent.
+    let offline = cfg.scopes.iter().any(|s| s == "offline_access");
+    let url = with_query(
         &p.authorization_endpoint,
         &[
             ("response_type", "code"),
@@ -153,25 +155,28 @@ pub(crate) fn authorize_url(
             ("code_challenge", challenge),
             ("code_challenge_method", "S256"),
         ],
-    )
+    );
+    if offline {
+        with_query(&url, &[("prompt", "consent")])
+    } else {
+        url
+    }
 }
 
-/// Exchange the IdP's code and verify its ID token: the user.
-pub(crate) fn exchange(
+/// What logging in at the IdP gave: the user, and the IdP's refresh token
+/// when it issued one (`offline_access`), kept to re-check the user later.
+pub(crate) struct LoggedIn {
+    pub user: Principal,
+    pub refresh_token: Option<String>,
+}
+
+/// A POST to the IdP's token endpoint, authenticated as our client: the
+/// answer's status and JSON (`None` when it is not JSON).
+fn token_request(
     p: &Provider,
     cfg: &OidcLoginConfig,
-    code: &str,
-    verifier: &str,
-    redirect_uri: &str,
-    nonce: &str,
-    now: i64,
-) -> Result<Principal, String> {
-    let mut body = format!(
-        "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
-        encode(code),
-        encode(redirect_uri),
-        encode(verifier)
-    );
+    mut body: String,
+) -> Result<(u16, Option<Value>), String> {
     let mut req = agent(cfg)?
         .post(&p.token_endpoint)
         .header("accept", "application/json");
@@ -188,16 +193,27 @@ pub(crate) fn exchange(
         }
         None => body.push_str(&format!("&client_id={}", encode(&cfg.client_id))),
     }
-    let resp = req
+    let mut resp = req
         .content_type("application/x-www-form-urlencoded")
         .send(body.as_bytes())
         .map_err(|e| format!("IdP token endpoint: {e}"))?;
-    let tokens = read_json(resp, "IdP token endpoint")?;
-    let id_token = tokens
-        .get("id_token")
-        .and_then(Value::as_str)
-        .ok_or("the IdP answered without an id_token")?;
-    // A key the IdP rotated in since discovery: fetch its keys once more.
+    let status = resp.status().as_u16();
+    let raw = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_BYTES)
+        .read_to_vec()
+        .map_err(|e| format!("IdP token endpoint: {e}"))?;
+    Ok((status, serde_json::from_slice(&raw).ok()))
+}
+
+/// Verify an ID token of the IdP (refetching its keys once for an unknown one).
+fn verify_id_token(
+    p: &Provider,
+    cfg: &OidcLoginConfig,
+    id_token: &str,
+    now: i64,
+) -> Result<Principal, String> {
     let verified = match p.id_tokens.verify(id_token, &cfg.client_id, now) {
         Err(crate::identity::AuthError::UnknownKey) => {
             let _ = p.id_tokens.refresh(0);
@@ -205,10 +221,116 @@ pub(crate) fn exchange(
         }
         other => other,
     };
-    let principal =
-        verified.map_err(|e| format!("the IdP's ID token was refused: {}", e.reason()))?;
-    if principal.claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+    verified.map_err(|e| format!("the IdP's ID token was refused: {}", e.reason()))
+}
+
+/// Exchange the IdP's code and verify its ID token: the user.
+pub(crate) fn exchange(
+    p: &Provider,
+    cfg: &OidcLoginConfig,
+    code: &str,
+    verifier: &str,
+    redirect_uri: &str,
+    nonce: &str,
+    now: i64,
+) -> Result<LoggedIn, String> {
+    let body = format!(
+        "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
+        encode(code),
+        encode(redirect_uri),
+        encode(verifier)
+    );
+    let tokens = match token_request(p, cfg, body)? {
+        (200, Some(v)) => v,
+        (status, v) => {
+            let err = v
+                .as_ref()
+                .and_then(|v| v.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            return Err(format!("IdP token endpoint: status {status}, error {err}"));
+        }
+    };
+    let id_token = tokens
+        .get("id_token")
+        .and_then(Value::as_str)
+        .ok_or("the IdP answered without an id_token")?;
+    let user = verify_id_token(p, cfg, id_token, now)?;
+    if user.claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
         return Err("the IdP's ID token does not carry this login's nonce".into());
     }
-    Ok(principal)
+    let refresh_token = tokens
+        .get("refresh_token")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(LoggedIn {
+        user,
+        refresh_token,
+    })
+}
+
+/// What asking the IdP again about a user found.
+pub(crate) enum Recheck {
+    /// Still valid: its next refresh token (rotated or the same), and the
+    /// user's claims when it sent a new ID token for the same subject.
+    Valid {
+        refresh_token: String,
+        user: Option<Principal>,
+    },
+    /// The IdP refused (`invalid_grant`: the user was disabled, logged out
+    /// everywhere, or the IdP forgot the session).
+    Refused(String),
+    /// The IdP could not be asked (network, 5xx): nothing is concluded.
+    Unreachable(String),
+}
+
+/// Refresh at the IdP with its refresh token: is the user still there?
+pub(crate) fn recheck(
+    p: &Provider,
+    cfg: &OidcLoginConfig,
+    refresh_token: &str,
+    sub: &str,
+    now: i64,
+) -> Recheck {
+    let body = format!(
+        "grant_type=refresh_token&refresh_token={}",
+        encode(refresh_token)
+    );
+    let (status, answer) = match token_request(p, cfg, body) {
+        Ok(r) => r,
+        Err(e) => return Recheck::Unreachable(e),
+    };
+    let error = answer
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(Value::as_str);
+    match (status, answer.as_ref()) {
+        (200, Some(v)) => {
+            let user = v
+                .get("id_token")
+                .and_then(Value::as_str)
+                .and_then(|t| verify_id_token(p, cfg, t, now).ok())
+                .filter(|u| u.sub == sub);
+            Recheck::Valid {
+                refresh_token: v
+                    .get("refresh_token")
+                    .and_then(Value::as_str)
+                    .unwrap_or(refresh_token)
+                    .to_string(),
+                user,
+            }
+        }
+        (400 | 401, _)
+            if matches!(
+                error,
+                Some("invalid_grant" | "unauthorized_client" | "invalid_client")
+            ) =>
+        {
+            Recheck::Refused(error.unwrap_or("?").to_string())
+        }
+        (status, _) => Recheck::Unreachable(format!(
+            "IdP token endpoint: status {status}, error {}",
+            error.unwrap_or("?")
+        )),
+    }
 }

@@ -22,6 +22,8 @@ pub(crate) enum Purpose {
     Consent,
     /// The access-token signing keys kept in the store.
     SigningKey,
+    /// The company IdP's refresh token kept with a grant.
+    IdpToken,
 }
 
 impl Purpose {
@@ -32,15 +34,17 @@ impl Purpose {
             Purpose::Login => b"portcullis/login/v1",
             Purpose::Consent => b"portcullis/consent/v1",
             Purpose::SigningKey => b"portcullis/signing-key/v1",
+            Purpose::IdpToken => b"portcullis/idp-token/v1",
         }
     }
 
-    const ALL: [Purpose; 5] = [
+    const ALL: [Purpose; 6] = [
         Purpose::Transaction,
         Purpose::Session,
         Purpose::Login,
         Purpose::Consent,
         Purpose::SigningKey,
+        Purpose::IdpToken,
     ];
 }
 

@@ -304,6 +304,10 @@ fn refresh_grant(server: &Server, s: &Settings, client: &Client, form: &Form, no
     if resource.as_ref().is_some_and(|r| *r != grant.resource) {
         return oauth_error(400, "invalid_target", "resource differs from the grant's");
     }
+    let grant = match recheck_user(server, s, grant, now) {
+        Ok(g) => g,
+        Err(answer) => return answer,
+    };
     Counters::bump(&server.counters.refreshes);
     server.audit_event(
         "token.refreshed",
@@ -322,6 +326,89 @@ fn refresh_grant(server: &Server, s: &Settings, client: &Client, form: &Form, no
         ],
     );
     issue(server, s, client, &grant, rt, now)
+}
+
+/// Ask the company IdP again, with the refresh token it gave at login, whether
+/// the grant's user is still there (at most every `login.oidc.recheck`). A
+/// refusal revokes the grant; an unreachable IdP refuses nothing. The IdP's
+/// new refresh token (rotation) and the user's current email and groups are
+/// kept with the grant.
+fn recheck_user(
+    server: &Server,
+    s: &Settings,
+    mut grant: Box<Grant>,
+    now: i64,
+) -> Result<Box<Grant>, Answer> {
+    use super::seal::Purpose;
+    let super::settings::Login::Oidc(cfg) = &s.login else {
+        return Ok(grant);
+    };
+    let mut claims: serde_json::Value = serde_json::from_str(&grant.claims).unwrap_or_default();
+    let checked = claims["idp_checked"].as_i64().unwrap_or(0);
+    let Some(sealed) = claims["idp_refresh"].as_str() else {
+        return Ok(grant);
+    };
+    if now - checked < cfg.recheck.0.as_secs() as i64 {
+        return Ok(grant);
+    }
+    let Some(idp_rt) = server
+        .sealer
+        .open(Purpose::IdpToken, sealed)
+        .and_then(|b| String::from_utf8(b).ok())
+    else {
+        tracing::warn!(grant = %grant.id, "the IdP refresh token kept with a grant does not open (another secret?)");
+        return Ok(grant);
+    };
+    let provider = match server.oidc.get(cfg, now) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-check a user at the IdP: it is unreachable");
+            return Ok(grant);
+        }
+    };
+    match super::oidc::recheck(&provider, cfg, &idp_rt, &grant.user, now) {
+        super::oidc::Recheck::Valid {
+            refresh_token,
+            user,
+        } => {
+            claims["idp_refresh"] = server
+                .sealer
+                .seal(Purpose::IdpToken, refresh_token.as_bytes())
+                .into();
+            claims["idp_checked"] = now.into();
+            if let Some(user) = user {
+                let (email, groups) = super::login::idp_claims(cfg, &user);
+                claims["email"] = email.into();
+                claims["groups"] = groups.into();
+            }
+            grant.claims = claims.to_string();
+            let stored = server.store().set_grant_claims(&grant.id, &grant.claims);
+            match stored {
+                Ok(_) => Ok(grant),
+                Err(e) => Err(unavailable(&e)),
+            }
+        }
+        super::oidc::Recheck::Refused(why) => {
+            server.audit_event(
+                "user.refused_by_idp",
+                &[
+                    ("user", &grant.user),
+                    ("grant", &grant.id),
+                    ("idp_error", &why),
+                ],
+            );
+            server.revoke_grant(s, &grant.id, "the company IdP no longer accepts the user");
+            Err(oauth_error(
+                400,
+                "invalid_grant",
+                "the company identity provider no longer accepts this user's login; authorize again",
+            ))
+        }
+        super::oidc::Recheck::Unreachable(e) => {
+            tracing::warn!(error = %e, grant = %grant.id, "cannot re-check a user at the IdP; the refresh goes on");
+            Ok(grant)
+        }
+    }
 }
 
 /// The token response: an access token for the grant's one resource.

@@ -79,6 +79,17 @@ pub struct OidcLoginConfig {
     pub algorithms: Vec<String>,
     /// Extra CA certificates (PEM) for the IdP's HTTPS endpoints.
     pub ca_file: Option<EnvPath>,
+    /// With `offline_access` among `scopes`, the IdP's refresh token is kept
+    /// (sealed) with each grant, and a client's refresh asks the IdP again at
+    /// most this often whether the user is still there: a user disabled at
+    /// the IdP loses every grant at the next refresh. An unreachable IdP
+    /// refuses nothing.
+    #[serde(default = "default_recheck")]
+    pub recheck: Dur,
+}
+
+fn default_recheck() -> Dur {
+    Dur(Duration::from_secs(3600))
 }
 
 fn default_oidc_scopes() -> Vec<String> {

@@ -260,6 +260,9 @@ pub trait Store: Send {
     /// Grants of a user, of a client, of both, or all (`None, None`), oldest first.
     fn grants(&self, user: Option<&str>, client_id: Option<&str>)
         -> Result<Vec<Grant>, StoreError>;
+    /// Replaces a live grant's claims (what the IdP says of the user now);
+    /// false if it is unknown or revoked.
+    fn set_grant_claims(&mut self, id: &str, claims: &str) -> Result<bool, StoreError>;
     /// Revokes one grant; false if it is unknown or was already revoked.
     fn revoke_grant(&mut self, id: &str) -> Result<bool, StoreError>;
     /// Revokes the live grants of a user, of a client, or of both together;

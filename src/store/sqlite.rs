@@ -656,6 +656,15 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn set_grant_claims(&mut self, id: &str, claims: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("UPDATE grants SET claims = ?2 WHERE id = ?1 AND revoked = 0")?
+                .execute(params![id, claims])?;
+            Ok((n == 1, n == 1))
+        })
+    }
+
     fn revoke_grant(&mut self, id: &str) -> Result<bool, StoreError> {
         self.write(|tx| {
             let revoked = revoke_in(tx, id)?;

@@ -307,6 +307,10 @@ pub(crate) fn refresh_rotates_then_grace_then_reuse_revokes_family(place: &dyn P
     assert_eq!(s.grant("g1").unwrap(), Some(g.clone()));
 
     let t = T0 + 100;
+    let seq = s.seq().unwrap();
+    assert!(s.set_grant_claims("g1", &g.claims).unwrap());
+    assert!(s.seq().unwrap() > seq, "a claims update is a change");
+    assert!(!s.set_grant_claims("nope", "{}").unwrap());
     assert_eq!(
         s.rotate_refresh(&h("rt-0"), &h("rt-1"), t, 30).unwrap(),
         Rotation::Rotated(Box::new(g.clone()))
@@ -339,6 +343,10 @@ pub(crate) fn refresh_rotates_then_grace_then_reuse_revokes_family(place: &dyn P
     );
     assert!(revoked(&*s, "g1"));
     assert_eq!(s.revoked_grants(T0).unwrap(), ["g1"]);
+    assert!(
+        !s.set_grant_claims("g1", r#"{"sub":"x"}"#).unwrap(),
+        "a revoked grant keeps its claims"
+    );
     assert!(s.revoked_grants(T0 + 10 * 86_400 * 365).unwrap().is_empty());
     // Every token of the family still names its grant (for RFC 7009).
     assert_eq!(s.refresh_grant(&h("rt-1")).unwrap().as_deref(), Some("g1"));

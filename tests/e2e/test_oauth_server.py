@@ -446,3 +446,61 @@ def test_metadata_documents_that_must_be_refused(gw):
             doc.close()
     r = authorize("https://localhost:1/client.json#frag")
     assert r.status_code == 400 and "location" not in r.headers
+
+
+def test_a_user_refused_by_the_idp_loses_the_grant_at_the_next_refresh(module_procs, tmp_path):
+    """With `offline_access`, the IdP's refresh token is kept (sealed) with
+    the grant and each client refresh asks the IdP again (`recheck: 1s`):
+    while the IdP is down the refresh goes on; once the IdP no longer knows
+    the login (here: restarted, its in-memory grants gone, as for a user
+    disabled there), the next refresh revokes the grant."""
+    upstream = start_mcp2(module_procs, "mcp2-recheck", json_mode=True)
+    port, idp_port = free_port(), free_port()
+    idp_argv = [NODE, str(HELPERS / "oidc_idp.mjs"), "--port", str(idp_port), "--client-id", "portcullis",
+                "--client-secret", IDP_SECRET, "--redirect-uri", f"http://127.0.0.1:{port}/.portcullis/callback"]
+    idp = module_procs.start("oidc-idp-recheck", idp_argv)
+    idp.wait_ports([idp_port])
+    cfg = f"""
+listen: [{{address: 127.0.0.1:{port}}}]
+authorization_server:
+  issuer: http://127.0.0.1:{port}
+  login:
+    oidc:
+      issuer: http://127.0.0.1:{idp_port}
+      client_id: portcullis
+      client_secret: {IDP_SECRET}
+      scopes: [openid, email, profile, groups, offline_access]
+      recheck: 1s
+  clients: {{dynamic_registration: true}}
+store: {{path: {tmp_path}/state.db}}
+routes:
+  - {{name: mcp, from: http://127.0.0.1:{port}/mcp, to: {upstream.url}, mcp: {{}}, auth: {{issuers: [portcullis]}}}}
+"""
+    Portcullis(module_procs, tmp_path / "config").start(cfg, [port], name="portcullis-recheck")
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    async def calls(client):
+        return len((await client.list_tools()).tools)
+
+    _, storage, _ = sdk_session(url, "alice", ARTIFACTS / "oauth-recheck", calls)
+    cid, rt = storage.client.client_id, storage.tokens.refresh_token
+
+    def refresh(rt):
+        return httpx.post(f"http://127.0.0.1:{port}/token", timeout=20,
+                          data={"grant_type": "refresh_token", "refresh_token": rt, "client_id": cid})
+
+    time.sleep(1.1)
+    r = refresh(rt)
+    assert r.status_code == 200, r.text  # the IdP still knows alice
+    rt = r.json()["refresh_token"]
+    idp.stop()
+    time.sleep(1.1)
+    r = refresh(rt)
+    assert r.status_code == 200, r.text  # the IdP is down: nothing is concluded
+    rt, at = r.json()["refresh_token"], r.json()["access_token"]
+    idp = module_procs.start("oidc-idp-recheck-again", idp_argv)
+    idp.wait_ports([idp_port])
+    r = refresh(rt)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    assert "identity provider no longer accepts" in r.json()["error_description"]
+    assert mcp_status(url, at)[0] == 401
