@@ -657,6 +657,22 @@ impl Snapshot {
             let tls = if l.tls.is_some() { " (tls)" } else { "" };
             let _ = writeln!(out, "listen: {}{tls}", l.address);
         }
+        if let Some(a) = &self.authz {
+            let login = match &a.login {
+                crate::authz::settings::Login::Oidc(o) => format!("oidc {}", o.issuer),
+                crate::authz::settings::Login::Dev(u) => {
+                    format!("development login ({} users)", u.len())
+                }
+            };
+            let _ = writeln!(
+                out,
+                "authorization server: {} (login: {login}; store: {}; metadata documents: {}; dynamic registration: {})",
+                a.issuer,
+                a.store_path.display(),
+                if a.cimd.is_some() { "on" } else { "off" },
+                if a.dynamic_registration { "on" } else { "off" },
+            );
+        }
         for r in self.routes.all() {
             let mut notes = Vec::new();
             if r.mcp {
