@@ -41,6 +41,9 @@ pub enum HttpError {
     LegacyPolicyDenied,
     /// A deny rule refused a request that carries no call (GET, DELETE): 403.
     PolicyForbidden,
+    /// The caller has no usable token at the route's upstream service: a
+    /// JSON-RPC error (HTTP 200) whose message says where to connect.
+    UpstreamNotConnected,
     /// A policy denied a notification: 202 as for any notification, with no
     /// body (nothing answers a notification); it is not forwarded.
     NotificationDenied,
@@ -77,7 +80,7 @@ impl HttpError {
             | HttpError::LegacyPolicyDenied => 403,
             HttpError::Unauthorized(_) => 401,
             HttpError::RateLimited => 429,
-            HttpError::PolicyDenied => 200,
+            HttpError::PolicyDenied | HttpError::UpstreamNotConnected => 200,
             HttpError::NotificationDenied => 202,
         }
     }
@@ -108,6 +111,7 @@ impl HttpError {
             HttpError::NoRoute => "no route for this host and path",
             HttpError::GatewayTimeout => "upstream timed out",
             HttpError::ServiceUnavailable => "shutting down",
+            HttpError::UpstreamNotConnected => "the upstream service is not connected for this user",
         }
     }
 
@@ -128,6 +132,7 @@ impl HttpError {
                 | HttpError::LegacyPolicyDenied
                 | HttpError::NotificationDenied
                 | HttpError::PolicyForbidden
+                | HttpError::UpstreamNotConnected
         ) && !self.judged_whole_body()
     }
 
@@ -139,6 +144,7 @@ impl HttpError {
             | HttpError::LegacyPolicyDenied
             | HttpError::RateLimited
             | HttpError::NotificationDenied
+            | HttpError::UpstreamNotConnected
             | HttpError::PolicyForbidden => Decision::Denied,
             HttpError::Unauthorized(_) | HttpError::InsufficientScope | HttpError::Forbidden(_) => {
                 Decision::Unauthenticated
@@ -160,6 +166,7 @@ impl HttpError {
                 | HttpError::LegacyPolicyDenied
                 | HttpError::NotificationDenied
                 | HttpError::RateLimited
+                | HttpError::UpstreamNotConnected
         )
     }
 }

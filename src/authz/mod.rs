@@ -22,6 +22,7 @@ pub(crate) mod seal;
 pub(crate) mod server;
 pub(crate) mod settings;
 pub(crate) mod token;
+pub(crate) mod upstream;
 
 /// The behaviour suite of the whole server (`tests.rs`; `tests` below is
 /// this file's own).

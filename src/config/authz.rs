@@ -258,3 +258,41 @@ pub enum StoreSync {
     Full,
     Normal,
 }
+
+/// A route's upstream OAuth 2.0 client: portcullis's registration at the
+/// upstream service, used to get and refresh each user's token there.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOAuth2 {
+    #[serde(deserialize_with = "super::env_string")]
+    pub client_id: String,
+    /// Sent with HTTP Basic authentication (`client_secret_basic`); absent:
+    /// a public client (PKCE only). `${ENV_VAR}`.
+    #[serde(default, deserialize_with = "super::env_opt_string")]
+    pub client_secret: Option<String>,
+    /// The upstream's authorization endpoint (the user's browser goes there).
+    #[serde(deserialize_with = "super::env_string")]
+    pub authorization_url: String,
+    /// The upstream's token endpoint.
+    #[serde(deserialize_with = "super::env_string")]
+    pub token_url: String,
+    /// RFC 7009 revocation endpoint: disconnecting revokes the token there.
+    #[serde(default, deserialize_with = "super::env_opt_string")]
+    pub revocation_url: Option<String>,
+    /// Scopes asked of the upstream.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// RFC 8707 `resource` sent to the upstream, where it supports it.
+    #[serde(default, deserialize_with = "super::env_opt_string")]
+    pub resource: Option<String>,
+    /// The header the token goes in (`Authorization` sends `Bearer <token>`).
+    #[serde(default = "default_upstream_header")]
+    pub header: String,
+    /// The upstream's `iss` (RFC 9207): when set, the callback's `iss` must equal it.
+    #[serde(default, deserialize_with = "super::env_opt_string")]
+    pub issuer: Option<String>,
+}
+
+fn default_upstream_header() -> String {
+    "Authorization".into()
+}

@@ -390,6 +390,13 @@ pub struct UpstreamAuthConfig {
     /// The upstream gets no credential.
     #[serde(default)]
     pub none: bool,
+    /// The user's own token at the upstream service (GitHub, Notion, ...):
+    /// obtained once through portcullis (after consent, or on
+    /// `/.portcullis/connections`), kept encrypted in the vault, refreshed
+    /// ahead of expiry, sent as `Authorization: Bearer …` (or `header`). May
+    /// be combined with `assertion`. Needs `auth: { issuers: [portcullis] }`
+    /// and the `vault` section.
+    pub oauth2: Option<authz::UpstreamOAuth2>,
 }
 
 /// An identity assertion: a 60-second ES256 JWT (`iss: portcullis`, `sub`,

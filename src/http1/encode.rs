@@ -90,6 +90,7 @@ pub(crate) fn error_response(
             | HttpError::Unauthorized(_)
             | HttpError::Forbidden(_)
             | HttpError::InsufficientScope
+            | HttpError::UpstreamNotConnected
             | HttpError::PolicyForbidden => REFUSED,
             _ => -32000,
         };

@@ -56,6 +56,8 @@ impl Conn {
         self.outcome = Outcome::default();
         self.judged.audit = Default::default();
         self.judged.method_slot = crate::metrics::method_slot(None);
+        self.judged.ids.clear();
+        self.judged.batch = false;
     }
 
     /// Between requests a kept-alive connection holds only its read buffer:
@@ -150,6 +152,10 @@ pub struct Judged {
     pub audit: crate::audit::Facts,
     /// The metrics slot of the body's (first) MCP method.
     pub method_slot: u8,
+    /// The ids of the permitted body's requests (every one of a batch), for
+    /// a local answer after judging (an upstream not connected).
+    pub ids: Vec<crate::mcp::jsonrpc::RpcId>,
+    pub batch: bool,
 }
 
 /// What happens to the connection after an exchange.

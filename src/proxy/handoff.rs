@@ -19,10 +19,19 @@ use std::time::Duration;
 /// call the company IdP or fetch a client's metadata document).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One request handed to the control plane, and where its answer goes.
-pub struct Job {
-    pub call: Call,
-    pub reply: futures_channel::oneshot::Sender<Answer>,
+/// Work handed to the control plane, and where its answer goes.
+pub enum Job {
+    /// A request for the authorization server.
+    Http {
+        call: Call,
+        reply: futures_channel::oneshot::Sender<Answer>,
+    },
+    /// A user's token at a route's upstream service (a per-core cache miss).
+    Upstream {
+        user: String,
+        route: String,
+        reply: futures_channel::oneshot::Sender<crate::authz::upstream::UpstreamAnswer>,
+    },
 }
 
 /// The sending side, one per process (cloned into `Shared`).
@@ -169,7 +178,7 @@ async fn ask(worker: &Worker, call: Call) -> Answer {
         return unavailable("the authorization server is not running");
     };
     let (tx, rx) = futures_channel::oneshot::channel();
-    match control.try_send(Job { call, reply: tx }) {
+    match control.try_send(Job::Http { call, reply: tx }) {
         Ok(()) => {}
         Err(std::sync::mpsc::TrySendError::Full(_)) => {
             return unavailable("the authorization server is busy; try again")

@@ -170,6 +170,8 @@ impl<'a> Judge<'a> {
             judged.list = (!tally.lists.is_empty()).then_some(ListFilter {
                 wanted: tally.lists,
             });
+            judged.ids = tally.ids;
+            judged.batch = tally.batch;
             return Ok(());
         };
         Err(answer(

@@ -7,6 +7,8 @@
 //!                        admit: route ─► gate ─► authenticate ─► session
 //!                        ─► upstream::head written
 //!   body::read           held whole when bounded (MCP routes: always)
+//!   inject::lookup       the user's upstream token (oauth2 routes): per-core cache,
+//!                        else the control plane; written into the head
 //!   judge                MCP decoded in full, gate + policy per message ─► Permit
 //!   upstream::send       pooled or new connection; needs the Permit
 //!   upstream::relay      response head checked, body streamed (lists filtered)
@@ -23,6 +25,7 @@ pub(crate) mod body;
 pub(crate) mod conn;
 pub(crate) mod gate;
 pub(crate) mod handoff;
+pub(crate) mod inject;
 pub(crate) mod judge;
 pub(crate) mod listener;
 pub(crate) mod record;
@@ -131,7 +134,16 @@ async fn forward(
     // body's arrival and judging included).
     conn.outcome.upstream_sent = Some(Instant::now());
     let body = body::read(snap, client, conn, req).await?;
+    // The user's own upstream token (routes with `oauth2`), written into the
+    // head before judging frames the body; refused only once judged.
+    let token = inject::lookup(worker, snap.routes.get(req.route), req).await;
+    if let inject::Found::Token(t) = &token {
+        inject::write(snap.routes.get(req.route), t, &mut conn.up);
+    }
     let permit = judge::judge(worker, snap, req, body, conn)?;
+    if matches!(token, inject::Found::NotConnected(_) | inject::Found::Unavailable) {
+        return Err(Some(inject::refuse(conn, token)));
+    }
     upstream::send::send(worker, snap, client, conn, req, permit).await
 }
 

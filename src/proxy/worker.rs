@@ -38,6 +38,9 @@ pub struct Shared {
     pub control: Option<crate::proxy::handoff::Control>,
     /// The authorization server's counters (metrics).
     pub authz_counters: Option<Arc<crate::authz::server::Counters>>,
+    /// Grows when an upstream connection is removed or disconnected: every
+    /// core then empties its cache of upstream tokens.
+    pub vault_epoch: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             issued: Arc::default(),
             control: None,
             authz_counters: None,
+            vault_epoch: Arc::default(),
         })
     }
 
@@ -115,6 +119,8 @@ pub struct Worker {
     pub mcp_scratch: RefCell<crate::mcp::jsonrpc::Scratch>,
     /// Verified tokens (and recently rejected ones), for the current snapshot.
     pub token_cache: RefCell<crate::identity::TokenCache>,
+    /// Users' upstream tokens (routes with `oauth2`).
+    pub upstream_tokens: RefCell<crate::proxy::inject::UpstreamTokens>,
     /// Signed identity assertions, reused while fresh.
     pub assertions: RefCell<crate::identity::AssertionCache>,
     /// The snapshot generation the caches were filled under.
@@ -151,6 +157,7 @@ impl Worker {
             pool: Pool::default(),
             mcp_scratch: RefCell::default(),
             token_cache: RefCell::new(crate::identity::TokenCache::new(TOKEN_CACHE_ENTRIES)),
+            upstream_tokens: RefCell::default(),
             assertions: RefCell::new(crate::identity::AssertionCache::new(
                 ASSERTION_CACHE_ENTRIES,
             )),

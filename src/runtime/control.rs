@@ -101,19 +101,25 @@ fn serve(
         let snap = snapshot.load();
         let Some(settings) = snap.authz.as_deref() else {
             // Reloaded without the section: keep answering, clearly.
-            if let Ok(job) = next {
-                let _ = job.reply.send(crate::authz::token::oauth_error(
-                    404,
-                    "invalid_request",
-                    "the authorization server is not configured",
-                ));
+            match next {
+                Ok(Job::Http { reply, .. }) => {
+                    let _ = reply.send(crate::authz::token::oauth_error(
+                        404,
+                        "invalid_request",
+                        "the authorization server is not configured",
+                    ));
+                }
+                Ok(Job::Upstream { reply, .. }) => {
+                    let _ = reply.send(crate::authz::upstream::UpstreamAnswer::Unavailable);
+                }
+                Err(_) => {}
             }
             continue;
         };
         match next {
-            Ok(job) => {
+            Ok(Job::Http { call, reply }) => {
                 let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    server.handle(settings, &job.call)
+                    server.handle(settings, &call)
                 }))
                 .unwrap_or_else(|_| {
                     tracing::error!(
@@ -125,7 +131,14 @@ fn serve(
                         "the authorization server failed on this request",
                     )
                 });
-                let _ = job.reply.send(answer);
+                let _ = reply.send(answer);
+            }
+            Ok(Job::Upstream { user, route, reply }) => {
+                let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    server.upstream_token(settings, &user, &route)
+                }))
+                .unwrap_or(crate::authz::upstream::UpstreamAnswer::Unavailable);
+                let _ = reply.send(answer);
             }
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(e) = server.publish(settings) {

@@ -445,6 +445,7 @@ impl<'c> RouteCx<'c, '_, '_> {
             );
         }
         let upstream = self.upstream_credential();
+        let oauth2 = self.upstream_oauth2(auth);
         Some(RouteAuth {
             issuers,
             builtin,
@@ -453,7 +454,61 @@ impl<'c> RouteCx<'c, '_, '_> {
             audience: r.from.to_string(),
             metadata_url: RouteAuth::metadata_url_for(&r.from),
             upstream,
+            oauth2,
         })
+    }
+
+    /// The route's upstream OAuth client (the user's own upstream token).
+    fn upstream_oauth2(
+        &mut self,
+        auth: &config::AuthConfig,
+    ) -> Option<Arc<crate::snapshot::route::UpstreamOAuth2>> {
+        let r = self.r;
+        let o = r.upstream_auth.as_ref()?.oauth2.as_ref()?;
+        let ua = r.upstream_auth.as_ref()?;
+        if ua.static_credential.is_some() || ua.none {
+            self.at(
+                "oauth2",
+                format!("route {:?}: upstream_auth.oauth2 goes alone or with assertion", r.name),
+            );
+        }
+        if auth.issuers != [crate::authz::settings::ISSUER_NAME] {
+            self.at(
+                "oauth2",
+                format!(
+                    "route {:?}: upstream_auth.oauth2 needs auth: {{ issuers: [portcullis] }} only (its users log in and connect through portcullis)",
+                    r.name
+                ),
+            );
+        }
+        if false /*MERGE: self.config.vault.is_none()*/ {
+            self.at(
+                "oauth2",
+                format!("route {:?}: upstream_auth.oauth2 needs the `vault` section (the keys its tokens are sealed with)", r.name),
+            );
+        }
+        if !crate::http1::is_token(o.header.as_bytes()) {
+            self.at("oauth2", format!("route {:?}: invalid oauth2 header name", r.name));
+        }
+        for (what, url) in [("authorization_url", Some(&o.authorization_url)), ("token_url", Some(&o.token_url)), ("revocation_url", o.revocation_url.as_ref())] {
+            if let Some(url) = url {
+                let ok = crate::authz::Uri::parse(url).is_some_and(|u| {
+                    u.scheme == "https" || (u.scheme == "http" && u.authority.as_ref().is_some_and(|a| a.is_loopback()))
+                });
+                if !ok {
+                    self.at("oauth2", format!("route {:?}: oauth2.{what} must be https (http on loopback only)", r.name));
+                }
+            }
+        }
+        let prefix = if o.header.eq_ignore_ascii_case("authorization") {
+            format!("{}: Bearer ", o.header)
+        } else {
+            format!("{}: ", o.header)
+        };
+        Some(Arc::new(crate::snapshot::route::UpstreamOAuth2 {
+            config: o.clone(),
+            prefix: prefix.into_bytes(),
+        }))
     }
 
     /// What the upstream gets instead of the client's token: one of
@@ -489,6 +544,8 @@ impl<'c> RouteCx<'c, '_, '_> {
                 UpstreamCredential::Static(format!("{}: {}\r\n", s.header, s.value).into_bytes())
             }
             (_, _, true) => UpstreamCredential::None,
+            // The user's own upstream token alone (no assertion unless asked).
+            (None, None, false) if ua.oauth2.is_some() => UpstreamCredential::None,
             (assertion, None, false) => {
                 let assertion = assertion.as_ref();
                 let header = assertion.map_or("X-Portcullis-Identity", |a| a.header.as_str());

@@ -52,6 +52,17 @@ pub struct RouteAuth {
     /// The RFC 9728 metadata URL of this route.
     pub metadata_url: String,
     pub upstream: UpstreamCredential,
+    /// The user's own token at the upstream service, injected beside (or
+    /// instead of) `upstream`.
+    pub oauth2: Option<std::sync::Arc<UpstreamOAuth2>>,
+}
+
+/// A route's upstream OAuth client, compiled.
+#[derive(Debug)]
+pub struct UpstreamOAuth2 {
+    pub config: crate::config::authz::UpstreamOAuth2,
+    /// `Authorization: Bearer ` (or `Header: `), written before the token.
+    pub prefix: Vec<u8>,
 }
 
 #[derive(Debug)]

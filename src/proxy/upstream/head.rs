@@ -112,8 +112,14 @@ pub(crate) fn write(
     // The default assertion header is never taken from a client, on any
     // route (an upstream behind several routes must be able to trust it).
     // Where lists are filtered, answers must come uncompressed.
+    let oauth2 = route
+        .auth
+        .as_ref()
+        .and_then(|a| a.oauth2.as_ref())
+        .map(|o| o.config.header.as_str());
     let strip = |name: &str| {
         name.eq_ignore_ascii_case("x-portcullis-identity")
+            || oauth2.is_some_and(|h| name.eq_ignore_ascii_case(h))
             || (route.auth.is_some()
                 && (name.eq_ignore_ascii_case("authorization")
                     || injected.is_some_and(|h| name.eq_ignore_ascii_case(h))))

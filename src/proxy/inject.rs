@@ -1,0 +1,141 @@
+//! The user's own token at a route's upstream service (issue 12), injected
+//! into the upstream head after the body is judged. Tokens come from a
+//! per-core cache (bounded, never past expiry, emptied when the control
+//! plane says a connection changed); a miss asks the control plane, with a
+//! timeout, over the hand-off channel. The request path never waits on a
+//! refresh: the control plane refreshes ahead, in the background.
+//! Keyed by (the caller's `sub`, the route): one user's token is never
+//! sent on another's request.
+
+use crate::authz::upstream::UpstreamAnswer;
+use crate::error::HttpError;
+use crate::http1::encode::Detail;
+use crate::principal::Principal;
+use crate::proxy::admit::Request;
+use crate::proxy::conn::Conn;
+use crate::proxy::handoff::Job;
+use crate::proxy::worker::Worker;
+use crate::snapshot::route::Route;
+use std::collections::HashMap;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Entries per core; past it the cache starts over.
+const CAPACITY: usize = 4096;
+/// A cached token is not used in its last seconds (clocks, transit).
+const MARGIN: i64 = 5;
+/// How long a core waits for the control plane's answer on a miss.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The per-core cache: route index → sub → token, expiry.
+#[derive(Default)]
+pub struct UpstreamTokens {
+    map: HashMap<usize, HashMap<String, (Zeroizing<String>, i64)>>,
+    len: usize,
+    /// `Shared::vault_epoch` when it was last emptied.
+    epoch: u64,
+}
+
+impl UpstreamTokens {
+    fn get(&mut self, epoch: u64, sub: &str, route: usize, now: i64) -> Option<&str> {
+        if epoch != self.epoch {
+            self.map.clear();
+            self.len = 0;
+            self.epoch = epoch;
+        }
+        let (token, expires) = self.map.get(&route)?.get(sub)?;
+        (now + MARGIN < *expires).then_some(token.as_str())
+    }
+
+    fn insert(&mut self, sub: &str, route: usize, token: Zeroizing<String>, expires: i64) {
+        if self.len >= CAPACITY {
+            self.map.clear();
+            self.len = 0;
+        }
+        let old = self
+            .map
+            .entry(route)
+            .or_default()
+            .insert(sub.to_string(), (token, expires));
+        self.len += usize::from(old.is_none());
+    }
+}
+
+/// What the lookup found for a request.
+pub(crate) enum Found {
+    /// The route takes no user token.
+    Nothing,
+    Token(Zeroizing<String>),
+    NotConnected(String),
+    Unavailable,
+}
+
+/// The caller's token for this route: cached, else asked of the control plane.
+pub(crate) async fn lookup(worker: &Worker, route: &Route, req: &Request) -> Found {
+    let (Some(_), Some(p)) = (route.auth.as_ref().and_then(|a| a.oauth2.as_ref()), &req.principal) else {
+        return Found::Nothing;
+    };
+    let now = req.now_unix;
+    let epoch = worker.shared.vault_epoch.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = worker.upstream_tokens.borrow_mut().get(epoch, &p.sub, route.index, now) {
+        return Found::Token(Zeroizing::new(t.to_string()));
+    }
+    ask(worker, route, p, now).await
+}
+
+async fn ask(worker: &Worker, route: &Route, p: &Principal, now: i64) -> Found {
+    let Some(control) = &worker.shared.control else {
+        return Found::Unavailable;
+    };
+    let (tx, rx) = futures_channel::oneshot::channel();
+    let job = Job::Upstream {
+        user: p.sub.clone(),
+        route: route.name.clone(),
+        reply: tx,
+    };
+    if control.try_send(job).is_err() {
+        return Found::Unavailable;
+    }
+    match monoio::time::timeout(LOOKUP_TIMEOUT, rx).await {
+        Ok(Ok(UpstreamAnswer::Token { value, expires })) => {
+            if now + MARGIN < expires {
+                let epoch = worker.shared.vault_epoch.load(std::sync::atomic::Ordering::Relaxed);
+                let mut cache = worker.upstream_tokens.borrow_mut();
+                let _ = cache.get(epoch, &p.sub, route.index, now); // empties a stale cache first
+                cache.insert(&p.sub, route.index, value.clone(), expires);
+            }
+            Found::Token(value)
+        }
+        Ok(Ok(UpstreamAnswer::NotConnected { why, connect_url })) => Found::NotConnected(format!(
+            "{why}: connect your account for this MCP server at {connect_url} and try again"
+        )),
+        _ => Found::Unavailable,
+    }
+}
+
+/// Append the token's header line to the upstream head (before judging
+/// writes the framing).
+pub(crate) fn write(route: &Route, token: &str, up: &mut Vec<u8>) {
+    if let Some(o) = route.auth.as_ref().and_then(|a| a.oauth2.as_ref()) {
+        up.extend_from_slice(&o.prefix);
+        up.extend_from_slice(token.as_bytes());
+        up.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The refusal of a judged request that has no usable token: a JSON-RPC
+/// error naming its requests' ids, saying where to connect.
+pub(crate) fn refuse(conn: &mut Conn, found: Found) -> HttpError {
+    match found {
+        Found::NotConnected(message) => {
+            conn.judged.detail = Some(Box::new(Detail {
+                ids: std::mem::take(&mut conn.judged.ids),
+                batch: conn.judged.batch,
+                message: Some(message),
+                headers: Vec::new(),
+            }));
+            HttpError::UpstreamNotConnected
+        }
+        _ => HttpError::BadGateway("the user's upstream token is unavailable"),
+    }
+}
