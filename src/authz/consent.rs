@@ -62,7 +62,7 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
             .store()
             .consented(&user.sub, &tx.c, &tx.r, &covered(&tx), now);
         match remembered {
-            Ok(true) => return issue_code(server, s, &tx, &user, now),
+            Ok(true) => return finish(server, s, &tx, tx_text, &user, now),
             Ok(false) => {}
             Err(e) => return unavailable(&e),
         }
@@ -175,7 +175,8 @@ pub(crate) fn decide(server: &Server, s: &Settings, call: &Call) -> Answer {
             ("resource", &tx.res),
         ],
     );
-    issue_code(server, s, &tx, &user, now).with("set-cookie", clear)
+    let tx_text = form.get("tx").unwrap_or_default();
+    finish(server, s, &tx, tx_text, &user, now).with("set-cookie", clear)
 }
 
 /// What a consent covers: the scopes, and the MCP server the page named
@@ -188,6 +189,17 @@ fn covered(tx: &Tx) -> Vec<String> {
 }
 
 /// Issue the code and send the browser back to the client.
+/// After consent: connect the user's upstream account first where the route
+/// needs one (the flow comes back here), then issue the code.
+fn finish(server: &Server, s: &Settings, tx: &Tx, tx_text: &str, user: &Session, now: i64) -> Answer {
+    if let Some(resource) = s.resource(&tx.res) {
+        if super::connect::needed(server, resource, &user.sub) {
+            return super::connect::start(server, s, &resource.route, &user.sub, tx_text, now);
+        }
+    }
+    issue_code(server, s, tx, user, now)
+}
+
 fn issue_code(server: &Server, s: &Settings, tx: &Tx, user: &Session, now: i64) -> Answer {
     let code = server.sealer.token();
     let mut claims = serde_json::json!({"sub": user.sub, "email": user.email, "groups": user.groups, "idp": user.idp});

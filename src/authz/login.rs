@@ -120,7 +120,12 @@ fn logged_in(server: &Server, s: &Settings, session: Session, tx: &str) -> Answe
         Purpose::Session,
         &serde_json::to_vec(&session).unwrap_or_default(),
     );
-    Answer::redirect(with_query(&s.url("/.portcullis/consent"), &[("tx", tx)]))
+    let next = if tx == super::connect::FROM_CONNECTIONS {
+        s.url("/.portcullis/connections")
+    } else {
+        with_query(&s.url("/.portcullis/consent"), &[("tx", tx)])
+    };
+    Answer::redirect(next)
         .with("set-cookie", cookie(SESSION_COOKIE, &sealed, SESSION_TTL))
         .with("set-cookie", cookie(LOGIN_COOKIE, "", 0))
 }
@@ -145,7 +150,7 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
     let form = Form::parse(call.query.as_bytes()).unwrap_or_default();
     let Some(tx) = form
         .get("tx")
-        .filter(|t| Tx::open(server, Some(t), now).is_some())
+        .filter(|t| *t == super::connect::FROM_CONNECTIONS || Tx::open(server, Some(t), now).is_some())
     else {
         return pages::error(
             400,

@@ -9,6 +9,7 @@
 pub(crate) mod authorize;
 pub(crate) mod cimd;
 pub(crate) mod clients;
+pub(crate) mod connect;
 pub(crate) mod consent;
 pub(crate) mod http;
 pub(crate) mod login;

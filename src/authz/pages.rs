@@ -139,6 +139,40 @@ just started it yourself.</div>",
     Answer::html(200, page("Allow access", &body))
 }
 
+/// One row of the connections page.
+pub(crate) struct ConnectionRow<'a> {
+    pub route: &'a str,
+    pub server: &'a str,
+    pub state: String,
+    pub connected: bool,
+}
+
+pub(crate) fn connections(user: &str, rows: &[ConnectionRow<'_>], csrf: &str) -> Answer {
+    let mut body = format!(
+        "<h1>Your connected accounts</h1><p>Logged in as <b>{}</b>. MCP servers behind portcullis that act \
+with your own account at another service use these connections; agents never see their tokens.</p>",
+        esc(user)
+    );
+    if rows.is_empty() {
+        body.push_str("<p>No MCP server here needs a connected account.</p>");
+    }
+    for r in rows {
+        let (action, label) = if r.connected { ("disconnect", "Disconnect") } else { ("connect", "Connect") };
+        let _ = write!(
+            body,
+            "<div class=\"box\" data-route=\"{route}\"><b>{route}</b> <code>{server}</code><br>\
+<span class=\"state\">{state}</span><form method=\"post\" action=\"/.portcullis/connections\">\
+<input type=\"hidden\" name=\"route\" value=\"{route}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button type=\"submit\" name=\"action\" value=\"{action}\" id=\"{action}-{route}\">{label}</button></form></div>",
+            route = esc(r.route),
+            server = esc(r.server),
+            state = esc(&r.state),
+            csrf = esc(csrf),
+        );
+    }
+    Answer::html(200, page("Connected accounts", &body))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

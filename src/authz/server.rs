@@ -122,6 +122,11 @@ pub struct Server {
     pub(crate) limiter: super::register::Limiter,
     /// The store's change sequence when revocations were last read.
     seen_seq: AtomicU64,
+    /// Users' upstream tokens are sealed with it (absent: no `vault`).
+    vault: Option<crate::vault::Vault>,
+    /// Grows when an upstream connection goes away: the cores empty their
+    /// token caches (shared with them as `Shared::vault_epoch`).
+    pub vault_epoch: Arc<AtomicU64>,
 }
 
 /// A store failure, for every endpoint: 503, never a half-done grant.
@@ -146,6 +151,11 @@ impl Server {
     ) -> Result<Server, String> {
         let sealer = Sealer::new(master)?;
         let keys = load_keys(&mut *store, &sealer)?;
+        let vault = if settings.vault_keys.is_empty() {
+            None
+        } else {
+            Some(crate::vault::Vault::new(&settings.vault_keys).map_err(|e| format!("vault: {e}"))?)
+        };
         let server = Server {
             store: Mutex::new(store),
             sealer,
@@ -156,6 +166,8 @@ impl Server {
             oidc: Default::default(),
             limiter: Default::default(),
             seen_seq: AtomicU64::new(u64::MAX),
+            vault,
+            vault_epoch: Arc::default(),
         };
         server.publish(settings).map_err(|e| e.to_string())?;
         Ok(server)
@@ -169,6 +181,15 @@ impl Server {
 
     pub(crate) fn signing_key(&self) -> &MintKey {
         &self.keys[0]
+    }
+
+    pub(crate) fn vault(&self) -> Option<&crate::vault::Vault> {
+        self.vault.as_ref()
+    }
+
+    /// Every core forgets its cached upstream tokens.
+    pub(crate) fn bump_vault_epoch(&self) {
+        self.vault_epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn keys(&self) -> &[MintKey] {
@@ -238,6 +259,9 @@ impl Server {
             (Verb::Get, "/.portcullis/callback") => super::login::callback(self, s, call),
             (Verb::Get, "/.portcullis/consent") => super::consent::page(self, s, call),
             (Verb::Post, "/.portcullis/consent") => super::consent::decide(self, s, call),
+            (Verb::Get, "/.portcullis/upstream/callback") => super::connect::callback(self, s, call),
+            (Verb::Get, "/.portcullis/connections") => super::connect::page(self, s, call),
+            (Verb::Post, "/.portcullis/connections") => super::connect::act(self, s, call),
             (Verb::Post, "/token") => super::token::token(self, s, call),
             (Verb::Post, "/revoke") => super::token::revoke(self, s, call),
             (_, p) if is_endpoint(p) && !p.starts_with("/.portcullis/") || known_page(p) => {
@@ -300,7 +324,11 @@ impl Server {
 fn known_page(p: &str) -> bool {
     matches!(
         p,
-        "/.portcullis/login" | "/.portcullis/callback" | "/.portcullis/consent"
+        "/.portcullis/login"
+            | "/.portcullis/callback"
+            | "/.portcullis/consent"
+            | "/.portcullis/upstream/callback"
+            | "/.portcullis/connections"
     )
 }
 

@@ -21,6 +21,8 @@ pub struct Resource {
     /// The route's public URL as its metadata names it: the tokens' `aud`.
     pub audience: String,
     pub scopes: Vec<String>,
+    /// The user's own token at the route's upstream (`upstream_auth.oauth2`).
+    pub upstream: Option<crate::config::authz::UpstreamOAuth2>,
 }
 
 #[derive(Debug)]
@@ -48,6 +50,10 @@ pub struct Settings {
     pub store_path: PathBuf,
     /// Every commit synced to disk (`store.sync: full`).
     pub store_full_sync: bool,
+    /// The vault's keys (id, key): the first seals, all open. Fixed at start.
+    pub vault_keys: Vec<(String, String)>,
+    /// How long before expiry upstream tokens are refreshed.
+    pub vault_refresh_ahead: i64,
 }
 
 impl Settings {
@@ -73,6 +79,7 @@ impl Settings {
 pub fn compile(
     cfg: &AuthorizationServerConfig,
     store: Option<&StoreConfig>,
+    vault: Option<&crate::config::vault::VaultConfig>,
     routes: &[RouteConfig],
     base: &std::path::Path,
 ) -> Result<Settings, Vec<String>> {
@@ -177,6 +184,8 @@ pub fn compile(
         secret: cfg.secret.clone(),
         store_path,
         store_full_sync: store.is_none_or(|s| s.sync == crate::config::authz::StoreSync::Full),
+        vault_keys: vault.map_or_else(Vec::new, |v| v.keys.iter().map(|k| (k.id.clone(), k.key.clone())).collect()),
+        vault_refresh_ahead: vault.map_or(300, |v| v.refresh_ahead.0.as_secs() as i64),
     })
 }
 
@@ -217,6 +226,7 @@ fn resources(routes: &[RouteConfig]) -> Vec<Resource> {
                         .unwrap_or_else(|_| audience.clone()),
                     audience,
                     scopes: auth.scopes.clone(),
+                    upstream: r.upstream_auth.as_ref().and_then(|u| u.oauth2.clone()),
                 }
             })
         })
@@ -241,6 +251,7 @@ routes:
         match compile(
             cfg.authorization_server.as_ref().unwrap(),
             cfg.store.as_ref(),
+            cfg.vault.as_ref(),
             &cfg.routes,
             std::path::Path::new("/tmp"),
         ) {

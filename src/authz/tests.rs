@@ -480,6 +480,7 @@ impl H {
         let s = compile(
             cfg.authorization_server.as_ref().unwrap(),
             cfg.store.as_ref(),
+            cfg.vault.as_ref(),
             &cfg.routes,
             Path::new("/"),
         )

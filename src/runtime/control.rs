@@ -144,6 +144,10 @@ fn serve(
                 if let Err(e) = server.publish(settings) {
                     tracing::warn!(error = %e, "cannot read revocations from the store");
                 }
+                // One thread refreshes users' upstream tokens ahead of expiry.
+                if i == 0 {
+                    server.refresh_upstream(settings, crate::authz::unix_now());
+                }
                 if i == 0 && swept.elapsed() >= SWEEP {
                     swept = Instant::now();
                     match server.sweep() {

@@ -126,6 +126,7 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     if let Some(a) = &authz {
         shared.control = Some(a.control.clone());
         shared.authz_counters = Some(a.server.counters.clone());
+        shared.vault_epoch = a.server.vault_epoch.clone();
     }
     let shared = Arc::new(shared);
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));

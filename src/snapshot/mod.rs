@@ -250,7 +250,13 @@ fn compile_authz(
         }
         return None;
     };
-    match crate::authz::settings::compile(cfg, config.store.as_ref(), &config.routes, base) {
+    match crate::authz::settings::compile(
+        cfg,
+        config.store.as_ref(),
+        config.vault.as_ref(),
+        &config.routes,
+        base,
+    ) {
         Ok(s) => Some(s),
         Err(list) => {
             for message in list {
@@ -481,7 +487,7 @@ impl<'c> RouteCx<'c, '_, '_> {
                 ),
             );
         }
-        if false /*MERGE: self.config.vault.is_none()*/ {
+        if self.config.vault.is_none() {
             self.at(
                 "oauth2",
                 format!("route {:?}: upstream_auth.oauth2 needs the `vault` section (the keys its tokens are sealed with)", r.name),

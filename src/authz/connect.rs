@@ -1,0 +1,453 @@
+//! Connecting a user's account at a route's upstream service (issue 12):
+//! portcullis is an OAuth client of the upstream (GitHub, Notion, …), gets the
+//! user's token there once (authorization code + PKCE S256 + `state`, the
+//! `iss` checked on return), keeps it sealed in the vault, refreshes it ahead
+//! of expiry in the background, and hands it to the cores on request. The
+//! agent never sees it.
+//!
+//! When: after consent, before the client's code is issued, for a route that
+//! has `upstream_auth.oauth2` and a user with no connected token; or from the
+//! page `/.portcullis/connections` (connect, disconnect).
+
+use super::http::{encode, with_query, Answer, Call, Form};
+use super::login::{cookie, session};
+use super::pages;
+use super::seal::{s256, same, Purpose};
+use super::server::{unavailable, Server};
+use super::settings::{Resource, Settings};
+use super::upstream::UpstreamAnswer;
+use crate::config::authz::UpstreamOAuth2;
+use crate::store::{UpstreamStatus, UpstreamToken};
+use crate::vault::Secret;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+
+const PENDING_COOKIE: &str = "__Host-portcullis-upstream";
+const PENDING_TTL: i64 = 600;
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed refresh (upstream down), try again this much later, doubling.
+const BACKOFF: i64 = 30;
+/// What `back` says when the connection started on the connections page.
+pub(crate) const FROM_CONNECTIONS: &str = "connections";
+
+/// A connection in progress, sealed in a cookie.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    route: String,
+    state: String,
+    verifier: String,
+    /// The sealed authorization transaction to finish, or `connections`.
+    back: String,
+    user: String,
+    exp: i64,
+}
+
+/// The routes whose upstream wants the user's own token.
+pub(crate) fn upstream_of<'s>(s: &'s Settings, route: &str) -> Option<&'s UpstreamOAuth2> {
+    s.resources
+        .iter()
+        .find(|r| r.route == route)
+        .and_then(|r| r.upstream.as_ref())
+}
+
+/// Whether `user` must connect `resource`'s upstream before a code is issued.
+pub(crate) fn needed(server: &Server, resource: &Resource, user: &str) -> bool {
+    if resource.upstream.is_none() || server.vault().is_none() {
+        return false;
+    }
+    let found = server.store().upstream(user, &resource.route);
+    !matches!(found, Ok(Some(t)) if t.status == UpstreamStatus::Connected)
+}
+
+/// Send the browser to the upstream to connect `route` for `user`.
+pub(crate) fn start(server: &Server, s: &Settings, route: &str, user: &str, back: &str, now: i64) -> Answer {
+    let Some(o) = upstream_of(s, route) else {
+        return pages::error(404, "No such connection", "this MCP server has no upstream account to connect");
+    };
+    let pending = Pending {
+        route: route.to_string(),
+        state: server.sealer.token(),
+        verifier: server.sealer.token(),
+        back: back.to_string(),
+        user: user.to_string(),
+        exp: now + PENDING_TTL,
+    };
+    let challenge = s256(&pending.verifier);
+    let scope = o.scopes.join(" ");
+    let redirect = s.url("/.portcullis/upstream/callback");
+    let mut params = vec![
+        ("response_type", "code"),
+        ("client_id", o.client_id.as_str()),
+        ("redirect_uri", redirect.as_str()),
+        ("state", pending.state.as_str()),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    if !scope.is_empty() {
+        params.push(("scope", &scope));
+    }
+    if let Some(r) = &o.resource {
+        params.push(("resource", r));
+    }
+    let url = with_query(&o.authorization_url, &params);
+    let sealed = server.sealer.seal(Purpose::Login, &serde_json::to_vec(&pending).unwrap_or_default());
+    Answer::redirect(url).with("set-cookie", cookie(PENDING_COOKIE, &sealed, PENDING_TTL))
+}
+
+/// `GET /.portcullis/upstream/callback`: back from the upstream.
+pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
+    let now = crate::authz::unix_now();
+    let form = Form::parse(call.query.as_bytes()).unwrap_or_default();
+    let Some(p) = call
+        .cookie(PENDING_COOKIE)
+        .and_then(|c| server.sealer.open(Purpose::Login, c))
+        .and_then(|raw| serde_json::from_slice::<Pending>(&raw).ok())
+        .filter(|p| p.exp > now)
+    else {
+        return pages::error(400, "This connection has expired", "start again");
+    };
+    let clear = cookie(PENDING_COOKIE, "", 0);
+    if !form.get("state").is_some_and(|st| same(st.as_bytes(), p.state.as_bytes())) {
+        return pages::error(403, "This answer belongs to another connection", "state mismatch").with("set-cookie", clear);
+    }
+    let Some(o) = upstream_of(s, &p.route) else {
+        return pages::error(404, "No such connection", "the route is no longer configured").with("set-cookie", clear);
+    };
+    if let (Some(want), Some(got)) = (&o.issuer, form.get("iss")) {
+        if want != got {
+            return pages::error(403, "This answer comes from another authorization server", "iss mismatch (RFC 9207)").with("set-cookie", clear);
+        }
+    }
+    if let Some(err) = form.get("error") {
+        return pages::error(403, "The upstream service refused the connection", &super::register::clip(err)).with("set-cookie", clear);
+    }
+    let Some(code) = form.get("code") else {
+        return pages::error(400, "The upstream service sent no code", "code is missing").with("set-cookie", clear);
+    };
+    let body = format!(
+        "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
+        encode(code),
+        encode(&s.url("/.portcullis/upstream/callback")),
+        encode(&p.verifier)
+    );
+    let tokens = match token_request(o, body) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(route = %p.route, error = %e, "connecting an upstream account failed");
+            return pages::error(502, "The upstream service did not give a token", &e).with("set-cookie", clear);
+        }
+    };
+    if let Err(e) = store_tokens(server, s, &p.user, &p.route, o, tokens, now, None) {
+        return unavailable(&e).with("set-cookie", clear);
+    }
+    server.audit_event("upstream.connected", &[("user", &p.user), ("route", &p.route)]);
+    let next = if p.back == FROM_CONNECTIONS {
+        Answer::redirect(s.url("/.portcullis/connections"))
+    } else {
+        Answer::redirect(with_query(&s.url("/.portcullis/consent"), &[("tx", &p.back)]))
+    };
+    next.with("set-cookie", clear)
+}
+
+/// A token response, parsed; the strings are secrets.
+struct Tokens {
+    secret: Secret,
+    expires_in: Option<i64>,
+}
+
+/// POST to the upstream's token endpoint as our client.
+fn token_request(o: &UpstreamOAuth2, mut body: String) -> Result<Tokens, TokenError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.post(&o.token_url).header("accept", "application/json");
+    match &o.client_secret {
+        Some(secret) => {
+            let basic = format!("{}:{}", encode(&o.client_id), encode(secret));
+            req = req.header(
+                "authorization",
+                format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)),
+            );
+        }
+        None => body.push_str(&format!("&client_id={}", encode(&o.client_id))),
+    }
+    let mut resp = req
+        .content_type("application/x-www-form-urlencoded")
+        .send(body.as_bytes())
+        .map_err(|e| TokenError::Unreachable(format!("token endpoint: {e}")))?;
+    let status = resp.status().as_u16();
+    let raw = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_vec()
+        .map_err(|e| TokenError::Unreachable(format!("token endpoint: {e}")))?;
+    let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
+    let error = v.get("error").and_then(Value::as_str);
+    if status == 200 && error.is_none() {
+        let access = v.get("access_token").and_then(Value::as_str).ok_or(TokenError::Refused("no access_token in the answer".into()))?;
+        return Ok(Tokens {
+            secret: Secret {
+                access_token: access.to_string(),
+                refresh_token: v.get("refresh_token").and_then(Value::as_str).map(str::to_string),
+                token_type: v.get("token_type").and_then(Value::as_str).map(str::to_string),
+                scope: v.get("scope").and_then(Value::as_str).map(str::to_string),
+            },
+            expires_in: v.get("expires_in").and_then(Value::as_i64),
+        });
+    }
+    match (status, error) {
+        (400 | 401, Some(e @ ("invalid_grant" | "invalid_client" | "unauthorized_client"))) => Err(TokenError::Refused(e.to_string())),
+        (s, e) if s >= 500 || s == 429 => Err(TokenError::Unreachable(format!("status {s}, error {}", e.unwrap_or("?")))),
+        (s, e) => Err(TokenError::Refused(format!("status {s}, error {}", e.unwrap_or("?")))),
+    }
+}
+
+enum TokenError {
+    /// The upstream refused (`invalid_grant`…): the connection is over.
+    Refused(String),
+    /// Network, 5xx, 429: nothing is concluded.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::Refused(e) => write!(f, "refused: {e}"),
+            TokenError::Unreachable(e) => write!(f, "unreachable: {e}"),
+        }
+    }
+}
+
+/// Seal and store a token response; with `generation`, only if nobody
+/// changed the record since (compare-and-set). The rotated refresh token is
+/// in the same write as the new access token.
+#[allow(clippy::too_many_arguments)]
+fn store_tokens(
+    server: &Server,
+    s: &Settings,
+    user: &str,
+    route: &str,
+    o: &UpstreamOAuth2,
+    mut tokens: Tokens,
+    now: i64,
+    previous: Option<(&Secret, i64)>,
+) -> Result<bool, crate::store::StoreError> {
+    let Some(vault) = server.vault() else {
+        return Ok(false);
+    };
+    // Upstreams may leave the refresh token out when it did not rotate.
+    if tokens.secret.refresh_token.is_none() {
+        tokens.secret.refresh_token = previous.and_then(|(p, _)| p.refresh_token.clone());
+    }
+    let expires = tokens.expires_in.map_or(0, |e| now + e.max(1));
+    let refresh_due = match (expires, &tokens.secret.refresh_token) {
+        (0, _) | (_, None) => i64::MAX,
+        (e, Some(_)) => (e - s.vault_refresh_ahead).max(now + (e - now) / 2),
+    };
+    let (kid, sealed) = vault.seal_secret(user, route, &o.client_id, &tokens.secret);
+    let record = UpstreamToken {
+        user: user.to_string(),
+        route: route.to_string(),
+        client_id: o.client_id.clone(),
+        kid,
+        sealed,
+        expires,
+        refresh_due,
+        status: UpstreamStatus::Connected,
+        updated: now,
+        generation: 0,
+    };
+    let mut store = server.store();
+    match previous {
+        Some((_, generation)) => store.replace_upstream_if(&record, generation),
+        None => store.put_upstream(&record).map(|_| true),
+    }
+}
+
+impl Server {
+    /// A core's cache miss: the user's token for `route`, or why there is none.
+    pub fn upstream_token(&self, s: &Settings, user: &str, route: &str) -> UpstreamAnswer {
+        let connect_url = s.url("/.portcullis/connections");
+        let not_connected = |why: &str| UpstreamAnswer::NotConnected { why: why.to_string(), connect_url: connect_url.clone() };
+        let Some(vault) = self.vault() else {
+            return UpstreamAnswer::Unavailable;
+        };
+        let found = self.store().upstream(user, route);
+        let t = match found {
+            Ok(Some(t)) => t,
+            Ok(None) => return not_connected("your account at this MCP server's upstream service is not connected"),
+            Err(_) => return UpstreamAnswer::Unavailable,
+        };
+        if let UpstreamStatus::Disconnected { reason } = &t.status {
+            return not_connected(&format!("your upstream account was disconnected ({reason})"));
+        }
+        let Some(secret) = vault.open_secret(&t) else {
+            tracing::error!(route, "an upstream token in the vault does not open (a missing vault key?)");
+            return UpstreamAnswer::Unavailable;
+        };
+        let now = crate::authz::unix_now();
+        if t.expires != 0 && t.expires <= now {
+            return not_connected("your upstream token expired and could not be refreshed");
+        }
+        UpstreamAnswer::Token {
+            value: zeroize::Zeroizing::new(secret.access_token.clone()),
+            // Unknown expiry: cores re-ask every few minutes.
+            expires: if t.expires == 0 { now + 300 } else { t.expires },
+        }
+    }
+
+    /// Refresh the tokens that are due (one control thread calls this while
+    /// idle): each in its own compare-and-set, so one refresh per (user,
+    /// route) wins across threads and instances.
+    pub fn refresh_upstream(&self, s: &Settings, now: i64) -> usize {
+        let Some(vault) = self.vault() else { return 0 };
+        let due = self.store().upstream_due(now, 16);
+        let Ok(due) = due else { return 0 };
+        let mut done = 0;
+        for t in due {
+            let Some(o) = upstream_of(s, &t.route) else { continue };
+            let Some(secret) = vault.open_secret(&t) else { continue };
+            let Some(rt) = secret.refresh_token.clone() else { continue };
+            let body = format!("grant_type=refresh_token&refresh_token={}", encode(&rt));
+            match token_request(o, body) {
+                Ok(tokens) => {
+                    match store_tokens(self, s, &t.user, &t.route, o, tokens, now, Some((&secret, t.generation))) {
+                        Ok(true) => {
+                            done += 1;
+                            self.audit_event("upstream.refreshed", &[("user", &t.user), ("route", &t.route)]);
+                        }
+                        Ok(false) => tracing::debug!(route = %t.route, "upstream refresh lost a race: another refresh won"),
+                        Err(e) => tracing::warn!(error = %e, "cannot store a refreshed upstream token"),
+                    }
+                }
+                Err(TokenError::Refused(why)) => {
+                    let mut gone = t.clone();
+                    gone.status = UpstreamStatus::Disconnected { reason: format!("the upstream refused the refresh: {why}") };
+                    gone.refresh_due = i64::MAX;
+                    gone.updated = now;
+                    let _ = self.store().replace_upstream_if(&gone, t.generation);
+                    self.bump_vault_epoch();
+                    self.audit_event("upstream.refresh_failed", &[("user", &t.user), ("route", &t.route), ("why", &why), ("outcome", "disconnected")]);
+                }
+                Err(TokenError::Unreachable(why)) => {
+                    let mut later = t.clone();
+                    let waited = (now - t.updated).max(BACKOFF);
+                    later.refresh_due = now + (waited * 2).min(600);
+                    later.updated = now;
+                    let _ = self.store().replace_upstream_if(&later, t.generation);
+                    self.audit_event("upstream.refresh_failed", &[("user", &t.user), ("route", &t.route), ("why", &why), ("outcome", "kept, retried later")]);
+                }
+            }
+        }
+        done
+    }
+
+    /// Disconnect: revoke at the upstream where it can, delete the record,
+    /// and make every core forget its cached copy.
+    pub(crate) fn disconnect(&self, s: &Settings, user: &str, route: &str) -> Result<bool, crate::store::StoreError> {
+        let found = self.store().upstream(user, route)?;
+        if let (Some(t), Some(o), Some(vault)) = (&found, upstream_of(s, route), self.vault()) {
+            if let (Some(url), Some(secret)) = (&o.revocation_url, vault.open_secret(t)) {
+                let token = secret.refresh_token.as_deref().unwrap_or(&secret.access_token);
+                let mut o2 = o.clone();
+                o2.token_url = url.clone();
+                let body = format!("token={}", encode(token));
+                if let Err(e) = token_request_ok(&o2, body) {
+                    tracing::warn!(route, error = %e, "revoking at the upstream failed; the record is deleted anyway");
+                }
+            }
+        }
+        let deleted = self.store().delete_upstream(user, route)?;
+        self.bump_vault_epoch();
+        if deleted {
+            self.audit_event("upstream.disconnected", &[("user", user), ("route", route)]);
+        }
+        Ok(deleted)
+    }
+}
+
+/// A POST whose answer needs no body (revocation: 200 is success).
+fn token_request_ok(o: &UpstreamOAuth2, body: String) -> Result<(), String> {
+    match token_request(o, body) {
+        Ok(_) => Ok(()),
+        Err(TokenError::Refused(e)) if e.contains("no access_token") => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `GET /.portcullis/connections`: the user's upstream accounts.
+pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
+    let now = crate::authz::unix_now();
+    let Some(user) = session(server, call, now) else {
+        return super::login::start(server, s, FROM_CONNECTIONS, now);
+    };
+    let records = server.store().upstream_of(&user.sub);
+    let records = match records {
+        Ok(r) => r,
+        Err(e) => return unavailable(&e),
+    };
+    let csrf = server.sealer.token();
+    let sealed = server.sealer.seal(Purpose::Consent, format!("{}\n{csrf}\n{}", user.sub, now + PENDING_TTL).as_bytes());
+    let rows: Vec<pages::ConnectionRow<'_>> = s
+        .resources
+        .iter()
+        .filter(|r| r.upstream.is_some())
+        .map(|r| {
+            let t = records.iter().find(|t| t.route == r.route);
+            pages::ConnectionRow {
+                route: &r.route,
+                server: &r.audience,
+                state: match t.map(|t| &t.status) {
+                    Some(UpstreamStatus::Connected) => "connected".to_string(),
+                    Some(UpstreamStatus::Disconnected { reason }) => format!("disconnected: {reason}"),
+                    None => "not connected".to_string(),
+                },
+                connected: t.is_some_and(|t| t.status == UpstreamStatus::Connected),
+            }
+        })
+        .collect();
+    pages::connections(&user.sub, &rows, &csrf).with("set-cookie", cookie("__Host-portcullis-connections", &sealed, PENDING_TTL))
+}
+
+/// `POST /.portcullis/connections`: connect or disconnect one route.
+pub(crate) fn act(server: &Server, s: &Settings, call: &Call) -> Answer {
+    let now = crate::authz::unix_now();
+    if call.header("origin").is_some_and(|o| o != s.issuer) {
+        return pages::error(403, "This form was sent from another site", "the Origin is not this server's");
+    }
+    let Some(user) = session(server, call, now) else {
+        return pages::error(403, "You are not logged in", "open the connections page again");
+    };
+    let form = match Form::parse(&call.body) {
+        Ok(f) => f,
+        Err(e) => return pages::error(400, "This form is malformed", &e.to_string()),
+    };
+    let bound = call
+        .cookie("__Host-portcullis-connections")
+        .and_then(|c| server.sealer.open(Purpose::Consent, c))
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let ok = bound.as_deref().and_then(|b| {
+        let mut parts = b.split('\n');
+        let (sub, csrf, exp) = (parts.next()?, parts.next()?, parts.next()?.parse::<i64>().ok()?);
+        Some(sub == user.sub && exp > now && form.get("csrf").is_some_and(|c| same(c.as_bytes(), csrf.as_bytes())))
+    });
+    if ok != Some(true) {
+        return pages::error(403, "This form was not sent from this browser's connections page", "CSRF check failed: reload the page");
+    }
+    let Some(route) = form.get("route").filter(|r| upstream_of(s, r).is_some()) else {
+        return pages::error(400, "No such connection", "unknown route");
+    };
+    match form.get("action") {
+        Some("connect") => start(server, s, route, &user.sub, FROM_CONNECTIONS, now),
+        Some("disconnect") => match server.disconnect(s, &user.sub, route) {
+            Ok(_) => Answer::redirect(s.url("/.portcullis/connections")),
+            Err(e) => unavailable(&e),
+        },
+        _ => pages::error(400, "No action", "connect or disconnect"),
+    }
+}
