@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 const THREADS: usize = 4;
 /// Requests queued beyond those being answered; more are refused (503).
 const QUEUE: usize = 1024;
-/// How often revocations are re-read from the store when it changed.
+/// How often revocations are re-read from the store when it changed, and
+/// upstream tokens due for a refresh are looked for.
 const POLL: Duration = Duration::from_millis(250);
 const SWEEP: Duration = Duration::from_secs(600);
 
@@ -93,6 +94,7 @@ fn serve(
     shared: &Shared,
 ) {
     let mut swept = Instant::now();
+    let mut ticked = Instant::now();
     while !shared.stopped.load(std::sync::atomic::Ordering::Relaxed) {
         let next = receiver
             .lock()
@@ -140,26 +142,26 @@ fn serve(
                 .unwrap_or(crate::authz::upstream::UpstreamAnswer::Unavailable);
                 let _ = reply.send(answer);
             }
-            Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = server.publish(settings) {
-                    tracing::warn!(error = %e, "cannot read revocations from the store");
-                }
-                // One thread refreshes users' upstream tokens ahead of expiry.
-                if i == 0 {
-                    server.refresh_upstream(settings, crate::authz::unix_now());
-                }
-                if i == 0 && swept.elapsed() >= SWEEP {
-                    swept = Instant::now();
-                    match server.sweep() {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(records = n, "swept expired authorization records")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "cannot sweep the store"),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // Periodic work, busy or idle: thread 0 only (one refresher, one sweeper).
+        if i == 0 && ticked.elapsed() >= POLL {
+            ticked = Instant::now();
+            if let Err(e) = server.publish(settings) {
+                tracing::warn!(error = %e, "cannot read revocations from the store");
+            }
+            server.refresh_upstream(settings, crate::authz::unix_now());
+            if swept.elapsed() >= SWEEP {
+                swept = Instant::now();
+                match server.sweep() {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(records = n, "swept expired authorization records")
                     }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep the store"),
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
