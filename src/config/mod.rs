@@ -728,7 +728,7 @@ impl schemars::JsonSchema for Dur {
         schemars::json_schema!({
             "description": "A positive duration: `250ms`, `10s`, `2m`, `1h`, or a number of seconds.",
             "anyOf": [
-                {"type": "string", "pattern": "^\\s*[0-9]+\\s*(ms|s|m|h)?\\s*$"},
+                {"type": "string", "pattern": "^\\s*[0-9]+\\s*(ms|s|m|h|d)?\\s*$"},
                 {"type": "integer", "minimum": 1}
             ]
         })
