@@ -138,7 +138,7 @@ pub mod internal {
         pub use crate::store::sqlite::SqliteStore;
         pub use crate::store::{
             Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
-            StoreError, Swept, CODE_MEMORY_SECS,
+            StoreError, Swept, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
         };
     }
     pub use crate::error::HttpError;
