@@ -47,6 +47,10 @@ pub(crate) mod audit;
 /// refresh-token families, keys) behind the `Store` trait; off the data plane.
 pub(crate) mod store;
 
+/// Users' upstream OAuth tokens sealed (AES-256-GCM, AAD-bound to their row)
+/// under rotating keys, and re-sealed under a new key (`portcullis vault rekey`).
+pub(crate) mod vault;
+
 /// The OAuth 2.1 authorization server for MCP clients; so far its rules
 /// (redirect URIs, `resource`) and Client ID Metadata Document resolution.
 pub(crate) mod authz;
@@ -138,8 +142,11 @@ pub mod internal {
         pub use crate::store::sqlite::SqliteStore;
         pub use crate::store::{
             Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
-            StoreError, Swept, CODE_MEMORY_SECS,
+            StoreError, Swept, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
         };
+    }
+    pub mod vault {
+        pub use crate::vault::{Secret, Vault, VaultKey};
     }
     pub use crate::error::HttpError;
     pub use crate::metrics::Decision;

@@ -4,12 +4,14 @@
 //! What is stored: OAuth clients (pre-registered, dynamically registered, and
 //! resolved Client ID Metadata Documents, which are cached records), consents
 //! per (user, client, redirect URI), authorization codes, grants with their
-//! refresh-token families, the sealed signing keys, and a change sequence.
+//! refresh-token families, the sealed signing keys, users' upstream OAuth
+//! tokens per (user, route) (issue 12), and a change sequence.
 //!
 //! Secrets never reach the store in the clear: authorization codes, refresh
 //! tokens and client secrets are stored only as SHA-256 hashes, which the
-//! caller computes and passes as `[u8; 32]`; signing keys arrive sealed by the
-//! caller and are stored as opaque bytes.
+//! caller computes and passes as `[u8; 32]`; signing keys and upstream tokens
+//! arrive sealed by the caller (upstream tokens by `crate::vault`) and are
+//! stored as opaque bytes.
 //!
 //! Who uses it: one control-plane thread owns a store (hence `Send`, not
 //! `Sync`) and serves the authorization server's requests from it. The data
@@ -114,6 +116,45 @@ pub struct SigningKey {
     pub kid: String,
     pub created: i64,
     pub sealed: Vec<u8>,
+}
+
+/// Whether a user's upstream connection works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamStatus {
+    /// The sealed tokens are expected to work (the refresher keeps them fresh).
+    Connected,
+    /// The upstream refused the refresh token (`invalid_grant`) or the user
+    /// must connect again for another `reason` (no secret in it); the record
+    /// is kept so the user can be told, and is never refreshed.
+    Disconnected { reason: String },
+}
+
+/// A user's tokens at one route's upstream authorization server, sealed by
+/// the vault. One record per (user, route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamToken {
+    /// The user's subject.
+    pub user: String,
+    /// The route's name.
+    pub route: String,
+    /// The upstream client registration the tokens were issued to.
+    pub client_id: String,
+    /// The vault key that sealed them.
+    pub kid: String,
+    /// Nonce ‖ ciphertext ‖ tag: opaque here, never plaintext.
+    pub sealed: Vec<u8>,
+    /// The access token's expiry (unix seconds; 0: unknown).
+    pub expires: i64,
+    /// When the background refresher should refresh it (unix seconds;
+    /// `i64::MAX`: never).
+    pub refresh_due: i64,
+    pub status: UpstreamStatus,
+    /// When it was last written (unix seconds), as the caller says.
+    pub updated: i64,
+    /// Grows by one on every write of this (user, route), starting at 1: the
+    /// compare-and-swap of [`Store::replace_upstream_if`], so one refresh
+    /// wins however many run.
+    pub generation: i64,
 }
 
 /// What presenting an authorization code found.
@@ -277,6 +318,30 @@ pub trait Store: Send {
     fn put_key(&mut self, kid: &str, created: i64, sealed: &[u8]) -> Result<(), StoreError>;
     /// Every signing key, oldest first.
     fn keys(&self) -> Result<Vec<SigningKey>, StoreError>;
+
+    /// Inserts or replaces the record of `t.user` at `t.route`; returns its
+    /// new generation: 1 for a new record, the old one plus 1 otherwise
+    /// (`t.generation` is ignored).
+    fn put_upstream(&mut self, t: &UpstreamToken) -> Result<i64, StoreError>;
+    /// The record of a user at a route.
+    fn upstream(&self, user: &str, route: &str) -> Result<Option<UpstreamToken>, StoreError>;
+    /// Every record of a user, ordered by route.
+    fn upstream_of(&self, user: &str) -> Result<Vec<UpstreamToken>, StoreError>;
+    /// Compare-and-swap: replaces the record of (`t.user`, `t.route`) only
+    /// if its generation is still `expected_generation` (it becomes
+    /// `expected_generation + 1`); false otherwise, or when there is none.
+    fn replace_upstream_if(
+        &mut self,
+        t: &UpstreamToken,
+        expected_generation: i64,
+    ) -> Result<bool, StoreError>;
+    /// Removes the record of a user at a route; false if there was none.
+    fn delete_upstream(&mut self, user: &str, route: &str) -> Result<bool, StoreError>;
+    /// Up to `limit` connected records with `refresh_due <= now`, soonest
+    /// due first (then by user and route).
+    fn upstream_due(&self, now: i64, limit: usize) -> Result<Vec<UpstreamToken>, StoreError>;
+    /// Every record, by user then route (for re-sealing under a new key).
+    fn all_upstream(&self) -> Result<Vec<UpstreamToken>, StoreError>;
 
     /// The change sequence: grows with every write that changed something.
     fn seq(&self) -> Result<i64, StoreError>;

@@ -11,7 +11,7 @@
 
 use super::{
     Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
-    StoreError, Swept, CODE_MEMORY_SECS,
+    StoreError, Swept, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
 };
 use rusqlite::types::Type;
 use rusqlite::TransactionBehavior::Immediate;
@@ -23,7 +23,7 @@ use std::time::Duration;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Schema version 1. Lists (redirect URIs, grant types, scopes) are JSON
 /// arrays of strings; hashes are 32-byte blobs; times are unix seconds.
@@ -107,6 +107,35 @@ CREATE TABLE signing_keys (
     sealed BLOB NOT NULL
 ) STRICT;
 ";
+
+/// Schema version 2: users' upstream OAuth tokens, sealed by the vault (the
+/// store sees opaque bytes). `reason` is set exactly when the connection is
+/// disconnected. The partial index serves the refresher's due scan.
+const V2: &str = "
+CREATE TABLE upstream_tokens (
+    subject TEXT NOT NULL,
+    route TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    expires INTEGER NOT NULL,
+    refresh_due INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('connected', 'disconnected')),
+    reason TEXT CHECK ((status = 'connected') = (reason IS NULL)),
+    updated INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    PRIMARY KEY (subject, route)
+) STRICT;
+CREATE INDEX upstream_tokens_due ON upstream_tokens (refresh_due)
+    WHERE status = 'connected';
+";
+
+macro_rules! upstream_columns {
+    () => {
+        "subject, route, client_id, kid, sealed, expires, refresh_due, status, reason, updated, \
+         generation"
+    };
+}
 
 macro_rules! grant_columns {
     () => {
@@ -316,6 +345,40 @@ fn grant_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
         created: r.get(7)?,
         expires: r.get(8)?,
         revoked: r.get(9)?,
+    })
+}
+
+/// The `status` and `reason` columns of an upstream connection's status.
+fn status_columns(s: &UpstreamStatus) -> (&'static str, Option<&str>) {
+    match s {
+        UpstreamStatus::Connected => ("connected", None),
+        UpstreamStatus::Disconnected { reason } => ("disconnected", Some(reason)),
+    }
+}
+
+fn upstream_row(r: &Row<'_>) -> rusqlite::Result<UpstreamToken> {
+    let status = match (r.get_ref(7)?.as_str()?, r.get::<_, Option<String>>(8)?) {
+        ("connected", None) => UpstreamStatus::Connected,
+        ("disconnected", Some(reason)) => UpstreamStatus::Disconnected { reason },
+        _ => {
+            return Err(rusqlite::Error::InvalidColumnType(
+                7,
+                "status".into(),
+                Type::Text,
+            ))
+        }
+    };
+    Ok(UpstreamToken {
+        user: r.get(0)?,
+        route: r.get(1)?,
+        client_id: r.get(2)?,
+        kid: r.get(3)?,
+        sealed: r.get(4)?,
+        expires: r.get(5)?,
+        refresh_due: r.get(6)?,
+        status,
+        updated: r.get(9)?,
+        generation: r.get(10)?,
     })
 }
 
@@ -713,6 +776,124 @@ impl Store for SqliteStore {
                 sealed: r.get(2)?,
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_upstream(&mut self, t: &UpstreamToken) -> Result<i64, StoreError> {
+        let (status, reason) = status_columns(&t.status);
+        self.write(|tx| {
+            let generation = tx
+                .prepare_cached(concat!(
+                    "INSERT INTO upstream_tokens (",
+                    upstream_columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1) \
+                     ON CONFLICT (subject, route) DO UPDATE SET client_id = excluded.client_id, \
+                     kid = excluded.kid, sealed = excluded.sealed, expires = excluded.expires, \
+                     refresh_due = excluded.refresh_due, status = excluded.status, \
+                     reason = excluded.reason, updated = excluded.updated, \
+                     generation = generation + 1 \
+                     RETURNING generation"
+                ))?
+                .query_row(
+                    params![
+                        t.user,
+                        t.route,
+                        t.client_id,
+                        t.kid,
+                        t.sealed,
+                        t.expires,
+                        t.refresh_due,
+                        status,
+                        reason,
+                        t.updated,
+                    ],
+                    |r| r.get(0),
+                )?;
+            Ok((generation, true))
+        })
+    }
+
+    fn upstream(&self, user: &str, route: &str) -> Result<Option<UpstreamToken>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(concat!(
+                "SELECT ",
+                upstream_columns!(),
+                " FROM upstream_tokens WHERE subject = ?1 AND route = ?2"
+            ))?
+            .query_row(params![user, route], upstream_row)
+            .optional()?)
+    }
+
+    fn upstream_of(&self, user: &str) -> Result<Vec<UpstreamToken>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT ",
+            upstream_columns!(),
+            " FROM upstream_tokens WHERE subject = ?1 ORDER BY route"
+        ))?;
+        let rows = stmt.query_map([user], upstream_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn replace_upstream_if(
+        &mut self,
+        t: &UpstreamToken,
+        expected_generation: i64,
+    ) -> Result<bool, StoreError> {
+        let (status, reason) = status_columns(&t.status);
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE upstream_tokens SET client_id = ?3, kid = ?4, sealed = ?5, \
+                     expires = ?6, refresh_due = ?7, status = ?8, reason = ?9, updated = ?10, \
+                     generation = generation + 1 \
+                     WHERE subject = ?1 AND route = ?2 AND generation = ?11",
+                )?
+                .execute(params![
+                    t.user,
+                    t.route,
+                    t.client_id,
+                    t.kid,
+                    t.sealed,
+                    t.expires,
+                    t.refresh_due,
+                    status,
+                    reason,
+                    t.updated,
+                    expected_generation,
+                ])?;
+            Ok((n == 1, n == 1))
+        })
+    }
+
+    fn delete_upstream(&mut self, user: &str, route: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM upstream_tokens WHERE subject = ?1 AND route = ?2")?
+                .execute(params![user, route])?;
+            Ok((n == 1, n == 1))
+        })
+    }
+
+    fn upstream_due(&self, now: i64, limit: usize) -> Result<Vec<UpstreamToken>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT ",
+            upstream_columns!(),
+            " FROM upstream_tokens WHERE status = 'connected' AND refresh_due <= ?1 \
+             ORDER BY refresh_due, subject, route LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![now, limit], upstream_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn all_upstream(&self) -> Result<Vec<UpstreamToken>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT ",
+            upstream_columns!(),
+            " FROM upstream_tokens ORDER BY subject, route"
+        ))?;
+        let rows = stmt.query_map([], upstream_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -6,7 +6,7 @@
 
 use super::{
     Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
-    StoreError, CODE_MEMORY_SECS,
+    StoreError, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
 };
 use std::sync::Barrier;
 
@@ -35,7 +35,12 @@ macro_rules! store_suite {
             reopening_keeps_everything,
             concurrent_rotation_has_one_winner,
             concurrent_code_take_has_one_winner,
-            errors_name_no_secret
+            errors_name_no_secret,
+            upstream_put_get_list_and_generations,
+            upstream_replace_if_is_compare_and_swap,
+            upstream_due_lists_connected_records_soonest_first,
+            upstream_delete,
+            concurrent_upstream_replace_has_one_winner
         );
     };
     (@cases $place:expr; $($case:ident),*) => {
@@ -113,6 +118,28 @@ pub(crate) fn grant(id: &str, user: &str, client_id: &str, at: i64) -> Grant {
         expires: T0 + at + 86_400,
         revoked: false,
     }
+}
+
+/// `user`'s upstream record at `route`, due for refresh at T0 + `due`.
+pub(crate) fn upstream_token(user: &str, route: &str, due: i64) -> UpstreamToken {
+    UpstreamToken {
+        user: user.into(),
+        route: route.into(),
+        client_id: format!("{route}-client"),
+        kid: "k1".into(),
+        sealed: format!("\0sealed {user} {route}\u{ff}").into_bytes(),
+        expires: T0 + due + 300,
+        refresh_due: T0 + due,
+        status: UpstreamStatus::Connected,
+        updated: T0,
+        generation: 0,
+    }
+}
+
+fn routes(list: &[UpstreamToken]) -> Vec<(&str, &str)> {
+    list.iter()
+        .map(|t| (t.user.as_str(), t.route.as_str()))
+        .collect()
 }
 
 fn ids(grants: &[Grant]) -> Vec<&str> {
@@ -561,6 +588,15 @@ pub(crate) fn seq_grows_with_every_write_only(place: &dyn Place) {
     grew(&*s, "revoke_grant");
     s.revoke_consents(Some("alice"), None).unwrap();
     grew(&*s, "revoke_consents");
+    let t = upstream_token("alice", "github", 0);
+    s.put_upstream(&t).unwrap();
+    grew(&*s, "put_upstream (new)");
+    s.put_upstream(&t).unwrap();
+    grew(&*s, "put_upstream (replacing)");
+    assert!(s.replace_upstream_if(&t, 2).unwrap());
+    grew(&*s, "replace_upstream_if");
+    assert!(s.delete_upstream("alice", "github").unwrap());
+    grew(&*s, "delete_upstream");
 
     // Reads, and writes that change nothing, leave it.
     let before = s.seq().unwrap();
@@ -570,6 +606,18 @@ pub(crate) fn seq_grows_with_every_write_only(place: &dyn Place) {
     assert!(!s.revoke_grant("g1").unwrap());
     assert_eq!(s.take_code(&h("unknown"), T0).unwrap(), CodeTake::Unknown);
     assert_eq!(s.sweep_expired(T0).unwrap().total(), 0);
+    assert_eq!(s.seq().unwrap(), before);
+    s.put_upstream(&upstream_token("bob", "github", 0)).unwrap();
+    grew(&*s, "put_upstream");
+    let before = s.seq().unwrap();
+    s.upstream("bob", "github").unwrap();
+    s.upstream_of("bob").unwrap();
+    s.upstream_due(T0, 10).unwrap();
+    s.all_upstream().unwrap();
+    assert!(!s
+        .replace_upstream_if(&upstream_token("bob", "github", 0), 7)
+        .unwrap());
+    assert!(!s.delete_upstream("alice", "github").unwrap());
     assert_eq!(s.seq().unwrap(), before);
 
     // Another handle sees the same sequence.
@@ -651,6 +699,9 @@ pub(crate) fn reopening_keeps_everything(place: &dyn Place) {
         Rotation::Rotated(_)
     ));
     s.put_key("k1", T0, b"sealed").unwrap();
+    let mut t = upstream_token("alice", "github", 0);
+    s.put_upstream(&t).unwrap();
+    t.generation = s.put_upstream(&t).unwrap();
     let seq = s.seq().unwrap();
     drop(s);
 
@@ -668,6 +719,11 @@ pub(crate) fn reopening_keeps_everything(place: &dyn Place) {
         .unwrap());
     assert_eq!(s.grant("g1").unwrap(), Some(g.clone()));
     assert_eq!(s.keys().unwrap().len(), 1);
+    assert_eq!(s.upstream("alice", "github").unwrap(), Some(t.clone()));
+    assert!(
+        s.replace_upstream_if(&t, 2).unwrap(),
+        "the generation survives"
+    );
     assert!(matches!(
         s.take_code(&h("code"), T0).unwrap(),
         CodeTake::Granted(_)
@@ -788,4 +844,311 @@ pub(crate) fn errors_name_no_secret(place: &dyn Place) {
     );
     let hex: String = h("rt-secret").iter().map(|b| format!("{b:02x}")).collect();
     assert!(!err.to_string().contains(&hex), "{err}");
+}
+
+pub(crate) fn upstream_put_get_list_and_generations(place: &dyn Place) {
+    let mut s = place.open();
+    assert_eq!(s.upstream("alice", "github").unwrap(), None);
+    assert!(s.upstream_of("alice").unwrap().is_empty());
+    assert!(s.all_upstream().unwrap().is_empty());
+
+    let mut t = upstream_token("alice", "github", 0);
+    t.generation = 42;
+    assert_eq!(
+        s.put_upstream(&t).unwrap(),
+        1,
+        "a new record: 1, whatever it says"
+    );
+    t.generation = 1;
+    assert_eq!(s.upstream("alice", "github").unwrap(), Some(t.clone()));
+
+    // Replaced whole: every field but the key, and the generation grows.
+    let mut t2 = upstream_token("alice", "github", 500);
+    t2.client_id = "github-client-2".into();
+    t2.kid = "k2".into();
+    t2.sealed = (0..=255).collect();
+    t2.expires = 0;
+    t2.refresh_due = i64::MAX;
+    t2.status = UpstreamStatus::Disconnected {
+        reason: "invalid_grant: the upstream refused the refresh token".into(),
+    };
+    t2.updated = T0 + 60;
+    t2.generation = -5;
+    assert_eq!(s.put_upstream(&t2).unwrap(), 2);
+    t2.generation = 2;
+    assert_eq!(s.upstream("alice", "github").unwrap(), Some(t2.clone()));
+    t2.status = UpstreamStatus::Disconnected {
+        reason: String::new(),
+    };
+    assert_eq!(s.put_upstream(&t2).unwrap(), 3);
+    t2.generation = 3;
+    assert_eq!(
+        s.upstream("alice", "github").unwrap(),
+        Some(t2.clone()),
+        "an empty reason is still disconnected"
+    );
+    t2.status = UpstreamStatus::Connected;
+    assert_eq!(s.put_upstream(&t2).unwrap(), 4);
+    assert_eq!(
+        s.upstream("alice", "github").unwrap().unwrap().status,
+        UpstreamStatus::Connected
+    );
+
+    for (user, route) in [
+        ("alice", "notion"),
+        ("bob", "github"),
+        ("alice", "atlassian"),
+    ] {
+        assert_eq!(s.put_upstream(&upstream_token(user, route, 0)).unwrap(), 1);
+    }
+    assert_eq!(s.upstream("alice", "jira").unwrap(), None);
+    assert_eq!(s.upstream("carol", "github").unwrap(), None);
+    assert_eq!(
+        routes(&s.upstream_of("alice").unwrap()),
+        [
+            ("alice", "atlassian"),
+            ("alice", "github"),
+            ("alice", "notion")
+        ],
+        "by route"
+    );
+    assert_eq!(routes(&s.upstream_of("bob").unwrap()), [("bob", "github")]);
+    assert!(s.upstream_of("carol").unwrap().is_empty());
+    let all = s.all_upstream().unwrap();
+    assert_eq!(
+        routes(&all),
+        [
+            ("alice", "atlassian"),
+            ("alice", "github"),
+            ("alice", "notion"),
+            ("bob", "github")
+        ]
+    );
+    assert_eq!(all[1].generation, 4);
+    assert_eq!(all[3], {
+        let mut b = upstream_token("bob", "github", 0);
+        b.generation = 1;
+        b
+    });
+}
+
+pub(crate) fn upstream_replace_if_is_compare_and_swap(place: &dyn Place) {
+    let mut s = place.open();
+    let t = upstream_token("alice", "github", 0);
+    assert!(
+        !s.replace_upstream_if(&t, 0).unwrap(),
+        "no record: nothing to replace"
+    );
+    assert!(!s.replace_upstream_if(&t, 1).unwrap());
+    assert_eq!(s.upstream("alice", "github").unwrap(), None, "nor inserted");
+
+    assert_eq!(s.put_upstream(&t).unwrap(), 1);
+    let mut refreshed = upstream_token("alice", "github", 3600);
+    refreshed.sealed = b"new tokens".to_vec();
+    refreshed.updated = T0 + 10;
+    refreshed.generation = 99; // ignored
+    assert!(!s.replace_upstream_if(&refreshed, 0).unwrap(), "stale");
+    assert!(
+        !s.replace_upstream_if(&refreshed, 2).unwrap(),
+        "from the future"
+    );
+    assert_eq!(
+        s.upstream("alice", "github").unwrap().unwrap().generation,
+        1
+    );
+    assert!(s.replace_upstream_if(&refreshed, 1).unwrap());
+    let stored = s.upstream("alice", "github").unwrap().unwrap();
+    refreshed.generation = 2;
+    assert_eq!(stored, refreshed);
+    assert!(
+        !s.replace_upstream_if(&t, 1).unwrap(),
+        "a second refresh from the same read loses"
+    );
+    assert_eq!(
+        s.upstream("alice", "github").unwrap(),
+        Some(refreshed.clone())
+    );
+
+    // A disconnect through the same compare-and-swap.
+    let mut gone = refreshed.clone();
+    gone.status = UpstreamStatus::Disconnected {
+        reason: "invalid_grant".into(),
+    };
+    assert!(s.replace_upstream_if(&gone, 2).unwrap());
+    gone.generation = 3;
+    assert_eq!(s.upstream("alice", "github").unwrap(), Some(gone));
+    assert_eq!(s.put_upstream(&t).unwrap(), 4, "a put continues the count");
+
+    // Another (user, route) with the same generation is not touched.
+    s.put_upstream(&upstream_token("bob", "github", 0)).unwrap();
+    let mut other = upstream_token("bob", "notion", 0);
+    assert!(!s.replace_upstream_if(&other, 1).unwrap());
+    other.route = "github".into();
+    other.sealed = b"bob's".to_vec();
+    assert!(s.replace_upstream_if(&other, 1).unwrap());
+    assert_eq!(
+        s.upstream("alice", "github").unwrap().unwrap().generation,
+        4
+    );
+    assert_eq!(
+        s.upstream("bob", "github").unwrap().unwrap().sealed,
+        b"bob's"
+    );
+}
+
+pub(crate) fn upstream_due_lists_connected_records_soonest_first(place: &dyn Place) {
+    let mut s = place.open();
+    assert!(s.upstream_due(i64::MAX - 1, 10).unwrap().is_empty());
+    for (user, route, due) in [
+        ("alice", "github", 30),
+        ("bob", "github", 10),
+        ("alice", "notion", 20),
+        ("carol", "github", 20),
+        ("alice", "jira", 40),
+    ] {
+        s.put_upstream(&upstream_token(user, route, due)).unwrap();
+    }
+    let mut never = upstream_token("dave", "github", 0);
+    never.refresh_due = i64::MAX;
+    s.put_upstream(&never).unwrap();
+    let mut disconnected = upstream_token("erin", "github", -100);
+    disconnected.status = UpstreamStatus::Disconnected {
+        reason: "invalid_grant".into(),
+    };
+    s.put_upstream(&disconnected).unwrap();
+
+    assert!(
+        s.upstream_due(T0 + 9, 10).unwrap().is_empty(),
+        "none due yet"
+    );
+    assert_eq!(
+        routes(&s.upstream_due(T0 + 10, 10).unwrap()),
+        [("bob", "github")]
+    );
+    assert_eq!(
+        routes(&s.upstream_due(T0 + 25, 10).unwrap()),
+        [("bob", "github"), ("alice", "notion"), ("carol", "github")],
+        "soonest first; a tie by user"
+    );
+    assert_eq!(
+        routes(&s.upstream_due(T0 + 25, 2).unwrap()),
+        [("bob", "github"), ("alice", "notion")],
+        "limited"
+    );
+    assert!(s.upstream_due(T0 + 25, 0).unwrap().is_empty());
+    let due = s.upstream_due(T0 + 86_400 * 365 * 100, usize::MAX).unwrap();
+    assert_eq!(
+        routes(&due),
+        [
+            ("bob", "github"),
+            ("alice", "notion"),
+            ("carol", "github"),
+            ("alice", "github"),
+            ("alice", "jira")
+        ],
+        "neither the disconnected one nor the one never due"
+    );
+    assert_eq!(due[0], {
+        let mut b = upstream_token("bob", "github", 10);
+        b.generation = 1;
+        b
+    });
+
+    // Refreshed: due later; disconnected: never listed again.
+    let mut bob = due[0].clone();
+    bob.refresh_due = T0 + 1000;
+    assert!(s.replace_upstream_if(&bob, 1).unwrap());
+    let mut alice = due[1].clone();
+    alice.status = UpstreamStatus::Disconnected {
+        reason: "invalid_grant".into(),
+    };
+    assert!(s.replace_upstream_if(&alice, 1).unwrap());
+    assert_eq!(
+        routes(&s.upstream_due(T0 + 25, 10).unwrap()),
+        [("carol", "github")]
+    );
+}
+
+pub(crate) fn upstream_delete(place: &dyn Place) {
+    let mut s = place.open();
+    assert!(!s.delete_upstream("alice", "github").unwrap());
+    for (user, route) in [("alice", "github"), ("alice", "notion"), ("bob", "github")] {
+        s.put_upstream(&upstream_token(user, route, 0)).unwrap();
+    }
+    assert!(s.delete_upstream("alice", "github").unwrap());
+    assert!(
+        !s.delete_upstream("alice", "github").unwrap(),
+        "already gone"
+    );
+    assert_eq!(s.upstream("alice", "github").unwrap(), None);
+    assert_eq!(
+        routes(&s.all_upstream().unwrap()),
+        [("alice", "notion"), ("bob", "github")],
+        "the others stay"
+    );
+    assert!(s
+        .upstream_due(T0, 10)
+        .unwrap()
+        .iter()
+        .all(|t| t.route != "github" || t.user != "alice"));
+    assert_eq!(
+        s.put_upstream(&upstream_token("alice", "github", 0))
+            .unwrap(),
+        1,
+        "connected again: a new record"
+    );
+}
+
+/// Two handles (say two refreshers) read the same record and race to
+/// replace it: exactly one write lands per round.
+pub(crate) fn concurrent_upstream_replace_has_one_winner(place: &dyn Place) {
+    let mut a = place.open();
+    let mut b = place.open();
+    let rounds = 25;
+    a.put_upstream(&upstream_token("alice", "github", 0))
+        .unwrap();
+    let barrier = Barrier::new(2);
+    // No panic inside a round: the other thread would wait at the barrier forever.
+    let race = |s: &mut Box<dyn Store>, who: &str| -> Vec<Result<(i64, bool), StoreError>> {
+        (0..rounds)
+            .map(|round| {
+                barrier.wait();
+                let read = s
+                    .upstream("alice", "github")
+                    .and_then(|t| t.ok_or(StoreError::NotFound("upstream token")));
+                barrier.wait(); // both have read before either writes
+                let wrote = read.and_then(|mut t| {
+                    let seen = t.generation;
+                    t.sealed = format!("{who} {round}").into_bytes();
+                    s.replace_upstream_if(&t, seen).map(|won| (seen, won))
+                });
+                barrier.wait(); // both have written before the next read
+                wrote
+            })
+            .collect()
+    };
+    let (ra, rb) = std::thread::scope(|scope| {
+        let ta = scope.spawn(|| race(&mut a, "a"));
+        let tb = scope.spawn(|| race(&mut b, "b"));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let mut winners = Vec::new();
+    for (round, pair) in ra.iter().zip(&rb).enumerate() {
+        let generation = round as i64 + 1;
+        match pair {
+            (Ok((ga, true)), Ok((gb, false))) if *ga == generation && *gb == generation => {
+                winners.push("a")
+            }
+            (Ok((ga, false)), Ok((gb, true))) if *ga == generation && *gb == generation => {
+                winners.push("b")
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    let last = a.upstream("alice", "github").unwrap().unwrap();
+    assert_eq!(last.generation, rounds as i64 + 1);
+    assert_eq!(
+        last.sealed,
+        format!("{} {}", winners[rounds - 1], rounds - 1).into_bytes()
+    );
 }

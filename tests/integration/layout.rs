@@ -117,9 +117,15 @@ fn pure_libraries_never_reach_the_data_plane() {
         "identity",
         "audit",
         "store",
+        "vault",
     ] {
         for (path, text) in sources(module) {
-            for forbidden in ["crate::proxy", "crate::runtime", "monoio::"] {
+            for forbidden in [
+                "crate::proxy",
+                "crate::runtime",
+                "crate::snapshot",
+                "monoio::",
+            ] {
                 assert!(
                     !text.contains(forbidden),
                     "{} uses {forbidden}",

@@ -2,7 +2,7 @@
 //! schema versions, the file's mode, and surviving `kill -9`.
 
 use super::SqliteStore;
-use crate::store::tests::{grant, h, store_suite, Place};
+use crate::store::tests::{grant, h, store_suite, upstream_token, Place};
 use crate::store::{Store, StoreError};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -87,8 +87,8 @@ fn schema_version_is_recorded_once() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [SqliteStore::SCHEMA_VERSION]);
-    assert_eq!(SqliteStore::SCHEMA_VERSION, 1);
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
 }
 
 #[test]
@@ -97,11 +97,11 @@ fn a_newer_schema_is_refused() {
     drop(SqliteStore::open(&place.path).unwrap());
     place
         .raw()
-        .execute("INSERT INTO schema_version (version) VALUES (?1)", [2])
+        .execute("INSERT INTO schema_version (version) VALUES (?1)", [3])
         .unwrap();
     let err = SqliteStore::open(&place.path).err().expect("refused");
     assert!(
-        matches!(err, StoreError::NewerSchema { found: 2, known: 1 }),
+        matches!(err, StoreError::NewerSchema { found: 3, known: 2 }),
         "{err:?}"
     );
     let text = err.to_string();
@@ -109,6 +109,70 @@ fn a_newer_schema_is_refused() {
         text.contains("newer portcullis") && text.contains("refusing"),
         "{text}"
     );
+}
+
+/// A file written by a build that knew schema version 1 only: opening it
+/// adds the upstream tokens' table and keeps what was there.
+#[test]
+fn a_version_1_file_is_migrated_to_version_2() {
+    let place = SqlitePlace::new();
+    {
+        let conn = place.raw();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER PRIMARY KEY) STRICT;")
+            .unwrap();
+        conn.execute_batch(super::V1).unwrap();
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO grants (id, subject, claims, client_id, redirect_uri, resource, scopes, \
+             created, expires) VALUES ('g1', 'alice', '{}', 'c1', 'r', 'res', '[]', 1, 2)",
+            [],
+        )
+        .unwrap();
+        conn.execute("UPDATE changes SET seq = 7", []).unwrap();
+    }
+    let mut s = SqliteStore::open(&place.path).unwrap();
+    assert_eq!(s.grant("g1").unwrap().unwrap().user, "alice");
+    assert_eq!(s.seq().unwrap(), 7);
+    assert!(s.all_upstream().unwrap().is_empty());
+    assert_eq!(
+        s.put_upstream(&upstream_token("alice", "github", 0))
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.seq().unwrap(), 8);
+    let versions: Vec<i64> = place
+        .raw()
+        .prepare("SELECT version FROM schema_version ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(versions, [1, 2]);
+}
+
+/// The row's constraint: a reason exactly when disconnected.
+#[test]
+fn an_upstream_status_without_its_reason_is_corrupt() {
+    let place = SqlitePlace::new();
+    let mut s = SqliteStore::open(&place.path).unwrap();
+    s.put_upstream(&upstream_token("alice", "github", 0))
+        .unwrap();
+    let set = |status: &str, reason: Option<&str>| {
+        place.raw().execute(
+            "UPDATE upstream_tokens SET status = ?1, reason = ?2",
+            rusqlite::params![status, reason],
+        )
+    };
+    assert!(set("disconnected", None).is_err());
+    assert!(set("connected", Some("x")).is_err());
+    assert!(set("gone", None).is_err());
+    set("disconnected", Some("invalid_grant")).unwrap();
+    assert!(matches!(
+        s.upstream("alice", "github").unwrap().unwrap().status,
+        crate::store::UpstreamStatus::Disconnected { .. }
+    ));
 }
 
 #[test]
