@@ -135,7 +135,7 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(route = %p.route, error = %e, "connecting an upstream account failed");
-            return pages::error(502, "The upstream service did not give a token", &e).with("set-cookie", clear);
+            return pages::error(502, "The upstream service did not give a token", &e.to_string()).with("set-cookie", clear);
         }
     };
     if let Err(e) = store_tokens(server, s, &p.user, &p.route, o, tokens, now, None) {
