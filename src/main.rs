@@ -96,6 +96,14 @@ enum Command {
         #[arg(long)]
         grant: Option<String>,
     },
+    /// The vault of users' upstream OAuth tokens: `rekey` re-seals every
+    /// token under the first configured key (after a new key was put first),
+    /// so the older keys can be removed. Safe while portcullis runs.
+    #[command(after_help = "Example:\n  portcullis vault rekey -c portcullis.yaml")]
+    Vault {
+        #[command(subcommand)]
+        action: VaultAction,
+    },
     /// Print the JSON Schema of the configuration file (for editors: e.g.
     /// `# yaml-language-server: $schema=portcullis.schema.json`).
     #[command(
@@ -112,6 +120,15 @@ enum Command {
         /// Where portcullis listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultAction {
+    /// Re-seal the tokens of older keys under the first key of `vault.keys`.
+    Rekey {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
     },
 }
 
@@ -217,6 +234,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Vault {
+            action: VaultAction::Rekey { config },
+        } => match portcullis::vault_rekey(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { listen } => match demo::start(listen) {
             Ok(d) => {
                 println!("{}", demo::instructions(&d));

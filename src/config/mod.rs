@@ -10,6 +10,7 @@ pub mod authz;
 pub mod identity;
 pub mod policy;
 pub mod schema;
+pub mod vault;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::{
@@ -62,6 +63,10 @@ pub struct Config {
     pub authorization_server: Option<authz::AuthorizationServerConfig>,
     /// The authorization server's embedded store.
     pub store: Option<authz::StoreConfig>,
+    /// The keys that seal users' upstream OAuth tokens in the store, and
+    /// when those tokens are refreshed; needed by routes with
+    /// `upstream_auth.oauth2`.
+    pub vault: Option<vault::VaultConfig>,
     /// Trusted token issuers, which routes accept by name (`auth.issuers`).
     #[serde(default)]
     pub identity: identity::IdentityConfig,

@@ -246,6 +246,18 @@ mod tests {
             issuer["refresh_interval"],
             json!(id::DEFAULT_REFRESH_INTERVAL)
         );
+        let mut vault = defaults(&s, "VaultConfig");
+        assert_eq!(
+            Value::Object(vault.clone()),
+            json!({"refresh_ahead": "300s"})
+        );
+        vault.insert("keys".into(), json!([]));
+        let v: crate::config::vault::VaultConfig =
+            serde_json::from_value(Value::Object(vault)).unwrap();
+        assert_eq!(v.refresh_ahead.0, Duration::from_secs(300));
+        let v: crate::config::vault::VaultConfig =
+            serde_json::from_value(json!({"keys": []})).unwrap();
+        assert_eq!(v.refresh_ahead.0, Duration::from_secs(300));
     }
 
     /// An option that is neither required nor optional (absent = off) shows its

@@ -10,7 +10,7 @@
 //! Secrets never reach the store in the clear: authorization codes, refresh
 //! tokens and client secrets are stored only as SHA-256 hashes, which the
 //! caller computes and passes as `[u8; 32]`; signing keys and upstream tokens
-//! arrive sealed by the caller (upstream tokens by `crate::vault`) and are
+//! arrive sealed by the caller (upstream tokens by the vault) and are
 //! stored as opaque bytes.
 //!
 //! Who uses it: one control-plane thread owns a store (hence `Send`, not

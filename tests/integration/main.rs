@@ -11,3 +11,4 @@ mod listfilter;
 mod policy;
 mod proxy;
 mod reload;
+mod vault;
