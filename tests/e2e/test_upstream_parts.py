@@ -280,13 +280,13 @@ def test_discovery_mode(procs):
 
 
 def test_expiry_no_rotation_and_token_faults(procs):
-    """Access tokens of 2 s, no rotation: after 3 s the server refuses the
+    """(MCP server in JSON-response mode.) Access tokens of 2 s, no rotation: after 3 s the server refuses the
     token (401, reason "expired"), a refresh answers the same refresh token
     and a fresh access token that works. An injected fault (503 after 500
     ms, twice) is not processed: the same refresh token works afterwards.
     Authorization requests: PKCE required, a wrong verifier invalid_grant."""
     as_ = start_upstream_as(procs, [callback_uri()], access_ttl=2, rotate=False)
-    mcp = start_upstream_mcp(procs, as_)
+    mcp = start_upstream_mcp(procs, as_, json_mode=True)
 
     # A code with a wrong verifier is refused (and oidc-provider keeps the code).
     url, flow = authorize_url(as_)
@@ -308,6 +308,7 @@ def test_expiry_no_rotation_and_token_faults(procs):
         f = as_.refresh(tokens["refresh_token"])
         assert f.status_code == 503 and f.json()["error"] == "temporarily_unavailable", f.text
         assert time.monotonic() - t0 >= 0.45
+        assert as_.log()[-1]["t"] - as_.log()[-1]["t_start"] >= 450
     r = as_.refresh(tokens["refresh_token"])
     assert r.status_code == 200, r.text
     fresh = r.json()
@@ -326,3 +327,28 @@ def test_expiry_no_rotation_and_token_faults(procs):
     r = httpx.get(as_.meta["authorization_endpoint"], params=q, timeout=10)
     err = dict(httpx.URL(r.headers["location"]).params)
     assert err["error"] == "invalid_request" and "PKCE" in err.get("error_description", ""), err
+
+
+def test_client_secret_post_or_basic(procs):
+    """Client authentication by the secret in the form (client_secret_post,
+    GitHub's documented way) or by HTTP Basic: oidc-provider accepts either
+    secret method for a client registered with one of them (here
+    client_secret_post); a wrong secret either way is 401 invalid_client."""
+    as_ = start_upstream_as(procs, [callback_uri()], auth_method="client_secret_post")
+    url, flow = authorize_url(as_)
+    params = browser_callback(url, flow["redirect_uri"], "bob")
+    form = {
+        "grant_type": "authorization_code",
+        "code": params["code"],
+        "redirect_uri": flow["redirect_uri"],
+        "code_verifier": flow["verifier"],
+    }
+    wrong = httpx.post(as_.meta["token_endpoint"], data={**form, "client_id": CLIENT_ID, "client_secret": "wrong"}, timeout=10)
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client", wrong.text
+    r = httpx.post(as_.meta["token_endpoint"], data={**form, "client_id": CLIENT_ID, "client_secret": as_.client_secret}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert as_.verify(r.json()["access_token"])["sub"] == "bob"
+    basic = as_.refresh(r.json()["refresh_token"])  # HTTP Basic
+    assert basic.status_code == 200, basic.text
+    wrong = as_.token({"grant_type": "refresh_token", "refresh_token": basic.json()["refresh_token"]}, auth=(CLIENT_ID, "wrong"))
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client", wrong.text

@@ -17,9 +17,10 @@
 //    both); authorization_endpoint /auth, token_endpoint /token,
 //    revocation_endpoint /token/revocation, jwks_uri /jwks;
 //  * one confidential client (--client-id, default portcullis-gh), response
-//    type code, grant types authorization_code and refresh_token, token
-//    endpoint authentication --auth-method (default client_secret_basic; only
-//    the registered method is accepted);
+//    type code, grant types authorization_code and refresh_token, registered
+//    token endpoint authentication --auth-method (default
+//    client_secret_basic; oidc-provider 9 accepts client_secret_basic AND
+//    client_secret_post for a client registered with either);
 //  * PKCE S256 required; `state` echoed; `iss` in the authorization response
 //    (RFC 9207);
 //  * access tokens are RS256 JWTs (RFC 9068, header typ "at+jwt", kid
@@ -66,7 +67,7 @@
 //    (default 503) with {"error": "temporarily_unavailable"} WITHOUT being
 //    processed (nothing is consumed or rotated). count=0 clears.
 //  * GET /test/log  every request to /token so far, in order, as JSON:
-//    [{"t": epoch_ms, "grant_type", "status", "error", "error_description",
+//    [{"t_start": epoch_ms (arrival), "t": epoch_ms (answered), "grant_type", "status", "error", "error_description",
 //      "error_detail", "sub", "client_id", "rotated": bool, "fault": bool,
 //      "refresh_token_in", "refresh_token_out", "access_token_jti"}]
 //    where refresh_token_in/out are the first 16 hex digits of the SHA-256
@@ -258,11 +259,12 @@ provider.use(async (ctx, next) => {
 
   // ---- the token endpoint: injected faults, and a log of every request
   if (ctx.path === "/token" && ctx.method === "POST") {
+    const tStart = Date.now();
     if (faults.count > 0) {
       faults.count -= 1;
       const { status, delayMs } = faults;
       if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
-      const entry = { t: Date.now(), grant_type: null, status, error: "temporarily_unavailable", fault: true };
+      const entry = { t_start: tStart, t: Date.now(), grant_type: null, status, error: "temporarily_unavailable", fault: true };
       tokenLog.push(entry);
       console.log(`token ${JSON.stringify(entry)}`);
       return json(ctx, status, { error: "temporarily_unavailable", error_description: "injected fault" });
@@ -279,6 +281,7 @@ provider.use(async (ctx, next) => {
     } catch {}
     const ent = ctx.oidc?.entities ?? {};
     const entry = {
+      t_start: tStart,
       t: Date.now(),
       grant_type: form.grant_type ?? null,
       status: ctx.status,
