@@ -78,6 +78,10 @@
 //    used", "grant not found", "PKCE verification failed", ... Also one line
 //    per /token request on stdout ("token ...").
 //
+// Its cookies are named _upstream_session, _upstream_interaction and
+// _upstream_interaction_resume, so that they do not collide on 127.0.0.1 with
+// the company IdP's (oidc_idp.mjs: oidc-provider's default names) when one
+// browser goes through both.
 // Plain http on loopback. Prints "listening <issuer>" once ready; exits 0 on
 // SIGTERM/SIGINT.
 
@@ -157,7 +161,14 @@ const provider = new Provider(issuer, {
     },
   ],
   jwks: { keys: [signingKey] },
-  cookies: { keys: [randomBytes(32).toString("base64url")] },
+  // Cookies are per host, not per port: in one chromium run the company IdP
+  // (oidc_idp.mjs, also oidc-provider) and this AS both live on 127.0.0.1,
+  // so this one's cookies get names of their own (the defaults are _session,
+  // _interaction, _interaction_resume) and neither overwrites the other's.
+  cookies: {
+    keys: [randomBytes(32).toString("base64url")],
+    names: { session: "_upstream_session", interaction: "_upstream_interaction", resume: "_upstream_interaction_resume" },
+  },
   pkce: { required: () => true },
   scopes: ["openid", "offline_access"],
   claims: { openid: ["sub"] },
