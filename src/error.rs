@@ -111,7 +111,9 @@ impl HttpError {
             HttpError::NoRoute => "no route for this host and path",
             HttpError::GatewayTimeout => "upstream timed out",
             HttpError::ServiceUnavailable => "shutting down",
-            HttpError::UpstreamNotConnected => "the upstream service is not connected for this user",
+            HttpError::UpstreamNotConnected => {
+                "the upstream service is not connected for this user"
+            }
         }
     }
 

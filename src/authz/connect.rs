@@ -61,9 +61,20 @@ pub(crate) fn needed(server: &Server, resource: &Resource, user: &str) -> bool {
 }
 
 /// Send the browser to the upstream to connect `route` for `user`.
-pub(crate) fn start(server: &Server, s: &Settings, route: &str, user: &str, back: &str, now: i64) -> Answer {
+pub(crate) fn start(
+    server: &Server,
+    s: &Settings,
+    route: &str,
+    user: &str,
+    back: &str,
+    now: i64,
+) -> Answer {
     let Some(o) = upstream_of(s, route) else {
-        return pages::error(404, "No such connection", "this MCP server has no upstream account to connect");
+        return pages::error(
+            404,
+            "No such connection",
+            "this MCP server has no upstream account to connect",
+        );
     };
     let pending = Pending {
         route: route.to_string(),
@@ -91,7 +102,10 @@ pub(crate) fn start(server: &Server, s: &Settings, route: &str, user: &str, back
         params.push(("resource", r));
     }
     let url = with_query(&o.authorization_url, &params);
-    let sealed = server.sealer.seal(Purpose::Login, &serde_json::to_vec(&pending).unwrap_or_default());
+    let sealed = server.sealer.seal(
+        Purpose::Login,
+        &serde_json::to_vec(&pending).unwrap_or_default(),
+    );
     Answer::redirect(url).with("set-cookie", cookie(PENDING_COOKIE, &sealed, PENDING_TTL))
 }
 
@@ -108,22 +122,46 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         return pages::error(400, "This connection has expired", "start again");
     };
     let clear = cookie(PENDING_COOKIE, "", 0);
-    if !form.get("state").is_some_and(|st| same(st.as_bytes(), p.state.as_bytes())) {
-        return pages::error(403, "This answer belongs to another connection", "state mismatch").with("set-cookie", clear);
+    if !form
+        .get("state")
+        .is_some_and(|st| same(st.as_bytes(), p.state.as_bytes()))
+    {
+        return pages::error(
+            403,
+            "This answer belongs to another connection",
+            "state mismatch",
+        )
+        .with("set-cookie", clear);
     }
     let Some(o) = upstream_of(s, &p.route) else {
-        return pages::error(404, "No such connection", "the route is no longer configured").with("set-cookie", clear);
+        return pages::error(
+            404,
+            "No such connection",
+            "the route is no longer configured",
+        )
+        .with("set-cookie", clear);
     };
     if let (Some(want), Some(got)) = (&o.issuer, form.get("iss")) {
         if want != got {
-            return pages::error(403, "This answer comes from another authorization server", "iss mismatch (RFC 9207)").with("set-cookie", clear);
+            return pages::error(
+                403,
+                "This answer comes from another authorization server",
+                "iss mismatch (RFC 9207)",
+            )
+            .with("set-cookie", clear);
         }
     }
     if let Some(err) = form.get("error") {
-        return pages::error(403, "The upstream service refused the connection", &super::register::clip(err)).with("set-cookie", clear);
+        return pages::error(
+            403,
+            "The upstream service refused the connection",
+            &super::register::clip(err),
+        )
+        .with("set-cookie", clear);
     }
     let Some(code) = form.get("code") else {
-        return pages::error(400, "The upstream service sent no code", "code is missing").with("set-cookie", clear);
+        return pages::error(400, "The upstream service sent no code", "code is missing")
+            .with("set-cookie", clear);
     };
     let body = format!(
         "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
@@ -135,17 +173,28 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(route = %p.route, error = %e, "connecting an upstream account failed");
-            return pages::error(502, "The upstream service did not give a token", &e.to_string()).with("set-cookie", clear);
+            return pages::error(
+                502,
+                "The upstream service did not give a token",
+                &e.to_string(),
+            )
+            .with("set-cookie", clear);
         }
     };
     if let Err(e) = store_tokens(server, s, &p.user, &p.route, o, tokens, now, None) {
         return unavailable(&e).with("set-cookie", clear);
     }
-    server.audit_event("upstream.connected", &[("user", &p.user), ("route", &p.route)]);
+    server.audit_event(
+        "upstream.connected",
+        &[("user", &p.user), ("route", &p.route)],
+    );
     let next = if p.back == FROM_CONNECTIONS {
         Answer::redirect(s.url("/.portcullis/connections"))
     } else {
-        Answer::redirect(with_query(&s.url("/.portcullis/consent"), &[("tx", &p.back)]))
+        Answer::redirect(with_query(
+            &s.url("/.portcullis/consent"),
+            &[("tx", &p.back)],
+        ))
     };
     next.with("set-cookie", clear)
 }
@@ -164,13 +213,18 @@ fn token_request(o: &UpstreamOAuth2, mut body: String) -> Result<Tokens, TokenEr
         .http_status_as_error(false)
         .build()
         .into();
-    let mut req = agent.post(&o.token_url).header("accept", "application/json");
+    let mut req = agent
+        .post(&o.token_url)
+        .header("accept", "application/json");
     match &o.client_secret {
         Some(secret) => {
             let basic = format!("{}:{}", encode(&o.client_id), encode(secret));
             req = req.header(
                 "authorization",
-                format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)),
+                format!(
+                    "Basic {}",
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)
+                ),
             );
         }
         None => body.push_str(&format!("&client_id={}", encode(&o.client_id))),
@@ -189,21 +243,38 @@ fn token_request(o: &UpstreamOAuth2, mut body: String) -> Result<Tokens, TokenEr
     let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
     let error = v.get("error").and_then(Value::as_str);
     if status == 200 && error.is_none() {
-        let access = v.get("access_token").and_then(Value::as_str).ok_or(TokenError::Refused("no access_token in the answer".into()))?;
+        let access = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or(TokenError::Refused("no access_token in the answer".into()))?;
         return Ok(Tokens {
             secret: Secret {
                 access_token: access.to_string(),
-                refresh_token: v.get("refresh_token").and_then(Value::as_str).map(str::to_string),
-                token_type: v.get("token_type").and_then(Value::as_str).map(str::to_string),
+                refresh_token: v
+                    .get("refresh_token")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                token_type: v
+                    .get("token_type")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 scope: v.get("scope").and_then(Value::as_str).map(str::to_string),
             },
             expires_in: v.get("expires_in").and_then(Value::as_i64),
         });
     }
     match (status, error) {
-        (400 | 401, Some(e @ ("invalid_grant" | "invalid_client" | "unauthorized_client"))) => Err(TokenError::Refused(e.to_string())),
-        (s, e) if s >= 500 || s == 429 => Err(TokenError::Unreachable(format!("status {s}, error {}", e.unwrap_or("?")))),
-        (s, e) => Err(TokenError::Refused(format!("status {s}, error {}", e.unwrap_or("?")))),
+        (400 | 401, Some(e @ ("invalid_grant" | "invalid_client" | "unauthorized_client"))) => {
+            Err(TokenError::Refused(e.to_string()))
+        }
+        (s, e) if s >= 500 || s == 429 => Err(TokenError::Unreachable(format!(
+            "status {s}, error {}",
+            e.unwrap_or("?")
+        ))),
+        (s, e) => Err(TokenError::Refused(format!(
+            "status {s}, error {}",
+            e.unwrap_or("?")
+        ))),
     }
 }
 
@@ -273,21 +344,33 @@ impl Server {
     /// A core's cache miss: the user's token for `route`, or why there is none.
     pub fn upstream_token(&self, s: &Settings, user: &str, route: &str) -> UpstreamAnswer {
         let connect_url = s.url("/.portcullis/connections");
-        let not_connected = |why: &str| UpstreamAnswer::NotConnected { why: why.to_string(), connect_url: connect_url.clone() };
+        let not_connected = |why: &str| UpstreamAnswer::NotConnected {
+            why: why.to_string(),
+            connect_url: connect_url.clone(),
+        };
         let Some(vault) = self.vault() else {
             return UpstreamAnswer::Unavailable;
         };
         let found = self.store().upstream(user, route);
         let t = match found {
             Ok(Some(t)) => t,
-            Ok(None) => return not_connected("your account at this MCP server's upstream service is not connected"),
+            Ok(None) => {
+                return not_connected(
+                    "your account at this MCP server's upstream service is not connected",
+                )
+            }
             Err(_) => return UpstreamAnswer::Unavailable,
         };
         if let UpstreamStatus::Disconnected { reason } = &t.status {
-            return not_connected(&format!("your upstream account was disconnected ({reason})"));
+            return not_connected(&format!(
+                "your upstream account was disconnected ({reason})"
+            ));
         }
         let Some(secret) = vault.open_secret(&t) else {
-            tracing::error!(route, "an upstream token in the vault does not open (a missing vault key?)");
+            tracing::error!(
+                route,
+                "an upstream token in the vault does not open (a missing vault key?)"
+            );
             return UpstreamAnswer::Unavailable;
         };
         let now = crate::authz::unix_now();
@@ -310,29 +393,61 @@ impl Server {
         let Ok(due) = due else { return 0 };
         let mut done = 0;
         for t in due {
-            let Some(o) = upstream_of(s, &t.route) else { continue };
-            let Some(secret) = vault.open_secret(&t) else { continue };
-            let Some(rt) = secret.refresh_token.clone() else { continue };
+            let Some(o) = upstream_of(s, &t.route) else {
+                continue;
+            };
+            let Some(secret) = vault.open_secret(&t) else {
+                continue;
+            };
+            let Some(rt) = secret.refresh_token.clone() else {
+                continue;
+            };
             let body = format!("grant_type=refresh_token&refresh_token={}", encode(&rt));
             match token_request(o, body) {
                 Ok(tokens) => {
-                    match store_tokens(self, s, &t.user, &t.route, o, tokens, now, Some((&secret, t.generation))) {
+                    match store_tokens(
+                        self,
+                        s,
+                        &t.user,
+                        &t.route,
+                        o,
+                        tokens,
+                        now,
+                        Some((&secret, t.generation)),
+                    ) {
                         Ok(true) => {
                             done += 1;
-                            self.audit_event("upstream.refreshed", &[("user", &t.user), ("route", &t.route)]);
+                            self.audit_event(
+                                "upstream.refreshed",
+                                &[("user", &t.user), ("route", &t.route)],
+                            );
                         }
-                        Ok(false) => tracing::debug!(route = %t.route, "upstream refresh lost a race: another refresh won"),
-                        Err(e) => tracing::warn!(error = %e, "cannot store a refreshed upstream token"),
+                        Ok(false) => {
+                            tracing::debug!(route = %t.route, "upstream refresh lost a race: another refresh won")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot store a refreshed upstream token")
+                        }
                     }
                 }
                 Err(TokenError::Refused(why)) => {
                     let mut gone = t.clone();
-                    gone.status = UpstreamStatus::Disconnected { reason: format!("the upstream refused the refresh: {why}") };
+                    gone.status = UpstreamStatus::Disconnected {
+                        reason: format!("the upstream refused the refresh: {why}"),
+                    };
                     gone.refresh_due = i64::MAX;
                     gone.updated = now;
                     let _ = self.store().replace_upstream_if(&gone, t.generation);
                     self.bump_vault_epoch();
-                    self.audit_event("upstream.refresh_failed", &[("user", &t.user), ("route", &t.route), ("why", &why), ("outcome", "disconnected")]);
+                    self.audit_event(
+                        "upstream.refresh_failed",
+                        &[
+                            ("user", &t.user),
+                            ("route", &t.route),
+                            ("why", &why),
+                            ("outcome", "disconnected"),
+                        ],
+                    );
                 }
                 Err(TokenError::Unreachable(why)) => {
                     let mut later = t.clone();
@@ -340,7 +455,15 @@ impl Server {
                     later.refresh_due = now + (waited * 2).min(600);
                     later.updated = now;
                     let _ = self.store().replace_upstream_if(&later, t.generation);
-                    self.audit_event("upstream.refresh_failed", &[("user", &t.user), ("route", &t.route), ("why", &why), ("outcome", "kept, retried later")]);
+                    self.audit_event(
+                        "upstream.refresh_failed",
+                        &[
+                            ("user", &t.user),
+                            ("route", &t.route),
+                            ("why", &why),
+                            ("outcome", "kept, retried later"),
+                        ],
+                    );
                 }
             }
         }
@@ -349,11 +472,19 @@ impl Server {
 
     /// Disconnect: revoke at the upstream where it can, delete the record,
     /// and make every core forget its cached copy.
-    pub(crate) fn disconnect(&self, s: &Settings, user: &str, route: &str) -> Result<bool, crate::store::StoreError> {
+    pub(crate) fn disconnect(
+        &self,
+        s: &Settings,
+        user: &str,
+        route: &str,
+    ) -> Result<bool, crate::store::StoreError> {
         let found = self.store().upstream(user, route)?;
         if let (Some(t), Some(o), Some(vault)) = (&found, upstream_of(s, route), self.vault()) {
             if let (Some(url), Some(secret)) = (&o.revocation_url, vault.open_secret(t)) {
-                let token = secret.refresh_token.as_deref().unwrap_or(&secret.access_token);
+                let token = secret
+                    .refresh_token
+                    .as_deref()
+                    .unwrap_or(&secret.access_token);
                 let mut o2 = o.clone();
                 o2.token_url = url.clone();
                 let body = format!("token={}", encode(token));
@@ -392,7 +523,10 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
         Err(e) => return unavailable(&e),
     };
     let csrf = server.sealer.token();
-    let sealed = server.sealer.seal(Purpose::Consent, format!("{}\n{csrf}\n{}", user.sub, now + PENDING_TTL).as_bytes());
+    let sealed = server.sealer.seal(
+        Purpose::Consent,
+        format!("{}\n{csrf}\n{}", user.sub, now + PENDING_TTL).as_bytes(),
+    );
     let rows: Vec<pages::ConnectionRow<'_>> = s
         .resources
         .iter()
@@ -404,24 +538,37 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
                 server: &r.audience,
                 state: match t.map(|t| &t.status) {
                     Some(UpstreamStatus::Connected) => "connected".to_string(),
-                    Some(UpstreamStatus::Disconnected { reason }) => format!("disconnected: {reason}"),
+                    Some(UpstreamStatus::Disconnected { reason }) => {
+                        format!("disconnected: {reason}")
+                    }
                     None => "not connected".to_string(),
                 },
                 connected: t.is_some_and(|t| t.status == UpstreamStatus::Connected),
             }
         })
         .collect();
-    pages::connections(&user.sub, &rows, &csrf).with("set-cookie", cookie("__Host-portcullis-connections", &sealed, PENDING_TTL))
+    pages::connections(&user.sub, &rows, &csrf).with(
+        "set-cookie",
+        cookie("__Host-portcullis-connections", &sealed, PENDING_TTL),
+    )
 }
 
 /// `POST /.portcullis/connections`: connect or disconnect one route.
 pub(crate) fn act(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
     if call.header("origin").is_some_and(|o| o != s.issuer) {
-        return pages::error(403, "This form was sent from another site", "the Origin is not this server's");
+        return pages::error(
+            403,
+            "This form was sent from another site",
+            "the Origin is not this server's",
+        );
     }
     let Some(user) = session(server, call, now) else {
-        return pages::error(403, "You are not logged in", "open the connections page again");
+        return pages::error(
+            403,
+            "You are not logged in",
+            "open the connections page again",
+        );
     };
     let form = match Form::parse(&call.body) {
         Ok(f) => f,
@@ -433,11 +580,25 @@ pub(crate) fn act(server: &Server, s: &Settings, call: &Call) -> Answer {
         .and_then(|raw| String::from_utf8(raw).ok());
     let ok = bound.as_deref().and_then(|b| {
         let mut parts = b.split('\n');
-        let (sub, csrf, exp) = (parts.next()?, parts.next()?, parts.next()?.parse::<i64>().ok()?);
-        Some(sub == user.sub && exp > now && form.get("csrf").is_some_and(|c| same(c.as_bytes(), csrf.as_bytes())))
+        let (sub, csrf, exp) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?.parse::<i64>().ok()?,
+        );
+        Some(
+            sub == user.sub
+                && exp > now
+                && form
+                    .get("csrf")
+                    .is_some_and(|c| same(c.as_bytes(), csrf.as_bytes())),
+        )
     });
     if ok != Some(true) {
-        return pages::error(403, "This form was not sent from this browser's connections page", "CSRF check failed: reload the page");
+        return pages::error(
+            403,
+            "This form was not sent from this browser's connections page",
+            "CSRF check failed: reload the page",
+        );
     }
     let Some(route) = form.get("route").filter(|r| upstream_of(s, r).is_some()) else {
         return pages::error(400, "No such connection", "unknown route");

@@ -191,7 +191,14 @@ fn covered(tx: &Tx) -> Vec<String> {
 /// Issue the code and send the browser back to the client.
 /// After consent: connect the user's upstream account first where the route
 /// needs one (the flow comes back here), then issue the code.
-fn finish(server: &Server, s: &Settings, tx: &Tx, tx_text: &str, user: &Session, now: i64) -> Answer {
+fn finish(
+    server: &Server,
+    s: &Settings,
+    tx: &Tx,
+    tx_text: &str,
+    user: &Session,
+    now: i64,
+) -> Answer {
     if let Some(resource) = s.resource(&tx.res) {
         if super::connect::needed(server, resource, &user.sub) {
             return super::connect::start(server, s, &resource.route, &user.sub, tx_text, now);

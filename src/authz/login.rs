@@ -148,10 +148,9 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
         );
     };
     let form = Form::parse(call.query.as_bytes()).unwrap_or_default();
-    let Some(tx) = form
-        .get("tx")
-        .filter(|t| *t == super::connect::FROM_CONNECTIONS || Tx::open(server, Some(t), now).is_some())
-    else {
+    let Some(tx) = form.get("tx").filter(|t| {
+        *t == super::connect::FROM_CONNECTIONS || Tx::open(server, Some(t), now).is_some()
+    }) else {
         return pages::error(
             400,
             "This login has expired",

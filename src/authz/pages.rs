@@ -157,7 +157,11 @@ with your own account at another service use these connections; agents never see
         body.push_str("<p>No MCP server here needs a connected account.</p>");
     }
     for r in rows {
-        let (action, label) = if r.connected { ("disconnect", "Disconnect") } else { ("connect", "Connect") };
+        let (action, label) = if r.connected {
+            ("disconnect", "Disconnect")
+        } else {
+            ("connect", "Connect")
+        };
         let _ = write!(
             body,
             "<div class=\"box\" data-route=\"{route}\"><b>{route}</b> <code>{server}</code><br>\

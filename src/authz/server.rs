@@ -154,7 +154,10 @@ impl Server {
         let vault = if settings.vault_keys.is_empty() {
             None
         } else {
-            Some(crate::vault::Vault::new(&settings.vault_keys).map_err(|e| format!("vault: {e}"))?)
+            Some(
+                crate::vault::Vault::new(&settings.vault_keys)
+                    .map_err(|e| format!("vault: {e}"))?,
+            )
         };
         let server = Server {
             store: Mutex::new(store),
@@ -259,7 +262,9 @@ impl Server {
             (Verb::Get, "/.portcullis/callback") => super::login::callback(self, s, call),
             (Verb::Get, "/.portcullis/consent") => super::consent::page(self, s, call),
             (Verb::Post, "/.portcullis/consent") => super::consent::decide(self, s, call),
-            (Verb::Get, "/.portcullis/upstream/callback") => super::connect::callback(self, s, call),
+            (Verb::Get, "/.portcullis/upstream/callback") => {
+                super::connect::callback(self, s, call)
+            }
             (Verb::Get, "/.portcullis/connections") => super::connect::page(self, s, call),
             (Verb::Post, "/.portcullis/connections") => super::connect::act(self, s, call),
             (Verb::Post, "/token") => super::token::token(self, s, call),

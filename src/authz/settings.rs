@@ -184,7 +184,12 @@ pub fn compile(
         secret: cfg.secret.clone(),
         store_path,
         store_full_sync: store.is_none_or(|s| s.sync == crate::config::authz::StoreSync::Full),
-        vault_keys: vault.map_or_else(Vec::new, |v| v.keys.iter().map(|k| (k.id.clone(), k.key.clone())).collect()),
+        vault_keys: vault.map_or_else(Vec::new, |v| {
+            v.keys
+                .iter()
+                .map(|k| (k.id.clone(), k.key.clone()))
+                .collect()
+        }),
         vault_refresh_ahead: vault.map_or(300, |v| v.refresh_ahead.0.as_secs() as i64),
     })
 }

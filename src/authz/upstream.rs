@@ -19,9 +19,14 @@ pub enum UpstreamAnswer {
 impl std::fmt::Debug for UpstreamAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UpstreamAnswer::Token { expires, .. } => write!(f, "Token {{ expires: {expires}, .. }}"),
+            UpstreamAnswer::Token { expires, .. } => {
+                write!(f, "Token {{ expires: {expires}, .. }}")
+            }
             UpstreamAnswer::NotConnected { why, connect_url } => {
-                write!(f, "NotConnected {{ why: {why:?}, connect_url: {connect_url:?} }}")
+                write!(
+                    f,
+                    "NotConnected {{ why: {why:?}, connect_url: {connect_url:?} }}"
+                )
             }
             UpstreamAnswer::Unavailable => f.write_str("Unavailable"),
         }

@@ -72,12 +72,22 @@ pub(crate) enum Found {
 
 /// The caller's token for this route: cached, else asked of the control plane.
 pub(crate) async fn lookup(worker: &Worker, route: &Route, req: &Request) -> Found {
-    let (Some(_), Some(p)) = (route.auth.as_ref().and_then(|a| a.oauth2.as_ref()), &req.principal) else {
+    let (Some(_), Some(p)) = (
+        route.auth.as_ref().and_then(|a| a.oauth2.as_ref()),
+        &req.principal,
+    ) else {
         return Found::Nothing;
     };
     let now = req.now_unix;
-    let epoch = worker.shared.vault_epoch.load(std::sync::atomic::Ordering::Relaxed);
-    if let Some(t) = worker.upstream_tokens.borrow_mut().get(epoch, &p.sub, route.index, now) {
+    let epoch = worker
+        .shared
+        .vault_epoch
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = worker
+        .upstream_tokens
+        .borrow_mut()
+        .get(epoch, &p.sub, route.index, now)
+    {
         return Found::Token(Zeroizing::new(t.to_string()));
     }
     ask(worker, route, p, now).await
@@ -99,7 +109,10 @@ async fn ask(worker: &Worker, route: &Route, p: &Principal, now: i64) -> Found {
     match monoio::time::timeout(LOOKUP_TIMEOUT, rx).await {
         Ok(Ok(UpstreamAnswer::Token { value, expires })) => {
             if now + MARGIN < expires {
-                let epoch = worker.shared.vault_epoch.load(std::sync::atomic::Ordering::Relaxed);
+                let epoch = worker
+                    .shared
+                    .vault_epoch
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 let mut cache = worker.upstream_tokens.borrow_mut();
                 let _ = cache.get(epoch, &p.sub, route.index, now); // empties a stale cache first
                 cache.insert(&p.sub, route.index, value.clone(), expires);

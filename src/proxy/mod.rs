@@ -141,7 +141,10 @@ async fn forward(
         inject::write(snap.routes.get(req.route), t, &mut conn.up);
     }
     let permit = judge::judge(worker, snap, req, body, conn)?;
-    if matches!(token, inject::Found::NotConnected(_) | inject::Found::Unavailable) {
+    if matches!(
+        token,
+        inject::Found::NotConnected(_) | inject::Found::Unavailable
+    ) {
         return Err(Some(inject::refuse(conn, token)));
     }
     upstream::send::send(worker, snap, client, conn, req, permit).await

@@ -475,7 +475,10 @@ impl<'c> RouteCx<'c, '_, '_> {
         if ua.static_credential.is_some() || ua.none {
             self.at(
                 "oauth2",
-                format!("route {:?}: upstream_auth.oauth2 goes alone or with assertion", r.name),
+                format!(
+                    "route {:?}: upstream_auth.oauth2 goes alone or with assertion",
+                    r.name
+                ),
             );
         }
         if auth.issuers != [crate::authz::settings::ISSUER_NAME] {
@@ -494,15 +497,30 @@ impl<'c> RouteCx<'c, '_, '_> {
             );
         }
         if !crate::http1::is_token(o.header.as_bytes()) {
-            self.at("oauth2", format!("route {:?}: invalid oauth2 header name", r.name));
+            self.at(
+                "oauth2",
+                format!("route {:?}: invalid oauth2 header name", r.name),
+            );
         }
-        for (what, url) in [("authorization_url", Some(&o.authorization_url)), ("token_url", Some(&o.token_url)), ("revocation_url", o.revocation_url.as_ref())] {
+        for (what, url) in [
+            ("authorization_url", Some(&o.authorization_url)),
+            ("token_url", Some(&o.token_url)),
+            ("revocation_url", o.revocation_url.as_ref()),
+        ] {
             if let Some(url) = url {
                 let ok = crate::authz::Uri::parse(url).is_some_and(|u| {
-                    u.scheme == "https" || (u.scheme == "http" && u.authority.as_ref().is_some_and(|a| a.is_loopback()))
+                    u.scheme == "https"
+                        || (u.scheme == "http"
+                            && u.authority.as_ref().is_some_and(|a| a.is_loopback()))
                 });
                 if !ok {
-                    self.at("oauth2", format!("route {:?}: oauth2.{what} must be https (http on loopback only)", r.name));
+                    self.at(
+                        "oauth2",
+                        format!(
+                            "route {:?}: oauth2.{what} must be https (http on loopback only)",
+                            r.name
+                        ),
+                    );
                 }
             }
         }
