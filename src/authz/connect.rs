@@ -205,6 +205,15 @@ struct Tokens {
     expires_in: Option<i64>,
 }
 
+impl Tokens {
+    fn clone_secret(&self) -> Tokens {
+        Tokens {
+            secret: self.secret.clone(),
+            expires_in: self.expires_in,
+        }
+    }
+}
+
 /// POST to the upstream's token endpoint as our client.
 fn token_request(o: &UpstreamOAuth2, mut body: String) -> Result<Tokens, TokenError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -405,7 +414,11 @@ impl Server {
             let body = format!("grant_type=refresh_token&refresh_token={}", encode(&rt));
             match token_request(o, body) {
                 Ok(tokens) => {
-                    match store_tokens(
+                    // Stored in one compare-and-set with the rotated refresh
+                    // token; a race lost to a rekey is retried on the re-read
+                    // record while it still holds the refresh token used.
+                    let retry = tokens.clone_secret();
+                    let mut stored = store_tokens(
                         self,
                         s,
                         &t.user,
@@ -414,7 +427,29 @@ impl Server {
                         tokens,
                         now,
                         Some((&secret, t.generation)),
-                    ) {
+                    );
+                    if let Ok(false) = stored {
+                        let reread = self.store().upstream(&t.user, &t.route);
+                        if let Ok(Some(cur)) = reread {
+                            let same = cur.status == UpstreamStatus::Connected
+                                && vault
+                                    .open_secret(&cur)
+                                    .is_some_and(|x| x.refresh_token == secret.refresh_token);
+                            if same {
+                                stored = store_tokens(
+                                    self,
+                                    s,
+                                    &t.user,
+                                    &t.route,
+                                    o,
+                                    retry,
+                                    now,
+                                    Some((&secret, cur.generation)),
+                                );
+                            }
+                        }
+                    }
+                    match stored {
                         Ok(true) => {
                             done += 1;
                             self.audit_event(
@@ -468,6 +503,33 @@ impl Server {
             }
         }
         done
+    }
+
+    /// A core saw the upstream refuse a user's token (401/403): the
+    /// connection is marked disconnected, and every core forgets its copy.
+    pub fn upstream_refused(&self, user: &str, route: &str, status: u16) {
+        let now = crate::authz::unix_now();
+        let found = self.store().upstream(user, route);
+        if let Ok(Some(t)) = found {
+            if t.status == UpstreamStatus::Connected {
+                let mut gone = t.clone();
+                gone.status = UpstreamStatus::Disconnected {
+                    reason: format!("the upstream refused the token (HTTP {status})"),
+                };
+                gone.refresh_due = i64::MAX;
+                gone.updated = now;
+                let _ = self.store().replace_upstream_if(&gone, t.generation);
+            }
+        }
+        self.bump_vault_epoch();
+        self.audit_event(
+            "upstream.token_refused",
+            &[
+                ("user", user),
+                ("route", route),
+                ("status", &status.to_string()),
+            ],
+        );
     }
 
     /// Disconnect: revoke at the upstream where it can, delete the record,

@@ -26,6 +26,13 @@ pub enum Job {
         call: Call,
         reply: futures_channel::oneshot::Sender<Answer>,
     },
+    /// The upstream refused a user's token with `status` (401/403): the
+    /// connection is marked disconnected (no answer).
+    Refused {
+        user: String,
+        route: String,
+        status: u16,
+    },
     /// A user's token at a route's upstream service (a per-core cache miss).
     Upstream {
         user: String,

@@ -152,3 +152,36 @@ pub(crate) fn refuse(conn: &mut Conn, found: Found) -> HttpError {
         _ => HttpError::BadGateway("the user's upstream token is unavailable"),
     }
 }
+
+/// The upstream answered 401/403 to a request carrying the user's token:
+/// the token is no good there. The connection is marked disconnected (the
+/// control plane, told without waiting; every core forgets its copy), and
+/// the agent gets portcullis's own answer: reconnect through portcullis.
+pub(crate) fn upstream_refused(
+    worker: &Worker,
+    route: &Route,
+    req: &Request,
+    conn: &mut Conn,
+    status: u16,
+) -> HttpError {
+    tracing::warn!(route = %route.name, status, "the upstream refused a user's token");
+    if let (Some(control), Some(p)) = (&worker.shared.control, &req.principal) {
+        let _ = control.try_send(Job::Refused {
+            user: p.sub.clone(),
+            route: route.name.clone(),
+            status,
+        });
+    }
+    let url = worker
+        .snapshot()
+        .authz
+        .as_ref()
+        .map(|s| s.url("/.portcullis/connections"))
+        .unwrap_or_default();
+    refuse(
+        conn,
+        Found::NotConnected(format!(
+            "the upstream service refused your account's token (HTTP {status}): connect your account for this MCP server again at {url} and try again"
+        )),
+    )
+}

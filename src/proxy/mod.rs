@@ -116,7 +116,10 @@ async fn exchange(
     let route = snap.routes.get(req.route);
     match upstream::relay::response(worker, snap, route, &req, client, upstream, conn).await {
         Ok(next) => next,
-        Err(Some(err)) => reject(client, conn, refusal(&req, err, true, None)).await,
+        Err(Some(err)) => {
+            let detail = conn.judged.detail.take();
+            reject(client, conn, refusal(&req, err, true, detail)).await
+        }
         Err(None) => Next::Close,
     }
 }

@@ -114,7 +114,7 @@ fn serve(
                 Ok(Job::Upstream { reply, .. }) => {
                     let _ = reply.send(crate::authz::upstream::UpstreamAnswer::Unavailable);
                 }
-                Err(_) => {}
+                Ok(Job::Refused { .. }) | Err(_) => {}
             }
             continue;
         };
@@ -134,6 +134,13 @@ fn serve(
                     )
                 });
                 let _ = reply.send(answer);
+            }
+            Ok(Job::Refused {
+                user,
+                route,
+                status,
+            }) => {
+                server.upstream_refused(&user, &route, status);
             }
             Ok(Job::Upstream { user, route, reply }) => {
                 let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

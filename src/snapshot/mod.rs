@@ -240,6 +240,19 @@ fn compile_authz(
                 .into(),
         );
     }
+    if let Some(v) = &config.vault {
+        let keys: Vec<(String, String)> = v
+            .keys
+            .iter()
+            .map(|k| (k.id.clone(), k.key.clone()))
+            .collect();
+        if let Err(e) = crate::vault::Vault::new(&keys) {
+            errs.at0("vault", "", format!("vault: {e}"));
+        }
+        if config.authorization_server.is_none() {
+            errs.at0("vault", "", "vault is used by routes with upstream_auth.oauth2, which need the authorization_server section".into());
+        }
+    }
     let Some(cfg) = &config.authorization_server else {
         if config.store.is_some() {
             errs.at0(

@@ -210,6 +210,26 @@ def test_upstream_refusing_the_refresh_asks_the_user_to_reconnect(gw):
     assert who["sub"] == "alice"
 
 
+def test_an_upstream_401_is_answered_by_portcullis_not_relayed(gw):
+    """The MCP server refuses alice's upstream token (as GitHub does with a
+    token revoked there): the agent never sees the upstream's challenge; it
+    gets portcullis's reconnect error, and the connection is marked
+    disconnected until she connects again."""
+    _, st, _ = session_tokens(gw, "alice")
+    gw.upstream_mcp.deny("alice")
+    try:
+        r = httpx.post(gw.url, json=INIT, headers={"authorization": f"Bearer {st.tokens.access_token}", "accept": ACCEPT}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert "www-authenticate" not in r.headers and "resource_metadata" not in r.text
+        err = r.json()["error"]
+        assert "refused your account's token (HTTP 401)" in err["message"] and "/.portcullis/connections" in err["message"], err
+        r = httpx.post(gw.url, json=INIT, headers={"authorization": f"Bearer {st.tokens.access_token}", "accept": ACCEPT}, timeout=10)
+        assert "disconnected" in r.json()["error"]["message"], r.text
+    finally:
+        gw.upstream_mcp.deny("alice", on=False)
+    assert '"event":"upstream.token_refused"' in gw.audit.read_text()
+
+
 def test_disconnect_on_the_connections_page(gw):
     """alice opens the connections page (development login by hand), sees
     github connected, disconnects it: her next call is refused with the

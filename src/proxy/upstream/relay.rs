@@ -496,6 +496,13 @@ fn parse_head(
     if r.status < 200 {
         return Ok(Some(Parsed::Interim(r.head_len)));
     }
+    if matches!(r.status, 401 | 403) && route.auth.as_ref().is_some_and(|a| a.oauth2.is_some()) {
+        // The upstream refused the user's own token there: its challenge
+        // is not the agent's business; portcullis answers with its own.
+        return Err(Some(crate::proxy::inject::upstream_refused(
+            worker, route, req, conn, r.status,
+        )));
+    }
     write_client_head(&r, req.id.as_bytes(), &mut conn.out)?;
     conn.outcome.status = r.status;
     conn.outcome.upstream = conn.outcome.upstream_sent.map(|t| {
