@@ -185,3 +185,30 @@ pub(crate) fn upstream_refused(
         )),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_users_apart_and_never_serves_past_expiry_or_an_epoch() {
+        let mut c = UpstreamTokens::default();
+        c.insert("alice", 0, Zeroizing::new("tok-a".into()), 1_000);
+        c.insert("bob", 0, Zeroizing::new("tok-b".into()), 1_000);
+        c.insert("alice", 1, Zeroizing::new("tok-a1".into()), 1_000);
+        assert_eq!(c.get(0, "alice", 0, 900), Some("tok-a"));
+        assert_eq!(c.get(0, "bob", 0, 900), Some("tok-b"));
+        assert_eq!(c.get(0, "alice", 1, 900), Some("tok-a1"));
+        assert_eq!(c.get(0, "carol", 0, 900), None);
+        // Not in its last MARGIN seconds, never past expiry.
+        assert_eq!(c.get(0, "alice", 0, 1_000 - MARGIN), None);
+        assert_eq!(c.get(0, "alice", 0, 2_000), None);
+        // A new epoch (a connection went away somewhere): all forgotten.
+        assert_eq!(c.get(1, "bob", 0, 900), None);
+        assert_eq!(c.len, 0);
+        for i in 0..CAPACITY + 1 {
+            c.insert(&format!("u{i}"), 0, Zeroizing::new("t".into()), 1_000);
+        }
+        assert!(c.len <= CAPACITY);
+    }
+}
