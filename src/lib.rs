@@ -112,6 +112,7 @@ pub mod internal {
         pub use crate::proxy::body::Body;
         pub use crate::proxy::conn::Conn;
         pub use crate::proxy::gate::{decode_mirror, message, McpHead, Mirrors, MODERN};
+        pub use crate::proxy::inject::UpstreamTokens;
         pub use crate::proxy::judge::judge;
         pub use crate::proxy::request::{parse, Step};
         pub use crate::proxy::serve;

@@ -37,7 +37,7 @@ pub struct UpstreamTokens {
 }
 
 impl UpstreamTokens {
-    fn get(&mut self, epoch: u64, sub: &str, route: usize, now: i64) -> Option<&str> {
+    pub fn get(&mut self, epoch: u64, sub: &str, route: usize, now: i64) -> Option<&str> {
         if epoch != self.epoch {
             self.map.clear();
             self.len = 0;
@@ -47,7 +47,7 @@ impl UpstreamTokens {
         (now + MARGIN < *expires).then_some(token.as_str())
     }
 
-    fn insert(&mut self, sub: &str, route: usize, token: Zeroizing<String>, expires: i64) {
+    pub fn insert(&mut self, sub: &str, route: usize, token: Zeroizing<String>, expires: i64) {
         if self.len >= CAPACITY {
             self.map.clear();
             self.len = 0;
