@@ -26,8 +26,20 @@ use std::time::Duration;
 const PENDING_COOKIE: &str = "__Host-portcullis-upstream";
 const PENDING_TTL: i64 = 600;
 const TIMEOUT: Duration = Duration::from_secs(10);
-/// After a failed refresh (upstream down), try again this much later, doubling.
-const BACKOFF: i64 = 30;
+/// After a failed refresh (upstream down): the longest wait before the next try.
+const RETRY_MAX: i64 = 600;
+
+/// When to try a refresh again that failed for want of an answer: double
+/// the time since the last attempt, at most `RETRY_MAX`, and at most half of
+/// what the current token has left (so retries get denser before it expires).
+fn retry_in(t: &UpstreamToken, now: i64) -> i64 {
+    let step = ((now - t.updated).max(1) * 2).min(RETRY_MAX);
+    if t.expires > now {
+        step.min(((t.expires - now) / 2).max(1))
+    } else {
+        step
+    }
+}
 /// What `back` says when the connection started on the connections page.
 pub(crate) const FROM_CONNECTIONS: &str = "connections";
 
@@ -486,8 +498,7 @@ impl Server {
                 }
                 Err(TokenError::Unreachable(why)) => {
                     let mut later = t.clone();
-                    let waited = (now - t.updated).max(BACKOFF);
-                    later.refresh_due = now + (waited * 2).min(600);
+                    later.refresh_due = now + retry_in(&t, now);
                     later.updated = now;
                     let _ = self.store().replace_upstream_if(&later, t.generation);
                     self.audit_event(

@@ -188,6 +188,29 @@ def test_tokens_are_refreshed_ahead_and_never_in_the_request_path(gw):
     assert audit.count('"event":"upstream.refreshed"') >= 2, audit[-2000:]
 
 
+def test_an_unreachable_upstream_keeps_the_token_and_retries(gw):
+    """The upstream's token endpoint answers 503 to the next three requests:
+    the refreshes fail, the token is kept (calls keep working), the refresher
+    retries sooner as expiry nears, and a later refresh succeeds."""
+    _, st, _ = session_tokens(gw, "alice")
+    gw.upstream_as.token_faults(3, status=503)
+    with httpx.Client(timeout=15) as c:
+        r = mcp_call(c, gw, st.tokens.access_token, None, INIT)
+        session = r.headers.get("mcp-session-id")
+        deadline = time.monotonic() + 30
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            r = mcp_call(c, gw, st.tokens.access_token, session, whoami_call(500 + i))
+            assert r.status_code == 200 and "result" in r.json(), r.text
+            time.sleep(0.5)
+    events = [json.loads(l) for l in gw.audit.read_text().splitlines() if '"event":"upstream.' in l]
+    kept = [e for e in events if e["event"] == "upstream.refresh_failed" and e["outcome"].startswith("kept")]
+    assert len(kept) >= 3, events[-10:]
+    last_kept = max(i for i, e in enumerate(events) if e in kept)
+    assert any(e["event"] == "upstream.refreshed" for e in events[last_kept:]), events[-10:]
+
+
 def test_upstream_refusing_the_refresh_asks_the_user_to_reconnect(gw):
     """The upstream forgets bob's grant (as when he revokes the app there):
     the next background refresh gets invalid_grant, the connection is marked
