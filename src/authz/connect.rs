@@ -193,7 +193,18 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
             .with("set-cookie", clear);
         }
     };
-    if let Err(e) = store_tokens(server, s, &p.user, &p.route, o, tokens, now, None) {
+    if let Err(e) = store_tokens(
+        server,
+        s,
+        &Account {
+            user: &p.user,
+            route: &p.route,
+            o,
+        },
+        tokens,
+        now,
+        None,
+    ) {
         return unavailable(&e).with("set-cookie", clear);
     }
     server.audit_event(
@@ -318,17 +329,22 @@ impl std::fmt::Display for TokenError {
 /// Seal and store a token response; with `generation`, only if nobody
 /// changed the record since (compare-and-set). The rotated refresh token is
 /// in the same write as the new access token.
-#[allow(clippy::too_many_arguments)]
+/// One user's account at one route's upstream.
+struct Account<'a> {
+    user: &'a str,
+    route: &'a str,
+    o: &'a UpstreamOAuth2,
+}
+
 fn store_tokens(
     server: &Server,
     s: &Settings,
-    user: &str,
-    route: &str,
-    o: &UpstreamOAuth2,
+    account: &Account<'_>,
     mut tokens: Tokens,
     now: i64,
     previous: Option<(&Secret, i64)>,
 ) -> Result<bool, crate::store::StoreError> {
+    let Account { user, route, o } = *account;
     let Some(vault) = server.vault() else {
         return Ok(false);
     };
@@ -433,9 +449,11 @@ impl Server {
                     let mut stored = store_tokens(
                         self,
                         s,
-                        &t.user,
-                        &t.route,
-                        o,
+                        &Account {
+                            user: &t.user,
+                            route: &t.route,
+                            o,
+                        },
                         tokens,
                         now,
                         Some((&secret, t.generation)),
@@ -451,9 +469,11 @@ impl Server {
                                 stored = store_tokens(
                                     self,
                                     s,
-                                    &t.user,
-                                    &t.route,
-                                    o,
+                                    &Account {
+                                        user: &t.user,
+                                        route: &t.route,
+                                        o,
+                                    },
                                     retry,
                                     now,
                                     Some((&secret, cur.generation)),
