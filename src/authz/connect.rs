@@ -115,7 +115,7 @@ pub(crate) fn start(
     }
     let url = with_query(&o.authorization_url, &params);
     let sealed = server.sealer.seal(
-        Purpose::Login,
+        Purpose::Upstream,
         &serde_json::to_vec(&pending).unwrap_or_default(),
     );
     Answer::redirect(url).with("set-cookie", cookie(PENDING_COOKIE, &sealed, PENDING_TTL))
@@ -127,7 +127,7 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
     let form = Form::parse(call.query.as_bytes()).unwrap_or_default();
     let Some(p) = call
         .cookie(PENDING_COOKIE)
-        .and_then(|c| server.sealer.open(Purpose::Login, c))
+        .and_then(|c| server.sealer.open(Purpose::Upstream, c))
         .and_then(|raw| serde_json::from_slice::<Pending>(&raw).ok())
         .filter(|p| p.exp > now)
     else {

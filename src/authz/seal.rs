@@ -24,6 +24,8 @@ pub(crate) enum Purpose {
     SigningKey,
     /// The company IdP's refresh token kept with a grant.
     IdpToken,
+    /// A connection to an upstream account in progress (state, verifier).
+    Upstream,
 }
 
 impl Purpose {
@@ -35,16 +37,18 @@ impl Purpose {
             Purpose::Consent => b"portcullis/consent/v1",
             Purpose::SigningKey => b"portcullis/signing-key/v1",
             Purpose::IdpToken => b"portcullis/idp-token/v1",
+            Purpose::Upstream => b"portcullis/upstream-connect/v1",
         }
     }
 
-    const ALL: [Purpose; 6] = [
+    const ALL: [Purpose; 7] = [
         Purpose::Transaction,
         Purpose::Session,
         Purpose::Login,
         Purpose::Consent,
         Purpose::SigningKey,
         Purpose::IdpToken,
+        Purpose::Upstream,
     ];
 }
 

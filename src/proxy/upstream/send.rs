@@ -82,7 +82,12 @@ pub(crate) async fn send(
         if let Some(framing) = permit.unread() {
             crate::proxy::body::stream(snap, client, &mut upstream, conn, req, framing).await?;
         }
-        conn.up.clear();
+        if route.auth.as_ref().is_some_and(|a| a.oauth2.is_some()) {
+            // The head held the user's upstream token: wiped, capacity too.
+            zeroize::Zeroize::zeroize(&mut conn.up);
+        } else {
+            conn.up.clear();
+        }
         return Ok(upstream);
     }
 }
