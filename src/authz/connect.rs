@@ -164,6 +164,25 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         }
     }
     if let Some(err) = form.get("error") {
+        server.audit_event(
+            "upstream.connect_refused",
+            &[
+                ("user", &p.user),
+                ("route", &p.route),
+                ("upstream_error", &super::register::clip(err)),
+            ],
+        );
+        // In a client's authorization: back to the client with the refusal,
+        // so it does not wait for a code that will not come.
+        if let Some(tx) = super::authorize::Tx::open(server, Some(&p.back), now) {
+            return tx
+                .error(
+                    s,
+                    "access_denied",
+                    "the user's account at the upstream service was not connected",
+                )
+                .with("set-cookie", clear);
+        }
         return pages::error(
             403,
             "The upstream service refused the connection",

@@ -2500,3 +2500,110 @@ fn valid_requests_with_one_bad_parameter_never_get_a_5xx() {
         }
     }
 }
+
+/// A user who refuses at the upstream while connecting their account in a
+/// client's authorization: the client gets `access_denied` with its state
+/// and `iss` (it must not wait for a code that will not come).
+#[test]
+fn refusing_at_the_upstream_sends_the_client_access_denied() {
+    let db = Db::new();
+    let text = format!(
+        "listen: [{{address: 127.0.0.1:8080}}]
+authorization_server:
+  issuer: {ISS}
+  login: {{dev_users: [{{sub: alice}}]}}
+  clients: {{registered: [{{client_id: {PUB}, redirect_uris: ['{PUB_CB}']}}]}}
+store: {{path: {}}}
+vault: {{keys: [{{id: k1, key: '{}'}}]}}
+routes:
+  - name: a
+    from: {RES_A}
+    to: http://127.0.0.1:9/mcp
+    mcp: {{}}
+    auth: {{issuers: [portcullis]}}
+    upstream_auth:
+      oauth2: {{client_id: gh, authorization_url: 'http://127.0.0.1:7/authorize', token_url: 'http://127.0.0.1:7/token'}}
+",
+        db.0.display(),
+        "ab".repeat(32)
+    );
+    let cfg = crate::config::parse(&text, Path::new("t.yaml")).unwrap();
+    let s = compile(
+        cfg.authorization_server.as_ref().unwrap(),
+        cfg.store.as_ref(),
+        cfg.vault.as_ref(),
+        &cfg.routes,
+        Path::new("/"),
+    )
+    .unwrap();
+    let store = crate::store::sqlite::SqliteStore::open(&s.store_path).unwrap();
+    let server = Server::new(&s, Box::new(store), &[7u8; 32], Arc::default()).unwrap();
+    let now = crate::authz::unix_now();
+    let tx = super::authorize::Tx {
+        c: PUB.into(),
+        r: PUB_CB.into(),
+        ch: s256("v".repeat(43).as_str()),
+        st: Some("st-1".into()),
+        res: RES_A.into(),
+        sc: vec![],
+        pc: false,
+        exp: now + 600,
+    };
+    let sealed_tx = tx.seal(&server);
+    let go = super::connect::start(&server, &s, "a", "alice", &sealed_tx, now);
+    assert_eq!(go.status, 302);
+    let location = go.header("location").unwrap();
+    assert!(
+        location.starts_with("http://127.0.0.1:7/authorize?"),
+        "{location}"
+    );
+    let q = Form::parse(location.split_once('?').unwrap().1.as_bytes()).unwrap();
+    assert_eq!(q.get("code_challenge_method"), Some("S256"));
+    let cookie = go
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let back = call(
+        Verb::Get,
+        &format!(
+            "/.portcullis/upstream/callback?error=access_denied&state={}",
+            encode(q.get("state").unwrap())
+        ),
+        vec![("cookie", cookie)],
+        b"",
+    );
+    let answer = server.handle(&s, &back);
+    assert_eq!(
+        answer.status,
+        302,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let to = answer.header("location").unwrap();
+    assert!(to.starts_with(PUB_CB), "{to}");
+    let q = Form::parse(to.split_once('?').unwrap().1.as_bytes()).unwrap();
+    assert_eq!(q.get("error"), Some("access_denied"));
+    assert_eq!(q.get("state"), Some("st-1"));
+    assert_eq!(q.get("iss"), Some(ISS));
+    // A wrong state is refused outright (no redirect).
+    let forged = call(
+        Verb::Get,
+        "/.portcullis/upstream/callback?code=x&state=forged",
+        vec![(
+            "cookie",
+            go.header("set-cookie")
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_string(),
+        )],
+        b"",
+    );
+    let answer = server.handle(&s, &forged);
+    assert_eq!(answer.status, 403);
+    assert!(answer.header("location").is_none());
+}

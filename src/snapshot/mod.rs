@@ -777,6 +777,12 @@ impl Snapshot {
                 if !a.scopes.is_empty() {
                     notes.push(format!("scopes: {}", a.scopes.join(" ")));
                 }
+                if let Some(o) = &a.oauth2 {
+                    notes.push(format!(
+                        "user's upstream token: oauth2 client {}",
+                        o.config.client_id
+                    ));
+                }
             }
             if r.policy.is_some() {
                 notes.push("policy".into());

@@ -284,3 +284,4 @@ def test_disconnect_on_the_connections_page(gw):
     assert "not connected" in go("GET", f"{gw.issuer}/.portcullis/connections").text
     r = httpx.post(gw.url, json=INIT, headers={"authorization": f"Bearer {st.tokens.access_token}", "accept": ACCEPT}, timeout=10)
     assert r.status_code == 200 and "/.portcullis/connections" in r.json()["error"]["message"], r.text
+
