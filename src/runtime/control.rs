@@ -2,9 +2,11 @@
 //! own. The cores hand it requests over a bounded channel (`proxy::handoff`)
 //! and never wait on it; it owns the store, calls the company IdP and fetches
 //! client metadata documents (blocking, here only), and publishes what the
-//! cores need (signing keys, revoked grants) through `Shared::issued`. While
-//! idle it re-reads revocations when the store changed (also those made by
-//! `portcullis grants revoke` in another process) and sweeps expired records.
+//! cores need (signing keys, revoked grants) through `Shared::issued`. A tick
+//! thread of its own, every 250 ms however busy the others are, re-reads
+//! revocations when the store changed (also those made by `portcullis grants
+//! revoke` in another process), refreshes users' upstream tokens ahead of
+//! expiry (the one refresher), and sweeps expired records.
 
 use crate::authz::server::Server;
 use crate::proxy::handoff::{Control, Job};
@@ -72,6 +74,12 @@ pub(crate) fn spawn(
         }
     }));
     let receiver = Arc::new(Mutex::new(started.receiver));
+    {
+        let (server, snapshot, shared) = (started.server.clone(), snapshot.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("portcullis-authz-tick".into())
+            .spawn(move || tick(&server, &snapshot, &shared))?;
+    }
     for i in 0..THREADS {
         let (receiver, server, snapshot, shared) = (
             receiver.clone(),
@@ -81,20 +89,17 @@ pub(crate) fn spawn(
         );
         std::thread::Builder::new()
             .name(format!("portcullis-authz{i}"))
-            .spawn(move || serve(i, &receiver, &server, &snapshot, &shared))?;
+            .spawn(move || serve(&receiver, &server, &snapshot, &shared))?;
     }
     Ok(())
 }
 
 fn serve(
-    i: usize,
     receiver: &Mutex<Receiver<Job>>,
     server: &Server,
     snapshot: &SharedSnapshot,
     shared: &Shared,
 ) {
-    let mut swept = Instant::now();
-    let mut ticked = Instant::now();
     while !shared.stopped.load(std::sync::atomic::Ordering::Relaxed) {
         let next = receiver
             .lock()
@@ -152,22 +157,33 @@ fn serve(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        // Periodic work, busy or idle: thread 0 only (one refresher, one sweeper).
-        if i == 0 && ticked.elapsed() >= POLL {
-            ticked = Instant::now();
-            if let Err(e) = server.publish(settings) {
-                tracing::warn!(error = %e, "cannot read revocations from the store");
-            }
-            server.refresh_upstream(settings, crate::authz::unix_now());
-            if swept.elapsed() >= SWEEP {
-                swept = Instant::now();
-                match server.sweep() {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(records = n, "swept expired authorization records")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot sweep the store"),
+    }
+}
+
+/// The periodic work, on a thread of its own so that it keeps its pace
+/// however busy the request threads are: revocations re-read when the store
+/// changed, users' upstream tokens refreshed ahead (the one refresher), the
+/// store swept.
+fn tick(server: &Server, snapshot: &SharedSnapshot, shared: &Shared) {
+    let mut swept = Instant::now();
+    while !shared.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(POLL);
+        let snap = snapshot.load();
+        let Some(settings) = snap.authz.as_deref() else {
+            continue;
+        };
+        if let Err(e) = server.publish(settings) {
+            tracing::warn!(error = %e, "cannot read revocations from the store");
+        }
+        server.refresh_upstream(settings, crate::authz::unix_now());
+        if swept.elapsed() >= SWEEP {
+            swept = Instant::now();
+            match server.sweep() {
+                Ok(n) if n > 0 => {
+                    tracing::info!(records = n, "swept expired authorization records")
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot sweep the store"),
             }
         }
     }
