@@ -1,5 +1,6 @@
-//! The user's own token at a route's upstream service (issue 12), injected
-//! into the upstream head after the body is judged. Tokens come from a
+//! The user's own token at a route's upstream service (issue 12), written
+//! into the upstream head once the body is read (before judging frames it);
+//! a request with no usable token is refused once judged. Tokens come from a
 //! per-core cache (bounded, never past expiry, emptied when the control
 //! plane says a connection changed); a miss asks the control plane, with a
 //! timeout, over the hand-off channel. The request path never waits on a
