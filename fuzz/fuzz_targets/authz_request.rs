@@ -53,6 +53,7 @@ routes:
         let settings = compile_settings(
             cfg.authorization_server.as_ref().unwrap(),
             cfg.store.as_ref(),
+            cfg.vault.as_ref(),
             &cfg.routes,
             &dir,
         )
