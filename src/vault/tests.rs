@@ -322,79 +322,79 @@ impl Store for Racing<'_> {
     fn seq(&self) -> Result<i64, StoreError> {
         self.inner.seq()
     }
-    // Not used by rekey.
-    fn put_client(&mut self, _: &Client) -> Result<(), StoreError> {
-        unimplemented!()
+    // The rest: as the store underneath.
+    fn put_client(&mut self, a0: &Client) -> Result<(), StoreError> {
+        self.inner.put_client(a0)
     }
-    fn client(&self, _: &str, _: i64) -> Result<Option<Client>, StoreError> {
-        unimplemented!()
+    fn client(&self, a0: &str, a1: i64) -> Result<Option<Client>, StoreError> {
+        self.inner.client(a0, a1)
     }
-    fn sweep_expired(&mut self, _: i64) -> Result<Swept, StoreError> {
-        unimplemented!()
+    fn sweep_expired(&mut self, a0: i64) -> Result<Swept, StoreError> {
+        self.inner.sweep_expired(a0)
     }
-    fn put_consent(&mut self, _: &Consent) -> Result<(), StoreError> {
-        unimplemented!()
+    fn put_consent(&mut self, a0: &Consent) -> Result<(), StoreError> {
+        self.inner.put_consent(a0)
     }
     fn consented(
         &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: &[String],
-        _: i64,
+        a0: &str,
+        a1: &str,
+        a2: &str,
+        a3: &[String],
+        a4: i64,
     ) -> Result<bool, StoreError> {
-        unimplemented!()
+        self.inner.consented(a0, a1, a2, a3, a4)
     }
-    fn revoke_consents(&mut self, _: Option<&str>, _: Option<&str>) -> Result<usize, StoreError> {
-        unimplemented!()
+    fn revoke_consents(&mut self, a0: Option<&str>, a1: Option<&str>) -> Result<usize, StoreError> {
+        self.inner.revoke_consents(a0, a1)
     }
-    fn put_code(&mut self, _: &CodeGrant) -> Result<(), StoreError> {
-        unimplemented!()
+    fn put_code(&mut self, a0: &CodeGrant) -> Result<(), StoreError> {
+        self.inner.put_code(a0)
     }
-    fn take_code(&mut self, _: &[u8; 32], _: i64) -> Result<CodeTake, StoreError> {
-        unimplemented!()
+    fn take_code(&mut self, a0: &[u8; 32], a1: i64) -> Result<CodeTake, StoreError> {
+        self.inner.take_code(a0, a1)
     }
-    fn code_issued(&mut self, _: &[u8; 32], _: &str) -> Result<bool, StoreError> {
-        unimplemented!()
+    fn code_issued(&mut self, a0: &[u8; 32], a1: &str) -> Result<bool, StoreError> {
+        self.inner.code_issued(a0, a1)
     }
-    fn create_grant(&mut self, _: &Grant, _: Option<&[u8; 32]>) -> Result<(), StoreError> {
-        unimplemented!()
+    fn create_grant(&mut self, a0: &Grant, a1: Option<&[u8; 32]>) -> Result<(), StoreError> {
+        self.inner.create_grant(a0, a1)
     }
     fn rotate_refresh(
         &mut self,
-        _: &[u8; 32],
-        _: &[u8; 32],
-        _: i64,
-        _: i64,
+        a0: &[u8; 32],
+        a1: &[u8; 32],
+        a2: i64,
+        a3: i64,
     ) -> Result<Rotation, StoreError> {
-        unimplemented!()
+        self.inner.rotate_refresh(a0, a1, a2, a3)
     }
-    fn refresh_grant(&self, _: &[u8; 32]) -> Result<Option<String>, StoreError> {
-        unimplemented!()
+    fn refresh_grant(&self, a0: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        self.inner.refresh_grant(a0)
     }
-    fn grant(&self, _: &str) -> Result<Option<Grant>, StoreError> {
-        unimplemented!()
+    fn grant(&self, a0: &str) -> Result<Option<Grant>, StoreError> {
+        self.inner.grant(a0)
     }
-    fn revoked_grants(&self, _: i64) -> Result<Vec<String>, StoreError> {
-        unimplemented!()
+    fn revoked_grants(&self, a0: i64) -> Result<Vec<String>, StoreError> {
+        self.inner.revoked_grants(a0)
     }
-    fn grants(&self, _: Option<&str>, _: Option<&str>) -> Result<Vec<Grant>, StoreError> {
-        unimplemented!()
+    fn grants(&self, a0: Option<&str>, a1: Option<&str>) -> Result<Vec<Grant>, StoreError> {
+        self.inner.grants(a0, a1)
     }
-    fn set_grant_claims(&mut self, _: &str, _: &str) -> Result<bool, StoreError> {
-        unimplemented!()
+    fn set_grant_claims(&mut self, a0: &str, a1: &str) -> Result<bool, StoreError> {
+        self.inner.set_grant_claims(a0, a1)
     }
-    fn revoke_grant(&mut self, _: &str) -> Result<bool, StoreError> {
-        unimplemented!()
+    fn revoke_grant(&mut self, a0: &str) -> Result<bool, StoreError> {
+        self.inner.revoke_grant(a0)
     }
-    fn revoke_grants(&mut self, _: Option<&str>, _: Option<&str>) -> Result<usize, StoreError> {
-        unimplemented!()
+    fn revoke_grants(&mut self, a0: Option<&str>, a1: Option<&str>) -> Result<usize, StoreError> {
+        self.inner.revoke_grants(a0, a1)
     }
-    fn put_key(&mut self, _: &str, _: i64, _: &[u8]) -> Result<(), StoreError> {
-        unimplemented!()
+    fn put_key(&mut self, a0: &str, a1: i64, a2: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_key(a0, a1, a2)
     }
     fn keys(&self) -> Result<Vec<SigningKey>, StoreError> {
-        unimplemented!()
+        self.inner.keys()
     }
 }
 
