@@ -96,12 +96,8 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
 /// `POST /.portcullis/consent`: allow or deny.
 pub(crate) fn decide(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
-    if call.header("origin").is_some_and(|o| o != s.issuer) {
-        return pages::error(
-            403,
-            "This form was sent from another site",
-            "the Origin is not this server's",
-        );
+    if let Some(refused) = pages::foreign_origin(call, &s.issuer) {
+        return refused;
     }
     let form = match Form::parse(&call.body) {
         Ok(f) => f,

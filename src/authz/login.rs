@@ -11,6 +11,7 @@ use super::pages;
 use super::seal::{s256, same, Purpose};
 use super::server::{Counters, Server};
 use super::settings::{Login, Settings};
+use crate::config::authz::DevUser;
 use serde::{Deserialize, Serialize};
 
 pub(crate) const SESSION_COOKIE: &str = "__Host-portcullis-session";
@@ -130,22 +131,31 @@ fn logged_in(server: &Server, s: &Settings, session: Session, tx: &str) -> Answe
         .with("set-cookie", cookie(LOGIN_COOKIE, "", 0))
 }
 
-/// `GET /.portcullis/login?tx=…`: the development login page.
-pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
-    let now = crate::authz::unix_now();
+/// The development login's users, for a loopback caller only.
+fn dev_users<'s>(s: &'s Settings, call: &Call) -> Result<&'s [DevUser], Answer> {
     if !call.peer.is_loopback() {
-        return pages::error(
+        return Err(pages::error(
             403,
             "The development login is for this machine only",
             "connect from a loopback address",
-        );
+        ));
     }
-    let Login::Dev(users) = &s.login else {
-        return pages::error(
+    match &s.login {
+        Login::Dev(users) => Ok(users),
+        Login::Oidc(_) => Err(pages::error(
             404,
             "No login page here",
             "users log in at the company identity provider",
-        );
+        )),
+    }
+}
+
+/// `GET /.portcullis/login?tx=…`: the development login page.
+pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
+    let now = crate::authz::unix_now();
+    let users = match dev_users(s, call) {
+        Ok(u) => u,
+        Err(refused) => return refused,
     };
     let form = Form::parse(call.query.as_bytes()).unwrap_or_default();
     let Some(tx) = form.get("tx").filter(|t| {
@@ -174,19 +184,9 @@ pub(crate) fn page(server: &Server, s: &Settings, call: &Call) -> Answer {
 /// `POST /.portcullis/login`: a user picked on the development page.
 pub(crate) fn dev_login(server: &Server, s: &Settings, call: &Call) -> Answer {
     let now = crate::authz::unix_now();
-    if !call.peer.is_loopback() {
-        return pages::error(
-            403,
-            "The development login is for this machine only",
-            "connect from a loopback address",
-        );
-    }
-    let Login::Dev(users) = &s.login else {
-        return pages::error(
-            404,
-            "No login page here",
-            "users log in at the company identity provider",
-        );
+    let users = match dev_users(s, call) {
+        Ok(u) => u,
+        Err(refused) => return refused,
     };
     let form = match Form::parse(&call.body) {
         Ok(f) => f,

@@ -38,6 +38,18 @@ fn page(title: &str, body: &str) -> String {
     )
 }
 
+/// A form POSTed from another site (its `Origin` not the issuer's): the
+/// refusal; `None` when the origin is ours or absent.
+pub(crate) fn foreign_origin(call: &super::http::Call, issuer: &str) -> Option<Answer> {
+    call.header("origin").is_some_and(|o| o != issuer).then(|| {
+        error(
+            403,
+            "This form was sent from another site",
+            "the Origin is not this server's",
+        )
+    })
+}
+
 pub(crate) fn error(status: u16, title: &str, detail: &str) -> Answer {
     let body = format!("<h1>{}</h1><p>{}</p>", esc(title), esc(detail));
     Answer::html(status, page(title, &body))
