@@ -10,6 +10,7 @@ pub(crate) mod authorize;
 pub(crate) mod cimd;
 pub(crate) mod clients;
 pub(crate) mod connect;
+pub(crate) mod connections;
 pub(crate) mod consent;
 pub(crate) mod http;
 pub(crate) mod login;

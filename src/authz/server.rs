@@ -265,8 +265,8 @@ impl Server {
             (Verb::Get, "/.portcullis/upstream/callback") => {
                 super::connect::callback(self, s, call)
             }
-            (Verb::Get, "/.portcullis/connections") => super::connect::page(self, s, call),
-            (Verb::Post, "/.portcullis/connections") => super::connect::act(self, s, call),
+            (Verb::Get, "/.portcullis/connections") => super::connections::page(self, s, call),
+            (Verb::Post, "/.portcullis/connections") => super::connections::act(self, s, call),
             (Verb::Post, "/token") => super::token::token(self, s, call),
             (Verb::Post, "/revoke") => super::token::revoke(self, s, call),
             (_, p) if is_endpoint(p) && !p.starts_with("/.portcullis/") || known_page(p) => {
