@@ -66,13 +66,21 @@ impl UpstreamTokens {
 pub(crate) enum Found {
     /// The route takes no user token.
     Nothing,
-    Token(Zeroizing<String>),
+    /// The token's header line is in the upstream head.
+    Written,
     NotConnected(String),
     Unavailable,
 }
 
-/// The caller's token for this route: cached, else asked of the control plane.
-pub(crate) async fn lookup(worker: &Worker, route: &Route, req: &Request) -> Found {
+/// Write the caller's token for this route into the upstream head `up`:
+/// straight from the per-core cache (no copy), else as the control plane
+/// answers.
+pub(crate) async fn lookup(
+    worker: &Worker,
+    route: &Route,
+    req: &Request,
+    up: &mut Vec<u8>,
+) -> Found {
     let (Some(_), Some(p)) = (
         route.auth.as_ref().and_then(|a| a.oauth2.as_ref()),
         &req.principal,
@@ -89,12 +97,13 @@ pub(crate) async fn lookup(worker: &Worker, route: &Route, req: &Request) -> Fou
         .borrow_mut()
         .get(epoch, &p.sub, route.index, now)
     {
-        return Found::Token(Zeroizing::new(t.to_string()));
+        write(route, t, up);
+        return Found::Written;
     }
-    ask(worker, route, p, now).await
+    ask(worker, route, p, now, up).await
 }
 
-async fn ask(worker: &Worker, route: &Route, p: &Principal, now: i64) -> Found {
+async fn ask(worker: &Worker, route: &Route, p: &Principal, now: i64, up: &mut Vec<u8>) -> Found {
     let Some(control) = &worker.shared.control else {
         return Found::Unavailable;
     };
@@ -116,9 +125,12 @@ async fn ask(worker: &Worker, route: &Route, p: &Principal, now: i64) -> Found {
                     .load(std::sync::atomic::Ordering::Relaxed);
                 let mut cache = worker.upstream_tokens.borrow_mut();
                 let _ = cache.get(epoch, &p.sub, route.index, now); // empties a stale cache first
-                cache.insert(&p.sub, route.index, value.clone(), expires);
+                write(route, &value, up);
+                cache.insert(&p.sub, route.index, value, expires);
+            } else {
+                write(route, &value, up);
             }
-            Found::Token(value)
+            Found::Written
         }
         Ok(Ok(UpstreamAnswer::NotConnected { why, connect_url })) => Found::NotConnected(format!(
             "{why}: connect your account for this MCP server at {connect_url} and try again"
@@ -129,7 +141,7 @@ async fn ask(worker: &Worker, route: &Route, p: &Principal, now: i64) -> Found {
 
 /// Append the token's header line to the upstream head (before judging
 /// writes the framing).
-pub(crate) fn write(route: &Route, token: &str, up: &mut Vec<u8>) {
+fn write(route: &Route, token: &str, up: &mut Vec<u8>) {
     if let Some(o) = route.auth.as_ref().and_then(|a| a.oauth2.as_ref()) {
         up.extend_from_slice(&o.prefix);
         up.extend_from_slice(token.as_bytes());

@@ -139,10 +139,7 @@ async fn forward(
     let body = body::read(snap, client, conn, req).await?;
     // The user's own upstream token (routes with `oauth2`), written into the
     // head before judging frames the body; refused only once judged.
-    let token = inject::lookup(worker, snap.routes.get(req.route), req).await;
-    if let inject::Found::Token(t) = &token {
-        inject::write(snap.routes.get(req.route), t, &mut conn.up);
-    }
+    let token = inject::lookup(worker, snap.routes.get(req.route), req, &mut conn.up).await;
     let permit = judge::judge(worker, snap, req, body, conn)?;
     if matches!(
         token,
