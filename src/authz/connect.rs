@@ -242,18 +242,10 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
 }
 
 /// A token response, parsed; the strings are secrets.
+#[derive(Clone)]
 struct Tokens {
     secret: Secret,
     expires_in: Option<i64>,
-}
-
-impl Tokens {
-    fn clone_secret(&self) -> Tokens {
-        Tokens {
-            secret: self.secret.clone(),
-            expires_in: self.expires_in,
-        }
-    }
 }
 
 /// POST to the upstream's token endpoint as our client.
@@ -464,7 +456,7 @@ impl Server {
                     // Stored in one compare-and-set with the rotated refresh
                     // token; a race lost to a rekey is retried on the re-read
                     // record while it still holds the refresh token used.
-                    let retry = tokens.clone_secret();
+                    let retry = tokens.clone();
                     let mut stored = store_tokens(
                         self,
                         s,

@@ -206,7 +206,12 @@ async fn ask(worker: &Worker, call: Call) -> Answer {
 
 fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool, head_only: bool) {
     use std::io::Write;
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", a.status, reason(a.status));
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        a.status,
+        crate::http1::encode::reason_phrase(a.status)
+    );
     for (name, value) in &a.headers {
         // Values come from the authorization server, never raw client input
         // with line breaks; refuse any that would split the head.
@@ -222,23 +227,5 @@ fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool, head_only: bool) {
     out.extend_from_slice(b"\r\n");
     if !head_only {
         out.extend_from_slice(&a.body);
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        302 => "Found",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        429 => "Too Many Requests",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
     }
 }
