@@ -16,6 +16,7 @@ use super::seal::{s256, same, Purpose};
 use super::server::{unavailable, Server};
 use super::settings::{Resource, Settings};
 use super::upstream::UpstreamAnswer;
+use super::discover::Upstream;
 use crate::config::authz::UpstreamOAuth2;
 use crate::store::{UpstreamStatus, UpstreamToken};
 use crate::vault::Secret;
@@ -81,12 +82,26 @@ pub(crate) fn start(
     back: &str,
     now: i64,
 ) -> Answer {
-    let Some(o) = upstream_of(s, route) else {
+    if upstream_of(s, route).is_none() {
         return pages::error(
             404,
             "No such connection",
             "this MCP server has no upstream account to connect",
         );
+    }
+    let o = match server.upstream_client(s, route) {
+        Ok(o) => o,
+        Err(e) => {
+            server.audit_event(
+                "upstream.discovery_failed",
+                &[("user", user), ("route", route), ("why", &e)],
+            );
+            return pages::error(
+                502,
+                "The upstream service cannot be reached for sign-in",
+                &e,
+            );
+        }
     };
     let pending = Pending {
         route: route.to_string(),
@@ -145,23 +160,26 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         )
         .with("set-cookie", clear);
     }
-    let Some(o) = upstream_of(s, &p.route) else {
+    let Ok(o) = server.upstream_client(s, &p.route) else {
         return pages::error(
             404,
             "No such connection",
-            "the route is no longer configured",
+            "the route is no longer configured, or its upstream cannot be reached",
         )
         .with("set-cookie", clear);
     };
-    if let (Some(want), Some(got)) = (&o.issuer, form.get("iss")) {
-        if want != got {
-            return pages::error(
-                403,
-                "This answer comes from another authorization server",
-                "iss mismatch (RFC 9207)",
-            )
-            .with("set-cookie", clear);
-        }
+    let iss_ok = match (&o.issuer, form.get("iss")) {
+        (Some(want), Some(got)) => want == got,
+        (Some(_), None) => !o.iss_required,
+        (None, _) => true,
+    };
+    if !iss_ok {
+        return pages::error(
+            403,
+            "This answer comes from another authorization server",
+            "iss missing or mismatched (RFC 9207)",
+        )
+        .with("set-cookie", clear);
     }
     if let Some(err) = form.get("error") {
         server.audit_event(
@@ -200,9 +218,12 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         encode(&s.url("/.portcullis/upstream/callback")),
         encode(&p.verifier)
     );
-    let tokens = match token_request(o, body) {
+    let tokens = match token_request(&o, body) {
         Ok(t) => t,
         Err(e) => {
+            if e.is_invalid_client() {
+                server.forget_upstream_client(&p.route, &o);
+            }
             tracing::warn!(route = %p.route, error = %e, "connecting an upstream account failed");
             return pages::error(
                 502,
@@ -218,7 +239,7 @@ pub(crate) fn callback(server: &Server, s: &Settings, call: &Call) -> Answer {
         &Account {
             user: &p.user,
             route: &p.route,
-            o,
+            o: &o,
         },
         tokens,
         now,
@@ -248,8 +269,16 @@ struct Tokens {
     expires_in: Option<i64>,
 }
 
-/// POST to the upstream's token endpoint as our client.
-fn token_request(o: &UpstreamOAuth2, mut body: String) -> Result<Tokens, TokenError> {
+/// POST to the upstream's token endpoint as our client, naming the resource (RFC 8707).
+fn token_request(o: &Upstream, mut body: String) -> Result<Tokens, TokenError> {
+    if let Some(r) = &o.resource {
+        body.push_str(&format!("&resource={}", encode(r)));
+    }
+    token_request_at(o, &o.token_url, body)
+}
+
+/// POST a form to one of the upstream's endpoints with our client's authentication.
+fn token_request_at(o: &Upstream, url: &str, mut body: String) -> Result<Tokens, TokenError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
         .max_redirects(0)
@@ -257,16 +286,20 @@ fn token_request(o: &UpstreamOAuth2, mut body: String) -> Result<Tokens, TokenEr
         .build()
         .into();
     let mut req = agent
-        .post(&o.token_url)
+        .post(url)
         .header("accept", "application/json");
     match &o.client_secret {
         Some(secret) => {
-            let basic = format!("{}:{}", encode(&o.client_id), encode(secret));
+            let basic = zeroize::Zeroizing::new(format!(
+                "{}:{}",
+                encode(&o.client_id),
+                encode(secret)
+            ));
             req = req.header(
                 "authorization",
                 format!(
                     "Basic {}",
-                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic)
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &*basic)
                 ),
             );
         }
@@ -328,6 +361,12 @@ enum TokenError {
     Unreachable(String),
 }
 
+impl TokenError {
+    fn is_invalid_client(&self) -> bool {
+        matches!(self, TokenError::Refused(e) if e == "invalid_client")
+    }
+}
+
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -344,7 +383,7 @@ impl std::fmt::Display for TokenError {
 struct Account<'a> {
     user: &'a str,
     route: &'a str,
-    o: &'a UpstreamOAuth2,
+    o: &'a Upstream,
 }
 
 fn store_tokens(
@@ -441,9 +480,10 @@ impl Server {
         let Ok(due) = due else { return 0 };
         let mut done = 0;
         for t in due {
-            let Some(o) = upstream_of(s, &t.route) else {
-                continue;
+            let Ok(o) = self.upstream_client(s, &t.route) else {
+                continue; // not configured now, or discovery failed: tried again later
             };
+            let o = &*o;
             let Some(secret) = vault.open_secret(&t) else {
                 continue;
             };
@@ -509,6 +549,9 @@ impl Server {
                     }
                 }
                 Err(TokenError::Refused(why)) => {
+                    if why == "invalid_client" {
+                        self.forget_upstream_client(&t.route, o);
+                    }
                     let mut gone = t.clone();
                     gone.status = UpstreamStatus::Disconnected {
                         reason: format!("the upstream refused the refresh: {why}"),
@@ -583,16 +626,18 @@ impl Server {
         route: &str,
     ) -> Result<bool, crate::store::StoreError> {
         let found = self.store().upstream(user, route)?;
-        if let (Some(t), Some(o), Some(vault)) = (&found, upstream_of(s, route), self.vault()) {
+        let client = match found {
+            Some(_) => self.upstream_client(s, route).ok(),
+            None => None,
+        };
+        if let (Some(t), Some(o), Some(vault)) = (&found, client, self.vault()) {
             if let (Some(url), Some(secret)) = (&o.revocation_url, vault.open_secret(t)) {
                 let token = secret
                     .refresh_token
                     .as_deref()
                     .unwrap_or(&secret.access_token);
-                let mut o2 = o.clone();
-                o2.token_url = url.clone();
                 let body = format!("token={}", encode(token));
-                if let Err(e) = token_request_ok(&o2, body) {
+                if let Err(e) = token_request_ok(&o, url, body) {
                     tracing::warn!(route, error = %e, "revoking at the upstream failed; the record is deleted anyway");
                 }
             }
@@ -607,8 +652,8 @@ impl Server {
 }
 
 /// A POST whose answer needs no body (revocation: 200 is success).
-fn token_request_ok(o: &UpstreamOAuth2, body: String) -> Result<(), String> {
-    match token_request(o, body) {
+fn token_request_ok(o: &Upstream, url: &str, body: String) -> Result<(), String> {
+    match token_request_at(o, url, body) {
         Ok(_) => Ok(()),
         Err(TokenError::Refused(e)) if e.contains("no access_token") => Ok(()),
         Err(e) => Err(e.to_string()),

@@ -12,6 +12,7 @@ pub(crate) mod clients;
 pub(crate) mod connect;
 pub(crate) mod connections;
 pub(crate) mod consent;
+pub(crate) mod discover;
 pub(crate) mod http;
 pub(crate) mod login;
 pub(crate) mod metadata;

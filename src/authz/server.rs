@@ -10,6 +10,9 @@
 //! GET  /.portcullis/consent         the consent page / POST: allow or deny
 //! POST /token                       authorization_code, refresh_token
 //! POST /revoke                      RFC 7009
+//! GET  /.portcullis/upstream/callback  back from a route's upstream (connect)
+//! GET  /.portcullis/upstream/client    portcullis's client metadata document there
+//! GET  /.portcullis/connections     the user's upstream accounts / POST: connect, disconnect
 //! ```
 //!
 //! The store is behind a mutex: its operations are short transactions, and
@@ -127,6 +130,8 @@ pub struct Server {
     /// Grows when an upstream connection goes away: the cores empty their
     /// token caches (shared with them as `Shared::vault_epoch`).
     pub vault_epoch: Arc<AtomicU64>,
+    /// Routes' upstreams as discovered (`upstream_auth.oauth2.discover`).
+    pub(crate) discovered: super::discover::Cache,
 }
 
 /// A store failure, for every endpoint: 503, never a half-done grant.
@@ -171,6 +176,7 @@ impl Server {
             seen_seq: AtomicU64::new(u64::MAX),
             vault,
             vault_epoch: Arc::default(),
+            discovered: Default::default(),
         };
         server.publish(settings).map_err(|e| e.to_string())?;
         Ok(server)
@@ -265,6 +271,7 @@ impl Server {
             (Verb::Get, "/.portcullis/upstream/callback") => {
                 super::connect::callback(self, s, call)
             }
+            (Verb::Get, super::discover::DOCUMENT_PATH) => super::discover::document(s),
             (Verb::Get, "/.portcullis/connections") => super::connections::page(self, s, call),
             (Verb::Post, "/.portcullis/connections") => super::connections::act(self, s, call),
             (Verb::Post, "/token") => super::token::token(self, s, call),
@@ -333,6 +340,7 @@ fn known_page(p: &str) -> bool {
             | "/.portcullis/callback"
             | "/.portcullis/consent"
             | "/.portcullis/upstream/callback"
+            | "/.portcullis/upstream/client"
             | "/.portcullis/connections"
     )
 }

@@ -23,6 +23,8 @@ pub struct Resource {
     pub scopes: Vec<String>,
     /// The user's own token at the route's upstream (`upstream_auth.oauth2`).
     pub upstream: Option<crate::config::authz::UpstreamOAuth2>,
+    /// The route's `to`: where discovery reads the upstream's metadata.
+    pub upstream_url: String,
 }
 
 #[derive(Debug)]
@@ -232,6 +234,7 @@ fn resources(routes: &[RouteConfig]) -> Vec<Resource> {
                     audience,
                     scopes: auth.scopes.clone(),
                     upstream: r.upstream_auth.as_ref().and_then(|u| u.oauth2.clone()),
+                    upstream_url: r.to.to_string(),
                 }
             })
         })

@@ -260,21 +260,31 @@ pub enum StoreSync {
 }
 
 /// A route's upstream OAuth 2.0 client: portcullis's registration at the
-/// upstream service, used to get and refresh each user's token there.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+/// upstream service, used to get and refresh each user's token there. Either
+/// every endpoint is configured, or `discover: true` reads them from the
+/// upstream's metadata.
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamOAuth2 {
-    #[serde(deserialize_with = "super::env_string")]
+    /// portcullis's client id at the upstream. Required unless `discover`
+    /// is on; with `discover` and no `client_id`, portcullis registers itself
+    /// at the upstream's authorization server (a client metadata document
+    /// when that server supports them and portcullis's issuer is https,
+    /// dynamic registration otherwise) and keeps the registration in the
+    /// store.
+    #[serde(default, deserialize_with = "super::env_string")]
     pub client_id: String,
     /// Sent with HTTP Basic authentication (`client_secret_basic`); absent:
     /// a public client (PKCE only). `${ENV_VAR}`.
     #[serde(default, deserialize_with = "super::env_opt_string")]
     pub client_secret: Option<String>,
-    /// The upstream's authorization endpoint (the user's browser goes there).
-    #[serde(deserialize_with = "super::env_string")]
+    /// The upstream's authorization endpoint (the user's browser goes
+    /// there). Required unless `discover` is on (then it must be absent).
+    #[serde(default, deserialize_with = "super::env_string")]
     pub authorization_url: String,
-    /// The upstream's token endpoint.
-    #[serde(deserialize_with = "super::env_string")]
+    /// The upstream's token endpoint. Required unless `discover` is on
+    /// (then it must be absent).
+    #[serde(default, deserialize_with = "super::env_string")]
     pub token_url: String,
     /// RFC 7009 revocation endpoint: disconnecting revokes the token there.
     #[serde(default, deserialize_with = "super::env_opt_string")]
@@ -282,7 +292,9 @@ pub struct UpstreamOAuth2 {
     /// Scopes asked of the upstream.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// RFC 8707 `resource` sent to the upstream, where it supports it.
+    /// RFC 8707 `resource` sent to the upstream, where it supports it. With
+    /// `discover`: the resource the upstream's RFC 9728 metadata must name
+    /// (default: the route's `to`).
     #[serde(default, deserialize_with = "super::env_opt_string")]
     pub resource: Option<String>,
     /// The header the token goes in (`Authorization` sends `Bearer <token>`).
@@ -291,6 +303,24 @@ pub struct UpstreamOAuth2 {
     /// The upstream's `iss` (RFC 9207): when set, the callback's `iss` must equal it.
     #[serde(default, deserialize_with = "super::env_opt_string")]
     pub issuer: Option<String>,
+    /// Read the endpoints from the upstream: its RFC 9728 protected
+    /// resource metadata (at the route's `to`) names its authorization
+    /// server, whose RFC 8414 (or OpenID) metadata names the endpoints;
+    /// fetched on first use by the control plane and kept an hour.
+    #[serde(default)]
+    pub discover: bool,
+}
+
+/// Shows no secret.
+impl std::fmt::Debug for UpstreamOAuth2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamOAuth2")
+            .field("client_id", &self.client_id)
+            .field("authorization_url", &self.authorization_url)
+            .field("token_url", &self.token_url)
+            .field("discover", &self.discover)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_upstream_header() -> String {

@@ -515,12 +515,46 @@ impl<'c> RouteCx<'c, '_, '_> {
                 format!("route {:?}: invalid oauth2 header name", r.name),
             );
         }
+        if o.discover {
+            for (what, set) in [
+                ("authorization_url", !o.authorization_url.is_empty()),
+                ("token_url", !o.token_url.is_empty()),
+                ("revocation_url", o.revocation_url.is_some()),
+                ("issuer", o.issuer.is_some()),
+            ] {
+                if set {
+                    self.at(
+                        "oauth2",
+                        format!(
+                            "route {:?}: oauth2.{what} comes from the upstream's metadata with discover: true; remove it",
+                            r.name
+                        ),
+                    );
+                }
+            }
+        } else {
+            for (what, missing) in [
+                ("client_id", o.client_id.is_empty()),
+                ("authorization_url", o.authorization_url.is_empty()),
+                ("token_url", o.token_url.is_empty()),
+            ] {
+                if missing {
+                    self.at(
+                        "oauth2",
+                        format!(
+                            "route {:?}: oauth2.{what} is required (or discover: true)",
+                            r.name
+                        ),
+                    );
+                }
+            }
+        }
         for (what, url) in [
             ("authorization_url", Some(&o.authorization_url)),
             ("token_url", Some(&o.token_url)),
             ("revocation_url", o.revocation_url.as_ref()),
         ] {
-            if let Some(url) = url {
+            if let Some(url) = url.filter(|u| !u.is_empty()) {
                 let ok = crate::authz::Uri::parse(url).is_some_and(|u| {
                     u.scheme == "https"
                         || (u.scheme == "http"
@@ -778,10 +812,11 @@ impl Snapshot {
                     notes.push(format!("scopes: {}", a.scopes.join(" ")));
                 }
                 if let Some(o) = &a.oauth2 {
-                    notes.push(format!(
-                        "user's upstream token: oauth2 client {}",
-                        o.config.client_id
-                    ));
+                    notes.push(match (&o.config.client_id[..], o.config.discover) {
+                        ("", _) => "user's upstream token: discovered, registered at first use".into(),
+                        (id, true) => format!("user's upstream token: discovered, oauth2 client {id}"),
+                        (id, false) => format!("user's upstream token: oauth2 client {id}"),
+                    });
                 }
             }
             if r.policy.is_some() {

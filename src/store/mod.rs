@@ -157,6 +157,23 @@ pub struct UpstreamToken {
     pub generation: i64,
 }
 
+/// portcullis's own registration at a route's upstream authorization server
+/// (discovery mode, dynamic registration): kept so that every restart and
+/// every instance uses the client the users' tokens were issued to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamClient {
+    /// The route's name.
+    pub route: String,
+    /// The upstream authorization server's issuer.
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret sealed by the vault (key id, bytes), when the
+    /// server gave one.
+    pub secret: Option<(String, Vec<u8>)>,
+    /// When it was registered (unix seconds).
+    pub created: i64,
+}
+
 /// What presenting an authorization code found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeTake {
@@ -342,6 +359,25 @@ pub trait Store: Send {
     fn upstream_due(&self, now: i64, limit: usize) -> Result<Vec<UpstreamToken>, StoreError>;
     /// Every record, by user then route (for re-sealing under a new key).
     fn all_upstream(&self) -> Result<Vec<UpstreamToken>, StoreError>;
+
+    /// portcullis's registration at a route's upstream authorization server.
+    fn upstream_client(
+        &self,
+        route: &str,
+        issuer: &str,
+    ) -> Result<Option<UpstreamClient>, StoreError>;
+    /// Keeps `c` unless a registration for its (route, issuer) is stored
+    /// already; returns the one stored (two racing registrations: the first
+    /// written wins, both use it).
+    fn put_upstream_client(&mut self, c: &UpstreamClient) -> Result<UpstreamClient, StoreError>;
+    /// Forgets the registration with that client id (the upstream no longer
+    /// knows it); false if there was none.
+    fn delete_upstream_client(
+        &mut self,
+        route: &str,
+        issuer: &str,
+        client_id: &str,
+    ) -> Result<bool, StoreError>;
 
     /// The change sequence: grows with every write that changed something.
     fn seq(&self) -> Result<i64, StoreError>;

@@ -11,7 +11,7 @@
 
 use super::{
     Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
-    StoreError, Swept, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
+    StoreError, Swept, UpstreamClient, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
 };
 use rusqlite::types::Type;
 use rusqlite::TransactionBehavior::Immediate;
@@ -23,7 +23,7 @@ use std::time::Duration;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Schema version 1. Lists (redirect URIs, grant types, scopes) are JSON
 /// arrays of strings; hashes are 32-byte blobs; times are unix seconds.
@@ -128,6 +128,21 @@ CREATE TABLE upstream_tokens (
 ) STRICT;
 CREATE INDEX upstream_tokens_due ON upstream_tokens (refresh_due)
     WHERE status = 'connected';
+";
+
+/// Schema version 3: portcullis's registrations at upstream authorization
+/// servers (discovery mode); the secret, if any, sealed by the vault.
+const V3: &str = "
+CREATE TABLE upstream_clients (
+    route TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    kid TEXT,
+    sealed BLOB,
+    created INTEGER NOT NULL,
+    CHECK ((kid IS NULL) = (sealed IS NULL)),
+    PRIMARY KEY (route, issuer)
+) STRICT;
 ";
 
 macro_rules! upstream_columns {
@@ -379,6 +394,18 @@ fn upstream_row(r: &Row<'_>) -> rusqlite::Result<UpstreamToken> {
         status,
         updated: r.get(9)?,
         generation: r.get(10)?,
+    })
+}
+
+fn upstream_client_row(r: &Row<'_>) -> rusqlite::Result<UpstreamClient> {
+    let kid: Option<String> = r.get(3)?;
+    let sealed: Option<Vec<u8>> = r.get(4)?;
+    Ok(UpstreamClient {
+        route: r.get(0)?,
+        issuer: r.get(1)?,
+        client_id: r.get(2)?,
+        secret: kid.zip(sealed),
+        created: r.get(5)?,
     })
 }
 
@@ -895,6 +922,60 @@ impl Store for SqliteStore {
         ))?;
         let rows = stmt.query_map([], upstream_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn upstream_client(
+        &self,
+        route: &str,
+        issuer: &str,
+    ) -> Result<Option<UpstreamClient>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT route, issuer, client_id, kid, sealed, created FROM upstream_clients \
+                 WHERE route = ?1 AND issuer = ?2",
+            )?
+            .query_row(params![route, issuer], upstream_client_row)
+            .optional()?)
+    }
+
+    fn put_upstream_client(&mut self, c: &UpstreamClient) -> Result<UpstreamClient, StoreError> {
+        let (kid, sealed) = match &c.secret {
+            Some((k, s)) => (Some(k), Some(s)),
+            None => (None, None),
+        };
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO upstream_clients (route, issuer, client_id, kid, sealed, created) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (route, issuer) DO NOTHING",
+                )?
+                .execute(params![c.route, c.issuer, c.client_id, kid, sealed, c.created])?;
+            let stored = tx
+                .prepare_cached(
+                    "SELECT route, issuer, client_id, kid, sealed, created FROM upstream_clients \
+                     WHERE route = ?1 AND issuer = ?2",
+                )?
+                .query_row(params![c.route, c.issuer], upstream_client_row)?;
+            Ok((stored, n == 1))
+        })
+    }
+
+    fn delete_upstream_client(
+        &mut self,
+        route: &str,
+        issuer: &str,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM upstream_clients WHERE route = ?1 AND issuer = ?2 \
+                     AND client_id = ?3",
+                )?
+                .execute(params![route, issuer, client_id])?;
+            Ok((n == 1, n == 1))
+        })
     }
 
     fn seq(&self) -> Result<i64, StoreError> {

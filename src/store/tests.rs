@@ -6,7 +6,7 @@
 
 use super::{
     Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
-    StoreError, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
+    StoreError, UpstreamStatus, UpstreamClient, UpstreamToken, CODE_MEMORY_SECS,
 };
 use std::sync::Barrier;
 
@@ -40,7 +40,8 @@ macro_rules! store_suite {
             upstream_replace_if_is_compare_and_swap,
             upstream_due_lists_connected_records_soonest_first,
             upstream_delete,
-            concurrent_upstream_replace_has_one_winner
+            concurrent_upstream_replace_has_one_winner,
+            upstream_clients_first_registration_wins
         );
     };
     (@cases $place:expr; $($case:ident),*) => {
@@ -1151,4 +1152,43 @@ pub(crate) fn concurrent_upstream_replace_has_one_winner(place: &dyn Place) {
         last.sealed,
         format!("{} {}", winners[rounds - 1], rounds - 1).into_bytes()
     );
+}
+
+pub(crate) fn upstream_clients_first_registration_wins(place: &dyn Place) {
+    let mut s = place.open();
+    let iss = "https://as.example";
+    assert_eq!(s.upstream_client("github", iss).unwrap(), None);
+    let first = UpstreamClient {
+        route: "github".into(),
+        issuer: iss.into(),
+        client_id: "c-1".into(),
+        secret: Some(("k1".into(), vec![1, 2, 3])),
+        created: T0,
+    };
+    let before = s.seq().unwrap();
+    assert_eq!(s.put_upstream_client(&first).unwrap(), first);
+    assert!(s.seq().unwrap() > before);
+    // A second registration racing the first: the stored one is answered.
+    let second = UpstreamClient {
+        client_id: "c-2".into(),
+        secret: None,
+        ..first.clone()
+    };
+    let before = s.seq().unwrap();
+    assert_eq!(s.put_upstream_client(&second).unwrap(), first);
+    assert_eq!(s.seq().unwrap(), before, "nothing written");
+    // Another route or issuer is another registration.
+    let other = UpstreamClient {
+        route: "notion".into(),
+        ..second.clone()
+    };
+    assert_eq!(s.put_upstream_client(&other).unwrap(), other);
+    assert_eq!(s.upstream_client("github", iss).unwrap(), Some(first));
+    // Deleting names the client id: a stale delete leaves a newer one.
+    assert!(!s.delete_upstream_client("github", iss, "c-2").unwrap());
+    assert!(s.delete_upstream_client("github", iss, "c-1").unwrap());
+    assert_eq!(s.upstream_client("github", iss).unwrap(), None);
+    drop(s);
+    let s = place.open();
+    assert_eq!(s.upstream_client("notion", iss).unwrap(), Some(other));
 }

@@ -32,6 +32,9 @@ const TAG_LEN: usize = 16;
 /// Separates the vault's associated data from any other use of its keys.
 const AAD_LABEL: &[u8] = b"portcullis/vault/v1";
 
+/// Separates a registration's client secret from the users' tokens.
+const CLIENT_AAD_LABEL: &[u8] = b"portcullis/vault/upstream-client/v1";
+
 /// The largest sealed record [`Vault::open`] reads.
 const MAX_SEALED: usize = 1 << 20;
 
@@ -118,6 +121,11 @@ impl Vault {
         plaintext: &[u8],
     ) -> (String, Vec<u8>) {
         let key = self.current();
+        let sealed = self.seal_with(key, aad(AAD_LABEL, [user, route, client_id, &key.id]), plaintext);
+        (key.id.clone(), sealed)
+    }
+
+    fn seal_with(&self, key: &VaultKey, aad: Vec<u8>, plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).expect("system randomness");
         let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
@@ -127,36 +135,65 @@ impl Vault {
             .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(user, route, client_id, &key.id)),
+                Aad::from(aad),
                 &mut out[NONCE_LEN..],
             )
             .expect("AES-GCM seals anything below 64 GiB");
         out.extend_from_slice(tag.as_ref());
-        (key.id.clone(), out)
+        out
+    }
+
+    fn open_with(&self, kid: &str, aad: Vec<u8>, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let key = self.keys.iter().find(|k| k.id == kid)?;
+        if sealed.len() < NONCE_LEN + TAG_LEN || sealed.len() > MAX_SEALED {
+            return None;
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = Zeroizing::new(rest.to_vec());
+        let len = key
+            .key
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .ok()?
+            .len();
+        buf.truncate(len); // the tag; the whole buffer is wiped on drop
+        Some(buf)
+    }
+
+    /// portcullis's client secret at a route's upstream authorization
+    /// server `issuer` (a dynamic registration's), sealed: key id, bytes.
+    pub fn seal_client_secret(
+        &self,
+        route: &str,
+        issuer: &str,
+        client_id: &str,
+        secret: &str,
+    ) -> (String, Vec<u8>) {
+        let key = self.current();
+        let aad = aad(CLIENT_AAD_LABEL, [route, issuer, client_id, &key.id]);
+        (key.id.clone(), self.seal_with(key, aad, secret.as_bytes()))
+    }
+
+    /// The secret [`Vault::seal_client_secret`] sealed, or `None` (a key no
+    /// longer configured, altered, or another registration's).
+    pub fn open_client_secret(
+        &self,
+        route: &str,
+        issuer: &str,
+        client_id: &str,
+        (kid, sealed): (&str, &[u8]),
+    ) -> Option<Zeroizing<String>> {
+        let aad = aad(CLIENT_AAD_LABEL, [route, issuer, client_id, kid]);
+        let plain = self.open_with(kid, aad, sealed)?;
+        std::str::from_utf8(&plain).ok().map(|s| Zeroizing::new(s.to_string()))
     }
 
     /// The plaintext of a record; `None` when its key is not in the vault,
     /// or it was altered, or it belongs to another (user, route, client,
     /// key id) than the record says.
     pub fn open(&self, t: &UpstreamToken) -> Option<Zeroizing<Vec<u8>>> {
-        let key = self.keys.iter().find(|k| k.id == t.kid)?;
-        if t.sealed.len() < NONCE_LEN + TAG_LEN || t.sealed.len() > MAX_SEALED {
-            return None;
-        }
-        let (nonce, rest) = t.sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut buf = Zeroizing::new(rest.to_vec());
-        let len = key
-            .key
-            .open_in_place(
-                nonce,
-                Aad::from(aad(&t.user, &t.route, &t.client_id, &t.kid)),
-                &mut buf,
-            )
-            .ok()?
-            .len();
-        buf.truncate(len); // the tag; the whole buffer is wiped on drop
-        Some(buf)
+        let aad = aad(AAD_LABEL, [&t.user, &t.route, &t.client_id, &t.kid]);
+        self.open_with(&t.kid, aad, &t.sealed)
     }
 
     /// Re-seals under the first key every record sealed by another key of
@@ -242,14 +279,14 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The associated data: a label, then user, route, client id and key id,
-/// each prefixed with its length (4 bytes, big-endian), so no two
+/// The associated data: a label, then (for a token) user, route, client id
+/// and key id, or (for a client secret) route, issuer, client id and key
+/// id, each prefixed with its length (4 bytes, big-endian), so no two
 /// different tuples give the same bytes.
-fn aad(user: &str, route: &str, client_id: &str, kid: &str) -> Vec<u8> {
-    let parts = [user, route, client_id, kid];
+fn aad(label: &[u8], parts: [&str; 4]) -> Vec<u8> {
     let mut out =
-        Vec::with_capacity(AAD_LABEL.len() + parts.iter().map(|p| 4 + p.len()).sum::<usize>());
-    out.extend_from_slice(AAD_LABEL);
+        Vec::with_capacity(label.len() + parts.iter().map(|p| 4 + p.len()).sum::<usize>());
+    out.extend_from_slice(label);
     for p in parts {
         let len = u32::try_from(p.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&len.to_be_bytes());

@@ -323,6 +323,22 @@ impl Store for Racing<'_> {
         self.inner.seq()
     }
     // The rest: as the store underneath.
+    fn upstream_client(
+        &self,
+        a0: &str,
+        a1: &str,
+    ) -> Result<Option<crate::store::UpstreamClient>, StoreError> {
+        self.inner.upstream_client(a0, a1)
+    }
+    fn put_upstream_client(
+        &mut self,
+        a0: &crate::store::UpstreamClient,
+    ) -> Result<crate::store::UpstreamClient, StoreError> {
+        self.inner.put_upstream_client(a0)
+    }
+    fn delete_upstream_client(&mut self, a0: &str, a1: &str, a2: &str) -> Result<bool, StoreError> {
+        self.inner.delete_upstream_client(a0, a1, a2)
+    }
     fn put_client(&mut self, a0: &Client) -> Result<(), StoreError> {
         self.inner.put_client(a0)
     }
@@ -591,4 +607,42 @@ fn the_store_file_holds_no_plaintext_token() {
     store.put_upstream(&clear).unwrap();
     drop(store);
     assert!(contains(&control.bytes(), access.as_bytes()));
+}
+
+/// A registration's client secret opens only for the (route, issuer,
+/// client id, key) it was sealed for, and never as a user's token.
+#[test]
+fn client_secrets_are_bound_to_their_registration() {
+    let v = Vault::new(&[("k1".into(), "ab".repeat(32))]).unwrap();
+    let (kid, sealed) = v.seal_client_secret("github", "https://as", "c1", "s3cret");
+    assert_eq!(kid, "k1");
+    assert!(!sealed.windows(6).any(|w| w == b"s3cret"));
+    let opened = v.open_client_secret("github", "https://as", "c1", (&kid, &sealed));
+    assert_eq!(opened.as_deref().map(String::as_str), Some("s3cret"));
+    for (route, issuer, client) in [
+        ("notion", "https://as", "c1"),
+        ("github", "https://other", "c1"),
+        ("github", "https://as", "c2"),
+    ] {
+        assert!(v
+            .open_client_secret(route, issuer, client, (&kid, &sealed))
+            .is_none());
+    }
+    assert!(v
+        .open_client_secret("github", "https://as", "c1", ("k2", &sealed))
+        .is_none());
+    // As a token record of the same names: refused (another label).
+    let as_token = UpstreamToken {
+        user: "github".into(),
+        route: "https://as".into(),
+        client_id: "c1".into(),
+        kid,
+        sealed,
+        expires: 0,
+        refresh_due: 0,
+        status: crate::store::UpstreamStatus::Connected,
+        updated: 0,
+        generation: 1,
+    };
+    assert!(v.open(&as_token).is_none());
 }

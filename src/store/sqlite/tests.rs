@@ -87,8 +87,8 @@ fn schema_version_is_recorded_once() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2]);
-    assert_eq!(SqliteStore::SCHEMA_VERSION, 2);
+    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(SqliteStore::SCHEMA_VERSION, 3);
 }
 
 #[test]
@@ -97,11 +97,11 @@ fn a_newer_schema_is_refused() {
     drop(SqliteStore::open(&place.path).unwrap());
     place
         .raw()
-        .execute("INSERT INTO schema_version (version) VALUES (?1)", [3])
+        .execute("INSERT INTO schema_version (version) VALUES (?1)", [4])
         .unwrap();
     let err = SqliteStore::open(&place.path).err().expect("refused");
     assert!(
-        matches!(err, StoreError::NewerSchema { found: 3, known: 2 }),
+        matches!(err, StoreError::NewerSchema { found: 4, known: 3 }),
         "{err:?}"
     );
     let text = err.to_string();
@@ -112,9 +112,9 @@ fn a_newer_schema_is_refused() {
 }
 
 /// A file written by a build that knew schema version 1 only: opening it
-/// adds the upstream tokens' table and keeps what was there.
+/// adds the upstream tokens' and registrations' tables and keeps what was there.
 #[test]
-fn a_version_1_file_is_migrated_to_version_2() {
+fn a_version_1_file_is_migrated_to_the_newest() {
     let place = SqlitePlace::new();
     {
         let conn = place.raw();
@@ -149,7 +149,7 @@ fn a_version_1_file_is_migrated_to_version_2() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
 }
 
 /// The row's constraint: a reason exactly when disconnected.
