@@ -9,6 +9,7 @@
 //! has `upstream_auth.oauth2` and a user with no connected token; or from the
 //! page `/.portcullis/connections` (`connections`: connect, disconnect).
 
+use super::discover::Upstream;
 use super::http::{encode, with_query, Answer, Call, Form};
 use super::login::cookie;
 use super::pages;
@@ -16,7 +17,6 @@ use super::seal::{s256, same, Purpose};
 use super::server::{unavailable, Server};
 use super::settings::{Resource, Settings};
 use super::upstream::UpstreamAnswer;
-use super::discover::Upstream;
 use crate::config::authz::UpstreamOAuth2;
 use crate::store::{UpstreamStatus, UpstreamToken};
 use crate::vault::Secret;
@@ -285,16 +285,11 @@ fn token_request_at(o: &Upstream, url: &str, mut body: String) -> Result<Tokens,
         .http_status_as_error(false)
         .build()
         .into();
-    let mut req = agent
-        .post(url)
-        .header("accept", "application/json");
+    let mut req = agent.post(url).header("accept", "application/json");
     match &o.client_secret {
         Some(secret) => {
-            let basic = zeroize::Zeroizing::new(format!(
-                "{}:{}",
-                encode(&o.client_id),
-                encode(secret)
-            ));
+            let basic =
+                zeroize::Zeroizing::new(format!("{}:{}", encode(&o.client_id), encode(secret)));
             req = req.header(
                 "authorization",
                 format!(

@@ -105,14 +105,20 @@ impl Server {
         // One discovery per route at a time: the others wait for its result.
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((found, at)) = &*slot {
-            let keep = if found.is_ok() { KEEP_SECS } else { FAILED_SECS };
+            let keep = if found.is_ok() {
+                KEEP_SECS
+            } else {
+                FAILED_SECS
+            };
             if now - at < keep {
                 return found.clone();
             }
         }
         let found = discover(self, s, r, o, now).map(Arc::new);
         match &found {
-            Ok(u) => tracing::info!(route, issuer = ?u.issuer, client_id = %u.client_id, "upstream discovered"),
+            Ok(u) => {
+                tracing::info!(route, issuer = ?u.issuer, client_id = %u.client_id, "upstream discovered")
+            }
             Err(e) => tracing::warn!(route, error = %e, "upstream discovery failed"),
         }
         *slot = Some((found.clone(), now));
@@ -259,7 +265,11 @@ fn server_metadata(agent: &ureq::Agent, issuer: &str) -> Result<Value, String> {
         format!("{origin}/.well-known/openid-configuration{path}"),
         format!("{origin}{path}/.well-known/openid-configuration"),
     ];
-    let urls = if path.is_empty() { &urls[..2] } else { &urls[..] };
+    let urls = if path.is_empty() {
+        &urls[..2]
+    } else {
+        &urls[..]
+    };
     let (url, doc) = first_json(agent, urls, "authorization server metadata")?;
     let named = doc.get("issuer").and_then(Value::as_str).unwrap_or("");
     if named != issuer {
@@ -325,10 +335,9 @@ fn register(
             "{issuer} offers neither dynamic registration nor (for an https portcullis) client metadata documents: set oauth2.client_id"
         ))?;
     checked_url("registration_endpoint", endpoint)?;
-    let mut body = client_metadata(s, None);
-    if !up.scopes.is_empty() {
-        body["scope"] = json!(up.scopes.join(" "));
-    }
+    // No `scope`: servers refuse a registration naming scopes they do not
+    // list, and the authorization request names them anyway.
+    let body = client_metadata(s, None);
     let resp = agent
         .post(endpoint)
         .header("accept", "application/json")
@@ -337,9 +346,12 @@ fn register(
         .map_err(|e| format!("registering at {endpoint}: {e}"))?;
     let (status, answer) = read_json(resp, endpoint)?;
     if status != 201 && status != 200 {
-        let err = answer.get("error").and_then(Value::as_str).unwrap_or("?");
+        let field =
+            |k: &str| super::register::clip(answer.get(k).and_then(Value::as_str).unwrap_or("?"));
         return Err(format!(
-            "registering at {endpoint}: status {status}, error {err}"
+            "registering at {endpoint}: status {status}, error {} ({})",
+            field("error"),
+            field("error_description")
         ));
     }
     let client_id = answer
@@ -361,7 +373,11 @@ fn register(
         up.client_secret = secret.map(|x| zeroize::Zeroizing::new(x.to_string()));
         server.audit_event(
             "upstream.registered",
-            &[("route", route), ("issuer", &issuer), ("client_id", client_id)],
+            &[
+                ("route", route),
+                ("issuer", &issuer),
+                ("client_id", client_id),
+            ],
         );
     } else {
         // Another thread or instance registered first: use its registration.
@@ -395,7 +411,10 @@ fn first_json(agent: &ureq::Agent, urls: &[String], what: &str) -> Result<(Strin
     Err(format!("no {what}: {}", tried.join("; ")))
 }
 
-fn read_json(mut resp: ureq::http::Response<ureq::Body>, url: &str) -> Result<(u16, Value), String> {
+fn read_json(
+    mut resp: ureq::http::Response<ureq::Body>,
+    url: &str,
+) -> Result<(u16, Value), String> {
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
@@ -413,7 +432,10 @@ fn split(url: &str) -> Result<(String, String), String> {
     let u = crate::authz::Uri::parse(url).ok_or(format!("{url:?} is not a URL"))?;
     let a = u.authority.as_ref().ok_or(format!("{url:?} has no host"))?;
     let port = a.port.map(|p| format!(":{p}")).unwrap_or_default();
-    Ok((format!("{}://{}{port}", u.scheme, a.host), u.path.to_string()))
+    Ok((
+        format!("{}://{}{port}", u.scheme, a.host),
+        u.path.to_string(),
+    ))
 }
 
 /// https, or http on loopback.
@@ -425,12 +447,22 @@ fn checked_url(what: &str, url: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} {url:?} must be https (http on loopback only)"))
+        Err(format!(
+            "{what} {url:?} must be https (http on loopback only)"
+        ))
     }
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

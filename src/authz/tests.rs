@@ -641,6 +641,42 @@ fn metadata_names_absolute_endpoints_s256_only_and_public_clients() {
     }
 }
 
+/// portcullis's own client metadata document, for upstream authorization
+/// servers that register clients by document (discovery mode): its id is
+/// its URL, public, portcullis's upstream callback only.
+#[test]
+fn upstream_client_metadata_document_names_itself_and_the_callback() {
+    let h = H::new();
+    let a = h.handle(&call(
+        Verb::Get,
+        "/.portcullis/upstream/client",
+        vec![],
+        b"",
+    ));
+    assert_eq!(a.status, 200, "{}", text(&a));
+    let d = json_of(&a);
+    assert_eq!(d["client_id"], format!("{ISS}/.portcullis/upstream/client"));
+    assert_eq!(
+        d["redirect_uris"],
+        json!([format!("{ISS}/.portcullis/upstream/callback")])
+    );
+    assert_eq!(d["token_endpoint_auth_method"], "none");
+    assert_eq!(
+        d["grant_types"],
+        json!(["authorization_code", "refresh_token"])
+    );
+    assert!(a
+        .header("cache-control")
+        .is_some_and(|c| c.contains("max-age")));
+    let post = h.handle(&call(
+        Verb::Post,
+        "/.portcullis/upstream/client",
+        vec![],
+        b"",
+    ));
+    assert_eq!(post.status, 405);
+}
+
 #[test]
 fn registration_endpoint_only_when_dynamic_registration_is_on() {
     let mut h = H::new();

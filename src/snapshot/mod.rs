@@ -813,8 +813,12 @@ impl Snapshot {
                 }
                 if let Some(o) = &a.oauth2 {
                     notes.push(match (&o.config.client_id[..], o.config.discover) {
-                        ("", _) => "user's upstream token: discovered, registered at first use".into(),
-                        (id, true) => format!("user's upstream token: discovered, oauth2 client {id}"),
+                        ("", _) => {
+                            "user's upstream token: discovered, registered at first use".into()
+                        }
+                        (id, true) => {
+                            format!("user's upstream token: discovered, oauth2 client {id}")
+                        }
                         (id, false) => format!("user's upstream token: oauth2 client {id}"),
                     });
                 }
@@ -874,6 +878,58 @@ routes:
         assert!(msgs[0].starts_with("c.yaml:8:"), "{msgs:#?}");
         assert!(msgs[1].starts_with("c.yaml:8:"), "{msgs:#?}");
         assert!(msgs[1].contains("no listener has tls"), "{msgs:#?}");
+    }
+
+    /// `upstream_auth.oauth2`: every endpoint configured, or `discover`
+    /// with none of them.
+    #[test]
+    fn upstream_oauth2_endpoints_are_configured_or_discovered() {
+        let text = |oauth2: &str| {
+            format!(
+                "listen: [{{address: 127.0.0.1:8080}}]
+authorization_server: {{issuer: 'http://127.0.0.1:8080', login: {{dev_users: [{{sub: a}}]}}}}
+store: {{path: /tmp/portcullis-snapshot-test.db}}
+vault: {{keys: [{{id: k1, key: '{}'}}]}}
+routes:
+  - name: gh
+    from: http://127.0.0.1:8080/gh
+    to: http://127.0.0.1:9000/mcp
+    mcp: {{}}
+    auth: {{issuers: [portcullis]}}
+    upstream_auth: {{oauth2: {oauth2}}}
+",
+                "ab".repeat(32)
+            )
+        };
+        let errors = |oauth2: &str| -> Vec<String> {
+            match from_text(&text(oauth2), Path::new("c.yaml")) {
+                Ok(_) => vec![],
+                Err(e) => e.0.iter().map(|e| e.message.clone()).collect(),
+            }
+        };
+        assert_eq!(errors("{discover: true}"), Vec::<String>::new());
+        assert_eq!(
+            errors("{discover: true, client_id: pre-registered, scopes: [repo]}"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            errors("{client_id: c, authorization_url: 'https://gh/a', token_url: 'https://gh/t'}"),
+            Vec::<String>::new()
+        );
+        let e = errors("{client_id: c}");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("oauth2.authorization_url is required (or discover: true)"));
+        assert!(e[1].contains("oauth2.token_url is required"));
+        let e = errors("{authorization_url: 'https://gh/a', token_url: 'https://gh/t'}");
+        assert!(
+            e.len() == 1 && e[0].contains("oauth2.client_id is required"),
+            "{e:?}"
+        );
+        let e = errors("{discover: true, token_url: 'https://gh/t', issuer: 'https://gh'}");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0]
+            .contains("oauth2.token_url comes from the upstream's metadata with discover: true"));
+        assert!(e[1].contains("oauth2.issuer comes from"));
     }
 
     #[test]

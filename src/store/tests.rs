@@ -6,7 +6,7 @@
 
 use super::{
     Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
-    StoreError, UpstreamStatus, UpstreamClient, UpstreamToken, CODE_MEMORY_SECS,
+    StoreError, UpstreamClient, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
 };
 use std::sync::Barrier;
 

@@ -121,7 +121,11 @@ impl Vault {
         plaintext: &[u8],
     ) -> (String, Vec<u8>) {
         let key = self.current();
-        let sealed = self.seal_with(key, aad(AAD_LABEL, [user, route, client_id, &key.id]), plaintext);
+        let sealed = self.seal_with(
+            key,
+            aad(AAD_LABEL, [user, route, client_id, &key.id]),
+            plaintext,
+        );
         (key.id.clone(), sealed)
     }
 
@@ -185,7 +189,9 @@ impl Vault {
     ) -> Option<Zeroizing<String>> {
         let aad = aad(CLIENT_AAD_LABEL, [route, issuer, client_id, kid]);
         let plain = self.open_with(kid, aad, sealed)?;
-        std::str::from_utf8(&plain).ok().map(|s| Zeroizing::new(s.to_string()))
+        std::str::from_utf8(&plain)
+            .ok()
+            .map(|s| Zeroizing::new(s.to_string()))
     }
 
     /// The plaintext of a record; `None` when its key is not in the vault,

@@ -9,7 +9,7 @@
 //            [--access-ttl 30] [--refresh-ttl 1209600] [--rotate-refresh]
 //            [--auth-method client_secret_basic|client_secret_post]
 //            [--scopes "read:user user:email repo"]
-//            [--resource URI ...] [--users JSON]
+//            [--resource URI ...] [--users JSON] [--registration]
 //
 // What it does (everything else is oidc-provider's default):
 //  * metadata: RFC 8414 at /.well-known/oauth-authorization-server and the
@@ -55,6 +55,11 @@
 //    '{"carol": {"name": "Carol"}}'), any password; an unknown login name
 //    is refused (403, page titled "Unknown user").
 //
+//  * with --registration: open RFC 7591 dynamic registration at /reg
+//    (advertised as registration_endpoint; no initial access token), for
+//    portcullis's discovery mode; public clients (token_endpoint_auth_method
+//    "none") get no secret.
+//
 // Test endpoints (plain http, no authentication, for the tests only):
 //  * POST /test/revoke-all?sub=NAME  deletes every grant of that user (and
 //    with them every refresh token, authorization code and stored token), as
@@ -66,6 +71,9 @@
 //    requests to /token wait D ms (default 0) and then answer `status`
 //    (default 503) with {"error": "temporarily_unavailable"} WITHOUT being
 //    processed (nothing is consumed or rotated). count=0 clears.
+//  * GET /test/registrations  every POST /reg so far, in order:
+//    [{"t": epoch_ms, "status", "client_id" (null when refused),
+//      "token_endpoint_auth_method", "redirect_uris", "error"}]
 //  * GET /test/log  every request to /token so far, in order, as JSON:
 //    [{"t_start": epoch_ms (arrival), "t": epoch_ms (answered), "grant_type", "status", "error", "error_description",
 //      "error_detail", "sub", "client_id", "rotated": bool, "fault": bool,
@@ -111,6 +119,7 @@ const rotate = args.includes("--rotate-refresh");
 const authMethod = opt("--auth-method", "client_secret_basic");
 const resourceScopes = opt("--scopes", "read:user user:email repo");
 const resources = [DEFAULT_RESOURCE, ...opts("--resource")];
+const registration = args.includes("--registration");
 if (!port || !clientSecret || redirectUris.length === 0 || !(accessTtl > 0) || !(refreshTtl > 0)) {
   console.error(
     "usage: upstream_as.mjs --port P --client-id ID --client-secret S --redirect-uri URI [...] " +
@@ -189,6 +198,7 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: true },
     revocation: { enabled: true },
+    registration: { enabled: registration },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => {
@@ -222,6 +232,7 @@ const provider = new Provider(issuer, {
 
 const sha16 = (v) => (v ? createHash("sha256").update(String(v)).digest("hex").slice(0, 16) : null);
 const tokenLog = [];
+const registrations = [];
 const faults = { count: 0, status: 503, delayMs: 0 };
 
 function json(ctx, status, body) {
@@ -266,6 +277,30 @@ provider.use(async (ctx, next) => {
   }
   if (ctx.path === "/test/log" && ctx.method === "GET") {
     return json(ctx, 200, tokenLog);
+  }
+  if (ctx.path === "/test/registrations" && ctx.method === "GET") {
+    return json(ctx, 200, registrations);
+  }
+
+  // ---- dynamic registration: a log of every attempt
+  if (ctx.path === "/reg" && ctx.method === "POST") {
+    await next();
+    let body = {};
+    try {
+      body = typeof ctx.body === "string" ? JSON.parse(ctx.body) : (ctx.body ?? {});
+    } catch {}
+    const entry = {
+      t: Date.now(),
+      status: ctx.status,
+      client_id: body.client_id ?? null,
+      token_endpoint_auth_method: body.token_endpoint_auth_method ?? null,
+      redirect_uris: body.redirect_uris ?? null,
+      error: body.error ?? null,
+      error_description: body.error_description ?? null,
+    };
+    registrations.push(entry);
+    console.log(`registration ${JSON.stringify(entry)}`);
+    return;
   }
 
   // ---- the token endpoint: injected faults, and a log of every request
