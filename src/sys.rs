@@ -60,6 +60,45 @@ pub(crate) fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
     Ok((before, lim.rlim_cur))
 }
 
+/// A buffer handed to the kernel that is wiped when dropped, if `wipe`:
+/// an upstream request head that carries a user's token. When a write is
+/// cancelled (a timeout), io_uring keeps the buffer until the kernel is done
+/// with it and drops it then; this is how that late drop wipes it too.
+pub(crate) struct WipeOnDrop {
+    pub buf: Vec<u8>,
+    pub wipe: bool,
+}
+
+impl WipeOnDrop {
+    /// The buffer back, unwiped (the caller wipes or reuses it).
+    pub(crate) fn into_inner(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+impl Drop for WipeOnDrop {
+    fn drop(&mut self) {
+        if self.wipe {
+            zeroize::Zeroize::zeroize(&mut self.buf);
+        }
+    }
+}
+
+// SAFETY: exactly as monoio's own impl for `Vec<u8>`, which it delegates
+// to: the pointer is the vector's heap buffer, which does not move when the
+// struct is moved (monoio pins the struct; the heap allocation never moves
+// while nothing resizes it, and nothing can while the kernel holds it), and
+// `bytes_init` is the vector's length, all initialised.
+unsafe impl monoio::buf::IoBuf for WipeOnDrop {
+    fn read_ptr(&self) -> *const u8 {
+        self.buf.as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.buf.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

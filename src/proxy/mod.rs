@@ -140,14 +140,21 @@ async fn forward(
     // The user's own upstream token (routes with `oauth2`), written into the
     // head before judging frames the body; refused only once judged.
     let token = inject::lookup(worker, snap.routes.get(req.route), req, &mut conn.up).await;
-    let permit = judge::judge(worker, snap, req, body, conn)?;
-    if matches!(
-        token,
-        inject::Found::NotConnected(_) | inject::Found::Unavailable
-    ) {
-        return Err(Some(inject::refuse(conn, token)));
+    let written = matches!(token, inject::Found::Written);
+    let sent = match judge::judge(worker, snap, req, body, conn) {
+        Err(e) => Err(Some(e)),
+        Ok(permit) => match token {
+            inject::Found::NotConnected(_) | inject::Found::Unavailable => {
+                Err(Some(inject::refuse(conn, token)))
+            }
+            _ => upstream::send::send(worker, snap, client, conn, req, permit).await,
+        },
+    };
+    if written && sent.is_err() {
+        // Refused or failed with the user's token in the head: wiped.
+        zeroize::Zeroize::zeroize(&mut conn.up);
     }
-    upstream::send::send(worker, snap, client, conn, req, permit).await
+    sent
 }
 
 /// Send an answer portcullis wrote itself (`wellknown`) from `conn.out`.

@@ -50,7 +50,13 @@ pub(crate) async fn send(
         } else {
             snap.limits.write_timeout.0
         };
-        let head = std::mem::take(&mut conn.up);
+        // The head of a route that injects the user's token is wiped
+        // whatever happens to it (sent, failed, or timed out in the kernel).
+        let secret = route.auth.as_ref().is_some_and(|a| a.oauth2.is_some());
+        let head = crate::sys::WipeOnDrop {
+            buf: std::mem::take(&mut conn.up),
+            wipe: secret,
+        };
         let ubuf = &mut conn.ubuf;
         ubuf.clear();
         let sent = timeout(limit, async {
@@ -65,7 +71,7 @@ pub(crate) async fn send(
         .await;
         let got = match sent {
             Ok((got, head)) => {
-                conn.up = head;
+                conn.up = head.into_inner();
                 got
             }
             Err(_) => return Err(Some(HttpError::GatewayTimeout)),
@@ -73,21 +79,27 @@ pub(crate) async fn send(
         match got {
             Err(_) | Ok(Some(0)) if probe => continue,
             Err(_) | Ok(Some(0)) => {
+                wipe(conn, secret);
                 return Err(Some(HttpError::BadGateway(
                     "upstream closed the connection",
-                )))
+                )));
             }
             Ok(_) => {}
         }
+        wipe(conn, secret);
         if let Some(framing) = permit.unread() {
             crate::proxy::body::stream(snap, client, &mut upstream, conn, req, framing).await?;
         }
-        if route.auth.as_ref().is_some_and(|a| a.oauth2.is_some()) {
-            // The head held the user's upstream token: wiped, capacity too.
-            zeroize::Zeroize::zeroize(&mut conn.up);
-        } else {
-            conn.up.clear();
-        }
         return Ok(upstream);
+    }
+}
+
+/// Empties the upstream head buffer; one that held the user's upstream
+/// token is wiped, capacity too.
+fn wipe(conn: &mut Conn, secret: bool) {
+    if secret {
+        zeroize::Zeroize::zeroize(&mut conn.up);
+    } else {
+        conn.up.clear();
     }
 }
