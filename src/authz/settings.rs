@@ -7,7 +7,6 @@ use crate::config::authz::{
     AuthorizationServerConfig, DevUser, OidcLoginConfig, RegisteredClient, StoreConfig,
 };
 use crate::config::{RouteConfig, Url};
-use std::path::PathBuf;
 
 /// The name routes use for the built-in issuer (`auth.issuers: [portcullis]`).
 pub(crate) const ISSUER_NAME: &str = "portcullis";
@@ -49,9 +48,8 @@ pub struct Settings {
     pub consent_ttl: i64,
     pub resources: Vec<Resource>,
     pub secret: Option<String>,
-    pub store_path: PathBuf,
-    /// Every commit synced to disk (`store.sync: full`).
-    pub store_full_sync: bool,
+    /// Where the store is (`store`).
+    pub store: crate::store::Location,
     /// The vault's keys (id, key): the first seals, all open. Fixed at start.
     pub vault_keys: Vec<(String, String)>,
     /// How long before expiry upstream tokens are refreshed.
@@ -139,20 +137,28 @@ pub fn compile(
     if resources.is_empty() {
         errs.push("authorization_server: no route accepts its tokens (add `portcullis` to a route's auth.issuers)".into());
     }
-    let store_path = match store {
-        Some(s) if s.path.0.is_absolute() => s.path.0.clone(),
-        Some(s) => base.join(&s.path.0),
+    let store = match store.map(|s| crate::store::Location::from_config(s, base)) {
+        Some(Ok(location)) => Some(location),
+        Some(Err(e)) => {
+            errs.push(e);
+            None
+        }
         None => {
-            errs.push("authorization_server needs `store: { path: … }` (one file for clients, grants and keys)".into());
-            PathBuf::new()
+            errs.push("authorization_server needs `store: { path: … }` (one file for clients, grants and keys) or `store: { postgres: { url: … } }` (a database several instances share)".into());
+            None
         }
     };
+    if store.as_ref().is_some_and(crate::store::Location::shared) && cfg.secret.is_none() {
+        errs.push("authorization_server.secret is required with `store: { postgres: … }`: every instance must seal cookies, forms and signing keys with the same secret (without it each would keep its own in a local secret.key file)".into());
+    }
     if let Some(secret) = &cfg.secret {
         if let Err(e) = crate::authz::seal::parse_secret(secret) {
             errs.push(format!("authorization_server.secret: {e}"));
         }
     }
-    let (Some(issuer_url), Some(login), true) = (issuer_url, login, errs.is_empty()) else {
+    let (Some(issuer_url), Some(login), Some(store), true) =
+        (issuer_url, login, store, errs.is_empty())
+    else {
         return Err(errs);
     };
     let secs = |d: crate::config::Dur| d.0.as_secs() as i64;
@@ -184,8 +190,7 @@ pub fn compile(
         consent_ttl: secs(cfg.consent_ttl),
         resources,
         secret: cfg.secret.clone(),
-        store_path,
-        store_full_sync: store.is_none_or(|s| s.sync == crate::config::authz::StoreSync::Full),
+        store,
         vault_keys: vault.map_or_else(Vec::new, |v| {
             v.keys
                 .iter()
