@@ -49,7 +49,7 @@ pub struct Settings {
     pub resources: Vec<Resource>,
     pub secret: Option<String>,
     /// Where the store is (`store`).
-    pub store: crate::store::Location,
+    pub(crate) store: crate::store::Location,
     /// The vault's keys (id, key): the first seals, all open. Fixed at start.
     pub vault_keys: Vec<(String, String)>,
     /// How long before expiry upstream tokens are refreshed.
@@ -271,6 +271,71 @@ routes:
             Ok(_) => Vec::new(),
             Err(e) => e,
         }
+    }
+
+    /// The `store` section: a file or a database, and the secret a shared
+    /// store needs.
+    #[test]
+    fn the_store_is_a_file_or_a_database() {
+        let compile_with = |auth_extra: &str, store: &str| -> Result<Settings, Vec<String>> {
+            let text = format!(
+                "listen: [{{address: 127.0.0.1:8080}}]
+authorization_server:
+  issuer: https://mcp.example.com
+  login: {{oidc: {{issuer: https://login.example.com, client_id: p}}}}
+{auth_extra}
+{store}
+routes:
+  - {{name: a, from: https://mcp.example.com/a, to: http://127.0.0.1:9/mcp, mcp: {{}}, auth: {{issuers: [portcullis]}}}}
+"
+            );
+            let cfg = crate::config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+            compile(
+                cfg.authorization_server.as_ref().unwrap(),
+                cfg.store.as_ref(),
+                cfg.vault.as_ref(),
+                &cfg.routes,
+                std::path::Path::new("/etc/portcullis"),
+            )
+        };
+        let secret = "  secret: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let s = compile_with("", "store: {path: state.db, sync: normal}").unwrap();
+        assert!(matches!(
+            &s.store,
+            crate::store::Location::File { path, full_sync: false }
+                if path == std::path::Path::new("/etc/portcullis/state.db")
+        ));
+        let s = compile_with("", "store: {path: /var/lib/p/state.db}").unwrap();
+        assert!(matches!(&s.store, crate::store::Location::File { full_sync: true, .. }));
+        assert_eq!(s.store.to_string(), "/var/lib/p/state.db");
+        let pg = "store: {postgres: {url: 'postgres://portcullis:pw-s3cret@db.internal:5432/portcullis'}}";
+        let s = compile_with(secret, pg).unwrap();
+        assert!(s.store.shared());
+        assert_eq!(
+            s.store.to_string(),
+            "postgresql://portcullis@db.internal:5432/portcullis"
+        );
+        assert!(!format!("{:?}", s.store).contains("pw-s3cret"));
+        let cases = [
+            ("", pg, "authorization_server.secret is required"),
+            (secret, "store: {}", "store needs `path: FILE`"),
+            (secret, "store: {path: a.db, postgres: {url: 'postgres://u@h/db'}}", "not both"),
+            (secret, "store: {sync: full, postgres: {url: 'postgres://u@h/db'}}", "store.sync is for the SQLite file"),
+            (secret, "store: {postgres: {url: 'postgres://u:pw-s3cret@h/db?nope=1'}}", "store.postgres.url: not a PostgreSQL connection URL"),
+            (secret, "store: {postgres: {url: 'postgres://u@h/db?sslmode=require'}}", "add `tls: {}`"),
+            (secret, "store: {postgres: {url: 'postgres://u@h/db', tls: {ca_file: missing.pem}}}", "/etc/portcullis/missing.pem"),
+        ];
+        for (extra, store, want) in cases {
+            let errs = compile_with(extra, store).err().unwrap_or_default();
+            assert!(errs.iter().any(|e| e.contains(want)), "{store}: {errs:?}");
+            assert!(!errs.iter().any(|e| e.contains("pw-s3cret")), "{store}: {errs:?}");
+        }
+        let unknown = crate::config::parse(
+            "store: {postgres: {url: 'postgres://u@h/db', pool: 4}}",
+            std::path::Path::new("t.yaml"),
+        );
+        let errs = format!("{:?}", unknown.err());
+        assert!(errs.contains("unknown field `pool`"), "{errs}");
     }
 
     #[test]

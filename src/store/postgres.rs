@@ -23,10 +23,7 @@ mod schema;
 pub(crate) use conn::Fail;
 pub(crate) use conn::{Target, TlsSetting};
 
-use super::{
-    Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
-    StoreError, Swept, UpstreamClient, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
-};
+use super::{Client, ClientKind, Grant, StoreError, UpstreamClient, UpstreamStatus, UpstreamToken};
 use ::postgres::types::{FromSql, ToSql};
 use ::postgres::{GenericClient, Row, Statement, Transaction};
 use std::cell::RefCell;
@@ -107,6 +104,7 @@ impl PostgresStore {
     pub(crate) const SCHEMA_VERSION: i64 = schema::MIGRATIONS.len() as i64;
 
     /// Connects and migrates the schema.
+    #[cfg(test)]
     pub(crate) fn open(target: &Target) -> Result<Self, StoreError> {
         Self::open_migrated(target).map(|(store, _)| store)
     }
