@@ -306,7 +306,13 @@ routes:
                 if path == std::path::Path::new("/etc/portcullis/state.db")
         ));
         let s = compile_with("", "store: {path: /var/lib/p/state.db}").unwrap();
-        assert!(matches!(&s.store, crate::store::Location::File { full_sync: true, .. }));
+        assert!(matches!(
+            &s.store,
+            crate::store::Location::File {
+                full_sync: true,
+                ..
+            }
+        ));
         assert_eq!(s.store.to_string(), "/var/lib/p/state.db");
         let pg = "store: {postgres: {url: 'postgres://portcullis:pw-s3cret@db.internal:5432/portcullis'}}";
         let s = compile_with(secret, pg).unwrap();
@@ -319,16 +325,39 @@ routes:
         let cases = [
             ("", pg, "authorization_server.secret is required"),
             (secret, "store: {}", "store needs `path: FILE`"),
-            (secret, "store: {path: a.db, postgres: {url: 'postgres://u@h/db'}}", "not both"),
-            (secret, "store: {sync: full, postgres: {url: 'postgres://u@h/db'}}", "store.sync is for the SQLite file"),
-            (secret, "store: {postgres: {url: 'postgres://u:pw-s3cret@h/db?nope=1'}}", "store.postgres.url: not a PostgreSQL connection URL"),
-            (secret, "store: {postgres: {url: 'postgres://u@h/db?sslmode=require'}}", "add `tls: {}`"),
-            (secret, "store: {postgres: {url: 'postgres://u@h/db', tls: {ca_file: missing.pem}}}", "/etc/portcullis/missing.pem"),
+            (
+                secret,
+                "store: {path: a.db, postgres: {url: 'postgres://u@h/db'}}",
+                "not both",
+            ),
+            (
+                secret,
+                "store: {sync: full, postgres: {url: 'postgres://u@h/db'}}",
+                "store.sync is for the SQLite file",
+            ),
+            (
+                secret,
+                "store: {postgres: {url: 'postgres://u:pw-s3cret@h/db?nope=1'}}",
+                "store.postgres.url: not a PostgreSQL connection URL",
+            ),
+            (
+                secret,
+                "store: {postgres: {url: 'postgres://u@h/db?sslmode=require'}}",
+                "add `tls: {}`",
+            ),
+            (
+                secret,
+                "store: {postgres: {url: 'postgres://u@h/db', tls: {ca_file: missing.pem}}}",
+                "/etc/portcullis/missing.pem",
+            ),
         ];
         for (extra, store, want) in cases {
             let errs = compile_with(extra, store).err().unwrap_or_default();
             assert!(errs.iter().any(|e| e.contains(want)), "{store}: {errs:?}");
-            assert!(!errs.iter().any(|e| e.contains("pw-s3cret")), "{store}: {errs:?}");
+            assert!(
+                !errs.iter().any(|e| e.contains("pw-s3cret")),
+                "{store}: {errs:?}"
+            );
         }
         let unknown = crate::config::parse(
             "store: {postgres: {url: 'postgres://u@h/db', pool: 4}}",

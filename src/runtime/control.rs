@@ -43,7 +43,8 @@ pub(crate) fn prepare(
         return Ok(None);
     };
     let err = |e: String| std::io::Error::other(format!("authorization server: {e}"));
-    let (store, migrated) = crate::store::migrate(&settings.store).map_err(|e| err(e.to_string()))?;
+    let (store, migrated) =
+        crate::store::migrate(&settings.store).map_err(|e| err(e.to_string()))?;
     if migrated.from != migrated.to {
         tracing::info!(store = %settings.store, from = migrated.from, to = migrated.to, "migrated the store's schema");
     }

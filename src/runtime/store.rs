@@ -43,10 +43,7 @@ pub fn store_migrate(config: &Path) -> Result<String, String> {
         from if from == migrated.to => {
             format!("{location}: schema version {from}, up to date\n")
         }
-        0 => format!(
-            "{location}: created, schema version {}\n",
-            migrated.to
-        ),
+        0 => format!("{location}: created, schema version {}\n", migrated.to),
         from => format!(
             "{location}: migrated from schema version {from} to {}\n",
             migrated.to

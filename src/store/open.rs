@@ -14,7 +14,7 @@ pub(crate) enum Location {
     /// One SQLite file, on this host only.
     File { path: PathBuf, full_sync: bool },
     /// A PostgreSQL database, shared by every instance using it.
-    Postgres(Target),
+    Postgres(Box<Target>),
 }
 
 impl std::fmt::Display for Location {
@@ -47,15 +47,17 @@ impl Location {
                     ca_file: t.ca_file.as_ref().map(|p| base.join(&p.0)),
                 });
                 Target::new(&pg.url, tls.as_ref())
-                    .map(Location::Postgres)
+                    .map(|t| Location::Postgres(Box::new(t)))
                     .map_err(|e| format!("store.postgres.url: {e}"))
             }
             (Some(_), Some(_)) => Err("store: give `path` (one SQLite file) or `postgres` (a \
                                        database several instances share), not both"
                 .into()),
-            (None, None) => Err("store needs `path: FILE` (one SQLite file) or `postgres: { \
+            (None, None) => Err(
+                "store needs `path: FILE` (one SQLite file) or `postgres: { \
                                  url: … }` (a database several instances share)"
-                .into()),
+                    .into(),
+            ),
         }
     }
 

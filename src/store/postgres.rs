@@ -136,7 +136,10 @@ impl PostgresStore {
         loop {
             attempt += 1;
             let Conn { client, prepared } = connected(&mut slot, &self.target)?;
-            let failed = match f(&mut Db { c: client, prepared }) {
+            let failed = match f(&mut Db {
+                c: client,
+                prepared,
+            }) {
                 Ok(out) => return Ok(out),
                 Err(failed) => failed,
             };

@@ -130,9 +130,11 @@ impl Target {
         }
         let tls = match (tls, config.get_ssl_mode()) {
             (None, SslMode::Require) => {
-                return Err("the URL asks for sslmode=require: add `tls: {}` (with `ca_file` \
+                return Err(
+                    "the URL asks for sslmode=require: add `tls: {}` (with `ca_file` \
                             for a private CA) so the server's certificate is verified"
-                    .into())
+                        .into(),
+                )
             }
             (None, _) => {
                 config.ssl_mode(SslMode::Disable);
@@ -170,7 +172,9 @@ impl Target {
             None => self.config.connect(NoTls),
             Some(tls) => self
                 .config
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone())),
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (**tls).clone(),
+                )),
         };
         let mut client = connected.map_err(|e| self.unreachable(&e))?;
         client

@@ -4,8 +4,8 @@
 //! as one conditional statement (see the module above).
 
 use super::{
-    all, client_row, col, grant_locked, grant_row, kind_name, list, revoke_in,
-    status_columns, to_json, upstream_client_row, upstream_row, Fail, PostgresStore,
+    all, client_row, col, grant_locked, grant_row, kind_name, list, revoke_in, status_columns,
+    to_json, upstream_client_row, upstream_row, Fail, PostgresStore,
 };
 use crate::store::{
     Client, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store, StoreError, Swept,

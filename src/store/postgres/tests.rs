@@ -88,7 +88,10 @@ impl PgPlace {
 impl Drop for PgPlace {
     fn drop(&mut self) {
         if let Ok(mut c) = self.admin.connect() {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -323,7 +326,10 @@ fn an_unreachable_server_is_a_clear_error_without_the_password() {
 #[test]
 fn urls_are_checked_without_echoing_them() {
     let bad = [
-        ("postgres://u:s3cret@127.0.0.1:5432/db?bogus=1", "unknown option"),
+        (
+            "postgres://u:s3cret@127.0.0.1:5432/db?bogus=1",
+            "unknown option",
+        ),
         ("postgres://u:s3cret@127.0.0.1:notaport/db", "port"),
         ("postgres://u:s3cret@127.0.0.1:5432", "no database"),
         (
@@ -385,7 +391,8 @@ fn tls_verifies_the_server() {
         .get(0);
     assert!(ssl, "the session is encrypted");
 
-    let other = std::env::temp_dir().join(format!("portcullis-other-ca-{}.pem", std::process::id()));
+    let other =
+        std::env::temp_dir().join(format!("portcullis-other-ca-{}.pem", std::process::id()));
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["other CA".into()])
         .unwrap()
