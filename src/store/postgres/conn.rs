@@ -16,8 +16,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Set on every connection: how long a statement waits for a row another
 /// connection has locked before failing with [`StoreError::Busy`] (SQLite's
-/// busy timeout), and how long one may run at all.
-const SESSION: &str = "SET lock_timeout = '5s'; SET statement_timeout = '30s'";
+/// busy timeout), how long one may run at all, and no notices below
+/// warnings (`CREATE TABLE IF NOT EXISTS … skipping`) in the log.
+const SESSION: &str =
+    "SET lock_timeout = '5s'; SET statement_timeout = '30s'; SET client_min_messages = warning";
 
 /// Why an operation failed, before it becomes a [`StoreError`]: the
 /// driver's error is kept so that the caller can tell a lost connection (to
