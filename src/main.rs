@@ -104,6 +104,14 @@ enum Command {
         #[command(subcommand)]
         action: VaultAction,
     },
+    /// The authorization server's store: `migrate` creates it or brings its
+    /// schema to this build's version (what every start does too) and
+    /// reports the version; a store written by a newer portcullis is refused.
+    #[command(after_help = "Example:\n  portcullis store migrate -c portcullis.yaml")]
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Print the JSON Schema of the configuration file (for editors: e.g.
     /// `# yaml-language-server: $schema=portcullis.schema.json`).
     #[command(
@@ -120,6 +128,15 @@ enum Command {
         /// Where portcullis listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Apply the schema migrations this build knows and print the version.
+    Migrate {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
     },
 }
 
@@ -237,6 +254,18 @@ fn main() -> ExitCode {
         Command::Vault {
             action: VaultAction::Rekey { config },
         } => match portcullis::vault_rekey(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Store {
+            action: StoreAction::Migrate { config },
+        } => match portcullis::store_migrate(&config) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS

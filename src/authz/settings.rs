@@ -7,7 +7,6 @@ use crate::config::authz::{
     AuthorizationServerConfig, DevUser, OidcLoginConfig, RegisteredClient, StoreConfig,
 };
 use crate::config::{RouteConfig, Url};
-use std::path::PathBuf;
 
 /// The name routes use for the built-in issuer (`auth.issuers: [portcullis]`).
 pub(crate) const ISSUER_NAME: &str = "portcullis";
@@ -49,9 +48,8 @@ pub struct Settings {
     pub consent_ttl: i64,
     pub resources: Vec<Resource>,
     pub secret: Option<String>,
-    pub store_path: PathBuf,
-    /// Every commit synced to disk (`store.sync: full`).
-    pub store_full_sync: bool,
+    /// Where the store is (`store`).
+    pub(crate) store: crate::store::Location,
     /// The vault's keys (id, key): the first seals, all open. Fixed at start.
     pub vault_keys: Vec<(String, String)>,
     /// How long before expiry upstream tokens are refreshed.
@@ -139,20 +137,28 @@ pub fn compile(
     if resources.is_empty() {
         errs.push("authorization_server: no route accepts its tokens (add `portcullis` to a route's auth.issuers)".into());
     }
-    let store_path = match store {
-        Some(s) if s.path.0.is_absolute() => s.path.0.clone(),
-        Some(s) => base.join(&s.path.0),
+    let store = match store.map(|s| crate::store::Location::from_config(s, base)) {
+        Some(Ok(location)) => Some(location),
+        Some(Err(e)) => {
+            errs.push(e);
+            None
+        }
         None => {
-            errs.push("authorization_server needs `store: { path: … }` (one file for clients, grants and keys)".into());
-            PathBuf::new()
+            errs.push("authorization_server needs `store: { path: … }` (one file for clients, grants and keys) or `store: { postgres: { url: … } }` (a database several instances share)".into());
+            None
         }
     };
+    if store.as_ref().is_some_and(crate::store::Location::shared) && cfg.secret.is_none() {
+        errs.push("authorization_server.secret is required with `store: { postgres: … }`: every instance must seal cookies, forms and signing keys with the same secret (without it each would keep its own in a local secret.key file)".into());
+    }
     if let Some(secret) = &cfg.secret {
         if let Err(e) = crate::authz::seal::parse_secret(secret) {
             errs.push(format!("authorization_server.secret: {e}"));
         }
     }
-    let (Some(issuer_url), Some(login), true) = (issuer_url, login, errs.is_empty()) else {
+    let (Some(issuer_url), Some(login), Some(store), true) =
+        (issuer_url, login, store, errs.is_empty())
+    else {
         return Err(errs);
     };
     let secs = |d: crate::config::Dur| d.0.as_secs() as i64;
@@ -184,8 +190,7 @@ pub fn compile(
         consent_ttl: secs(cfg.consent_ttl),
         resources,
         secret: cfg.secret.clone(),
-        store_path,
-        store_full_sync: store.is_none_or(|s| s.sync == crate::config::authz::StoreSync::Full),
+        store,
         vault_keys: vault.map_or_else(Vec::new, |v| {
             v.keys
                 .iter()
@@ -266,6 +271,100 @@ routes:
             Ok(_) => Vec::new(),
             Err(e) => e,
         }
+    }
+
+    /// The `store` section: a file or a database, and the secret a shared
+    /// store needs.
+    #[test]
+    fn the_store_is_a_file_or_a_database() {
+        let compile_with = |auth_extra: &str, store: &str| -> Result<Settings, Vec<String>> {
+            let text = format!(
+                "listen: [{{address: 127.0.0.1:8080}}]
+authorization_server:
+  issuer: https://mcp.example.com
+  login: {{oidc: {{issuer: https://login.example.com, client_id: p}}}}
+{auth_extra}
+{store}
+routes:
+  - {{name: a, from: https://mcp.example.com/a, to: http://127.0.0.1:9/mcp, mcp: {{}}, auth: {{issuers: [portcullis]}}}}
+"
+            );
+            let cfg = crate::config::parse(&text, std::path::Path::new("t.yaml")).unwrap();
+            compile(
+                cfg.authorization_server.as_ref().unwrap(),
+                cfg.store.as_ref(),
+                cfg.vault.as_ref(),
+                &cfg.routes,
+                std::path::Path::new("/etc/portcullis"),
+            )
+        };
+        let secret = "  secret: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let s = compile_with("", "store: {path: state.db, sync: normal}").unwrap();
+        assert!(matches!(
+            &s.store,
+            crate::store::Location::File { path, full_sync: false }
+                if path == std::path::Path::new("/etc/portcullis/state.db")
+        ));
+        let s = compile_with("", "store: {path: /var/lib/p/state.db}").unwrap();
+        assert!(matches!(
+            &s.store,
+            crate::store::Location::File {
+                full_sync: true,
+                ..
+            }
+        ));
+        assert_eq!(s.store.to_string(), "/var/lib/p/state.db");
+        let pg = "store: {postgres: {url: 'postgres://portcullis:pw-s3cret@db.internal:5432/portcullis'}}";
+        let s = compile_with(secret, pg).unwrap();
+        assert!(s.store.shared());
+        assert_eq!(
+            s.store.to_string(),
+            "postgresql://portcullis@db.internal:5432/portcullis"
+        );
+        assert!(!format!("{:?}", s.store).contains("pw-s3cret"));
+        let cases = [
+            ("", pg, "authorization_server.secret is required"),
+            (secret, "store: {}", "store needs `path: FILE`"),
+            (
+                secret,
+                "store: {path: a.db, postgres: {url: 'postgres://u@h/db'}}",
+                "not both",
+            ),
+            (
+                secret,
+                "store: {sync: full, postgres: {url: 'postgres://u@h/db'}}",
+                "store.sync is for the SQLite file",
+            ),
+            (
+                secret,
+                "store: {postgres: {url: 'postgres://u:pw-s3cret@h/db?nope=1'}}",
+                "store.postgres.url: not a PostgreSQL connection URL",
+            ),
+            (
+                secret,
+                "store: {postgres: {url: 'postgres://u@h/db?sslmode=require'}}",
+                "add `tls: {}`",
+            ),
+            (
+                secret,
+                "store: {postgres: {url: 'postgres://u@h/db', tls: {ca_file: missing.pem}}}",
+                "/etc/portcullis/missing.pem",
+            ),
+        ];
+        for (extra, store, want) in cases {
+            let errs = compile_with(extra, store).err().unwrap_or_default();
+            assert!(errs.iter().any(|e| e.contains(want)), "{store}: {errs:?}");
+            assert!(
+                !errs.iter().any(|e| e.contains("pw-s3cret")),
+                "{store}: {errs:?}"
+            );
+        }
+        let unknown = crate::config::parse(
+            "store: {postgres: {url: 'postgres://u@h/db', pool: 4}}",
+            std::path::Path::new("t.yaml"),
+        );
+        let errs = format!("{:?}", unknown.err());
+        assert!(errs.contains("unknown field `pool`"), "{errs}");
     }
 
     #[test]

@@ -485,9 +485,9 @@ impl H {
             Path::new("/"),
         )
         .unwrap();
-        let store = crate::store::sqlite::SqliteStore::open(&s.store_path).unwrap();
+        let store = crate::store::open(&s.store).unwrap();
         let issued: Arc<ArcSwapOption<Issued>> = Arc::default();
-        let server = Server::new(&s, Box::new(store), &[7u8; 32], Arc::clone(&issued)).unwrap();
+        let server = Server::new(&s, store, &[7u8; 32], Arc::clone(&issued)).unwrap();
         H {
             server,
             s,
@@ -2572,8 +2572,8 @@ routes:
         Path::new("/"),
     )
     .unwrap();
-    let store = crate::store::sqlite::SqliteStore::open(&s.store_path).unwrap();
-    let server = Server::new(&s, Box::new(store), &[7u8; 32], Arc::default()).unwrap();
+    let store = crate::store::open(&s.store).unwrap();
+    let server = Server::new(&s, store, &[7u8; 32], Arc::default()).unwrap();
     let now = crate::authz::unix_now();
     let tx = super::authorize::Tx {
         c: PUB.into(),

@@ -232,20 +232,66 @@ impl Default for TokensConfig {
     }
 }
 
-/// The authorization server's embedded store (one SQLite file).
+/// The authorization server's store: one SQLite file (`path`), the default
+/// for one instance, or a PostgreSQL database that several instances share
+/// (`postgres`). Exactly one of the two.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The file; created with its directory when missing.
-    pub path: EnvPath,
-    /// `full`: every commit is synced to disk before it is answered (a
-    /// revocation or rotation survives a power loss). `normal`: synced at
-    /// checkpoints only, several times the token endpoint's throughput on
-    /// slow disks; a killed process still loses nothing, a power loss may
-    /// lose the last commits (users then log in again; a revocation made
-    /// in the last moments may need repeating).
+    /// The SQLite file; created with its directory when missing.
     #[serde(default)]
-    pub sync: StoreSync,
+    pub path: Option<EnvPath>,
+    /// With `path` only. `full` (the default): every commit is synced to
+    /// disk before it is answered (a revocation or rotation survives a
+    /// power loss). `normal`: synced at checkpoints only, several times the
+    /// token endpoint's throughput on slow disks; a killed process still
+    /// loses nothing, a power loss may lose the last commits (users then
+    /// log in again; a revocation made in the last moments may need
+    /// repeating).
+    #[serde(default)]
+    pub sync: Option<StoreSync>,
+    /// A PostgreSQL database shared by every instance (the schema is
+    /// created and migrated at start, and by `portcullis store migrate`).
+    /// Needs `authorization_server.secret`: every instance seals with it.
+    #[serde(default)]
+    pub postgres: Option<PostgresStoreConfig>,
+}
+
+/// The PostgreSQL database of the store.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresStoreConfig {
+    /// The connection URL, `postgres://USER:PASSWORD@HOST:PORT/DATABASE`
+    /// (libpq's form; options such as `?connect_timeout=10` allowed), best
+    /// given as `${DATABASE_URL}`. The user needs to create tables in the
+    /// database (its owner, say). Without `tls` the connection is plain
+    /// text: only on loopback or a network you trust.
+    #[serde(deserialize_with = "super::env_string")]
+    pub url: String,
+    /// TLS to the server (rustls): required, and the server's certificate
+    /// verified for the URL's host name.
+    #[serde(default)]
+    pub tls: Option<PostgresTlsConfig>,
+}
+
+/// Never shows the URL: it may hold the password.
+impl std::fmt::Debug for PostgresStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStoreConfig")
+            .field("url", &"(redacted)")
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// TLS to PostgreSQL.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTlsConfig {
+    /// CA certificates (PEM) that sign the server's certificate. Absent:
+    /// the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<EnvPath>,
 }
 
 /// How the store syncs its commits.

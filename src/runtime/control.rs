@@ -12,7 +12,6 @@ use crate::authz::server::Server;
 use crate::proxy::handoff::{Control, Job};
 use crate::proxy::worker::Shared;
 use crate::snapshot::SharedSnapshot;
-use crate::store::sqlite::SqliteStore;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,15 +43,14 @@ pub(crate) fn prepare(
         return Ok(None);
     };
     let err = |e: String| std::io::Error::other(format!("authorization server: {e}"));
-    if let Some(dir) = settings.store_path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+    let (store, migrated) =
+        crate::store::migrate(&settings.store).map_err(|e| err(e.to_string()))?;
+    if migrated.from != migrated.to {
+        tracing::info!(store = %settings.store, from = migrated.from, to = migrated.to, "migrated the store's schema");
     }
-    let store = SqliteStore::open_with(&settings.store_path, settings.store_full_sync)
-        .map_err(|e| err(e.to_string()))?;
     let master = master_secret(settings).map_err(err)?;
-    let server = Server::new(settings, Box::new(store), &master, issued.clone()).map_err(err)?;
-    tracing::info!(issuer = %settings.issuer, store = %settings.store_path.display(), "authorization server ready");
+    let server = Server::new(settings, store, &master, issued.clone()).map_err(err)?;
+    tracing::info!(issuer = %settings.issuer, store = %settings.store, "authorization server ready");
     let (control, receiver) = std::sync::mpsc::sync_channel(QUEUE);
     Ok(Some(Started {
         control,
@@ -189,14 +187,18 @@ fn tick(server: &Server, snapshot: &SharedSnapshot, shared: &Shared) {
     }
 }
 
-/// The configured secret, or the one kept beside the store (made on first
-/// start, mode 0600).
+/// The configured secret, or the one kept beside the SQLite store (made on
+/// first start, mode 0600). A shared store has no such place: the
+/// configuration must give the secret (checked when it is compiled).
 fn master_secret(s: &crate::authz::settings::Settings) -> Result<Vec<u8>, String> {
     use crate::authz::seal::parse_secret;
     if let Some(text) = &s.secret {
         return parse_secret(text);
     }
-    let path = s.store_path.with_file_name("secret.key");
+    let crate::store::Location::File { path, .. } = &s.store else {
+        return Err("authorization_server.secret is required with a shared store".into());
+    };
+    let path = path.with_file_name("secret.key");
     match std::fs::read_to_string(&path) {
         Ok(text) => parse_secret(&text).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

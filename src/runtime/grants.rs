@@ -4,8 +4,7 @@
 //! within a second). Revoking also forgets the matching consents, so the
 //! user is asked again.
 
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Grant, Store};
+use crate::store::Grant;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -26,21 +25,7 @@ pub fn grants(
     client: Option<&str>,
 ) -> Result<String, String> {
     let (cfg, _) = crate::config::load(config).map_err(|e| e.to_string())?;
-    let Some(store) = &cfg.store else {
-        return Err(format!(
-            "{}: no `store` section: this configuration has no authorization server",
-            config.display()
-        ));
-    };
-    let base = config.parent().unwrap_or(Path::new("."));
-    let path = base.join(&store.path.0);
-    if !path.exists() {
-        return Err(format!(
-            "{}: no store yet (the authorization server has not run)",
-            path.display()
-        ));
-    }
-    let mut store = SqliteStore::open(&path).map_err(|e| e.to_string())?;
+    let mut store = super::store::open_configured(config, &cfg)?;
     let now = crate::authz::unix_now();
     match command {
         GrantsCommand::List => {

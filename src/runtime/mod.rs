@@ -8,6 +8,7 @@ pub(crate) mod control;
 pub mod demo;
 pub(crate) mod grants;
 pub mod reload;
+pub(crate) mod store;
 pub(crate) mod vault;
 
 use crate::config::{Driver, RuntimeConfig};

@@ -5,7 +5,6 @@
 //! compare-and-swap, and one written meanwhile (a refresh, sealed anew) is
 //! left to that write.
 
-use crate::store::sqlite::SqliteStore;
 use crate::vault::Vault;
 use std::path::Path;
 
@@ -18,30 +17,14 @@ pub fn vault_rekey(config: &Path) -> Result<String, String> {
             config.display()
         ));
     };
-    let Some(store) = &cfg.store else {
-        return Err(format!(
-            "{}: no `store` section: there is no store holding upstream tokens",
-            config.display()
-        ));
-    };
     let keys: Vec<(String, String)> = vault
         .keys
         .iter()
         .map(|k| (k.id.clone(), k.key.clone()))
         .collect();
     let vault = Vault::new(&keys).map_err(|e| format!("{}: {e}", config.display()))?;
-    let path = config
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(&store.path.0);
-    if !path.exists() {
-        return Err(format!(
-            "{}: no store yet (portcullis has not run)",
-            path.display()
-        ));
-    }
-    let mut store = SqliteStore::open(&path).map_err(|e| e.to_string())?;
-    let (resealed, unreadable) = vault.rekey(&mut store).map_err(|e| e.to_string())?;
+    let mut store = super::store::open_configured(config, &cfg)?;
+    let (resealed, unreadable) = vault.rekey(store.as_mut()).map_err(|e| e.to_string())?;
     let first = &vault.keys()[0].id;
     let mut out = format!("re-sealed {resealed} upstream token(s) under vault key {first}\n");
     if unreadable > 0 {

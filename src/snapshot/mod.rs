@@ -796,7 +796,7 @@ impl Snapshot {
                 out,
                 "authorization server: {} (login: {login}; store: {}; metadata documents: {}; dynamic registration: {})",
                 a.issuer,
-                a.store_path.display(),
+                a.store,
                 if a.cimd.is_some() { "on" } else { "off" },
                 if a.dynamic_registration { "on" } else { "off" },
             );

@@ -13,19 +13,25 @@
 //! arrive sealed by the caller (upstream tokens by the vault) and are
 //! stored as opaque bytes.
 //!
-//! Who uses it: one control-plane thread owns a store (hence `Send`, not
-//! `Sync`) and serves the authorization server's requests from it. The data
-//! plane never touches it: what the cores need (revocations, keys) reaches
-//! them through snapshots. Every operation is one transaction; every write
-//! bumps [`Store::seq`], which cache invalidation and the later PostgreSQL
-//! backend will read.
+//! Who uses it: the control plane owns a store (hence `Send`, not `Sync`)
+//! and serves the authorization server's requests from it. The data plane
+//! never touches it: what the cores need (revocations, keys) reaches them
+//! through snapshots. Every operation is one transaction; every write that
+//! changed something bumps [`Store::seq`], which cache invalidation reads.
 //!
 //! Times are unix seconds (`i64`). A record is valid while `now < expires`.
 //!
-//! Backends: [`sqlite::SqliteStore`] (one file, WAL). The behaviour suite in
-//! `tests.rs` is written once against the trait, so every backend runs it.
+//! Backends: [`sqlite::SqliteStore`] (one file, WAL; one instance) and
+//! [`postgres::PostgresStore`] (one database several instances share),
+//! chosen by the configuration's `store` section ([`open::Location`],
+//! [`open::open`]). The behaviour suite in `tests.rs` is written once
+//! against the trait, and both backends run it.
 
+pub(crate) mod open;
+pub(crate) mod postgres;
 pub(crate) mod sqlite;
+
+pub(crate) use open::{migrate, open, Location};
 
 #[cfg(test)]
 pub(crate) mod tests;

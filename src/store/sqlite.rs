@@ -185,7 +185,12 @@ impl SqliteStore {
     /// (`synchronous=NORMAL`): a killed process still loses nothing, a power
     /// loss may lose the last commits (never corrupts the file).
     pub fn open_with(path: impl AsRef<Path>, full_sync: bool) -> Result<Self, StoreError> {
-        let path = path.as_ref();
+        Self::open_migrated(path.as_ref(), full_sync).map(|(store, _)| store)
+    }
+
+    /// As [`SqliteStore::open_with`], with the schema version found before
+    /// migrating (0: a new file).
+    pub(crate) fn open_migrated(path: &Path, full_sync: bool) -> Result<(Self, i64), StoreError> {
         let failed = |reason: String| StoreError::Open {
             path: path.display().to_string(),
             reason,
@@ -196,8 +201,8 @@ impl SqliteStore {
             StoreError::Backend(reason) => failed(reason),
             other => other,
         })?;
-        migrate(&mut conn)?;
-        Ok(SqliteStore { conn })
+        let found = migrate(&mut conn)?;
+        Ok((SqliteStore { conn }, found))
     }
 
     /// One write transaction: `f` returns its result and whether it changed
@@ -249,7 +254,8 @@ fn configure(conn: &Connection, full_sync: bool) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Brings the schema to the newest version; returns the version found.
+fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
     let tx = conn.transaction_with_behavior(Immediate)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY) STRICT",
@@ -273,7 +279,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
     }
     tx.commit()?;
-    Ok(())
+    Ok(found)
 }
 
 impl From<rusqlite::Error> for StoreError {

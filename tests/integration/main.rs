@@ -11,4 +11,5 @@ mod listfilter;
 mod policy;
 mod proxy;
 mod reload;
+mod store;
 mod vault;
