@@ -115,7 +115,10 @@ impl Counters {
 pub struct Server {
     store: Mutex<Box<dyn Store>>,
     pub(crate) sealer: Sealer,
-    keys: Vec<MintKey>,
+    /// The signing keys, newest first (it signs); re-read from the store
+    /// when its change sequence moves, so a key another instance made is
+    /// known here within one publish.
+    keys: arc_swap::ArcSwap<Vec<MintKey>>,
     /// What the cores verify with; replaced when revocations change.
     issued: Arc<ArcSwapOption<Issued>>,
     pub counters: Arc<Counters>,
@@ -167,7 +170,7 @@ impl Server {
         let server = Server {
             store: Mutex::new(store),
             sealer,
-            keys,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
             issued,
             counters: Arc::default(),
             audit: std::sync::OnceLock::new(),
@@ -188,8 +191,8 @@ impl Server {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn signing_key(&self) -> &MintKey {
-        &self.keys[0]
+    pub(crate) fn signing_key(&self) -> MintKey {
+        self.keys.load()[0].clone()
     }
 
     pub(crate) fn vault(&self) -> Option<&crate::vault::Vault> {
@@ -201,8 +204,8 @@ impl Server {
         self.vault_epoch.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn keys(&self) -> &[MintKey] {
-        &self.keys
+    pub(crate) fn keys(&self) -> Arc<Vec<MintKey>> {
+        self.keys.load_full()
     }
 
     /// Publish keys and the revoked grants whose tokens may be live to the
@@ -222,7 +225,19 @@ impl Server {
             (seq, store.revoked_grants(now - max_lifetime)?)
         };
         let revoked = revoked.into_iter().collect();
-        let keys = self.keys.clone();
+        // Keys made elsewhere (another instance starting on the same store).
+        let stored = self.store().keys()?;
+        if stored.len() != self.keys.load().len() {
+            match open_keys(&stored, &self.sealer) {
+                Ok(keys) if !keys.is_empty() => {
+                    tracing::info!(signing = %keys[0].kid(), count = keys.len(), "signing keys re-read from the store");
+                    self.keys.store(Arc::new(keys));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot re-read the signing keys"),
+            }
+        }
+        let keys = (**self.keys.load()).clone();
         self.issued.store(Some(Arc::new(Issued {
             issuer: settings.issuer.clone(),
             issuer_name: super::settings::ISSUER_NAME.into(),
@@ -365,20 +380,10 @@ pub(crate) fn max_access_ttl(s: &Settings) -> i64 {
 
 /// The signing keys from the store, or a new one stored on first start.
 fn load_keys(store: &mut dyn Store, sealer: &Sealer) -> Result<Vec<MintKey>, String> {
-    use super::seal::Purpose;
     let stored = store.keys().map_err(|e| e.to_string())?;
-    let mut keys = Vec::new();
-    // Newest first: it signs.
-    for k in stored.iter().rev() {
-        let secret = sealer.open(Purpose::SigningKey, std::str::from_utf8(&k.sealed).unwrap_or("")).ok_or_else(|| {
-            format!("signing key {} in the store does not open with this secret: the store was made with another authorization_server.secret", k.kid)
-        })?;
-        let secret: [u8; 32] = secret
-            .try_into()
-            .map_err(|_| format!("signing key {} is not 32 bytes", k.kid))?;
-        keys.push(MintKey::new(&k.kid, &secret));
-    }
+    let mut keys = open_keys(&stored, sealer)?;
     if keys.is_empty() {
+        use super::seal::Purpose;
         let secret = sealer.random::<32>();
         let kid = base64::Engine::encode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
@@ -390,6 +395,22 @@ fn load_keys(store: &mut dyn Store, sealer: &Sealer) -> Result<Vec<MintKey>, Str
             .map_err(|e| e.to_string())?;
         tracing::info!(kid = %kid, "made the authorization server's signing key");
         keys.push(MintKey::new(&kid, &secret));
+    }
+    Ok(keys)
+}
+
+/// The stored signing keys opened, newest first (it signs).
+fn open_keys(stored: &[crate::store::SigningKey], sealer: &Sealer) -> Result<Vec<MintKey>, String> {
+    use super::seal::Purpose;
+    let mut keys = Vec::new();
+    for k in stored.iter().rev() {
+        let secret = sealer.open(Purpose::SigningKey, std::str::from_utf8(&k.sealed).unwrap_or("")).ok_or_else(|| {
+            format!("signing key {} in the store does not open with this secret: the store was made with another authorization_server.secret", k.kid)
+        })?;
+        let secret: [u8; 32] = secret
+            .try_into()
+            .map_err(|_| format!("signing key {} is not 32 bytes", k.kid))?;
+        keys.push(MintKey::new(&k.kid, &secret));
     }
     Ok(keys)
 }

@@ -641,6 +641,31 @@ fn metadata_names_absolute_endpoints_s256_only_and_public_clients() {
     }
 }
 
+/// Another instance on the same store made a signing key (two instances
+/// started together on an empty database each make one): this one learns it
+/// at its next publish, signs with the newest (so every instance converges
+/// on one signer) and still verifies tokens of the older.
+#[test]
+fn a_signing_key_made_elsewhere_is_learned_at_the_next_publish() {
+    let h = H::new();
+    let before = h.server.keys();
+    assert_eq!(before.len(), 1);
+    let old = h.server.signing_key();
+    let sealer = super::seal::Sealer::new(&[7u8; 32]).unwrap();
+    let sealed = sealer.seal(super::seal::Purpose::SigningKey, &[9u8; 32]);
+    let mut other = crate::store::open(&h.s.store).unwrap();
+    other
+        .put_key("zz-other", crate::authz::unix_now() + 1, sealed.as_bytes())
+        .unwrap();
+    h.server.publish(&h.s).unwrap();
+    let after = h.server.keys();
+    let kids: Vec<&str> = after.iter().map(|k| k.kid()).collect();
+    assert_eq!(kids, ["zz-other", old.kid()]);
+    assert_eq!(h.server.signing_key().kid(), "zz-other");
+    let issued = h.issued.load_full().unwrap();
+    assert_eq!(issued.keys.len(), 2, "the cores verify both");
+}
+
 /// portcullis's own client metadata document, for upstream authorization
 /// servers that register clients by document (discovery mode): its id is
 /// its URL, public, portcullis's upstream callback only.

@@ -447,7 +447,7 @@ fn issue(
     let suffix = server.sealer.token();
     let jti = format!("{}.{}", grant.id, &suffix[..8]);
     let token = mint(
-        server.signing_key(),
+        &server.signing_key(),
         &AccessClaims {
             issuer: &s.issuer,
             subject: &grant.user,
@@ -524,7 +524,7 @@ impl Server {
             };
             // Verified as of its issue time, so an expired token still names its grant.
             let iat = crate::identity::minted::issued_at(token)?;
-            crate::identity::minted::verify(self.keys(), token, &expect, iat)
+            crate::identity::minted::verify(&self.keys(), token, &expect, iat)
                 .ok()
                 .map(|p| grant_of(&p).to_string())
         })
