@@ -27,6 +27,8 @@ use std::time::Duration;
 const PENDING_COOKIE: &str = "__Host-portcullis-upstream";
 pub(crate) const PENDING_TTL: i64 = 600;
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refresher holds the tokens it claimed.
+const LEASE: i64 = 60;
 /// After a failed refresh (upstream down): the longest wait before the next try.
 const RETRY_MAX: i64 = 600;
 
@@ -467,11 +469,15 @@ impl Server {
     }
 
     /// Refresh the tokens that are due (one control thread calls this while
-    /// idle): each in its own compare-and-set, so one refresh per (user,
-    /// route) wins across threads and instances.
+    /// idle): claimed first, so one refresher calls the upstream per token
+    /// across threads and instances, and stored by compare-and-set.
     pub fn refresh_upstream(&self, s: &Settings, now: i64) -> usize {
         let Some(vault) = self.vault() else { return 0 };
-        let due = self.store().upstream_due(now, 16);
+        // Claimed for this refresher alone (other threads and instances
+        // skip them) until `now + LEASE`: each outcome below rewrites
+        // `refresh_due`; one skipped here (discovery failing, a key missing),
+        // or claimed by a refresher that died, is due again then.
+        let due = self.store().claim_upstream_due(now, now + LEASE, 16);
         let Ok(due) = due else { return 0 };
         let mut done = 0;
         for t in due {

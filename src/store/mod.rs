@@ -363,6 +363,19 @@ pub trait Store: Send {
     /// Up to `limit` connected records with `refresh_due <= now`, soonest
     /// due first (then by user and route).
     fn upstream_due(&self, now: i64, limit: usize) -> Result<Vec<UpstreamToken>, StoreError>;
+    /// Claims up to `limit` connected records due (`refresh_due <= now`),
+    /// soonest first, for one refresher: in one transaction each gets
+    /// `refresh_due = until` and its generation grows by one, and they are
+    /// returned as they are now. Two refreshers claiming at once (threads,
+    /// instances) get disjoint sets, so the upstream sees one refresh per
+    /// token; one that dies holding a claim leaves the records due again at
+    /// `until`.
+    fn claim_upstream_due(
+        &mut self,
+        now: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<UpstreamToken>, StoreError>;
     /// Every record, by user then route (for re-sealing under a new key).
     fn all_upstream(&self) -> Result<Vec<UpstreamToken>, StoreError>;
 

@@ -920,6 +920,37 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn claim_upstream_due(
+        &mut self,
+        now: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<UpstreamToken>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            let mut claimed: Vec<UpstreamToken> = tx
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    upstream_columns!(),
+                    " FROM upstream_tokens WHERE status = 'connected' AND refresh_due <= ?1 \
+                     ORDER BY refresh_due, subject, route LIMIT ?2"
+                ))?
+                .query_map(params![now, limit], upstream_row)?
+                .collect::<Result<_, _>>()?;
+            let mut claim = tx.prepare_cached(
+                "UPDATE upstream_tokens SET refresh_due = ?3, generation = generation + 1 \
+                 WHERE subject = ?1 AND route = ?2",
+            )?;
+            for t in &mut claimed {
+                claim.execute(params![t.user, t.route, until])?;
+                t.refresh_due = until;
+                t.generation += 1;
+            }
+            let changed = !claimed.is_empty();
+            Ok((claimed, changed))
+        })
+    }
+
     fn all_upstream(&self) -> Result<Vec<UpstreamToken>, StoreError> {
         let mut stmt = self.conn.prepare_cached(concat!(
             "SELECT ",

@@ -41,7 +41,9 @@ macro_rules! store_suite {
             upstream_due_lists_connected_records_soonest_first,
             upstream_delete,
             concurrent_upstream_replace_has_one_winner,
-            upstream_clients_first_registration_wins
+            upstream_clients_first_registration_wins,
+            claiming_due_records_leases_them,
+            concurrent_claims_are_disjoint
         );
     };
     (@cases $place:expr; $($case:ident),*) => {
@@ -1191,4 +1193,82 @@ pub(crate) fn upstream_clients_first_registration_wins(place: &dyn Place) {
     drop(s);
     let s = place.open();
     assert_eq!(s.upstream_client("notion", iss).unwrap(), Some(other));
+}
+
+pub(crate) fn claiming_due_records_leases_them(place: &dyn Place) {
+    let mut s = place.open();
+    for (user, due) in [("alice", 10), ("bob", 20), ("carol", 30)] {
+        s.put_upstream(&upstream_token(user, "github", due))
+            .unwrap();
+    }
+    let mut gone = upstream_token("dave", "github", 0);
+    gone.status = UpstreamStatus::Disconnected {
+        reason: "refused".into(),
+    };
+    s.put_upstream(&gone).unwrap();
+    let before = s.seq().unwrap();
+    assert!(s
+        .claim_upstream_due(T0 + 9, T0 + 100, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.seq().unwrap(), before, "an empty claim writes nothing");
+    let claimed = s.claim_upstream_due(T0 + 25, T0 + 100, 10).unwrap();
+    let mut got: Vec<(&str, i64, i64)> = claimed
+        .iter()
+        .map(|t| (t.user.as_str(), t.refresh_due, t.generation))
+        .collect();
+    got.sort();
+    assert_eq!(got, [("alice", T0 + 100, 2), ("bob", T0 + 100, 2)]);
+    assert!(s.seq().unwrap() > before);
+    // As stored, and the claim's generation is the one to compare-and-set with.
+    assert_eq!(
+        s.upstream("alice", "github").unwrap().unwrap(),
+        claimed.iter().find(|t| t.user == "alice").unwrap().clone()
+    );
+    // Claimed: not due again until the lease ends (carol now is).
+    let next = s.claim_upstream_due(T0 + 99, T0 + 200, 10).unwrap();
+    assert_eq!(routes(&next), [("carol", "github")]);
+    let again = s.claim_upstream_due(T0 + 100, T0 + 300, 1).unwrap();
+    assert_eq!(again.len(), 1, "the limit holds");
+    assert!(s
+        .claim_upstream_due(T0 + 100, T0 + 300, 0)
+        .unwrap()
+        .is_empty());
+}
+
+pub(crate) fn concurrent_claims_are_disjoint(place: &dyn Place) {
+    let mut a = place.open();
+    let mut b = place.open();
+    for i in 0..40 {
+        a.put_upstream(&upstream_token(&format!("user{i:02}"), "github", i))
+            .unwrap();
+    }
+    let barrier = Barrier::new(2);
+    let claim = |s: &mut Box<dyn Store>| -> Vec<String> {
+        barrier.wait();
+        let mut mine = Vec::new();
+        for _ in 0..20 {
+            match s.claim_upstream_due(T0 + 100, T0 + 1000, 3) {
+                Ok(got) => mine.extend(got.into_iter().map(|t| t.user)),
+                Err(StoreError::Busy) => {}
+                Err(e) => return vec![format!("error: {e}")],
+            }
+        }
+        mine
+    };
+    let (ra, rb) = std::thread::scope(|scope| {
+        let ta = scope.spawn(|| claim(&mut a));
+        let tb = scope.spawn(|| claim(&mut b));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let mut all: Vec<&String> = ra.iter().chain(&rb).collect();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a record claimed twice: {ra:?} {rb:?}");
+    assert_eq!(
+        all.len(),
+        40,
+        "every due record claimed once: {ra:?} {rb:?}"
+    );
 }

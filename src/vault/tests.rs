@@ -319,6 +319,14 @@ impl Store for Racing<'_> {
     fn upstream_due(&self, now: i64, limit: usize) -> Result<Vec<UpstreamToken>, StoreError> {
         self.inner.upstream_due(now, limit)
     }
+    fn claim_upstream_due(
+        &mut self,
+        now: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<UpstreamToken>, StoreError> {
+        self.inner.claim_upstream_due(now, until, limit)
+    }
     fn seq(&self) -> Result<i64, StoreError> {
         self.inner.seq()
     }

@@ -564,6 +564,34 @@ impl Store for PostgresStore {
         })
     }
 
+    fn claim_upstream_due(
+        &mut self,
+        now: i64,
+        until: i64,
+        limit: usize,
+    ) -> Result<Vec<UpstreamToken>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(|db| {
+            // Rows another claimer holds are skipped, not waited for: the
+            // two get disjoint sets.
+            let rows = db.rows(
+                concat!(
+                    "UPDATE upstream_tokens SET refresh_due = $3, generation = generation + 1 \
+                     WHERE (subject, route) IN (SELECT subject, route FROM upstream_tokens \
+                     WHERE status = 'connected' AND refresh_due <= $1 \
+                     ORDER BY refresh_due, subject, route LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     RETURNING ",
+                    upstream_columns!()
+                ),
+                &[&now, &limit, &until],
+            )?;
+            let mut claimed = all(rows, upstream_row)?;
+            claimed.sort_by(|a, b| (&a.user, &a.route).cmp(&(&b.user, &b.route)));
+            let changed = !claimed.is_empty();
+            Ok((claimed, changed))
+        })
+    }
+
     fn all_upstream(&self) -> Result<Vec<UpstreamToken>, StoreError> {
         self.read(|db| {
             let rows = db.rows(
