@@ -3,10 +3,12 @@
 //! and never wait on it; it owns the store, calls the company IdP and fetches
 //! client metadata documents (blocking, here only), and publishes what the
 //! cores need (signing keys, revoked grants) through `Shared::issued`. A tick
-//! thread of its own, every 250 ms however busy the others are, re-reads
-//! revocations when the store changed (also those made by `portcullis grants
-//! revoke` in another process), refreshes users' upstream tokens ahead of
-//! expiry (the one refresher), and sweeps expired records.
+//! thread of its own, every 250 ms however busy the others are, and at once
+//! when a shared store notifies a change (`store::watch`), re-reads
+//! revocations and keys when the store changed (also those made by another
+//! instance or `portcullis grants revoke`), refreshes users' upstream tokens
+//! ahead of expiry (claimed, one refresher per token), and sweeps expired
+//! records.
 
 use crate::authz::server::Server;
 use crate::proxy::handoff::{Control, Job};
@@ -72,11 +74,24 @@ pub(crate) fn spawn(
         }
     }));
     let receiver = Arc::new(Mutex::new(started.receiver));
+    // Another instance's change wakes the tick at once (a full channel
+    // already holds a wake-up: nothing is lost by dropping this one).
+    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+    if let Some(settings) = snapshot.load().authz.as_deref() {
+        let stopped = shared.clone();
+        crate::store::watch::spawn(
+            &settings.store,
+            move || {
+                let _ = wake.try_send(());
+            },
+            move || stopped.stopped.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+    }
     {
         let (server, snapshot, shared) = (started.server.clone(), snapshot.clone(), shared.clone());
         std::thread::Builder::new()
             .name("portcullis-authz-tick".into())
-            .spawn(move || tick(&server, &snapshot, &shared))?;
+            .spawn(move || tick(&server, &snapshot, &shared, &woken))?;
     }
     for i in 0..THREADS {
         let (receiver, server, snapshot, shared) = (
@@ -162,10 +177,11 @@ fn serve(
 /// however busy the request threads are: revocations re-read when the store
 /// changed, users' upstream tokens refreshed ahead (the one refresher), the
 /// store swept.
-fn tick(server: &Server, snapshot: &SharedSnapshot, shared: &Shared) {
+fn tick(server: &Server, snapshot: &SharedSnapshot, shared: &Shared, woken: &Receiver<()>) {
     let mut swept = Instant::now();
     while !shared.stopped.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(POLL);
+        // A change notification (shared store) or the poll, whichever first.
+        let _ = woken.recv_timeout(POLL);
         let snap = snapshot.load();
         let Some(settings) = snap.authz.as_deref() else {
             continue;

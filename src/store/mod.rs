@@ -30,6 +30,7 @@
 pub(crate) mod open;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+pub(crate) mod watch;
 
 pub(crate) use open::{migrate, open, Location};
 

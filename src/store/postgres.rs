@@ -21,7 +21,7 @@ mod conn;
 mod schema;
 
 pub(crate) use conn::Fail;
-pub(crate) use conn::{Target, TlsSetting};
+pub(crate) use conn::{describe, Target, TlsSetting};
 
 use super::{Client, ClientKind, Grant, StoreError, UpstreamClient, UpstreamStatus, UpstreamToken};
 use ::postgres::types::{FromSql, ToSql};
@@ -210,6 +210,9 @@ fn transact<T>(
         .and_then(|(out, changed)| {
             if changed {
                 db.exec("UPDATE changes SET seq = seq + 1 WHERE id = 1", &[])?;
+                // Delivered at commit, once per transaction: other
+                // instances' watchers wake (`store::watch`).
+                db.exec("SELECT pg_notify('portcullis_changes', '')", &[])?;
             }
             Ok(out)
         })

@@ -411,3 +411,67 @@ fn tls_verifies_the_server() {
     let _ = std::fs::remove_file(&other);
     assert!(err.to_string().contains("unreachable"), "{err}");
 }
+
+/// A write at another connection wakes the watcher (LISTEN/NOTIFY), a
+/// read-only call does not; after its connection is killed the watcher
+/// reconnects by itself and wakes once (the resync), then again per write.
+#[test]
+fn the_watcher_wakes_on_every_change_and_survives_a_lost_connection() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let Some(place) = PgPlace::new() else { return };
+    let mut store = PostgresStore::open(&place.target).unwrap();
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (w, s) = (wakes.clone(), stop.clone());
+    crate::store::watch::spawn(
+        &crate::store::Location::Postgres(Box::new(place.target.clone())),
+        move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        },
+        move || s.load(Ordering::SeqCst),
+    )
+    .unwrap();
+    let wait_for = |n: usize| {
+        let t = Instant::now();
+        while wakes.load(Ordering::SeqCst) < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "woken {} times, not {n}",
+                wakes.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for(1); // listening: the initial resync
+    let listening = wakes.load(Ordering::SeqCst);
+    store.put_key("k1", 1, b"sealed").unwrap();
+    wait_for(listening + 1);
+    store.keys().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        wakes.load(Ordering::SeqCst),
+        listening + 1,
+        "a read notifies nothing"
+    );
+    // Kill the watcher's connection: it comes back and resyncs.
+    let mut admin = place.raw();
+    let killed = admin
+        .query(
+            // Every other connection to this database: the watcher's, and
+            // the store's (which reconnects on its next call).
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .len();
+    assert!(killed >= 1, "the watcher's connection was found");
+    let before = wakes.load(Ordering::SeqCst);
+    wait_for(before + 1);
+    let resynced = wakes.load(Ordering::SeqCst);
+    store.put_key("k2", 2, b"sealed").unwrap();
+    wait_for(resynced + 1);
+    stop.store(true, Ordering::SeqCst);
+}
