@@ -26,6 +26,8 @@ pub(crate) enum Purpose {
     IdpToken,
     /// A connection to an upstream account in progress (state, verifier).
     Upstream,
+    /// The identity assertion key (ES256, PKCS#8) kept in the store.
+    AssertionKey,
 }
 
 impl Purpose {
@@ -37,11 +39,12 @@ impl Purpose {
             Purpose::Consent => b"portcullis/consent/v1",
             Purpose::SigningKey => b"portcullis/signing-key/v1",
             Purpose::IdpToken => b"portcullis/idp-token/v1",
+            Purpose::AssertionKey => b"portcullis/assertion-key/v1",
             Purpose::Upstream => b"portcullis/upstream-connect/v1",
         }
     }
 
-    const ALL: [Purpose; 7] = [
+    const ALL: [Purpose; 8] = [
         Purpose::Transaction,
         Purpose::Session,
         Purpose::Login,
@@ -49,6 +52,7 @@ impl Purpose {
         Purpose::SigningKey,
         Purpose::IdpToken,
         Purpose::Upstream,
+        Purpose::AssertionKey,
     ];
 }
 

@@ -227,7 +227,11 @@ impl Server {
         let revoked = revoked.into_iter().collect();
         // Keys made elsewhere (another instance starting on the same store).
         let stored = self.store().keys()?;
-        if stored.len() != self.keys.load().len() {
+        let signing = stored
+            .iter()
+            .filter(|k| !k.kid.starts_with(ASSERTION_KID))
+            .count();
+        if signing != self.keys.load().len() {
             match open_keys(&stored, &self.sealer) {
                 Ok(keys) if !keys.is_empty() => {
                     tracing::info!(signing = %keys[0].kid(), count = keys.len(), "signing keys re-read from the store");
@@ -399,11 +403,19 @@ fn load_keys(store: &mut dyn Store, sealer: &Sealer) -> Result<Vec<MintKey>, Str
     Ok(keys)
 }
 
+/// The identity assertion key is kept beside the signing keys, its kid
+/// prefixed with this.
+const ASSERTION_KID: &str = "assertion:";
+
 /// The stored signing keys opened, newest first (it signs).
 fn open_keys(stored: &[crate::store::SigningKey], sealer: &Sealer) -> Result<Vec<MintKey>, String> {
     use super::seal::Purpose;
     let mut keys = Vec::new();
-    for k in stored.iter().rev() {
+    for k in stored
+        .iter()
+        .rev()
+        .filter(|k| !k.kid.starts_with(ASSERTION_KID))
+    {
         let secret = sealer.open(Purpose::SigningKey, std::str::from_utf8(&k.sealed).unwrap_or("")).ok_or_else(|| {
             format!("signing key {} in the store does not open with this secret: the store was made with another authorization_server.secret", k.kid)
         })?;
@@ -413,6 +425,44 @@ fn open_keys(stored: &[crate::store::SigningKey], sealer: &Sealer) -> Result<Vec
         keys.push(MintKey::new(&k.kid, &secret));
     }
     Ok(keys)
+}
+
+impl Server {
+    /// The identity assertion key every instance on this store signs with
+    /// (kid, PKCS#8), made and kept (sealed) on first use. Instances started
+    /// together on an empty store each take the oldest kept one.
+    pub(crate) fn assertion_key(&self) -> Result<(String, zeroize::Zeroizing<Vec<u8>>), String> {
+        use super::seal::Purpose;
+        for attempt in 0..2 {
+            let stored = self.store().keys().map_err(|e| e.to_string())?;
+            if let Some(k) = stored.iter().find(|k| k.kid.starts_with(ASSERTION_KID)) {
+                let pkcs8 = self
+                    .sealer
+                    .open(
+                        Purpose::AssertionKey,
+                        std::str::from_utf8(&k.sealed).unwrap_or(""),
+                    )
+                    .ok_or(
+                        "the identity assertion key in the store does not open with this secret",
+                    )?;
+                let kid = k.kid[ASSERTION_KID.len()..].to_string();
+                return Ok((kid, zeroize::Zeroizing::new(pkcs8)));
+            }
+            if attempt == 0 {
+                let (kid, pkcs8) = crate::identity::AssertionSigner::new_key()?;
+                let sealed = self.sealer.seal(Purpose::AssertionKey, &pkcs8);
+                self.store()
+                    .put_key(
+                        &format!("{ASSERTION_KID}{kid}"),
+                        crate::authz::unix_now(),
+                        sealed.as_bytes(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(kid = %kid, "made the identity assertion key (kept in the store)");
+            }
+        }
+        Err("the identity assertion key was stored but cannot be read back".into())
+    }
 }
 
 impl From<ClientError> for Answer {

@@ -666,6 +666,45 @@ fn a_signing_key_made_elsewhere_is_learned_at_the_next_publish() {
     assert_eq!(issued.keys.len(), 2, "the cores verify both");
 }
 
+/// The identity assertion key is made once and kept (sealed) in the store:
+/// a second server on the same store (another instance, a restart) signs
+/// with the same key, and the access-token keys are not disturbed by it.
+#[test]
+fn the_assertion_key_is_kept_in_the_store_and_shared() {
+    let h = H::new();
+    let (kid, pkcs8) = h.server.assertion_key().unwrap();
+    assert_eq!(h.server.assertion_key().unwrap().0, kid, "made once");
+    let store = crate::store::open(&h.s.store).unwrap();
+    let stored = store.keys().unwrap();
+    let kept = stored
+        .iter()
+        .find(|k| k.kid == format!("assertion:{kid}"))
+        .unwrap();
+    assert!(
+        !kept
+            .sealed
+            .windows(16)
+            .any(|w| pkcs8.windows(16).any(|p| p == w)),
+        "sealed, not in the clear"
+    );
+    let other = Server::new(&h.s, store, &[7u8; 32], Arc::default()).unwrap();
+    let (kid2, pkcs8_2) = other.assertion_key().unwrap();
+    assert_eq!((kid2.as_str(), &pkcs8_2[..]), (kid.as_str(), &pkcs8[..]));
+    let a = crate::identity::AssertionSigner::from_pkcs8("portcullis", &kid, &pkcs8).unwrap();
+    let b = crate::identity::AssertionSigner::from_pkcs8("portcullis", &kid2, &pkcs8_2).unwrap();
+    assert_eq!(a.jwks_json(), b.jwks_json(), "one JWKS for both");
+    h.server.publish(&h.s).unwrap();
+    assert_eq!(h.server.keys().len(), 1, "not an access-token key");
+    // Another secret cannot open it: a clear error, not a new key.
+    let wrong = Server::new(
+        &h.s,
+        crate::store::open(&h.s.store).unwrap(),
+        &[8u8; 32],
+        Arc::default(),
+    );
+    assert!(wrong.is_err(), "the signing key does not open either");
+}
+
 /// portcullis's own client metadata document, for upstream authorization
 /// servers that register clients by document (discovery mode): its id is
 /// its URL, public, portcullis's upstream callback only.

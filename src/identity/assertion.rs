@@ -32,15 +32,31 @@ pub struct AssertionSigner {
 impl AssertionSigner {
     /// Generates a fresh key pair and a random kid. `issuer` becomes the assertions' `iss`.
     pub fn generate(issuer: &str) -> Result<Self, String> {
+        let (kid, pkcs8) = Self::new_key()?;
+        Self::from_pkcs8(issuer, &kid, &pkcs8)
+    }
+
+    /// A new key: a random kid and the key pair as PKCS#8 (to keep it, sealed,
+    /// where every instance finds it).
+    pub fn new_key() -> Result<(String, zeroize::Zeroizing<Vec<u8>>), String> {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|_| "generating the assertion key failed")?;
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .map_err(|_| "loading the assertion key failed")?;
         let mut kid = [0u8; 12];
         rng.fill(&mut kid)
             .map_err(|_| "no randomness for the kid")?;
-        let kid = URL_SAFE_NO_PAD.encode(kid);
+        Ok((
+            URL_SAFE_NO_PAD.encode(kid),
+            zeroize::Zeroizing::new(pkcs8.as_ref().to_vec()),
+        ))
+    }
+
+    /// The signer of a kept key (`new_key`'s kid and PKCS#8).
+    pub fn from_pkcs8(issuer: &str, kid: &str, pkcs8: &[u8]) -> Result<Self, String> {
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+            .map_err(|_| "loading the assertion key failed")?;
+        let kid = kid.to_string();
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid}).to_string();
         let header_b64 = URL_SAFE_NO_PAD.encode(header);
         // Uncompressed point: 0x04 || x || y.

@@ -126,6 +126,12 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
     let mut shared = Shared::new(workers, audit).map_err(std::io::Error::other)?;
     let authz = control::prepare(&snapshot, &shared.issued)?;
     if let Some(a) = &authz {
+        // One assertion key for every instance on the store (and across
+        // restarts), so upstreams verify assertions from any of them with
+        // one JWKS.
+        let (kid, pkcs8) = a.server.assertion_key().map_err(std::io::Error::other)?;
+        shared.signer = crate::identity::AssertionSigner::from_pkcs8("portcullis", &kid, &pkcs8)
+            .map_err(std::io::Error::other)?;
         shared.control = Some(a.control.clone());
         shared.authz_counters = Some(a.server.counters.clone());
         shared.vault_epoch = a.server.vault_epoch.clone();

@@ -244,6 +244,15 @@ def test_a_real_client_through_the_balancer_uses_every_instance(cluster):
     assert sum(authz) >= 3 and sum(1 for n in authz if n > 0) >= 2, authz
 
 
+def test_one_identity_assertion_key_for_every_instance(cluster):
+    """The identity assertion key is kept (sealed) in the shared store: the
+    three instances publish one JWKS, so an upstream verifies assertions from
+    any of them."""
+    jwks = [httpx.get(f"{at(cluster, i)}/.well-known/portcullis/jwks.json", headers=host(cluster), timeout=10).json()
+            for i in range(3)]
+    assert jwks[0]["keys"] and jwks[0] == jwks[1] == jwks[2], jwks
+
+
 def test_register_at_a_authorize_at_b_redeem_at_c_refresh_and_revoke_anywhere(cluster):
     """Dynamic registration at A; authorization (login, consent) at B; the
     code redeemed at C exactly once (again at A: invalid_grant); the token
