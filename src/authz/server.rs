@@ -56,6 +56,14 @@ pub struct Counters {
     pub reuse_detected: AtomicU64,
     pub revocations: AtomicU64,
     pub errors: AtomicU64,
+    /// Periodic store reads (revocations, keys) that failed.
+    pub store_errors: AtomicU64,
+    /// 1 while the last periodic store read worked (a gauge).
+    pub store_up: AtomicU64,
+    /// 1 while a shared store's change notifications are being received.
+    pub store_watch: AtomicU64,
+    /// Change notifications received from a shared store.
+    pub store_notifications: AtomicU64,
 }
 
 impl Counters {
@@ -108,6 +116,14 @@ impl Counters {
             ),
         ] {
             let _ = writeln!(out, "# HELP portcullis_authz_{name}_total {help}.\n# TYPE portcullis_authz_{name}_total counter\nportcullis_authz_{name}_total {}", c.load(Ordering::Relaxed));
+        }
+        for (name, c, kind, help) in [
+            ("store_errors_total", &self.store_errors, "counter", "Periodic reads of the store (revocations, keys) that failed"),
+            ("store_notifications_total", &self.store_notifications, "counter", "Change notifications received from the shared store"),
+            ("store_up", &self.store_up, "gauge", "1 while the last periodic read of the store worked"),
+            ("store_watch_up", &self.store_watch, "gauge", "1 while the shared store's change notifications are received (0 with a file store: the poll does it all)"),
+        ] {
+            let _ = writeln!(out, "# HELP portcullis_{name} {help}.\n# TYPE portcullis_{name} {kind}\nportcullis_{name} {}", c.load(Ordering::Relaxed));
         }
     }
 }

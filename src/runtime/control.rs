@@ -14,6 +14,7 @@ use crate::authz::server::Server;
 use crate::proxy::handoff::{Control, Job};
 use crate::proxy::worker::Shared;
 use crate::snapshot::SharedSnapshot;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,12 +80,18 @@ pub(crate) fn spawn(
     let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
     if let Some(settings) = snapshot.load().authz.as_deref() {
         let stopped = shared.clone();
+        let (woke, state) = (
+            started.server.counters.clone(),
+            started.server.counters.clone(),
+        );
         crate::store::watch::spawn(
             &settings.store,
             move || {
+                woke.store_notifications.fetch_add(1, Ordering::Relaxed);
                 let _ = wake.try_send(());
             },
-            move || stopped.stopped.load(std::sync::atomic::Ordering::Relaxed),
+            move |up| state.store_watch.store(u64::from(up), Ordering::Relaxed),
+            move || stopped.stopped.load(Ordering::Relaxed),
         )?;
     }
     {
@@ -186,8 +193,19 @@ fn tick(server: &Server, snapshot: &SharedSnapshot, shared: &Shared, woken: &Rec
         let Some(settings) = snap.authz.as_deref() else {
             continue;
         };
-        if let Err(e) = server.publish(settings) {
-            tracing::warn!(error = %e, "cannot read revocations from the store");
+        let counters = &server.counters;
+        match server.publish(settings) {
+            Ok(()) => {
+                if counters.store_up.swap(1, Ordering::Relaxed) == 0 {
+                    tracing::info!("the store answers");
+                }
+            }
+            Err(e) => {
+                counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                if counters.store_up.swap(0, Ordering::Relaxed) == 1 {
+                    tracing::warn!(error = %e, "the store does not answer: the data plane goes on with what it has; authorization requests get 503");
+                }
+            }
         }
         server.refresh_upstream(settings, crate::authz::unix_now());
         if swept.elapsed() >= SWEEP {

@@ -22,6 +22,7 @@ pub(crate) const CHANNEL: &str = "portcullis_changes";
 pub(crate) fn spawn(
     location: &Location,
     wake: impl Fn() + Send + 'static,
+    listening: impl Fn(bool) + Send + 'static,
     stop: impl Fn() -> bool + Send + 'static,
 ) -> std::io::Result<()> {
     let Location::Postgres(target) = location else {
@@ -33,7 +34,9 @@ pub(crate) fn spawn(
         .spawn(move || {
             let mut backoff = Duration::from_millis(100);
             while !stop() {
-                match listen(&target, &wake, &stop) {
+                let ended = listen(&target, &wake, &listening, &stop);
+                listening(false);
+                match ended {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "store change notifications lost; the poll carries on");
@@ -51,6 +54,7 @@ pub(crate) fn spawn(
 fn listen(
     target: &super::postgres::Target,
     wake: &impl Fn(),
+    listening: &impl Fn(bool),
     stop: &impl Fn() -> bool,
 ) -> Result<(), String> {
     let mut client = target.connect().map_err(|e| e.to_string())?;
@@ -58,6 +62,7 @@ fn listen(
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .map_err(|e| super::postgres::describe(&e))?;
     tracing::info!(store = %target, "listening for store changes");
+    listening(true);
     // Anything missed while no connection listened is read again now.
     wake();
     while !stop() {

@@ -78,6 +78,7 @@ def cluster(procs, pg, tmp_path_factory) -> Cluster:
     c.issuer = f"http://127.0.0.1:{c.lb}"
     c.url = f"{c.issuer}/mcp"
     c.ports = [free_port() for _ in range(3)]
+    c.admins = [free_port() for _ in range(3)]
     c.dir = tmp_path_factory.mktemp("scale")
     upstream = start_mcp2(procs, "scale-mcp2", json_mode=True)
     c.audits = []
@@ -87,6 +88,7 @@ def cluster(procs, pg, tmp_path_factory) -> Cluster:
         cfg = f"""
 workers: 1
 listen: [{{address: 127.0.0.1:{port}}}]
+admin: {{address: 127.0.0.1:{c.admins[i]}}}
 audit: {{path: {audit}}}
 authorization_server:
   issuer: {c.issuer}
@@ -126,6 +128,11 @@ backend portcullis
     p = procs.start("haproxy", [HAPROXY, "-db", "-f", str(hap)])
     p.wait_ports([c.lb])
     return c
+
+
+def metrics(cluster: Cluster, i: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{cluster.admins[i]}/metrics", timeout=10).text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(portcullis_store_\w+) (\S+)$", text, re.M)}
 
 
 def at(cluster: Cluster, i: int) -> str:
@@ -348,3 +355,11 @@ def test_postgres_restarted_while_requests_flow(cluster, pg):
             break
         assert r.status_code == 503 and time.monotonic() < deadline, r.text
         time.sleep(0.5)
+    # Every instance's watcher is back and says so; notifications were received.
+    deadline = time.monotonic() + 15
+    while not all(metrics(cluster, i).get("portcullis_store_watch_up") == 1 for i in range(3)):
+        assert time.monotonic() < deadline, [metrics(cluster, i) for i in range(3)]
+        time.sleep(0.2)
+    for i in range(3):
+        m = metrics(cluster, i)
+        assert m["portcullis_store_up"] == 1 and m["portcullis_store_notifications_total"] > 0, m

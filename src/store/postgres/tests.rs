@@ -430,6 +430,7 @@ fn the_watcher_wakes_on_every_change_and_survives_a_lost_connection() {
         move || {
             w.fetch_add(1, Ordering::SeqCst);
         },
+        |_| {},
         move || s.load(Ordering::SeqCst),
     )
     .unwrap();
