@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO, portcullis_bin
 
 CONFIG = REPO / "config"
-EXAMPLES = sorted(CONFIG.glob("*.yaml"))
+EXAMPLES = sorted(CONFIG.glob("*.yaml")) + sorted((REPO / "deploy").glob("**/portcullis.yaml"))
 
 
 @pytest.fixture(scope="module")
