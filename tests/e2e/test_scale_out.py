@@ -187,9 +187,9 @@ def on(cluster: Cluster, url: str, i: int) -> str:
     return url.replace(cluster.issuer, at(cluster, i))
 
 
-def authorize(cluster: Cluster, client_id: str, redirect: str, user: str, i: int) -> tuple[str, str]:
+def authorize(cluster: Cluster, client_id: str, redirect: str, user: str, i: int, asked: list | None = None) -> tuple[str, str]:
     """The authorization request, login and consent, all at instance i:
-    (code, verifier)."""
+    (code, verifier). `asked` gets True when a consent page was shown."""
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     q = {
@@ -204,6 +204,8 @@ def authorize(cluster: Cluster, client_id: str, redirect: str, user: str, i: int
             r = w.go("POST", f"{at(cluster, i)}/.portcullis/login",
                      {"tx": hidden(r.text, "tx"), "csrf": hidden(r.text, "csrf"), "user": user}, cluster.issuer)
         elif 'value="allow"' in r.text:
+            if asked is not None:
+                asked.append(True)
             r = w.go("POST", f"{at(cluster, i)}/.portcullis/consent",
                      {"tx": hidden(r.text, "tx"), "csrf": hidden(r.text, "csrf"), "decision": "allow"}, cluster.issuer)
     assert r.status_code == 302, r.text[:500]
@@ -264,8 +266,9 @@ def test_register_at_a_authorize_at_b_redeem_at_c_refresh_and_revoke_anywhere(cl
     """Dynamic registration at A; authorization (login, consent) at B; the
     code redeemed at C exactly once (again at A: invalid_grant); the token
     works at every instance; a refresh at C rotates, the spent refresh token
-    presented at B after the grace window revokes the grant; a new grant
-    revoked at A is refused at C within 2 s."""
+    presented at B after the grace window revokes the grant; the consent
+    given at B holds at A; a new grant revoked at A is refused at C within
+    2 s."""
     redirect = f"http://127.0.0.1:{free_port()}/cb"
     r = httpx.post(f"{at(cluster, 0)}/register", json={
         "redirect_uris": [redirect], "token_endpoint_auth_method": "none", "client_name": "scale e2e",
@@ -302,7 +305,10 @@ def test_register_at_a_authorize_at_b_redeem_at_c_refresh_and_revoke_anywhere(cl
 
     # Revocation at A, refused at C within 2 s (no store read per request:
     # each instance publishes revocations from the store's change sequence).
-    code, verifier = authorize(cluster, client_id, redirect, "bob", 0)
+    # The consent bob gave at B holds at A: no consent page this time.
+    asked: list = []
+    code, verifier = authorize(cluster, client_id, redirect, "bob", 0, asked)
+    assert not asked, "consent asked again at another instance"
     form.update(code=code, code_verifier=verifier)
     fresh = token(cluster, 1, form).json()
     assert call(cluster, 2, fresh["access_token"]).status_code == 200
