@@ -82,6 +82,7 @@ def cluster(procs, pg, tmp_path_factory) -> Cluster:
     c.dir = tmp_path_factory.mktemp("scale")
     upstream = start_mcp2(procs, "scale-mcp2", json_mode=True)
     c.audits = []
+    c.procs = []
     for i, port in enumerate(c.ports):
         audit = c.dir / f"audit-{i}.jsonl"
         c.audits.append(audit)
@@ -105,7 +106,7 @@ routes:
     auth: {{issuers: [portcullis]}}
 """
         # One at a time: the first one makes the shared signing key.
-        Portcullis(procs, c.dir / f"config-{i}").start(cfg, [port], name=f"portcullis-{'abc'[i]}")
+        c.procs.append(Portcullis(procs, c.dir / f"config-{i}").start(cfg, [port], name=f"portcullis-{'abc'[i]}"))
     hap = c.dir / "haproxy.cfg"
     servers = "\n".join(f"    server {'abc'[i]} 127.0.0.1:{p}" for i, p in enumerate(c.ports))
     hap.write_text(
@@ -369,3 +370,23 @@ def test_postgres_restarted_while_requests_flow(cluster, pg):
     for i in range(3):
         m = metrics(cluster, i)
         assert m["portcullis_store_up"] == 1 and m["portcullis_store_notifications_total"] > 0, m
+
+
+def test_an_instance_killed_mid_flow_loses_nothing_acknowledged(cluster):
+    """B answers the authorization with a code and is killed (SIGKILL) at
+    once: the code it acknowledged is redeemed at C, and the refresh token
+    works at A. (Last in this module: B stays down.)"""
+    redirect = f"http://127.0.0.1:{free_port()}/cb"
+    client_id = httpx.post(f"{at(cluster, 0)}/register", json={
+        "redirect_uris": [redirect], "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code", "refresh_token"],
+    }, timeout=15).json()["client_id"]
+    code, verifier = authorize(cluster, client_id, redirect, "alice", 1)
+    cluster.procs[1].popen.kill()
+    cluster.procs[1].popen.wait(10)
+    r = token(cluster, 2, {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect,
+                           "code_verifier": verifier, "client_id": client_id, "resource": cluster.url})
+    assert r.status_code == 200, r.text
+    r = token(cluster, 0, {"grant_type": "refresh_token", "refresh_token": r.json()["refresh_token"], "client_id": client_id})
+    assert r.status_code == 200, r.text
+    assert call(cluster, 2, r.json()["access_token"]).status_code == 200
