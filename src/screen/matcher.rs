@@ -1,0 +1,462 @@
+//! The compiled detectors: one pass over a text collects candidate
+//! positions (one SIMD literal search for every anchor, ASCII case folded,
+//! plus byte searches for `@`, ESC and the lead bytes of invisible code
+//! points, plus a word-at-a-time search for digit runs), then each
+//! candidate is confirmed where it lies: an anchored regex, a validator, or
+//! a hand-written detector. A single automaton for every pattern (a
+//! `RegexSet`, or Aho-Corasick with case folding) reads one byte per step
+//! and measured about 1.7 µs/KiB here; the literal search runs several
+//! bytes per step (benches/screen.rs).
+
+use super::detectors::{CharClass, Group, How, BUILTINS};
+use super::validate::{card_at, char_at, chars_at, iban_at, is_word};
+use aho_corasick::{packed, AhoCorasick, Input, MatchKind, Span};
+use regex::bytes::{Regex, RegexBuilder};
+use std::sync::Arc;
+
+/// At most this many detectors per route (they index a 128-bit mask).
+pub(crate) const MAX_DETECTORS: usize = 128;
+
+/// Compiled regexes above this size are refused (a custom expression).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A match: detector id and byte range in the text scanned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub(crate) det: u8,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// Where a detector might match.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cand {
+    pub(crate) pos: usize,
+    what: What,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum What {
+    /// One of the anchors (its pattern index) starts here.
+    Anchor(u16),
+    /// The lead byte of an invisible code point.
+    Char,
+    /// A trigger byte of this detector.
+    Byte(u8),
+    /// A run of two or more digits starts here.
+    Digits,
+}
+
+/// How one compiled detector is confirmed.
+#[derive(Debug)]
+enum Check {
+    /// An anchored regex at the candidate; `bounded`: not after a word byte.
+    Anchored { regex: Regex, bounded: bool },
+    /// A regex over the whole string, once, when a trigger byte is in it.
+    Whole(Regex),
+    Chars,
+    Card,
+    Iban,
+    /// A custom regex: run over every string.
+    Custom(Regex),
+}
+
+#[derive(Debug)]
+pub(crate) struct Detector {
+    pub(crate) name: Arc<str>,
+    pub(crate) group: Group,
+    check: Check,
+}
+
+/// The anchors' literal search.
+#[derive(Debug)]
+enum Literals {
+    Teddy(packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl Literals {
+    fn build(patterns: &[&str]) -> Literals {
+        let teddy = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostFirst)
+            .builder()
+            .extend(patterns)
+            .build();
+        match teddy {
+            Some(t) => Literals::Teddy(t),
+            // No SSSE3/AVX2 (or NEON): the automaton, slower but the same.
+            None => Literals::Automaton(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .build(patterns)
+                    .expect("the built-in anchors compile"),
+            ),
+        }
+    }
+
+    /// The first anchor starting at or after `at`: (pattern, start).
+    fn find(&self, hay: &[u8], at: usize) -> Option<(usize, usize)> {
+        let m = match self {
+            Literals::Teddy(t) => t.find_in(hay, Span::from(at..hay.len()))?,
+            Literals::Automaton(a) => a.find(Input::new(hay).span(at..hay.len()))?,
+        };
+        Some((m.pattern().as_usize(), m.start()))
+    }
+}
+
+/// Every detector of a route, ready to scan.
+#[derive(Debug)]
+pub(crate) struct Matcher {
+    pub(crate) detectors: Vec<Detector>,
+    literals: Option<Literals>,
+    /// Per anchor pattern: its detector.
+    anchor_det: Vec<u8>,
+    /// The longest anchor, in bytes.
+    anchor_max: usize,
+    /// Per `CharClass` (Tags, Bidi, ZeroWidth): its detector, when on.
+    chars: [Option<u8>; 3],
+    /// (byte, detector) for `How::Byte` detectors that are on.
+    bytes: Vec<(u8, u8)>,
+    card: Option<u8>,
+    iban: Option<u8>,
+    custom: Vec<u8>,
+}
+
+fn class_index(c: CharClass) -> usize {
+    match c {
+        CharClass::Tags => 0,
+        CharClass::Bidi => 1,
+        CharClass::ZeroWidth => 2,
+    }
+}
+
+fn regex(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+impl Matcher {
+    /// The built-ins `on` (indexes into `BUILTINS`, in order), then the
+    /// custom (name, regex) pairs. Errors name the custom detector.
+    pub(crate) fn compile(on: &[usize], custom: &[(&str, &str)]) -> Result<Matcher, Vec<String>> {
+        let mut m = Matcher {
+            detectors: Vec::new(),
+            literals: None,
+            anchor_det: Vec::new(),
+            anchor_max: 0,
+            chars: [None; 3],
+            bytes: Vec::new(),
+            card: None,
+            iban: None,
+            custom: Vec::new(),
+        };
+        if on.len() + custom.len() > MAX_DETECTORS {
+            return Err(vec![format!(
+                "at most {MAX_DETECTORS} detectors, built-in and custom"
+            )]);
+        }
+        let mut anchors = Vec::new();
+        for &i in on {
+            let b = &BUILTINS[i];
+            let id = m.detectors.len() as u8;
+            let check = match b.how {
+                How::Anchored {
+                    anchors: list,
+                    regex: r,
+                    bounded,
+                } => {
+                    for a in list {
+                        anchors.push(*a);
+                        m.anchor_det.push(id);
+                        m.anchor_max = m.anchor_max.max(a.len());
+                    }
+                    Check::Anchored {
+                        regex: regex(&format!("^(?:{r})")).expect("built-in regexes compile"),
+                        bounded,
+                    }
+                }
+                How::Byte {
+                    byte,
+                    regex: r,
+                    anchored,
+                } => {
+                    m.bytes.push((byte, id));
+                    if anchored {
+                        Check::Anchored {
+                            regex: regex(&format!("^(?:{r})")).expect("built-in regexes compile"),
+                            bounded: false,
+                        }
+                    } else {
+                        Check::Whole(regex(r).expect("built-in regexes compile"))
+                    }
+                }
+                How::Chars(class) => {
+                    m.chars[class_index(class)] = Some(id);
+                    Check::Chars
+                }
+                How::Card => {
+                    m.card = Some(id);
+                    Check::Card
+                }
+                How::Iban => {
+                    m.iban = Some(id);
+                    Check::Iban
+                }
+            };
+            m.detectors.push(Detector {
+                name: b.name.into(),
+                group: b.group,
+                check,
+            });
+        }
+        let mut errors = Vec::new();
+        for (name, pattern) in custom {
+            match regex(pattern) {
+                Ok(r) => {
+                    m.custom.push(m.detectors.len() as u8);
+                    m.detectors.push(Detector {
+                        name: (*name).into(),
+                        group: Group::Custom,
+                        check: Check::Custom(r),
+                    });
+                }
+                Err(e) => errors.push(format!("custom detector {name:?}: invalid regex: {e}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if !anchors.is_empty() {
+            m.literals = Some(Literals::build(&anchors));
+        }
+        Ok(m)
+    }
+
+    pub(crate) fn has_custom(&self) -> bool {
+        !self.custom.is_empty()
+    }
+
+    /// Every candidate position in `t`, in order.
+    pub(crate) fn candidates(&self, t: &[u8], out: &mut Vec<Cand>) {
+        out.clear();
+        if let Some(lits) = &self.literals {
+            self.anchors(lits, t, out);
+        }
+        if self.chars.iter().any(Option::is_some) {
+            for p in memchr::memchr3_iter(0xe2, 0xef, 0xf3, t) {
+                if invisible_lead(&t[p..]) {
+                    out.push(Cand {
+                        pos: p,
+                        what: What::Char,
+                    });
+                }
+            }
+        }
+        for &(byte, det) in &self.bytes {
+            out.extend(memchr::memchr_iter(byte, t).map(|pos| Cand {
+                pos,
+                what: What::Byte(det),
+            }));
+        }
+        if self.card.is_some() || self.iban.is_some() {
+            digit_runs(t, |pos| {
+                out.push(Cand {
+                    pos,
+                    what: What::Digits,
+                })
+            });
+        }
+        out.sort_unstable_by_key(|c| c.pos);
+    }
+
+    /// The anchors in `t`, searched in chunks folded to ASCII lowercase with
+    /// ASCII whitespace as spaces (overlapping by the longest anchor).
+    fn anchors(&self, lits: &Literals, t: &[u8], out: &mut Vec<Cand>) {
+        const CHUNK: usize = 4096;
+        const SLACK: usize = 64;
+        let overlap = self.anchor_max.saturating_sub(1).min(SLACK);
+        let mut buf = [0u8; CHUNK + SLACK];
+        let mut start = 0;
+        while start < t.len() {
+            let end = t.len().min(start + CHUNK + overlap);
+            let hay = &mut buf[..end - start];
+            for (d, s) in hay.iter_mut().zip(&t[start..end]) {
+                *d = fold(*s);
+            }
+            let limit = if end == t.len() { hay.len() } else { CHUNK };
+            let mut at = 0;
+            while let Some((pattern, s)) = lits.find(hay, at) {
+                if s >= limit {
+                    break;
+                }
+                out.push(Cand {
+                    pos: start + s,
+                    what: What::Anchor(pattern as u16),
+                });
+                at = s + 1;
+            }
+            if end == t.len() {
+                break;
+            }
+            start += CHUNK;
+        }
+    }
+
+    /// Confirm the candidates `cands` (all inside the value `v`); matches go
+    /// to `v.hits`.
+    pub(crate) fn confirm(&self, v: &mut Value<'_>, cands: &[Cand]) {
+        for c in cands {
+            let p = c.pos;
+            match c.what {
+                What::Anchor(pattern) => self.anchored(v, p, self.anchor_det[usize::from(pattern)]),
+                What::Byte(det) => self.anchored(v, p, det),
+                What::Char => {
+                    let class = char_at(v.t, p).and_then(|(c, _)| CharClass::of(c));
+                    let det = class.and_then(|c| self.chars[class_index(c)].map(|d| (c, d)));
+                    if let Some((class, det)) = det.filter(|(_, d)| p >= v.next[usize::from(*d)]) {
+                        if let Some(e) = chars_at(v.t, v.a, p, v.b, class) {
+                            v.push(det, p, e);
+                        }
+                    }
+                }
+                What::Digits => {
+                    if let Some(det) = self.card.filter(|d| p >= v.next[usize::from(*d)]) {
+                        if let Some(e) = card_at(v.t, v.a, p, v.b) {
+                            v.push(det, p, e);
+                        }
+                    }
+                    if let Some(det) = self.iban.filter(|d| p >= v.next[usize::from(*d)] + 2) {
+                        if let Some(e) = iban_at(v.t, v.a, p, v.b) {
+                            v.push(det, p - 2, e);
+                        }
+                    }
+                }
+            }
+        }
+        for &det in &self.custom {
+            if let Check::Custom(re) = &self.detectors[usize::from(det)].check {
+                for m in re.find_iter(&v.t[v.a..v.b]).filter(|m| !m.is_empty()) {
+                    v.hits.push(Hit {
+                        det,
+                        start: v.a + m.start(),
+                        end: v.a + m.end(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A regex-confirmed detector at a candidate `p`.
+    fn anchored(&self, v: &mut Value<'_>, p: usize, det: u8) {
+        let d = usize::from(det);
+        if p < v.next[d] {
+            return;
+        }
+        match &self.detectors[d].check {
+            Check::Anchored { regex, bounded } => {
+                if *bounded && p > v.a && is_word(v.t[p - 1]) {
+                    return;
+                }
+                if let Some(m) = regex.find(&v.t[p..v.b]).filter(|m| !m.is_empty()) {
+                    v.push(det, p, p + m.end());
+                }
+            }
+            Check::Whole(regex) => {
+                for m in regex.find_iter(&v.t[v.a..v.b]) {
+                    v.hits.push(Hit {
+                        det,
+                        start: v.a + m.start(),
+                        end: v.a + m.end(),
+                    });
+                }
+                v.next[d] = v.b;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One string value being confirmed: `t[a..b]`, where each detector may
+/// match again (`next[d]`; matches of one detector do not overlap, and
+/// positions before `a` count as none), and the matches so far (positions
+/// in `t`).
+pub(crate) struct Value<'x> {
+    pub(crate) t: &'x [u8],
+    pub(crate) a: usize,
+    pub(crate) b: usize,
+    pub(crate) next: &'x mut [usize],
+    pub(crate) hits: &'x mut Vec<Hit>,
+}
+
+impl Value<'_> {
+    fn push(&mut self, det: u8, start: usize, end: usize) {
+        self.hits.push(Hit { det, start, end });
+        self.next[usize::from(det)] = end;
+    }
+}
+
+/// ASCII lowercase, ASCII whitespace as a space (branch-free: vectorised).
+fn fold(b: u8) -> u8 {
+    let upper = b.wrapping_sub(b'A') < 26;
+    let space = b == b'\t' || b == b'\n' || b == b'\r' || b == 0x0c;
+    let lower = b | (u8::from(upper) << 5);
+    if space {
+        b' '
+    } else {
+        lower
+    }
+}
+
+/// Whether `t` starts with the UTF-8 encoding of an invisible code point
+/// (U+200B–U+200D, U+202A–U+202E, U+2060, U+2066–U+2069, U+FEFF,
+/// U+E0000–U+E007F).
+fn invisible_lead(t: &[u8]) -> bool {
+    match t {
+        [0xe2, 0x80, 0x8b..=0x8d | 0xaa..=0xae, ..] => true,
+        [0xe2, 0x81, 0xa0 | 0xa6..=0xa9, ..] => true,
+        [0xef, 0xbb, 0xbf, ..] => true,
+        [0xf3, 0xa0, 0x80 | 0x81, ..] => true,
+        _ => false,
+    }
+}
+
+/// Where each run of two or more ASCII digits in `t` starts, in order;
+/// eight bytes at a time (windows overlap by one so that no pair is split).
+pub(crate) fn digit_runs(t: &[u8], mut found: impl FnMut(usize)) {
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let digit = |x: u64| {
+        let low = x & !HIGHS;
+        let ge0 = low.wrapping_add(ONES * (0x80 - u64::from(b'0')));
+        let gt9 = low.wrapping_add(ONES * (0x80 - u64::from(b'9') - 1));
+        ge0 & !gt9 & !x & HIGHS
+    };
+    let mut i = 0;
+    while i < t.len() {
+        let pair = match t.get(i..i + 8) {
+            Some(w) => {
+                let d = digit(u64::from_le_bytes(w.try_into().unwrap_or_default()));
+                let pairs = d & (d >> 8);
+                if pairs == 0 {
+                    i += 7;
+                    continue;
+                }
+                i + pairs.trailing_zeros() as usize / 8
+            }
+            None => match t[i..].windows(2).position(|w| w.iter().all(u8::is_ascii_digit)) {
+                Some(k) => i + k,
+                None => return,
+            },
+        };
+        let mut start = pair;
+        while start > 0 && t[start - 1].is_ascii_digit() {
+            start -= 1;
+        }
+        found(start);
+        i = pair + 2;
+        while t.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+}

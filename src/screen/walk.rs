@@ -1,0 +1,340 @@
+//! A strict JSON walk over a message's bytes that hands every string value
+//! (not object keys) to a visitor with its path and where it lies in the
+//! body, and the unescaping of a string. Invalid JSON (RFC 8259: UTF-8,
+//! escapes, lone surrogates, numbers, trailing bytes) is refused, as is
+//! nesting deeper than the JSON-RPC decoder accepts.
+
+use crate::mcp::jsonrpc::MAX_DEPTH;
+use std::fmt;
+
+/// Why a body could not be screened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonError {
+    /// Not UTF-8.
+    Utf8,
+    /// Not JSON: the byte offset where reading stopped.
+    Syntax(usize),
+    /// Arrays and objects nested deeper than the JSON-RPC decoder accepts.
+    TooDeep,
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonError::Utf8 => f.write_str("body is not UTF-8"),
+            JsonError::Syntax(at) => write!(f, "body is not JSON (at byte {at})"),
+            JsonError::TooDeep => f.write_str("JSON nested too deeply"),
+        }
+    }
+}
+
+/// One step of a value's path: an object member (its key's raw bytes,
+/// between the quotes) or an array element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seg {
+    Key {
+        start: usize,
+        end: usize,
+        escaped: bool,
+    },
+    Index(usize),
+}
+
+/// A string value: its raw bytes are `body[start..end]` (between the
+/// quotes); `escaped` when they hold a backslash.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Raw {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) escaped: bool,
+}
+
+/// Walk `body`, calling `visit(path, string)` for every string value in
+/// document order.
+pub(crate) fn walk<F>(body: &[u8], mut visit: F) -> Result<(), JsonError>
+where
+    F: FnMut(&[Seg], Raw),
+{
+    std::str::from_utf8(body).map_err(|_| JsonError::Utf8)?;
+    let mut w = Walker {
+        b: body,
+        i: 0,
+        path: Vec::new(),
+        objects: Vec::new(),
+    };
+    w.run(&mut visit)
+}
+
+struct Walker<'b> {
+    b: &'b [u8],
+    i: usize,
+    path: Vec<Seg>,
+    /// Per open container: whether it is an object.
+    objects: Vec<bool>,
+}
+
+impl Walker<'_> {
+    fn err<T>(&self) -> Result<T, JsonError> {
+        Err(JsonError::Syntax(self.i))
+    }
+
+    fn peek(&self) -> Result<u8, JsonError> {
+        match self.b.get(self.i) {
+            Some(c) => Ok(*c),
+            None => self.err(),
+        }
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn run(&mut self, visit: &mut dyn FnMut(&[Seg], Raw)) -> Result<(), JsonError> {
+        'value: loop {
+            self.ws();
+            match self.peek()? {
+                open @ (b'{' | b'[') => {
+                    if self.objects.len() >= MAX_DEPTH {
+                        return Err(JsonError::TooDeep);
+                    }
+                    self.i += 1;
+                    self.ws();
+                    let close = if open == b'{' { b'}' } else { b']' };
+                    if self.peek()? == close {
+                        self.i += 1;
+                    } else {
+                        self.objects.push(open == b'{');
+                        if open == b'{' {
+                            self.key()?;
+                        } else {
+                            self.path.push(Seg::Index(0));
+                        }
+                        continue 'value;
+                    }
+                }
+                b'"' => {
+                    let raw = self.string()?;
+                    visit(&self.path, raw);
+                }
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                _ => return self.err(),
+            }
+            // After a value: the next member or element, or closing brackets.
+            loop {
+                self.ws();
+                let Some(&object) = self.objects.last() else {
+                    return if self.i == self.b.len() {
+                        Ok(())
+                    } else {
+                        self.err()
+                    };
+                };
+                match (self.peek()?, object) {
+                    (b',', true) => {
+                        self.i += 1;
+                        self.path.pop();
+                        self.ws();
+                        self.key()?;
+                        continue 'value;
+                    }
+                    (b',', false) => {
+                        self.i += 1;
+                        if let Some(Seg::Index(n)) = self.path.last_mut() {
+                            *n += 1;
+                        }
+                        continue 'value;
+                    }
+                    (b'}', true) | (b']', false) => {
+                        self.i += 1;
+                        self.objects.pop();
+                        self.path.pop();
+                    }
+                    _ => return self.err(),
+                }
+            }
+        }
+    }
+
+    /// A member's key and its colon; the key joins the path.
+    fn key(&mut self) -> Result<(), JsonError> {
+        if self.peek()? != b'"' {
+            return self.err();
+        }
+        let raw = self.string()?;
+        self.path.push(Seg::Key {
+            start: raw.start,
+            end: raw.end,
+            escaped: raw.escaped,
+        });
+        self.ws();
+        if self.peek()? != b':' {
+            return self.err();
+        }
+        self.i += 1;
+        Ok(())
+    }
+
+    /// The string starting at the quote at `self.i`.
+    fn string(&mut self) -> Result<Raw, JsonError> {
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            // Eight bytes at a time while none is a quote, a backslash or a
+            // control character.
+            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+                if special(x) {
+                    break;
+                }
+                self.i += 8;
+            }
+            match self.peek()? {
+                b'"' => {
+                    let end = self.i;
+                    self.i += 1;
+                    return Ok(Raw {
+                        start,
+                        end,
+                        escaped,
+                    });
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                0..=0x1f => return self.err(),
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    /// The escape at the backslash at `self.i`; surrogates must pair.
+    fn escape(&mut self) -> Result<(), JsonError> {
+        match self.b.get(self.i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.i += 2;
+                Ok(())
+            }
+            Some(b'u') => match hex4(self.b, self.i + 2) {
+                Some(0xd800..=0xdbff) => {
+                    let low = (self.b.get(self.i + 6..self.i + 8) == Some(b"\\u"))
+                        .then(|| hex4(self.b, self.i + 8))
+                        .flatten();
+                    if !matches!(low, Some(0xdc00..=0xdfff)) {
+                        return self.err();
+                    }
+                    self.i += 12;
+                    Ok(())
+                }
+                Some(0xdc00..=0xdfff) | None => self.err(),
+                Some(_) => {
+                    self.i += 6;
+                    Ok(())
+                }
+            },
+            _ => self.err(),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), JsonError> {
+        if self.b.get(self.i..self.i + word.len()) != Some(word) {
+            return self.err();
+        }
+        self.i += word.len();
+        Ok(())
+    }
+
+    fn number(&mut self) -> Result<(), JsonError> {
+        if self.b[self.i] == b'-' {
+            self.i += 1;
+        }
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return self.err(),
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            self.need_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.i) {
+                self.i += 1;
+            }
+            self.need_digits()?;
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+    }
+
+    fn need_digits(&mut self) -> Result<(), JsonError> {
+        if !self.peek()?.is_ascii_digit() {
+            return self.err();
+        }
+        self.digits();
+        Ok(())
+    }
+}
+
+/// Whether any of the eight bytes in `x` is a control character, `"` or `\`.
+fn special(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let low = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+    low | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) != 0
+}
+
+/// The four hex digits at `b[at..]`.
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let digits = b.get(at..at + 4)?;
+    digits
+        .iter()
+        .try_fold(0u32, |n, d| Some(n * 16 + char::from(*d).to_digit(16)?))
+}
+
+/// Append the value of the raw string `raw` (bytes between the quotes,
+/// already checked by `walk`) to `out`.
+pub(crate) fn unescape(raw: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while let Some(at) = memchr::memchr(b'\\', &raw[i..]).map(|k| i + k) {
+        out.extend_from_slice(&raw[i..at]);
+        let c = match raw.get(at + 1) {
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0c,
+            Some(b'n') => b'\n',
+            Some(b'r') => b'\r',
+            Some(b't') => b'\t',
+            Some(b'u') => {
+                let hi = hex4(raw, at + 2).unwrap_or(0xfffd);
+                let (code, len) = if (0xd800..=0xdbff).contains(&hi) {
+                    let lo = hex4(raw, at + 8).unwrap_or(0xdc00);
+                    (0x10000 + ((hi - 0xd800) << 10) + (lo.wrapping_sub(0xdc00) & 0x3ff), 12)
+                } else {
+                    (hi, 6)
+                };
+                let c = char::from_u32(code).unwrap_or('\u{fffd}');
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                i = at + len;
+                continue;
+            }
+            Some(other) => *other,
+            None => break,
+        };
+        out.push(c);
+        i = at + 2;
+    }
+    out.extend_from_slice(&raw[i.min(raw.len())..]);
+}
