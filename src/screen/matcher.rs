@@ -28,23 +28,75 @@ pub(crate) struct Hit {
     pub(crate) end: usize,
 }
 
-/// Where a detector might match.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Cand {
-    pub(crate) pos: usize,
-    what: What,
+/// Where detectors might match in a text: one list per kind of search,
+/// each in order (a detector's candidates all come from one list).
+#[derive(Debug, Default)]
+pub(crate) struct Cands {
+    /// (position, anchor pattern).
+    anchors: Vec<(usize, u16)>,
+    /// Lead bytes of invisible code points.
+    chars: Vec<usize>,
+    /// (position, detector) of trigger bytes.
+    bytes: Vec<(usize, u8)>,
+    /// Starts of digit runs that may begin a card number or follow an
+    /// IBAN's country code.
+    digits: Vec<usize>,
 }
 
+/// The candidates inside one value.
 #[derive(Clone, Copy, Debug)]
-enum What {
-    /// One of the anchors (its pattern index) starts here.
-    Anchor(u16),
-    /// The lead byte of an invisible code point.
-    Char,
-    /// A trigger byte of this detector.
-    Byte(u8),
-    /// A run of two or more digits starts here.
-    Digits,
+pub(crate) struct Within<'c> {
+    anchors: &'c [(usize, u16)],
+    chars: &'c [usize],
+    bytes: &'c [(usize, u8)],
+    digits: &'c [usize],
+}
+
+impl Within<'_> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+            && self.chars.is_empty()
+            && self.bytes.is_empty()
+            && self.digits.is_empty()
+    }
+}
+
+/// How far each list of a `Cands` has been read.
+#[derive(Debug, Default)]
+pub(crate) struct Cursor([usize; 4]);
+
+/// The items of `list` (ordered by `pos`) in `a..b`, from `at` on.
+fn take<'c, T>(list: &'c [T], at: &mut usize, pos: impl Fn(&T) -> usize, a: usize, b: usize) -> &'c [T] {
+    while list.get(*at).is_some_and(|c| pos(c) < a) {
+        *at += 1;
+    }
+    let from = *at;
+    while list.get(*at).is_some_and(|c| pos(c) < b) {
+        *at += 1;
+    }
+    &list[from..*at]
+}
+
+impl Cands {
+    pub(crate) fn all(&self) -> Within<'_> {
+        Within {
+            anchors: &self.anchors,
+            chars: &self.chars,
+            bytes: &self.bytes,
+            digits: &self.digits,
+        }
+    }
+
+    /// The candidates in `a..b`; successive calls must move forward.
+    pub(crate) fn within(&self, cur: &mut Cursor, a: usize, b: usize) -> Within<'_> {
+        let [c0, c1, c2, c3] = &mut cur.0;
+        Within {
+            anchors: take(&self.anchors, c0, |c| c.0, a, b),
+            chars: take(&self.chars, c1, |c| *c, a, b),
+            bytes: take(&self.bytes, c2, |c| c.0, a, b),
+            digits: take(&self.digits, c3, |c| *c, a, b),
+        }
+    }
 }
 
 /// How one compiled detector is confirmed.
@@ -237,63 +289,62 @@ impl Matcher {
         !self.custom.is_empty()
     }
 
-    /// Every candidate position in `t`, in order.
-    pub(crate) fn candidates(&self, t: &[u8], out: &mut Vec<Cand>) {
-        out.clear();
+    /// Every candidate position in `t`.
+    pub(crate) fn candidates(&self, t: &[u8]) -> Cands {
+        let mut out = Cands::default();
         if let Some(lits) = &self.literals {
-            self.anchors(lits, t, out);
+            self.anchors(lits, t, &mut out.anchors);
         }
         if self.chars.iter().any(Option::is_some) {
-            for p in memchr::memchr3_iter(0xe2, 0xef, 0xf3, t) {
-                if invisible_lead(&t[p..]) {
-                    out.push(Cand {
-                        pos: p,
-                        what: What::Char,
-                    });
-                }
-            }
+            out.chars.extend(
+                memchr::memchr3_iter(0xe2, 0xef, 0xf3, t).filter(|p| invisible_lead(&t[*p..])),
+            );
         }
         for &(byte, det) in &self.bytes {
-            out.extend(memchr::memchr_iter(byte, t).map(|pos| Cand {
-                pos,
-                what: What::Byte(det),
-            }));
+            out.bytes.extend(memchr::memchr_iter(byte, t).map(|pos| (pos, det)));
         }
-        if self.card.is_some() || self.iban.is_some() {
-            digit_runs(t, |pos| {
-                out.push(Cand {
-                    pos,
-                    what: What::Digits,
-                })
+        if self.bytes.len() > 1 {
+            out.bytes.sort_unstable_by_key(|c| c.0);
+        }
+        let (card, iban) = (self.card.is_some(), self.iban.is_some());
+        if card || iban {
+            digit_runs(t, |p| {
+                // A card's first four digits, after a non-word byte; or the
+                // check digits after an IBAN's country code.
+                let card_start = card
+                    && (b'2'..=b'6').contains(&t[p])
+                    && t.get(p + 2..p + 4).is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+                    && (p == 0 || !is_word(t[p - 1]));
+                let iban_start = iban
+                    && p >= 2
+                    && t[p - 1].is_ascii_uppercase()
+                    && t[p - 2].is_ascii_uppercase();
+                if card_start || iban_start {
+                    out.digits.push(p);
+                }
             });
         }
-        out.sort_unstable_by_key(|c| c.pos);
+        out
     }
 
     /// The anchors in `t`, searched in chunks folded to ASCII lowercase with
     /// ASCII whitespace as spaces (overlapping by the longest anchor).
-    fn anchors(&self, lits: &Literals, t: &[u8], out: &mut Vec<Cand>) {
+    fn anchors(&self, lits: &Literals, t: &[u8], out: &mut Vec<(usize, u16)>) {
         const CHUNK: usize = 4096;
-        const SLACK: usize = 64;
-        let overlap = self.anchor_max.saturating_sub(1).min(SLACK);
-        let mut buf = [0u8; CHUNK + SLACK];
+        let overlap = self.anchor_max.saturating_sub(1);
+        let mut buf = Vec::with_capacity(t.len().min(CHUNK) + overlap);
         let mut start = 0;
         while start < t.len() {
             let end = t.len().min(start + CHUNK + overlap);
-            let hay = &mut buf[..end - start];
-            for (d, s) in hay.iter_mut().zip(&t[start..end]) {
-                *d = fold(*s);
-            }
-            let limit = if end == t.len() { hay.len() } else { CHUNK };
+            buf.clear();
+            buf.extend(t[start..end].iter().map(|b| fold(*b)));
+            let limit = if end == t.len() { buf.len() } else { CHUNK };
             let mut at = 0;
-            while let Some((pattern, s)) = lits.find(hay, at) {
+            while let Some((pattern, s)) = lits.find(&buf, at) {
                 if s >= limit {
                     break;
                 }
-                out.push(Cand {
-                    pos: start + s,
-                    what: What::Anchor(pattern as u16),
-                });
+                out.push((start + s, pattern as u16));
                 at = s + 1;
             }
             if end == t.len() {
@@ -305,32 +356,31 @@ impl Matcher {
 
     /// Confirm the candidates `cands` (all inside the value `v`); matches go
     /// to `v.hits`.
-    pub(crate) fn confirm(&self, v: &mut Value<'_>, cands: &[Cand]) {
-        for c in cands {
-            let p = c.pos;
-            match c.what {
-                What::Anchor(pattern) => self.anchored(v, p, self.anchor_det[usize::from(pattern)]),
-                What::Byte(det) => self.anchored(v, p, det),
-                What::Char => {
-                    let class = char_at(v.t, p).and_then(|(c, _)| CharClass::of(c));
-                    let det = class.and_then(|c| self.chars[class_index(c)].map(|d| (c, d)));
-                    if let Some((class, det)) = det.filter(|(_, d)| p >= v.next[usize::from(*d)]) {
-                        if let Some(e) = chars_at(v.t, v.a, p, v.b, class) {
-                            v.push(det, p, e);
-                        }
-                    }
+    pub(crate) fn confirm(&self, v: &mut Value<'_>, cands: Within<'_>) {
+        for &(p, pattern) in cands.anchors {
+            self.anchored(v, p, self.anchor_det[usize::from(pattern)]);
+        }
+        for &(p, det) in cands.bytes {
+            self.anchored(v, p, det);
+        }
+        for &p in cands.chars {
+            let class = char_at(v.t, p).and_then(|(c, _)| CharClass::of(c));
+            let det = class.and_then(|c| self.chars[class_index(c)].map(|d| (c, d)));
+            if let Some((class, det)) = det.filter(|(_, d)| p >= v.next[usize::from(*d)]) {
+                if let Some(e) = chars_at(v.t, v.a, p, v.b, class) {
+                    v.push(det, p, e);
                 }
-                What::Digits => {
-                    if let Some(det) = self.card.filter(|d| p >= v.next[usize::from(*d)]) {
-                        if let Some(e) = card_at(v.t, v.a, p, v.b) {
-                            v.push(det, p, e);
-                        }
-                    }
-                    if let Some(det) = self.iban.filter(|d| p >= v.next[usize::from(*d)] + 2) {
-                        if let Some(e) = iban_at(v.t, v.a, p, v.b) {
-                            v.push(det, p - 2, e);
-                        }
-                    }
+            }
+        }
+        for &p in cands.digits {
+            if let Some(det) = self.card.filter(|d| p >= v.next[usize::from(*d)]) {
+                if let Some(e) = card_at(v.t, v.a, p, v.b) {
+                    v.push(det, p, e);
+                }
+            }
+            if let Some(det) = self.iban.filter(|d| p >= v.next[usize::from(*d)] + 2) {
+                if let Some(e) = iban_at(v.t, v.a, p, v.b) {
+                    v.push(det, p - 2, e);
                 }
             }
         }

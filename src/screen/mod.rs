@@ -29,7 +29,7 @@ pub use crate::config::screen::Action;
 pub use detectors::Group;
 pub use walk::JsonError;
 
-use matcher::{Hit, Matcher, Value};
+use matcher::{Cursor, Hit, Matcher, Value};
 use std::ops::Range;
 use std::sync::Arc;
 use walk::{unescape, walk, Raw, Seg};
@@ -221,8 +221,7 @@ impl Screen {
     }
 
     fn hits_in(&self, text: &[u8]) -> Vec<Hit> {
-        let mut cands = Vec::new();
-        self.matcher.candidates(text, &mut cands);
+        let cands = self.matcher.candidates(text);
         let mut next = vec![0; self.matcher.detectors.len()];
         let mut hits = Vec::new();
         self.matcher.confirm(
@@ -233,7 +232,7 @@ impl Screen {
                 next: &mut next,
                 hits: &mut hits,
             },
-            &cands,
+            cands.all(),
         );
         hits
     }
@@ -259,21 +258,14 @@ impl Screen {
             d.extend_from_slice(&body[d.len()..]);
         }
         let text = decoded.as_deref().unwrap_or(body);
-        let mut cands = Vec::new();
-        self.matcher.candidates(text, &mut cands);
+        let cands = self.matcher.candidates(text);
         let mut next = vec![0; self.matcher.detectors.len()];
         let (mut hits, mut matched) = (Vec::new(), Vec::new());
-        let (mut cur, custom) = (0, self.matcher.has_custom());
+        let (mut cursor, custom) = (Cursor::default(), self.matcher.has_custom());
         for (index, &(raw, len, id)) in values.iter().enumerate() {
             let (a, b) = (raw.start, raw.start + len);
-            while cands.get(cur).is_some_and(|c| c.pos < a) {
-                cur += 1;
-            }
-            let from = cur;
-            while cands.get(cur).is_some_and(|c| c.pos < b) {
-                cur += 1;
-            }
-            if from == cur && !custom {
+            let within = cands.within(&mut cursor, a, b);
+            if within.is_empty() && !custom {
                 continue;
             }
             let before = hits.len();
@@ -284,7 +276,7 @@ impl Screen {
                 next: &mut next,
                 hits: &mut hits,
             };
-            self.matcher.confirm(&mut v, &cands[from..cur]);
+            self.matcher.confirm(&mut v, within);
             if hits.len() > before {
                 matched.push(Matched {
                     index,

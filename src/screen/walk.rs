@@ -185,11 +185,12 @@ impl Walker<'_> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Eight bytes at a time while none is a quote, a backslash or a
+            // Eight bytes at a time, up to the first quote, backslash or
             // control character.
             while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-                if special(x) {
+                let found = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+                if found != 0 {
+                    self.i += found.trailing_zeros() as usize / 8;
                     break;
                 }
                 self.i += 8;
@@ -288,13 +289,15 @@ impl Walker<'_> {
     }
 }
 
-/// Whether any of the eight bytes in `x` is a control character, `"` or `\`.
-fn special(x: u64) -> bool {
+/// The high bit of each of the eight bytes of `x` (little-endian) that is
+/// a control character, `"` or `\`: exact up to the first one (a borrow
+/// may flag bytes after it).
+fn special(x: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
     let low = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-    low | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) != 0
+    low | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')))
 }
 
 /// The four hex digits at `b[at..]`.
