@@ -57,11 +57,15 @@ impl CharClass {
 /// How a built-in detector is found.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum How {
-    /// `regex`, anchored, tried where one of `anchors` starts (compared
-    /// ignoring ASCII case, ASCII whitespace read as a space), unless a
-    /// word character precedes it and `bounded` is set.
+    /// `regex`, anchored, tried where one of `anchors` starts (each also
+    /// Capitalised and in capitals when `cased`), unless a word character
+    /// precedes the match and `bounded` is set. With `back`, the match
+    /// starts before the anchor: where the run of base64url characters
+    /// ending at it starts.
     Anchored {
         anchors: &'static [&'static str],
+        cased: bool,
+        back: bool,
         regex: &'static str,
         bounded: bool,
     },
@@ -91,8 +95,9 @@ pub(crate) struct Builtin {
 }
 
 /// The instruction-override phrases, a short curated list (markers, not a
-/// defence: a paraphrase passes). Words are separated by any whitespace,
-/// except that the anchors need single spaces where they span two words.
+/// defence: a paraphrase passes). Case is ignored and words are separated
+/// by any whitespace, except in the anchor (the first words): lowercase,
+/// Capitalised or in capitals, single spaces.
 const OVERRIDE_PHRASES: &str = concat!(
     r"(?i)(?:",
     r"ignore\s+(?:(?:all|any|the|your|my|of|these)\s+){0,3}(?:previous|prior|above|earlier|preceding|former|system|developer|original)\s+(?:instructions?|prompts?|directions?|rules|messages|guidelines|context)",
@@ -113,7 +118,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "private_key",
         group: Group::Secrets,
         how: How::Anchored {
-            anchors: &["-----begin"],
+            anchors: &["-----BEGIN"],
+            cased: false,
+            back: false,
             // The whole block when its END line is there, else the header and
             // what follows of the key.
             regex: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?:[A-Za-z0-9+/=\s:,.-]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----|[A-Za-z0-9+/=\s:,.-]*)",
@@ -124,7 +131,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "aws_key",
         group: Group::Secrets,
         how: How::Anchored {
-            anchors: &["akia", "asia"],
+            anchors: &["AKIA", "ASIA"],
+            cased: false,
+            back: false,
             regex: r"(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
             bounded: true,
         },
@@ -134,6 +143,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Secrets,
         how: How::Anchored {
             anchors: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+            cased: false,
+            back: false,
             regex: r"(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,255})(?-u:\b)",
             bounded: true,
         },
@@ -143,6 +154,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Secrets,
         how: How::Anchored {
             anchors: &["xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-"],
+            cased: false,
+            back: false,
             regex: r"xox[baprs]-[0-9A-Za-z][0-9A-Za-z-]{8,250}",
             bounded: true,
         },
@@ -152,6 +165,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Secrets,
         how: How::Anchored {
             anchors: &["sk_live_", "rk_live_"],
+            cased: false,
+            back: false,
             regex: r"[rs]k_live_[0-9A-Za-z]{16,247}(?-u:\b)",
             bounded: true,
         },
@@ -160,7 +175,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "jwt",
         group: Group::Secrets,
         how: How::Anchored {
-            anchors: &["eyj"],
+            // The payload's start: four bytes, where a header's `eyJ` alone
+            // would weaken the literal search for every anchor.
+            anchors: &[".eyJ"],
+            cased: false,
+            back: true,
             regex: r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
             bounded: true,
         },
@@ -169,7 +188,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "bearer",
         group: Group::Secrets,
         how: How::Anchored {
-            anchors: &["bearer "],
+            anchors: &["bearer"],
+            cased: true,
+            back: false,
             regex: r"(?i:bearer)[ \t\r\n]+[A-Za-z0-9._~+/-]{20,}=*",
             bounded: true,
         },
@@ -223,15 +244,17 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Injection,
         how: How::Anchored {
             anchors: &[
-                "ignore ",
-                "disregard ",
-                "forget ",
+                "ignore",
+                "disregard",
+                "forget",
                 "you are now",
                 "system prompt",
                 "new instructions",
-                "do not ",
+                "do not",
                 "<|im_start|>",
             ],
+            cased: true,
+            back: false,
             regex: OVERRIDE_PHRASES,
             bounded: true,
         },
@@ -241,4 +264,18 @@ pub(crate) const BUILTINS: &[Builtin] = &[
 /// The built-in named `name`.
 pub(crate) fn builtin(name: &str) -> Option<usize> {
     BUILTINS.iter().position(|b| b.name == name)
+}
+
+/// The literals an anchor is searched as: itself, and when `cased` also
+/// Capitalised and in capitals.
+pub(crate) fn anchor_forms(anchor: &str, cased: bool) -> Vec<String> {
+    let mut forms = vec![anchor.to_string()];
+    if cased {
+        let mut capital = anchor.to_string();
+        capital[..1].make_ascii_uppercase();
+        forms.push(capital);
+        forms.push(anchor.to_ascii_uppercase());
+        forms.dedup();
+    }
+    forms
 }

@@ -32,7 +32,7 @@ pub use walk::JsonError;
 use matcher::{Cursor, Hit, Matcher, Value};
 use std::ops::Range;
 use std::sync::Arc;
-use walk::{unescape, walk, Raw, Seg};
+use walk::{unescape, walk, Raw, Seg, Walked};
 
 /// Which way a message goes: a request (a tool's arguments, going out to
 /// the server) or a response (results, coming back to the client).
@@ -138,20 +138,19 @@ pub struct Screen {
 
 /// A string value with matches.
 struct Matched {
-    /// Its position among the body's string values.
-    index: usize,
     raw: Raw,
-    /// Its value's length (at `raw.start` in the decoded body).
-    len: usize,
+    /// Where it is (`Walked::path`).
+    container: u32,
+    last: Option<Seg>,
     /// The `id` member of a message (never rewritten).
     id: bool,
     hits: Range<usize>,
 }
 
-/// A scanned body: the decoded copy when some string had escapes, and the
-/// string values with matches.
+/// A scanned body: its walk (containers, the decoded copy when some string
+/// had escapes), and the string values with matches.
 struct Scanned {
-    decoded: Option<Vec<u8>>,
+    walked: Walked,
     matched: Vec<Matched>,
     /// Positions in the decoded body.
     hits: Vec<Hit>,
@@ -159,7 +158,7 @@ struct Scanned {
 
 impl Scanned {
     fn text<'a>(&'a self, body: &'a [u8]) -> &'a [u8] {
-        self.decoded.as_deref().unwrap_or(body)
+        self.walked.decoded.as_deref().unwrap_or(body)
     }
 }
 
@@ -186,8 +185,8 @@ impl Screen {
         if scanned.matched.is_empty() {
             return Ok(findings);
         }
-        let pointers = self.pointers(body, &scanned.matched);
-        for (m, pointer) in scanned.matched.iter().zip(pointers) {
+        for m in &scanned.matched {
+            let pointer = self.pointer(body, &scanned.walked.path(m.container, m.last));
             let mut counts: Vec<(u8, u32)> = Vec::new();
             for h in &scanned.hits[m.hits.clone()] {
                 match counts.iter_mut().find(|(d, _)| *d == h.det) {
@@ -240,30 +239,17 @@ impl Screen {
     /// Walk `body`, decode its escaped strings in place, search the result
     /// once, and confirm each value's candidates.
     fn scanned(&self, body: &[u8]) -> Result<Scanned, JsonError> {
-        let mut decoded: Option<Vec<u8>> = None;
-        let mut values: Vec<(Raw, usize, bool)> = Vec::new();
-        walk(body, |path, raw| {
-            let mut len = raw.end - raw.start;
-            if raw.escaped {
-                let d = decoded.get_or_insert_with(|| Vec::with_capacity(body.len()));
-                d.extend_from_slice(&body[d.len()..raw.start]);
-                unescape(&body[raw.start..raw.end], d);
-                len = d.len() - raw.start;
-                // NUL fills the rest: no detector reads or crosses it.
-                d.resize(raw.end, 0);
-            }
-            values.push((raw, len, is_id(body, path)));
+        let mut values: Vec<(Raw, bool, u32, Option<Seg>)> = Vec::new();
+        let walked = walk(body, true, |at, raw| {
+            values.push((raw, is_id(body, at.path), at.container, at.path.last().copied()))
         })?;
-        if let Some(d) = &mut decoded {
-            d.extend_from_slice(&body[d.len()..]);
-        }
-        let text = decoded.as_deref().unwrap_or(body);
+        let text = walked.decoded.as_deref().unwrap_or(body);
         let cands = self.matcher.candidates(text);
         let mut next = vec![0; self.matcher.detectors.len()];
         let (mut hits, mut matched) = (Vec::new(), Vec::new());
         let (mut cursor, custom) = (Cursor::default(), self.matcher.has_custom());
-        for (index, &(raw, len, id)) in values.iter().enumerate() {
-            let (a, b) = (raw.start, raw.start + len);
+        for &(raw, id, container, last) in &values {
+            let (a, b) = (raw.start, raw.start + raw.len);
             let within = cands.within(&mut cursor, a, b);
             if within.is_empty() && !custom {
                 continue;
@@ -279,16 +265,16 @@ impl Screen {
             self.matcher.confirm(&mut v, within);
             if hits.len() > before {
                 matched.push(Matched {
-                    index,
                     raw,
-                    len,
                     id,
+                    container,
+                    last,
                     hits: before..hits.len(),
                 });
             }
         }
         Ok(Scanned {
-            decoded,
+            walked,
             matched,
             hits,
         })

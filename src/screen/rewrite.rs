@@ -3,8 +3,8 @@
 //! whole), and the JSON pointers of findings.
 
 use super::matcher::Hit;
-use super::walk::{unescape, walk, Seg};
-use super::{JsonError, Mask, Matched, Screen};
+use super::walk::{unescape, Seg};
+use super::{JsonError, Mask, Screen};
 use crate::mcp::jsonrpc::write_json_string;
 use std::fmt::Write;
 
@@ -34,7 +34,7 @@ impl Screen {
                 continue;
             }
             value.clear();
-            markers += self.replace(&text[m.raw.start..m.raw.start + m.len], &mut hits, &mut value);
+            markers += self.replace(&text[m.raw.start..m.raw.start + m.raw.len], &mut hits, &mut value);
             // The raw string, quotes included, is body[start - 1..end + 1].
             out.extend_from_slice(&body[copied..m.raw.start - 1]);
             write_json_string(out, &String::from_utf8_lossy(&value));
@@ -79,25 +79,9 @@ impl Screen {
         markers
     }
 
-    /// The JSON pointer of each matched value (`matched` in document order).
-    pub(super) fn pointers(&self, body: &[u8], matched: &[Matched]) -> Vec<String> {
-        let mut out = Vec::with_capacity(matched.len());
-        let mut wanted = matched.iter().map(|m| m.index).peekable();
-        let mut index = 0;
-        let walked = walk(body, |path, _| {
-            if wanted.peek() == Some(&index) {
-                wanted.next();
-                out.push(self.pointer(body, path));
-            }
-            index += 1;
-        });
-        debug_assert!(walked.is_ok(), "the body was walked once already");
-        out
-    }
-
     /// RFC 6901: `/` before each step, `~` as `~0` and `/` as `~1` in keys;
     /// matches inside a key are replaced by their markers.
-    fn pointer(&self, body: &[u8], path: &[Seg]) -> String {
+    pub(super) fn pointer(&self, body: &[u8], path: &[Seg]) -> String {
         let mut p = String::new();
         let mut key = Vec::new();
         for seg in path {

@@ -41,19 +41,56 @@ pub(crate) enum Seg {
 }
 
 /// A string value: its raw bytes are `body[start..end]` (between the
-/// quotes); `escaped` when they hold a backslash.
+/// quotes); `escaped` when they hold a backslash. Its value is `len` bytes
+/// long (at `start` in the decoded copy, when it was escaped).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Raw {
     pub(crate) start: usize,
     pub(crate) end: usize,
+    pub(crate) len: usize,
     pub(crate) escaped: bool,
 }
 
-/// Walk `body`, calling `visit(path, string)` for every string value in
-/// document order.
-pub(crate) fn walk<F>(body: &[u8], mut visit: F) -> Result<(), JsonError>
+/// Where a string value is: its path, and the array or object holding it
+/// (an index into `Walked::containers`, `NONE` at the top level).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct At<'p> {
+    pub(crate) path: &'p [Seg],
+    pub(crate) container: u32,
+}
+
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// What a walk leaves: every array and object as (the container holding
+/// it, or `NONE`; the step to it from there), and the decoded copy.
+#[derive(Debug, Default)]
+pub(crate) struct Walked {
+    pub(crate) containers: Vec<(u32, Option<Seg>)>,
+    pub(crate) decoded: Option<Vec<u8>>,
+}
+
+impl Walked {
+    /// The path of a value held by `container` under `last`.
+    pub(crate) fn path(&self, container: u32, last: Option<Seg>) -> Vec<Seg> {
+        let mut path: Vec<Seg> = last.into_iter().collect();
+        let mut c = container;
+        while let Some(&(parent, seg)) = self.containers.get(c as usize) {
+            path.extend(seg);
+            c = parent;
+        }
+        path.reverse();
+        path
+    }
+}
+
+/// Walk `body`, calling `visit(at, string)` for every string value in
+/// document order. With `decode`, the result holds the decoded copy when a
+/// string value had escapes: the body with each such value replaced by its
+/// value, NUL bytes filling the rest of its raw length (object keys stay
+/// as they are).
+pub(crate) fn walk<F>(body: &[u8], decode: bool, mut visit: F) -> Result<Walked, JsonError>
 where
-    F: FnMut(&[Seg], Raw),
+    F: FnMut(At<'_>, Raw),
 {
     std::str::from_utf8(body).map_err(|_| JsonError::Utf8)?;
     let mut w = Walker {
@@ -61,8 +98,16 @@ where
         i: 0,
         path: Vec::new(),
         objects: Vec::new(),
+        open: Vec::new(),
+        decode,
+        walked: Walked::default(),
+        copied: 0,
     };
-    w.run(&mut visit)
+    w.run(&mut visit)?;
+    if let Some(out) = &mut w.walked.decoded {
+        out.extend_from_slice(&body[w.copied..]);
+    }
+    Ok(w.walked)
 }
 
 struct Walker<'b> {
@@ -71,6 +116,14 @@ struct Walker<'b> {
     path: Vec<Seg>,
     /// Per open container: whether it is an object.
     objects: Vec<bool>,
+    /// Per open container: its index in `walked.containers`.
+    open: Vec<u32>,
+    decode: bool,
+    /// The containers so far, and the decoded copy from the first escaped
+    /// string value on.
+    walked: Walked,
+    /// How much of the body `out` stands for.
+    copied: usize,
 }
 
 impl Walker<'_> {
@@ -91,7 +144,7 @@ impl Walker<'_> {
         }
     }
 
-    fn run(&mut self, visit: &mut dyn FnMut(&[Seg], Raw)) -> Result<(), JsonError> {
+    fn run(&mut self, visit: &mut dyn FnMut(At<'_>, Raw)) -> Result<(), JsonError> {
         'value: loop {
             self.ws();
             match self.peek()? {
@@ -106,6 +159,9 @@ impl Walker<'_> {
                         self.i += 1;
                     } else {
                         self.objects.push(open == b'{');
+                        let holder = self.open.last().copied().unwrap_or(NONE);
+                        self.open.push(self.walked.containers.len() as u32);
+                        self.walked.containers.push((holder, self.path.last().copied()));
                         if open == b'{' {
                             self.key()?;
                         } else {
@@ -115,8 +171,15 @@ impl Walker<'_> {
                     }
                 }
                 b'"' => {
-                    let raw = self.string()?;
-                    visit(&self.path, raw);
+                    let raw = self.string(self.decode)?;
+                    let container = self.open.last().copied().unwrap_or(NONE);
+                    visit(
+                        At {
+                            path: &self.path,
+                            container,
+                        },
+                        raw,
+                    );
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
@@ -152,6 +215,7 @@ impl Walker<'_> {
                     (b'}', true) | (b']', false) => {
                         self.i += 1;
                         self.objects.pop();
+                        self.open.pop();
                         self.path.pop();
                     }
                     _ => return self.err(),
@@ -165,7 +229,7 @@ impl Walker<'_> {
         if self.peek()? != b'"' {
             return self.err();
         }
-        let raw = self.string()?;
+        let raw = self.string(false)?;
         self.path.push(Seg::Key {
             start: raw.start,
             end: raw.end,
@@ -179,8 +243,9 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// The string starting at the quote at `self.i`.
-    fn string(&mut self) -> Result<Raw, JsonError> {
+    /// The string starting at the quote at `self.i`; with `decode`, an
+    /// escaped one is decoded into `out`.
+    fn string(&mut self, decode: bool) -> Result<Raw, JsonError> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
@@ -196,50 +261,82 @@ impl Walker<'_> {
                 self.i += 8;
             }
             match self.peek()? {
-                b'"' => {
-                    let end = self.i;
-                    self.i += 1;
-                    return Ok(Raw {
-                        start,
-                        end,
-                        escaped,
-                    });
-                }
+                b'"' => break,
                 b'\\' => {
                     escaped = true;
-                    self.escape()?;
+                    let at = self.i;
+                    let c = self.escape()?;
+                    if decode {
+                        let out = (self.walked.decoded)
+                            .get_or_insert_with(|| Vec::with_capacity(self.b.len()));
+                        out.extend_from_slice(&self.b[self.copied..at]);
+                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                        self.copied = self.i;
+                    }
                 }
                 0..=0x1f => return self.err(),
                 _ => self.i += 1,
             }
         }
+        let end = self.i;
+        self.i += 1;
+        let mut len = end - start;
+        if let (true, Some(out)) = (escaped && decode, &mut self.walked.decoded) {
+            out.extend_from_slice(&self.b[self.copied..end]);
+            len = out.len() - start;
+            // NUL fills the rest: no detector reads or crosses it.
+            out.resize(end, 0);
+            self.copied = end;
+        }
+        Ok(Raw {
+            start,
+            end,
+            len,
+            escaped,
+        })
     }
 
-    /// The escape at the backslash at `self.i`; surrogates must pair.
-    fn escape(&mut self) -> Result<(), JsonError> {
-        match self.b.get(self.i + 1) {
-            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                self.i += 2;
-                Ok(())
+    /// The escape at the backslash at `self.i`, read past; surrogates must
+    /// pair.
+    fn escape(&mut self) -> Result<char, JsonError> {
+        let simple = match self.b.get(self.i + 1) {
+            Some(b'"') => '"',
+            Some(b'\\') => '\\',
+            Some(b'/') => '/',
+            Some(b'b') => '\u{8}',
+            Some(b'f') => '\u{c}',
+            Some(b'n') => '\n',
+            Some(b'r') => '\r',
+            Some(b't') => '\t',
+            Some(b'u') => return self.unicode(),
+            _ => return self.err(),
+        };
+        self.i += 2;
+        Ok(simple)
+    }
+
+    /// A `\uXXXX` escape (a surrogate pair counts as one).
+    fn unicode(&mut self) -> Result<char, JsonError> {
+        let code = match hex4(self.b, self.i + 2) {
+            Some(high @ 0xd800..=0xdbff) => {
+                let low = (self.b.get(self.i + 6..self.i + 8) == Some(b"\\u"))
+                    .then(|| hex4(self.b, self.i + 8))
+                    .flatten();
+                let Some(low @ 0xdc00..=0xdfff) = low else {
+                    return self.err();
+                };
+                self.i += 6;
+                0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00)
             }
-            Some(b'u') => match hex4(self.b, self.i + 2) {
-                Some(0xd800..=0xdbff) => {
-                    let low = (self.b.get(self.i + 6..self.i + 8) == Some(b"\\u"))
-                        .then(|| hex4(self.b, self.i + 8))
-                        .flatten();
-                    if !matches!(low, Some(0xdc00..=0xdfff)) {
-                        return self.err();
-                    }
-                    self.i += 12;
-                    Ok(())
-                }
-                Some(0xdc00..=0xdfff) | None => self.err(),
-                Some(_) => {
-                    self.i += 6;
-                    Ok(())
-                }
-            },
-            _ => self.err(),
+            Some(code) => code,
+            None => return self.err(),
+        };
+        match char::from_u32(code) {
+            Some(c) => {
+                self.i += 6;
+                Ok(c)
+            }
+            None => self.err(),
         }
     }
 
