@@ -488,12 +488,45 @@ pub(crate) fn digit_runs(t: &[u8], min: u32, mut found: impl FnMut(usize)) {
         next = count(&t[hi..(hi + BLOCK).min(t.len())]);
         if here > 0 && here + next >= min {
             let digit = |i: usize| t.get(i).is_some_and(u8::is_ascii_digit);
-            for i in lo..hi {
-                if digit(i) && digit(i + 1) && (i == 0 || !digit(i - 1)) {
-                    found(i);
+            let before = lo > 0 && digit(lo - 1);
+            match <&[u8; BLOCK]>::try_from(&t[lo..hi]) {
+                Ok(block) => {
+                    let m = digit_bits(block);
+                    let prev = (m << 1) | u64::from(before);
+                    let after = (m >> 1) | (u64::from(digit(hi)) << 63);
+                    let mut starts = m & after & !prev;
+                    while starts != 0 {
+                        found(lo + starts.trailing_zeros() as usize);
+                        starts &= starts - 1;
+                    }
+                }
+                Err(_) => {
+                    for i in lo..hi {
+                        if digit(i) && digit(i + 1) && (i == 0 || !digit(i - 1)) {
+                            found(i);
+                        }
+                    }
                 }
             }
         }
         lo = hi;
     }
+}
+
+/// Bit i set when `block[i]` is an ASCII digit; eight bytes at a time.
+fn digit_bits(block: &[u8; 64]) -> u64 {
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Moves bit 8i (i = 0..8) to bit 56 + i: the products never collide.
+    const GATHER: u64 = 0x0102_0408_1020_4080;
+    let mut m = 0;
+    for (k, word) in block.chunks_exact(8).enumerate() {
+        let x = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        let low = x & !HIGHS;
+        let ge0 = low.wrapping_add(ONES * (0x80 - u64::from(b'0')));
+        let gt9 = low.wrapping_add(ONES * (0x80 - u64::from(b'9') - 1));
+        let d = (ge0 & !gt9 & !x & HIGHS) >> 7;
+        m |= (d.wrapping_mul(GATHER) >> 56) << (8 * k);
+    }
+    m
 }

@@ -370,6 +370,12 @@ fn digit_runs_match_a_naive_reading() {
         "", "1", "12", "a12b345c6", "1234567890123456789", "x 4111 1111 1111 1111",
         "12345678", "1234567", "a1b2c3d4e5f6g7h8", "é12é", "0123456789012345678901234567",
     ];
+    // Whole 64-byte blocks too, runs across their edges included.
+    let long: Vec<String> = (0..300)
+        .map(|i| format!("{}{}", "ab1"[i % 3..].chars().next().unwrap(), i * 7919 % 1000))
+        .collect();
+    let long = long.concat();
+    let texts: Vec<&str> = texts.into_iter().chain([long.as_str(), &long[1..], &long[5..]]).collect();
     for t in texts {
         let t = t.as_bytes();
         let mut got = Vec::new();
