@@ -7,6 +7,12 @@
 //! built-in, `scan` with none (the JSON walk alone), and `redact` of a copy
 //! holding an AWS key and an e-mail address in every KiB. Each benchmark
 //! prints the body's size; time per KiB = time / (size / 1024).
+//!
+//! With `SCREEN_ITERS=n` set, each benchmark body runs `n` times outside
+//! criterion (only the one named `SCREEN_ONLY`, if set), for
+//! `perf stat -e cycles,instructions`: cycles per run are the difference
+//! between two runs with different `n`, divided by the difference (on a
+//! shared machine cycles move less than wall time).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use portcullis::internal::screen::{Mask, Screen, ScreenConfig};
@@ -66,38 +72,41 @@ fn structured_result(n: usize) -> Vec<u8> {
     .unwrap()
 }
 
-fn bench(c: &mut Criterion) {
-    let every = Screen::compile(&ScreenConfig::default()).unwrap();
-    let none = Screen::compile(&serde_yaml_ng::from_str("detectors: []").unwrap()).unwrap();
-    let bodies = [
-        ("text", text_result(16, false), text_result(16, true)),
-        ("structured", structured_result(60), structured_result(60)),
-    ];
-    let mut group = c.benchmark_group("screen");
-    for (name, clean, dirty) in &bodies {
-        eprintln!("screen/{name}: {} bytes", clean.len());
+/// `SCREEN_ITERS` and `SCREEN_ONLY`, when set.
+fn iters() -> Option<(u64, String)> {
+    let n = std::env::var("SCREEN_ITERS").ok()?.parse().ok()?;
+    Some((n, std::env::var("SCREEN_ONLY").unwrap_or_default()))
+}
+
+fn run<T>(c: &mut Criterion, name: &str, bytes: usize, mut body: impl FnMut() -> T) {
+    eprintln!("screen/{name}: {bytes} bytes");
+    match iters() {
+        Some((n, only)) => {
+            if only.is_empty() || name == only {
+                for _ in 0..n {
+                    black_box(body());
+                }
+            }
+        }
+        None => {
+            for (name, clean, dirty) in &bodies {
         assert!(every.scan(clean).is_ok());
-        group.throughput(Throughput::Bytes(clean.len() as u64));
-        group.bench_function(format!("{name}/scan_all_builtins"), |b| {
-            b.iter(|| black_box(every.scan(black_box(clean)).unwrap()))
+        run(c, &format!("{name}/scan_all_builtins"), clean.len(), || {
+            every.scan(black_box(clean)).unwrap()
         });
-        group.bench_function(format!("{name}/scan_no_detectors"), |b| {
-            b.iter(|| black_box(none.scan(black_box(clean)).unwrap()))
+        run(c, &format!("{name}/scan_no_detectors"), clean.len(), || {
+            none.scan(black_box(clean)).unwrap()
         });
         let findings = every.scan(dirty).unwrap();
         if *name == "text" {
             assert!(findings.iter().any(|f| &*f.detector == "aws_key" && f.count >= 16));
         }
-        group.throughput(Throughput::Bytes(dirty.len() as u64));
         let mut out = Vec::with_capacity(dirty.len());
-        group.bench_function(format!("{name}/redact_all"), |b| {
-            b.iter(|| {
-                out.clear();
-                black_box(every.redact(black_box(dirty), Mask::ALL, &mut out).unwrap())
-            })
+        run(c, &format!("{name}/redact_all"), dirty.len(), || {
+            out.clear();
+            every.redact(black_box(dirty), Mask::ALL, &mut out).unwrap()
         });
     }
-    group.finish();
 }
 
 criterion_group!(benches, bench);

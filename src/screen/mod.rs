@@ -239,7 +239,7 @@ impl Screen {
     /// Walk `body`, decode its escaped strings in place, search the result
     /// once, and confirm each value's candidates.
     fn scanned(&self, body: &[u8]) -> Result<Scanned, JsonError> {
-        let mut values: Vec<(Raw, bool, u32, Option<Seg>)> = Vec::new();
+        let mut values: Vec<(Raw, bool, u32, Option<Seg>)> = Vec::with_capacity(body.len() / 32);
         let walked = walk(body, true, |at, raw| {
             values.push((raw, is_id(body, at.path), at.container, at.path.last().copied()))
         })?;
@@ -249,7 +249,7 @@ impl Screen {
         let (mut hits, mut matched) = (Vec::new(), Vec::new());
         let (mut cursor, custom) = (Cursor::default(), self.matcher.has_custom());
         for &(raw, id, container, last) in &values {
-            let (a, b) = (raw.start, raw.start + raw.len);
+            let (a, b) = (raw.start as usize, (raw.start + raw.len) as usize);
             let within = cands.within(&mut cursor, a, b);
             if within.is_empty() && !custom {
                 continue;
@@ -288,17 +288,13 @@ fn is_id(body: &[u8], path: &[Seg]) -> bool {
         [last] | [Seg::Index(_), last] => last,
         _ => return false,
     };
-    match *last {
-        Seg::Key {
-            start,
-            end,
-            escaped: false,
-        } => &body[start..end] == b"id",
-        Seg::Key { start, end, .. } => {
-            let mut key = Vec::new();
-            unescape(&body[start..end], &mut key);
-            key == b"id"
+    match last.key(body) {
+        Some((key, false)) => key == b"id",
+        Some((key, true)) => {
+            let mut k = Vec::new();
+            unescape(key, &mut k);
+            k == b"id"
         }
-        Seg::Index(_) => false,
+        None => false,
     }
 }

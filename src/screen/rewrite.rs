@@ -26,19 +26,19 @@ impl Screen {
                 .filter(|h| which.has(h.det))
                 .map(|h| Hit {
                     det: h.det,
-                    start: h.start - m.raw.start,
-                    end: h.end - m.raw.start,
+                    start: h.start - m.raw.start as usize,
+                    end: h.end - m.raw.start as usize,
                 })
                 .collect();
             if hits.is_empty() {
                 continue;
             }
             value.clear();
-            markers += self.replace(&text[m.raw.start..m.raw.start + m.raw.len], &mut hits, &mut value);
+            markers += self.replace(&text[m.raw.value()], &mut hits, &mut value);
             // The raw string, quotes included, is body[start - 1..end + 1].
-            out.extend_from_slice(&body[copied..m.raw.start - 1]);
+            out.extend_from_slice(&body[copied..m.raw.start as usize - 1]);
             write_json_string(out, &String::from_utf8_lossy(&value));
-            copied = m.raw.end + 1;
+            copied = m.raw.end as usize + 1;
         }
         out.extend_from_slice(&body[copied..]);
         Ok(markers)
@@ -86,18 +86,17 @@ impl Screen {
         let mut key = Vec::new();
         for seg in path {
             p.push('/');
-            let (start, end, escaped) = match *seg {
-                Seg::Index(n) => {
+            let Some((raw, escaped)) = seg.key(body) else {
+                if let Seg::Index(n) = seg {
                     let _ = write!(p, "{n}");
-                    continue;
                 }
-                Seg::Key { start, end, escaped } => (start, end, escaped),
+                continue;
             };
             key.clear();
             if escaped {
-                unescape(&body[start..end], &mut key);
+                unescape(raw, &mut key);
             } else {
-                key.extend_from_slice(&body[start..end]);
+                key.extend_from_slice(raw);
             }
             let mut hits = self.hits_in(&key);
             let mut masked = Vec::new();

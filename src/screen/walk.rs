@@ -16,6 +16,8 @@ pub enum JsonError {
     Syntax(usize),
     /// Arrays and objects nested deeper than the JSON-RPC decoder accepts.
     TooDeep,
+    /// Over 4 GiB.
+    TooLarge,
 }
 
 impl fmt::Display for JsonError {
@@ -24,20 +26,32 @@ impl fmt::Display for JsonError {
             JsonError::Utf8 => f.write_str("body is not UTF-8"),
             JsonError::Syntax(at) => write!(f, "body is not JSON (at byte {at})"),
             JsonError::TooDeep => f.write_str("JSON nested too deeply"),
+            JsonError::TooLarge => f.write_str("body over 4 GiB"),
         }
     }
 }
 
 /// One step of a value's path: an object member (its key's raw bytes,
-/// between the quotes) or an array element.
+/// between the quotes) or an array element. Positions are `u32` (bodies
+/// are at most 4 GiB) to keep the walk's records small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Seg {
-    Key {
-        start: usize,
-        end: usize,
-        escaped: bool,
-    },
-    Index(usize),
+    Key { start: u32, end: u32, escaped: bool },
+    Index(u32),
+}
+
+impl Seg {
+    /// A key's raw bytes in `body`.
+    pub(crate) fn key<'b>(&self, body: &'b [u8]) -> Option<(&'b [u8], bool)> {
+        match *self {
+            Seg::Key {
+                start,
+                end,
+                escaped,
+            } => Some((&body[start as usize..end as usize], escaped)),
+            Seg::Index(_) => None,
+        }
+    }
 }
 
 /// A string value: its raw bytes are `body[start..end]` (between the
@@ -45,10 +59,17 @@ pub(crate) enum Seg {
 /// long (at `start` in the decoded copy, when it was escaped).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Raw {
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-    pub(crate) len: usize,
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+    pub(crate) len: u32,
     pub(crate) escaped: bool,
+}
+
+impl Raw {
+    /// Where the value is in the decoded body (or the body).
+    pub(crate) fn value(&self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
 }
 
 /// Where a string value is: its path, and the array or object holding it
@@ -92,6 +113,9 @@ pub(crate) fn walk<F>(body: &[u8], decode: bool, mut visit: F) -> Result<Walked,
 where
     F: FnMut(At<'_>, Raw),
 {
+    if u32::try_from(body.len()).is_err() {
+        return Err(JsonError::TooLarge);
+    }
     std::str::from_utf8(body).map_err(|_| JsonError::Utf8)?;
     let mut w = Walker {
         b: body,
@@ -288,10 +312,11 @@ impl Walker<'_> {
             out.resize(end, 0);
             self.copied = end;
         }
+        // The body's length was checked to fit.
         Ok(Raw {
-            start,
-            end,
-            len,
+            start: start as u32,
+            end: end as u32,
+            len: len as u32,
             escaped,
         })
     }
