@@ -89,7 +89,22 @@ fn run<T>(c: &mut Criterion, name: &str, bytes: usize, mut body: impl FnMut() ->
             }
         }
         None => {
-            for (name, clean, dirty) in &bodies {
+            let mut group = c.benchmark_group("screen");
+            group.throughput(Throughput::Bytes(bytes as u64));
+            group.bench_function(name, |b| b.iter(&mut body));
+            group.finish();
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let every = Screen::compile(&ScreenConfig::default()).unwrap();
+    let none = Screen::compile(&serde_yaml_ng::from_str("detectors: []").unwrap()).unwrap();
+    let bodies = [
+        ("text", text_result(16, false), text_result(16, true)),
+        ("structured", structured_result(60), structured_result(60)),
+    ];
+    for (name, clean, dirty) in &bodies {
         assert!(every.scan(clean).is_ok());
         run(c, &format!("{name}/scan_all_builtins"), clean.len(), || {
             every.scan(black_box(clean)).unwrap()
