@@ -89,6 +89,21 @@ impl Cands {
         }
     }
 
+    /// The first position not yet read by `within` (`usize::MAX`: none).
+    pub(crate) fn upcoming(&self, cur: &Cursor) -> usize {
+        let [c0, c1, c2, c3] = cur.0;
+        [
+            self.anchors.get(c0).map(|c| c.0),
+            self.chars.get(c1).copied(),
+            self.bytes.get(c2).map(|c| c.0),
+            self.digits.get(c3).copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(usize::MAX)
+    }
+
     /// The candidates in `a..b`; successive calls must move forward.
     pub(crate) fn within(&self, cur: &mut Cursor, a: usize, b: usize) -> Within<'_> {
         let [c0, c1, c2, c3] = &mut cur.0;

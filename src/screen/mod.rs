@@ -248,9 +248,14 @@ impl Screen {
         let mut next = vec![0; self.matcher.detectors.len()];
         let (mut hits, mut matched) = (Vec::new(), Vec::new());
         let (mut cursor, custom) = (Cursor::default(), self.matcher.has_custom());
+        let mut upcoming = cands.upcoming(&cursor);
         for &(raw, id, container, last) in &values {
             let (a, b) = (raw.start as usize, (raw.start + raw.len) as usize);
+            if b <= upcoming && !custom {
+                continue;
+            }
             let within = cands.within(&mut cursor, a, b);
+            upcoming = cands.upcoming(&cursor);
             if within.is_empty() && !custom {
                 continue;
             }

@@ -166,6 +166,11 @@ fn redaction_keeps_json_shape_id_and_untouched_bytes() {
         "line1\n[REDACTED:aws_key]\t\u{e9} \"q\" [REDACTED:email]\u{1F600}"
     );
     let text = String::from_utf8(out.to_vec()).unwrap();
+    // Escapes around the markers are copied as they were.
+    assert!(
+        text.contains(r#""line1\n[REDACTED:aws_key]\t\u00e9 \"q\" [REDACTED:email]\ud83d\ude00""#),
+        "{text}"
+    );
     assert!(text.starts_with("[ {\"jsonrpc\":\"2.0\", \"id\" : \""), "{text}");
     assert!(text.contains("\"n\": 1.50e+3, \"other\": \"a\\/b\"} } ,\n{"), "{text}");
     // Without matches the body is copied byte for byte.

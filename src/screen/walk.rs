@@ -155,6 +155,7 @@ impl Walker<'_> {
         Err(JsonError::Syntax(self.i))
     }
 
+    #[inline(always)]
     fn peek(&self) -> Result<u8, JsonError> {
         match self.b.get(self.i) {
             Some(c) => Ok(*c),
@@ -162,6 +163,7 @@ impl Walker<'_> {
         }
     }
 
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
             self.i += 1;
@@ -249,6 +251,7 @@ impl Walker<'_> {
     }
 
     /// A member's key and its colon; the key joins the path.
+    #[inline(always)]
     fn key(&mut self) -> Result<(), JsonError> {
         if self.peek()? != b'"' {
             return self.err();
@@ -269,6 +272,7 @@ impl Walker<'_> {
 
     /// The string starting at the quote at `self.i`; with `decode`, an
     /// escaped one is decoded into `out`.
+    #[inline(always)]
     fn string(&mut self, decode: bool) -> Result<Raw, JsonError> {
         self.i += 1;
         let start = self.i;
