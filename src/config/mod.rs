@@ -322,7 +322,9 @@ pub struct RouteConfig {
     /// empty: every message is allowed.
     pub policy: Option<Vec<policy::RuleConfig>>,
     /// Screen the JSON string values of the route's messages for secrets,
-    /// personal data and injection markers (needs `mcp`); absent: off.
+    /// personal data and injection markers (needs `mcp`); absent: off. Not
+    /// yet applied by the data plane: `portcullis check` reports the
+    /// section's errors, then refuses it.
     pub screen: Option<screen::ScreenConfig>,
 }
 

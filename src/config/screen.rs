@@ -59,7 +59,7 @@ fn default_arguments() -> Action {
 }
 
 /// A named regular expression screened for like a built-in detector.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomDetector {
     /// The detector's name in findings, actions and redaction markers:
