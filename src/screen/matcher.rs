@@ -477,9 +477,9 @@ fn invisible_lead(t: &[u8]) -> bool {
     }
 }
 
-/// Digits a card number (13) or an IBAN (10: every country's account
-/// numbers are mostly digits) holds at least; either spans at most two
-/// 64-byte blocks.
+/// Digits a card number (13) or an IBAN (10, `iban_at`) holds at least;
+/// either spans at most 65 bytes, so two 64-byte blocks. Matches never
+/// depend on the text around them.
 const MIN_DIGITS: u32 = 10;
 
 /// Where each run of two or more ASCII digits in `t` starts, in order, in

@@ -286,14 +286,14 @@ impl Screen {
     }
 }
 
-/// Whether `path` is a message's `id` member (of the body's top-level
-/// object, or of an element of a top-level array).
+/// Whether `path` is in a message's `id` member (of the body's top-level
+/// object, or of an element of a top-level array), at any depth.
 fn is_id(body: &[u8], path: &[Seg]) -> bool {
-    let last = match path {
-        [last] | [Seg::Index(_), last] => last,
-        _ => return false,
+    let member = match path {
+        [Seg::Index(_), member, ..] | [member, ..] => member,
+        [] => return false,
     };
-    match last.key(body) {
+    match member.key(body) {
         Some((key, false)) => key == b"id",
         Some((key, true)) => {
             let mut k = Vec::new();

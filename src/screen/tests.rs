@@ -56,6 +56,9 @@ fn every_detector_finds_its_own_and_not_its_near_misses() {
         ("card_number", "5555555555554444", &["05555555555554444"]),
         ("iban", "IBAN DE89 3704 0044 0532 0130 00, thanks", &["IBAN DE88 3704 0044 0532 0130 00", "DE89 3704 0044 0532 0130 0", "ZZ89370400440532013000"]),
         ("iban", "GB29NWBK60161331926819", &["GB29NWBK60161331926818", "GB29NWBK601613319268190"]),
+        // Found by fuzzing: valid mod-97, but eight digits only (found or
+        // not depending on the digits around it before).
+        ("iban", "NL91ABNA0417164300", &["GB29NKWB6016ATE K13FMCA 4111-1111 0555"]),
         ("unicode_tags", "hello\u{E0001}\u{E0041}\u{E0042}", &["hello \u{E0100}"]),
         ("bidi_control", "user\u{202E}gpj.exe", &["left\u{200E}mark"]),
         ("zero_width", "pass\u{200B}word", &["family \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}"]),
@@ -173,6 +176,12 @@ fn redaction_keeps_json_shape_id_and_untouched_bytes() {
     );
     assert!(text.starts_with("[ {\"jsonrpc\":\"2.0\", \"id\" : \""), "{text}");
     assert!(text.contains("\"n\": 1.50e+3, \"other\": \"a\\/b\"} } ,\n{"), "{text}");
+    // Found by fuzzing: an id that is not a string or number is left whole.
+    let object_id = format!(r#"{{"jsonrpc":"2.0","id":{{"k":"{AWS}"}},"result":"{AWS}"}}"#);
+    let mut out = Vec::new();
+    assert_eq!(s.redact(object_id.as_bytes(), Mask::ALL, &mut out).unwrap(), 1);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((&v["id"]["k"], &v["result"]), (&json!(AWS), &json!("[REDACTED:aws_key]")));
     // Without matches the body is copied byte for byte.
     let clean = br#"{"jsonrpc":"2.0","id":"x","params":{"a":"\u0041 b\n"}}"#;
     let mut out = Vec::new();

@@ -103,7 +103,7 @@ fn iban_len(cc: [u8; 2]) -> Option<usize> {
 }
 
 /// An IBAN whose check digits start the digit run at `t[q..]` (its country
-/// code is the two bytes before): its end.
+/// code is the two bytes before): its end. It holds ten digits or more.
 pub(crate) fn iban_at(t: &[u8], a: usize, q: usize, b: usize) -> Option<usize> {
     let s = q.checked_sub(2).filter(|s| *s >= a)?;
     let cc = [t[s], t[s + 1]];
@@ -123,7 +123,10 @@ pub(crate) fn iban_at(t: &[u8], a: usize, q: usize, b: usize) -> Option<usize> {
             break;
         }
     }
-    if count != want || (i < b && is_word(t[i])) {
+    // At least ten digits: every country's account numbers are mostly
+    // digits, and the digit-run search counts on it (`MIN_DIGITS`).
+    let digits = t[s..i].iter().filter(|c| c.is_ascii_digit()).count();
+    if count != want || (i < b && is_word(t[i])) || digits < 10 {
         return None;
     }
     // Move the first four characters to the end, read letters as 10..35,
