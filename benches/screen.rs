@@ -114,7 +114,9 @@ fn bench(c: &mut Criterion) {
         });
         let findings = every.scan(dirty).unwrap();
         if *name == "text" {
-            assert!(findings.iter().any(|f| &*f.detector == "aws_key" && f.count >= 16));
+            assert!(findings
+                .iter()
+                .any(|f| &*f.detector == "aws_key" && f.count >= 16));
         }
         let mut out = Vec::with_capacity(dirty.len());
         run(c, &format!("{name}/redact_all"), dirty.len(), || {

@@ -14,9 +14,9 @@ impl Screen {
         let mut on = vec![false; BUILTINS.len()];
         for name in &config.detectors {
             match (Group::parse(name), builtin(name)) {
-                (Some(Group::Custom), _) => {
-                    errors.push("detectors: `custom` detectors always run; list them under `custom`".into())
-                }
+                (Some(Group::Custom), _) => errors.push(
+                    "detectors: `custom` detectors always run; list them under `custom`".into(),
+                ),
                 (Some(g), _) => BUILTINS
                     .iter()
                     .zip(on.iter_mut())
@@ -89,5 +89,9 @@ fn bad_name(name: &str, earlier: &[(&str, &str)]) -> Option<&'static str> {
 }
 
 fn names() -> String {
-    BUILTINS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+    BUILTINS
+        .iter()
+        .map(|b| b.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

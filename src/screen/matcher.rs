@@ -68,7 +68,13 @@ impl Within<'_> {
 pub(crate) struct Cursor([usize; 4]);
 
 /// The items of `list` (ordered by `pos`) in `a..b`, from `at` on.
-fn take<'c, T>(list: &'c [T], at: &mut usize, pos: impl Fn(&T) -> usize, a: usize, b: usize) -> &'c [T] {
+fn take<'c, T>(
+    list: &'c [T],
+    at: &mut usize,
+    pos: impl Fn(&T) -> usize,
+    a: usize,
+    b: usize,
+) -> &'c [T] {
     while list.get(*at).is_some_and(|c| pos(c) < a) {
         *at += 1;
     }
@@ -323,7 +329,8 @@ impl Matcher {
             );
         }
         for &(byte, det) in &self.bytes {
-            out.bytes.extend(memchr::memchr_iter(byte, t).map(|pos| (pos, det)));
+            out.bytes
+                .extend(memchr::memchr_iter(byte, t).map(|pos| (pos, det)));
         }
         if self.bytes.len() > 1 {
             out.bytes.sort_unstable_by_key(|c| c.0);
@@ -335,7 +342,8 @@ impl Matcher {
                 // check digits after an IBAN's country code.
                 let card_start = card
                     && (b'2'..=b'6').contains(&t[p])
-                    && t.get(p + 2..p + 4).is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+                    && t.get(p + 2..p + 4)
+                        .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
                     && (p == 0 || !is_word(t[p - 1]));
                 let iban_start = iban
                     && p >= 2
@@ -468,13 +476,13 @@ impl Value<'_> {
 /// (U+200B–U+200D, U+202A–U+202E, U+2060, U+2066–U+2069, U+FEFF,
 /// U+E0000–U+E007F).
 fn invisible_lead(t: &[u8]) -> bool {
-    match t {
-        [0xe2, 0x80, 0x8b..=0x8d | 0xaa..=0xae, ..] => true,
-        [0xe2, 0x81, 0xa0 | 0xa6..=0xa9, ..] => true,
-        [0xef, 0xbb, 0xbf, ..] => true,
-        [0xf3, 0xa0, 0x80 | 0x81, ..] => true,
-        _ => false,
-    }
+    matches!(
+        t,
+        [0xe2, 0x80, 0x8b..=0x8d | 0xaa..=0xae, ..]
+            | [0xe2, 0x81, 0xa0 | 0xa6..=0xa9, ..]
+            | [0xef, 0xbb, 0xbf, ..]
+            | [0xf3, 0xa0, 0x80 | 0x81, ..]
+    )
 }
 
 /// Digits a card number (13) or an IBAN (10, `iban_at`) holds at least;

@@ -215,7 +215,12 @@ impl Screen {
         let mut hits = self.hits_in(text.as_bytes());
         hits.sort_unstable_by_key(|h| (h.start, h.det));
         hits.iter()
-            .map(|h| (&*self.matcher.detectors[usize::from(h.det)].name, h.start..h.end))
+            .map(|h| {
+                (
+                    &*self.matcher.detectors[usize::from(h.det)].name,
+                    h.start..h.end,
+                )
+            })
             .collect()
     }
 
@@ -241,7 +246,12 @@ impl Screen {
     fn scanned(&self, body: &[u8]) -> Result<Scanned, JsonError> {
         let mut values: Vec<(Raw, bool, u32, Option<Seg>)> = Vec::with_capacity(body.len() / 32);
         let walked = walk(body, true, |at, raw| {
-            values.push((raw, is_id(body, at.path), at.container, at.path.last().copied()))
+            values.push((
+                raw,
+                is_id(body, at.path),
+                at.container,
+                at.path.last().copied(),
+            ))
         })?;
         let text = walked.decoded.as_deref().unwrap_or(body);
         let cands = self.matcher.candidates(text);

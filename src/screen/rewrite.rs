@@ -58,7 +58,11 @@ impl Screen {
             }
             out.extend_from_slice(&raw[copied..at.r]);
             out.extend_from_slice(b"[REDACTED:");
-            out.extend_from_slice(self.matcher.detectors[usize::from(span.det)].name.as_bytes());
+            out.extend_from_slice(
+                self.matcher.detectors[usize::from(span.det)]
+                    .name
+                    .as_bytes(),
+            );
             out.push(b']');
             if escaped {
                 at.advance(span.end);
@@ -78,7 +82,11 @@ impl Screen {
         for span in merge(text, hits) {
             out.extend_from_slice(&text[at..span.start]);
             out.extend_from_slice(b"[REDACTED:");
-            out.extend_from_slice(self.matcher.detectors[usize::from(span.det)].name.as_bytes());
+            out.extend_from_slice(
+                self.matcher.detectors[usize::from(span.det)]
+                    .name
+                    .as_bytes(),
+            );
             out.push(b']');
             at = span.end;
         }
@@ -153,7 +161,8 @@ impl Decoding<'_> {
     /// Move to value offset `to` (a code point boundary at or after `d`).
     fn advance(&mut self, to: usize) {
         while self.d < to {
-            let plain = memchr::memchr(b'\\', &self.raw[self.r..]).unwrap_or(self.raw.len() - self.r);
+            let plain =
+                memchr::memchr(b'\\', &self.raw[self.r..]).unwrap_or(self.raw.len() - self.r);
             if self.d + plain >= to {
                 self.r += to - self.d;
                 self.d = to;

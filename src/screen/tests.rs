@@ -16,7 +16,11 @@ fn all() -> Screen {
 /// The names of the detectors matching `text` (as a JSON string value and
 /// on its own: both must agree).
 fn names(s: &Screen, text: &str) -> Vec<String> {
-    let alone: Vec<String> = s.find(text).into_iter().map(|(n, _)| n.to_string()).collect();
+    let alone: Vec<String> = s
+        .find(text)
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     let body = serde_json::to_vec(&json!({ "v": text })).unwrap();
     let mut in_json: Vec<String> = Vec::new();
     for f in s.scan(&body).unwrap() {
@@ -76,7 +80,10 @@ fn every_detector_finds_its_own_and_not_its_near_misses() {
         assert_eq!(names(&s, yes), [*want], "{yes:?}");
         for no in *noes {
             let got = names(&s, no);
-            assert!(!got.contains(&want.to_string()), "{want} in {no:?}: {got:?}");
+            assert!(
+                !got.contains(&want.to_string()),
+                "{want} in {no:?}: {got:?}"
+            );
         }
     }
     // Every built-in has a case.
@@ -174,14 +181,26 @@ fn redaction_keeps_json_shape_id_and_untouched_bytes() {
         text.contains(r#""line1\n[REDACTED:aws_key]\t\u00e9 \"q\" [REDACTED:email]\ud83d\ude00""#),
         "{text}"
     );
-    assert!(text.starts_with("[ {\"jsonrpc\":\"2.0\", \"id\" : \""), "{text}");
-    assert!(text.contains("\"n\": 1.50e+3, \"other\": \"a\\/b\"} } ,\n{"), "{text}");
+    assert!(
+        text.starts_with("[ {\"jsonrpc\":\"2.0\", \"id\" : \""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"n\": 1.50e+3, \"other\": \"a\\/b\"} } ,\n{"),
+        "{text}"
+    );
     // Found by fuzzing: an id that is not a string or number is left whole.
     let object_id = format!(r#"{{"jsonrpc":"2.0","id":{{"k":"{AWS}"}},"result":"{AWS}"}}"#);
     let mut out = Vec::new();
-    assert_eq!(s.redact(object_id.as_bytes(), Mask::ALL, &mut out).unwrap(), 1);
+    assert_eq!(
+        s.redact(object_id.as_bytes(), Mask::ALL, &mut out).unwrap(),
+        1
+    );
     let v: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!((&v["id"]["k"], &v["result"]), (&json!(AWS), &json!("[REDACTED:aws_key]")));
+    assert_eq!(
+        (&v["id"]["k"], &v["result"]),
+        (&json!(AWS), &json!("[REDACTED:aws_key]"))
+    );
     // Without matches the body is copied byte for byte.
     let clean = br#"{"jsonrpc":"2.0","id":"x","params":{"a":"\u0041 b\n"}}"#;
     let mut out = Vec::new();
@@ -189,7 +208,11 @@ fn redaction_keeps_json_shape_id_and_untouched_bytes() {
     assert_eq!(out, clean);
     // An empty mask redacts nothing.
     out.clear();
-    assert_eq!(s.redact(body.as_bytes(), Mask::default(), &mut out).unwrap(), 0);
+    assert_eq!(
+        s.redact(body.as_bytes(), Mask::default(), &mut out)
+            .unwrap(),
+        0
+    );
     assert_eq!(out, body.as_bytes());
 }
 
@@ -197,7 +220,13 @@ fn redaction_keeps_json_shape_id_and_untouched_bytes() {
 fn findings_never_hold_the_matched_text() {
     let s = screen("custom: [{ name: acme_id, regex: 'ACME-[0-9]{8}' }]");
     let secrets = [
-        AWS, GHP, JWT, PEM, "alice@example.com", "4111111111111111", "DE89370400440532013000",
+        AWS,
+        GHP,
+        JWT,
+        PEM,
+        "alice@example.com",
+        "4111111111111111",
+        "DE89370400440532013000",
         "ACME-12345678",
     ];
     let mut args = serde_json::Map::new();
@@ -218,7 +247,10 @@ fn findings_never_hold_the_matched_text() {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
     assert!(!shown.contains("AKIA"), "{shown}");
-    let last = findings.iter().find(|f| f.pointer.contains("a~1b")).unwrap();
+    let last = findings
+        .iter()
+        .find(|f| f.pointer.contains("a~1b"))
+        .unwrap();
     assert_eq!(
         (&*last.detector, last.pointer.as_str()),
         ("email", "/params/arguments/[REDACTED:aws_key]/a~1b~0c")
@@ -240,7 +272,9 @@ fn pointers_escape_keys_and_count_elements() {
 #[test]
 fn actions_and_decisions() {
     let s = all();
-    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"arguments":{{"k":"{AWS}","m":"bob@example.com"}}}}}}"#);
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"arguments":{{"k":"{AWS}","m":"bob@example.com"}}}}}}"#
+    );
     let f = s.scan(body.as_bytes()).unwrap();
     // Defaults: a secret going out is blocked; everything else is audited.
     assert_eq!(
@@ -252,7 +286,8 @@ fn actions_and_decisions() {
     assert_eq!(s.decide(&f, Direction::Response), Outcome::Pass);
     assert_eq!(s.decide(&[], Direction::Request), Outcome::Pass);
 
-    let s = screen("actions: { email: redact, secrets: redact, injection: block }\narguments: audit");
+    let s =
+        screen("actions: { email: redact, secrets: redact, injection: block }\narguments: audit");
     let f = s.scan(body.as_bytes()).unwrap();
     let Outcome::Redact(mask) = s.decide(&f, Direction::Request) else {
         panic!()
@@ -293,19 +328,35 @@ fn configuration_shape_and_errors() {
     let names: Vec<&str> = s.detectors().collect();
     assert_eq!(
         names,
-        ["private_key", "aws_key", "github_token", "slack_token", "stripe_key", "jwt", "bearer", "email", "acme_id"]
+        [
+            "private_key",
+            "aws_key",
+            "github_token",
+            "slack_token",
+            "stripe_key",
+            "jwt",
+            "bearer",
+            "email",
+            "acme_id"
+        ]
     );
     assert_eq!(all().detectors().count(), BUILTINS.len());
     assert_eq!(screen("detectors: []").detectors().count(), 0);
     let f = s.scan(br#"{"v":"id ACME-12345678, ACME-1234"}"#).unwrap();
-    assert_eq!((&*f[0].detector, f[0].group, f[0].count), ("acme_id", Group::Custom, 1));
+    assert_eq!(
+        (&*f[0].detector, f[0].group, f[0].count),
+        ("acme_id", Group::Custom, 1)
+    );
 
     let errors = |yaml: &str| {
         let config: ScreenConfig = serde_yaml_ng::from_str(yaml).unwrap();
         Screen::compile(&config).unwrap_err().join("\n")
     };
     let e = errors("custom: [{ name: acme_id, regex: 'ACME-[0-9' }]");
-    assert!(e.starts_with("custom detector \"acme_id\": invalid regex"), "{e}");
+    assert!(
+        e.starts_with("custom detector \"acme_id\": invalid regex"),
+        "{e}"
+    );
     let e = errors("detectors: [secrets, emial]\nactions: { nope: block }\ncustom: [{ name: email, regex: x }, { name: Bad, regex: x }, { name: a, regex: x }, { name: a, regex: y }]");
     for want in [
         "unknown detector or group \"emial\"",
@@ -381,15 +432,33 @@ fn escaped_and_plain_strings_scan_alike() {
 #[test]
 fn digit_runs_match_a_naive_reading() {
     let texts = [
-        "", "1", "12", "a12b345c6", "1234567890123456789", "x 4111 1111 1111 1111",
-        "12345678", "1234567", "a1b2c3d4e5f6g7h8", "é12é", "0123456789012345678901234567",
+        "",
+        "1",
+        "12",
+        "a12b345c6",
+        "1234567890123456789",
+        "x 4111 1111 1111 1111",
+        "12345678",
+        "1234567",
+        "a1b2c3d4e5f6g7h8",
+        "é12é",
+        "0123456789012345678901234567",
     ];
     // Whole 64-byte blocks too, runs across their edges included.
     let long: Vec<String> = (0..300)
-        .map(|i| format!("{}{}", "ab1"[i % 3..].chars().next().unwrap(), i * 7919 % 1000))
+        .map(|i| {
+            format!(
+                "{}{}",
+                "ab1"[i % 3..].chars().next().unwrap(),
+                i * 7919 % 1000
+            )
+        })
         .collect();
     let long = long.concat();
-    let texts: Vec<&str> = texts.into_iter().chain([long.as_str(), &long[1..], &long[5..]]).collect();
+    let texts: Vec<&str> = texts
+        .into_iter()
+        .chain([long.as_str(), &long[1..], &long[5..]])
+        .collect();
     for t in texts {
         let t = t.as_bytes();
         let mut got = Vec::new();
@@ -430,7 +499,10 @@ fn anchors_never_hide_one_another() {
     for a in &anchors {
         assert!(a.len() >= 4, "{a}: Teddy's fingerprints are four bytes");
         for b in &anchors {
-            assert!(a == b || !b.starts_with(a.as_str()), "{a} is a prefix of {b}");
+            assert!(
+                a == b || !b.starts_with(a.as_str()),
+                "{a} is a prefix of {b}"
+            );
         }
     }
     assert_eq!(

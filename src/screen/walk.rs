@@ -187,7 +187,9 @@ impl Walker<'_> {
                         self.objects.push(open == b'{');
                         let holder = self.open.last().copied().unwrap_or(NONE);
                         self.open.push(self.walked.containers.len() as u32);
-                        self.walked.containers.push((holder, self.path.last().copied()));
+                        self.walked
+                            .containers
+                            .push((holder, self.path.last().copied()));
                         if open == b'{' {
                             self.key()?;
                         } else {
@@ -450,7 +452,10 @@ pub(crate) fn unescape(raw: &[u8], out: &mut Vec<u8>) {
                 let hi = hex4(raw, at + 2).unwrap_or(0xfffd);
                 let (code, len) = if (0xd800..=0xdbff).contains(&hi) {
                     let lo = hex4(raw, at + 8).unwrap_or(0xdc00);
-                    (0x10000 + ((hi - 0xd800) << 10) + (lo.wrapping_sub(0xdc00) & 0x3ff), 12)
+                    (
+                        0x10000 + ((hi - 0xd800) << 10) + (lo.wrapping_sub(0xdc00) & 0x3ff),
+                        12,
+                    )
                 } else {
                     (hi, 6)
                 };

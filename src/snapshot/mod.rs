@@ -663,8 +663,12 @@ impl RouteCx<'_, '_, '_> {
             errors.push("screen is not applied to messages by this build yet; remove it".into());
         }
         for message in errors {
-            self.errs
-                .at("screen", "", nth, format!("route {:?}: screen: {message}", r.name));
+            self.errs.at(
+                "screen",
+                "",
+                nth,
+                format!("route {:?}: screen: {message}", r.name),
+            );
         }
     }
 }
@@ -922,7 +926,9 @@ routes:
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 2, "{msgs:#?}");
         assert!(
-            msgs[0].starts_with("c.yaml:8:5: route \"a\": screen: custom detector \"acme_id\": invalid regex"),
+            msgs[0].starts_with(
+                "c.yaml:8:5: route \"a\": screen: custom detector \"acme_id\": invalid regex"
+            ),
             "{msgs:#?}"
         );
         assert!(msgs[1].starts_with("c.yaml:13:5: route \"b\""), "{msgs:#?}");
