@@ -22,6 +22,9 @@ pub(crate) mod sys;
 /// legacy SSE endpoint rewrite.
 pub(crate) mod mcp;
 
+/// Content screening: secrets, personal data and injection markers in JSON strings; redaction.
+pub(crate) mod screen;
+
 /// Per-route counters and latency histograms (atomics), Prometheus text.
 pub(crate) mod metrics;
 
@@ -89,6 +92,12 @@ pub mod internal {
     pub mod mcp {
         pub use crate::mcp::jsonrpc::{decode, Id, Kind, Scratch};
         pub use crate::mcp::method::Method;
+    }
+    pub mod screen {
+        pub use crate::config::screen::{CustomDetector, ScreenConfig};
+        pub use crate::screen::{
+            decide, Action, Actions, Direction, Finding, Group, JsonError, Mask, Outcome, Screen,
+        };
     }
     pub mod policy {
         pub use crate::config::policy::RuleConfig;

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod identity;
 pub mod policy;
 pub mod schema;
+pub mod screen;
 pub mod vault;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
@@ -320,6 +321,11 @@ pub struct RouteConfig {
     /// any rule present a message no allow rule matches is denied. Absent or
     /// empty: every message is allowed.
     pub policy: Option<Vec<policy::RuleConfig>>,
+    /// Screen the JSON string values of the route's messages for secrets,
+    /// personal data and injection markers (needs `mcp`); absent: off. Not
+    /// yet applied by the data plane: `portcullis check` reports the
+    /// section's errors, then refuses it.
+    pub screen: Option<screen::ScreenConfig>,
 }
 
 /// Logging to stderr (fixed at start).

@@ -202,6 +202,7 @@ mod tests {
         shown_is_real::<UpstreamConfig>("UpstreamConfig");
         shown_is_real::<RuntimeConfig>("RuntimeConfig");
         shown_is_real::<LogConfig>("LogConfig");
+        shown_is_real::<crate::config::screen::ScreenConfig>("ScreenConfig");
 
         let s = json();
         let top = &s["properties"];

@@ -314,6 +314,9 @@ fn compile_routes(config: &Config, errs: &mut Errors) -> Vec<Route> {
         if let Some(rules) = &r.policy {
             cx.policy(rules, &mut route);
         }
+        if let Some(screen) = &r.screen {
+            cx.screen(screen);
+        }
         routes.push(route);
     }
     routes
@@ -672,6 +675,38 @@ impl<'c> RouteCx<'c, '_, '_> {
     }
 }
 
+impl RouteCx<'_, '_, '_> {
+    /// The route's `screen` section, compiled for its errors (located at the
+    /// nth `screen` key). The data plane does not apply it yet (issue 14),
+    /// so a valid section is refused too: a screen that is silently not
+    /// applied would be worse than none.
+    fn screen(&mut self, screen: &crate::config::screen::ScreenConfig) {
+        let (config, r) = (self.config, self.r);
+        let nth = config.routes[..self.index]
+            .iter()
+            .filter(|o| o.screen.is_some())
+            .count();
+        let mut errors = match crate::screen::Screen::compile(screen) {
+            Ok(_) => Vec::new(),
+            Err(list) => list,
+        };
+        if r.mcp.is_none() {
+            errors.push("screen needs an MCP route (`mcp: {}`)".into());
+        }
+        if errors.is_empty() {
+            errors.push("screen is not applied to messages by this build yet; remove it".into());
+        }
+        for message in errors {
+            self.errs.at(
+                "screen",
+                "",
+                nth,
+                format!("route {:?}: screen: {message}", r.name),
+            );
+        }
+    }
+}
+
 /// The client TLS config for upstreams (with `ca_file`, when set).
 fn compile_upstream_tls(
     upstream: &config::UpstreamConfig,
@@ -956,5 +991,38 @@ routes:
             errs[0]
         );
         assert_eq!(errs[0].line, Some(5));
+    }
+
+    #[test]
+    fn screen_errors_are_located_and_a_valid_screen_is_refused_until_applied() {
+        let text = "\
+listen:
+  - address: 127.0.0.1:8080
+routes:
+  - name: a
+    from: http://127.0.0.1:8080/a
+    to: http://127.0.0.1:9000/mcp
+    mcp: {}
+    screen: { custom: [{ name: acme_id, regex: 'ACME-[0-9' }] }
+  - name: b
+    from: http://127.0.0.1:8080/b
+    to: http://127.0.0.1:9000/mcp
+    mcp: {}
+    screen: {}
+";
+        let errs = from_text(text, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{msgs:#?}");
+        assert!(
+            msgs[0].starts_with(
+                "c.yaml:8:5: route \"a\": screen: custom detector \"acme_id\": invalid regex"
+            ),
+            "{msgs:#?}"
+        );
+        assert!(msgs[1].starts_with("c.yaml:13:5: route \"b\""), "{msgs:#?}");
+        assert!(msgs[1].contains("not applied"), "{msgs:#?}");
     }
 }
