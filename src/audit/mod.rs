@@ -280,6 +280,9 @@ pub struct Facts {
     pub arguments: Option<String>,
     pub rule: Option<Box<str>>,
     pub session: Option<std::rc::Rc<str>>,
+    /// Content screening's findings, rendered JSON objects joined by commas
+    /// (detector, pointer, count, direction, action; never the matched text).
+    pub screen: Option<String>,
 }
 
 /// Everything a record is built from.
@@ -372,6 +375,11 @@ pub(crate) fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
     if let Some(a) = &f.arguments {
         out.extend_from_slice(b",\"arguments\":");
         out.extend_from_slice(a.as_bytes());
+    }
+    if let Some(found) = &f.screen {
+        out.extend_from_slice(b",\"screen\":[");
+        out.extend_from_slice(found.as_bytes());
+        out.push(b']');
     }
     let _ = write!(out, ",\"decision\":\"{}\",\"rule\":", r.decision.as_str());
     opt_str(out, f.rule.as_deref());

@@ -66,9 +66,24 @@ pub fn judge(
             judge.body(held, &mut conn.judged)
         }
     };
+    // Content screening of what the judged body carries out (`screen`).
+    let (verdict, replaced) = match verdict {
+        Ok(()) if req.mcp && !held.is_empty() => {
+            match screen_request(route, held, &mut conn.judged) {
+                Ok(replaced) => (Ok(()), replaced),
+                Err(e) => (Err(e), None),
+            }
+        }
+        other => (other, None),
+    };
     let up = &mut conn.up;
     match (&body, verdict) {
         (Body::Empty, Ok(())) => up.extend_from_slice(b"\r\n"),
+        (Body::Buffered(_) | Body::Decoded(_), Ok(())) if replaced.is_some() => {
+            let new = replaced.as_deref().unwrap_or_default();
+            push_length(up, new.len() as u64);
+            up.extend_from_slice(new);
+        }
         (Body::Buffered(n), Ok(())) => {
             push_length(up, *n as u64);
             up.extend_from_slice(&conn.buf[..*n]);
@@ -96,6 +111,41 @@ pub fn judge(
         Body::Empty | Body::Decoded(_) => None,
     };
     Ok(Permit { unread })
+}
+
+/// The route's content screening of a judged body: `Some` body to send
+/// instead (redacted), or a refusal naming the detector (the JSON-RPC error
+/// answers every request of the body).
+fn screen_request(
+    route: &Route,
+    held: &[u8],
+    judged: &mut Judged,
+) -> Result<Option<Vec<u8>>, HttpError> {
+    use crate::proxy::screen::Screened;
+    let Some(screen) = route.screen.as_deref() else {
+        return Ok(None);
+    };
+    let screened = crate::proxy::screen::message(
+        screen,
+        held,
+        crate::screen::Direction::Request,
+        &mut judged.audit.screen,
+    );
+    match screened {
+        Screened::Same => Ok(None),
+        Screened::Changed(new) => Ok(Some(new)),
+        Screened::Blocked(detector) => {
+            judged.detail = Some(Box::new(Detail {
+                ids: judged.ids.clone(),
+                batch: judged.batch,
+                message: Some(format!(
+                    "refused by content screening: {detector} found in the request"
+                )),
+                headers: Vec::new(),
+            }));
+            Err(HttpError::PolicyDenied)
+        }
+    }
 }
 
 /// What judging one request's messages needs: the route's policy and the

@@ -31,6 +31,7 @@ pub(crate) mod listener;
 pub(crate) mod record;
 pub(crate) mod reject;
 pub(crate) mod request;
+pub(crate) mod screen;
 pub(crate) mod session;
 pub(crate) mod stream;
 pub(crate) mod tls;

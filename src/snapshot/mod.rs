@@ -315,7 +315,7 @@ fn compile_routes(config: &Config, errs: &mut Errors) -> Vec<Route> {
             cx.policy(rules, &mut route);
         }
         if let Some(screen) = &r.screen {
-            cx.screen(screen);
+            route.screen = cx.screen(screen);
         }
         routes.push(route);
     }
@@ -676,26 +676,25 @@ impl<'c> RouteCx<'c, '_, '_> {
 }
 
 impl RouteCx<'_, '_, '_> {
-    /// The route's `screen` section, compiled for its errors (located at the
-    /// nth `screen` key). The data plane does not apply it yet (issue 14),
-    /// so a valid section is refused too: a screen that is silently not
-    /// applied would be worse than none.
-    fn screen(&mut self, screen: &crate::config::screen::ScreenConfig) {
+    /// The route's `screen` section, compiled (its errors located at the
+    /// nth `screen` key).
+    fn screen(
+        &mut self,
+        screen: &crate::config::screen::ScreenConfig,
+    ) -> Option<Arc<crate::screen::Screen>> {
         let (config, r) = (self.config, self.r);
         let nth = config.routes[..self.index]
             .iter()
             .filter(|o| o.screen.is_some())
             .count();
-        let mut errors = match crate::screen::Screen::compile(screen) {
-            Ok(_) => Vec::new(),
-            Err(list) => list,
+        let (compiled, mut errors) = match crate::screen::Screen::compile(screen) {
+            Ok(s) => (Some(Arc::new(s)), Vec::new()),
+            Err(list) => (None, list),
         };
         if r.mcp.is_none() {
             errors.push("screen needs an MCP route (`mcp: {}`)".into());
         }
-        if errors.is_empty() {
-            errors.push("screen is not applied to messages by this build yet; remove it".into());
-        }
+        let ok = errors.is_empty();
         for message in errors {
             self.errs.at(
                 "screen",
@@ -704,6 +703,7 @@ impl RouteCx<'_, '_, '_> {
                 format!("route {:?}: screen: {message}", r.name),
             );
         }
+        compiled.filter(|_| ok)
     }
 }
 
@@ -994,7 +994,7 @@ routes:
     }
 
     #[test]
-    fn screen_errors_are_located_and_a_valid_screen_is_refused_until_applied() {
+    fn screen_errors_are_located_and_a_valid_screen_is_compiled() {
         let text = "\
 listen:
   - address: 127.0.0.1:8080
@@ -1007,7 +1007,6 @@ routes:
   - name: b
     from: http://127.0.0.1:8080/b
     to: http://127.0.0.1:9000/mcp
-    mcp: {}
     screen: {}
 ";
         let errs = from_text(text, Path::new("c.yaml"))
@@ -1022,7 +1021,12 @@ routes:
             ),
             "{msgs:#?}"
         );
-        assert!(msgs[1].starts_with("c.yaml:13:5: route \"b\""), "{msgs:#?}");
-        assert!(msgs[1].contains("not applied"), "{msgs:#?}");
+        assert!(msgs[1].starts_with("c.yaml:12:5: route \"b\""), "{msgs:#?}");
+        assert!(msgs[1].contains("needs an MCP route"), "{msgs:#?}");
+        let ok = text
+            .replace("'ACME-[0-9'", "'ACME-[0-9]+'")
+            .replace("    screen: {}", "    mcp: {}\n    screen: {}");
+        let snap = from_text(&ok, Path::new("c.yaml")).unwrap();
+        assert!(snap.routes.all().iter().all(|r| r.screen.is_some()));
     }
 }

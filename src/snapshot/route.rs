@@ -32,6 +32,8 @@ pub struct Route {
     pub policy_reads_headers: bool,
     /// How its audit records show arguments.
     pub audit_arguments: crate::config::audit::Arguments,
+    /// Content screening of its messages, both ways (`screen`).
+    pub screen: Option<std::sync::Arc<crate::screen::Screen>>,
     /// This route's counters (carried over by name across reloads).
     pub metrics: std::sync::Arc<crate::metrics::RouteMetrics>,
 }
@@ -116,6 +118,7 @@ impl Route {
             policy_reads_headers: false,
             metrics: Default::default(),
             audit_arguments: Default::default(),
+            screen: None,
         }
     }
 

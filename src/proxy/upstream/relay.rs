@@ -57,12 +57,14 @@ pub(crate) async fn response(
     // A list answer to filter: a JSON body is filtered whole, an event
     // stream event by event (its length changes, so it is re-framed).
     let list = conn.judged.list.take().filter(|_| route.policy.is_some());
-    if list.is_some() && head.encoded {
+    // Content screening reads every answer of the route the same way.
+    let screen = route.screen.as_ref().filter(|_| req.mcp);
+    if (list.is_some() || screen.is_some()) && head.encoded {
         return Err(Some(HttpError::BadGateway(
-            "a compressed list answer cannot be filtered",
+            "a compressed answer cannot be filtered or screened",
         )));
     }
-    if list.is_some() && !head.event_stream {
+    if (list.is_some() || screen.is_some()) && !head.event_stream && head.body != BodyKind::Empty {
         let exchange = Exchange {
             worker,
             snap,
@@ -71,8 +73,12 @@ pub(crate) async fn response(
         };
         return filtered_json(&exchange, client, upstream, conn, head, list).await;
     }
-    let (client_chunked, keep_client) = finish_head(worker, req, &head, list.is_some(), conn);
+    let changes = list.is_some() || (screen.is_some() && head.event_stream);
+    let (client_chunked, keep_client) = finish_head(worker, req, &head, changes, conn);
     let mut body = Reframe {
+        screen: screen
+            .filter(|_| head.event_stream)
+            .map(|s| (s.clone(), crate::proxy::screen::Events::default())),
         rewriter: (head.event_stream
             && req.method == Method::Get
             && route.public.path != route.upstream.path
@@ -174,6 +180,11 @@ struct Reframe {
     rewriter: Option<EndpointRewriter>,
     /// A list request's answer on an event stream, filtered event by event.
     sse_filter: Option<(ListFilter, SseListFilter)>,
+    /// An event stream screened event by event (`screen`).
+    screen: Option<(
+        std::sync::Arc<crate::screen::Screen>,
+        crate::proxy::screen::Events,
+    )>,
     client_chunked: bool,
     /// Scratch for bytes being changed.
     data: Vec<u8>,
@@ -190,7 +201,11 @@ impl Reframe {
         conn: &mut Conn,
         source: &mut Source,
     ) -> Result<bool, &'static str> {
-        if self.rewriter.is_none() && self.sse_filter.is_none() && !self.client_chunked {
+        if self.rewriter.is_none()
+            && self.sse_filter.is_none()
+            && self.screen.is_none()
+            && !self.client_chunked
+        {
             return source
                 .take(&mut conn.ubuf, &mut conn.out)
                 .map_err(|_| BAD_FRAMING);
@@ -212,6 +227,21 @@ impl Reframe {
             if done {
                 state.finish(&mut self.data);
             }
+        }
+        if let Some((screen, events)) = self.screen.as_mut() {
+            let mut screened = Vec::with_capacity(self.data.len());
+            events
+                .feed(
+                    screen,
+                    &self.data,
+                    &mut screened,
+                    &mut conn.judged.audit.screen,
+                )
+                .map_err(|_| EVENT_TOO_LARGE)?;
+            if done {
+                events.finish(&mut screened);
+            }
+            self.data = screened;
         }
         if self.client_chunked {
             encode_chunk(&mut conn.out, &self.data);
@@ -271,6 +301,7 @@ async fn read_body(
 
 const BAD_FRAMING: &str = "invalid upstream response framing";
 const LIST_TOO_LARGE: &str = "list result too large to filter";
+const EVENT_TOO_LARGE: &str = "event too large to screen";
 
 /// The upstream broke its answer. Before the client's head went out (bad
 /// framing in the first bytes) a 502 still answers it; after, the client can
@@ -407,6 +438,17 @@ async fn filtered_json(
         .and_then(|f| filter_body(route, req, conn, f, &body))
     {
         body = new;
+    }
+    if let Some(screen) = route.screen.as_deref().filter(|_| req.mcp) {
+        let screened = crate::proxy::screen::message(
+            screen,
+            &body,
+            crate::screen::Direction::Response,
+            &mut conn.judged.audit.screen,
+        );
+        if let crate::proxy::screen::Screened::Changed(new) = screened {
+            body = new;
+        }
     }
     if matches!(head.body, BodyKind::Length(_)) {
         strip_content_length(&mut conn.out);

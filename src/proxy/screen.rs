@@ -1,0 +1,290 @@
+//! Content screening on the data plane (issue 14): a route's `screen` run on
+//! every JSON-RPC body it judges (requests: a secret in a tool's arguments is
+//! the exfiltration case) and on every answer it relays (results, resource
+//! contents, prompt messages: a JSON body whole, an event stream event by
+//! event, never holding more than one event). What it found goes into the
+//! audit record (detector, JSON pointer, count, never the matched text);
+//! `redact` rewrites the matches inside their strings, `block` replaces the
+//! message with a JSON-RPC error naming the detector.
+
+use crate::mcp::sse::{event_end, field};
+use crate::screen::{Direction, Finding, Outcome, Screen};
+use serde_json::Value;
+
+/// Largest message (body or event) screened; a longer one is refused.
+const MAX_SCREENED: usize = crate::mcp::listfilter::MAX_LIST_BYTES;
+
+/// What screening made of one message.
+pub(crate) enum Screened {
+    /// Send it as it is.
+    Same,
+    /// Send this instead (redacted, or the error replacing a blocked one).
+    Changed(Vec<u8>),
+    /// Refused (a request): the detector that blocked it.
+    Blocked(std::sync::Arc<str>),
+}
+
+/// Screen one JSON-RPC body (a message or a batch) going `direction`;
+/// findings are appended to `audit` (rendered JSON objects).
+pub(crate) fn message(
+    screen: &Screen,
+    body: &[u8],
+    direction: Direction,
+    audit: &mut Option<String>,
+) -> Screened {
+    if body.len() > MAX_SCREENED {
+        return refused(body, direction, "message too large to screen".into());
+    }
+    let findings = match screen.scan(body) {
+        Ok(f) => f,
+        // Not JSON (a server's plain-text error, say): nothing to screen in
+        // strings we cannot find; a request was decoded already.
+        Err(crate::screen::JsonError::Utf8 | crate::screen::JsonError::Syntax(_)) => {
+            return Screened::Same
+        }
+        Err(e) => return refused(body, direction, format!("cannot be screened ({e:?})")),
+    };
+    if findings.is_empty() {
+        return Screened::Same;
+    }
+    let outcome = screen.decide(&findings, direction);
+    note(audit, &findings, direction, &outcome);
+    match outcome {
+        Outcome::Pass => Screened::Same,
+        Outcome::Redact(mask) => {
+            let mut out = Vec::with_capacity(body.len());
+            match screen.redact(body, mask, &mut out) {
+                Ok(_) => Screened::Changed(out),
+                Err(e) => refused(body, direction, format!("cannot be redacted ({e:?})")),
+            }
+        }
+        Outcome::Block { detector } => match direction {
+            Direction::Request => Screened::Blocked(detector),
+            Direction::Response => Screened::Changed(withheld(
+                body,
+                &format!("portcullis withheld this answer: content screening found {detector}"),
+            )),
+        },
+    }
+}
+
+fn refused(body: &[u8], direction: Direction, why: String) -> Screened {
+    match direction {
+        Direction::Request => Screened::Blocked(why.into()),
+        Direction::Response => Screened::Changed(withheld(
+            body,
+            &format!("portcullis withheld this answer: {why}"),
+        )),
+    }
+}
+
+/// A JSON-RPC error answering each request `body` answered (same ids), or
+/// one with a null id.
+fn withheld(body: &[u8], message: &str) -> Vec<u8> {
+    let error = |id: &Value| serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32003, "message": message}});
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let out = match &v {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .filter_map(|m| m.get("id"))
+                .map(error)
+                .collect(),
+        ),
+        m => error(m.get("id").unwrap_or(&Value::Null)),
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// Findings as audit JSON: `{"direction", "detector", "pointer", "count", "action"}`.
+fn note(audit: &mut Option<String>, findings: &[Finding], direction: Direction, outcome: &Outcome) {
+    let action = match outcome {
+        Outcome::Pass => "audit",
+        Outcome::Redact(_) => "redact",
+        Outcome::Block { .. } => "block",
+    };
+    let dir = match direction {
+        Direction::Request => "request",
+        Direction::Response => "response",
+    };
+    let text = audit.get_or_insert_with(String::new);
+    for f in findings.iter().take(32) {
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push_str(
+            &serde_json::json!({"direction": dir, "detector": &*f.detector, "pointer": f.pointer,
+                "count": f.count, "action": action})
+            .to_string(),
+        );
+    }
+}
+
+/// An event stream screened event by event: each complete event's data is
+/// screened as one message; other lines pass as they are.
+#[derive(Default)]
+pub(crate) struct Events {
+    pending: Vec<u8>,
+}
+
+impl Events {
+    /// Feed body bytes; what may be sent now goes to `out`. `Err` when one
+    /// event outgrows the bound (the stream is then cut: fail closed).
+    pub(crate) fn feed(
+        &mut self,
+        screen: &Screen,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        audit: &mut Option<String>,
+    ) -> Result<(), ()> {
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(len) = event_end(&self.pending[start..]) {
+            let event = &self.pending[start..start + len];
+            match screen_event(screen, event, audit) {
+                Some(new) => out.extend_from_slice(&new),
+                None => out.extend_from_slice(event),
+            }
+            start += len;
+        }
+        self.pending.drain(..start);
+        if self.pending.len() > MAX_SCREENED {
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// At the end of the stream: an event without its blank line, which
+    /// clients discard unread, passes as it is.
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.pending);
+    }
+}
+
+/// The event rewritten when screening changed its message.
+fn screen_event(screen: &Screen, event: &[u8], audit: &mut Option<String>) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(event).ok()?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut data = String::new();
+    let mut kept = String::new();
+    for bare in text.split(['\r', '\n']) {
+        if bare.is_empty() {
+            continue;
+        }
+        match field(bare, "data") {
+            Some(d) => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d);
+            }
+            None => {
+                kept.push_str(bare);
+                kept.push('\n');
+            }
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    let Screened::Changed(new) = message(screen, data.as_bytes(), Direction::Response, audit)
+    else {
+        return None;
+    };
+    // A data line per line of the message (JSON may be pretty-printed).
+    let mut out = kept.into_bytes();
+    for line in new.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::screen::ScreenConfig;
+
+    fn screen() -> Screen {
+        let cfg: ScreenConfig =
+            serde_yaml_ng::from_str("{ actions: { aws_key: redact, email: redact, jwt: block } }")
+                .unwrap();
+        Screen::compile(&cfg).unwrap()
+    }
+
+    /// An event split across reads, fed one byte at a time: screened whole,
+    /// the other events and fields byte-exact, nothing held past its end.
+    #[test]
+    fn events_split_across_reads_are_screened_whole() {
+        let s = screen();
+        let stream = concat!(
+            "id: 1\nevent: message\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",",
+            "\"text\":\"key AKIAIOSFODNN7EXAMPLE to a@b.example\"}]}}\n\n",
+            ": a comment\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n",
+        );
+        let mut events = Events::default();
+        let (mut out, mut audit) = (Vec::new(), None);
+        for b in stream.as_bytes() {
+            events.feed(&s, &[*b], &mut out, &mut audit).unwrap();
+        }
+        events.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("id: 1\nevent: message\ndata: {"), "{text}");
+        assert!(
+            text.contains("[REDACTED:aws_key]") && text.contains("[REDACTED:email]"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("AKIA") && !text.contains("a@b.example"),
+            "{text}"
+        );
+        assert!(text.ends_with(
+            ": a comment\n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n"
+        ));
+        let audit = audit.unwrap();
+        assert!(
+            audit.contains("\"aws_key\"") && !audit.contains("AKIA"),
+            "{audit}"
+        );
+    }
+
+    /// A blocked answer becomes a JSON-RPC error with the same id; a blocked
+    /// request is refused naming the detector; no finding, no change.
+    #[test]
+    fn block_answers_with_the_ids_and_nothing_found_passes() {
+        let s = screen();
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        let answer = format!(
+            r#"[{{"jsonrpc":"2.0","id":"a","result":{{"t":"{jwt}"}}}},{{"jsonrpc":"2.0","id":2,"result":{{}}}}]"#
+        );
+        let mut audit = None;
+        let Screened::Changed(new) =
+            message(&s, answer.as_bytes(), Direction::Response, &mut audit)
+        else {
+            panic!("blocked answers are replaced")
+        };
+        let v: Value = serde_json::from_slice(&new).unwrap();
+        assert_eq!(v[0]["id"], "a");
+        assert_eq!(v[1]["id"], 2);
+        assert!(v[0]["error"]["message"].as_str().unwrap().contains("jwt"));
+        assert!(!String::from_utf8_lossy(&new).contains(jwt));
+        let request = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{{"t":"{jwt}"}}}}}}"#
+        );
+        assert!(matches!(
+            message(&s, request.as_bytes(), Direction::Request, &mut None),
+            Screened::Blocked(d) if &*d == "jwt"
+        ));
+        let clean = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+        let mut audit = None;
+        assert!(matches!(
+            message(&s, clean, Direction::Response, &mut audit),
+            Screened::Same
+        ));
+        assert!(audit.is_none());
+    }
+}
