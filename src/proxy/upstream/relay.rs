@@ -64,7 +64,8 @@ pub(crate) async fn response(
             "a compressed answer cannot be filtered or screened",
         )));
     }
-    if (list.is_some() || screen.is_some()) && !head.event_stream && head.body != BodyKind::Empty {
+    let whole = list.is_some() || (screen.is_some() && head.body != BodyKind::Empty);
+    if whole && !head.event_stream {
         let exchange = Exchange {
             worker,
             snap,
