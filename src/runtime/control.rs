@@ -187,8 +187,11 @@ fn serve(
 fn tick(server: &Server, snapshot: &SharedSnapshot, shared: &Shared, woken: &Receiver<()>) {
     let mut swept = Instant::now();
     while !shared.stopped.load(std::sync::atomic::Ordering::Relaxed) {
-        // A change notification (shared store) or the poll, whichever first.
-        let _ = woken.recv_timeout(POLL);
+        // A change notification (shared store) or the poll, whichever first;
+        // without a watcher (a file store) the channel is closed: the poll.
+        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(POLL) {
+            std::thread::sleep(POLL);
+        }
         let snap = snapshot.load();
         let Some(settings) = snap.authz.as_deref() else {
             continue;

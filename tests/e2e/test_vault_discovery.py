@@ -149,3 +149,20 @@ def test_the_registration_survives_a_restart(gw):
     for t in seen["tokens"]:
         claims = jwt.decode(t["token"], options={"verify_signature": False})
         assert claims["aud"] == gw.mcp_url and claims["client_id"] == regs[0]["client_id"]
+
+
+def test_an_idle_instance_burns_no_cpu(gw):
+    """The control plane's tick (250 ms poll; no change notifications with a
+    file store) sleeps between polls: an idle instance uses a sliver of a
+    core (a loop that spun once went unnoticed by every other test)."""
+    import time
+
+    def ticks() -> int:
+        fields = open(f"/proc/{gw.proc.popen.pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    time.sleep(1)
+    before, t0 = ticks(), time.monotonic()
+    time.sleep(3)
+    used = (ticks() - before) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
+    assert used < 0.1, f"an idle instance used {used:.0%} of a core"
