@@ -48,7 +48,7 @@ pub(crate) fn message(
         return Screened::Same;
     }
     let outcome = screen.decide(&findings, direction);
-    note(audit, &findings, direction, &outcome);
+    note(audit, screen, &findings, direction, &outcome);
     match outcome {
         Outcome::Pass => Screened::Same,
         Outcome::Redact(mask) => {
@@ -96,19 +96,30 @@ fn withheld(body: &[u8], message: &str) -> Vec<u8> {
     serde_json::to_vec(&out).unwrap_or_default()
 }
 
-/// Findings as audit JSON: `{"direction", "detector", "pointer", "count", "action"}`.
-fn note(audit: &mut Option<String>, findings: &[Finding], direction: Direction, outcome: &Outcome) {
-    let action = match outcome {
-        Outcome::Pass => "audit",
-        Outcome::Redact(_) => "redact",
-        Outcome::Block { .. } => "block",
-    };
+/// Findings as audit JSON: `{"direction", "detector", "pointer", "count",
+/// "action"}`, each with its own detector's action (`block` only on the one
+/// that refused the message).
+fn note(
+    audit: &mut Option<String>,
+    screen: &Screen,
+    findings: &[Finding],
+    direction: Direction,
+    outcome: &Outcome,
+) {
     let dir = match direction {
         Direction::Request => "request",
         Direction::Response => "response",
     };
     let text = audit.get_or_insert_with(String::new);
     for f in findings.iter().take(32) {
+        use crate::screen::Action;
+        let action = match (screen.actions().for_finding(f, direction), outcome) {
+            (Action::Block, _) => "block",
+            // A redaction is moot in a message withheld for another finding.
+            (Action::Redact, Outcome::Block { .. }) => "withheld",
+            (Action::Redact, _) => "redact",
+            (Action::Audit, _) => "audit",
+        };
         if !text.is_empty() {
             text.push(',');
         }

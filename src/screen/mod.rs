@@ -96,6 +96,11 @@ pub struct Actions {
 }
 
 impl Actions {
+    /// The action for `finding`'s detector in a message going `direction`.
+    pub fn for_finding(&self, finding: &Finding, direction: Direction) -> Action {
+        self.of(finding.id, direction)
+    }
+
     /// The action for detector `id` in a message going `direction`.
     pub fn of(&self, id: u8, direction: Direction) -> Action {
         let table = match direction {

@@ -302,6 +302,7 @@ async fn read_body(
 
 const BAD_FRAMING: &str = "invalid upstream response framing";
 const LIST_TOO_LARGE: &str = "list result too large to filter";
+const ANSWER_TOO_LARGE: &str = "answer too large to filter or screen";
 const EVENT_TOO_LARGE: &str = "event too large to screen";
 
 /// The upstream broke its answer. Before the client's head went out (bad
@@ -415,7 +416,7 @@ async fn filtered_json(
             break;
         }
         if body.len() > MAX_LIST_BYTES {
-            return Err(Some(HttpError::BadGateway(LIST_TOO_LARGE)));
+            return Err(Some(HttpError::BadGateway(ANSWER_TOO_LARGE)));
         }
         conn.ubuf.clear();
         match timeout(
