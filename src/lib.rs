@@ -54,8 +54,8 @@ pub(crate) mod store;
 /// under rotating keys, and re-sealed under a new key (`portcullis vault rekey`).
 pub(crate) mod vault;
 
-/// The OAuth 2.1 authorization server for MCP clients; so far its rules
-/// (redirect URIs, `resource`) and Client ID Metadata Document resolution.
+/// The OAuth 2.1 authorization server for MCP clients, and portcullis as a
+/// client of routes' upstream services (users' upstream accounts).
 pub(crate) mod authz;
 
 /// `compile(config) -> Snapshot`: routes, TLS configs, upstreams, policies;

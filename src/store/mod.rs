@@ -1,11 +1,14 @@
-//! The authorization server's state: one embedded store behind a small,
-//! synchronous [`Store`] trait (issue 11). Not used by the proxy yet.
+//! The authorization server's state behind a small, synchronous [`Store`]
+//! trait: an embedded file or a shared PostgreSQL database.
 //!
 //! What is stored: OAuth clients (pre-registered, dynamically registered, and
 //! resolved Client ID Metadata Documents, which are cached records), consents
 //! per (user, client, redirect URI), authorization codes, grants with their
-//! refresh-token families, the sealed signing keys, users' upstream OAuth
-//! tokens per (user, route) (issue 12), and a change sequence.
+//! refresh-token families, the sealed signing keys (and the identity
+//! assertion key), users' upstream OAuth tokens per (user, route) and
+//! portcullis's registrations at upstream authorization servers (issue 12),
+//! and a change sequence (with PostgreSQL, also a notification per change:
+//! `watch`).
 //!
 //! Secrets never reach the store in the clear: authorization codes, refresh
 //! tokens and client secrets are stored only as SHA-256 hashes, which the
