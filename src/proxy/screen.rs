@@ -14,6 +14,9 @@ use serde_json::Value;
 /// Largest message (body or event) screened; a longer one is refused.
 const MAX_SCREENED: usize = crate::mcp::listfilter::MAX_LIST_BYTES;
 
+/// Most audit text of findings kept for one exchange.
+const MAX_AUDIT: usize = 16 * 1024;
+
 /// What screening made of one message.
 pub(crate) enum Screened {
     /// Send it as it is.
@@ -112,6 +115,11 @@ fn note(
     };
     let text = audit.get_or_insert_with(String::new);
     for f in findings.iter().take(32) {
+        // A long event stream adds findings event after event: the record
+        // keeps the first ones (about 16 KiB).
+        if text.len() > MAX_AUDIT {
+            return;
+        }
         use crate::screen::Action;
         let action = match (screen.actions().for_finding(f, direction), outcome) {
             (Action::Block, _) => "block",
