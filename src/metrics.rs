@@ -228,3 +228,91 @@ mod tests {
         assert!(out.contains("method=\"none\"} 1\n"), "{out}");
     }
 }
+
+/// A route's content-screening counters: findings per (direction, detector,
+/// action), for `portcullis_screen_findings_total`. Made with the route's
+/// compiled screen (a reload starts them again, as Prometheus counters may).
+pub struct ScreenCounts {
+    names: Vec<Box<str>>,
+    cells: Box<[AtomicU64]>,
+}
+
+/// The directions and actions counted, in cell order.
+const SCREEN_DIRECTIONS: [&str; 2] = ["request", "response"];
+const SCREEN_ACTIONS: [&str; 4] = ["audit", "redact", "block", "withheld"];
+
+impl std::fmt::Debug for ScreenCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScreenCounts")
+            .field("detectors", &self.names.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScreenCounts {
+    /// Counters for these detector names (in the screen's order).
+    pub fn new<'a>(names: impl Iterator<Item = &'a str>) -> ScreenCounts {
+        let names: Vec<Box<str>> = names.map(Box::from).collect();
+        let n = names.len() * SCREEN_DIRECTIONS.len() * SCREEN_ACTIONS.len();
+        ScreenCounts {
+            names,
+            cells: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// One more finding of detector `index`; `direction` and `action` as
+    /// the audit record names them (others are not counted).
+    pub fn bump(&self, index: usize, direction: &str, action: &str) {
+        let d = SCREEN_DIRECTIONS.iter().position(|x| *x == direction);
+        let a = SCREEN_ACTIONS.iter().position(|x| *x == action);
+        if let (Some(d), Some(a)) = (d, a) {
+            let i = (index * SCREEN_DIRECTIONS.len() + d) * SCREEN_ACTIONS.len() + a;
+            if let Some(c) = self.cells.get(i) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The series that counted something (Prometheus text format).
+    pub fn render(&self, route: &str, out: &mut String) {
+        let route = escape(route);
+        for (i, c) in self.cells.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let a = i % SCREEN_ACTIONS.len();
+            let d = i / SCREEN_ACTIONS.len() % SCREEN_DIRECTIONS.len();
+            let name = &self.names[i / SCREEN_ACTIONS.len() / SCREEN_DIRECTIONS.len()];
+            let _ = writeln!(
+                out,
+                "portcullis_screen_findings_total{{route=\"{route}\",direction=\"{}\",detector=\"{}\",action=\"{}\"}} {n}",
+                SCREEN_DIRECTIONS[d],
+                escape(name),
+                SCREEN_ACTIONS[a]
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod screen_counts_tests {
+    use super::ScreenCounts;
+
+    #[test]
+    fn findings_are_counted_per_direction_detector_and_action() {
+        let c = ScreenCounts::new(["aws_key", "email"].into_iter());
+        c.bump(0, "response", "redact");
+        c.bump(0, "response", "redact");
+        c.bump(1, "request", "audit");
+        c.bump(1, "sideways", "audit");
+        c.bump(7, "request", "audit");
+        let mut out = String::new();
+        c.render("gh", &mut out);
+        let want = [
+            "portcullis_screen_findings_total{route=\"gh\",direction=\"response\",detector=\"aws_key\",action=\"redact\"} 2",
+            "portcullis_screen_findings_total{route=\"gh\",direction=\"request\",detector=\"email\",action=\"audit\"} 1",
+        ];
+        assert_eq!(out.lines().collect::<Vec<_>>(), want);
+    }
+}

@@ -127,6 +127,7 @@ fn screen_request(
     };
     let screened = crate::proxy::screen::message(
         screen,
+        route.screen_counts.as_deref(),
         held,
         crate::screen::Direction::Request,
         &mut judged.audit.screen,

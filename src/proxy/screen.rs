@@ -8,6 +8,7 @@
 //! message with a JSON-RPC error naming the detector.
 
 use crate::mcp::sse::{event_end, field};
+use crate::metrics::ScreenCounts;
 use crate::screen::{Direction, Finding, Outcome, Screen};
 use serde_json::Value;
 
@@ -31,6 +32,7 @@ pub(crate) enum Screened {
 /// findings are appended to `audit` (rendered JSON objects).
 pub(crate) fn message(
     screen: &Screen,
+    counts: Option<&ScreenCounts>,
     body: &[u8],
     direction: Direction,
     audit: &mut Option<String>,
@@ -51,7 +53,7 @@ pub(crate) fn message(
         return Screened::Same;
     }
     let outcome = screen.decide(&findings, direction);
-    note(audit, screen, &findings, direction, &outcome);
+    note(audit, screen, counts, &findings, direction, &outcome);
     match outcome {
         Outcome::Pass => Screened::Same,
         Outcome::Redact(mask) => {
@@ -105,6 +107,7 @@ fn withheld(body: &[u8], message: &str) -> Vec<u8> {
 fn note(
     audit: &mut Option<String>,
     screen: &Screen,
+    counts: Option<&ScreenCounts>,
     findings: &[Finding],
     direction: Direction,
     outcome: &Outcome,
@@ -114,12 +117,7 @@ fn note(
         Direction::Response => "response",
     };
     let text = audit.get_or_insert_with(String::new);
-    for f in findings.iter().take(32) {
-        // A long event stream adds findings event after event: the record
-        // keeps the first ones (about 16 KiB).
-        if text.len() > MAX_AUDIT {
-            return;
-        }
+    for (i, f) in findings.iter().enumerate() {
         use crate::screen::Action;
         let action = match (screen.actions().for_finding(f, direction), outcome) {
             (Action::Block, _) => "block",
@@ -128,6 +126,14 @@ fn note(
             (Action::Redact, _) => "redact",
             (Action::Audit, _) => "audit",
         };
+        if let Some(c) = counts {
+            c.bump(f.detector_index(), dir, action);
+        }
+        // The record keeps the first 32 of a message, and about 16 KiB in
+        // all (a long event stream adds findings event after event).
+        if i >= 32 || text.len() > MAX_AUDIT {
+            continue;
+        }
         if !text.is_empty() {
             text.push(',');
         }
@@ -152,6 +158,7 @@ impl Events {
     pub(crate) fn feed(
         &mut self,
         screen: &Screen,
+        counts: Option<&ScreenCounts>,
         data: &[u8],
         out: &mut Vec<u8>,
         audit: &mut Option<String>,
@@ -160,7 +167,7 @@ impl Events {
         let mut start = 0;
         while let Some(len) = event_end(&self.pending[start..]) {
             let event = &self.pending[start..start + len];
-            match screen_event(screen, event, audit) {
+            match screen_event(screen, counts, event, audit) {
                 Some(new) => out.extend_from_slice(&new),
                 None => out.extend_from_slice(event),
             }
@@ -181,7 +188,12 @@ impl Events {
 }
 
 /// The event rewritten when screening changed its message.
-fn screen_event(screen: &Screen, event: &[u8], audit: &mut Option<String>) -> Option<Vec<u8>> {
+fn screen_event(
+    screen: &Screen,
+    counts: Option<&ScreenCounts>,
+    event: &[u8],
+    audit: &mut Option<String>,
+) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(event).ok()?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut data = String::new();
@@ -206,7 +218,8 @@ fn screen_event(screen: &Screen, event: &[u8], audit: &mut Option<String>) -> Op
     if data.is_empty() {
         return None;
     }
-    let Screened::Changed(new) = message(screen, data.as_bytes(), Direction::Response, audit)
+    let Screened::Changed(new) =
+        message(screen, counts, data.as_bytes(), Direction::Response, audit)
     else {
         return None;
     };
@@ -248,7 +261,7 @@ mod tests {
         let mut events = Events::default();
         let (mut out, mut audit) = (Vec::new(), None);
         for b in stream.as_bytes() {
-            events.feed(&s, &[*b], &mut out, &mut audit).unwrap();
+            events.feed(&s, None, &[*b], &mut out, &mut audit).unwrap();
         }
         events.finish(&mut out);
         let text = String::from_utf8(out).unwrap();
@@ -282,7 +295,7 @@ mod tests {
         );
         let mut audit = None;
         let Screened::Changed(new) =
-            message(&s, answer.as_bytes(), Direction::Response, &mut audit)
+            message(&s, None, answer.as_bytes(), Direction::Response, &mut audit)
         else {
             panic!("blocked answers are replaced")
         };
@@ -295,13 +308,13 @@ mod tests {
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{{"t":"{jwt}"}}}}}}"#
         );
         assert!(matches!(
-            message(&s, request.as_bytes(), Direction::Request, &mut None),
+            message(&s, None, request.as_bytes(), Direction::Request, &mut None),
             Screened::Blocked(d) if &*d == "jwt"
         ));
         let clean = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
         let mut audit = None;
         assert!(matches!(
-            message(&s, clean, Direction::Response, &mut audit),
+            message(&s, None, clean, Direction::Response, &mut audit),
             Screened::Same
         ));
         assert!(audit.is_none());

@@ -202,6 +202,14 @@ pub(crate) fn metrics(snap: &Snapshot, shared: &Shared) -> String {
     for r in snap.routes.all() {
         r.metrics.render(&r.name, &mut out);
     }
+    if snap.routes.all().iter().any(|r| r.screen_counts.is_some()) {
+        let _ = writeln!(out, "# HELP portcullis_screen_findings_total Content screening findings (string values with matches) per route, direction, detector and action.\n# TYPE portcullis_screen_findings_total counter");
+        for r in snap.routes.all() {
+            if let Some(c) = &r.screen_counts {
+                c.render(&r.name, &mut out);
+            }
+        }
+    }
     snap.unrouted.render("", &mut out);
     out
 }

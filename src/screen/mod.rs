@@ -57,6 +57,14 @@ pub struct Finding {
     id: u8,
 }
 
+impl Finding {
+    /// The detector's index in its [`Screen`] (as [`Screen::detectors`]
+    /// lists them).
+    pub fn detector_index(&self) -> usize {
+        usize::from(self.id)
+    }
+}
+
 /// A set of detectors of one [`Screen`] (by id).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mask(u128);

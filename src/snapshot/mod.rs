@@ -316,6 +316,10 @@ fn compile_routes(config: &Config, errs: &mut Errors) -> Vec<Route> {
         }
         if let Some(screen) = &r.screen {
             route.screen = cx.screen(screen);
+            route.screen_counts = route
+                .screen
+                .as_ref()
+                .map(|s| Arc::new(crate::metrics::ScreenCounts::new(s.detectors())));
         }
         routes.push(route);
     }

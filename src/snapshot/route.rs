@@ -32,8 +32,10 @@ pub struct Route {
     pub policy_reads_headers: bool,
     /// How its audit records show arguments.
     pub audit_arguments: crate::config::audit::Arguments,
-    /// Content screening of its messages, both ways (`screen`).
+    /// Content screening of its messages, both ways (`screen`), and its
+    /// findings' counters.
     pub screen: Option<std::sync::Arc<crate::screen::Screen>>,
+    pub screen_counts: Option<std::sync::Arc<crate::metrics::ScreenCounts>>,
     /// This route's counters (carried over by name across reloads).
     pub metrics: std::sync::Arc<crate::metrics::RouteMetrics>,
 }
@@ -119,6 +121,7 @@ impl Route {
             metrics: Default::default(),
             audit_arguments: Default::default(),
             screen: None,
+            screen_counts: None,
         }
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import anyio
+import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -26,13 +27,14 @@ PRIVATE = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq1\n-----END RSA P
 
 @pytest.fixture
 def screened(procs, portcullis, tmp_path):
-    port = free_port()
+    port, admin = free_port(), free_port()
     json_up = start_mcp2(procs, "screen-json", json_mode=True, extra=["--leaky-tool"])
     sse_up = start_mcp2(procs, "screen-sse", json_mode=False, extra=["--leaky-tool"])
     audit = tmp_path / "audit.jsonl"
     screen = "{ actions: { aws_key: redact, email: redact } }"
     cfg = f"""
 listen: [{{address: 127.0.0.1:{port}}}]
+admin: {{address: 127.0.0.1:{admin}}}
 audit: {{path: {audit}}}
 routes:
   - name: json
@@ -47,7 +49,7 @@ routes:
     screen: {screen}
 """
     portcullis.start(cfg, [port])
-    return port, audit
+    return port, audit, admin
 
 
 def call(url: str, tool: str, args: dict):
@@ -73,7 +75,7 @@ def records(audit, route: str) -> list[dict]:
 
 @pytest.mark.parametrize("route", ["json", "sse"])
 def test_results_are_redacted_and_hidden_text_flagged(screened, route):
-    port, audit = screened
+    port, audit, admin = screened
     result = call(f"http://127.0.0.1:{port}/{route}/mcp", "leaky_report", {})
     text = " ".join(text_of(result))
     assert KEY not in text and "ops@example.com" not in text, text
@@ -88,11 +90,14 @@ def test_results_are_redacted_and_hidden_text_flagged(screened, route):
     assert ("email", "response", "redact") in detectors, found
     assert any(f["detector"] == "unicode_tags" and f["direction"] == "response" for f in found), found
     assert all(f["pointer"].startswith("/result") for f in found if f["direction"] == "response"), found
+    metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=10).text
+    line = f'portcullis_screen_findings_total{{route="{route}",direction="response",detector="aws_key",action="redact"}} '
+    assert line in metrics, metrics[-2000:]
 
 
 @pytest.mark.parametrize("route", ["json", "sse"])
 def test_a_private_key_in_arguments_is_refused(screened, route):
-    port, audit = screened
+    port, audit, admin = screened
     err = call(f"http://127.0.0.1:{port}/{route}/mcp", "echo", {"text": f"please store {PRIVATE}"})
     assert "refused by content screening: private_key found in the request" in str(err), err
     assert "PRIVATE KEY" not in str(err)

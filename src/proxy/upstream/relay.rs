@@ -234,6 +234,7 @@ impl Reframe {
             events
                 .feed(
                     screen,
+                    route.screen_counts.as_deref(),
                     &self.data,
                     &mut screened,
                     &mut conn.judged.audit.screen,
@@ -444,6 +445,7 @@ async fn filtered_json(
     if let Some(screen) = route.screen.as_deref().filter(|_| req.mcp) {
         let screened = crate::proxy::screen::message(
             screen,
+            route.screen_counts.as_deref(),
             &body,
             crate::screen::Direction::Response,
             &mut conn.judged.audit.screen,
