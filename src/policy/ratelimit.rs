@@ -112,15 +112,19 @@ impl RateTable {
         if limit == 0 {
             return Some(false);
         }
-        // Take the first free or stale slot.
-        let mut busy = false;
+        // Take the first free or stale slot. A slot being handed over, or
+        // one that took our key since the scan above, sends us round again:
+        // taking another slot would count this key in two (and let it past
+        // its limit).
         for slot in bucket {
             let state = slot.state.load(Ordering::Acquire);
             if state == LOCKED {
-                busy = true;
-                continue;
+                return None;
             }
             let key = slot.key.load(Ordering::Acquire);
+            if key == fp {
+                return None;
+            }
             if key != 0 && (state >> 32) as u32 == window {
                 continue;
             }
@@ -135,13 +139,8 @@ impl RateTable {
             slot.state.store(pack(window, 1), Ordering::Release);
             return Some(true);
         }
-        // A slot being handed over may be ours: look again. Otherwise the
-        // bucket is full of live keys: fail closed.
-        if busy {
-            None
-        } else {
-            Some(false)
-        }
+        // The bucket is full of live keys: fail closed.
+        Some(false)
     }
 }
 
