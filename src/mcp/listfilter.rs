@@ -7,7 +7,7 @@
 
 use super::jsonrpc::RpcId;
 use super::method::Method;
-use super::sse::{event_end, field};
+use super::sse::{event_end, join_event, split_event};
 use serde_json::Value;
 
 /// Which list, and so which items and which key names them.
@@ -234,36 +234,9 @@ fn filter_event(
     event: &[u8],
     visible: &mut Visible<'_>,
 ) -> Option<(Vec<u8>, usize)> {
-    let text = std::str::from_utf8(event).ok()?;
-    // Clients strip a byte order mark at the start of a stream.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut data = String::new();
-    let mut kept = String::new();
-    // Lines end at CRLF, CR or LF, as SSE clients read them.
-    for bare in text.split(['\r', '\n']) {
-        if bare.is_empty() {
-            continue;
-        }
-        match field(bare, "data") {
-            Some(d) => {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(d);
-            }
-            None => {
-                kept.push_str(bare);
-                kept.push('\n');
-            }
-        }
-    }
+    let (kept, data) = split_event(event)?;
     let (new, answered) = filter_message(filter, data.as_bytes(), visible)?;
-    // serde_json output has no raw newlines: one data line.
-    let mut out = kept.into_bytes();
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&new);
-    out.extend_from_slice(b"\n\n");
-    Some((out, answered))
+    Some((join_event(kept, &new), answered))
 }
 
 #[cfg(test)]

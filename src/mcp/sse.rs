@@ -97,6 +97,47 @@ pub(crate) fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(v.strip_prefix(' ').unwrap_or(v))
 }
 
+/// One complete event split into its `data` (lines joined with `\n`) and
+/// every other line, kept in order; `None` when it is not UTF-8. Lines end
+/// at CRLF, CR or LF, as SSE clients read them; a leading byte order mark
+/// is dropped (clients strip it at the start of a stream).
+pub(crate) fn split_event(event: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(event).ok()?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let (mut kept, mut data) = (String::new(), String::new());
+    for bare in text.split(['\r', '\n']) {
+        if bare.is_empty() {
+            continue;
+        }
+        match field(bare, "data") {
+            Some(d) => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d);
+            }
+            None => {
+                kept.push_str(bare);
+                kept.push('\n');
+            }
+        }
+    }
+    Some((kept, data))
+}
+
+/// An event of the `kept` lines and `message` as data, a `data:` line per
+/// line of it (a pretty-printed JSON message has several).
+pub(crate) fn join_event(kept: String, message: &[u8]) -> Vec<u8> {
+    let mut out = kept.into_bytes();
+    for line in message.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

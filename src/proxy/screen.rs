@@ -7,7 +7,7 @@
 //! `redact` rewrites the matches inside their strings, `block` replaces the
 //! message with a JSON-RPC error naming the detector.
 
-use crate::mcp::sse::{event_end, field};
+use crate::mcp::sse::{event_end, join_event, split_event};
 use crate::metrics::ScreenCounts;
 use crate::screen::{Direction, Finding, Outcome, Screen};
 use serde_json::Value;
@@ -194,27 +194,7 @@ fn screen_event(
     event: &[u8],
     audit: &mut Option<String>,
 ) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(event).ok()?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut data = String::new();
-    let mut kept = String::new();
-    for bare in text.split(['\r', '\n']) {
-        if bare.is_empty() {
-            continue;
-        }
-        match field(bare, "data") {
-            Some(d) => {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(d);
-            }
-            None => {
-                kept.push_str(bare);
-                kept.push('\n');
-            }
-        }
-    }
+    let (kept, data) = split_event(event)?;
     if data.is_empty() {
         return None;
     }
@@ -223,15 +203,7 @@ fn screen_event(
     else {
         return None;
     };
-    // A data line per line of the message (JSON may be pretty-printed).
-    let mut out = kept.into_bytes();
-    for line in new.split(|&b| b == b'\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    Some(out)
+    Some(join_event(kept, &new))
 }
 
 #[cfg(test)]
