@@ -170,7 +170,9 @@ def test_sse_event_arrives_while_upstream_stream_open(portcullis, raw_upstreams,
         assert got == first, got
         release.set()
         rest = r.read_to_end()
-        assert upstream_finished.is_set()
+        # The handler thread marks the upstream finished just after its last send, which the
+        # client may read first: wait for the mark rather than race it.
+        assert upstream_finished.wait(5)
         assert rest == first + second  # byte-exact: id, retry, comments, empty events kept
 
 
