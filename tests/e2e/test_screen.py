@@ -108,3 +108,42 @@ def test_a_private_key_in_arguments_is_refused(screened, route):
     assert {"detector": "private_key", "direction": "request", "action": "block"}.items() <= found[0].items(), found
     assert found[0]["pointer"] == "/params/arguments/text", found
     assert "PRIVATE KEY" not in audit.read_text()
+
+
+def test_policy_denies_on_what_screening_found(procs, portcullis, tmp_path):
+    """`content: { detector: email }` in a deny rule: a tool call whose
+    arguments carry an email address is refused by that rule (the screen
+    itself only audits it) and the audit record says which rule and what was
+    found; the same call without one goes through."""
+    port = free_port()
+    up = start_mcp2(procs, "screen-policy", json_mode=True)
+    audit = tmp_path / "audit.jsonl"
+    cfg = f"""
+listen: [{{address: 127.0.0.1:{port}}}]
+audit: {{path: {audit}}}
+routes:
+  - name: guarded
+    from: http://127.0.0.1:{port}/mcp
+    to: {up.url}
+    mcp: {{}}
+    screen: {{ actions: {{ email: audit }} }}
+    policy:
+      - name: no-addresses-out
+        deny: {{ and: [{{ mcp_tool: {{ equals: echo }} }}, {{ content: {{ detector: email }} }}] }}
+        message: tools may not be sent email addresses
+      - allow: {{ and: [] }}
+"""
+    portcullis.start(cfg, [port])
+    url = f"http://127.0.0.1:{port}/mcp"
+    err = call(url, "echo", {"text": "write to carol@example.org"})
+    assert 'denied by policy rule "no-addresses-out"' in str(err), err
+    assert "carol@" not in str(err)
+    ok = call(url, "echo", {"text": "nothing personal"})
+    assert "nothing personal" in " ".join(text_of(ok)), ok
+    anyio.run(anyio.sleep, 0.5)
+    calls = [r for r in records(audit, "guarded") if r.get("method") == "tools/call"]
+    denied = [r for r in calls if r.get("rule") == "no-addresses-out"]
+    assert len(denied) == 1 and denied[0]["decision"] != "allow", calls
+    found = denied[0].get("screen", [])
+    assert found and found[0]["detector"] == "email" and found[0]["pointer"] == "/params/arguments/text", found
+    assert "carol@" not in audit.read_text()
