@@ -147,3 +147,65 @@ routes:
     found = denied[0].get("screen", [])
     assert found and found[0]["detector"] == "email" and found[0]["pointer"] == "/params/arguments/text", found
     assert "carol@" not in audit.read_text()
+
+
+def test_a_secret_split_across_two_sse_reads_is_redacted(portcullis):
+    """The upstream writes one SSE event in two parts, cut inside the AWS
+    key and the email address, 300 ms apart: portcullis holds the event until
+    its end and relays it redacted; the events around it pass as they were."""
+    import socket
+    import threading
+    import time
+
+    from rawupstream import RawUpstream, chunk
+
+    event = (
+        'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text",'
+        f'"text":"id {KEY} for ops@example.com"}}]}}}}\n\n'
+    ).encode()
+    cut = event.index(b"FODNN7") + 2
+    first_write = threading.Event()
+
+    def handler(conn: socket.socket, req) -> bool:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunk(b": hello\n\n" + event[:cut])
+        )
+        first_write.set()
+        time.sleep(0.3)
+        conn.sendall(chunk(event[cut:]) + chunk(b"data: {}\n\n") + b"0\r\n\r\n")
+        return True
+
+    up = RawUpstream(handler)
+    try:
+        port = free_port()
+        portcullis.start(
+            f"""
+listen: [{{address: 127.0.0.1:{port}}}]
+routes:
+  - name: r
+    from: http://127.0.0.1:{port}/mcp
+    to: http://127.0.0.1:{up.port}/mcp
+    mcp: {{}}
+    screen: {{ actions: {{ aws_key: redact, email: redact }} }}
+""",
+            [port],
+        )
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/mcp",
+            content=body,
+            headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"},
+            timeout=10,
+        )
+        assert first_write.is_set()
+        assert r.status_code == 200, r.text
+        text = r.text
+        assert KEY not in text and "ops@example.com" not in text, text
+        assert "[REDACTED:aws_key]" in text and "[REDACTED:email]" in text, text
+        assert text.startswith(": hello\n\nevent: message\ndata: {"), text
+        assert text.endswith("\n\ndata: {}\n\n"), text
+        data = json.loads(text.split("data: ", 1)[1].split("\n", 1)[0])
+        assert data["id"] == 1 and data["result"]["content"][0]["text"].startswith("id [REDACTED:aws_key]")
+    finally:
+        up.close()
