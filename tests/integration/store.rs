@@ -42,11 +42,11 @@ fn migrate_creates_a_file_then_finds_it_current() {
     let out = portcullis::store_migrate(&config).unwrap();
     assert_eq!(
         out,
-        format!("{}: created, schema version 3\n", file.display())
+        format!("{}: created, schema version 4\n", file.display())
     );
     assert!(file.is_file(), "made with its directory");
     let out = portcullis::store_migrate(&config).unwrap();
-    assert!(out.ends_with(": schema version 3, up to date\n"), "{out}");
+    assert!(out.ends_with(": schema version 4, up to date\n"), "{out}");
     rusqlite::Connection::open(&file)
         .unwrap()
         .execute("INSERT INTO schema_version (version) VALUES (4)", [])
@@ -102,10 +102,10 @@ fn migrate_and_grants_on_postgres() {
     let out = portcullis::store_migrate(&config).unwrap();
     assert_eq!(
         out,
-        format!("postgresql://{shown}/{name}: created, schema version 3\n")
+        format!("postgresql://{shown}/{name}: created, schema version 4\n")
     );
     let out = portcullis::store_migrate(&config).unwrap();
-    assert!(out.ends_with(": schema version 3, up to date\n"), "{out}");
+    assert!(out.ends_with(": schema version 4, up to date\n"), "{out}");
     let listed = portcullis::grants(
         Path::new(&config),
         portcullis::GrantsCommand::List,
