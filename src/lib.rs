@@ -74,6 +74,7 @@ pub(crate) mod runtime;
 
 pub use runtime::grants::{grants, GrantsCommand};
 pub use runtime::store::store_migrate;
+pub use runtime::tools::{tools, ToolsCommand};
 pub use runtime::vault::vault_rekey;
 pub use runtime::{demo, run_until_signal, start, Running};
 pub use snapshot::{from_text, load, Snapshot};

@@ -10,6 +10,7 @@ pub(crate) mod grants;
 pub(crate) mod pins;
 pub mod reload;
 pub(crate) mod store;
+pub(crate) mod tools;
 pub(crate) mod vault;
 
 use crate::config::{Driver, RuntimeConfig};
