@@ -101,9 +101,12 @@ pub(crate) struct Item {
 
 impl Item {
     /// The item of `kind` in a list answer (not screened yet: `screen`);
-    /// `None` without its name.
+    /// `None` without its name (or with an empty one).
     pub(crate) fn of(kind: Kind, item: &serde_json::Value) -> Option<Item> {
         let name = item.get(kind.name_key())?.as_str()?.to_string();
+        if name.is_empty() {
+            return None;
+        }
         let definition = canon::definition(kind, item);
         Some(Item {
             name,

@@ -48,6 +48,10 @@ impl Pinned {
         for (route, kind, name, hash, approved) in rows {
             let table = p.routes.entry(route.to_string()).or_default()[kind.index()]
                 .get_or_insert_with(Table::default);
+            if name.is_empty() {
+                // The mark that the kind's first definitions were recorded.
+                continue;
+            }
             let entry = table.items.entry(name.to_string()).or_default();
             if approved {
                 if entry.approved.is_none() {
@@ -84,6 +88,11 @@ impl Table {
             .is_some_and(|e| e.approved.is_some() && e.pending.is_none())
     }
 
+    /// Whether `name` has an approved definition (whatever its hash).
+    pub(crate) fn has_approved(&self, name: &str) -> bool {
+        self.items.get(name).is_some_and(|e| e.approved.is_some())
+    }
+
     /// How many items have an approved definition.
     pub(crate) fn approved(&self) -> usize {
         self.approved
@@ -102,6 +111,7 @@ mod tests {
             ("r", Kind::Tool, "echo", "h3", true),
             ("r", Kind::Tool, "new", "h4", false),
             ("s", Kind::Prompt, "p", "h5", true),
+            ("s", Kind::Tool, "", "", true),
         ]);
         let t = p.table("r", Kind::Tool).unwrap();
         assert_eq!(t.seen("add", "h1"), Seen::Approved);
@@ -112,8 +122,14 @@ mod tests {
         assert!(!t.callable("add"), "a change awaits approval");
         assert!(!t.callable("new") && !t.callable("other"));
         assert_eq!(t.approved(), 2);
+        assert!(t.has_approved("add") && !t.has_approved("new") && !t.has_approved("x"));
         assert!(p.table("r", Kind::Prompt).is_none(), "nothing recorded yet");
         assert!(p.table("s", Kind::Prompt).unwrap().callable("p"));
         assert!(p.table("x", Kind::Tool).is_none());
+        let marked = p
+            .table("s", Kind::Tool)
+            .expect("recorded, with nothing in it");
+        assert_eq!(marked.approved(), 0);
+        assert_eq!(marked.seen("", ""), Seen::Unknown);
     }
 }

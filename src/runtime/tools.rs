@@ -51,7 +51,7 @@ pub fn tools(
         .pins(Some(route))
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|p| kind.is_none_or(|k| p.kind == k))
+        .filter(|p| !p.name.is_empty() && kind.is_none_or(|k| p.kind == k))
         .collect();
     match command {
         ToolsCommand::Diff => Ok(render(route, &pins)),

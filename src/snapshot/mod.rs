@@ -1095,4 +1095,67 @@ routes:
         let snap = from_text(&ok, Path::new("c.yaml")).unwrap();
         assert!(snap.routes.all().iter().all(|r| r.screen.is_some()));
     }
+
+    #[test]
+    fn pinning_needs_an_mcp_route_and_the_store() {
+        let text = "\
+listen:
+  - address: 127.0.0.1:8080
+routes:
+  - name: a
+    from: http://127.0.0.1:8080/a
+    to: http://127.0.0.1:9000/mcp
+    mcp: {}
+    pin: { tools: enforce }
+  - name: b
+    from: http://127.0.0.1:8080/b
+    to: http://127.0.0.1:9000/mcp
+    pin: { prompts: record }
+";
+        let errs = from_text(text, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{msgs:#?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("route \"b\": pin needs an MCP route")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("pin keeps the pinned definitions in the store")),
+            "{msgs:#?}"
+        );
+        let bad_mode = text.replace("tools: enforce", "tools: strict");
+        let errs = from_text(&bad_mode, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        assert!(errs[0].to_string().contains("strict"), "{}", errs[0]);
+        let ok = text
+            .replace(
+                "    pin: { prompts: record }",
+                "    mcp: {}\n    pin: { prompts: record }",
+            )
+            .replace("routes:", "store: { path: /tmp/pins.db }\nroutes:");
+        let snap = from_text(&ok, Path::new("c.yaml")).unwrap();
+        let a = snap.routes.get(0).pin.as_deref().unwrap();
+        assert_eq!(
+            a.mode(crate::pin::Kind::Tool),
+            crate::config::pin::PinMode::Enforce
+        );
+        assert_eq!(
+            a.mode(crate::pin::Kind::Prompt),
+            crate::config::pin::PinMode::Off
+        );
+        assert!(snap.pin_store.is_some());
+        // Every kind off: no pinning, and the store is then unused.
+        let off = ok
+            .replace("pin: { tools: enforce }", "pin: {}")
+            .replace("pin: { prompts: record }", "pin: { tools: off }");
+        let snap = from_text(&off, Path::new("c.yaml")).unwrap();
+        assert!(snap.routes.all().iter().all(|r| r.pin.is_none()) && snap.pin_store.is_none());
+    }
 }

@@ -1,6 +1,6 @@
 //! What the pin thread makes of a core's report: the first definitions of a
 //! route's kind recorded (trusted; under `enforce` one with injection
-//! markers is held for approval), every later change audited with its diff
+//! markers is held for approval; a row named "" marks the kind recorded), every later change audited with its diff
 //! and either recorded (`record`) or held pending (`enforce`), removals
 //! audited and forgotten, `list_changed` notifications audited. Reports
 //! repeat (every core reports until the pinned set is published): what is
@@ -127,6 +127,19 @@ fn first(
             }));
         }
     }
+    // The mark that this kind's first definitions were recorded: without
+    // it, a list emptied by the upstream would make its next tools "first".
+    store.put_pin(&Pin {
+        route: o.route.clone(),
+        kind: o.kind.as_str().into(),
+        name: String::new(),
+        approved: true,
+        hash: String::new(),
+        definition: "{}".into(),
+        flagged: Vec::new(),
+        first_seen: now,
+        approved_at: Some(now),
+    })?;
     let names: Vec<&str> = o
         .items
         .iter()
@@ -160,7 +173,7 @@ fn removed(
                 .filter(|n| !approved.contains_key(*n))
                 .map(|n| (*n, false)),
         )
-        .filter(|(n, _)| !o.items.iter().any(|i| i.name == *n))
+        .filter(|(n, _)| !n.is_empty() && !o.items.iter().any(|i| i.name == *n))
         .collect();
     gone.sort_unstable();
     for (name, was_approved) in gone {
@@ -244,6 +257,7 @@ mod tests {
         s.pins(Some("r"))
             .unwrap()
             .into_iter()
+            .filter(|p| !p.name.is_empty())
             .map(|p| (p.name, p.approved))
             .collect()
     }
@@ -322,6 +336,13 @@ mod tests {
             [("add".into(), true), ("add".into(), false)],
             "echo, evil and new are forgotten"
         );
+        // An emptied list does not make the next tools "first": they are held.
+        observed(&mut s, &pin, &seen(Vec::new()), 400, &audit).unwrap();
+        assert!(states(&s).is_empty());
+        observed(&mut s, &pin, &seen(vec![tool("sneaky", "S.")]), 500, &audit).unwrap();
+        assert_eq!(states(&s), [("sneaky".into(), false)]);
+        let l = lines.take();
+        assert!(l.iter().all(|v| v["event"] != "pin.recorded"), "{l:#?}");
     }
 
     #[test]
@@ -338,7 +359,8 @@ mod tests {
         observed(&mut s, &pin, &marked, 2, &audit).unwrap();
         observed(&mut s, &pin, &marked, 3, &audit).unwrap();
         assert_eq!(states(&s), [("add".into(), true)], "recorded, nothing held");
-        let stored = &s.pins(Some("r")).unwrap()[0];
+        let stored = &s.pins(Some("r")).unwrap()[1];
+        assert_eq!(stored.name, "add", "after the kind's mark");
         assert_eq!(stored.hash, marked.items[0].hash);
         assert!(stored.flagged.contains(&"override_phrase".to_string()));
         let l = lines.take();
