@@ -1329,7 +1329,7 @@ pub(crate) fn pins_are_kept_replaced_and_approved(place: &dyn Place) {
     );
     assert_eq!(gh[1], pin("add", false, "h-bad"), "every column kept");
     assert_eq!(s.pins(None).unwrap().len(), 5);
-    assert_eq!(s.pins(Some("notion")).unwrap(), [other.clone()]);
+    assert_eq!(s.pins(Some("notion")).unwrap(), [other]);
     // Approving one name: its pending pin replaces the approved one.
     let before = s.seq().unwrap();
     let approved = s.approve_pins("gh", None, Some("add"), T0 + 5).unwrap();

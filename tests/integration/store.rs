@@ -49,10 +49,10 @@ fn migrate_creates_a_file_then_finds_it_current() {
     assert!(out.ends_with(": schema version 4, up to date\n"), "{out}");
     rusqlite::Connection::open(&file)
         .unwrap()
-        .execute("INSERT INTO schema_version (version) VALUES (4)", [])
+        .execute("INSERT INTO schema_version (version) VALUES (5)", [])
         .unwrap();
     let err = portcullis::store_migrate(&config).unwrap_err();
-    assert!(err.contains("newer portcullis (schema version 4"), "{err}");
+    assert!(err.contains("newer portcullis (schema version 5"), "{err}");
 }
 
 #[test]

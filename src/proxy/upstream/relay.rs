@@ -54,12 +54,7 @@ pub(crate) async fn response(
     let head = read_head(worker, route, snap, req, &mut upstream, conn).await?;
     // A list answer to filter: a JSON body is filtered whole, an event
     // stream event by event (its length changes, so it is re-framed).
-    // (A pinning route also watches answers that are no list's for
-    // `list_changed` notifications: those come on event streams only.)
-    let list = conn.judged.list.take().filter(|l| {
-        (route.policy.is_some() || route.pin.is_some())
-            && (!l.wanted.is_empty() || head.event_stream || req.method == Method::Get)
-    });
+    let list = list_to_filter(route, req, &head, conn);
     // Content screening reads every answer of the route the same way.
     let screen = route.screen.as_ref().filter(|_| req.mcp);
     if (list.is_some() || screen.is_some()) && head.encoded {
@@ -176,6 +171,21 @@ fn finish_head(
     }
     conn.out.extend_from_slice(b"\r\n");
     (client_chunked, keep_client)
+}
+
+/// What judging noted to filter in this answer, when the route filters
+/// (a policy, or pinning). A pinning route also watches answers that are no
+/// list's for `list_changed` notifications: those come on event streams only.
+fn list_to_filter(
+    route: &Route,
+    req: &Request,
+    head: &Head,
+    conn: &mut Conn,
+) -> Option<ListFilter> {
+    conn.judged.list.take().filter(|l| {
+        (route.policy.is_some() || route.pin.is_some())
+            && (!l.wanted.is_empty() || head.event_stream || req.method == Method::Get)
+    })
 }
 
 /// How body bytes pass from the upstream buffer to the client's output.
