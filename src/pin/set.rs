@@ -88,6 +88,11 @@ impl Table {
             .is_some_and(|e| e.approved.is_some() && e.pending.is_none())
     }
 
+    /// Whether a change of `name` awaits approval.
+    pub(crate) fn has_pending(&self, name: &str) -> bool {
+        self.items.get(name).is_some_and(|e| e.pending.is_some())
+    }
+
     /// Whether `name` has an approved definition (whatever its hash).
     pub(crate) fn has_approved(&self, name: &str) -> bool {
         self.items.get(name).is_some_and(|e| e.approved.is_some())
@@ -123,6 +128,7 @@ mod tests {
         assert!(!t.callable("new") && !t.callable("other"));
         assert_eq!(t.approved(), 2);
         assert!(t.has_approved("add") && !t.has_approved("new") && !t.has_approved("x"));
+        assert!(t.has_pending("add") && !t.has_pending("echo"));
         assert!(p.table("r", Kind::Prompt).is_none(), "nothing recorded yet");
         assert!(p.table("s", Kind::Prompt).unwrap().callable("p"));
         assert!(p.table("x", Kind::Tool).is_none());

@@ -60,6 +60,9 @@ impl<'a> Lister<'a> {
         if seen == Seen::Unknown {
             item.screen();
             self.unknown = true;
+        } else if seen == Seen::Approved && table.is_some_and(|t| t.has_pending(&item.name)) {
+            // Back to the approved definition: the pending change is stale.
+            self.unknown = true;
         }
         let shown = match (mode, table.is_some(), seen) {
             (PinMode::Enforce, _, Seen::Approved) => true,
@@ -264,6 +267,12 @@ mod tests {
         ]);
         let (names, reports) = list(route, &pending, json!([add, changed]));
         assert_eq!((names, reports.len()), (vec!["add".to_string()], 0));
+        // Back to the approved definition: reported, so the stale change goes.
+        let (names, reports) = list(route, &pending, json!([add, echo]));
+        assert_eq!(
+            (names, reports.len()),
+            (vec!["add".to_string(), "echo".to_string()], 1)
+        );
         // A whole list without an approved item reports its removal.
         let (_, reports) = list(route, &pinned, json!([add]));
         assert_eq!(reports.len(), 1, "echo was removed");

@@ -121,7 +121,12 @@ fn write_audit(shared: &Shared, mut line: serde_json::Value) {
         obj.insert("v".into(), 1.into());
         obj.insert("time".into(), crate::audit::now_rfc3339().into());
     }
-    tracing::warn!(target: "portcullis::pin", record = %line, "tool pinning");
+    match line["event"].as_str() {
+        Some("pin.change" | "pin.flagged") => {
+            tracing::warn!(target: "portcullis::pin", record = %line, "tool pinning")
+        }
+        _ => tracing::info!(target: "portcullis::pin", record = %line, "tool pinning"),
+    }
     if let Some(sink) = &shared.audit {
         let mut bytes = line.to_string().into_bytes();
         bytes.push(b'\n');
