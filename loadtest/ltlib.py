@@ -914,14 +914,15 @@ def mcp_policy_yaml(rules, indent=6):
 
 def portcullis_mcp_conf(port, up_port, issuer, driver="io_uring", *, workers=1, tls=None,
                         audit_path=None, policy_rules=None, upstream_auth=None,
-                        route_path=MCP_PATH, admin_port=None):
+                        route_path=MCP_PATH, admin_port=None, screen=None):
     """portcullis with the full MCP path: one listener (TLS when tls=(cert, key)), an MCP
     route with `auth` (the ES256 issuer from make_issuer, jwks_file), the 100-rule policy
     (policy_rules, default mcp_policy_rules()[0]; [] for none) and, with audit_path, the
     audit log to that file. upstream_auth: None = portcullis's default (an ES256 identity
     assertion per principal, cached per core), or a YAML flow mapping such as
     '{ none: true }'. admin_port: the admin listener (/metrics, e.g. token cache hits; off
-    the data plane: the counters are kept whether it is on or not)."""
+    the data plane: the counters are kept whether it is on or not). screen: the route's
+    `screen` section as a YAML flow mapping (`{}`: every built-in detector), or None."""
     rules = mcp_policy_rules()[0] if policy_rules is None else policy_rules
     scheme = "https" if tls else "http"
     listen = f"  - address: 127.0.0.1:{port}\n"
@@ -933,6 +934,8 @@ def portcullis_mcp_conf(port, up_port, issuer, driver="io_uring", *, workers=1, 
         audit += f"admin: {{ address: 127.0.0.1:{admin_port} }}\n"
     policy = ("    policy:\n" + mcp_policy_yaml(rules)) if rules else ""
     ua = f"    upstream_auth: {upstream_auth}\n" if upstream_auth else ""
+    if screen is not None:
+        ua += f"    screen: {screen}\n"
     return f"""workers: {workers}
 runtime: {{ driver: {driver}, ring_entries: 1024, coop_taskrun: true, single_issuer: true, defer_taskrun: true }}
 upstream: {{ pool_max_idle: {POOL_IDLE} }}

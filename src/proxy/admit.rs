@@ -52,6 +52,7 @@ impl Request {
             source_ip,
             now_unix: self.now_unix,
             headers,
+            content: &[],
         }
     }
 }

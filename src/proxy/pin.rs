@@ -200,6 +200,7 @@ mod tests {
             source_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             now_unix: 0,
             headers: &[],
+            content: &[],
         }
     }
 

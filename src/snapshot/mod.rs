@@ -364,6 +364,7 @@ fn compile_routes(config: &Config, errs: &mut Errors) -> Vec<Route> {
                 .as_ref()
                 .map(|s| Arc::new(crate::metrics::ScreenCounts::new(s.detectors())));
         }
+        cx.content_criteria(&route);
         routes.push(route);
     }
     routes
@@ -723,6 +724,25 @@ impl<'c> RouteCx<'c, '_, '_> {
 }
 
 impl RouteCx<'_, '_, '_> {
+    /// The policy's `content` criteria must name detectors the route's
+    /// screen runs (unless the screen itself failed to compile).
+    fn content_criteria(&mut self, route: &Route) {
+        let (Some(policy), r) = (&route.policy, self.r) else {
+            return;
+        };
+        if r.screen.is_some() && route.screen.is_none() {
+            return;
+        }
+        let nth = self.config.routes[..self.index]
+            .iter()
+            .filter(|o| o.policy.is_some())
+            .count();
+        for message in policy.unscreened_content(route.screen.as_deref()) {
+            self.errs
+                .at("policy", "", nth, format!("route {:?}: {message}", r.name));
+        }
+    }
+
     /// The route's `screen` section, compiled (its errors located at the
     /// nth `screen` key).
     fn pin(&mut self, pin: &crate::config::pin::PinConfig) -> Option<Arc<crate::pin::RoutePin>> {
@@ -1094,6 +1114,46 @@ routes:
             .replace("    screen: {}", "    mcp: {}\n    screen: {}");
         let snap = from_text(&ok, Path::new("c.yaml")).unwrap();
         assert!(snap.routes.all().iter().all(|r| r.screen.is_some()));
+    }
+
+    #[test]
+    fn content_criteria_must_name_what_the_screen_runs() {
+        let route = |screen: &str, content: &str| {
+            format!(
+                "\
+listen:
+  - address: 127.0.0.1:8080
+routes:
+  - name: a
+    from: http://127.0.0.1:8080/a
+    to: http://127.0.0.1:9000/mcp
+    mcp: {{}}
+{screen}    policy:
+      - deny: {{ content: {content} }}
+"
+            )
+        };
+        let err = |text: &str| -> Vec<String> {
+            match from_text(text, Path::new("c.yaml")) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+            }
+        };
+        let msgs = err(&route("", "{ detector: aws_key }"));
+        assert_eq!(msgs.len(), 1, "{msgs:#?}");
+        assert!(
+            msgs[0].starts_with("c.yaml:8:5: route \"a\": content: detector \"aws_key\" needs the route's `screen` section"),
+            "{msgs:#?}"
+        );
+        let custom = "    screen: { custom: [{ name: acme_id, regex: 'ACME-[0-9]+' }] }\n";
+        let msgs = err(&route(custom, "{ detector: acme_idd }"));
+        assert!(
+            msgs.len() == 1 && msgs[0].contains("the route's screen runs no detector \"acme_idd\""),
+            "{msgs:#?}"
+        );
+        assert!(err(&route(custom, "{ detector: acme_id }")).is_empty());
+        assert!(err(&route(custom, "{ group: custom }")).is_empty());
+        assert!(err(&route("    screen: {}\n", "{ group: secrets }")).is_empty());
     }
 
     #[test]
