@@ -73,12 +73,13 @@ fn run(prepared: Prepared, snapshot: &SharedSnapshot, shared: &Shared) {
         let mut changed = false;
         match receiver.recv_timeout(POLL) {
             Ok(report) => {
+                // Only an observed list can change the pins.
+                changed = matches!(report, Report::Observed(_));
                 let snap = snapshot.load();
                 let audit = |line: serde_json::Value| write_audit(shared, line);
                 if let Err(e) = record::report(store.as_mut(), &snap, report, &audit) {
                     tracing::warn!(error = %e, "tool pinning: cannot record what a list held");
                 }
-                changed = true;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,

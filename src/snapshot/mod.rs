@@ -743,8 +743,8 @@ impl RouteCx<'_, '_, '_> {
         }
     }
 
-    /// The route's `screen` section, compiled (its errors located at the
-    /// nth `screen` key).
+    /// The route's `pin` section, compiled (`None` when every kind is off;
+    /// its error located at the nth `pin` key).
     fn pin(&mut self, pin: &crate::config::pin::PinConfig) -> Option<Arc<crate::pin::RoutePin>> {
         let r = self.r;
         if r.mcp.is_none() {
@@ -763,6 +763,8 @@ impl RouteCx<'_, '_, '_> {
         crate::pin::RoutePin::compile(pin).map(Arc::new)
     }
 
+    /// The route's `screen` section, compiled (its errors located at the
+    /// nth `screen` key).
     fn screen(
         &mut self,
         screen: &crate::config::screen::ScreenConfig,
