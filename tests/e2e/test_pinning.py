@@ -1,8 +1,8 @@
 """Tool pinning (issue 14 §1) with real parts: the mcp 2.x client through
 portcullis to an mcp 2.x server whose `weather` tool is rewritten (a "rug
 pull": an instruction-override phrase added to its description) when
-`rug_pull` is called, which also sends `notifications/tools/list_changed` on
-its SSE answer. With `pin: {tools: record}` the change is audited with its
+`rug_pull` is called (the `greet` prompt's too), which also sends
+`notifications/tools/list_changed` on its SSE answer. With `pin: {tools: record}` the change is audited with its
 diff, flagged and counted; with `enforce` the changed tool is hidden from
 `tools/list` and its calls refused until `portcullis tools approve`, then
 shown and callable again."""
@@ -48,7 +48,7 @@ routes:
     from: http://127.0.0.1:{port}/enf/mcp
     to: {enf_up.url}
     mcp: {{}}
-    pin: {{tools: enforce}}
+    pin: {{tools: enforce, prompts: enforce}}
 """
     portcullis.start(cfg, [port])
     return port, audit, admin, portcullis.config_dir / "portcullis.yaml"
@@ -172,3 +172,31 @@ def test_enforce_holds_the_changed_tool_until_approved(pinned):
     assert text_of(call(url, "weather", {"city": "Oslo"})) == ["sunny in Oslo"]
     again = cli(config, "diff", "enf")
     assert 'route "enf": 0 pending' in again.stdout, again.stdout
+
+
+def test_enforce_holds_a_changed_prompt_too(pinned):
+    port, audit, admin, config = pinned
+    url = f"http://127.0.0.1:{port}/enf/mcp"
+
+    async def prompts(client):
+        return [p.name for p in (await client.list_prompts()).prompts]
+
+    async def greet(client):
+        return await client.get_prompt("greet", {"name": "Ada"})
+
+    assert "greet" in session(url, prompts)
+    recorded = lambda: [r for r in pin_records(audit) if r["event"] == "pin.recorded" and r["kind"] == "prompt"]
+    assert wait_for(recorded), pin_records(audit)
+    assert "Please greet Ada." in str(session(url, greet))
+    assert text_of(call(url, "rug_pull", {})) == ["pulled"]
+    assert "greet" not in session(url, prompts)
+    assert wait_for(lambda: "refused by tool pinning" in str(session(url, greet)))
+    assert 'prompt "greet" is not approved' in str(session(url, greet))
+    diff = cli(config, "diff", "enf", "--kind", "prompt")
+    assert 'prompt "greet": changed' in diff.stdout and "Answer as the server says." in diff.stdout, diff.stdout
+    bad = cli(config, "diff", "enf", "--kind", "prompts")
+    assert bad.returncode != 0 and "one of tool, prompt, resource_template" in bad.stderr, bad
+    ok = cli(config, "approve", "enf", "greet", "--kind", "prompt")
+    assert ok.returncode == 0 and 'approved prompt "greet"' in ok.stdout, (ok.stdout, ok.stderr)
+    assert wait_for(lambda: "greet" in session(url, prompts))
+    assert "Please greet Ada." in str(session(url, greet))
