@@ -81,6 +81,27 @@ impl RoutePin {
         self.modes[kind.index()]
     }
 
+    /// The kinds pinned and how: `tools enforce, prompts record`.
+    pub(crate) fn describe(&self) -> String {
+        let names = ["tools", "prompts", "resource_templates"];
+        let modes: Vec<String> = names
+            .iter()
+            .zip(self.modes)
+            .filter(|(_, m)| *m != PinMode::Off)
+            .map(|(n, m)| {
+                format!(
+                    "{n} {}",
+                    if m == PinMode::Record {
+                        "record"
+                    } else {
+                        "enforce"
+                    }
+                )
+            })
+            .collect();
+        modes.join(", ")
+    }
+
     /// The mode for the items of a list, `Off` for a list never pinned.
     pub(crate) fn list_mode(&self, list: ListKind) -> PinMode {
         Kind::of_list(list).map_or(PinMode::Off, |k| self.mode(k))

@@ -245,6 +245,7 @@ pub(crate) fn config(snap: &Snapshot) -> String {
                     "scopes": a.scopes,
                 })),
                 "policy": r.policy.is_some(),
+                "pin": r.pin.as_ref().map(|p| p.describe()),
             })
         })
         .collect();

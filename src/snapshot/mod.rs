@@ -949,6 +949,9 @@ impl Snapshot {
             if r.policy.is_some() {
                 notes.push("policy".into());
             }
+            if let Some(p) = &r.pin {
+                notes.push(format!("pin: {}", p.describe()));
+            }
             let notes = if notes.is_empty() {
                 String::new()
             } else {
@@ -1213,6 +1216,9 @@ routes:
             crate::config::pin::PinMode::Off
         );
         assert!(snap.pin_store.is_some());
+        let summary = snap.summary();
+        assert!(summary.contains("(mcp; pin: tools enforce)"), "{summary}");
+        assert!(summary.contains("(mcp; pin: prompts record)"), "{summary}");
         // Every kind off: no pinning, and the store is then unused.
         let off = ok
             .replace("pin: { tools: enforce }", "pin: {}")
