@@ -1,5 +1,5 @@
 //! `portcullis store migrate` (the `store_migrate` behind it) on both
-//! backends, and `portcullis grants` on PostgreSQL. The PostgreSQL case needs
+//! backends, `portcullis grants` on PostgreSQL, and `portcullis tools`' errors. The PostgreSQL case needs
 //! the cluster `tests/pg-cluster` starts (`PORTCULLIS_TEST_POSTGRES`): it
 //! fails without it in CI and is skipped with a note elsewhere.
 
@@ -115,4 +115,42 @@ fn migrate_and_grants_on_postgres() {
     .unwrap();
     assert!(listed.ends_with("0 grant(s)\n"), "{listed}");
     let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+}
+
+/// `portcullis tools`: every wrong input says what is wrong; on a migrated
+/// store with nothing pinned, `diff` shows nothing pending and `approve`
+/// finds nothing to approve.
+#[test]
+fn tools_says_what_is_wrong() {
+    use portcullis::{tools, ToolsCommand};
+    let dir = Dir::new("tools-errors");
+    let write = |route: &str| {
+        let path = dir.0.join("portcullis.yaml");
+        let text = format!(
+            "listen: [{{address: 127.0.0.1:1}}]\nstore: {{ path: pins.db }}\n\
+             routes: [{{name: gh, from: http://a/, to: http://b/, mcp: {{}}{route}}}]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let config = write(", pin: { tools: enforce }");
+    let err = tools(&config, "gh", ToolsCommand::Diff, Some("widget")).unwrap_err();
+    assert!(
+        err.contains("one of tool, prompt, resource_template"),
+        "{err}"
+    );
+    let err = tools(&config, "nope", ToolsCommand::Diff, None).unwrap_err();
+    assert!(err.contains("no route \"nope\" (routes: gh)"), "{err}");
+    let err = tools(&config, "gh", ToolsCommand::Diff, None).unwrap_err();
+    assert!(err.contains("no store yet"), "{err}");
+    portcullis::store_migrate(&config).unwrap();
+    let out = tools(&config, "gh", ToolsCommand::Diff, None).unwrap();
+    assert_eq!(out, "route \"gh\": 0 pending, 0 approved\n");
+    let err = tools(&config, "gh", ToolsCommand::Approve(None), None).unwrap_err();
+    assert!(err.contains("nothing pending"), "{err}");
+    let err = tools(&config, "gh", ToolsCommand::Approve(Some("x")), None).unwrap_err();
+    assert!(err.contains("nothing pending named \"x\""), "{err}");
+    let unpinned = write("");
+    let err = tools(&unpinned, "gh", ToolsCommand::Diff, None).unwrap_err();
+    assert!(err.contains("route \"gh\" has no `pin` section"), "{err}");
 }
