@@ -1,7 +1,8 @@
 //! `portcullis store migrate` (the `store_migrate` behind it) on both
-//! backends, `portcullis grants` on PostgreSQL, and `portcullis tools`' errors. The PostgreSQL case needs
-//! the cluster `tests/pg-cluster` starts (`PORTCULLIS_TEST_POSTGRES`): it
-//! fails without it in CI and is skipped with a note elsewhere.
+//! backends, `portcullis grants` on PostgreSQL, and `portcullis tools`'
+//! errors. The PostgreSQL case needs the cluster `tests/pg-cluster` starts
+//! (`PORTCULLIS_TEST_POSTGRES`): it fails without it in CI and is skipped
+//! with a note elsewhere.
 
 use std::path::{Path, PathBuf};
 
