@@ -162,4 +162,7 @@ pub(crate) enum Report {
     Observed(Observed),
     /// The upstream said a list changed (`notifications/…/list_changed`).
     ListChanged { route: String, method: String },
+    /// Not from a core: a shared store notified a change (`store::watch`),
+    /// read the pins now rather than at the next poll.
+    StoreChanged,
 }

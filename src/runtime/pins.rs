@@ -2,7 +2,8 @@
 //! of its own. The cores report what pinning routes' list answers hold
 //! (`proxy::pin`, over a bounded channel they never wait on); this thread
 //! records first definitions and changes (`record`), audits them, and
-//! publishes the pinned set to `Shared::pins`. Every 250 ms it reads the
+//! publishes the pinned set to `Shared::pins`. Every 250 ms (and at once
+//! when a shared store notifies a change, `store::watch`) it reads the
 //! store's change sequence and publishes again when it moved, so an
 //! approval by `portcullis tools approve` (another process, or another
 //! instance on a shared store) reaches every core within a second.
@@ -27,6 +28,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// The pin thread's parts before it starts.
 pub(crate) struct Prepared {
     store: Box<dyn Store>,
+    location: crate::store::Location,
     receiver: Receiver<Report>,
 }
 
@@ -47,7 +49,11 @@ pub(crate) fn prepare(
     let (tx, receiver) = std::sync::mpsc::sync_channel(QUEUE);
     shared.pin_reports = Some(tx);
     tracing::info!(store = %location, "tool pinning ready");
-    Ok(Some(Prepared { store, receiver }))
+    Ok(Some(Prepared {
+        store,
+        location: location.clone(),
+        receiver,
+    }))
 }
 
 /// Start the thread; it ends once every worker has stopped.
@@ -56,6 +62,19 @@ pub(crate) fn spawn(
     snapshot: SharedSnapshot,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
+    // A shared store's change notifications (another instance's, or
+    // `portcullis tools approve`'s) wake the thread at once.
+    if let Some(wake) = shared.pin_reports.clone() {
+        let stopped = shared.clone();
+        crate::store::watch::spawn(
+            &prepared.location,
+            move || {
+                let _ = wake.try_send(Report::StoreChanged);
+            },
+            |_| {},
+            move || stopped.stopped.load(Ordering::Relaxed),
+        )?;
+    }
     std::thread::Builder::new()
         .name("portcullis-pins".into())
         .spawn(move || run(prepared, &snapshot, &shared))?;
@@ -66,12 +85,14 @@ fn run(prepared: Prepared, snapshot: &SharedSnapshot, shared: &Shared) {
     let Prepared {
         mut store,
         receiver,
+        ..
     } = prepared;
     let mut seen_seq = store.seq().unwrap_or(-1);
     let mut polled = Instant::now();
     while !shared.stopped.load(Ordering::Relaxed) {
         let mut changed = false;
         match receiver.recv_timeout(POLL) {
+            Ok(Report::StoreChanged) => changed = true,
             Ok(report) => {
                 // Only an observed list can change the pins.
                 changed = matches!(report, Report::Observed(_));

@@ -23,6 +23,7 @@ pub(super) fn report(
     audit: &dyn Fn(Value),
 ) -> Result<(), StoreError> {
     match report {
+        Report::StoreChanged => Ok(()),
         Report::ListChanged { route, method } => {
             audit(json!({"event": "pin.list_changed", "route": route, "method": method}));
             Ok(())
