@@ -2,16 +2,21 @@
 portcullis to an mcp 2.x server whose `weather` tool is rewritten (a "rug
 pull": an instruction-override phrase added to its description) when
 `rug_pull` is called (the `greet` prompt's too), which also sends
-`notifications/tools/list_changed` on its SSE answer. With `pin: {tools: record}` the change is audited with its
-diff, flagged and counted; with `enforce` the changed tool is hidden from
-`tools/list` and its calls refused until `portcullis tools approve`, then
-shown and callable again."""
+`notifications/tools/list_changed` on its SSE answer. With `pin: {tools:
+record}` the change is audited with its diff, flagged and counted; with
+`enforce` the changed tool is hidden from `tools/list` and its calls refused
+until `portcullis tools approve`, then shown and callable again; on a shared
+PostgreSQL store, two instances hold and release the change together."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import anyio
 import httpx
@@ -20,7 +25,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import free_port, portcullis_bin, start_mcp2
+from conftest import REPO, Portcullis, free_port, portcullis_bin, start_mcp2
 from mcpclient import text_of
 from test_oauth_server import mcp_error_in
 
@@ -200,3 +205,50 @@ def test_enforce_holds_a_changed_prompt_too(pinned):
     assert ok.returncode == 0 and 'approved prompt "greet"' in ok.stdout, (ok.stdout, ok.stderr)
     assert wait_for(lambda: "greet" in session(url, prompts))
     assert "Please greet Ada." in str(session(url, greet))
+
+
+@pytest.fixture
+def pg():
+    # Not under pytest's tmp dirs: the cluster runs as the postgres user.
+    d = Path(tempfile.mkdtemp(prefix="portcullis-pg-pin."))
+    out = subprocess.run([str(REPO / "tests/pg-cluster"), "start", str(d)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    yield re.search(r"PORTCULLIS_TEST_POSTGRES=(\S+)", out.stdout).group(1)
+    subprocess.run([str(REPO / "tests/pg-cluster"), "stop", str(d)], capture_output=True, timeout=120)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_two_instances_on_postgres_hold_and_release_together(procs, tmp_path, pg):
+    up = start_mcp2(procs, "pin-shared", json_mode=False, extra=["--changing-tool"])
+    ports, configs = [free_port(), free_port()], []
+    for i, port in enumerate(ports):
+        cfg = f"""
+listen: [{{address: 127.0.0.1:{port}}}]
+audit: {{path: {tmp_path / f"audit-{i}.jsonl"}}}
+store: {{postgres: {{url: "{pg}"}}}}
+routes:
+  - name: enf
+    from: http://127.0.0.1:{port}/mcp
+    to: {up.url}
+    mcp: {{}}
+    pin: {{tools: enforce}}
+"""
+        p = Portcullis(procs, tmp_path / f"config-{i}")
+        p.start(cfg, [port], name=f"portcullis-{i}")
+        configs.append(p.config_dir / f"portcullis-{i}.yaml")
+    a, b = (f"http://127.0.0.1:{port}/mcp" for port in ports)
+    audit = tmp_path / "audit-0.jsonl"
+    assert "weather" in tools(a)
+    assert wait_for(lambda: any(r["event"] == "pin.recorded" for r in pin_records(audit)))
+    assert text_of(call(a, "rug_pull", {})) == ["pulled"]
+    assert "weather" not in tools(a)
+    # The other instance holds it back too: hidden, and refused once recorded.
+    assert "weather" not in tools(b)
+    assert wait_for(lambda: "refused by tool pinning" in str(call(b, "weather", {"city": "Oslo"})))
+    diff = cli(configs[1], "diff", "enf")
+    assert 'tool "weather": changed' in diff.stdout, (diff.stdout, diff.stderr)
+    ok = cli(configs[1], "approve", "enf")
+    assert ok.returncode == 0 and 'approved tool "weather"' in ok.stdout, (ok.stdout, ok.stderr)
+    for url in (a, b):
+        assert wait_for(lambda: PHRASE in tools(url).get("weather", ""), 5), url
+        assert text_of(call(url, "weather", {"city": "Oslo"})) == ["sunny in Oslo"]
