@@ -239,9 +239,12 @@ impl<'a> Judge<'a> {
             message: e.message(),
         })?;
         let Some(refused) = tally.refused.take() else {
-            judged.list = (!tally.lists.is_empty()).then_some(ListFilter {
-                wanted: tally.lists,
-            });
+            // A pinning route watches every answer's events for
+            // `list_changed` notifications (`relay`: event streams only).
+            judged.list =
+                (!tally.lists.is_empty() || self.route.pin.is_some()).then_some(ListFilter {
+                    wanted: tally.lists,
+                });
             judged.ids = tally.ids;
             judged.batch = tally.batch;
             return Ok(());
@@ -267,7 +270,9 @@ impl<'a> Judge<'a> {
                 return Err(HttpError::PolicyForbidden);
             }
         }
-        if self.policy.is_some() && self.req.method == crate::http1::Method::Get {
+        if (self.policy.is_some() || self.route.pin.is_some())
+            && self.req.method == crate::http1::Method::Get
+        {
             // A GET stream may carry list answers (legacy HTTP+SSE, or a
             // resumed stream): every one of them is filtered.
             judged.list = Some(ListFilter { wanted: Vec::new() });
@@ -310,6 +315,9 @@ impl<'a> Judge<'a> {
                 message: None,
                 retry_after: None,
             });
+            return;
+        }
+        if self.pinned(m, tally) {
             return;
         }
         let (Some(p), Some(method), false) =
@@ -355,6 +363,34 @@ impl<'a> Judge<'a> {
                 });
             }
         }
+    }
+}
+
+impl Judge<'_> {
+    /// Tool pinning of one message (a pinning route): a pinned list's
+    /// request is noted for filtering when no policy will note it; a call
+    /// to an item not approved under `enforce` is refused (`true`).
+    fn pinned(&self, m: &Message<'_>, tally: &mut Tally) -> bool {
+        let (Some(pin), Some(method), Some(Kind::Request)) =
+            (self.route.pin.as_deref(), m.method, m.kind)
+        else {
+            return false;
+        };
+        if let (None, Some(list), Some(id)) = (self.policy, ListKind::of_method(method), m.id) {
+            if pin.list_mode(list) != crate::config::pin::PinMode::Off {
+                tally.lists.push((list, RpcId::from(id)));
+            }
+        }
+        let shared = &self.worker.shared;
+        let Some(why) = crate::proxy::pin::refused_call(self.route, shared, method, m.name) else {
+            return false;
+        };
+        tally.refused = Some(Refused {
+            err: HttpError::PolicyDenied,
+            message: Some(why),
+            retry_after: None,
+        });
+        true
     }
 }
 

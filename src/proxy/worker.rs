@@ -41,6 +41,12 @@ pub struct Shared {
     /// Grows when an upstream connection is removed or disconnected: every
     /// core then empties its cache of upstream tokens.
     pub vault_epoch: Arc<AtomicU64>,
+    /// The pinned definitions of every route (tool pinning), published by
+    /// the pin thread (`runtime::pins`); read with one atomic load.
+    pub(crate) pins: Arc<arc_swap::ArcSwap<crate::pin::Pinned>>,
+    /// Where cores report what pinning routes' lists hold (when the pin
+    /// thread runs).
+    pub(crate) pin_reports: Option<crate::proxy::handoff::PinReports>,
 }
 
 impl Shared {
@@ -65,6 +71,8 @@ impl Shared {
             control: None,
             authz_counters: None,
             vault_epoch: Arc::default(),
+            pins: Arc::default(),
+            pin_reports: None,
         })
     }
 

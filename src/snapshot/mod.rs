@@ -61,6 +61,8 @@ pub struct Snapshot {
     /// The built-in authorization server's settings (routes accepting its
     /// tokens among them).
     pub authz: Option<Arc<crate::authz::settings::Settings>>,
+    /// The store pinned definitions are kept in, when a route pins.
+    pub(crate) pin_store: Option<crate::store::Location>,
     /// Counters of requests that matched no route.
     pub unrouted: Arc<crate::metrics::RouteMetrics>,
     /// Stops this snapshot's JWKS refresher when the snapshot is dropped.
@@ -74,6 +76,11 @@ impl Snapshot {
         for r in self.routes.all_mut() {
             if let Some(o) = old.routes.all().iter().find(|o| o.name == r.name) {
                 r.metrics = o.metrics.clone();
+                if let (Some(new), Some(old)) = (r.pin.as_mut(), o.pin.as_ref()) {
+                    if let Some(new) = Arc::get_mut(new) {
+                        new.counts = old.counts.clone();
+                    }
+                }
             }
         }
     }
@@ -107,13 +114,45 @@ pub(crate) fn compile(config: Config, text: &str, file: &Path) -> Result<Snapsho
     let routes = compile_routes(&config, &mut errs);
     let upstream_tls = compile_upstream_tls(&config.upstream, base, &mut errs);
     let authz = compile_authz(&config, base, &mut errs);
+    let pin_store = compile_pin_store(&config, base, &mut errs);
     let (Some(upstream_tls), Some(identity), true) = (upstream_tls, identity, errs.list.is_empty())
     else {
         return Err(ConfigErrors(errs.list));
     };
     let mut snap = assemble(config, routes, listeners, identity, upstream_tls);
     snap.authz = authz.map(Arc::new);
+    snap.pin_store = pin_store;
     Ok(snap)
+}
+
+/// Where pinned definitions are kept: the `store` section, needed as soon
+/// as a route pins.
+fn compile_pin_store(
+    config: &Config,
+    base: &Path,
+    errs: &mut Errors,
+) -> Option<crate::store::Location> {
+    let pinning = config.routes.iter().any(|r| {
+        r.pin
+            .as_ref()
+            .is_some_and(|p| crate::pin::RoutePin::compile(p).is_some())
+    });
+    if !pinning {
+        return None;
+    }
+    let Some(store) = &config.store else {
+        errs.at0("pin", "", "pin keeps the pinned definitions in the store: add `store: { path: … }` (or `store: { postgres: … }`)".into());
+        return None;
+    };
+    match crate::store::Location::from_config(store, base) {
+        Ok(l) => Some(l),
+        // Reported by the authorization server's checks when it has one.
+        Err(e) if config.authorization_server.is_none() => {
+            errs.at0("store", "", format!("store: {e}"));
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// The listeners: each address once, and each TLS listener's certificates
@@ -254,11 +293,12 @@ fn compile_authz(
         }
     }
     let Some(cfg) = &config.authorization_server else {
-        if config.store.is_some() {
+        if config.store.is_some() && config.routes.iter().all(|r| r.pin.is_none()) {
             errs.at0(
                 "store",
                 "",
-                "store is only used by the authorization_server section".into(),
+                "store is only used by the authorization_server section and by routes that pin"
+                    .into(),
             );
         }
         return None;
@@ -313,6 +353,9 @@ fn compile_routes(config: &Config, errs: &mut Errors) -> Vec<Route> {
         route.auth = cx.auth();
         if let Some(rules) = &r.policy {
             cx.policy(rules, &mut route);
+        }
+        if let Some(pin) = &r.pin {
+            route.pin = cx.pin(pin);
         }
         if let Some(screen) = &r.screen {
             route.screen = cx.screen(screen);
@@ -700,6 +743,26 @@ impl RouteCx<'_, '_, '_> {
         }
     }
 
+    /// The route's `pin` section, compiled (`None` when every kind is off;
+    /// its error located at the nth `pin` key).
+    fn pin(&mut self, pin: &crate::config::pin::PinConfig) -> Option<Arc<crate::pin::RoutePin>> {
+        let r = self.r;
+        if r.mcp.is_none() {
+            let nth = self.config.routes[..self.index]
+                .iter()
+                .filter(|o| o.pin.is_some())
+                .count();
+            self.errs.at(
+                "pin",
+                "",
+                nth,
+                format!("route {:?}: pin needs an MCP route (`mcp: {{}}`)", r.name),
+            );
+            return None;
+        }
+        crate::pin::RoutePin::compile(pin).map(Arc::new)
+    }
+
     /// The route's `screen` section, compiled (its errors located at the
     /// nth `screen` key).
     fn screen(
@@ -799,6 +862,7 @@ fn assemble(
         unrouted: Default::default(),
         admin: config.admin.map(|a| a.address),
         authz: None,
+        pin_store: None,
         audit: config.audit,
         log: config.log,
     }
@@ -884,6 +948,9 @@ impl Snapshot {
             }
             if r.policy.is_some() {
                 notes.push("policy".into());
+            }
+            if let Some(p) = &r.pin {
+                notes.push(format!("pin: {}", p.describe()));
             }
             let notes = if notes.is_empty() {
                 String::new()
@@ -1092,5 +1159,71 @@ routes:
         assert!(err(&route(custom, "{ detector: acme_id }")).is_empty());
         assert!(err(&route(custom, "{ group: custom }")).is_empty());
         assert!(err(&route("    screen: {}\n", "{ group: secrets }")).is_empty());
+    }
+
+    #[test]
+    fn pinning_needs_an_mcp_route_and_the_store() {
+        let text = "\
+listen:
+  - address: 127.0.0.1:8080
+routes:
+  - name: a
+    from: http://127.0.0.1:8080/a
+    to: http://127.0.0.1:9000/mcp
+    mcp: {}
+    pin: { tools: enforce }
+  - name: b
+    from: http://127.0.0.1:8080/b
+    to: http://127.0.0.1:9000/mcp
+    pin: { prompts: record }
+";
+        let errs = from_text(text, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{msgs:#?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("route \"b\": pin needs an MCP route")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("pin keeps the pinned definitions in the store")),
+            "{msgs:#?}"
+        );
+        let bad_mode = text.replace("tools: enforce", "tools: strict");
+        let errs = from_text(&bad_mode, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        assert!(errs[0].to_string().contains("strict"), "{}", errs[0]);
+        let ok = text
+            .replace(
+                "    pin: { prompts: record }",
+                "    mcp: {}\n    pin: { prompts: record }",
+            )
+            .replace("routes:", "store: { path: /tmp/pins.db }\nroutes:");
+        let snap = from_text(&ok, Path::new("c.yaml")).unwrap();
+        let a = snap.routes.get(0).pin.as_deref().unwrap();
+        assert_eq!(
+            a.mode(crate::pin::Kind::Tool),
+            crate::config::pin::PinMode::Enforce
+        );
+        assert_eq!(
+            a.mode(crate::pin::Kind::Prompt),
+            crate::config::pin::PinMode::Off
+        );
+        assert!(snap.pin_store.is_some());
+        let summary = snap.summary();
+        assert!(summary.contains("(mcp; pin: tools enforce)"), "{summary}");
+        assert!(summary.contains("(mcp; pin: prompts record)"), "{summary}");
+        // Every kind off: no pinning, and the store is then unused.
+        let off = ok
+            .replace("pin: { tools: enforce }", "pin: {}")
+            .replace("pin: { prompts: record }", "pin: { tools: off }");
+        let snap = from_text(&off, Path::new("c.yaml")).unwrap();
+        assert!(snap.routes.all().iter().all(|r| r.pin.is_none()) && snap.pin_store.is_none());
     }
 }
