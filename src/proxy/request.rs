@@ -8,11 +8,10 @@ use crate::http1::{parse_request, Framing};
 use crate::proxy::admit::{admit, request_id, Request};
 use crate::proxy::conn::Conn;
 use crate::proxy::reject::Reject;
-use crate::proxy::stream::{read_more, ClientStream};
+use crate::proxy::stream::{read_idle, read_more, ClientStream};
 use crate::proxy::worker::Worker;
 use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
-use monoio::time::timeout;
 use std::time::Instant;
 
 /// Upper bound on header fields httparse is given room for.
@@ -40,7 +39,8 @@ pub(crate) async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut 
     } else {
         snap.limits.idle_timeout.0
     };
-    matches!(timeout(wait, read_more(client, &mut conn.buf, snap.limits.max_header_bytes + 1)).await, Ok(Ok(n)) if n > 0)
+    let max = snap.limits.max_header_bytes + 1;
+    matches!(read_idle(client, &mut conn.buf, max, wait).await, Ok(n) if n > 0)
 }
 
 /// Read until a complete head is parsed, then admit it. `Err(None)`: the

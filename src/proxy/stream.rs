@@ -185,6 +185,67 @@ pub(crate) async fn read_more<S: AsyncReadRent>(
     res
 }
 
+/// How long a connection waiting for its next request keeps its read
+/// buffer in a read: past it the read is cancelled, the buffer freed, and
+/// the wait goes on for readability alone (a plain connection; TLS keeps its
+/// read). Busy keep-alive connections, whose next request comes sooner,
+/// pay nothing for it.
+pub(crate) const IDLE_HOLD: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Wait up to `wait` for the client's next bytes, read into `buf` (empty);
+/// a plain connection idle past [`IDLE_HOLD`] holds no buffer meanwhile.
+/// `Ok(0)`: closed; `Err`: failed or timed out.
+pub(crate) async fn read_idle(
+    client: &mut ClientStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    wait: std::time::Duration,
+) -> std::io::Result<usize> {
+    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let plain = match &mut client.io {
+        ClientIo::Plain(tcp) if wait > IDLE_HOLD => tcp,
+        _ => {
+            let read = monoio::time::timeout(wait, read_more(client, buf, max));
+            return read.await.map_err(|_| timed_out())?;
+        }
+    };
+    buf.reserve(4096.min(max));
+    if let Some(got) = held_read(plain, buf).await {
+        return count(&mut client.bytes_in, (got, ())).0;
+    }
+    // Idle: readability is waited for without a buffer.
+    monoio::time::timeout(wait - IDLE_HOLD, plain.readable(false))
+        .await
+        .map_err(|_| timed_out())??;
+    read_more(client, buf, max).await
+}
+
+/// A read into `buf`'s spare room for at most [`IDLE_HOLD`]; `None` when it
+/// was cancelled then, `buf` freed.
+async fn held_read(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<std::io::Result<usize>> {
+    use monoio::io::{CancelableAsyncReadRent, Canceller};
+    let canceller = Canceller::new();
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let read = tcp.cancelable_read(owned.slice_mut(len..cap), canceller.handle());
+    let mut read = std::pin::pin!(read);
+    // A read completing as it is cancelled still returns its bytes.
+    let (res, slice) = monoio::select! {
+        done = &mut read => done,
+        () = monoio::time::sleep(IDLE_HOLD) => {
+            let _ = canceller.cancel();
+            read.await
+        }
+    };
+    match res {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR)) => None,
+        res => {
+            *buf = slice.into_inner();
+            Some(res)
+        }
+    }
+}
+
 /// Write all of `data` (taken from `buf`, which is given back cleared).
 pub(crate) async fn write_all<S: AsyncWriteRent>(
     s: &mut S,

@@ -625,3 +625,47 @@ fn origin_and_mirrored_headers_are_checked() {
         "a mismatched request reached the upstream: {forwarded:?}"
     );
 }
+
+/// A kept-alive connection idle past the hold (its read cancelled and its
+/// buffer freed) still gets the next request whole: sent at once, in
+/// pieces around the moment the hold ends, or pipelined two at a time.
+#[test]
+fn idle_connections_lose_nothing_when_their_read_is_let_go() {
+    for driver in ["io_uring", "epoll"] {
+        idle_connection_on(driver);
+    }
+}
+
+fn idle_connection_on(driver: &str) {
+    let up = Upstream::start(ok_json);
+    let proxy = Proxy::mcp(up.addr, &format!("runtime: {{ driver: {driver} }}"));
+    let req = b"POST /mcp HTTP/1.1\r\nHost: proxy.test\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"n\"}";
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Reads until `want` answers in all have come.
+    let (mut got, mut answers) = (Vec::new(), 0);
+    let mut read_until = |s: &mut TcpStream, want: usize| {
+        let mut chunk = [0u8; 4096];
+        while String::from_utf8_lossy(&got).matches("\"ok\"").count() < want {
+            let n = std::io::Read::read(s, &mut chunk).unwrap();
+            assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    for pause_ms in [0u64, 20, 45, 50, 55, 80, 200] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        // The head in two writes a few milliseconds apart.
+        s.write_all(&req[..20]).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        s.write_all(&req[20..]).unwrap();
+        answers += 1;
+        read_until(&mut s, answers);
+    }
+    std::thread::sleep(Duration::from_millis(120));
+    s.write_all(&[&req[..], &req[..]].concat()).unwrap();
+    answers += 2;
+    read_until(&mut s, answers);
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(statuses(&text), vec![200; answers], "{driver}: {text}");
+    assert_eq!(up.requests().len(), answers, "{driver}");
+}
