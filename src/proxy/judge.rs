@@ -141,26 +141,24 @@ fn screen_request(
         (_, Some(Err(instead))) => instead,
         _ => Screened::Same,
     };
-    match (verdict, screened) {
-        (Ok(()), Screened::Changed(new)) => (Ok(()), Some(new)),
-        (Ok(()), Screened::Blocked(detector)) => {
-            let err = denied(
-                HttpError::PolicyDenied,
-                &judged.ids,
-                req.mcp_head.legacy_post,
-            );
-            judged.detail = Some(Box::new(Detail {
-                ids: judged.ids.clone(),
-                batch: judged.batch,
-                message: Some(format!(
-                    "refused by content screening: {detector} found in the request"
-                )),
-                headers: Vec::new(),
-            }));
-            (Err(err), None)
-        }
-        (verdict, _) => (verdict, None),
-    }
+    let why = match (&verdict, screened) {
+        (Ok(()), Screened::Changed(new)) => return (verdict, Some(new)),
+        (Ok(()), Screened::Blocked(detector)) => format!("{detector} found in the request"),
+        (Ok(()), Screened::Unscreened(why)) => why,
+        _ => return (verdict, None),
+    };
+    let err = denied(
+        HttpError::PolicyDenied,
+        &judged.ids,
+        req.mcp_head.legacy_post,
+    );
+    judged.detail = Some(Box::new(Detail {
+        ids: judged.ids.clone(),
+        batch: judged.batch,
+        message: Some(format!("refused by content screening: {why}")),
+        headers: Vec::new(),
+    }));
+    (Err(err), None)
 }
 
 /// What judging one request's messages needs: the route's policy and the

@@ -26,6 +26,8 @@ pub(crate) enum Screened {
     Changed(Vec<u8>),
     /// Refused (a request): the detector that blocked it.
     Blocked(std::sync::Arc<str>),
+    /// Refused (a request) because it could not be screened: why.
+    Unscreened(String),
 }
 
 /// Screen one JSON-RPC body (a message or a batch) going `direction`;
@@ -126,7 +128,7 @@ pub(crate) fn of_message(findings: &[Finding], batch: bool, index: usize) -> &[F
 
 fn refused(body: &[u8], direction: Direction, why: String) -> Screened {
     match direction {
-        Direction::Request => Screened::Blocked(why.into()),
+        Direction::Request => Screened::Unscreened(why),
         Direction::Response => Screened::Changed(withheld(
             body,
             &format!("portcullis withheld this answer: {why}"),
