@@ -283,6 +283,9 @@ pub struct Facts {
     /// Content screening's findings, rendered JSON objects joined by commas
     /// (detector, pointer, count, direction, action; never the matched text).
     pub screen: Option<String>,
+    /// Behaviour signals raised, rendered JSON objects joined by commas
+    /// (signal and score).
+    pub anomalies: Option<String>,
 }
 
 /// Everything a record is built from.
@@ -378,6 +381,11 @@ pub(crate) fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
     }
     if let Some(found) = &f.screen {
         out.extend_from_slice(b",\"screen\":[");
+        out.extend_from_slice(found.as_bytes());
+        out.push(b']');
+    }
+    if let Some(found) = &f.anomalies {
+        out.extend_from_slice(b",\"anomalies\":[");
         out.extend_from_slice(found.as_bytes());
         out.push(b']');
     }

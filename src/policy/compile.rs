@@ -3,6 +3,7 @@
 
 use regex::Regex;
 
+use super::anomaly::Anomaly;
 use super::cidr::Cidrs;
 use super::matchers::{self, Pattern, Prefixes, Scalar, StrSet};
 use super::time::TimeWindow;
@@ -33,6 +34,7 @@ pub(crate) enum Cond {
     Time(Box<TimeWindow>),
     Header(Box<Header>),
     RateLimit(RateLimit),
+    Anomaly(Anomaly),
 }
 
 impl Cond {
@@ -41,6 +43,15 @@ impl Cond {
             Cond::And(c) | Cond::Or(c) => c.iter().any(Cond::uses_headers),
             Cond::Not(c) => c.uses_headers(),
             Cond::Header(_) => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn uses_anomaly(&self) -> bool {
+        match self {
+            Cond::And(c) | Cond::Or(c) => c.iter().any(Cond::uses_anomaly),
+            Cond::Not(c) => c.uses_anomaly(),
+            Cond::Anomaly(_) => true,
             _ => false,
         }
     }
@@ -234,6 +245,11 @@ impl Compiler {
             .or_else(|| network_time(c))
             .or_else(|| values(c))
             .or_else(|| self.rate_limit(c, in_deny))
+            .or_else(|| {
+                c.anomaly
+                    .as_ref()
+                    .map(|t| Anomaly::compile(t).map(Cond::Anomaly))
+            })
             .unwrap_or_else(|| unreachable!("one key was checked above"))
     }
 
@@ -309,6 +325,7 @@ fn one_key(c: &Condition) -> Result<(), String> {
         time,
         header,
         rate_limit,
+        anomaly,
     } = c;
     let keys: Vec<&str> = [
         ("and", and.is_some()),
@@ -329,6 +346,7 @@ fn one_key(c: &Condition) -> Result<(), String> {
         ("time", time.is_some()),
         ("header", header.is_some()),
         ("rate_limit", rate_limit.is_some()),
+        ("anomaly", anomaly.is_some()),
     ]
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))

@@ -133,6 +133,7 @@ impl Cond {
             Cond::Time(w) => w.matches(f.now_unix).into(),
             Cond::Header(h) => header(h, f),
             Cond::RateLimit(r) => rate_limit(r, cx),
+            Cond::Anomaly(a) => a.eval(f),
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub authz: Option<Arc<crate::authz::settings::Settings>>,
     /// Counters of requests that matched no route.
     pub unrouted: Arc<crate::metrics::RouteMetrics>,
+    /// Behaviour baselines' settings (the tables live in the workers).
+    pub behaviour: Option<Arc<crate::behaviour::Settings>>,
     /// Stops this snapshot's JWKS refresher when the snapshot is dropped.
     _refresher: RefresherStop,
 }
@@ -107,13 +109,47 @@ pub(crate) fn compile(config: Config, text: &str, file: &Path) -> Result<Snapsho
     let routes = compile_routes(&config, &mut errs);
     let upstream_tls = compile_upstream_tls(&config.upstream, base, &mut errs);
     let authz = compile_authz(&config, base, &mut errs);
+    let behaviour = compile_behaviour(&config, &routes, &mut errs);
     let (Some(upstream_tls), Some(identity), true) = (upstream_tls, identity, errs.list.is_empty())
     else {
         return Err(ConfigErrors(errs.list));
     };
     let mut snap = assemble(config, routes, listeners, identity, upstream_tls);
     snap.authz = authz.map(Arc::new);
+    snap.behaviour = behaviour.map(Arc::new);
     Ok(snap)
+}
+
+/// The `behaviour` section; routes whose policies read its scores need it.
+fn compile_behaviour(
+    config: &Config,
+    routes: &[Route],
+    errs: &mut Errors,
+) -> Option<crate::behaviour::Settings> {
+    let Some(c) = &config.behaviour else {
+        for r in routes {
+            if r.policy.as_ref().is_some_and(|p| p.uses_anomaly()) {
+                errs.at0(
+                    "policy",
+                    "",
+                    format!(
+                        "route {:?}: anomaly criteria and step_up rules need the top-level behaviour section",
+                        r.name
+                    ),
+                );
+            }
+        }
+        return None;
+    };
+    match crate::behaviour::Settings::compile(c) {
+        Ok(s) => Some(s),
+        Err(list) => {
+            for message in list {
+                errs.at0("behaviour", "", message);
+            }
+            None
+        }
+    }
 }
 
 /// The listeners: each address once, and each TLS listener's certificates
@@ -665,6 +701,15 @@ impl<'c> RouteCx<'c, '_, '_> {
         }
         match crate::policy::Policy::compile(rules, &config.policies, &r.name) {
             Ok(p) if p.is_empty() => {}
+            Ok(p) if p.has_step_up() && route.auth.is_none() => self.errs.at(
+                "policy",
+                "",
+                nth,
+                format!(
+                    "route {:?}: step_up rules need a route with auth (the user authorizes again)",
+                    r.name
+                ),
+            ),
             Ok(p) => {
                 route.policy_reads_headers = p.uses_headers();
                 route.policy = Some(p);
@@ -777,6 +822,7 @@ fn assemble(
         _refresher: RefresherStop(stop),
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         unrouted: Default::default(),
+        behaviour: None,
         admin: config.admin.map(|a| a.address),
         authz: None,
         audit: config.audit,

@@ -112,6 +112,7 @@ fn pure_libraries_never_reach_the_data_plane() {
         "screen",
         "metrics",
         "principal",
+        "behaviour",
         "error",
         "http1",
         "policy",
