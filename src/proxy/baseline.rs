@@ -102,3 +102,193 @@ pub(crate) fn challenge(route: &Route, headers: &mut Vec<u8>) {
     }
     let _ = write!(headers, "resource_metadata=\"{}\"\r\n", auth.metadata_url);
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::error::HttpError;
+    use crate::http1::Framing;
+    use crate::principal::Principal;
+    use crate::proxy::admit::Request;
+    use crate::proxy::body::Body;
+    use crate::proxy::conn::Conn;
+    use crate::proxy::judge::judge;
+    use crate::proxy::worker::{Shared, Worker};
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    /// A route `r` with `auth` (the built-in authorization server) when
+    /// `auth` is not empty, and a policy of `rule` then allow.
+    fn config(auth: &str, rule: &str) -> String {
+        let server = if auth.is_empty() {
+            ""
+        } else {
+            "authorization_server: {issuer: 'http://127.0.0.1:8080', login: {dev_users: [{sub: a}]}}
+store: {path: /tmp/portcullis-baseline-test.db}
+"
+        };
+        format!(
+            "listen: [{{address: 127.0.0.1:8080}}]
+{server}behaviour: {{enumeration: {{window: 60s, distinct: 3}}}}
+routes:
+  - name: r
+    from: http://127.0.0.1:8080/mcp
+    to: http://127.0.0.1:9000/mcp
+    mcp: {{}}
+{auth}    policy:
+      - {rule}
+      - allow: {{ and: [] }}
+"
+        )
+    }
+
+    fn worker(text: &str) -> Worker {
+        let snap = crate::snapshot::from_text(text, std::path::Path::new("t.yaml")).unwrap();
+        let shared_snap = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+        Worker::new(0, Arc::new(Shared::new(1, None).unwrap()), shared_snap)
+    }
+
+    fn alice(iat: i64) -> Rc<Principal> {
+        let mut claims = serde_json::Map::new();
+        claims.insert("iat".into(), iat.into());
+        Rc::new(Principal {
+            issuer_name: "portcullis".into(),
+            issuer: "http://127.0.0.1:8080".into(),
+            sub: "alice".into(),
+            email: None,
+            groups: vec![],
+            scopes: vec![],
+            client_id: Some("agent".into()),
+            exp: i64::MAX,
+            claims,
+        })
+    }
+
+    /// Judge one `resources/read` of `uri` at `now` for `principal`.
+    fn read(
+        w: &Worker,
+        uri: &str,
+        now: i64,
+        principal: Option<Rc<Principal>>,
+    ) -> (Result<(), HttpError>, Conn) {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{{"uri":"{uri}"}}}}"#
+        );
+        let mut conn = Conn::new("10.0.0.1:1".parse().unwrap(), false);
+        conn.begin();
+        conn.buf.extend_from_slice(body.as_bytes());
+        let req = Request {
+            route: 0,
+            mcp: true,
+            method: crate::http1::Method::Post,
+            framing: Framing::Length(body.len() as u64),
+            http11: true,
+            keep_alive: true,
+            expect_continue: false,
+            id: Default::default(),
+            mcp_head: Default::default(),
+            principal,
+            now_unix: now,
+            in_session: false,
+        };
+        let snap = w.snapshot();
+        let got = judge(w, &snap, &req, Body::Buffered(body.len()), &mut conn).map(|_| ());
+        (got, conn)
+    }
+
+    const NOW: i64 = 1_767_607_200;
+
+    #[test]
+    fn an_enumeration_is_scored_counted_and_denied() {
+        let w = worker(&config(
+            "",
+            "{ name: no-enum, deny: { anomaly: { signals: [enumeration], above: 0.9 } } }",
+        ));
+        for i in 0..2 {
+            assert!(read(&w, &format!("file:///{i}"), NOW, None).0.is_ok());
+        }
+        let (got, conn) = read(&w, "file:///2", NOW, None);
+        assert_eq!(got, Err(HttpError::PolicyDenied));
+        let message = conn.judged.detail.unwrap().message.unwrap();
+        assert!(message.contains("no-enum"), "{message}");
+        let snap = w.snapshot();
+        let mut out = String::new();
+        snap.routes.all()[0].metrics.render_anomalies(
+            "r",
+            &crate::behaviour::SIGNALS.map(crate::behaviour::Signal::name),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "portcullis_anomalies_total{route=\"r\",signal=\"enumeration\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn a_step_up_answers_401_until_a_newer_token() {
+        let w = worker(&config(
+            "    auth: {issuers: [portcullis]}\n",
+            "{ name: reauth, step_up: { anomaly: { signals: [enumeration], above: 0.9 } } }",
+        ));
+        let token = alice(NOW - 600);
+        for i in 0..2 {
+            let (got, _) = read(&w, &format!("file:///{i}"), NOW, Some(token.clone()));
+            assert!(got.is_ok());
+        }
+        let (got, conn) = read(&w, "file:///2", NOW, Some(token.clone()));
+        assert_eq!(got, Err(HttpError::StepUp));
+        assert_eq!(HttpError::StepUp.status(), 401);
+        let detail = conn.judged.detail.unwrap();
+        let headers = String::from_utf8(detail.headers.clone()).unwrap();
+        assert!(
+            headers.starts_with(
+                "WWW-Authenticate: Bearer error=\"insufficient_user_authentication\", "
+            ) && headers.contains(
+                "resource_metadata=\"http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp\""
+            ),
+            "{headers}"
+        );
+        // Calm again, same token: still refused.
+        let (got, _) = read(&w, "file:///0", NOW + 300, Some(token));
+        assert_eq!(got, Err(HttpError::StepUp));
+        // A token issued after the refusal goes on.
+        let (got, _) = read(&w, "file:///0", NOW + 301, Some(alice(NOW + 200)));
+        assert_eq!(got, Ok(()));
+    }
+
+    #[test]
+    fn scores_need_the_behaviour_section_and_step_up_needs_auth() {
+        let errors = |text: String| -> Vec<String> {
+            match crate::snapshot::from_text(&text, std::path::Path::new("t.yaml")) {
+                Ok(_) => vec![],
+                Err(e) => e.0.iter().map(|e| e.message.clone()).collect(),
+            }
+        };
+        let no_section = config(
+            "",
+            "{ deny: { anomaly: { signals: [burst], above: 0.5 } } }",
+        )
+        .replace("behaviour: {enumeration: {window: 60s, distinct: 3}}\n", "");
+        let e = errors(no_section);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("need the top-level behaviour section")),
+            "{e:?}"
+        );
+        let e = errors(config(
+            "",
+            "{ step_up: { anomaly: { signals: [burst], above: 0.5 } } }",
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("step_up rules need a route with auth")),
+            "{e:?}"
+        );
+        let bad = config("", "{ allow: { and: [] } }").replace("distinct: 3", "distinct: 1");
+        let e = errors(bad);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("behaviour.enumeration.distinct")),
+            "{e:?}"
+        );
+    }
+}
