@@ -169,9 +169,9 @@ impl Hours {
     }
 }
 
-/// Largest `enumeration.distinct` (the resource sketch counts about 2000
-/// distinct items before it fills).
-const MAX_DISTINCT: u32 = 1000;
+/// Largest `enumeration.distinct` (the 512-bit resource sketch counts about
+/// 1500 distinct items before it fills).
+const MAX_DISTINCT: u32 = 500;
 
 impl Settings {
     /// Check and compile the section; errors name the option.

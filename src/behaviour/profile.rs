@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 /// Buckets of the `burst` window.
 const BUCKETS: usize = 4;
-/// Words of one resource sketch (1024 bits).
-pub(super) const WORDS: usize = 16;
+/// Words of one resource sketch (512 bits).
+pub(super) const WORDS: usize = 8;
 const BITS: u32 = (WORDS * 64) as u32;
 /// Weight of a finished bucket in the usual rate.
 const ALPHA: f32 = 0.1;
@@ -40,6 +40,9 @@ pub struct Profile {
     halves: [[u64; WORDS]; 2],
     half: i64,
     half_secs: i64,
+    /// Until this time (and with these settings) `advance` has nothing to do.
+    next: i64,
+    offset: i64,
     /// Distinct items estimated from the sketches (-1: to be counted again).
     distinct: f32,
     pub(super) tools: Vec<u32>,
@@ -66,6 +69,8 @@ impl Profile {
             halves: [[0; WORDS]; 2],
             half: 0,
             half_secs: 0,
+            next: i64::MIN,
+            offset: 0,
             distinct: 0.0,
             tools: Vec::new(),
             networks: Vec::new(),
@@ -101,7 +106,7 @@ impl Profile {
             || now - self.first_seen < s.warmup_secs;
         self.requests += 1;
         self.advance(s, now);
-        let b = (now.div_euclid(self.bucket_secs) as usize) % BUCKETS;
+        let b = self.bucket as usize % BUCKETS;
         self.buckets[b] = self.buckets[b].saturating_add(1);
         if let Some(bit) = item {
             let (w, m) = ((bit % BITS) as usize / 64, 1u64 << (bit % 64));
@@ -155,6 +160,13 @@ impl Profile {
     /// Move the windows to `now`: finished buckets feed the usual rate,
     /// buckets and halves out of the window are emptied.
     pub(super) fn advance(&mut self, s: &Settings, now: i64) {
+        let offset = s.hours.map_or(0, |h| h.offset_secs);
+        if now < self.next
+            && (self.bucket_secs, self.half_secs, self.offset)
+                == (s.bucket_secs, s.half_secs, offset)
+        {
+            return;
+        }
         let bucket = now.div_euclid(s.bucket_secs);
         if self.bucket_secs != s.bucket_secs {
             (self.bucket_secs, self.bucket, self.buckets) = (s.bucket_secs, bucket, [0; BUCKETS]);
@@ -186,11 +198,15 @@ impl Profile {
             self.half = half;
             self.distinct = -1.0;
         }
-        let day = (now + s.hours.map_or(0, |h| h.offset_secs)).div_euclid(86_400);
+        let day = (now + offset).div_euclid(86_400);
         if day != self.day {
             self.hours_before |= self.hours_today;
             (self.hours_today, self.day) = (0, day);
         }
+        self.offset = offset;
+        self.next = ((self.bucket + 1) * s.bucket_secs)
+            .min((self.half + 1) * s.half_secs)
+            .min((day + 1) * 86_400 - offset);
     }
 
     /// Requests in the window (all cores) against the usual count.

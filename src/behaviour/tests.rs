@@ -358,11 +358,12 @@ fn cores_merge_counts_sketches_and_learnt_tools() {
     let items: Vec<&'static str> = (0..20)
         .map(|i| &*Box::leak(format!("file:///{i}").into_boxed_str()))
         .collect();
-    for i in 0..10 {
-        a.observe(&x, &s, &ev(MONDAY_10 + 30, None, Some(items[i])));
+    let (left, right) = items.split_at(10);
+    for item in left {
+        a.observe(&x, &s, &ev(MONDAY_10 + 30, None, Some(item)));
     }
-    for i in 10..20 {
-        b.observe(&x, &s, &ev(MONDAY_10 + 30, None, Some(items[i])));
+    for item in right {
+        b.observe(&x, &s, &ev(MONDAY_10 + 30, None, Some(item)));
     }
     let alone = b.observe(&x, &s, &ev(MONDAY_10 + 31, Some("search"), None));
     assert!(alone.get(Signal::Enumeration) < 0.7, "{alone:?}");

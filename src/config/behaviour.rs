@@ -74,7 +74,7 @@ pub struct EnumerationConfig {
     #[serde(default = "default_window")]
     pub window: Dur,
     /// Distinct items in the window that score 1 (fewer score in
-    /// proportion); from 2 to 1000.
+    /// proportion); from 2 to 500.
     #[serde(default = "default_distinct")]
     pub distinct: u32,
 }
