@@ -34,6 +34,7 @@ struct Entry {
     tools: Box<[u32]>,
     networks: Box<[u64]>,
     hours_before: u32,
+    step_up_at: i64,
 }
 
 /// The other cores' view of one caller, summed.
@@ -44,6 +45,8 @@ pub(super) struct Remote {
     tools: Vec<u32>,
     networks: Vec<u64>,
     hours_before: u32,
+    /// The latest step-up any core demanded.
+    step_up_at: i64,
 }
 
 impl Exchange {
@@ -89,6 +92,7 @@ impl Remote {
             }
         }
         self.hours_before |= e.hours_before;
+        self.step_up_at = self.step_up_at.max(e.step_up_at);
     }
 
     /// Give a profile what the other cores know of its caller.
@@ -108,6 +112,11 @@ impl Remote {
             }
         }
         p.hours_before |= self.hours_before;
+        // A step-up demanded on another core holds here too, unless a newer
+        // token already settled it here.
+        if self.step_up_at > p.step_up_at.max(p.forgiven) {
+            p.step_up_at = self.step_up_at;
+        }
         p.recount();
     }
 }
@@ -136,6 +145,7 @@ impl Baselines {
                     tools: p.tools.as_slice().into(),
                     networks: p.networks.as_slice().into(),
                     hours_before: p.hours_before,
+                    step_up_at: p.step_up_at,
                 }
             })
             .collect();

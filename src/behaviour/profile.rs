@@ -52,7 +52,13 @@ pub struct Profile {
     hours_today: u32,
     day: i64,
     streak: u32,
-    step_up_at: i64,
+    /// When a `step_up` rule refused this caller (0: it owes none), and the
+    /// last such time a newer token settled.
+    pub(super) step_up_at: i64,
+    pub(super) forgiven: i64,
+    /// Finished active buckets folded into `baseline` (its first ones are
+    /// averaged plainly).
+    folded: u32,
     pub(super) others: Others,
 }
 
@@ -79,6 +85,8 @@ impl Profile {
             day: i64::MIN,
             streak: 0,
             step_up_at: 0,
+            forgiven: 0,
+            folded: 0,
             others: Others::default(),
         }
     }
@@ -148,6 +156,7 @@ impl Profile {
 
     /// A fresh token after a step-up: the windows that raised it start over.
     fn forgive(&mut self) {
+        self.forgiven = self.step_up_at;
         self.step_up_at = 0;
         self.streak = 0;
         self.buckets = [0; BUCKETS];
@@ -174,14 +183,14 @@ impl Profile {
         }
         if bucket > self.bucket {
             let done = self.buckets[(self.bucket as usize) % BUCKETS];
-            if done > 0 {
-                // Only active buckets: the usual rate while working.
+            // Only active buckets (the usual rate while working), and not
+            // the caller's first (it began part way through).
+            if done > 0 && self.requests > u64::from(done) {
                 let rate = (done as usize * BUCKETS) as f32;
-                self.baseline = if self.baseline == 0.0 {
-                    rate
-                } else {
-                    self.baseline + ALPHA * (rate - self.baseline)
-                };
+                // A plain mean of the first ones, then a moving average.
+                self.folded = self.folded.saturating_add(1);
+                let alpha = (1.0 / self.folded as f32).max(ALPHA);
+                self.baseline += alpha * (rate - self.baseline);
             }
             let gap = (bucket - self.bucket).min(BUCKETS as i64);
             for k in 1..=gap {
@@ -212,7 +221,8 @@ impl Profile {
     /// Requests in the window (all cores) against the usual count.
     fn burst(&self, s: &Settings) -> f32 {
         let recent = self.recent() + self.others.recent;
-        if recent < s.min_requests {
+        if recent < s.min_requests || self.baseline + self.others.baseline == 0.0 {
+            // Too few to tell, or no finished bucket to compare with yet.
             return 0.0;
         }
         let usual = (self.baseline + self.others.baseline).max(1.0);

@@ -459,3 +459,62 @@ fn bad_settings_are_config_errors() {
     let ok = settings(r#"{"working_hours": {"hours": "22:00-06:00", "utc_offset": "-05:30"}}"#);
     assert_eq!(ok.hours.unwrap().offset_secs, -(5 * 3600 + 1800));
 }
+
+#[test]
+fn a_step_up_on_one_core_holds_on_the_others() {
+    let x = Exchange::new(2);
+    let s = quick();
+    let (mut a, mut b) = (Baselines::default(), Baselines::default());
+    let mut p = crate::principal::Principal {
+        issuer_name: "idp".into(),
+        issuer: "https://idp.test".into(),
+        sub: "alice".into(),
+        email: None,
+        groups: vec![],
+        scopes: vec![],
+        client_id: None,
+        exp: i64::MAX,
+        claims: Default::default(),
+    };
+    p.claims.insert("iat".into(), (MONDAY_10 - 60).into());
+    let key = x.key(Some(&p), "10.0.0.1".parse().unwrap());
+    a.observe(&x, &s, &ev(key, &p, MONDAY_10));
+    b.observe(&x, &s, &ev(key, &p, MONDAY_10));
+    a.settle(key, Outcome::SteppedUp, MONDAY_10);
+    assert!(
+        !b.observe(&x, &s, &ev(key, &p, MONDAY_10 + 1))
+            .step_up_pending
+    );
+    a.exchange(&x, 0, &s, MONDAY_10 + 1);
+    b.exchange(&x, 1, &s, MONDAY_10 + 1);
+    assert!(
+        b.observe(&x, &s, &ev(key, &p, MONDAY_10 + 2))
+            .step_up_pending,
+        "merged"
+    );
+    // A newer token settles it on core 1; core 0's older summary does not
+    // bring it back there.
+    p.claims.insert("iat".into(), (MONDAY_10 + 5).into());
+    assert!(
+        !b.observe(&x, &s, &ev(key, &p, MONDAY_10 + 6))
+            .step_up_pending
+    );
+    b.exchange(&x, 1, &s, MONDAY_10 + 7);
+    let mut stale = p.clone();
+    stale.claims.insert("iat".into(), (MONDAY_10 - 60).into());
+    assert!(
+        !b.observe(&x, &s, &ev(key, &stale, MONDAY_10 + 8))
+            .step_up_pending
+    );
+}
+
+fn ev(key: u64, p: &crate::principal::Principal, now: i64) -> Event<'_> {
+    Event {
+        key,
+        now,
+        ip: "10.0.0.1".parse().unwrap(),
+        tool: None,
+        item: None,
+        principal: Some(p),
+    }
+}
