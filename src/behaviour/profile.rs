@@ -186,7 +186,11 @@ impl Profile {
             // Only active buckets (the usual rate while working), and not
             // the caller's first (it began part way through).
             if done > 0 && self.requests > u64::from(done) {
-                let rate = (done as usize * BUCKETS) as f32;
+                let mut rate = (done as usize * BUCKETS) as f32;
+                if self.folded > 0 {
+                    // A burst must not teach the usual rate at once.
+                    rate = rate.min(2.0 * self.baseline);
+                }
                 // A plain mean of the first ones, then a moving average.
                 self.folded = self.folded.saturating_add(1);
                 let alpha = (1.0 / self.folded as f32).max(ALPHA);

@@ -518,3 +518,28 @@ fn ev(key: u64, p: &crate::principal::Principal, now: i64) -> Event<'_> {
         principal: Some(p),
     }
 }
+
+/// A burst lasting past a bucket boundary stays a burst: a finished bucket
+/// raises the usual rate to at most twice what it was.
+#[test]
+fn a_long_burst_does_not_become_the_usual_rate_at_once() {
+    let mut b = Bench::new(settings(
+        r#"{"warmup_requests": 20, "warmup": 1,
+            "burst": {"window": "20s", "factor": 3, "min_requests": 40}}"#,
+    ));
+    // One call a second for 20 s, then 25 a second for 10 s (two buckets).
+    for t in 0..20 {
+        b.call(1, MONDAY_10 + t, Some("echo"), None);
+    }
+    let usual = b.t.get(1).unwrap().baseline;
+    assert!((15.0..=25.0).contains(&usual), "{usual}");
+    let scores: Vec<f32> = (0..250)
+        .map(|i| {
+            b.call(1, MONDAY_10 + 20 + i / 25, Some("echo"), None)
+                .get(Signal::Burst)
+        })
+        .collect();
+    assert!(scores[..20].iter().all(|s| *s < 0.9), "{:?}", &scores[..20]);
+    assert!(scores[50..].iter().all(|s| *s == 1.0), "{scores:?}");
+    assert!(b.t.get(1).unwrap().baseline <= 2.0 * usual);
+}
