@@ -91,6 +91,11 @@ impl Profile {
         }
     }
 
+    /// Requests counted on this core.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
     /// Count one request and score it.
     pub fn observe(
         &mut self,

@@ -382,57 +382,6 @@ fn cores_merge_counts_sketches_and_learnt_tools() {
 }
 
 #[test]
-fn a_reload_keeps_the_baselines() {
-    use crate::proxy::worker::{Shared, Worker};
-    use std::sync::Arc;
-    let text = "listen:\n  - address: 127.0.0.1:0\nbehaviour: { warmup_requests: 1, warmup: 1 }\nroutes:\n  - { name: t, from: http://proxy.test/, to: http://127.0.0.1:9/, mcp: {} }\n";
-    let path = std::path::Path::new("t.yaml");
-    let snap = crate::snapshot::from_text(text, path).unwrap();
-    let shared_snap = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
-    let worker = Worker::new(
-        0,
-        Arc::new(Shared::new(1, None).unwrap()),
-        shared_snap.clone(),
-    );
-    let first = worker.snapshot();
-    let s = first.behaviour.as_deref().unwrap();
-    let ev = Event {
-        key: 42,
-        now: MONDAY_10,
-        ip: "10.0.0.1".parse().unwrap(),
-        tool: Some("search"),
-        item: None,
-        principal: None,
-    };
-    worker
-        .baselines
-        .borrow_mut()
-        .observe(&worker.shared.behaviour, s, &ev);
-    let changed = text.replace("warmup: 1", "warmup: 1, denial_streak: 2");
-    shared_snap.store(Arc::new(
-        crate::snapshot::from_text(&changed, path).unwrap(),
-    ));
-    let second = worker.snapshot();
-    assert_ne!(first.generation, second.generation);
-    let s2 = second.behaviour.as_deref().unwrap();
-    assert_eq!(s2.denial_streak, 2, "the new settings apply");
-    let again = worker.baselines.borrow_mut().observe(
-        &worker.shared.behaviour,
-        s2,
-        &Event {
-            now: MONDAY_10 + 1,
-            ..ev
-        },
-    );
-    assert_eq!(
-        again.get(Signal::NewTool),
-        0.0,
-        "still known after the reload"
-    );
-    assert_eq!(worker.baselines.borrow().get(42).unwrap().requests, 2);
-}
-
-#[test]
 fn bad_settings_are_config_errors() {
     for (json, want) in [
         (r#"{"burst": {"window": 2}}"#, "burst.window"),
