@@ -81,11 +81,10 @@ impl Remote {
         for (a, b) in c.bits.iter_mut().zip(e.bits) {
             *a |= b;
         }
-        for t in e.tools.iter() {
-            if !self.tools.contains(t) {
-                self.tools.push(*t);
-            }
-        }
+        // Sorted lists: merged, then `seed` inserts the new ones in order.
+        self.tools.extend_from_slice(&e.tools);
+        self.tools.sort_unstable();
+        self.tools.dedup();
         for n in e.networks.iter() {
             if !self.networks.contains(n) {
                 self.networks.push(*n);
@@ -102,8 +101,11 @@ impl Remote {
         }
         p.others = self.counts.clone();
         for t in &self.tools {
-            if p.tools.len() < MAX_TOOLS && !p.tools.contains(t) {
-                p.tools.push(*t);
+            if p.tools.len() >= MAX_TOOLS {
+                break;
+            }
+            if let Err(at) = p.tools.binary_search(t) {
+                p.tools.insert(at, *t);
             }
         }
         for n in &self.networks {

@@ -45,6 +45,7 @@ pub struct Profile {
     offset: i64,
     /// Distinct items estimated from the sketches (-1: to be counted again).
     distinct: f32,
+    /// Learnt tools' name hashes, sorted.
     pub(super) tools: Vec<u32>,
     pub(super) networks: Vec<u64>,
     /// Local hours of the day active on earlier days, and today.
@@ -265,11 +266,11 @@ impl Profile {
     }
 
     fn learn_tool(&mut self, tool: u32, warming: bool) -> f32 {
-        if self.tools.contains(&tool) {
+        let Err(at) = self.tools.binary_search(&tool) else {
             return 0.0;
-        }
+        };
         if self.tools.len() < MAX_TOOLS {
-            self.tools.push(tool);
+            self.tools.insert(at, tool);
         }
         if warming {
             0.0
