@@ -115,6 +115,7 @@ fn bench(c: &mut Criterion) {
         now_unix: 1_767_607_200, // a Monday
         headers: &headers,
         anomaly: None,
+        content: &[],
     };
 
     let ten = compile(TEN);

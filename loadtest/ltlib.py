@@ -737,6 +737,17 @@ def ensure_mint_tokens():
     return exe
 
 
+def ensure_relay():
+    """Path of the bare io_uring relay (cargo example, source loadtest/relay.rs), built
+    into $LOADTEST_HELPERS_TARGET (default: the repository's target/) when missing."""
+    exe = os.path.join(MINT_TOKENS_TARGET, "release", "examples", "relay")
+    if not os.access(exe, os.X_OK):
+        log("building the bare relay (cargo build --release --example relay)")
+        subprocess.run(["cargo", "build", "--release", "--example", "relay"], cwd=REPO,
+                       env=dict(os.environ, CARGO_TARGET_DIR=MINT_TOKENS_TARGET), check=True)
+    return exe
+
+
 def make_issuer(tmp):
     """A fresh ES256 (P-256) issuer key in tmp/issuer: issuer.p8 (private, PKCS#8) and
     jwks.json (public). Returns a dict used by mint_tokens and portcullis_mcp_conf."""
@@ -914,14 +925,15 @@ def mcp_policy_yaml(rules, indent=6):
 
 def portcullis_mcp_conf(port, up_port, issuer, driver="io_uring", *, workers=1, tls=None,
                         audit_path=None, policy_rules=None, upstream_auth=None,
-                        route_path=MCP_PATH, admin_port=None):
+                        route_path=MCP_PATH, admin_port=None, screen=None):
     """portcullis with the full MCP path: one listener (TLS when tls=(cert, key)), an MCP
     route with `auth` (the ES256 issuer from make_issuer, jwks_file), the 100-rule policy
     (policy_rules, default mcp_policy_rules()[0]; [] for none) and, with audit_path, the
     audit log to that file. upstream_auth: None = portcullis's default (an ES256 identity
     assertion per principal, cached per core), or a YAML flow mapping such as
     '{ none: true }'. admin_port: the admin listener (/metrics, e.g. token cache hits; off
-    the data plane: the counters are kept whether it is on or not)."""
+    the data plane: the counters are kept whether it is on or not). screen: the route's
+    `screen` section as a YAML flow mapping (`{}`: every built-in detector), or None."""
     rules = mcp_policy_rules()[0] if policy_rules is None else policy_rules
     scheme = "https" if tls else "http"
     listen = f"  - address: 127.0.0.1:{port}\n"
@@ -933,6 +945,8 @@ def portcullis_mcp_conf(port, up_port, issuer, driver="io_uring", *, workers=1, 
         audit += f"admin: {{ address: 127.0.0.1:{admin_port} }}\n"
     policy = ("    policy:\n" + mcp_policy_yaml(rules)) if rules else ""
     ua = f"    upstream_auth: {upstream_auth}\n" if upstream_auth else ""
+    if screen is not None:
+        ua += f"    screen: {screen}\n"
     return f"""workers: {workers}
 runtime: {{ driver: {driver}, ring_entries: 1024, coop_taskrun: true, single_issuer: true, defer_taskrun: true }}
 upstream: {{ pool_max_idle: {POOL_IDLE} }}
@@ -1153,7 +1167,7 @@ def haproxy_tls_conf(port, up_port, combined_pem):
 # ----------------------------------------------------------------------------
 # chart: grouped bars (req/s and CPU µs/req), hand-written SVG
 
-KIND_COLORS = {"direct": ["#9e9e9e"], "nginx": ["#2ca02c", "#74c476"],
+KIND_COLORS = {"direct": ["#9e9e9e"], "relay": ["#6a3d9a"], "nginx": ["#2ca02c", "#74c476"],
                "haproxy": ["#ff7f0e", "#fdae6b"],
                "portcullis": ["#1f4e99", "#4a86d4", "#8cb8ec", "#0d2b57"]}
 
@@ -1194,7 +1208,7 @@ def svg_grouped_bars(groups, title="",
          f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14" '
          f'font-weight="bold">{_esc(title)}</text>']
     lx = left
-    for kind in ("direct", "portcullis", "nginx", "haproxy"):
+    for kind in ("direct", "relay", "portcullis", "nginx", "haproxy"):
         o.append(f'<rect x="{lx}" y="30" width="12" height="10" fill="{KIND_COLORS[kind][0]}"/>')
         o.append(f'<text x="{lx + 16}" y="39">{kind}{" (shades: variants)" if kind == "portcullis" else ""}</text>')
         lx += 60 + 7 * len(kind) + (110 if kind == "portcullis" else 0)

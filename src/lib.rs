@@ -28,6 +28,10 @@ pub(crate) mod screen;
 /// Per-route counters and latency histograms (atomics), Prometheus text.
 pub(crate) mod metrics;
 
+/// Tool pinning: canonical hashes of upstream definitions, their diffs,
+/// injection flags, and the pinned set the cores decide from.
+pub(crate) mod pin;
+
 /// The verified caller, built by `identity`, read by `policy` and `audit`.
 pub(crate) mod principal;
 
@@ -73,6 +77,7 @@ pub(crate) mod runtime;
 
 pub use runtime::grants::{grants, GrantsCommand};
 pub use runtime::store::store_migrate;
+pub use runtime::tools::{tools, ToolsCommand};
 pub use runtime::vault::vault_rekey;
 pub use runtime::{demo, run_until_signal, start, Running};
 pub use snapshot::{from_text, load, Snapshot};

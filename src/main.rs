@@ -112,6 +112,29 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Tool pinning: `diff` shows a route's definitions awaiting approval
+    /// (new, or changed since approved: which members, the description
+    /// around its change, injection markers found); `approve` approves them
+    /// (all, or those of one name). The running proxy serves approved ones
+    /// within a second.
+    #[command(after_help = "Examples:
+  portcullis tools diff github -c portcullis.yaml
+  portcullis tools approve github create_issue -c portcullis.yaml
+  portcullis tools approve github --kind prompt -c portcullis.yaml")]
+    Tools {
+        /// diff or approve.
+        #[arg(value_parser = ["diff", "approve"])]
+        action: String,
+        /// The route's name.
+        route: String,
+        /// One tool, prompt or resource template by name (approve only).
+        name: Option<String>,
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this kind: tool, prompt or resource_template.
+        #[arg(long)]
+        kind: Option<String>,
+    },
     /// Print the JSON Schema of the configuration file (for editors: e.g.
     /// `# yaml-language-server: $schema=portcullis.schema.json`).
     #[command(
@@ -241,6 +264,32 @@ fn main() -> ExitCode {
                 }
             };
             match portcullis::grants(&config, command, user.as_deref(), client.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Tools {
+            action,
+            route,
+            name,
+            config,
+            kind,
+        } => {
+            let command = match (action.as_str(), name.as_deref()) {
+                ("approve", name) => portcullis::ToolsCommand::Approve(name),
+                (_, None) => portcullis::ToolsCommand::Diff,
+                (_, Some(_)) => {
+                    eprintln!("error: a name goes with approve");
+                    return ExitCode::from(2);
+                }
+            };
+            match portcullis::tools(&config, &route, command, kind.as_deref()) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

@@ -319,6 +319,93 @@ impl ScreenCounts {
     }
 }
 
+/// The kinds of pinned definitions, as `portcullis_pin_*` label them.
+pub(crate) const PIN_KINDS: [&str; 3] = ["tool", "prompt", "resource_template"];
+/// The changes `portcullis_pin_changes_total` counts.
+pub(crate) const PIN_CHANGES: [&str; 3] = ["added", "removed", "changed"];
+
+/// A route's pinning counters: changes per kind and change, definitions
+/// flagged for injection markers per kind (bumped by the control plane
+/// when it records them).
+#[derive(Debug, Default)]
+pub(crate) struct PinCounts {
+    changes: [[AtomicU64; 3]; 3],
+    flagged: [AtomicU64; 3],
+}
+
+impl PinCounts {
+    /// One more change of kind `kind` (`PIN_KINDS` index); other changes are not counted.
+    pub(crate) fn changed(&self, kind: usize, change: &str) {
+        let c = PIN_CHANGES.iter().position(|x| *x == change);
+        if let (Some(row), Some(c)) = (self.changes.get(kind), c) {
+            row[c].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn flagged(&self, kind: usize) {
+        if let Some(c) = self.flagged.get(kind) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The `portcullis_pin_changes_total` series that counted something.
+    pub(crate) fn render_changes(&self, route: &str, out: &mut String) {
+        let route = escape(route);
+        for (k, row) in self.changes.iter().enumerate() {
+            for (c, n) in row.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "portcullis_pin_changes_total{{route=\"{route}\",kind=\"{}\",change=\"{}\"}} {n}",
+                        PIN_KINDS[k], PIN_CHANGES[c]
+                    );
+                }
+            }
+        }
+    }
+
+    /// The `portcullis_pin_flagged_total` series that counted something.
+    pub(crate) fn render_flagged(&self, route: &str, out: &mut String) {
+        let route = escape(route);
+        for (k, n) in self.flagged.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "portcullis_pin_flagged_total{{route=\"{route}\",kind=\"{}\"}} {n}",
+                    PIN_KINDS[k]
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod pin_counts_tests {
+    use super::PinCounts;
+
+    #[test]
+    fn pin_changes_and_flags_are_counted_per_kind() {
+        let c = PinCounts::default();
+        c.changed(0, "changed");
+        c.changed(0, "changed");
+        c.changed(2, "added");
+        c.changed(1, "renamed");
+        c.changed(7, "added");
+        c.flagged(1);
+        let mut out = String::new();
+        c.render_changes("gh", &mut out);
+        c.render_flagged("gh", &mut out);
+        let want = [
+            "portcullis_pin_changes_total{route=\"gh\",kind=\"tool\",change=\"changed\"} 2",
+            "portcullis_pin_changes_total{route=\"gh\",kind=\"resource_template\",change=\"added\"} 1",
+            "portcullis_pin_flagged_total{route=\"gh\",kind=\"prompt\"} 1",
+        ];
+        assert_eq!(out.lines().collect::<Vec<_>>(), want);
+    }
+}
+
 #[cfg(test)]
 mod screen_counts_tests {
     use super::ScreenCounts;

@@ -71,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
             now_unix: [1_767_607_200, 0, -1, i64::MAX, i64::MIN][i],
             headers: &headers,
             anomaly: None,
+            content: &[],
         };
         let _ = policy.evaluate(&f);
         for kind in [ItemKind::Tool, ItemKind::Prompt, ItemKind::Resource, ItemKind::ResourceTemplate] {

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod authz;
 pub mod behaviour;
 pub mod identity;
+pub mod pin;
 pub mod policy;
 pub mod schema;
 pub mod screen;
@@ -331,6 +332,9 @@ pub struct RouteConfig {
     /// yet applied by the data plane: `portcullis check` reports the
     /// section's errors, then refuses it.
     pub screen: Option<screen::ScreenConfig>,
+    /// Pin the tool, prompt and resource template definitions the upstream
+    /// serves (needs `mcp` and the `store` section); absent: off.
+    pub pin: Option<pin::PinConfig>,
 }
 
 /// Logging to stderr (fixed at start).

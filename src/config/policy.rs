@@ -95,6 +95,11 @@ pub struct Condition {
     /// A header of the HTTP request that carries the message.
     #[serde(default)]
     pub header: Option<HeaderTest>,
+    /// What the route's content screening (`screen`) found in the message:
+    /// true when a detector (or one of a group) matched anywhere in it.
+    /// Only on routes with a `screen` section that runs the detector.
+    #[serde(default)]
+    pub content: Option<ContentTest>,
     /// The caller's request rate; deny rules only: true when over the limit
     /// (429 with `Retry-After`).
     #[serde(default)]
@@ -365,6 +370,21 @@ pub struct HeaderTest {
     /// `true`: true when the header is present; `false`: when it is absent.
     #[serde(default)]
     pub exists: Option<bool>,
+}
+
+/// `content`: exactly one of `detector` and `group`. True when content
+/// screening found that detector (or any detector of that group) in the
+/// message's strings; false when it found nothing of it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContentTest {
+    /// A detector's name: a built-in one (`aws_key`, `email`, `tag_chars`,
+    /// ...) or a custom one of the route's `screen`.
+    #[serde(default)]
+    pub detector: Option<String>,
+    /// A group of detectors: `secrets`, `pii`, `injection` or `custom`.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// `rate_limit` (deny rules only): true when the caller has used up `requests`

@@ -63,8 +63,25 @@ impl ListFilter {
     }
 }
 
-/// Whether the caller may see the item of this kind with this name.
-pub(crate) type Visible<'a> = dyn FnMut(ListKind, &str) -> bool + 'a;
+/// What filtering asks of its caller: whether each item may be seen; it
+/// also hears when a list answer's items were all judged, and of the
+/// notifications passing by (pinning records and audits from these).
+pub(crate) trait Visible {
+    /// Whether the caller may see `item`, of a `kind` list, named `name`.
+    fn visible(&mut self, kind: ListKind, name: &str, item: &Value) -> bool;
+    /// Every item of a `kind` list answer was judged; `complete` when the
+    /// answer has no `nextCursor` (it held the whole list).
+    fn listed(&mut self, _kind: ListKind, _complete: bool) {}
+    /// A notification (a message with a `method` and no `id`) went by.
+    fn notified(&mut self, _method: &str) {}
+}
+
+/// A test by kind and name only (a route's policy).
+impl<F: FnMut(ListKind, &str) -> bool> Visible for F {
+    fn visible(&mut self, kind: ListKind, name: &str, _item: &Value) -> bool {
+        self(kind, name)
+    }
+}
 
 /// Largest list response (JSON body or one SSE event) filtered.
 pub(crate) const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
@@ -76,7 +93,7 @@ pub(crate) const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
 pub(crate) fn filter_message(
     filter: &ListFilter,
     body: &[u8],
-    visible: &mut Visible<'_>,
+    visible: &mut dyn Visible,
 ) -> Option<(Vec<u8>, usize)> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let (mut touched, mut answered) = (false, 0);
@@ -109,10 +126,17 @@ enum Filtered {
 /// Filter `msg` in place when it answers one of `filter`'s requests, or, by
 /// its shape, any list request: an answer whose id the server changed (say,
 /// a large integer read as a double) is filtered all the same.
-fn filter_one(filter: &ListFilter, msg: &mut Value, visible: &mut Visible<'_>) -> Filtered {
+fn filter_one(filter: &ListFilter, msg: &mut Value, visible: &mut dyn Visible) -> Filtered {
     let Some(obj) = msg.as_object_mut() else {
         return Filtered::No;
     };
+    if let (false, Some(method)) = (
+        obj.contains_key("id"),
+        obj.get("method").and_then(Value::as_str),
+    ) {
+        visible.notified(method);
+        return Filtered::No;
+    }
     let own = obj.get("id").and_then(|id| filter.kind_of(id));
     if obj.contains_key("error") {
         return if own.is_some() {
@@ -138,6 +162,10 @@ fn filter_one(filter: &ListFilter, msg: &mut Value, visible: &mut Visible<'_>) -
         },
     };
     let (list_key, name_key) = kind.keys();
+    let complete = obj
+        .get("result")
+        .and_then(|r| r.get("nextCursor"))
+        .is_none_or(Value::is_null);
     let Some(items) = obj
         .get_mut("result")
         .and_then(|r| r.get_mut(list_key))
@@ -150,8 +178,9 @@ fn filter_one(filter: &ListFilter, msg: &mut Value, visible: &mut Visible<'_>) -
     items.retain(|item| {
         item.get(name_key)
             .and_then(Value::as_str)
-            .is_some_and(|name| visible(kind, name))
+            .is_some_and(|name| visible.visible(kind, name, item))
     });
+    visible.listed(kind, complete);
     Filtered::Yes(own.is_some())
 }
 
@@ -188,7 +217,7 @@ impl SseListFilter {
         filter: &ListFilter,
         data: &[u8],
         out: &mut Vec<u8>,
-        visible: &mut Visible<'_>,
+        visible: &mut dyn Visible,
     ) -> Result<(), ()> {
         if self.done {
             out.extend_from_slice(data);
@@ -232,7 +261,7 @@ impl SseListFilter {
 fn filter_event(
     filter: &ListFilter,
     event: &[u8],
-    visible: &mut Visible<'_>,
+    visible: &mut dyn Visible,
 ) -> Option<(Vec<u8>, usize)> {
     let (kept, data) = split_event(event)?;
     let (new, answered) = filter_message(filter, data.as_bytes(), visible)?;
@@ -320,6 +349,54 @@ mod tests {
             !text.contains("delete_a") && !text.contains("delete_p") && !text.contains("delete_c"),
             "{text}"
         );
+    }
+
+    /// Sees whole items, hears of lists and notifications.
+    #[derive(Default)]
+    struct Watcher {
+        items: Vec<String>,
+        listed: Vec<(ListKind, bool)>,
+        notified: Vec<String>,
+    }
+
+    impl Visible for Watcher {
+        fn visible(&mut self, _: ListKind, name: &str, item: &Value) -> bool {
+            self.items.push(item.to_string());
+            !name.starts_with("delete_")
+        }
+        fn listed(&mut self, kind: ListKind, complete: bool) {
+            self.listed.push((kind, complete));
+        }
+        fn notified(&mut self, method: &str) {
+            self.notified.push(method.into());
+        }
+    }
+
+    #[test]
+    fn the_caller_sees_whole_items_lists_and_notifications() {
+        let filter = ListFilter::one(ListKind::Tools, RpcId::Int(1));
+        let mut w = Watcher::default();
+        let stream = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\",\"description\":\"d\"},{\"name\":\"delete_b\"}],\"nextCursor\":\"c\"}}\n\n";
+        let mut out = Vec::new();
+        SseListFilter::default()
+            .feed(&filter, stream, &mut out, &mut w)
+            .unwrap();
+        assert_eq!(
+            w.items,
+            [
+                r#"{"description":"d","name":"a"}"#,
+                r#"{"name":"delete_b"}"#
+            ]
+        );
+        assert_eq!(
+            w.listed,
+            [(ListKind::Tools, false)],
+            "a page, not the whole list"
+        );
+        assert_eq!(w.notified, ["notifications/tools/list_changed"]);
+        let body = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"nextCursor":null}}"#;
+        filter_message(&filter, body, &mut w).unwrap();
+        assert_eq!(w.listed[1], (ListKind::Tools, true));
     }
 
     #[test]

@@ -86,6 +86,7 @@ mod tests {
             source_ip: "10.0.0.1".parse().unwrap(),
             now_unix: 0,
             headers: &[],
+            content: &[],
             anomaly: scores,
         }
     }

@@ -33,6 +33,7 @@ pub(crate) enum Cond {
     SourceIp(Cidrs),
     Time(Box<TimeWindow>),
     Header(Box<Header>),
+    Content(ContentOp),
     RateLimit(RateLimit),
     Anomaly(Anomaly),
 }
@@ -55,6 +56,23 @@ impl Cond {
             _ => false,
         }
     }
+    /// The `content` criteria in it (for checking them against the route's
+    /// screen).
+    pub(crate) fn content<'c>(&'c self, out: &mut Vec<&'c ContentOp>) {
+        match self {
+            Cond::And(c) | Cond::Or(c) => c.iter().for_each(|i| i.content(out)),
+            Cond::Not(c) => c.content(out),
+            Cond::Content(op) => out.push(op),
+            _ => {}
+        }
+    }
+}
+
+/// `content`: a detector by name, or a group of them.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ContentOp {
+    Detector(Box<str>),
+    Group(crate::screen::Group),
 }
 
 #[derive(Debug)]
@@ -244,6 +262,7 @@ impl Compiler {
             .or_else(|| mcp_names(c))
             .or_else(|| network_time(c))
             .or_else(|| values(c))
+            .or_else(|| content(c))
             .or_else(|| self.rate_limit(c, in_deny))
             .or_else(|| {
                 c.anomaly
@@ -324,6 +343,7 @@ fn one_key(c: &Condition) -> Result<(), String> {
         source_ip,
         time,
         header,
+        content,
         rate_limit,
         anomaly,
     } = c;
@@ -345,6 +365,7 @@ fn one_key(c: &Condition) -> Result<(), String> {
         ("source_ip", source_ip.is_some()),
         ("time", time.is_some()),
         ("header", header.is_some()),
+        ("content", content.is_some()),
         ("rate_limit", rate_limit.is_some()),
         ("anomaly", anomaly.is_some()),
     ]
@@ -535,6 +556,21 @@ fn values(c: &Condition) -> Option<Result<Cond, String>> {
     }
     let t = c.header.as_ref()?;
     Some(header(t))
+}
+
+/// `content`: one detector or one group.
+fn content(c: &Condition) -> Option<Result<Cond, String>> {
+    let t = c.content.as_ref()?;
+    let op = match (&t.detector, &t.group) {
+        (Some(d), None) if !d.is_empty() => Ok(ContentOp::Detector(d.as_str().into())),
+        (None, Some(g)) => crate::screen::Group::parse(g)
+            .map(ContentOp::Group)
+            .ok_or_else(|| {
+                format!("content: unknown group {g:?} (want secrets, pii, injection or custom)")
+            }),
+        _ => Err("content: want exactly one of detector and group".into()),
+    };
+    Some(op.map(Cond::Content))
 }
 
 fn argument(t: &config::ArgumentTest) -> Result<Cond, String> {

@@ -9,7 +9,8 @@ use crate::mcp::method::Method;
 use simd_json::{Node, StaticNode};
 
 use super::compile::{
-    Argument, ClaimOp, Cond, EmailOp, Header, NameOp, RateLimit, ResourceOp, SetOp, ValueOp,
+    Argument, ClaimOp, Cond, ContentOp, EmailOp, Header, NameOp, RateLimit, ResourceOp, SetOp,
+    ValueOp,
 };
 use super::matchers::{lower, same, same_lower, Scalar, StrSet};
 use super::ratelimit::RateTable;
@@ -132,6 +133,14 @@ impl Cond {
             Cond::SourceIp(cidrs) => cidrs.contains(f.source_ip).into(),
             Cond::Time(w) => w.matches(f.now_unix).into(),
             Cond::Header(h) => header(h, f),
+            Cond::Content(op) => f
+                .content
+                .iter()
+                .any(|x| match op {
+                    ContentOp::Detector(d) => *x.detector == **d,
+                    ContentOp::Group(g) => x.group == *g,
+                })
+                .into(),
             Cond::RateLimit(r) => rate_limit(r, cx),
             Cond::Anomaly(a) => a.eval(f),
         }

@@ -69,6 +69,8 @@ pub struct Facts<'a> {
     /// The request's behaviour scores (`anomaly` criteria, `step_up` rules);
     /// `None` when it was not scored.
     pub anomaly: Option<&'a crate::behaviour::Scores>,
+    /// What content screening found in the message (`content` criteria).
+    pub content: &'a [crate::screen::Finding],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +252,38 @@ impl Policy {
         self.rules
             .iter()
             .any(|r| r.step_up || r.cond.uses_anomaly())
+    }
+
+    /// Its `content` criteria that `screen` (the route's) does not run: each
+    /// as an error message. A criterion no screen can satisfy would be
+    /// silently false.
+    pub fn unscreened_content(&self, screen: Option<&crate::screen::Screen>) -> Vec<String> {
+        let mut ops = Vec::new();
+        for r in self.rules.iter() {
+            r.cond.content(&mut ops);
+        }
+        let mut errors: Vec<String> = Vec::new();
+        for op in ops {
+            let (name, group) = match op {
+                compile::ContentOp::Detector(d) => (Some(&**d), None),
+                compile::ContentOp::Group(g) => (None, Some(*g)),
+            };
+            if screen.is_some_and(|s| s.runs(name, group)) {
+                continue;
+            }
+            let what = match (name, group) {
+                (Some(d), _) => format!("detector {d:?}"),
+                (_, g) => format!("group {:?}", g.map_or("", |g| g.name())),
+            };
+            let e = match screen {
+                None => format!("content: {what} needs the route's `screen` section"),
+                Some(_) => format!("content: the route's screen runs no {what}"),
+            };
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+        errors
     }
 
     /// The verdict for one message. Counts rate limits; never allocates.

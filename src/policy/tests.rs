@@ -53,6 +53,7 @@ fn facts<'a>(p: Option<&'a Principal>, method: &'a str, name: Option<&'a str>) -
         now_unix: 1_767_607_200,
         headers: &[],
         anomaly: None,
+        content: &[],
     }
 }
 
@@ -1063,6 +1064,7 @@ fn evaluate_agrees_with_reference() {
                 now_unix: 1_767_607_200,
                 headers: &header_sets[rnd(header_sets.len())],
                 anomaly: None,
+                content: &[],
             };
             assert_eq!(p.evaluate(&f), ref_verdict(&p, &f), "{yaml}");
             let tool = names[rnd(names.len())].unwrap_or("t2");
@@ -1075,4 +1077,64 @@ fn evaluate_agrees_with_reference() {
         }
     }
     assert_eq!(checked, 12_000);
+}
+
+#[test]
+fn content_criterion() {
+    let cfg: crate::config::screen::ScreenConfig =
+        serde_yaml_ng::from_str("{ actions: { secrets: audit } }").unwrap();
+    let screen = crate::screen::Screen::compile(&cfg).unwrap();
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"k":"AKIAIOSFODNN7EXAMPLE"}}}"#;
+    let found = screen.scan(body).unwrap();
+    assert!(!found.is_empty());
+    let with = Facts {
+        content: &found,
+        ..facts(None, "tools/call", Some("x"))
+    };
+    let without = facts(None, "tools/call", Some("x"));
+    for cond in [
+        "{ content: { detector: aws_key } }",
+        "{ content: { group: secrets } }",
+    ] {
+        assert!(holds(cond, &with), "{cond}");
+        assert!(!holds(cond, &without), "{cond}");
+    }
+    assert!(!holds("{ content: { detector: email } }", &with));
+    assert!(!holds("{ content: { group: pii } }", &with));
+    let p = policy(
+        "[{ name: no-keys, deny: { content: { detector: aws_key } } }, { allow: { and: [] } }]",
+    );
+    assert!(matches!(
+        p.evaluate(&with),
+        Verdict::Deny {
+            rule: "no-keys",
+            ..
+        }
+    ));
+    assert!(allowed(p.evaluate(&without)));
+    // List items carry no content: a deny on content hides nothing.
+    assert!(p.visible(&without, ItemKind::Tool, "x"));
+
+    // Each criterion must be one the route's screen runs.
+    assert!(p.unscreened_content(Some(&screen)).is_empty());
+    assert_eq!(
+        p.unscreened_content(None),
+        vec!["content: detector \"aws_key\" needs the route's `screen` section"]
+    );
+    let custom = policy("[{ deny: { content: { group: custom } } }]");
+    assert_eq!(
+        custom.unscreened_content(Some(&screen)),
+        vec!["content: the route's screen runs no group \"custom\""]
+    );
+    for (bad, want) in [
+        ("{ content: {} }", "exactly one of detector and group"),
+        (
+            "{ content: { detector: a, group: pii } }",
+            "exactly one of detector and group",
+        ),
+        ("{ content: { group: keys } }", "unknown group \"keys\""),
+    ] {
+        let e = errors(&format!("[{{ deny: {bad} }}]")).join("\n");
+        assert!(e.contains(want), "{bad}: {e}");
+    }
 }

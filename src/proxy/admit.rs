@@ -53,6 +53,7 @@ impl Request {
             now_unix: self.now_unix,
             headers,
             anomaly: None,
+            content: &[],
         }
     }
 }

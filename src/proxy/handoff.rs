@@ -44,6 +44,11 @@ pub enum Job {
 /// The sending side, one per process (cloned into `Shared`).
 pub(crate) type Control = std::sync::mpsc::SyncSender<Job>;
 
+/// What pinning routes' list answers hold, for the pin thread
+/// (`runtime::pins`): sent with `try_send`, never awaited; a full queue
+/// drops the report (the next list answer makes it again).
+pub(crate) type PinReports = std::sync::mpsc::SyncSender<crate::pin::Report>;
+
 /// A request for the authorization server, its body still to be read.
 pub struct Pending {
     call: Call,

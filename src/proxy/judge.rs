@@ -23,7 +23,9 @@ use crate::proxy::body::{push_length, Body};
 use crate::proxy::conn::{Conn, Judged};
 use crate::proxy::gate;
 use crate::proxy::request::{policy_headers, MAX_HEADERS};
+use crate::proxy::screen::{of_message, Screened};
 use crate::proxy::worker::Worker;
+use crate::screen::{Direction, Finding};
 use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
 
@@ -57,6 +59,17 @@ pub fn judge(
         Body::Buffered(n) => &conn.buf[..*n],
         Body::Decoded(data) => data,
     };
+    // Content screening reads the body before the policy (`content`
+    // criteria), and acts on what it found once the policy allowed it.
+    let screen = route
+        .screen
+        .as_deref()
+        .filter(|_| req.mcp && !held.is_empty());
+    let scanned = screen.map(|s| crate::proxy::screen::scan(s, held, Direction::Request));
+    let findings = match &scanned {
+        Some(Ok(f)) => &f[..],
+        _ => &[],
+    };
     let verdict = match &body {
         _ if !req.mcp => Ok(()),
         Body::Unread(_) => Err(HttpError::PayloadTooLarge),
@@ -65,19 +78,10 @@ pub fn judge(
             let headers = policy_headers(route, &conn.head_copy, &mut space);
             let mut judge = Judge::new(worker, route, req, conn.client.peer.ip(), headers);
             judge.behaviour = snap.behaviour.as_deref();
-            judge.body(held, &mut conn.judged)
+            judge.body(held, findings, &mut conn.judged)
         }
     };
-    // Content screening of what the judged body carries out (`screen`).
-    let (verdict, replaced) = match verdict {
-        Ok(()) if req.mcp && !held.is_empty() => {
-            match screen_request(route, held, &mut conn.judged) {
-                Ok(replaced) => (Ok(()), replaced),
-                Err(e) => (Err(e), None),
-            }
-        }
-        other => (other, None),
-    };
+    let (verdict, replaced) = screen_request(route, req, held, scanned, verdict, &mut conn.judged);
     let up = &mut conn.up;
     match (&body, verdict) {
         (Body::Empty, Ok(())) => up.extend_from_slice(b"\r\n"),
@@ -115,29 +119,38 @@ pub fn judge(
     Ok(Permit { unread })
 }
 
-/// The route's content screening of a judged body: `Some` body to send
-/// instead (redacted), or a refusal naming the detector (the JSON-RPC error
-/// answers every request of the body).
+/// The route's content screening of a judged body, on what its scan found:
+/// noted in the audit record whatever the verdict; when the policy allowed
+/// the body, the body to send instead (redacted) or a refusal naming the
+/// detector (the JSON-RPC error answers every request of the body).
 fn screen_request(
     route: &Route,
+    req: &Request,
     held: &[u8],
+    scanned: Option<Result<Vec<Finding>, Screened>>,
+    verdict: Result<(), HttpError>,
     judged: &mut Judged,
-) -> Result<Option<Vec<u8>>, HttpError> {
-    use crate::proxy::screen::Screened;
-    let Some(screen) = route.screen.as_deref() else {
-        return Ok(None);
+) -> (Result<(), HttpError>, Option<Vec<u8>>) {
+    let screened = match (route.screen.as_deref(), scanned) {
+        (Some(screen), Some(Ok(findings))) => crate::proxy::screen::apply(
+            screen,
+            route.screen_counts.as_deref(),
+            held,
+            &findings,
+            Direction::Request,
+            &mut judged.audit.screen,
+        ),
+        (_, Some(Err(instead))) => instead,
+        _ => Screened::Same,
     };
-    let screened = crate::proxy::screen::message(
-        screen,
-        route.screen_counts.as_deref(),
-        held,
-        crate::screen::Direction::Request,
-        &mut judged.audit.screen,
-    );
-    match screened {
-        Screened::Same => Ok(None),
-        Screened::Changed(new) => Ok(Some(new)),
-        Screened::Blocked(detector) => {
+    match (verdict, screened) {
+        (Ok(()), Screened::Changed(new)) => (Ok(()), Some(new)),
+        (Ok(()), Screened::Blocked(detector)) => {
+            let err = denied(
+                HttpError::PolicyDenied,
+                &judged.ids,
+                req.mcp_head.legacy_post,
+            );
             judged.detail = Some(Box::new(Detail {
                 ids: judged.ids.clone(),
                 batch: judged.batch,
@@ -146,8 +159,9 @@ fn screen_request(
                 )),
                 headers: Vec::new(),
             }));
-            Err(HttpError::PolicyDenied)
+            (Err(err), None)
         }
+        (verdict, _) => (verdict, None),
     }
 }
 
@@ -202,7 +216,12 @@ impl<'a> Judge<'a> {
 
     /// Judge a held MCP body: `Err` refuses it, `judged` says why and what
     /// the answer carries.
-    pub(crate) fn body(&self, body: &[u8], judged: &mut Judged) -> Result<(), HttpError> {
+    pub(crate) fn body(
+        &self,
+        body: &[u8],
+        findings: &[Finding],
+        judged: &mut Judged,
+    ) -> Result<(), HttpError> {
         if body.is_empty() && self.req.method != crate::http1::Method::Post {
             return self.without_call(judged);
         }
@@ -211,21 +230,26 @@ impl<'a> Judge<'a> {
             ..Tally::default()
         };
         let mut scratch = self.worker.mcp_scratch.borrow_mut();
-        let mut first = true;
+        let mut index = 0;
         crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
-            if std::mem::take(&mut first) {
+            if index == 0 {
                 judged.method_slot = crate::metrics::method_slot(m.method);
             }
-            self.message(m, &mut tally, judged);
+            let content = of_message(findings, tally.batch, index);
+            self.message(m, content, &mut tally, judged);
+            index += 1;
         })
         .map_err(|e| HttpError::InvalidJsonRpc {
             code: e.code(),
             message: e.message(),
         })?;
         let Some(refused) = tally.refused.take() else {
-            judged.list = (!tally.lists.is_empty()).then_some(ListFilter {
-                wanted: tally.lists,
-            });
+            // A pinning route watches every answer's events for
+            // `list_changed` notifications (`relay`: event streams only).
+            judged.list =
+                (!tally.lists.is_empty() || self.route.pin.is_some()).then_some(ListFilter {
+                    wanted: tally.lists,
+                });
             judged.ids = tally.ids;
             judged.batch = tally.batch;
             return Ok(());
@@ -251,7 +275,9 @@ impl<'a> Judge<'a> {
                 return Err(HttpError::PolicyForbidden);
             }
         }
-        if self.policy.is_some() && self.req.method == crate::http1::Method::Get {
+        if (self.policy.is_some() || self.route.pin.is_some())
+            && self.req.method == crate::http1::Method::Get
+        {
             // A GET stream may carry list answers (legacy HTTP+SSE, or a
             // resumed stream): every one of them is filtered.
             judged.list = Some(ListFilter { wanted: Vec::new() });
@@ -261,7 +287,13 @@ impl<'a> Judge<'a> {
 
     /// One message of the body: noted for the audit record, checked against
     /// the head, judged by the policy. After a refusal only ids are noted.
-    fn message(&self, m: &Message<'_>, tally: &mut Tally, judged: &mut Judged) {
+    fn message(
+        &self,
+        m: &Message<'_>,
+        content: &[Finding],
+        tally: &mut Tally,
+        judged: &mut Judged,
+    ) {
         let sink = self.worker.shared.audit.as_ref();
         if let Some(sink) = sink {
             judged.audit.batch += 1;
@@ -290,6 +322,9 @@ impl<'a> Judge<'a> {
             });
             return;
         }
+        if self.pinned(m, tally) {
+            return;
+        }
         let (Some(method), false) = (m.method, m.kind == Some(Kind::Response)) else {
             return;
         };
@@ -298,6 +333,7 @@ impl<'a> Judge<'a> {
             name: m.name,
             uri: m.uri,
             arguments: m.arguments,
+            content,
             ..self.base
         };
         let scored = match self.behaviour {
@@ -380,6 +416,34 @@ impl<'a> Judge<'a> {
     }
 }
 
+impl Judge<'_> {
+    /// Tool pinning of one message (a pinning route): a pinned list's
+    /// request is noted for filtering when no policy will note it; a call
+    /// to an item not approved under `enforce` is refused (`true`).
+    fn pinned(&self, m: &Message<'_>, tally: &mut Tally) -> bool {
+        let (Some(pin), Some(method), Some(Kind::Request)) =
+            (self.route.pin.as_deref(), m.method, m.kind)
+        else {
+            return false;
+        };
+        if let (None, Some(list), Some(id)) = (self.policy, ListKind::of_method(method), m.id) {
+            if pin.list_mode(list) != crate::config::pin::PinMode::Off {
+                tally.lists.push((list, RpcId::from(id)));
+            }
+        }
+        let shared = &self.worker.shared;
+        let Some(why) = crate::proxy::pin::refused_call(self.route, shared, method, m.name) else {
+            return false;
+        };
+        tally.refused = Some(Refused {
+            err: HttpError::PolicyDenied,
+            message: Some(why),
+            retry_after: None,
+        });
+        true
+    }
+}
+
 /// The policy's verdict on a message: what the message reaches must be
 /// allowed too; the rule that allowed the message itself is the one the
 /// audit names.
@@ -402,17 +466,7 @@ fn answer(
     judged: &mut Judged,
 ) -> HttpError {
     let Tally { ids, batch, .. } = tally;
-    let mut err = refused.err;
-    if err == HttpError::PolicyDenied && ids.is_empty() {
-        // Only notifications were refused: nothing answers a notification.
-        err = HttpError::NotificationDenied;
-    } else if err == HttpError::PolicyDenied && legacy_post {
-        // A legacy HTTP+SSE client ignores the body of a 200 (its answers
-        // come on the GET stream): a 4xx is what it reports at once. The
-        // error cannot go on that stream instead: it may be relayed by
-        // another core, and this one holds nothing of it.
-        err = HttpError::LegacyPolicyDenied;
-    }
+    let err = denied(refused.err, &ids, legacy_post);
     let mut headers = Vec::new();
     if err == HttpError::StepUp {
         baseline::challenge(route, &mut headers);
@@ -430,6 +484,21 @@ fn answer(
     }));
     err
 }
+/// The refusal a body's answer carries: a policy denial of notifications
+/// only is answered 202 (nothing answers a notification), and one on a
+/// legacy HTTP+SSE message POST with a 4xx.
+fn denied(err: HttpError, ids: &[RpcId], legacy_post: bool) -> HttpError {
+    match err {
+        HttpError::PolicyDenied if ids.is_empty() => HttpError::NotificationDenied,
+        // A legacy HTTP+SSE client ignores the body of a 200 (its answers
+        // come on the GET stream): a 4xx is what it reports at once. The
+        // error cannot go on that stream instead: it may be relayed by
+        // another core, and this one holds nothing of it.
+        HttpError::PolicyDenied if legacy_post => HttpError::LegacyPolicyDenied,
+        other => other,
+    }
+}
+
 /// Copy what the audit record says of a body's (first) message.
 fn note_message(
     sink: &crate::audit::Sink,

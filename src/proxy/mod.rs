@@ -29,6 +29,7 @@ pub(crate) mod handoff;
 pub(crate) mod inject;
 pub(crate) mod judge;
 pub(crate) mod listener;
+pub(crate) mod pin;
 pub(crate) mod record;
 pub(crate) mod reject;
 pub(crate) mod request;

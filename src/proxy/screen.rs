@@ -37,23 +37,54 @@ pub(crate) fn message(
     direction: Direction,
     audit: &mut Option<String>,
 ) -> Screened {
-    if body.len() > MAX_SCREENED {
-        return refused(body, direction, "message too large to screen".into());
+    match scan(screen, body, direction) {
+        Ok(findings) => apply(screen, counts, body, &findings, direction, audit),
+        Err(instead) => instead,
     }
-    let findings = match screen.scan(body) {
-        Ok(f) => f,
+}
+
+/// The findings in one body, in document order; `Err` says what to do
+/// instead when it cannot be screened.
+pub(crate) fn scan(
+    screen: &Screen,
+    body: &[u8],
+    direction: Direction,
+) -> Result<Vec<Finding>, Screened> {
+    if body.len() > MAX_SCREENED {
+        return Err(refused(
+            body,
+            direction,
+            "message too large to screen".into(),
+        ));
+    }
+    match screen.scan(body) {
+        Ok(f) => Ok(f),
         // Not JSON (a server's plain-text error, say): nothing to screen in
         // strings we cannot find; a request was decoded already.
-        Err(crate::screen::JsonError::Utf8 | crate::screen::JsonError::Syntax(_)) => {
-            return Screened::Same
-        }
-        Err(e) => return refused(body, direction, format!("cannot be screened ({e:?})")),
-    };
+        Err(crate::screen::JsonError::Utf8 | crate::screen::JsonError::Syntax(_)) => Ok(Vec::new()),
+        Err(e) => Err(refused(
+            body,
+            direction,
+            format!("cannot be screened ({e:?})"),
+        )),
+    }
+}
+
+/// The route's actions on what [`scan`] found in `body`: noted in `audit`
+/// and the metrics, then redacted, blocked or passed.
+pub(crate) fn apply(
+    screen: &Screen,
+    counts: Option<&ScreenCounts>,
+    body: &[u8],
+    findings: &[Finding],
+    direction: Direction,
+    audit: &mut Option<String>,
+) -> Screened {
     if findings.is_empty() {
         return Screened::Same;
     }
-    let outcome = screen.decide(&findings, direction);
-    note(audit, screen, counts, &findings, direction, &outcome);
+    let outcome = screen.decide(findings, direction);
+    note(audit, screen, counts, findings, direction, &outcome);
     match outcome {
         Outcome::Pass => Screened::Same,
         Outcome::Redact(mask) => {
@@ -71,6 +102,26 @@ pub(crate) fn message(
             )),
         },
     }
+}
+
+/// The findings of message `index` of a body (all of them unless it is a
+/// batch, whose pointers start with the message's index).
+pub(crate) fn of_message(findings: &[Finding], batch: bool, index: usize) -> &[Finding] {
+    if !batch {
+        return findings;
+    }
+    let index_of = |f: &Finding| {
+        f.pointer
+            .get(1..)
+            .and_then(|p| p.split('/').next())
+            .and_then(|n| n.parse::<usize>().ok())
+    };
+    let start = findings.partition_point(|f| index_of(f).is_some_and(|i| i < index));
+    let len = findings[start..]
+        .iter()
+        .take_while(|f| index_of(f) == Some(index))
+        .count();
+    &findings[start..start + len]
 }
 
 fn refused(body: &[u8], direction: Direction, why: String) -> Screened {
@@ -290,5 +341,28 @@ mod tests {
             Screened::Same
         ));
         assert!(audit.is_none());
+    }
+
+    /// A batch's findings go to the message they were found in.
+    #[test]
+    fn findings_are_attributed_to_their_message() {
+        let s = screen();
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{}}},
+            {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"b","arguments":{"t":"x@y.example"}}},
+            {"jsonrpc":"2.0","id":3,"method":"ping"},
+            {"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"c","arguments":{"k":"AKIAIOSFODNN7EXAMPLE","e":"p@q.example"}}}]"#;
+        let found = s.scan(batch).unwrap();
+        let names = |i| -> Vec<&str> {
+            of_message(&found, true, i)
+                .iter()
+                .map(|f| &*f.detector)
+                .collect()
+        };
+        assert!(names(0).is_empty());
+        assert_eq!(names(1), ["email"]);
+        assert!(names(2).is_empty());
+        assert_eq!(names(3), ["aws_key", "email"]);
+        assert!(names(4).is_empty());
+        assert_eq!(of_message(&found, false, 0).len(), found.len());
     }
 }

@@ -43,6 +43,12 @@ pub struct Shared {
     pub vault_epoch: Arc<AtomicU64>,
     /// Where the workers' behaviour baselines meet (one slot per worker).
     pub behaviour: crate::behaviour::Exchange,
+    /// The pinned definitions of every route (tool pinning), published by
+    /// the pin thread (`runtime::pins`); read with one atomic load.
+    pub(crate) pins: Arc<arc_swap::ArcSwap<crate::pin::Pinned>>,
+    /// Where cores report what pinning routes' lists hold (when the pin
+    /// thread runs).
+    pub(crate) pin_reports: Option<crate::proxy::handoff::PinReports>,
 }
 
 impl Shared {
@@ -68,6 +74,8 @@ impl Shared {
             authz_counters: None,
             vault_epoch: Arc::default(),
             behaviour: crate::behaviour::Exchange::new(workers),
+            pins: Arc::default(),
+            pin_reports: None,
         })
     }
 

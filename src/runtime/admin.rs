@@ -217,6 +217,20 @@ pub(crate) fn metrics(snap: &Snapshot, shared: &Shared) -> String {
             r.metrics.render_anomalies(&r.name, &names, &mut out);
         }
     }
+    if snap.routes.all().iter().any(|r| r.pin.is_some()) {
+        let _ = writeln!(out, "# HELP portcullis_pin_changes_total Changes of pinned definitions (tool pinning) per route, kind and change.\n# TYPE portcullis_pin_changes_total counter");
+        for r in snap.routes.all() {
+            if let Some(p) = &r.pin {
+                p.counts.render_changes(&r.name, &mut out);
+            }
+        }
+        let _ = writeln!(out, "# HELP portcullis_pin_flagged_total Definitions whose strings carry injection markers, per route and kind.\n# TYPE portcullis_pin_flagged_total counter");
+        for r in snap.routes.all() {
+            if let Some(p) = &r.pin {
+                p.counts.render_flagged(&r.name, &mut out);
+            }
+        }
+    }
     snap.unrouted.render("", &mut out);
     out
 }
@@ -238,6 +252,7 @@ pub(crate) fn config(snap: &Snapshot) -> String {
                     "scopes": a.scopes,
                 })),
                 "policy": r.policy.is_some(),
+                "pin": r.pin.as_ref().map(|p| p.describe()),
             })
         })
         .collect();

@@ -7,8 +7,10 @@ pub(crate) mod admin;
 pub(crate) mod control;
 pub mod demo;
 pub(crate) mod grants;
+pub(crate) mod pins;
 pub mod reload;
 pub(crate) mod store;
+pub(crate) mod tools;
 pub(crate) mod vault;
 
 use crate::config::{Driver, RuntimeConfig};
@@ -136,10 +138,14 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
         shared.authz_counters = Some(a.server.counters.clone());
         shared.vault_epoch = a.server.vault_epoch.clone();
     }
+    let pins = pins::prepare(&snapshot, &mut shared)?;
     let shared = Arc::new(shared);
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     if let Some(a) = authz {
         control::spawn(a, snapshot.clone(), shared.clone())?;
+    }
+    if let Some(p) = pins {
+        pins::spawn(p, snapshot.clone(), shared.clone())?;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(workers);

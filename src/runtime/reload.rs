@@ -56,6 +56,9 @@ impl Reloader {
             Ok(mut next) => {
                 let old = self.snapshot.load();
                 warn_fixed_at_start(&old, &next);
+                if next.pin_store.is_some() && self.shared.pin_reports.is_none() {
+                    tracing::warn!("a route pins now, but no route pinned at start: tool pinning starts at the next restart (until then nothing is recorded or held)");
+                }
                 next.adopt_metrics(&old);
                 let routes = next.routes.all().len();
                 self.snapshot.store(Arc::new(next));

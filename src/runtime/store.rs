@@ -1,5 +1,5 @@
 //! `portcullis store migrate`, and opening the store a configuration file
-//! names for the commands that work on it (`grants`, `vault`).
+//! names for the commands that work on it (`grants`, `vault`, `tools`).
 
 use crate::config::Config;
 use crate::store::{Location, Store};
@@ -24,7 +24,7 @@ pub(crate) fn open_configured(config: &Path, cfg: &Config) -> Result<Box<dyn Sto
 fn location(config: &Path, cfg: &Config) -> Result<Location, String> {
     let Some(store) = &cfg.store else {
         return Err(format!(
-            "{}: no `store` section: this configuration has no authorization server",
+            "{}: no `store` section: this configuration has no authorization server and no pinning",
             config.display()
         ));
     };

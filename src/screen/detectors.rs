@@ -57,14 +57,15 @@ impl CharClass {
 /// How a built-in detector is found.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum How {
-    /// `regex`, anchored, tried where one of `anchors` starts (each also
-    /// Capitalised and in capitals when `cased`), unless a word character
+    /// `regex`, anchored, tried where one of `anchors` starts (in the forms
+    /// `case` says; an anchor written `?xyz` is searched as `xyz` and tried
+    /// one byte before it), unless a word character
     /// precedes the match and `bounded` is set. With `back`, the match
     /// starts before the anchor: where the run of base64url characters
     /// ending at it starts.
     Anchored {
         anchors: &'static [&'static str],
-        cased: bool,
+        case: Case,
         back: bool,
         regex: &'static str,
         bounded: bool,
@@ -119,7 +120,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Secrets,
         how: How::Anchored {
             anchors: &["-----BEGIN"],
-            cased: false,
+            case: Case::Exact,
             back: false,
             // The whole block when its END line is there, else the header and
             // what follows of the key.
@@ -132,7 +133,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Secrets,
         how: How::Anchored {
             anchors: &["AKIA", "ASIA"],
-            cased: false,
+            case: Case::Exact,
             back: false,
             regex: r"(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
             bounded: true,
@@ -143,7 +144,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Secrets,
         how: How::Anchored {
             anchors: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
-            cased: false,
+            case: Case::Exact,
             back: false,
             regex: r"(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,255})(?-u:\b)",
             bounded: true,
@@ -154,7 +155,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Secrets,
         how: How::Anchored {
             anchors: &["xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-"],
-            cased: false,
+            case: Case::Exact,
             back: false,
             regex: r"xox[baprs]-[0-9A-Za-z][0-9A-Za-z-]{8,250}",
             bounded: true,
@@ -164,8 +165,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "stripe_key",
         group: Group::Secrets,
         how: How::Anchored {
-            anchors: &["sk_live_", "rk_live_"],
-            cased: false,
+            anchors: &["?k_live_"],
+            case: Case::Exact,
             back: false,
             regex: r"[rs]k_live_[0-9A-Za-z]{16,247}(?-u:\b)",
             bounded: true,
@@ -178,7 +179,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // The payload's start: four bytes, where a header's `eyJ` alone
             // would weaken the literal search for every anchor.
             anchors: &[".eyJ"],
-            cased: false,
+            case: Case::Exact,
             back: true,
             regex: r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
             bounded: true,
@@ -189,7 +190,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         group: Group::Secrets,
         how: How::Anchored {
             anchors: &["bearer"],
-            cased: true,
+            case: Case::Capital,
             back: false,
             regex: r"(?i:bearer)[ \t\r\n]+[A-Za-z0-9._~+/-]{20,}=*",
             bounded: true,
@@ -253,7 +254,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 "do not",
                 "<|im_start|>",
             ],
-            cased: true,
+            case: Case::Any,
             back: false,
             regex: OVERRIDE_PHRASES,
             bounded: true,
@@ -266,16 +267,38 @@ pub(crate) fn builtin(name: &str) -> Option<usize> {
     BUILTINS.iter().position(|b| b.name == name)
 }
 
-/// The literals an anchor is searched as: itself, and when `cased` also
-/// Capitalised and in capitals.
-pub(crate) fn anchor_forms(anchor: &str, cased: bool) -> Vec<String> {
-    let mut forms = vec![anchor.to_string()];
-    if cased {
-        let mut capital = anchor.to_string();
-        capital[..1].make_ascii_uppercase();
-        forms.push(capital);
-        forms.push(anchor.to_ascii_uppercase());
-        forms.dedup();
+/// Which letter cases of an anchor are searched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Case {
+    /// As written.
+    Exact,
+    /// Lowercase and Capitalised.
+    Capital,
+    /// Lowercase, Capitalised and in capitals.
+    Any,
+}
+
+/// The literals an anchor is searched as, each with how many bytes before
+/// it the match is tried (its lead). A letter-led anchor in `Capital` or
+/// `Any` case is searched without its first letter (lead 1), which finds
+/// the lowercase and the Capitalised form with one literal (the anchored
+/// regex, case-insensitive, checks the letter); `Any` adds the rest in
+/// capitals. Fewer literals keep the search on slim Teddy (at most 32).
+pub(crate) fn anchor_forms(anchor: &str, case: Case) -> Vec<(String, usize)> {
+    if let Some(rest) = anchor.strip_prefix('?') {
+        return vec![(rest.to_string(), 1)];
+    }
+    let letter_led = anchor
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphabetic);
+    if case == Case::Exact || !letter_led {
+        return vec![(anchor.to_string(), 0)];
+    }
+    let rest = &anchor[1..];
+    let mut forms = vec![(rest.to_string(), 1)];
+    if case == Case::Any && rest.to_ascii_uppercase() != rest {
+        forms.push((rest.to_ascii_uppercase(), 1));
     }
     forms
 }

@@ -191,6 +191,8 @@ pub(crate) struct Matcher {
     literals: Option<Literals>,
     /// Per anchor pattern: its detector.
     anchor_det: Vec<u8>,
+    /// Per anchor literal: how many bytes before it a match is tried.
+    anchor_lead: Vec<u8>,
     /// Per `CharClass` (Tags, Bidi, ZeroWidth): its detector, when on.
     chars: [Option<u8>; 3],
     /// (byte, detector) for `How::Byte` detectors that are on.
@@ -222,6 +224,7 @@ impl Matcher {
             detectors: Vec::new(),
             literals: None,
             anchor_det: Vec::new(),
+            anchor_lead: Vec::new(),
             chars: [None; 3],
             bytes: Vec::new(),
             card: None,
@@ -240,14 +243,15 @@ impl Matcher {
             let check = match b.how {
                 How::Anchored {
                     anchors: list,
-                    cased,
+                    case,
                     back,
                     regex: r,
                     bounded,
                 } => {
-                    for form in list.iter().flat_map(|a| anchor_forms(a, cased)) {
+                    for (form, lead) in list.iter().flat_map(|a| anchor_forms(a, case)) {
                         anchors.push(form);
                         m.anchor_det.push(id);
+                        m.anchor_lead.push(lead as u8);
                     }
                     Check::Anchored {
                         regex: regex(&format!("^(?:{r})")).expect("built-in regexes compile"),
@@ -370,7 +374,11 @@ impl Matcher {
     /// to `v.hits`.
     pub(crate) fn confirm(&self, v: &mut Value<'_>, cands: Within<'_>) {
         for &(p, pattern) in cands.anchors {
-            self.anchored(v, p, self.anchor_det[usize::from(pattern)]);
+            let lead = usize::from(self.anchor_lead[usize::from(pattern)]);
+            // A lead byte before the value cannot be part of a match in it.
+            if p >= v.a + lead {
+                self.anchored(v, p - lead, self.anchor_det[usize::from(pattern)]);
+            }
         }
         for &(p, det) in cands.bytes {
             self.anchored(v, p, det);

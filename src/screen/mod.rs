@@ -181,6 +181,14 @@ impl Screen {
         self.matcher.detectors.iter().map(|d| &*d.name)
     }
 
+    /// Whether a detector of this name, or of this group, is in the screen.
+    pub fn runs(&self, name: Option<&str>, group: Option<Group>) -> bool {
+        self.matcher
+            .detectors
+            .iter()
+            .any(|d| name.is_some_and(|n| *d.name == *n) || group == Some(d.group))
+    }
+
     pub fn actions(&self) -> &Actions {
         &self.actions
     }

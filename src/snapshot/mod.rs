@@ -61,6 +61,8 @@ pub struct Snapshot {
     /// The built-in authorization server's settings (routes accepting its
     /// tokens among them).
     pub authz: Option<Arc<crate::authz::settings::Settings>>,
+    /// The store pinned definitions are kept in, when a route pins.
+    pub(crate) pin_store: Option<crate::store::Location>,
     /// Counters of requests that matched no route.
     pub unrouted: Arc<crate::metrics::RouteMetrics>,
     /// Behaviour baselines' settings (the tables live in the workers).
@@ -76,6 +78,11 @@ impl Snapshot {
         for r in self.routes.all_mut() {
             if let Some(o) = old.routes.all().iter().find(|o| o.name == r.name) {
                 r.metrics = o.metrics.clone();
+                if let (Some(new), Some(old)) = (r.pin.as_mut(), o.pin.as_ref()) {
+                    if let Some(new) = Arc::get_mut(new) {
+                        new.counts = old.counts.clone();
+                    }
+                }
             }
         }
     }
@@ -110,6 +117,7 @@ pub(crate) fn compile(config: Config, text: &str, file: &Path) -> Result<Snapsho
     let upstream_tls = compile_upstream_tls(&config.upstream, base, &mut errs);
     let authz = compile_authz(&config, base, &mut errs);
     let behaviour = compile_behaviour(&config, &routes, &mut errs);
+    let pin_store = compile_pin_store(&config, base, &mut errs);
     let (Some(upstream_tls), Some(identity), true) = (upstream_tls, identity, errs.list.is_empty())
     else {
         return Err(ConfigErrors(errs.list));
@@ -117,6 +125,7 @@ pub(crate) fn compile(config: Config, text: &str, file: &Path) -> Result<Snapsho
     let mut snap = assemble(config, routes, listeners, identity, upstream_tls);
     snap.authz = authz.map(Arc::new);
     snap.behaviour = behaviour.map(Arc::new);
+    snap.pin_store = pin_store;
     Ok(snap)
 }
 
@@ -149,6 +158,36 @@ fn compile_behaviour(
             }
             None
         }
+    }
+}
+
+/// Where pinned definitions are kept: the `store` section, needed as soon
+/// as a route pins.
+fn compile_pin_store(
+    config: &Config,
+    base: &Path,
+    errs: &mut Errors,
+) -> Option<crate::store::Location> {
+    let pinning = config.routes.iter().any(|r| {
+        r.pin
+            .as_ref()
+            .is_some_and(|p| crate::pin::RoutePin::compile(p).is_some())
+    });
+    if !pinning {
+        return None;
+    }
+    let Some(store) = &config.store else {
+        errs.at0("pin", "", "pin keeps the pinned definitions in the store: add `store: { path: … }` (or `store: { postgres: … }`)".into());
+        return None;
+    };
+    match crate::store::Location::from_config(store, base) {
+        Ok(l) => Some(l),
+        // Reported by the authorization server's checks when it has one.
+        Err(e) if config.authorization_server.is_none() => {
+            errs.at0("store", "", format!("store: {e}"));
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -290,11 +329,12 @@ fn compile_authz(
         }
     }
     let Some(cfg) = &config.authorization_server else {
-        if config.store.is_some() {
+        if config.store.is_some() && config.routes.iter().all(|r| r.pin.is_none()) {
             errs.at0(
                 "store",
                 "",
-                "store is only used by the authorization_server section".into(),
+                "store is only used by the authorization_server section and by routes that pin"
+                    .into(),
             );
         }
         return None;
@@ -350,6 +390,9 @@ fn compile_routes(config: &Config, errs: &mut Errors) -> Vec<Route> {
         if let Some(rules) = &r.policy {
             cx.policy(rules, &mut route);
         }
+        if let Some(pin) = &r.pin {
+            route.pin = cx.pin(pin);
+        }
         if let Some(screen) = &r.screen {
             route.screen = cx.screen(screen);
             route.screen_counts = route
@@ -357,6 +400,7 @@ fn compile_routes(config: &Config, errs: &mut Errors) -> Vec<Route> {
                 .as_ref()
                 .map(|s| Arc::new(crate::metrics::ScreenCounts::new(s.detectors())));
         }
+        cx.content_criteria(&route);
         routes.push(route);
     }
     routes
@@ -725,6 +769,45 @@ impl<'c> RouteCx<'c, '_, '_> {
 }
 
 impl RouteCx<'_, '_, '_> {
+    /// The policy's `content` criteria must name detectors the route's
+    /// screen runs (unless the screen itself failed to compile).
+    fn content_criteria(&mut self, route: &Route) {
+        let (Some(policy), r) = (&route.policy, self.r) else {
+            return;
+        };
+        if r.screen.is_some() && route.screen.is_none() {
+            return;
+        }
+        let nth = self.config.routes[..self.index]
+            .iter()
+            .filter(|o| o.policy.is_some())
+            .count();
+        for message in policy.unscreened_content(route.screen.as_deref()) {
+            self.errs
+                .at("policy", "", nth, format!("route {:?}: {message}", r.name));
+        }
+    }
+
+    /// The route's `pin` section, compiled (`None` when every kind is off;
+    /// its error located at the nth `pin` key).
+    fn pin(&mut self, pin: &crate::config::pin::PinConfig) -> Option<Arc<crate::pin::RoutePin>> {
+        let r = self.r;
+        if r.mcp.is_none() {
+            let nth = self.config.routes[..self.index]
+                .iter()
+                .filter(|o| o.pin.is_some())
+                .count();
+            self.errs.at(
+                "pin",
+                "",
+                nth,
+                format!("route {:?}: pin needs an MCP route (`mcp: {{}}`)", r.name),
+            );
+            return None;
+        }
+        crate::pin::RoutePin::compile(pin).map(Arc::new)
+    }
+
     /// The route's `screen` section, compiled (its errors located at the
     /// nth `screen` key).
     fn screen(
@@ -825,6 +908,7 @@ fn assemble(
         behaviour: None,
         admin: config.admin.map(|a| a.address),
         authz: None,
+        pin_store: None,
         audit: config.audit,
         log: config.log,
     }
@@ -910,6 +994,9 @@ impl Snapshot {
             }
             if r.policy.is_some() {
                 notes.push("policy".into());
+            }
+            if let Some(p) = &r.pin {
+                notes.push(format!("pin: {}", p.describe()));
             }
             let notes = if notes.is_empty() {
                 String::new()
@@ -1078,5 +1165,111 @@ routes:
             .replace("    screen: {}", "    mcp: {}\n    screen: {}");
         let snap = from_text(&ok, Path::new("c.yaml")).unwrap();
         assert!(snap.routes.all().iter().all(|r| r.screen.is_some()));
+    }
+
+    #[test]
+    fn content_criteria_must_name_what_the_screen_runs() {
+        let route = |screen: &str, content: &str| {
+            format!(
+                "\
+listen:
+  - address: 127.0.0.1:8080
+routes:
+  - name: a
+    from: http://127.0.0.1:8080/a
+    to: http://127.0.0.1:9000/mcp
+    mcp: {{}}
+{screen}    policy:
+      - deny: {{ content: {content} }}
+"
+            )
+        };
+        let err = |text: &str| -> Vec<String> {
+            match from_text(text, Path::new("c.yaml")) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+            }
+        };
+        let msgs = err(&route("", "{ detector: aws_key }"));
+        assert_eq!(msgs.len(), 1, "{msgs:#?}");
+        assert!(
+            msgs[0].starts_with("c.yaml:8:5: route \"a\": content: detector \"aws_key\" needs the route's `screen` section"),
+            "{msgs:#?}"
+        );
+        let custom = "    screen: { custom: [{ name: acme_id, regex: 'ACME-[0-9]+' }] }\n";
+        let msgs = err(&route(custom, "{ detector: acme_idd }"));
+        assert!(
+            msgs.len() == 1 && msgs[0].contains("the route's screen runs no detector \"acme_idd\""),
+            "{msgs:#?}"
+        );
+        assert!(err(&route(custom, "{ detector: acme_id }")).is_empty());
+        assert!(err(&route(custom, "{ group: custom }")).is_empty());
+        assert!(err(&route("    screen: {}\n", "{ group: secrets }")).is_empty());
+    }
+
+    #[test]
+    fn pinning_needs_an_mcp_route_and_the_store() {
+        let text = "\
+listen:
+  - address: 127.0.0.1:8080
+routes:
+  - name: a
+    from: http://127.0.0.1:8080/a
+    to: http://127.0.0.1:9000/mcp
+    mcp: {}
+    pin: { tools: enforce }
+  - name: b
+    from: http://127.0.0.1:8080/b
+    to: http://127.0.0.1:9000/mcp
+    pin: { prompts: record }
+";
+        let errs = from_text(text, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{msgs:#?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("route \"b\": pin needs an MCP route")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("pin keeps the pinned definitions in the store")),
+            "{msgs:#?}"
+        );
+        let bad_mode = text.replace("tools: enforce", "tools: strict");
+        let errs = from_text(&bad_mode, Path::new("c.yaml"))
+            .err()
+            .expect("must fail")
+            .0;
+        assert!(errs[0].to_string().contains("strict"), "{}", errs[0]);
+        let ok = text
+            .replace(
+                "    pin: { prompts: record }",
+                "    mcp: {}\n    pin: { prompts: record }",
+            )
+            .replace("routes:", "store: { path: /tmp/pins.db }\nroutes:");
+        let snap = from_text(&ok, Path::new("c.yaml")).unwrap();
+        let a = snap.routes.get(0).pin.as_deref().unwrap();
+        assert_eq!(
+            a.mode(crate::pin::Kind::Tool),
+            crate::config::pin::PinMode::Enforce
+        );
+        assert_eq!(
+            a.mode(crate::pin::Kind::Prompt),
+            crate::config::pin::PinMode::Off
+        );
+        assert!(snap.pin_store.is_some());
+        let summary = snap.summary();
+        assert!(summary.contains("(mcp; pin: tools enforce)"), "{summary}");
+        assert!(summary.contains("(mcp; pin: prompts record)"), "{summary}");
+        // Every kind off: no pinning, and the store is then unused.
+        let off = ok
+            .replace("pin: { tools: enforce }", "pin: {}")
+            .replace("pin: { prompts: record }", "pin: { tools: off }");
+        let snap = from_text(&off, Path::new("c.yaml")).unwrap();
+        assert!(snap.routes.all().iter().all(|r| r.pin.is_none()) && snap.pin_store.is_none());
     }
 }

@@ -36,6 +36,8 @@ pub struct Route {
     /// findings' counters.
     pub screen: Option<std::sync::Arc<crate::screen::Screen>>,
     pub screen_counts: Option<std::sync::Arc<crate::metrics::ScreenCounts>>,
+    /// Tool pinning (`pin`): the mode per kind and its counters.
+    pub(crate) pin: Option<std::sync::Arc<crate::pin::RoutePin>>,
     /// This route's counters (carried over by name across reloads).
     pub metrics: std::sync::Arc<crate::metrics::RouteMetrics>,
 }
@@ -122,6 +124,7 @@ impl Route {
             audit_arguments: Default::default(),
             screen: None,
             screen_counts: None,
+            pin: None,
         }
     }
 

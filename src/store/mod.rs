@@ -184,6 +184,29 @@ pub struct UpstreamClient {
     pub created: i64,
 }
 
+/// One pinned definition an upstream serves on a route (tool pinning): the
+/// approved one, or a change awaiting approval. One of each per (route,
+/// kind, name) at most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub route: String,
+    /// `tool`, `prompt` or `resource_template`.
+    pub kind: String,
+    pub name: String,
+    /// Approved, or pending (a change or a new item awaiting approval).
+    pub approved: bool,
+    /// `sha256:` and the hex SHA-256 of the canonical definition.
+    pub hash: String,
+    /// The definition as JSON text (what diffs are made from).
+    pub definition: String,
+    /// The injection-marker detectors its strings matched.
+    pub flagged: Vec<String>,
+    /// When this definition was first seen (unix seconds).
+    pub first_seen: i64,
+    /// When it was approved (an operator, or recorded as first seen).
+    pub approved_at: Option<i64>,
+}
+
 /// What presenting an authorization code found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeTake {
@@ -401,6 +424,32 @@ pub trait Store: Send {
         issuer: &str,
         client_id: &str,
     ) -> Result<bool, StoreError>;
+
+    /// The pins of a route (every route: `None`), by route, kind and name,
+    /// an approved pin before the pending one of its name.
+    fn pins(&self, route: Option<&str>) -> Result<Vec<Pin>, StoreError>;
+    /// Inserts the pin, or replaces the one of its (route, kind, name,
+    /// state).
+    fn put_pin(&mut self, pin: &Pin) -> Result<(), StoreError>;
+    /// Removes the pins of (route, kind, name): both, or only the pending
+    /// one; returns how many.
+    fn delete_pin(
+        &mut self,
+        route: &str,
+        kind: &str,
+        name: &str,
+        pending_only: bool,
+    ) -> Result<usize, StoreError>;
+    /// Approves a route's pending pins (of one kind, of one name, when
+    /// given): each replaces the approved pin of its name and gets
+    /// `approved_at = now`. Returns them as they are now, in `pins` order.
+    fn approve_pins(
+        &mut self,
+        route: &str,
+        kind: Option<&str>,
+        name: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<Pin>, StoreError>;
 
     /// The change sequence: grows with every write that changed something.
     fn seq(&self) -> Result<i64, StoreError>;

@@ -18,6 +18,7 @@
 //! rolled it back); a serialization failure or deadlock is retried too.
 
 mod conn;
+mod pins;
 mod schema;
 
 pub(crate) use conn::Fail;

@@ -10,7 +10,7 @@
 //! is created readable by its owner only.
 
 use super::{
-    Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
+    Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Pin, Rotation, SigningKey, Store,
     StoreError, Swept, UpstreamClient, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
 };
 use rusqlite::types::Type;
@@ -23,7 +23,7 @@ use std::time::Duration;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Schema version 1. Lists (redirect URIs, grant types, scopes) are JSON
 /// arrays of strings; hashes are 32-byte blobs; times are unix seconds.
@@ -142,6 +142,24 @@ CREATE TABLE upstream_clients (
     created INTEGER NOT NULL,
     CHECK ((kid IS NULL) = (sealed IS NULL)),
     PRIMARY KEY (route, issuer)
+) STRICT;
+";
+
+/// Schema version 4: the definitions routes' upstreams serve, pinned (tool
+/// pinning): per (route, kind, name) an approved one and a pending change.
+const V4: &str = "
+CREATE TABLE pins (
+    route TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('tool', 'prompt', 'resource_template')),
+    name TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('approved', 'pending')),
+    hash TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    flagged TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    approved_at INTEGER,
+    CHECK ((state = 'approved') = (approved_at IS NOT NULL)),
+    PRIMARY KEY (route, kind, name, state)
 ) STRICT;
 ";
 
@@ -1015,12 +1033,42 @@ impl Store for SqliteStore {
         })
     }
 
+    fn pins(&self, route: Option<&str>) -> Result<Vec<Pin>, StoreError> {
+        pins::list(&self.conn, route)
+    }
+
+    fn put_pin(&mut self, pin: &Pin) -> Result<(), StoreError> {
+        self.write(|tx| pins::put(tx, pin))
+    }
+
+    fn delete_pin(
+        &mut self,
+        route: &str,
+        kind: &str,
+        name: &str,
+        pending_only: bool,
+    ) -> Result<usize, StoreError> {
+        self.write(|tx| pins::delete(tx, route, kind, name, pending_only))
+    }
+
+    fn approve_pins(
+        &mut self,
+        route: &str,
+        kind: Option<&str>,
+        name: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<Pin>, StoreError> {
+        self.write(|tx| pins::approve(tx, route, kind, name, now))
+    }
+
     fn seq(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn
             .query_row("SELECT seq FROM changes WHERE id = 1", [], |r| r.get(0))?)
     }
 }
+
+mod pins;
 
 #[cfg(test)]
 mod tests;

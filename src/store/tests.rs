@@ -5,7 +5,7 @@
 //! handles and check that data survives reopening.
 
 use super::{
-    Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store,
+    Client, ClientKind, CodeGrant, CodeTake, Consent, Grant, Pin, Rotation, SigningKey, Store,
     StoreError, UpstreamClient, UpstreamStatus, UpstreamToken, CODE_MEMORY_SECS,
 };
 use std::sync::Barrier;
@@ -43,7 +43,8 @@ macro_rules! store_suite {
             concurrent_upstream_replace_has_one_winner,
             upstream_clients_first_registration_wins,
             claiming_due_records_leases_them,
-            concurrent_claims_are_disjoint
+            concurrent_claims_are_disjoint,
+            pins_are_kept_replaced_and_approved
         );
     };
     (@cases $place:expr; $($case:ident),*) => {
@@ -1270,5 +1271,113 @@ pub(crate) fn concurrent_claims_are_disjoint(place: &dyn Place) {
         all.len(),
         40,
         "every due record claimed once: {ra:?} {rb:?}"
+    );
+}
+
+fn pin(name: &str, approved: bool, hash: &str) -> Pin {
+    Pin {
+        route: "gh".into(),
+        kind: "tool".into(),
+        name: name.into(),
+        approved,
+        hash: hash.into(),
+        definition: format!(r#"{{"name":"{name}","description":"{hash}"}}"#),
+        flagged: if hash == "h-bad" {
+            strings(&["override_phrase", "unicode_tags"])
+        } else {
+            Vec::new()
+        },
+        first_seen: T0,
+        approved_at: approved.then_some(T0),
+    }
+}
+
+pub(crate) fn pins_are_kept_replaced_and_approved(place: &dyn Place) {
+    let mut s = place.open();
+    assert!(s.pins(None).unwrap().is_empty());
+    let before = s.seq().unwrap();
+    for p in [
+        pin("add", true, "h1"),
+        pin("echo", true, "h2"),
+        pin("add", false, "h-bad"),
+    ] {
+        s.put_pin(&p).unwrap();
+    }
+    assert!(s.seq().unwrap() > before, "a pin is a change");
+    let other = Pin {
+        route: "notion".into(),
+        kind: "prompt".into(),
+        ..pin("p", true, "h3")
+    };
+    s.put_pin(&other).unwrap();
+    // One approved and one pending per name: a second pending replaces the first.
+    s.put_pin(&pin("new", false, "h4")).unwrap();
+    s.put_pin(&pin("new", false, "h5")).unwrap();
+    let gh = s.pins(Some("gh")).unwrap();
+    let shown: Vec<(&str, bool, &str)> = gh
+        .iter()
+        .map(|p| (p.name.as_str(), p.approved, p.hash.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("add", true, "h1"),
+            ("add", false, "h-bad"),
+            ("echo", true, "h2"),
+            ("new", false, "h5")
+        ]
+    );
+    assert_eq!(gh[1], pin("add", false, "h-bad"), "every column kept");
+    assert_eq!(s.pins(None).unwrap().len(), 5);
+    assert_eq!(s.pins(Some("notion")).unwrap(), [other]);
+    // Approving one name: its pending pin replaces the approved one.
+    let before = s.seq().unwrap();
+    let approved = s.approve_pins("gh", None, Some("add"), T0 + 5).unwrap();
+    assert_eq!(
+        approved,
+        [Pin {
+            approved_at: Some(T0 + 5),
+            ..pin("add", true, "h-bad")
+        }]
+    );
+    assert!(s.seq().unwrap() > before);
+    let before = s.seq().unwrap();
+    assert!(s
+        .approve_pins("gh", None, Some("add"), T0 + 6)
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .approve_pins("gh", Some("prompt"), None, T0 + 6)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.seq().unwrap(),
+        before,
+        "nothing to approve, nothing written"
+    );
+    // Deleting: the pending one only, or both.
+    s.put_pin(&pin("echo", false, "h6")).unwrap();
+    assert_eq!(s.delete_pin("gh", "tool", "echo", true).unwrap(), 1);
+    assert_eq!(s.delete_pin("gh", "tool", "echo", true).unwrap(), 0);
+    s.put_pin(&pin("echo", false, "h6")).unwrap();
+    assert_eq!(s.delete_pin("gh", "tool", "echo", false).unwrap(), 2);
+    // Approving a route's every pending pin.
+    let approved = s.approve_pins("gh", Some("tool"), None, T0 + 7).unwrap();
+    assert_eq!(approved.len(), 1);
+    assert_eq!(
+        (approved[0].name.as_str(), approved[0].hash.as_str()),
+        ("new", "h5")
+    );
+    drop(s);
+    let s = place.open();
+    let names: Vec<(String, bool)> = s
+        .pins(Some("gh"))
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name, p.approved))
+        .collect();
+    assert_eq!(
+        names,
+        [("add".to_string(), true), ("new".to_string(), true)]
     );
 }

@@ -330,6 +330,30 @@ impl Store for Racing<'_> {
     fn seq(&self) -> Result<i64, StoreError> {
         self.inner.seq()
     }
+    fn pins(&self, route: Option<&str>) -> Result<Vec<crate::store::Pin>, StoreError> {
+        self.inner.pins(route)
+    }
+    fn put_pin(&mut self, pin: &crate::store::Pin) -> Result<(), StoreError> {
+        self.inner.put_pin(pin)
+    }
+    fn delete_pin(
+        &mut self,
+        route: &str,
+        kind: &str,
+        name: &str,
+        pending_only: bool,
+    ) -> Result<usize, StoreError> {
+        self.inner.delete_pin(route, kind, name, pending_only)
+    }
+    fn approve_pins(
+        &mut self,
+        route: &str,
+        kind: Option<&str>,
+        name: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<crate::store::Pin>, StoreError> {
+        self.inner.approve_pins(route, kind, name, now)
+    }
     // The rest: as the store underneath.
     fn upstream_client(
         &self,

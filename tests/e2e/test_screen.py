@@ -108,3 +108,104 @@ def test_a_private_key_in_arguments_is_refused(screened, route):
     assert {"detector": "private_key", "direction": "request", "action": "block"}.items() <= found[0].items(), found
     assert found[0]["pointer"] == "/params/arguments/text", found
     assert "PRIVATE KEY" not in audit.read_text()
+
+
+def test_policy_denies_on_what_screening_found(procs, portcullis, tmp_path):
+    """`content: { detector: email }` in a deny rule: a tool call whose
+    arguments carry an email address is refused by that rule (the screen
+    itself only audits it) and the audit record says which rule and what was
+    found; the same call without one goes through."""
+    port = free_port()
+    up = start_mcp2(procs, "screen-policy", json_mode=True)
+    audit = tmp_path / "audit.jsonl"
+    cfg = f"""
+listen: [{{address: 127.0.0.1:{port}}}]
+audit: {{path: {audit}}}
+routes:
+  - name: guarded
+    from: http://127.0.0.1:{port}/mcp
+    to: {up.url}
+    mcp: {{}}
+    screen: {{ actions: {{ email: audit }} }}
+    policy:
+      - name: no-addresses-out
+        deny: {{ and: [{{ mcp_tool: {{ equals: echo }} }}, {{ content: {{ detector: email }} }}] }}
+        message: tools may not be sent email addresses
+      - allow: {{ and: [] }}
+"""
+    portcullis.start(cfg, [port])
+    url = f"http://127.0.0.1:{port}/mcp"
+    err = call(url, "echo", {"text": "write to carol@example.org"})
+    assert 'denied by policy rule "no-addresses-out"' in str(err), err
+    assert "carol@" not in str(err)
+    ok = call(url, "echo", {"text": "nothing personal"})
+    assert "nothing personal" in " ".join(text_of(ok)), ok
+    anyio.run(anyio.sleep, 0.5)
+    calls = [r for r in records(audit, "guarded") if r.get("method") == "tools/call"]
+    denied = [r for r in calls if r.get("rule") == "no-addresses-out"]
+    assert len(denied) == 1 and denied[0]["decision"] != "allow", calls
+    found = denied[0].get("screen", [])
+    assert found and found[0]["detector"] == "email" and found[0]["pointer"] == "/params/arguments/text", found
+    assert "carol@" not in audit.read_text()
+
+
+def test_a_secret_split_across_two_sse_reads_is_redacted(portcullis):
+    """The upstream writes one SSE event in two parts, cut inside the AWS
+    key and the email address, 300 ms apart: portcullis holds the event until
+    its end and relays it redacted; the events around it pass as they were."""
+    import socket
+    import threading
+    import time
+
+    from rawupstream import RawUpstream, chunk
+
+    event = (
+        'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text",'
+        f'"text":"id {KEY} for ops@example.com"}}]}}}}\n\n'
+    ).encode()
+    cut = event.index(b"FODNN7") + 2
+    first_write = threading.Event()
+
+    def handler(conn: socket.socket, req) -> bool:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunk(b": hello\n\n" + event[:cut])
+        )
+        first_write.set()
+        time.sleep(0.3)
+        conn.sendall(chunk(event[cut:]) + chunk(b"data: {}\n\n") + b"0\r\n\r\n")
+        return True
+
+    up = RawUpstream(handler)
+    try:
+        port = free_port()
+        portcullis.start(
+            f"""
+listen: [{{address: 127.0.0.1:{port}}}]
+routes:
+  - name: r
+    from: http://127.0.0.1:{port}/mcp
+    to: http://127.0.0.1:{up.port}/mcp
+    mcp: {{}}
+    screen: {{ actions: {{ aws_key: redact, email: redact }} }}
+""",
+            [port],
+        )
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/mcp",
+            content=body,
+            headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"},
+            timeout=10,
+        )
+        assert first_write.is_set()
+        assert r.status_code == 200, r.text
+        text = r.text
+        assert KEY not in text and "ops@example.com" not in text, text
+        assert "[REDACTED:aws_key]" in text and "[REDACTED:email]" in text, text
+        assert text.startswith(": hello\n\nevent: message\ndata: {"), text
+        assert text.endswith("\n\ndata: {}\n\n"), text
+        data = json.loads(text.split("data: ", 1)[1].split("\n", 1)[0])
+        assert data["id"] == 1 and data["result"]["content"][0]["text"].startswith("id [REDACTED:aws_key]")
+    finally:
+        up.close()

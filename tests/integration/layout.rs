@@ -111,6 +111,7 @@ fn pure_libraries_never_reach_the_data_plane() {
         "mcp",
         "screen",
         "metrics",
+        "pin",
         "principal",
         "behaviour",
         "error",

@@ -407,3 +407,57 @@ fn a_deny_rule_on_the_empty_method_refuses_get_and_delete() {
         "a call with a method is not caught: {resp}"
     );
 }
+
+/// A request content screening blocks is answered like a policy denial: a
+/// JSON-RPC error with its id (200), 403 on a legacy message POST, and 202
+/// for a notification (nothing answers one); none reaches the upstream.
+/// The `content` criterion sees what screening found in that message.
+#[test]
+fn screening_refusals_answer_like_denials() {
+    let up = Upstream::start(respond);
+    let screen = "    screen: { actions: { email: audit } }\n    policy:\n      - name: no-email\n        deny: { content: { detector: email } }\n      - allow: { and: [] }\n";
+    let proxy = Proxy::from_config(up.addr, &config(screen));
+    let alice = token(claims("alice", "mcp"));
+    let key = r#""-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----""#;
+    let notification = format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"data":{key}}}}}"#
+    );
+    let request = call(7, "store", &format!(r#"{{"text":{key}}}"#));
+    let legacy = post(Some(&alice), &request).replacen(
+        "POST /mcp ",
+        "POST /mcp/messages/?session_id=0f3a ",
+        1,
+    );
+    let with_email = call(8, "send", r#"{"to":"x@y.example"}"#);
+    let raw = [
+        post(Some(&alice), &notification),
+        post(Some(&alice), &request),
+        legacy,
+        post(Some(&alice), &with_email),
+        post(Some(&alice), &call(9, "send", r#"{"to":"nobody"}"#)),
+    ]
+    .concat();
+    let (resp, closed) = exchange(proxy.addr, raw.as_bytes(), SHORT);
+    assert_eq!(statuses(&resp), [202, 200, 403, 200, 200], "{resp}");
+    assert!(!closed, "{resp}");
+    let answers: Vec<&str> = resp.split("HTTP/1.1 ").skip(1).collect();
+    let refused = body(&format!("HTTP/1.1 {}", answers[1]));
+    assert_eq!(refused["id"], 7);
+    assert_eq!(
+        refused["error"]["message"],
+        "refused by content screening: private_key found in the request"
+    );
+    let denied = body(&format!("HTTP/1.1 {}", answers[3]));
+    assert_eq!(denied["id"], 8);
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-email"),
+        "{denied}"
+    );
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].contains("nobody"));
+    assert!(!resp.contains("MIIEvQ") && !resp.contains("x@y.example"));
+}

@@ -1,7 +1,8 @@
 //! `portcullis store migrate` (the `store_migrate` behind it) on both
-//! backends, and `portcullis grants` on PostgreSQL. The PostgreSQL case needs
-//! the cluster `tests/pg-cluster` starts (`PORTCULLIS_TEST_POSTGRES`): it
-//! fails without it in CI and is skipped with a note elsewhere.
+//! backends, `portcullis grants` on PostgreSQL, and `portcullis tools`'
+//! errors. The PostgreSQL case needs the cluster `tests/pg-cluster` starts
+//! (`PORTCULLIS_TEST_POSTGRES`): it fails without it in CI and is skipped
+//! with a note elsewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -42,17 +43,17 @@ fn migrate_creates_a_file_then_finds_it_current() {
     let out = portcullis::store_migrate(&config).unwrap();
     assert_eq!(
         out,
-        format!("{}: created, schema version 3\n", file.display())
+        format!("{}: created, schema version 4\n", file.display())
     );
     assert!(file.is_file(), "made with its directory");
     let out = portcullis::store_migrate(&config).unwrap();
-    assert!(out.ends_with(": schema version 3, up to date\n"), "{out}");
+    assert!(out.ends_with(": schema version 4, up to date\n"), "{out}");
     rusqlite::Connection::open(&file)
         .unwrap()
-        .execute("INSERT INTO schema_version (version) VALUES (4)", [])
+        .execute("INSERT INTO schema_version (version) VALUES (5)", [])
         .unwrap();
     let err = portcullis::store_migrate(&config).unwrap_err();
-    assert!(err.contains("newer portcullis (schema version 4"), "{err}");
+    assert!(err.contains("newer portcullis (schema version 5"), "{err}");
 }
 
 #[test]
@@ -102,10 +103,10 @@ fn migrate_and_grants_on_postgres() {
     let out = portcullis::store_migrate(&config).unwrap();
     assert_eq!(
         out,
-        format!("postgresql://{shown}/{name}: created, schema version 3\n")
+        format!("postgresql://{shown}/{name}: created, schema version 4\n")
     );
     let out = portcullis::store_migrate(&config).unwrap();
-    assert!(out.ends_with(": schema version 3, up to date\n"), "{out}");
+    assert!(out.ends_with(": schema version 4, up to date\n"), "{out}");
     let listed = portcullis::grants(
         Path::new(&config),
         portcullis::GrantsCommand::List,
@@ -115,4 +116,42 @@ fn migrate_and_grants_on_postgres() {
     .unwrap();
     assert!(listed.ends_with("0 grant(s)\n"), "{listed}");
     let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+}
+
+/// `portcullis tools`: every wrong input says what is wrong; on a migrated
+/// store with nothing pinned, `diff` shows nothing pending and `approve`
+/// finds nothing to approve.
+#[test]
+fn tools_says_what_is_wrong() {
+    use portcullis::{tools, ToolsCommand};
+    let dir = Dir::new("tools-errors");
+    let write = |route: &str| {
+        let path = dir.0.join("portcullis.yaml");
+        let text = format!(
+            "listen: [{{address: 127.0.0.1:1}}]\nstore: {{ path: pins.db }}\n\
+             routes: [{{name: gh, from: http://a/, to: http://b/, mcp: {{}}{route}}}]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let config = write(", pin: { tools: enforce }");
+    let err = tools(&config, "gh", ToolsCommand::Diff, Some("widget")).unwrap_err();
+    assert!(
+        err.contains("one of tool, prompt, resource_template"),
+        "{err}"
+    );
+    let err = tools(&config, "nope", ToolsCommand::Diff, None).unwrap_err();
+    assert!(err.contains("no route \"nope\" (routes: gh)"), "{err}");
+    let err = tools(&config, "gh", ToolsCommand::Diff, None).unwrap_err();
+    assert!(err.contains("no store yet"), "{err}");
+    portcullis::store_migrate(&config).unwrap();
+    let out = tools(&config, "gh", ToolsCommand::Diff, None).unwrap();
+    assert_eq!(out, "route \"gh\": 0 pending, 0 approved\n");
+    let err = tools(&config, "gh", ToolsCommand::Approve(None), None).unwrap_err();
+    assert!(err.contains("nothing pending"), "{err}");
+    let err = tools(&config, "gh", ToolsCommand::Approve(Some("x")), None).unwrap_err();
+    assert!(err.contains("nothing pending named \"x\""), "{err}");
+    let unpinned = write("");
+    let err = tools(&unpinned, "gh", ToolsCommand::Diff, None).unwrap_err();
+    assert!(err.contains("route \"gh\" has no `pin` section"), "{err}");
 }

@@ -10,9 +10,7 @@ use crate::http1::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::encode::push_u64;
 use crate::http1::response::{parse_response, BodyKind, ResponseHead};
 use crate::http1::Method;
-use crate::mcp::listfilter::{
-    filter_message, ListFilter, ListKind, SseListFilter, Visible, MAX_LIST_BYTES,
-};
+use crate::mcp::listfilter::{filter_message, ListFilter, SseListFilter, Visible, MAX_LIST_BYTES};
 use crate::mcp::sse::EndpointRewriter;
 use crate::proxy::admit::Request;
 use crate::proxy::conn::{Conn, Next};
@@ -56,7 +54,7 @@ pub(crate) async fn response(
     let head = read_head(worker, route, snap, req, &mut upstream, conn).await?;
     // A list answer to filter: a JSON body is filtered whole, an event
     // stream event by event (its length changes, so it is re-framed).
-    let list = conn.judged.list.take().filter(|_| route.policy.is_some());
+    let list = list_to_filter(route, req, &head, conn);
     // Content screening reads every answer of the route the same way.
     let screen = route.screen.as_ref().filter(|_| req.mcp);
     if (list.is_some() || screen.is_some()) && head.encoded {
@@ -94,7 +92,7 @@ pub(crate) async fn response(
     let mut head_sent = false;
     loop {
         let done = body
-            .take(route, req, conn, &mut source)
+            .take(worker, route, req, conn, &mut source)
             .map_err(|reason| broken(route, conn, head_sent, reason))?;
         if !conn.out.is_empty() {
             match timeout(
@@ -175,6 +173,21 @@ fn finish_head(
     (client_chunked, keep_client)
 }
 
+/// What judging noted to filter in this answer, when the route filters
+/// (a policy, or pinning). A pinning route also watches answers that are no
+/// list's for `list_changed` notifications: those come on event streams only.
+fn list_to_filter(
+    route: &Route,
+    req: &Request,
+    head: &Head,
+    conn: &mut Conn,
+) -> Option<ListFilter> {
+    conn.judged.list.take().filter(|l| {
+        (route.policy.is_some() || route.pin.is_some())
+            && (!l.wanted.is_empty() || head.event_stream || req.method == Method::Get)
+    })
+}
+
 /// How body bytes pass from the upstream buffer to the client's output.
 struct Reframe {
     /// The legacy SSE `endpoint` event, rewritten to the public path.
@@ -197,6 +210,7 @@ impl Reframe {
     /// chunk framing. `Ok(true)` when the body ended; `Err`: why it broke.
     fn take(
         &mut self,
+        worker: &Worker,
         route: &Route,
         req: &Request,
         conn: &mut Conn,
@@ -223,7 +237,7 @@ impl Reframe {
             self.data = rewritten;
         }
         if let Some((filter, state)) = self.sse_filter.as_mut() {
-            self.data = filter_events(route, req, conn, state, filter, &self.data)
+            self.data = filter_events(worker, route, req, conn, state, filter, &self.data)
                 .map_err(|_| LIST_TOO_LARGE)?;
             if done {
                 state.finish(&mut self.data);
@@ -326,40 +340,43 @@ fn broken(
 }
 
 /// Call `f` with a visibility test for list items: the route's policy, on
-/// the request's facts (no call, no arguments). A plain function, so the
-/// header array lives on the stack for this call only.
+/// the request's facts (no call, no arguments), and its pinning (the pinned
+/// set loaded once; what is not pinned yet reported afterwards). A plain
+/// function, so the header array lives on the stack for this call only.
 fn with_visible<R>(
+    worker: &Worker,
     route: &Route,
     req: &Request,
     conn: &Conn,
-    f: impl FnOnce(&mut Visible<'_>) -> R,
+    f: impl FnOnce(&mut dyn Visible) -> R,
 ) -> R {
     let mut space = [httparse::EMPTY_HEADER; crate::proxy::request::MAX_HEADERS];
     let headers = crate::proxy::request::policy_headers(route, &conn.head_copy, &mut space);
     let base = req.facts(conn.client.peer.ip(), headers);
-    let policy = route.policy.as_ref();
-    f(
-        &mut |kind: ListKind, name: &str| {
-            policy.is_none_or(|p| p.visible(&base, kind.into(), name))
-        },
-    )
+    let pinned = worker.shared.pins.load();
+    let mut lister = crate::proxy::pin::Lister::new(route, &base, &pinned);
+    let out = f(&mut lister);
+    crate::proxy::pin::send(&worker.shared, std::mem::take(&mut lister.reports));
+    out
 }
 
 /// A whole JSON list answer, filtered (`None`: pass it as it is).
 fn filter_body(
+    worker: &Worker,
     route: &Route,
     req: &Request,
     conn: &Conn,
     filter: &ListFilter,
     body: &[u8],
 ) -> Option<Vec<u8>> {
-    with_visible(route, req, conn, |visible| {
+    with_visible(worker, route, req, conn, |visible| {
         filter_message(filter, body, visible).map(|(body, _)| body)
     })
 }
 
 /// The next piece of an event stream, filtered.
 fn filter_events(
+    worker: &Worker,
     route: &Route,
     req: &Request,
     conn: &Conn,
@@ -368,7 +385,7 @@ fn filter_events(
     data: &[u8],
 ) -> Result<Vec<u8>, ()> {
     let mut out = Vec::with_capacity(data.len());
-    with_visible(route, req, conn, |visible| {
+    with_visible(worker, route, req, conn, |visible| {
         state.feed(filter, data, &mut out, visible)
     })?;
     Ok(out)
@@ -438,7 +455,7 @@ async fn filtered_json(
     }
     if let Some(new) = list
         .as_ref()
-        .and_then(|f| filter_body(route, req, conn, f, &body))
+        .and_then(|f| filter_body(worker, route, req, conn, f, &body))
     {
         body = new;
     }

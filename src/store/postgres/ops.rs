@@ -8,8 +8,8 @@ use super::{
     to_json, upstream_client_row, upstream_row, Fail, PostgresStore,
 };
 use crate::store::{
-    Client, CodeGrant, CodeTake, Consent, Grant, Rotation, SigningKey, Store, StoreError, Swept,
-    UpstreamClient, UpstreamToken, CODE_MEMORY_SECS,
+    Client, CodeGrant, CodeTake, Consent, Grant, Pin, Rotation, SigningKey, Store, StoreError,
+    Swept, UpstreamClient, UpstreamToken, CODE_MEMORY_SECS,
 };
 
 impl Store for PostgresStore {
@@ -664,6 +664,34 @@ impl Store for PostgresStore {
             )?;
             Ok((n == 1, n == 1))
         })
+    }
+
+    fn pins(&self, route: Option<&str>) -> Result<Vec<Pin>, StoreError> {
+        self.read(|db| super::pins::list(db, route))
+    }
+
+    fn put_pin(&mut self, pin: &Pin) -> Result<(), StoreError> {
+        self.write(|db| super::pins::put(db, pin))
+    }
+
+    fn delete_pin(
+        &mut self,
+        route: &str,
+        kind: &str,
+        name: &str,
+        pending_only: bool,
+    ) -> Result<usize, StoreError> {
+        self.write(|db| super::pins::delete(db, route, kind, name, pending_only))
+    }
+
+    fn approve_pins(
+        &mut self,
+        route: &str,
+        kind: Option<&str>,
+        name: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<Pin>, StoreError> {
+        self.write(|db| super::pins::approve(db, route, kind, name, now))
     }
 
     fn seq(&self) -> Result<i64, StoreError> {

@@ -1,4 +1,4 @@
-//! The PostgreSQL schema: SQLite's versions 1 to 3 translated (INTEGER to
+//! The PostgreSQL schema: SQLite's versions 1 to 4 translated (INTEGER to
 //! BIGINT, BLOB to BYTEA, 0/1 flags to BOOLEAN, the same CHECK constraints),
 //! and the migration run at open under an advisory lock.
 //!
@@ -10,7 +10,7 @@ use crate::store::StoreError;
 use ::postgres::Client;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The advisory lock taken by every migration (the bytes of `portcull`): two
 /// instances starting together migrate one after the other.
@@ -127,6 +127,24 @@ CREATE TABLE upstream_clients (
     created BIGINT NOT NULL,
     CHECK ((kid IS NULL) = (sealed IS NULL)),
     PRIMARY KEY (route, issuer)
+);
+"#;
+
+/// Schema version 4: the definitions routes' upstreams serve, pinned (tool
+/// pinning): per (route, kind, name) an approved one and a pending change.
+pub(super) const V4: &str = r#"
+CREATE TABLE pins (
+    route TEXT COLLATE "C" NOT NULL,
+    kind TEXT COLLATE "C" NOT NULL CHECK (kind IN ('tool', 'prompt', 'resource_template')),
+    name TEXT COLLATE "C" NOT NULL,
+    state TEXT COLLATE "C" NOT NULL CHECK (state IN ('approved', 'pending')),
+    hash TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    flagged TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    approved_at BIGINT,
+    CHECK ((state = 'approved') = (approved_at IS NOT NULL)),
+    PRIMARY KEY (route, kind, name, state)
 );
 "#;
 

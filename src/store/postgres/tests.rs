@@ -113,9 +113,9 @@ fn schema_version_is_recorded_once() {
     let (_, found) = PostgresStore::open_migrated(&place.target).unwrap();
     assert_eq!(found, 0, "an empty database");
     let (_, found) = PostgresStore::open_migrated(&place.target).unwrap();
-    assert_eq!(found, 3);
-    assert_eq!(place.versions(), [1, 2, 3]);
-    assert_eq!(PostgresStore::SCHEMA_VERSION, 3);
+    assert_eq!(found, 4);
+    assert_eq!(place.versions(), [1, 2, 3, 4]);
+    assert_eq!(PostgresStore::SCHEMA_VERSION, 4);
 }
 
 #[test]
@@ -124,14 +124,14 @@ fn a_newer_schema_is_refused() {
     drop(PostgresStore::open(&place.target).unwrap());
     place
         .raw()
-        .execute("INSERT INTO schema_version (version) VALUES (4)", &[])
+        .execute("INSERT INTO schema_version (version) VALUES (5)", &[])
         .unwrap();
     let err = PostgresStore::open(&place.target).err().expect("refused");
     assert!(
-        matches!(err, StoreError::NewerSchema { found: 4, known: 3 }),
+        matches!(err, StoreError::NewerSchema { found: 5, known: 4 }),
         "{err:?}"
     );
-    assert_eq!(place.versions(), [1, 2, 3, 4], "nothing changed");
+    assert_eq!(place.versions(), [1, 2, 3, 4, 5], "nothing changed");
 }
 
 /// Instances starting together on an empty database: one migrates, the
@@ -157,8 +157,8 @@ fn instances_starting_together_migrate_once() {
     let mut found: Vec<i64> = found.into_iter().map(Result::unwrap).collect();
     found.sort();
     assert_eq!(found[0], 0, "one migrated: {found:?}");
-    assert!(found[1..].iter().all(|f| *f == 3), "{found:?}");
-    assert_eq!(place.versions(), [1, 2, 3]);
+    assert!(found[1..].iter().all(|f| *f == 4), "{found:?}");
+    assert_eq!(place.versions(), [1, 2, 3, 4]);
 }
 
 /// A database written by a build that knew schema version 1 only.
@@ -189,7 +189,7 @@ fn a_version_1_database_is_migrated_to_the_newest() {
         1
     );
     assert_eq!(s.seq().unwrap(), 8);
-    assert_eq!(place.versions(), [1, 2, 3]);
+    assert_eq!(place.versions(), [1, 2, 3, 4]);
 }
 
 /// The tables' constraints, as on SQLite.

@@ -87,8 +87,8 @@ fn schema_version_is_recorded_once() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
-    assert_eq!(SqliteStore::SCHEMA_VERSION, 3);
+    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(SqliteStore::SCHEMA_VERSION, 4);
 }
 
 #[test]
@@ -97,11 +97,11 @@ fn a_newer_schema_is_refused() {
     drop(SqliteStore::open(&place.path).unwrap());
     place
         .raw()
-        .execute("INSERT INTO schema_version (version) VALUES (?1)", [4])
+        .execute("INSERT INTO schema_version (version) VALUES (?1)", [5])
         .unwrap();
     let err = SqliteStore::open(&place.path).err().expect("refused");
     assert!(
-        matches!(err, StoreError::NewerSchema { found: 4, known: 3 }),
+        matches!(err, StoreError::NewerSchema { found: 5, known: 4 }),
         "{err:?}"
     );
     let text = err.to_string();
@@ -149,7 +149,7 @@ fn a_version_1_file_is_migrated_to_the_newest() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
 }
 
 /// The row's constraint: a reason exactly when disconnected.
