@@ -76,8 +76,7 @@ pub fn judge(
         _ => {
             let mut space = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let headers = policy_headers(route, &conn.head_copy, &mut space);
-            let mut judge = Judge::new(worker, route, req, conn.client.peer.ip(), headers);
-            judge.behaviour = snap.behaviour.as_deref();
+            let judge = Judge::new(worker, snap, req, conn.client.peer.ip(), headers);
             judge.body(held, findings, &mut conn.judged)
         }
     };
@@ -174,7 +173,7 @@ pub(crate) struct Judge<'a> {
     policy: Option<&'a Policy>,
     base: Facts<'a>,
     /// Behaviour baselines' settings, when requests are scored.
-    pub(crate) behaviour: Option<&'a crate::behaviour::Settings>,
+    behaviour: Option<&'a crate::behaviour::Settings>,
 }
 
 /// What the messages of one body add up to while they are judged.
@@ -199,18 +198,19 @@ struct Refused {
 impl<'a> Judge<'a> {
     pub(crate) fn new(
         worker: &'a Worker,
-        route: &'a Route,
+        snap: &'a Snapshot,
         req: &'a Request,
         source_ip: std::net::IpAddr,
         headers: &'a [httparse::Header<'a>],
     ) -> Judge<'a> {
+        let route = snap.routes.get(req.route);
         Judge {
             worker,
             route,
             req,
             policy: route.policy.as_ref(),
             base: req.facts(source_ip, headers),
-            behaviour: None,
+            behaviour: snap.behaviour.as_deref(),
         }
     }
 
