@@ -62,7 +62,7 @@ impl Exchange {
         &self.hasher
     }
 
-    /// Callers in the summaries of all cores (for tests and the admin view).
+    /// Callers in the summaries of all cores (for tests).
     pub fn published(&self) -> usize {
         self.cores.iter().map(|c| c.load().entries.len()).sum()
     }
