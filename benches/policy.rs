@@ -114,6 +114,7 @@ fn bench(c: &mut Criterion) {
         source_ip: "10.1.2.3".parse().unwrap(),
         now_unix: 1_767_607_200, // a Monday
         headers: &headers,
+        anomaly: None,
         content: &[],
     };
 

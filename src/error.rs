@@ -41,6 +41,9 @@ pub enum HttpError {
     LegacyPolicyDenied,
     /// A deny rule refused a request that carries no call (GET, DELETE): 403.
     PolicyForbidden,
+    /// A `step_up` rule refused: 401 `insufficient_user_authentication`, so
+    /// the user authorizes again before the agent goes on.
+    StepUp,
     /// The caller has no usable token at the route's upstream service: a
     /// JSON-RPC error (HTTP 200) whose message says where to connect.
     UpstreamNotConnected,
@@ -78,7 +81,7 @@ impl HttpError {
             | HttpError::InsufficientScope
             | HttpError::PolicyForbidden
             | HttpError::LegacyPolicyDenied => 403,
-            HttpError::Unauthorized(_) => 401,
+            HttpError::Unauthorized(_) | HttpError::StepUp => 401,
             HttpError::RateLimited => 429,
             HttpError::PolicyDenied | HttpError::UpstreamNotConnected => 200,
             HttpError::NotificationDenied => 202,
@@ -93,6 +96,7 @@ impl HttpError {
             | HttpError::Forbidden(r)
             | HttpError::Unauthorized(r) => r,
             HttpError::InsufficientScope => "insufficient scope",
+            HttpError::StepUp => "the user must authorize again",
             HttpError::RateLimited => "rate limit exceeded",
             HttpError::PolicyDenied
             | HttpError::LegacyPolicyDenied
@@ -135,6 +139,7 @@ impl HttpError {
                 | HttpError::NotificationDenied
                 | HttpError::PolicyForbidden
                 | HttpError::UpstreamNotConnected
+                | HttpError::StepUp
         ) && !self.judged_whole_body()
     }
 
@@ -147,6 +152,7 @@ impl HttpError {
             | HttpError::RateLimited
             | HttpError::NotificationDenied
             | HttpError::UpstreamNotConnected
+            | HttpError::StepUp
             | HttpError::PolicyForbidden => Decision::Denied,
             HttpError::Unauthorized(_) | HttpError::InsufficientScope | HttpError::Forbidden(_) => {
                 Decision::Unauthenticated
@@ -169,6 +175,7 @@ impl HttpError {
                 | HttpError::NotificationDenied
                 | HttpError::RateLimited
                 | HttpError::UpstreamNotConnected
+                | HttpError::StepUp
         )
     }
 }

@@ -35,6 +35,9 @@ pub(crate) mod pin;
 /// The verified caller, built by `identity`, read by `policy` and `audit`.
 pub(crate) mod principal;
 
+/// Per-caller behaviour baselines per core, merged lock-free; anomaly signals.
+pub(crate) mod behaviour;
+
 /// The closed set of local answers (`HttpError`): status, reason, close.
 pub(crate) mod error;
 
@@ -103,6 +106,12 @@ pub mod internal {
         pub use crate::screen::{
             decide, Action, Actions, Direction, Finding, Group, JsonError, Mask, Outcome, Screen,
         };
+    }
+    pub mod behaviour {
+        pub use crate::behaviour::{
+            Baselines, Event, Exchange, Outcome, Profile, Scores, Settings, Signal, SIGNALS,
+        };
+        pub use crate::config::behaviour::BehaviourConfig;
     }
     pub mod policy {
         pub use crate::config::policy::RuleConfig;

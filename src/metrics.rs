@@ -91,6 +91,8 @@ pub struct RouteMetrics {
     count: AtomicU64,
     /// By MCP method (`METHODS`, then other, then none).
     methods: [AtomicU64; METHODS.len() + 2],
+    /// Requests that raised each behaviour signal (by signal index).
+    anomalies: [AtomicU64; 8],
 }
 
 impl RouteMetrics {
@@ -107,6 +109,28 @@ impl RouteMetrics {
         }
         self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request raised behaviour signal number `signal`.
+    pub fn anomaly(&self, signal: usize) {
+        if let Some(c) = self.anomalies.get(signal) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `portcullis_anomalies_total` for the signals that were raised, named
+    /// by `names` (in signal index order).
+    pub fn render_anomalies(&self, route: &str, names: &[&str], out: &mut String) {
+        let route = escape(route);
+        for (name, c) in names.iter().zip(&self.anomalies) {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "portcullis_anomalies_total{{route=\"{route}\",signal=\"{name}\"}} {n}"
+                );
+            }
+        }
     }
 
     /// Append this route's series to `out` (Prometheus text format).

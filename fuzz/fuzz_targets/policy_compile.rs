@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
             source_ip: if i % 2 == 0 { "::ffff:10.0.0.1".parse().unwrap() } else { "2001:db8::1".parse().unwrap() },
             now_unix: [1_767_607_200, 0, -1, i64::MAX, i64::MIN][i],
             headers: &headers,
+            anomaly: None,
             content: &[],
         };
         let _ = policy.evaluate(&f);

@@ -283,6 +283,9 @@ pub struct Facts {
     /// Content screening's findings, rendered JSON objects joined by commas
     /// (detector, pointer, count, direction, action; never the matched text).
     pub screen: Option<String>,
+    /// Behaviour signals raised, rendered JSON objects joined by commas
+    /// (signal and score).
+    pub anomalies: Option<String>,
 }
 
 /// Everything a record is built from.
@@ -376,10 +379,10 @@ pub(crate) fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
         out.extend_from_slice(b",\"arguments\":");
         out.extend_from_slice(a.as_bytes());
     }
-    if let Some(found) = &f.screen {
-        out.extend_from_slice(b",\"screen\":[");
-        out.extend_from_slice(found.as_bytes());
-        out.push(b']');
+    for (key, found) in [("screen", &f.screen), ("anomalies", &f.anomalies)] {
+        if let Some(found) = found {
+            let _ = write!(out, ",\"{key}\":[{found}]");
+        }
     }
     let _ = write!(out, ",\"decision\":\"{}\",\"rule\":", r.decision.as_str());
     opt_str(out, f.rule.as_deref());

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod behaviour;
 pub mod identity;
 pub mod pin;
 pub mod policy;
@@ -72,6 +73,10 @@ pub struct Config {
     /// Trusted token issuers, which routes accept by name (`auth.issuers`).
     #[serde(default)]
     pub identity: identity::IdentityConfig,
+    /// Per-caller behaviour baselines and anomaly signals (`anomaly`
+    /// criteria, `step_up` rules); off when absent.
+    #[serde(default)]
+    pub behaviour: Option<behaviour::BehaviourConfig>,
     /// Named rule lists that routes include with `- use: <name>`.
     #[serde(default)]
     #[schemars(extend("default" = {}))]

@@ -15,6 +15,13 @@ pub struct RuleConfig {
     /// wins over allow.
     #[serde(default)]
     pub deny: Option<Condition>,
+    /// Refuse a message when this condition is true (like `deny`) with HTTP
+    /// 401 `insufficient_user_authentication`: the user must authorize
+    /// again. The rule then holds for that caller, whatever the condition,
+    /// until it presents a token issued after the refusal (`auth_time`,
+    /// else `iat`). Routes with `auth` only; no `rate_limit` inside.
+    #[serde(default)]
+    pub step_up: Option<Condition>,
     /// Include the named shared policy's rules (from `policies`) here; takes no
     /// `name` or `message`.
     #[serde(default, rename = "use")]
@@ -97,6 +104,23 @@ pub struct Condition {
     /// (429 with `Retry-After`).
     #[serde(default)]
     pub rate_limit: Option<RateLimitTest>,
+    /// The caller's behaviour anomaly scores (needs the top-level
+    /// `behaviour` section).
+    #[serde(default)]
+    pub anomaly: Option<AnomalyTest>,
+}
+
+/// `anomaly`: true when any of `signals` scores above `above` for this
+/// request (see `behaviour`); false for list filtering and on routes
+/// whose requests are not scored.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyTest {
+    /// Any of `burst`, `new_tool`, `enumeration`, `off_hours`,
+    /// `new_network`, `denial_streak` (at least one).
+    pub signals: Vec<String>,
+    /// The score (from 0 up to but not including 1) a signal must exceed.
+    pub above: f64,
 }
 
 /// Schema only: the value a criterion compares with.

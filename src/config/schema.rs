@@ -300,6 +300,8 @@ mod tests {
                 ".upstream",
                 "AuthorizationServerConfig.clients",
                 "AuthorizationServerConfig.tokens",
+                "BehaviourConfig.burst",
+                "BehaviourConfig.enumeration",
                 "OidcLoginConfig.claims"
             ]
         );

@@ -95,6 +95,7 @@ pub(crate) fn error_response(
             | HttpError::Forbidden(_)
             | HttpError::InsufficientScope
             | HttpError::UpstreamNotConnected
+            | HttpError::StepUp
             | HttpError::PolicyForbidden => REFUSED,
             _ => -32000,
         };

@@ -3,6 +3,7 @@
 
 use regex::Regex;
 
+use super::anomaly::Anomaly;
 use super::cidr::Cidrs;
 use super::matchers::{self, Pattern, Prefixes, Scalar, StrSet};
 use super::time::TimeWindow;
@@ -34,6 +35,7 @@ pub(crate) enum Cond {
     Header(Box<Header>),
     Content(ContentOp),
     RateLimit(RateLimit),
+    Anomaly(Anomaly),
 }
 
 impl Cond {
@@ -46,6 +48,14 @@ impl Cond {
         }
     }
 
+    pub(crate) fn uses_anomaly(&self) -> bool {
+        match self {
+            Cond::And(c) | Cond::Or(c) => c.iter().any(Cond::uses_anomaly),
+            Cond::Not(c) => c.uses_anomaly(),
+            Cond::Anomaly(_) => true,
+            _ => false,
+        }
+    }
     /// The `content` criteria in it (for checking them against the route's
     /// screen).
     pub(crate) fn content<'c>(&'c self, out: &mut Vec<&'c ContentOp>) {
@@ -254,6 +264,11 @@ impl Compiler {
             .or_else(|| values(c))
             .or_else(|| content(c))
             .or_else(|| self.rate_limit(c, in_deny))
+            .or_else(|| {
+                c.anomaly
+                    .as_ref()
+                    .map(|t| Anomaly::compile(t).map(Cond::Anomaly))
+            })
             .unwrap_or_else(|| unreachable!("one key was checked above"))
     }
 
@@ -330,6 +345,7 @@ fn one_key(c: &Condition) -> Result<(), String> {
         header,
         content,
         rate_limit,
+        anomaly,
     } = c;
     let keys: Vec<&str> = [
         ("and", and.is_some()),
@@ -351,6 +367,7 @@ fn one_key(c: &Condition) -> Result<(), String> {
         ("header", header.is_some()),
         ("content", content.is_some()),
         ("rate_limit", rate_limit.is_some()),
+        ("anomaly", anomaly.is_some()),
     ]
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))

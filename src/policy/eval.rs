@@ -142,6 +142,7 @@ impl Cond {
                 })
                 .into(),
             Cond::RateLimit(r) => rate_limit(r, cx),
+            Cond::Anomaly(a) => a.eval(f),
         }
     }
 }

@@ -22,6 +22,7 @@
 //! (so a deny rule using them denies, an allow rule does not allow).
 //! For lists, a resource template's `uriTemplate` text is matched as the URI.
 
+mod anomaly;
 mod cidr;
 mod compile;
 mod eval;
@@ -65,6 +66,9 @@ pub struct Facts<'a> {
     pub source_ip: IpAddr,
     pub now_unix: i64,
     pub headers: &'a [httparse::Header<'a>],
+    /// The request's behaviour scores (`anomaly` criteria, `step_up` rules);
+    /// `None` when it was not scored.
+    pub anomaly: Option<&'a crate::behaviour::Scores>,
     /// What content screening found in the message (`content` criteria).
     pub content: &'a [crate::screen::Finding],
 }
@@ -79,6 +83,8 @@ pub enum Verdict<'p> {
         /// Set when a rate limit denied.
         retry_after_secs: Option<u64>,
     },
+    /// A `step_up` rule refused: the user must authorize again (401).
+    StepUp { rule: &'p str, message: &'p str },
 }
 
 /// A kind of item in a list result.
@@ -106,6 +112,8 @@ struct Rule {
     name: Box<str>,
     message: Box<str>,
     deny: bool,
+    /// A `step_up` rule (also `deny`).
+    step_up: bool,
     cond: Cond,
     /// The rule is false unless the method is this kind (its condition
     /// needs a `mcp_tool`/`mcp_prompt`/`mcp_resource` test to hold): a
@@ -118,6 +126,9 @@ impl Rule {
     /// The condition's value, `False` without walking it when the guard fails.
     #[inline]
     fn eval(&self, cx: &mut Ctx<'_, '_>) -> Tri {
+        if self.step_up && anomaly::pending(cx.facts) {
+            return Tri::True;
+        }
         match self.call {
             Some(c) if c != cx.call => Tri::False,
             _ => self.cond.eval(cx),
@@ -229,6 +240,18 @@ impl Policy {
     /// must the pipeline keep the request's header fields for it.
     pub fn uses_headers(&self) -> bool {
         self.rules.iter().any(|r| r.cond.uses_headers())
+    }
+
+    /// Whether any rule is a `step_up` rule (the route needs `auth`).
+    pub fn has_step_up(&self) -> bool {
+        self.rules.iter().any(|r| r.step_up)
+    }
+
+    /// Whether any rule reads behaviour scores (`anomaly`, `step_up`).
+    pub fn uses_anomaly(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.step_up || r.cond.uses_anomaly())
     }
 
     /// Its `content` criteria that `screen` (the route's) does not run: each
@@ -346,6 +369,12 @@ impl Policy {
     }
 
     fn deny<'p>(&'p self, r: &'p Rule, retry_after_secs: Option<u64>) -> Verdict<'p> {
+        if r.step_up {
+            return Verdict::StepUp {
+                rule: &r.name,
+                message: &r.message,
+            };
+        }
         Verdict::Deny {
             rule: &r.name,
             message: &r.message,
@@ -377,10 +406,11 @@ impl Expander<'_> {
                 rule.allow.is_some(),
                 rule.deny.is_some(),
                 rule.use_.is_some(),
+                rule.step_up.is_some(),
             ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 self.errors.push(format!(
-                    "{what}: a rule has exactly one of allow, deny, use"
+                    "{what}: a rule has exactly one of allow, deny, step_up, use"
                 ));
                 continue;
             }
@@ -411,9 +441,16 @@ impl Expander<'_> {
                     .push(format!("{what}: more than {MAX_RULES} rules"));
                 return;
             }
-            let deny = rule.deny.is_some();
-            let cond = rule.allow.as_ref().or(rule.deny.as_ref()).expect("checked");
+            let step_up = rule.step_up.is_some();
+            let deny = rule.deny.is_some() || step_up;
+            let cond = (rule.allow.as_ref())
+                .or(rule.deny.as_ref())
+                .or(rule.step_up.as_ref())
+                .expect("checked");
             match self.compiler.cond(cond, deny, 0) {
+                Ok(cond) if step_up && cond.has_rate_limit() => self
+                    .errors
+                    .push(format!("{what}: a step_up rule takes no rate_limit")),
                 Ok(cond) => {
                     let message = match &rule.message {
                         Some(m) => m.clone(),
@@ -429,6 +466,7 @@ impl Expander<'_> {
                         name: name.into(),
                         message: message.into(),
                         deny,
+                        step_up,
                         cond,
                     });
                 }
@@ -512,7 +550,11 @@ impl Index {
         if rules.len() <= INDEX_MIN_RULES {
             return Index::All(Lists::of(rules, |_| true));
         }
-        let keys: Vec<Key> = rules.iter().map(|r| key(&r.cond)).collect();
+        // A pending step-up holds whatever the request: such rules are never keyed.
+        let keys: Vec<Key> = rules
+            .iter()
+            .map(|r| if r.step_up { Key::Any } else { key(&r.cond) })
+            .collect();
         let mut methods: HashSet<&str> = HashSet::new();
         let mut tools: HashSet<&str> = HashSet::new();
         for k in &keys {

@@ -52,6 +52,7 @@ fn facts<'a>(p: Option<&'a Principal>, method: &'a str, name: Option<&'a str>) -
         // Monday 2026-01-05 10:00 UTC
         now_unix: 1_767_607_200,
         headers: &[],
+        anomaly: None,
         content: &[],
     }
 }
@@ -1062,6 +1063,7 @@ fn evaluate_agrees_with_reference() {
                 source_ip: "10.1.2.3".parse().unwrap(),
                 now_unix: 1_767_607_200,
                 headers: &header_sets[rnd(header_sets.len())],
+                anomaly: None,
                 content: &[],
             };
             assert_eq!(p.evaluate(&f), ref_verdict(&p, &f), "{yaml}");

@@ -52,6 +52,7 @@ impl Request {
             source_ip,
             now_unix: self.now_unix,
             headers,
+            anomaly: None,
             content: &[],
         }
     }
@@ -102,7 +103,7 @@ pub(crate) fn admit<'s>(
     } else {
         McpHead::default()
     };
-    let now_unix = if route.auth.is_some() || route.policy.is_some() {
+    let now_unix = if route.auth.is_some() || route.policy.is_some() || snap.behaviour.is_some() {
         unix_now()
     } else {
         0

@@ -58,6 +58,7 @@ impl Conn {
         self.judged.method_slot = crate::metrics::method_slot(None);
         self.judged.ids.clear();
         self.judged.batch = false;
+        self.judged.raised = 0;
     }
 
     /// Between requests a kept-alive connection holds only its read buffer:
@@ -156,6 +157,8 @@ pub struct Judged {
     /// a local answer after judging (an upstream not connected).
     pub ids: Vec<crate::mcp::jsonrpc::RpcId>,
     pub batch: bool,
+    /// Behaviour signals already reported for this request (a bit each).
+    pub raised: u8,
 }
 
 /// What happens to the connection after an exchange.

@@ -18,6 +18,7 @@ use crate::mcp::listfilter::{ListFilter, ListKind};
 use crate::mcp::method::Method;
 use crate::policy::{Facts, Policy, Verdict};
 use crate::proxy::admit::Request;
+use crate::proxy::baseline;
 use crate::proxy::body::{push_length, Body};
 use crate::proxy::conn::{Conn, Judged};
 use crate::proxy::gate;
@@ -75,7 +76,7 @@ pub fn judge(
         _ => {
             let mut space = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let headers = policy_headers(route, &conn.head_copy, &mut space);
-            let judge = Judge::new(worker, route, req, conn.client.peer.ip(), headers);
+            let judge = Judge::new(worker, snap, req, conn.client.peer.ip(), headers);
             judge.body(held, findings, &mut conn.judged)
         }
     };
@@ -169,6 +170,8 @@ pub(crate) struct Judge<'a> {
     req: &'a Request,
     policy: Option<&'a Policy>,
     base: Facts<'a>,
+    /// Behaviour baselines' settings, when requests are scored.
+    behaviour: Option<&'a crate::behaviour::Settings>,
 }
 
 /// What the messages of one body add up to while they are judged.
@@ -193,17 +196,19 @@ struct Refused {
 impl<'a> Judge<'a> {
     pub(crate) fn new(
         worker: &'a Worker,
-        route: &'a Route,
+        snap: &'a Snapshot,
         req: &'a Request,
         source_ip: std::net::IpAddr,
         headers: &'a [httparse::Header<'a>],
     ) -> Judge<'a> {
+        let route = snap.routes.get(req.route);
         Judge {
             worker,
             route,
             req,
             policy: route.policy.as_ref(),
             base: req.facts(source_ip, headers),
+            behaviour: snap.behaviour.as_deref(),
         }
     }
 
@@ -250,7 +255,7 @@ impl<'a> Judge<'a> {
         Err(answer(
             refused,
             tally,
-            self.req.mcp_head.legacy_post,
+            (self.route, self.req.mcp_head.legacy_post),
             judged,
         ))
     }
@@ -318,12 +323,10 @@ impl<'a> Judge<'a> {
         if self.pinned(m, tally) {
             return;
         }
-        let (Some(p), Some(method), false) =
-            (self.policy, m.method, m.kind == Some(Kind::Response))
-        else {
+        let (Some(method), false) = (m.method, m.kind == Some(Kind::Response)) else {
             return;
         };
-        let facts = Facts {
+        let mut facts = Facts {
             method: Some(method),
             name: m.name,
             uri: m.uri,
@@ -331,7 +334,42 @@ impl<'a> Judge<'a> {
             content,
             ..self.base
         };
-        match verdict(p, &facts, m) {
+        let scored = match self.behaviour {
+            Some(s) if m.kind == Some(Kind::Request) => Some(baseline::score(
+                self.worker,
+                s,
+                self.route,
+                &facts,
+                m,
+                judged,
+            )),
+            _ => None,
+        };
+        facts.anomaly = scored.as_ref().map(|s| &s.scores);
+        let v = match self.policy {
+            Some(p) => verdict(p, &facts, m),
+            None => Verdict::Allow { rule: None },
+        };
+        if let Some(scored) = &scored {
+            baseline::settle(self.worker, scored, &v, facts.now_unix);
+        }
+        if self.policy.is_some() {
+            self.apply(v, m, method, tally, judged);
+        }
+    }
+
+    /// Note a message's verdict: what the audit record names, the list to
+    /// filter, or the body's refusal.
+    fn apply(
+        &self,
+        v: Verdict<'_>,
+        m: &Message<'_>,
+        method: Method<'_>,
+        tally: &mut Tally,
+        judged: &mut Judged,
+    ) {
+        let sink = self.worker.shared.audit.as_ref();
+        match v {
             Verdict::Allow { rule } => {
                 // The audit record names the rule that allowed the first
                 // message; a deny anywhere in the batch replaces it.
@@ -358,6 +396,18 @@ impl<'a> Judge<'a> {
                     },
                     message: Some(format!("denied by policy rule {rule:?}: {message}")),
                     retry_after: retry_after_secs,
+                });
+            }
+            Verdict::StepUp { rule, message } => {
+                if sink.is_some() {
+                    judged.audit.rule = Some(rule.into());
+                }
+                tally.refused = Some(Refused {
+                    err: HttpError::StepUp,
+                    message: Some(format!(
+                        "authorize again: step-up required by policy rule {rule:?}: {message}"
+                    )),
+                    retry_after: None,
                 });
             }
         }
@@ -407,10 +457,18 @@ fn verdict<'p>(p: &'p Policy, facts: &Facts<'_>, m: &Message<'_>) -> Verdict<'p>
 
 /// The local answer to a refused body: its error, with the ids it names and
 /// `Retry-After` in `judged.detail`.
-fn answer(refused: Refused, tally: Tally, legacy_post: bool, judged: &mut Judged) -> HttpError {
+fn answer(
+    refused: Refused,
+    tally: Tally,
+    (route, legacy_post): (&Route, bool),
+    judged: &mut Judged,
+) -> HttpError {
     let Tally { ids, batch, .. } = tally;
     let err = denied(refused.err, &ids, legacy_post);
     let mut headers = Vec::new();
+    if err == HttpError::StepUp {
+        baseline::challenge(route, &mut headers);
+    }
     if let Some(secs) = refused.retry_after {
         headers.extend_from_slice(b"Retry-After: ");
         crate::http1::encode::push_u64(&mut headers, secs.max(1));

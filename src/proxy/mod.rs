@@ -21,6 +21,7 @@
 
 pub(crate) mod admit;
 pub(crate) mod auth;
+pub(crate) mod baseline;
 pub(crate) mod body;
 pub(crate) mod conn;
 pub(crate) mod gate;

@@ -201,6 +201,7 @@ mod tests {
             now_unix: 0,
             headers: &[],
             content: &[],
+            anomaly: None,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct Shared {
     /// Grows when an upstream connection is removed or disconnected: every
     /// core then empties its cache of upstream tokens.
     pub vault_epoch: Arc<AtomicU64>,
+    /// Where the workers' behaviour baselines meet (one slot per worker).
+    pub behaviour: crate::behaviour::Exchange,
     /// The pinned definitions of every route (tool pinning), published by
     /// the pin thread (`runtime::pins`); read with one atomic load.
     pub(crate) pins: Arc<arc_swap::ArcSwap<crate::pin::Pinned>>,
@@ -71,6 +73,7 @@ impl Shared {
             control: None,
             authz_counters: None,
             vault_epoch: Arc::default(),
+            behaviour: crate::behaviour::Exchange::new(workers),
             pins: Arc::default(),
             pin_reports: None,
         })
@@ -131,6 +134,9 @@ pub struct Worker {
     pub upstream_tokens: RefCell<crate::proxy::inject::UpstreamTokens>,
     /// Signed identity assertions, reused while fresh.
     pub assertions: RefCell<crate::identity::AssertionCache>,
+    /// This core's behaviour baselines: kept across reloads (not in the
+    /// snapshot), merged with the other cores' once a second.
+    pub baselines: RefCell<crate::behaviour::Baselines>,
     /// The snapshot generation the caches were filled under.
     cache_generation: Cell<u64>,
     /// Audit records not yet handed to the writer.
@@ -169,6 +175,7 @@ impl Worker {
             assertions: RefCell::new(crate::identity::AssertionCache::new(
                 ASSERTION_CACHE_ENTRIES,
             )),
+            baselines: RefCell::default(),
             cache_generation: Cell::new(0),
             audit_buf: RefCell::new(Vec::new()),
             audit_records: Cell::new(0),
@@ -233,6 +240,20 @@ impl Worker {
                 crate::identity::AssertionCache::new(ASSERTION_CACHE_ENTRIES);
         }
         snap
+    }
+
+    /// Once a second: share this core's baselines with the other cores and
+    /// take theirs (`behaviour::Baselines::exchange`).
+    pub fn exchange_baselines(&self, now_unix: i64) {
+        let snap = self.snapshot();
+        if let Some(settings) = snap.behaviour.as_deref() {
+            self.baselines.borrow_mut().exchange(
+                &self.shared.behaviour,
+                self.id,
+                settings,
+                now_unix,
+            );
+        }
     }
 
     /// A new request id: 16 hex digits of per-worker random seed and 8 of a

@@ -210,6 +210,13 @@ pub(crate) fn metrics(snap: &Snapshot, shared: &Shared) -> String {
             }
         }
     }
+    if snap.behaviour.is_some() {
+        let _ = writeln!(out, "# HELP portcullis_anomalies_total Requests that raised a behaviour anomaly signal (score at least behaviour.report_above), per route and signal.\n# TYPE portcullis_anomalies_total counter");
+        let names = crate::behaviour::SIGNALS.map(crate::behaviour::Signal::name);
+        for r in snap.routes.all() {
+            r.metrics.render_anomalies(&r.name, &names, &mut out);
+        }
+    }
     if snap.routes.all().iter().any(|r| r.pin.is_some()) {
         let _ = writeln!(out, "# HELP portcullis_pin_changes_total Changes of pinned definitions (tool pinning) per route, kind and change.\n# TYPE portcullis_pin_changes_total counter");
         for r in snap.routes.all() {

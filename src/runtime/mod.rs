@@ -301,6 +301,7 @@ async fn worker_main(
         ticks += 1;
         if ticks.is_multiple_of(10) {
             worker.pool.sweep(now);
+            worker.exchange_baselines(crate::proxy::admit::unix_now());
         }
         worker
             .counters

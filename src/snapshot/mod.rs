@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub(crate) pin_store: Option<crate::store::Location>,
     /// Counters of requests that matched no route.
     pub unrouted: Arc<crate::metrics::RouteMetrics>,
+    /// Behaviour baselines' settings (the tables live in the workers).
+    pub behaviour: Option<Arc<crate::behaviour::Settings>>,
     /// Stops this snapshot's JWKS refresher when the snapshot is dropped.
     _refresher: RefresherStop,
 }
@@ -116,6 +118,7 @@ pub(crate) fn compile(config: Config, text: &str, file: &Path) -> Result<Snapsho
     let routes = compile_routes(&config, &mut errs);
     let upstream_tls = compile_upstream_tls(&config.upstream, base, &mut errs);
     let authz = compile_authz(&config, base, &mut errs);
+    let behaviour = compile_behaviour(&config, &routes, &mut errs);
     let pin_store = compile_pin_store(&config, base, &mut errs);
     let (Some(upstream_tls), Some(identity), true) = (upstream_tls, identity, errs.list.is_empty())
     else {
@@ -123,8 +126,41 @@ pub(crate) fn compile(config: Config, text: &str, file: &Path) -> Result<Snapsho
     };
     let mut snap = assemble(config, routes, listeners, identity, upstream_tls);
     snap.authz = authz.map(Arc::new);
+    snap.behaviour = behaviour.map(Arc::new);
     snap.pin_store = pin_store;
     Ok(snap)
+}
+
+/// The `behaviour` section; routes whose policies read its scores need it.
+fn compile_behaviour(
+    config: &Config,
+    routes: &[Route],
+    errs: &mut Errors,
+) -> Option<crate::behaviour::Settings> {
+    let Some(c) = &config.behaviour else {
+        for r in routes {
+            if r.policy.as_ref().is_some_and(|p| p.uses_anomaly()) {
+                errs.at0(
+                    "policy",
+                    "",
+                    format!(
+                        "route {:?}: anomaly criteria and step_up rules need the top-level behaviour section",
+                        r.name
+                    ),
+                );
+            }
+        }
+        return None;
+    };
+    match crate::behaviour::Settings::compile(c) {
+        Ok(s) => Some(s),
+        Err(list) => {
+            for message in list {
+                errs.at0("behaviour", "", message);
+            }
+            None
+        }
+    }
 }
 
 /// Where pinned definitions are kept: the `store` section, needed as soon
@@ -388,6 +424,7 @@ fn assemble(
         _refresher: RefresherStop(stop),
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         unrouted: Default::default(),
+        behaviour: None,
         admin: config.admin.map(|a| a.address),
         authz: None,
         pin_store: None,

@@ -392,6 +392,15 @@ impl<'c> RouteCx<'c, '_, '_> {
         }
         match crate::policy::Policy::compile(rules, &config.policies, &r.name) {
             Ok(p) if p.is_empty() => {}
+            Ok(p) if p.has_step_up() && route.auth.is_none() => self.errs.at(
+                "policy",
+                "",
+                nth,
+                format!(
+                    "route {:?}: step_up rules need a route with auth (the user authorizes again)",
+                    r.name
+                ),
+            ),
             Ok(p) => {
                 route.policy_reads_headers = p.uses_headers();
                 route.policy = Some(p);

@@ -113,6 +113,7 @@ fn pure_libraries_never_reach_the_data_plane() {
         "metrics",
         "pin",
         "principal",
+        "behaviour",
         "error",
         "http1",
         "policy",

@@ -2,7 +2,7 @@
 
 Usage: mcp2_server.py --port P [--json] [--stateless] [--path /mcp]
                       [--tls-cert F --tls-key F] [--delete-tool] [--leaky-tool]
-                      [--changing-tool]
+                      [--changing-tool] [--docs]
        mcp2_server.py --port P --sse    (the legacy HTTP+SSE transport:
                                          GET /sse, POST /messages/)
 Prints nothing special; the tests wait for the port to accept connections.
@@ -40,7 +40,7 @@ PULLED = (
 )
 
 
-def build(delete_tool: bool = False, leaky_tool: bool = False, changing_tool: bool = False) -> MCPServer:
+def build(delete_tool: bool = False, leaky_tool: bool = False, changing_tool: bool = False, docs: bool = False) -> MCPServer:
     mcp = MCPServer("e2e-mcp2", version="1.0.0")
 
     if changing_tool:
@@ -58,6 +58,13 @@ def build(delete_tool: bool = False, leaky_tool: bool = False, changing_tool: bo
                 types.ToolListChangedNotification(), related_request_id=ctx.request_id
             )
             return "pulled"
+
+    if docs:
+
+        @mcp.resource("e2e://docs/{n}")
+        def doc(n: str) -> str:
+            """Numbered documents (behaviour baseline tests enumerate them)."""
+            return f"document {n}"
 
     if leaky_tool:
 
@@ -139,11 +146,12 @@ def main() -> None:
     ap.add_argument(
         "--changing-tool", action="store_true", help="also offer `weather` and `rug_pull`, which rewrites it (PULLED)"
     )
+    ap.add_argument("--docs", action="store_true", help="also offer the resources e2e://docs/{n}")
     args = ap.parse_args()
     if args.sse:
-        app = build(args.delete_tool, args.leaky_tool, args.changing_tool).sse_app(host="127.0.0.1")
+        app = build(args.delete_tool, args.leaky_tool, args.changing_tool, args.docs).sse_app(host="127.0.0.1")
     else:
-        app = build(args.delete_tool, args.leaky_tool, args.changing_tool).streamable_http_app(
+        app = build(args.delete_tool, args.leaky_tool, args.changing_tool, args.docs).streamable_http_app(
             streamable_http_path=args.path,
             json_response=args.json,
             stateless_http=args.stateless,

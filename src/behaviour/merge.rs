@@ -1,0 +1,174 @@
+//! Merging the cores' views, lock-free: each core publishes a summary of
+//! its recently active callers into its own `ArcSwap` slot once a second,
+//! and folds the other cores' latest summaries into its own profiles then.
+//! The request path reads only its own core's table.
+
+use super::profile::{Others, Profile, MAX_NETWORKS, MAX_TOOLS, WORDS};
+use super::{Baselines, Settings};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+/// Callers active on a core this recently are in its summary.
+const ACTIVE_SECS: i64 = 300;
+
+/// Where the cores publish their summaries; shared by all of them.
+pub struct Exchange {
+    hasher: foldhash::fast::RandomState,
+    cores: Box<[ArcSwap<Summary>]>,
+}
+
+/// One core's recently active callers.
+#[derive(Default)]
+pub(super) struct Summary {
+    entries: Vec<Entry>,
+}
+
+/// One caller as one core saw it (its own traffic only).
+struct Entry {
+    key: u64,
+    first_seen: i64,
+    requests: u64,
+    recent: u32,
+    baseline: f32,
+    bits: [u64; WORDS],
+    tools: Box<[u32]>,
+    networks: Box<[u64]>,
+    hours_before: u32,
+    step_up_at: i64,
+}
+
+/// The other cores' view of one caller, summed.
+#[derive(Default)]
+pub(super) struct Remote {
+    first_seen: Option<i64>,
+    counts: Others,
+    tools: Vec<u32>,
+    networks: Vec<u64>,
+    hours_before: u32,
+    /// The latest step-up any core demanded.
+    step_up_at: i64,
+}
+
+impl Exchange {
+    /// For `cores` workers, with a new random hash seed.
+    pub fn new(cores: usize) -> Exchange {
+        Exchange {
+            hasher: foldhash::fast::RandomState::default(),
+            cores: (0..cores).map(|_| ArcSwap::default()).collect(),
+        }
+    }
+
+    pub(super) fn hasher(&self) -> &foldhash::fast::RandomState {
+        &self.hasher
+    }
+
+    /// Callers in the summaries of all cores (for tests).
+    pub fn published(&self) -> usize {
+        self.cores.iter().map(|c| c.load().entries.len()).sum()
+    }
+}
+
+impl Remote {
+    fn add(&mut self, e: &Entry) {
+        self.first_seen = Some(
+            self.first_seen
+                .map_or(e.first_seen, |f| f.min(e.first_seen)),
+        );
+        let c = &mut self.counts;
+        c.requests += e.requests;
+        c.recent = c.recent.saturating_add(e.recent);
+        c.baseline += e.baseline;
+        for (a, b) in c.bits.iter_mut().zip(e.bits) {
+            *a |= b;
+        }
+        // Sorted lists: merged, then `seed` inserts the new ones in order.
+        self.tools.extend_from_slice(&e.tools);
+        self.tools.sort_unstable();
+        self.tools.dedup();
+        for n in e.networks.iter() {
+            if !self.networks.contains(n) {
+                self.networks.push(*n);
+            }
+        }
+        self.hours_before |= e.hours_before;
+        self.step_up_at = self.step_up_at.max(e.step_up_at);
+    }
+
+    /// Give a profile what the other cores know of its caller.
+    pub(super) fn seed(&self, p: &mut Profile) {
+        if let Some(f) = self.first_seen {
+            p.first_seen = p.first_seen.min(f);
+        }
+        p.others = self.counts.clone();
+        for t in &self.tools {
+            if p.tools.len() >= MAX_TOOLS {
+                break;
+            }
+            if let Err(at) = p.tools.binary_search(t) {
+                p.tools.insert(at, *t);
+            }
+        }
+        for n in &self.networks {
+            if p.networks.len() < MAX_NETWORKS && !p.networks.contains(n) {
+                p.networks.insert(0, *n);
+            }
+        }
+        p.hours_before |= self.hours_before;
+        // A step-up demanded on another core holds here too, unless a newer
+        // token already settled it here.
+        if self.step_up_at > p.step_up_at.max(p.forgiven) {
+            p.step_up_at = self.step_up_at;
+        }
+        p.recount();
+    }
+}
+
+impl Baselines {
+    /// Once a second per core: publish this core's summary as `core`, then
+    /// fold the other cores' latest ones into this core's profiles. Nothing
+    /// to do with one core.
+    pub fn exchange(&mut self, x: &Exchange, core: usize, s: &Settings, now: i64) {
+        if x.cores.len() < 2 || core >= x.cores.len() {
+            return;
+        }
+        let entries = self
+            .profiles
+            .iter_mut()
+            .filter(|(_, p)| now - p.last_seen <= ACTIVE_SECS)
+            .map(|(k, p)| {
+                p.advance(s, now);
+                Entry {
+                    key: *k,
+                    first_seen: p.first_seen,
+                    requests: p.requests,
+                    recent: p.recent(),
+                    baseline: p.baseline,
+                    bits: p.sketch(),
+                    tools: p.tools.as_slice().into(),
+                    networks: p.networks.as_slice().into(),
+                    hours_before: p.hours_before,
+                    step_up_at: p.step_up_at,
+                }
+            })
+            .collect();
+        x.cores[core].store(Arc::new(Summary { entries }));
+        self.remote.clear();
+        for (i, slot) in x.cores.iter().enumerate() {
+            if i == core {
+                continue;
+            }
+            for e in slot.load().entries.iter() {
+                self.remote.entry(e.key).or_default().add(e);
+            }
+        }
+        for (k, p) in self.profiles.iter_mut() {
+            match self.remote.get(k) {
+                Some(r) => r.seed(p),
+                None => {
+                    p.others = Others::default();
+                    p.recount();
+                }
+            }
+        }
+    }
+}
