@@ -23,7 +23,7 @@ use crate::proxy::body::{push_length, Body};
 use crate::proxy::conn::{Conn, Judged};
 use crate::proxy::gate;
 use crate::proxy::request::{policy_headers, MAX_HEADERS};
-use crate::proxy::screen::{of_message, Screened};
+use crate::proxy::screen::of_message;
 use crate::proxy::worker::Worker;
 use crate::screen::{Direction, Finding};
 use crate::snapshot::route::Route;
@@ -80,7 +80,8 @@ pub fn judge(
             judge.body(held, findings, &mut conn.judged)
         }
     };
-    let (verdict, replaced) = screen_request(route, req, held, scanned, verdict, &mut conn.judged);
+    let (verdict, replaced) =
+        crate::proxy::screen::request(route, req, held, scanned, verdict, &mut conn.judged);
     let up = &mut conn.up;
     match (&body, verdict) {
         (Body::Empty, Ok(())) => up.extend_from_slice(b"\r\n"),
@@ -116,50 +117,6 @@ pub fn judge(
         Body::Empty | Body::Decoded(_) => None,
     };
     Ok(Permit { unread })
-}
-
-/// The route's content screening of a judged body, on what its scan found:
-/// noted in the audit record whatever the verdict; when the policy allowed
-/// the body, the body to send instead (redacted) or a refusal naming the
-/// detector (the JSON-RPC error answers every request of the body).
-fn screen_request(
-    route: &Route,
-    req: &Request,
-    held: &[u8],
-    scanned: Option<Result<Vec<Finding>, Screened>>,
-    verdict: Result<(), HttpError>,
-    judged: &mut Judged,
-) -> (Result<(), HttpError>, Option<Vec<u8>>) {
-    let screened = match (route.screen.as_deref(), scanned) {
-        (Some(screen), Some(Ok(findings))) => crate::proxy::screen::apply(
-            screen,
-            route.screen_counts.as_deref(),
-            held,
-            &findings,
-            Direction::Request,
-            &mut judged.audit.screen,
-        ),
-        (_, Some(Err(instead))) => instead,
-        _ => Screened::Same,
-    };
-    let why = match (&verdict, screened) {
-        (Ok(()), Screened::Changed(new)) => return (verdict, Some(new)),
-        (Ok(()), Screened::Blocked(detector)) => format!("{detector} found in the request"),
-        (Ok(()), Screened::Unscreened(why)) => why,
-        _ => return (verdict, None),
-    };
-    let err = denied(
-        HttpError::PolicyDenied,
-        &judged.ids,
-        req.mcp_head.legacy_post,
-    );
-    judged.detail = Some(Box::new(Detail {
-        ids: judged.ids.clone(),
-        batch: judged.batch,
-        message: Some(format!("refused by content screening: {why}")),
-        headers: Vec::new(),
-    }));
-    (Err(err), None)
 }
 
 /// What judging one request's messages needs: the route's policy and the
@@ -485,7 +442,7 @@ fn answer(
 /// The refusal a body's answer carries: a policy denial of notifications
 /// only is answered 202 (nothing answers a notification), and one on a
 /// legacy HTTP+SSE message POST with a 4xx.
-fn denied(err: HttpError, ids: &[RpcId], legacy_post: bool) -> HttpError {
+pub(crate) fn denied(err: HttpError, ids: &[RpcId], legacy_post: bool) -> HttpError {
     match err {
         HttpError::PolicyDenied if ids.is_empty() => HttpError::NotificationDenied,
         // A legacy HTTP+SSE client ignores the body of a 200 (its answers

@@ -7,9 +7,14 @@
 //! `redact` rewrites the matches inside their strings, `block` replaces the
 //! message with a JSON-RPC error naming the detector.
 
+use crate::error::HttpError;
+use crate::http1::encode::Detail;
 use crate::mcp::sse::{event_end, join_event, split_event};
 use crate::metrics::ScreenCounts;
+use crate::proxy::admit::Request;
+use crate::proxy::conn::Judged;
 use crate::screen::{Direction, Finding, Outcome, Screen};
+use crate::snapshot::route::Route;
 use serde_json::Value;
 
 /// Largest message (body or event) screened; a longer one is refused.
@@ -85,9 +90,7 @@ pub(crate) fn apply(
     if findings.is_empty() {
         return Screened::Same;
     }
-    let outcome = screen.decide(findings, direction);
-    note(audit, screen, counts, findings, direction, &outcome);
-    match outcome {
+    match decided(screen, counts, findings, direction, audit) {
         Outcome::Pass => Screened::Same,
         Outcome::Redact(mask) => {
             let mut out = Vec::with_capacity(body.len());
@@ -104,6 +107,52 @@ pub(crate) fn apply(
             )),
         },
     }
+}
+
+/// The route's content screening of a judged request body, on what its
+/// scan found: noted in the audit record whatever the verdict; when the
+/// policy allowed the body, the body to send instead (redacted) or a
+/// refusal naming the detector (the JSON-RPC error answers every request
+/// of the body). A body the policy refused is not rewritten.
+pub(crate) fn request(
+    route: &Route,
+    req: &Request,
+    held: &[u8],
+    scanned: Option<Result<Vec<Finding>, Screened>>,
+    verdict: Result<(), HttpError>,
+    judged: &mut Judged,
+) -> (Result<(), HttpError>, Option<Vec<u8>>) {
+    let (screen, counts) = (route.screen.as_deref(), route.screen_counts.as_deref());
+    let audit = &mut judged.audit.screen;
+    let screened = match (screen, scanned, &verdict) {
+        (Some(screen), Some(Ok(found)), Ok(())) => {
+            apply(screen, counts, held, &found, Direction::Request, audit)
+        }
+        (Some(screen), Some(Ok(found)), Err(_)) => {
+            decided(screen, counts, &found, Direction::Request, audit);
+            Screened::Same
+        }
+        (_, Some(Err(instead)), _) => instead,
+        _ => Screened::Same,
+    };
+    let why = match (&verdict, screened) {
+        (Ok(()), Screened::Changed(new)) => return (verdict, Some(new)),
+        (Ok(()), Screened::Blocked(detector)) => format!("{detector} found in the request"),
+        (Ok(()), Screened::Unscreened(why)) => why,
+        _ => return (verdict, None),
+    };
+    let err = crate::proxy::judge::denied(
+        HttpError::PolicyDenied,
+        &judged.ids,
+        req.mcp_head.legacy_post,
+    );
+    judged.detail = Some(Box::new(Detail {
+        ids: judged.ids.clone(),
+        batch: judged.batch,
+        message: Some(format!("refused by content screening: {why}")),
+        headers: Vec::new(),
+    }));
+    (Err(err), None)
 }
 
 /// The findings of message `index` of a body (all of them unless it is a
@@ -124,6 +173,22 @@ pub(crate) fn of_message(findings: &[Finding], batch: bool, index: usize) -> &[F
         .take_while(|f| index_of(f) == Some(index))
         .count();
     &findings[start..start + len]
+}
+
+/// What the route's actions make of `findings`, noted in the audit record
+/// and the metrics.
+fn decided(
+    screen: &Screen,
+    counts: Option<&ScreenCounts>,
+    findings: &[Finding],
+    direction: Direction,
+    audit: &mut Option<String>,
+) -> Outcome {
+    let outcome = screen.decide(findings, direction);
+    if !findings.is_empty() {
+        note(audit, screen, counts, findings, direction, &outcome);
+    }
+    outcome
 }
 
 fn refused(body: &[u8], direction: Direction, why: String) -> Screened {
