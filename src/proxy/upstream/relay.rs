@@ -22,6 +22,9 @@ use crate::snapshot::Snapshot;
 use monoio::io::AsyncWriteRent;
 use monoio::time::{timeout, timeout_at};
 use std::time::{Duration, Instant};
+use whole::{filter_events, filtered_json, strip_content_length};
+
+mod whole;
 
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
@@ -339,66 +342,6 @@ fn broken(
     None
 }
 
-/// Call `f` with a visibility test for list items: the route's policy, on
-/// the request's facts (no call, no arguments), and its pinning (the pinned
-/// set loaded once; what is not pinned yet reported afterwards). A plain
-/// function, so the header array lives on the stack for this call only.
-fn with_visible<R>(
-    worker: &Worker,
-    route: &Route,
-    req: &Request,
-    conn: &Conn,
-    f: impl FnOnce(&mut dyn Visible) -> R,
-) -> R {
-    let mut space = [httparse::EMPTY_HEADER; crate::proxy::request::MAX_HEADERS];
-    let headers = crate::proxy::request::policy_headers(route, &conn.head_copy, &mut space);
-    let base = req.facts(conn.client.peer.ip(), headers);
-    let pinned = worker.shared.pins.load();
-    let mut lister = crate::proxy::pin::Lister::new(route, &base, &pinned);
-    let out = f(&mut lister);
-    crate::proxy::pin::send(&worker.shared, std::mem::take(&mut lister.reports));
-    out
-}
-
-/// A whole JSON list answer, filtered (`None`: pass it as it is).
-fn filter_body(
-    worker: &Worker,
-    route: &Route,
-    req: &Request,
-    conn: &Conn,
-    filter: &ListFilter,
-    body: &[u8],
-) -> Option<Vec<u8>> {
-    with_visible(worker, route, req, conn, |visible| {
-        filter_message(filter, body, visible).map(|(body, _)| body)
-    })
-}
-
-/// The next piece of an event stream, filtered.
-fn filter_events(
-    worker: &Worker,
-    route: &Route,
-    req: &Request,
-    conn: &Conn,
-    state: &mut SseListFilter,
-    filter: &ListFilter,
-    data: &[u8],
-) -> Result<Vec<u8>, ()> {
-    let mut out = Vec::with_capacity(data.len());
-    with_visible(worker, route, req, conn, |visible| {
-        state.feed(filter, data, &mut out, visible)
-    })?;
-    Ok(out)
-}
-
-/// Remove the `Content-Length` line `write_client_head` wrote last.
-fn strip_content_length(out: &mut Vec<u8>) {
-    const NAME: &[u8] = b"Content-Length: ";
-    if let Some(at) = out.windows(NAME.len()).rposition(|w| w == NAME) {
-        out.truncate(at);
-    }
-}
-
 /// What one exchange's relay works within.
 #[derive(Clone, Copy)]
 struct Exchange<'a> {
@@ -406,100 +349,6 @@ struct Exchange<'a> {
     snap: &'a Snapshot,
     route: &'a Route,
     req: &'a Request,
-}
-
-/// Relay a JSON answer to a list request: read it whole (bounded), keep the
-/// items the caller may use, send it with its new length.
-async fn filtered_json(
-    exchange: &Exchange<'_>,
-    client: &mut ClientStream,
-    mut upstream: UpstreamStream,
-    conn: &mut Conn,
-    head: Head,
-    list: Option<ListFilter>,
-) -> Result<Next, Option<HttpError>> {
-    let Exchange {
-        worker,
-        snap,
-        route,
-        req,
-    } = *exchange;
-    let mut source = Source::of(head.body);
-    let mut body = Vec::new();
-    loop {
-        let done = source
-            .take(&mut conn.ubuf, &mut body)
-            .map_err(|_| Some(HttpError::BadGateway(BAD_FRAMING)))?;
-        if done {
-            break;
-        }
-        if body.len() > MAX_LIST_BYTES {
-            return Err(Some(HttpError::BadGateway(ANSWER_TOO_LARGE)));
-        }
-        conn.ubuf.clear();
-        match timeout(
-            snap.upstream.read_timeout,
-            read_more(&mut upstream, &mut conn.ubuf, READ_CHUNK),
-        )
-        .await
-        {
-            Ok(Ok(0)) if matches!(source, Source::UntilClose) => source = Source::Ended,
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => {
-                return Err(Some(HttpError::BadGateway(
-                    "upstream closed the connection",
-                )))
-            }
-            Err(_) => return Err(Some(HttpError::GatewayTimeout)),
-        }
-    }
-    if let Some(new) = list
-        .as_ref()
-        .and_then(|f| filter_body(worker, route, req, conn, f, &body))
-    {
-        body = new;
-    }
-    if let Some(screen) = route.screen.as_deref().filter(|_| req.mcp) {
-        let screened = crate::proxy::screen::message(
-            screen,
-            route.screen_counts.as_deref(),
-            &body,
-            crate::screen::Direction::Response,
-            &mut conn.judged.audit.screen,
-        );
-        if let crate::proxy::screen::Screened::Changed(new) = screened {
-            body = new;
-        }
-    }
-    if matches!(head.body, BodyKind::Length(_)) {
-        strip_content_length(&mut conn.out);
-    }
-    let keep_client = req.keep_alive && !worker.shared.shutting_down();
-    if head.body != BodyKind::Empty {
-        conn.out.extend_from_slice(b"Content-Length: ");
-        push_u64(&mut conn.out, body.len() as u64);
-        conn.out.extend_from_slice(b"\r\n");
-    }
-    if !keep_client {
-        conn.out.extend_from_slice(b"Connection: close\r\n");
-    }
-    conn.out.extend_from_slice(b"\r\n");
-    conn.out.extend_from_slice(&body);
-    match timeout(
-        snap.limits.write_timeout.0,
-        write_all(client, &mut conn.out),
-    )
-    .await
-    {
-        Ok(Ok(())) => {}
-        _ => return Err(None),
-    }
-    pool_or_drop(worker, snap, route, &head, &source, upstream, conn);
-    Ok(if keep_client {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    })
 }
 
 /// Give a cleanly finished upstream connection back to the pool.
