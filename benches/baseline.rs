@@ -60,7 +60,7 @@ fn request(
         principal: Some(p),
     };
     let scores = t.observe(x, s, &ev);
-    t.settle(key, Outcome::Allowed, now);
+    t.settle(key, Outcome::Answered, now);
     scores.values[0]
 }
 

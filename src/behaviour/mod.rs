@@ -22,7 +22,10 @@
 mod merge;
 mod profile;
 mod table;
+mod tool;
 
+#[cfg(test)]
+mod outcome_tests;
 #[cfg(test)]
 mod tests;
 
@@ -115,12 +118,18 @@ pub struct Event<'a> {
     pub principal: Option<&'a Principal>,
 }
 
-/// How a judged request ended, for `denial_streak` and `step_up`.
+/// How a request ended, for `denial_streak` and `step_up`: a request
+/// allowed by the policy is settled when its answer is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Allowed,
+    /// The upstream answered without an error: the streak ends.
+    Answered,
     Denied,
     SteppedUp,
+    /// The upstream failed: a 5xx, no answer, or a JSON-RPC error.
+    UpstreamError,
+    /// A token was refused (invalid for the route, or short of a scope).
+    AuthFailed,
 }
 
 /// The compiled `behaviour` section.

@@ -270,7 +270,7 @@ fn denial_streak_grows_with_denials_and_ends_with_an_allow() {
             .get(Signal::DenialStreak),
         0.0
     );
-    b.t.settle(1, Outcome::Allowed, MONDAY_10 + 5);
+    b.t.settle(1, Outcome::Answered, MONDAY_10 + 5);
     assert_eq!(
         b.call(1, MONDAY_10 + 6, None, None)
             .get(Signal::DenialStreak),

@@ -1,17 +1,21 @@
 //! Behaviour baselines on the request path (`behaviour`): each request
 //! message of a judged MCP body is counted in this core's table and scored
 //! before the policy sees it; signals at `report_above` go to the audit
-//! record and the route's counters (once per request each); the verdict
-//! then feeds `denial_streak` and `step_up`.
+//! record and the route's counters (once per request each); the verdict,
+//! the upstream's answer (`answered`) and refused tokens (`refused`) then
+//! feed `denial_streak` and `step_up`.
 
 use crate::behaviour::{Event, Outcome, Scores, Settings};
 use crate::mcp::jsonrpc::Message;
 use crate::mcp::method::Method;
 use crate::policy::{Facts, Verdict};
-use crate::proxy::conn::Judged;
+use crate::principal::Principal;
+use crate::proxy::conn::{Conn, Judged};
 use crate::proxy::worker::Worker;
 use crate::snapshot::route::Route;
+use crate::snapshot::Snapshot;
 use std::io::Write;
+use std::net::IpAddr;
 
 /// One message's scores and whose they are.
 pub(crate) struct Scored {
@@ -76,10 +80,20 @@ fn report(worker: &Worker, settings: &Settings, route: &Route, s: &Scores, judge
     }
 }
 
-/// Tell the baseline how the message was judged.
-pub(crate) fn settle(worker: &Worker, scored: &Scored, verdict: &Verdict<'_>, now: i64) {
+/// Tell the baseline how the message was judged: a refusal at once; an
+/// allowed message once its answer is known (`answered`).
+pub(crate) fn settle(
+    worker: &Worker,
+    scored: &Scored,
+    verdict: &Verdict<'_>,
+    now: i64,
+    judged: &mut Judged,
+) {
     let outcome = match verdict {
-        Verdict::Allow { .. } => Outcome::Allowed,
+        Verdict::Allow { .. } => {
+            judged.awaiting = Some(scored.key);
+            return;
+        }
         Verdict::Deny { .. } => Outcome::Denied,
         Verdict::StepUp { .. } => Outcome::SteppedUp,
     };
@@ -87,6 +101,90 @@ pub(crate) fn settle(worker: &Worker, scored: &Scored, verdict: &Verdict<'_>, no
         .baselines
         .borrow_mut()
         .settle(scored.key, outcome, now);
+}
+
+/// The end of an exchange whose request the baseline awaits: the
+/// upstream's answer ends the caller's streak, or (a 5xx, no answer, a
+/// JSON-RPC error) adds to it. Another 4xx, or a client gone, tells nothing.
+pub(crate) fn answered(worker: &Worker, conn: &Conn) {
+    let Some(key) = conn.judged.awaiting else {
+        return;
+    };
+    let o = &conn.outcome;
+    let outcome = match o.upstream {
+        Some((status, _)) if status >= 500 || conn.judged.rpc_error => Outcome::UpstreamError,
+        Some((status, _)) if status < 400 => Outcome::Answered,
+        None if matches!(o.status, 502 | 504) => Outcome::UpstreamError,
+        _ => return,
+    };
+    // `now` only dates step-ups: none here.
+    worker.baselines.borrow_mut().settle(key, outcome, 0);
+}
+
+/// A token refused on a route (invalid for it, or short of a scope), with
+/// behaviour baselines on: counted for its caller when the token was
+/// verified (its scopes fell short), else for the client's address, when
+/// that address is already a known caller (an unverified token must not
+/// make callers up and push real ones out).
+pub(crate) fn refused(
+    worker: &Worker,
+    snap: &Snapshot,
+    principal: Option<&Principal>,
+    ip: IpAddr,
+    now: i64,
+) {
+    let Some(s) = snap.behaviour.as_deref() else {
+        return;
+    };
+    let key = worker.shared.behaviour.key(principal, ip);
+    let mut table = worker.baselines.borrow_mut();
+    match principal {
+        Some(_) => table.refused(s, key, now),
+        None => table.settle(key, Outcome::AuthFailed, now),
+    }
+}
+
+/// Whether the first bytes of an answer's body (as they came: perhaps
+/// chunked, perhaps an event stream) are a JSON-RPC error: the first
+/// object's top-level members are read, within the first 4 KiB, until
+/// `error` (yes) or `result` (no). An answer whose first bytes come later
+/// is taken as no error.
+pub(crate) fn rpc_error(body: &[u8]) -> bool {
+    let body = &body[..body.len().min(4096)];
+    let Some(start) = body.iter().position(|b| *b == b'{') else {
+        return false;
+    };
+    let (mut depth, mut i) = (0u32, start);
+    while i < body.len() {
+        match body[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return false;
+                }
+            }
+            b'"' => {
+                let from = i + 1;
+                i = from;
+                while i < body.len() && body[i] != b'"' {
+                    i += if body[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 {
+                    let rest = body.get(i + 1..).unwrap_or_default();
+                    let key = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':');
+                    match (key, body.get(from..i)) {
+                        (true, Some(b"error")) => return true,
+                        (true, Some(b"result")) => return false,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The challenge of a step-up refusal (RFC 9470 style): the client must

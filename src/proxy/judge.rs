@@ -308,7 +308,7 @@ impl<'a> Judge<'a> {
             None => Verdict::Allow { rule: None },
         };
         if let Some(scored) = &scored {
-            baseline::settle(self.worker, scored, &v, facts.now_unix);
+            baseline::settle(self.worker, scored, &v, facts.now_unix, judged);
         }
         if self.policy.is_some() {
             self.apply(v, m, method, tally, judged);

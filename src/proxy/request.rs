@@ -106,7 +106,7 @@ pub fn parse(
         Some(Err(rej)) => return Ok(Some((Step::Refuse(Reject { id, ..rej }), head.head_len))),
         None => {}
     }
-    let (route, req) = match admit(worker, snap, &head, tls, id) {
+    let (route, req) = match admit(worker, snap, &head, (tls, conn.client.peer.ip()), id) {
         Ok(admitted) => admitted,
         Err(rej) => return Ok(Some((Step::Refuse(rej), head.head_len))),
     };

@@ -55,6 +55,9 @@ pub(crate) async fn response(
     conn: &mut Conn,
 ) -> Result<Next, Option<HttpError>> {
     let head = read_head(worker, route, snap, req, &mut upstream, conn).await?;
+    if conn.judged.awaiting.is_some() {
+        conn.judged.rpc_error = crate::proxy::baseline::rpc_error(&conn.ubuf);
+    }
     // A list answer to filter: a JSON body is filtered whole, an event
     // stream event by event (its length changes, so it is re-framed).
     let list = list_to_filter(route, req, &head, conn);
