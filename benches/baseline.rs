@@ -36,6 +36,7 @@ fn principal(sub: &str) -> Principal {
         client_id: Some("cli".into()),
         exp: 0,
         claims: Default::default(),
+        baseline_key: Default::default(),
     }
 }
 

@@ -7,6 +7,7 @@ use super::profile::{Others, Profile, MAX_NETWORKS, MAX_TOOLS, WORDS};
 use super::tool::Tool;
 use super::{Baselines, Settings};
 use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Callers active on a core this recently are in its summary.
@@ -14,6 +15,8 @@ const ACTIVE_SECS: i64 = 300;
 
 /// Where the cores publish their summaries; shared by all of them.
 pub struct Exchange {
+    /// Tells its keys kept in principals from another exchange's (from 1).
+    id: u64,
     hasher: foldhash::fast::RandomState,
     cores: Box<[ArcSwap<Summary>]>,
 }
@@ -54,7 +57,9 @@ pub(super) struct Remote {
 impl Exchange {
     /// For `cores` workers, with a new random hash seed.
     pub fn new(cores: usize) -> Exchange {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         Exchange {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             hasher: foldhash::fast::RandomState::default(),
             cores: (0..cores).map(|_| ArcSwap::default()).collect(),
         }
@@ -62,6 +67,10 @@ impl Exchange {
 
     pub(super) fn hasher(&self) -> &foldhash::fast::RandomState {
         &self.hasher
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Callers in the summaries of all cores (for tests).

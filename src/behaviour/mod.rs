@@ -297,13 +297,19 @@ fn offset(t: &str) -> Option<i64> {
 
 impl Exchange {
     /// A caller's key: issuer, `sub` and client of its token; its address
-    /// when it has none. Seeded per process, the same on every core.
+    /// when it has none. Seeded per process, the same on every core; kept
+    /// in the principal (a cached token's), so hashed once per token.
     pub fn key(&self, principal: Option<&Principal>, ip: IpAddr) -> u64 {
         let h = self.hasher();
-        match principal {
-            Some(p) => h.hash_one((&*p.issuer_name, &p.sub, p.client_id.as_deref())),
-            None => h.hash_one(ip),
+        let Some(p) = principal else {
+            return h.hash_one(ip);
+        };
+        if let Some(key) = p.baseline_key.get(self.id()) {
+            return key;
         }
+        let key = h.hash_one((&*p.issuer_name, &p.sub, p.client_id.as_deref()));
+        p.baseline_key.set(self.id(), key);
+        key
     }
 }
 

@@ -164,12 +164,15 @@ impl Profile {
             self.advance(s, now);
         }
         let b = self.bucket as usize % BUCKETS;
+        // Summed before the count: a wide load of what was just stored
+        // narrowly would wait for the store.
+        let recent = self.recent().saturating_add(1);
         self.buckets[b] = self.buckets[b].saturating_add(1);
         if let Some(bit) = item {
             self.sketch_item(bit);
         }
         let mut v = [0f32; 6];
-        v[Signal::Burst.index()] = if warming { 0.0 } else { self.burst(s) };
+        v[Signal::Burst.index()] = if warming { 0.0 } else { self.burst(s, recent) };
         if let Some(t) = tool {
             let (new, burst) = self.call(s, t, warming);
             v[Signal::NewTool.index()] = new;
@@ -321,9 +324,10 @@ impl Profile {
             .min((day + 1) * 86_400 - offset);
     }
 
-    /// Requests in the window (all cores) against the usual count.
-    fn burst(&self, s: &Settings) -> f32 {
-        let recent = self.recent() + self.others.recent;
+    /// Requests in the window (`recent` here, and on the other cores)
+    /// against the usual count.
+    fn burst(&self, s: &Settings, recent: u32) -> f32 {
+        let recent = recent.saturating_add(self.others.recent);
         if recent < s.min_requests || self.baseline + self.others.baseline == 0.0 {
             // Too few to tell, or no finished bucket to compare with yet.
             return 0.0;

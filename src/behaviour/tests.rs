@@ -306,6 +306,7 @@ fn a_step_up_holds_until_a_newer_token() {
         client_id: None,
         exp: i64::MAX,
         claims: Default::default(),
+        baseline_key: Default::default(),
     };
     p.claims.insert("iat".into(), (MONDAY_10 - 60).into());
     let key = b.x.key(Some(&p), "10.0.0.1".parse().unwrap());
@@ -424,6 +425,7 @@ fn a_step_up_on_one_core_holds_on_the_others() {
         client_id: None,
         exp: i64::MAX,
         claims: Default::default(),
+        baseline_key: Default::default(),
     };
     p.claims.insert("iat".into(), (MONDAY_10 - 60).into());
     let key = x.key(Some(&p), "10.0.0.1".parse().unwrap());

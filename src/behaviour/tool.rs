@@ -56,12 +56,14 @@ impl Tool {
             }
             self.bucket = b;
         }
+        // Summed before the count: a wide load of what was just stored
+        // narrowly would wait for the store.
+        let recent = self.counts.iter().map(|c| u32::from(*c)).sum::<u32>() + 1;
         let c = &mut self.counts[b as usize % BUCKETS];
         *c = c.saturating_add(1);
         if warming {
             return 0.0;
         }
-        let recent: u32 = self.counts.iter().map(|c| u32::from(*c)).sum();
         if recent < s.min_requests || self.baseline == 0.0 {
             return 0.0;
         }

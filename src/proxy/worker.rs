@@ -334,6 +334,7 @@ mod tests {
             client_id: None,
             exp: i64::MAX,
             claims: Default::default(),
+            baseline_key: Default::default(),
         };
         let sign = || {
             worker.assertions.borrow_mut().get_or_sign(
