@@ -133,7 +133,7 @@ impl Baselines {
         let victims = &mut self.ages[..n];
         // From the last slot down: the profile moved into a freed slot is
         // never one still to be removed.
-        victims.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        victims.sort_unstable_by_key(|v| std::cmp::Reverse(v.1));
         for &(_, i) in victims.iter() {
             let gone = self.profiles.swap_remove(i as usize);
             self.index.remove(&gone.key);

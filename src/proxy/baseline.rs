@@ -144,11 +144,10 @@ pub(crate) fn refused(
     }
 }
 
-/// Whether the first bytes of an answer's body (as they came: perhaps
-/// chunked, perhaps an event stream) are a JSON-RPC error: the first
-/// object's top-level members are read, within the first 4 KiB, until
-/// `error` (yes) or `result` (no). An answer whose first bytes come later
-/// is taken as no error.
+/// Whether the first bytes of an answer's body (its first read from the
+/// upstream as it came: perhaps chunked, perhaps an event stream) are a
+/// JSON-RPC error: the first object's top-level members are read, within
+/// the first 4 KiB, until `error` (yes) or `result` (no).
 pub(crate) fn rpc_error(body: &[u8]) -> bool {
     let body = &body[..body.len().min(4096)];
     let Some(start) = body.iter().position(|b| *b == b'{') else {

@@ -55,9 +55,6 @@ pub(crate) async fn response(
     conn: &mut Conn,
 ) -> Result<Next, Option<HttpError>> {
     let head = read_head(worker, route, snap, req, &mut upstream, conn).await?;
-    if conn.judged.awaiting.is_some() {
-        conn.judged.rpc_error = crate::proxy::baseline::rpc_error(&conn.ubuf);
-    }
     // A list answer to filter: a JSON body is filtered whole, an event
     // stream event by event (its length changes, so it is re-framed).
     let list = list_to_filter(route, req, &head, conn);
@@ -92,6 +89,7 @@ pub(crate) async fn response(
         sse_filter: list.map(|l| (l, SseListFilter::default())),
         client_chunked,
         data: Vec::new(),
+        sniff: conn.judged.awaiting.is_some(),
     };
     let mut source = Source::of(head.body);
     // `out` holds the head until the first write.
@@ -208,6 +206,9 @@ struct Reframe {
     client_chunked: bool,
     /// Scratch for bytes being changed.
     data: Vec<u8>,
+    /// The baseline awaits this answer: its first bytes are read for a
+    /// JSON-RPC error (`baseline::rpc_error`).
+    sniff: bool,
 }
 
 impl Reframe {
@@ -222,6 +223,10 @@ impl Reframe {
         conn: &mut Conn,
         source: &mut Source,
     ) -> Result<bool, &'static str> {
+        if self.sniff && !conn.ubuf.is_empty() {
+            self.sniff = false;
+            conn.judged.rpc_error = crate::proxy::baseline::rpc_error(&conn.ubuf);
+        }
         if self.rewriter.is_none()
             && self.sse_filter.is_none()
             && self.screen.is_none()
