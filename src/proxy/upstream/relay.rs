@@ -88,8 +88,7 @@ pub(crate) async fn response(
             .then(EndpointRewriter::default),
         sse_filter: list.map(|l| (l, SseListFilter::default())),
         client_chunked,
-        data: Vec::new(),
-        sniff: conn.judged.awaiting.is_some(),
+        ..Reframe::default()
     };
     let mut source = Source::of(head.body);
     // `out` holds the head until the first write.
@@ -193,6 +192,7 @@ fn list_to_filter(
 }
 
 /// How body bytes pass from the upstream buffer to the client's output.
+#[derive(Default)]
 struct Reframe {
     /// The legacy SSE `endpoint` event, rewritten to the public path.
     rewriter: Option<EndpointRewriter>,
@@ -206,9 +206,9 @@ struct Reframe {
     client_chunked: bool,
     /// Scratch for bytes being changed.
     data: Vec<u8>,
-    /// The baseline awaits this answer: its first bytes are read for a
-    /// JSON-RPC error (`baseline::rpc_error`).
-    sniff: bool,
+    /// The answer's first bytes were read for a JSON-RPC error, when the
+    /// baseline awaits it (`baseline::rpc_error`).
+    sniffed: bool,
 }
 
 impl Reframe {
@@ -223,8 +223,8 @@ impl Reframe {
         conn: &mut Conn,
         source: &mut Source,
     ) -> Result<bool, &'static str> {
-        if self.sniff && !conn.ubuf.is_empty() {
-            self.sniff = false;
+        if !self.sniffed && !conn.ubuf.is_empty() && conn.judged.awaiting.is_some() {
+            self.sniffed = true;
             conn.judged.rpc_error = crate::proxy::baseline::rpc_error(&conn.ubuf);
         }
         if self.rewriter.is_none()
