@@ -98,16 +98,11 @@ impl Cands {
     /// The first position not yet read by `within` (`usize::MAX`: none).
     pub(crate) fn upcoming(&self, cur: &Cursor) -> usize {
         let [c0, c1, c2, c3] = cur.0;
-        [
-            self.anchors.get(c0).map(|c| c.0),
-            self.chars.get(c1).copied(),
-            self.bytes.get(c2).map(|c| c.0),
-            self.digits.get(c3).copied(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(usize::MAX)
+        let first = |p: Option<usize>| p.unwrap_or(usize::MAX);
+        first(self.anchors.get(c0).map(|c| c.0))
+            .min(first(self.chars.get(c1).copied()))
+            .min(first(self.bytes.get(c2).map(|c| c.0)))
+            .min(first(self.digits.get(c3).copied()))
     }
 
     /// The candidates in `a..b`; successive calls must move forward.

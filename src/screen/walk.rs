@@ -280,8 +280,20 @@ impl Walker<'_> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Eight bytes at a time, up to the first quote, backslash or
-            // control character.
+            // Sixteen, then eight bytes at a time, up to the first quote,
+            // backslash or control character.
+            while let Some(chunk) = self.b.get(self.i..self.i + 16) {
+                let word = |k: usize| {
+                    special(u64::from_le_bytes(
+                        chunk[k..k + 8].try_into().unwrap_or_default(),
+                    ))
+                };
+                let (lo, hi) = (word(0), word(8));
+                if lo | hi != 0 {
+                    break;
+                }
+                self.i += 16;
+            }
             while let Some(chunk) = self.b.get(self.i..self.i + 8) {
                 let found = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
                 if found != 0 {
