@@ -18,6 +18,8 @@
 mod compile;
 mod confirm;
 pub(crate) mod detectors;
+pub(crate) mod digits;
+mod literals;
 pub(crate) mod matcher;
 mod rewrite;
 pub(crate) mod validate;

@@ -1,8 +1,10 @@
 use super::detectors::BUILTINS;
-use super::matcher::digit_runs;
+use super::digits::digit_runs;
 use super::*;
 use crate::config::screen::ScreenConfig;
 use serde_json::{json, Value};
+
+mod shortcuts;
 
 fn screen(yaml: &str) -> Screen {
     let config: ScreenConfig = serde_yaml_ng::from_str(yaml).unwrap();
@@ -462,12 +464,14 @@ fn digit_runs_match_a_naive_reading() {
     for t in texts {
         let t = t.as_bytes();
         let mut got = Vec::new();
-        digit_runs(t, 0, |p| got.push(p));
+        digit_runs(t, 0, |p, window| got.push((p, window)));
         let mut want = Vec::new();
         for i in 0..t.len() {
             let run_start = t[i].is_ascii_digit() && (i == 0 || !t[i - 1].is_ascii_digit());
             if run_start && t.get(i + 1).is_some_and(u8::is_ascii_digit) {
-                want.push(i);
+                let window = (t[i..].iter().take(64).enumerate())
+                    .fold(0u64, |m, (k, c)| m | (u64::from(c.is_ascii_digit()) << k));
+                want.push((i, window));
             }
         }
         assert_eq!(got, want, "{:?}", String::from_utf8_lossy(t));
@@ -475,10 +479,10 @@ fn digit_runs_match_a_naive_reading() {
     // Only where 64-byte blocks, two by two, hold enough digits.
     let sparse = format!("{}12 34 56{}", "a".repeat(100), "b".repeat(100));
     let mut got = Vec::new();
-    digit_runs(sparse.as_bytes(), 10, |p| got.push(p));
+    digit_runs(sparse.as_bytes(), 10, |p, _| got.push(p));
     assert!(got.is_empty());
     let dense = format!("{}4111 1111 1111 1111{}", "a".repeat(60), "b".repeat(100));
-    digit_runs(dense.as_bytes(), 10, |p| got.push(p));
+    digit_runs(dense.as_bytes(), 10, |p, _| got.push(p));
     assert_eq!(got, [60, 65, 70, 75]);
 }
 
@@ -526,4 +530,5 @@ fn anchors_never_hide_one_another() {
         [("<|im_start|>".to_string(), 0)]
     );
     assert_eq!(forms("?k_live_", Case::Exact), [("k_live_".to_string(), 1)]);
+    assert_eq!(forms("?????BEGIN", Case::Exact), [("BEGIN".to_string(), 5)]);
 }

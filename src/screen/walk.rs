@@ -120,11 +120,14 @@ where
     let mut w = Walker {
         b: body,
         i: 0,
-        path: Vec::new(),
-        objects: Vec::new(),
-        open: Vec::new(),
+        path: Vec::with_capacity(16),
+        objects: Vec::with_capacity(16),
+        open: Vec::with_capacity(16),
         decode,
-        walked: Walked::default(),
+        walked: Walked {
+            containers: Vec::with_capacity(body.len() / 64),
+            decoded: None,
+        },
         copied: 0,
     };
     w.run(&mut visit)?;
@@ -170,7 +173,7 @@ impl Walker<'_> {
         }
     }
 
-    fn run(&mut self, visit: &mut dyn FnMut(At<'_>, Raw)) -> Result<(), JsonError> {
+    fn run<F: FnMut(At<'_>, Raw)>(&mut self, visit: &mut F) -> Result<(), JsonError> {
         'value: loop {
             self.ws();
             match self.peek()? {
@@ -307,12 +310,22 @@ impl Walker<'_> {
                 b'\\' => {
                     escaped = true;
                     let at = self.i;
-                    let c = self.escape()?;
+                    let simple =
+                        (self.b.get(at + 1)).map_or(0, |c| SIMPLE_ESCAPES[usize::from(*c)]);
+                    let mut buf = [simple, 0, 0, 0];
+                    let value: &[u8] = if simple != 0 {
+                        self.i += 2;
+                        &buf[..1]
+                    } else if self.b.get(at + 1) == Some(&b'u') {
+                        self.unicode()?.encode_utf8(&mut buf).as_bytes()
+                    } else {
+                        return self.err();
+                    };
                     if decode {
                         let out = (self.walked.decoded)
                             .get_or_insert_with(|| Vec::with_capacity(self.b.len()));
                         out.extend_from_slice(&self.b[self.copied..at]);
-                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                        out.extend_from_slice(value);
                         self.copied = self.i;
                     }
                 }
@@ -339,26 +352,8 @@ impl Walker<'_> {
         })
     }
 
-    /// The escape at the backslash at `self.i`, read past; surrogates must
-    /// pair.
-    fn escape(&mut self) -> Result<char, JsonError> {
-        let simple = match self.b.get(self.i + 1) {
-            Some(b'"') => '"',
-            Some(b'\\') => '\\',
-            Some(b'/') => '/',
-            Some(b'b') => '\u{8}',
-            Some(b'f') => '\u{c}',
-            Some(b'n') => '\n',
-            Some(b'r') => '\r',
-            Some(b't') => '\t',
-            Some(b'u') => return self.unicode(),
-            _ => return self.err(),
-        };
-        self.i += 2;
-        Ok(simple)
-    }
-
-    /// A `\uXXXX` escape (a surrogate pair counts as one).
+    /// The `\uXXXX` escape at the backslash at `self.i`, read past (a
+    /// surrogate pair counts as one, and must pair).
     fn unicode(&mut self) -> Result<char, JsonError> {
         let code = match hex4(self.b, self.i + 2) {
             Some(high @ 0xd800..=0xdbff) => {
@@ -439,6 +434,20 @@ fn special(x: u64) -> u64 {
     let low = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
     low | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')))
 }
+
+/// The byte each one-letter escape stands for, by its letter (0: none).
+const SIMPLE_ESCAPES: [u8; 256] = {
+    let mut t = [0; 256];
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t[b'/' as usize] = b'/';
+    t[b'b' as usize] = 0x08;
+    t[b'f' as usize] = 0x0c;
+    t[b'n' as usize] = b'\n';
+    t[b'r' as usize] = b'\r';
+    t[b't' as usize] = b'\t';
+    t
+};
 
 /// The four hex digits at `b[at..]`.
 fn hex4(b: &[u8], at: usize) -> Option<u32> {

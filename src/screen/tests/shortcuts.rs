@@ -1,0 +1,125 @@
+//! The scan's shortcuts: a body without a backslash is confirmed as the
+//! walk reaches each value (else after it, in the decoded copy), one-letter
+//! escapes are decoded without `escape`, card numbers are only tried where
+//! 13 digits fit, and the anchors' literals are ordered for Teddy.
+
+use super::super::detectors::{anchor_forms, How, BUILTINS};
+use super::super::literals::ORDER;
+use super::{all, names, AWS};
+
+/// (detector, pointer, count) of each finding.
+fn found(body: &str) -> Vec<(String, String, u32)> {
+    let s = all();
+    let findings = s.scan(body.as_bytes()).unwrap();
+    findings
+        .into_iter()
+        .map(|f| (f.detector.to_string(), f.pointer, f.count))
+        .collect()
+}
+
+#[test]
+fn one_invisible_code_point_in_a_short_string_is_found_raw_or_escaped() {
+    let cases = [
+        ("\u{200B}", r"\u200b", "zero_width"),
+        ("\u{FEFF}", r"\ufeff", "zero_width"),
+        ("\u{202E}", r"\u202E", "bidi_control"),
+        ("\u{E0041}", r"\udb40\udc41", "unicode_tags"),
+        ("a\u{2066}", r"a\u2066", "bidi_control"),
+    ];
+    for (raw, escaped, want) in cases {
+        let expect = vec![(want.to_string(), "/k".to_string(), 1)];
+        // No backslash anywhere: confirmed during the walk.
+        assert_eq!(found(&format!(r#"{{"k":"{raw}","n":[1,"ok"]}}"#)), expect);
+        // The code point escaped, or raw with an escape elsewhere: the
+        // decoded copy.
+        assert_eq!(
+            found(&format!(r#"{{"k":"{escaped}","n":[1,"ok"]}}"#)),
+            expect
+        );
+        assert_eq!(found(&format!(r#"{{"k":"{raw}","n":[1,"o\nk"]}}"#)), expect);
+    }
+    // An ESC is a control character: only ever escaped in JSON.
+    let expect = vec![("ansi_escape".to_string(), "/k".to_string(), 1)];
+    assert_eq!(found(r#"{"k":"\u001b[0m"}"#), expect);
+}
+
+#[test]
+fn a_key_split_by_an_escape_reads_as_its_value() {
+    let plain = found("{\"key\":\"pass\u{200B}word\",\"id\":\"x\"}");
+    let escaped = found(r#"{"k\u0065y":"pass\u200bword","i\u0064":"x"}"#);
+    assert_eq!(plain, escaped);
+    assert_eq!(plain, [("zero_width".to_string(), "/key".to_string(), 1)]);
+    // A message's `id` spelled with an escape is still never rewritten.
+    let s = all();
+    let body = format!(r#"{{"jsonrpc":"2.0","i\u0064":"{AWS}","result":"{AWS}"}}"#);
+    let mut out = Vec::new();
+    s.redact(body.as_bytes(), super::Mask::ALL, &mut out)
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        out,
+        format!(r#"{{"jsonrpc":"2.0","i\u0064":"{AWS}","result":"[REDACTED:aws_key]"}}"#)
+    );
+}
+
+#[test]
+fn a_body_with_and_without_escapes_scans_alike() {
+    // Many short values, numbers and nested containers (as structured
+    // results are), then the same with one escape at the very end.
+    let mut records = Vec::new();
+    for i in 0..40 {
+        records.push(format!(
+            r#"{{"n":{i},"t":"item {i}","u":"https://example.com/{i}","m":"{}","k":"{}","z":"a{}b"}}"#,
+            if i % 7 == 0 { "ops@example.com" } else { "none" },
+            if i % 9 == 0 { AWS } else { "-" },
+            '\u{200C}',
+        ));
+    }
+    let plain = format!(r#"{{"r":[{}],"e":"x"}}"#, records.join(","));
+    let escaped = format!(r#"{{"r":[{}],"e":"\n"}}"#, records.join(","));
+    let (a, b) = (found(&plain), found(&escaped));
+    assert_eq!(a, b);
+    let count = |name: &str| a.iter().filter(|f| f.0 == name).count();
+    assert_eq!(
+        (count("email"), count("aws_key"), count("zero_width")),
+        (6, 5, 40)
+    );
+}
+
+#[test]
+fn card_numbers_are_found_at_their_widest_and_across_blocks() {
+    let s = all();
+    // Thirteen digits spread over 22 bytes, the most a card spans.
+    let widest = "4111 1 0 0 0 0 0 0 0 0";
+    assert_eq!(widest.len(), 22);
+    assert_eq!(names(&s, widest), ["card_number"]);
+    // Digit-dense text around it, at every offset of a 64-byte block.
+    for pad in 0..70 {
+        let text = format!(
+            "{} 4111 1111 1111 1111 ok",
+            "12 ".repeat(pad).get(..pad).unwrap_or("")
+        );
+        assert_eq!(names(&s, &text), ["card_number"], "{pad}");
+    }
+}
+
+#[test]
+fn private_keys_are_found_from_their_begin_line_only() {
+    let s = all();
+    let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg==\n-----END PRIVATE KEY-----";
+    assert_eq!(names(&s, pem), ["private_key"]);
+    assert_eq!(names(&s, &format!("--{pem}")), ["private_key"]);
+    assert!(names(&s, "BEGIN PRIVATE KEY-----\nMIIE").is_empty());
+    assert!(names(&s, "| ---- | -----BEGIN-- |").is_empty());
+}
+
+#[test]
+fn every_built_in_literal_has_its_place_in_teddys_order() {
+    for b in BUILTINS {
+        if let How::Anchored { anchors, case, .. } = b.how {
+            for (form, _) in anchors.iter().flat_map(|a| anchor_forms(a, case)) {
+                assert!(ORDER.contains(&form.as_str()), "{form} is not in ORDER");
+            }
+        }
+    }
+}
