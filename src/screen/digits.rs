@@ -51,6 +51,7 @@ pub(crate) fn digit_runs(t: &[u8], min: u32, mut found: impl FnMut(usize, u64)) 
 }
 
 /// Bit i set when `t[at + i]` is an ASCII digit (none past the end).
+#[inline]
 fn digit_bits_at(t: &[u8], at: usize) -> u64 {
     let rest = t.get(at..).unwrap_or_default();
     match rest.get(..64).and_then(|b| <&[u8; 64]>::try_from(b).ok()) {
@@ -63,7 +64,7 @@ fn digit_bits_at(t: &[u8], at: usize) -> u64 {
 
 /// The bytes a card number's first 13 digits span at most (four, then
 /// nine each after a separator), as a `digit_runs` window.
-pub(super) const CARD_SPAN: u64 = (1 << 22) - 1;
+pub(super) const CARD_SPAN: u32 = (1 << 22) - 1;
 
 /// Bit 8i + 7 set when byte i of `x` (little-endian) is an ASCII digit.
 fn digit_highs(x: u64) -> u64 {

@@ -311,9 +311,12 @@ impl Matcher {
                 // the 13 digits a card holds at least in the bytes they
                 // span at most (`card_at`); or the check digits after an
                 // IBAN's country code.
+                // (Bits first: a fifth digit, or a separator and one, must
+                // follow the first four.)
                 let card_start = card
                     && window & 0xf == 0xf
-                    && (window & CARD_SPAN).count_ones() >= 13
+                    && window & 0x30 != 0
+                    && (window as u32 & CARD_SPAN).count_ones() >= 13
                     && (b'2'..=b'6').contains(&t[p])
                     && (p == 0 || !is_word(t[p - 1]));
                 let iban_start = iban

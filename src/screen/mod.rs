@@ -275,13 +275,13 @@ impl Screen {
             let cands = self.matcher.candidates(body);
             let mut confirm = Confirm::new(&self.matcher, cands);
             let walked = walk(body, false, |at, raw| {
-                confirm.value(body, raw, at.container, at.path.last().copied())
+                confirm.value(body, raw, at.container, at.last)
             })?;
             (walked, confirm)
         } else {
             let mut values: Vec<(Raw, u32, Option<Seg>)> = Vec::with_capacity(body.len() / 32);
             let walked = walk(body, true, |at, raw| {
-                values.push((raw, at.container, at.path.last().copied()))
+                values.push((raw, at.container, at.last))
             })?;
             let text = walked.decoded.as_deref().unwrap_or(body);
             let mut confirm = Confirm::new(&self.matcher, self.matcher.candidates(text));

@@ -72,12 +72,13 @@ impl Raw {
     }
 }
 
-/// Where a string value is: its path, and the array or object holding it
-/// (an index into `Walked::containers`, `NONE` at the top level).
+/// Where a string value is: the array or object holding it (an index into
+/// `Walked::containers`, `NONE` at the top level), and the step to it from
+/// there (`None` at the top level).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct At<'p> {
-    pub(crate) path: &'p [Seg],
+pub(crate) struct At {
     pub(crate) container: u32,
+    pub(crate) last: Option<Seg>,
 }
 
 pub(crate) const NONE: u32 = u32::MAX;
@@ -111,7 +112,7 @@ impl Walked {
 /// as they are).
 pub(crate) fn walk<F>(body: &[u8], decode: bool, mut visit: F) -> Result<Walked, JsonError>
 where
-    F: FnMut(At<'_>, Raw),
+    F: FnMut(At, Raw),
 {
     if u32::try_from(body.len()).is_err() {
         return Err(JsonError::TooLarge);
@@ -173,7 +174,10 @@ impl Walker<'_> {
         }
     }
 
-    fn run<F: FnMut(At<'_>, Raw)>(&mut self, visit: &mut F) -> Result<(), JsonError> {
+    fn run<F: FnMut(At, Raw)>(&mut self, visit: &mut F) -> Result<(), JsonError> {
+        // The path's last step, kept apart: reading back a step just pushed
+        // stalls on the stores that wrote it.
+        let mut last = None;
         'value: loop {
             self.ws();
             match self.peek()? {
@@ -190,27 +194,20 @@ impl Walker<'_> {
                         self.objects.push(open == b'{');
                         let holder = self.open.last().copied().unwrap_or(NONE);
                         self.open.push(self.walked.containers.len() as u32);
-                        self.walked
-                            .containers
-                            .push((holder, self.path.last().copied()));
-                        if open == b'{' {
-                            self.key()?;
+                        self.walked.containers.push((holder, last));
+                        last = Some(if open == b'{' {
+                            self.key()?
                         } else {
                             self.path.push(Seg::Index(0));
-                        }
+                            Seg::Index(0)
+                        });
                         continue 'value;
                     }
                 }
                 b'"' => {
                     let raw = self.string(self.decode)?;
                     let container = self.open.last().copied().unwrap_or(NONE);
-                    visit(
-                        At {
-                            path: &self.path,
-                            container,
-                        },
-                        raw,
-                    );
+                    visit(At { container, last }, raw);
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
@@ -233,13 +230,14 @@ impl Walker<'_> {
                         self.i += 1;
                         self.path.pop();
                         self.ws();
-                        self.key()?;
+                        last = Some(self.key()?);
                         continue 'value;
                     }
                     (b',', false) => {
                         self.i += 1;
                         if let Some(Seg::Index(n)) = self.path.last_mut() {
                             *n += 1;
+                            last = Some(Seg::Index(*n));
                         }
                         continue 'value;
                     }
@@ -248,6 +246,7 @@ impl Walker<'_> {
                         self.objects.pop();
                         self.open.pop();
                         self.path.pop();
+                        last = self.path.last().copied();
                     }
                     _ => return self.err(),
                 }
@@ -255,24 +254,26 @@ impl Walker<'_> {
         }
     }
 
-    /// A member's key and its colon; the key joins the path.
+    /// A member's key and its colon; the key joins the path (and is
+    /// returned).
     #[inline(always)]
-    fn key(&mut self) -> Result<(), JsonError> {
+    fn key(&mut self) -> Result<Seg, JsonError> {
         if self.peek()? != b'"' {
             return self.err();
         }
         let raw = self.string(false)?;
-        self.path.push(Seg::Key {
+        let seg = Seg::Key {
             start: raw.start,
             end: raw.end,
             escaped: raw.escaped,
-        });
+        };
+        self.path.push(seg);
         self.ws();
         if self.peek()? != b':' {
             return self.err();
         }
         self.i += 1;
-        Ok(())
+        Ok(seg)
     }
 
     /// The string starting at the quote at `self.i`; with `decode`, an
@@ -285,25 +286,29 @@ impl Walker<'_> {
         loop {
             // Sixteen, then eight bytes at a time, up to the first quote,
             // backslash or control character.
-            while let Some(chunk) = self.b.get(self.i..self.i + 16) {
-                let word = |k: usize| {
-                    special(u64::from_le_bytes(
-                        chunk[k..k + 8].try_into().unwrap_or_default(),
-                    ))
-                };
-                let (lo, hi) = (word(0), word(8));
-                if lo | hi != 0 {
-                    break;
+            'scan: {
+                while let Some(chunk) = self.b.get(self.i..self.i + 16) {
+                    let word = |k: usize| {
+                        special(u64::from_le_bytes(
+                            chunk[k..k + 8].try_into().unwrap_or_default(),
+                        ))
+                    };
+                    let (lo, hi) = (word(0), word(8));
+                    if lo | hi != 0 {
+                        let (skip, found) = if lo != 0 { (0, lo) } else { (8, hi) };
+                        self.i += skip + found.trailing_zeros() as usize / 8;
+                        break 'scan;
+                    }
+                    self.i += 16;
                 }
-                self.i += 16;
-            }
-            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let found = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
-                if found != 0 {
-                    self.i += found.trailing_zeros() as usize / 8;
-                    break;
+                while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                    let found = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+                    if found != 0 {
+                        self.i += found.trailing_zeros() as usize / 8;
+                        break 'scan;
+                    }
+                    self.i += 8;
                 }
-                self.i += 8;
             }
             match self.peek()? {
                 b'"' => break,

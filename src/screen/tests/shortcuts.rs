@@ -123,3 +123,22 @@ fn every_built_in_literal_has_its_place_in_teddys_order() {
         }
     }
 }
+
+#[test]
+fn pointers_after_closed_containers_and_in_arrays() {
+    let cases = [
+        (r#"{"a":[{"x":1},{"y":["","K"]}]}"#, "/a/1/y/1"),
+        (r#"{"a":{"b":{}},"c":"K"}"#, "/c"),
+        (r#"{"a":[[1],[],"K"]}"#, "/a/2"),
+        (r#"[{"a":[1]},"K"]"#, "/1"),
+        (r#"{"a":[{"b":[{}]}],"c":[[],{"d":"K"}]}"#, "/c/1/d"),
+    ];
+    for (body, want) in cases {
+        let body = body.replace('K', AWS);
+        let f = found(&body);
+        assert_eq!(f, [("aws_key".to_string(), want.to_string(), 1)], "{body}");
+        // The same through the decoded copy.
+        let escaped = body.replacen("\"a\"", r#""\u0061""#, 1);
+        assert_eq!(found(&escaped), f, "{escaped}");
+    }
+}
