@@ -36,6 +36,7 @@ fn principal(sub: &str) -> Principal {
         client_id: Some("cli".into()),
         exp: 0,
         claims: Default::default(),
+        baseline_key: Default::default(),
     }
 }
 
@@ -60,7 +61,7 @@ fn request(
         principal: Some(p),
     };
     let scores = t.observe(x, s, &ev);
-    t.settle(key, Outcome::Allowed, now);
+    t.settle(key, Outcome::Answered, now);
     scores.values[0]
 }
 

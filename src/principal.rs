@@ -2,6 +2,7 @@
 //! `identity` (and cached per core), read by `policy` and the upstream
 //! identity assertion. Nothing here is taken from an unverified source.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +23,46 @@ pub struct Principal {
     pub exp: i64,
     /// Every claim of the token, for `claim` criteria (paths like `org.team`).
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Its behaviour baselines' key, once computed (`behaviour::Exchange::key`):
+    /// a cached token's caller is not hashed again on every request.
+    pub baseline_key: KeyMemo,
+}
+
+/// A key computed once, with the id of what computed it (0: none yet).
+/// Never part of a principal's equality. Atomics (relaxed: plain loads and
+/// stores) keep a principal `Sync`; one process has one exchange, so the
+/// two never disagree.
+#[derive(Debug, Default)]
+pub struct KeyMemo {
+    id: AtomicU64,
+    key: AtomicU64,
+}
+
+impl KeyMemo {
+    /// The key, when `id` computed it.
+    pub fn get(&self, id: u64) -> Option<u64> {
+        (self.id.load(Ordering::Relaxed) == id).then(|| self.key.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, id: u64, key: u64) {
+        self.key.store(key, Ordering::Relaxed);
+        self.id.store(id, Ordering::Relaxed);
+    }
+}
+
+impl Clone for KeyMemo {
+    fn clone(&self) -> KeyMemo {
+        KeyMemo {
+            id: AtomicU64::new(self.id.load(Ordering::Relaxed)),
+            key: AtomicU64::new(self.key.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl PartialEq for KeyMemo {
+    fn eq(&self, _: &KeyMemo) -> bool {
+        true
+    }
 }
 
 impl Principal {

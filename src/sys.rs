@@ -5,6 +5,19 @@
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+/// Give memory this thread freed back to the system (mimalloc's
+/// `mi_collect`): freed pages are otherwise returned only as the thread
+/// goes on allocating, so a worker gone quiet after a burst would keep them.
+/// `all`: every free page, at once (a worker that served nothing for a
+/// second: it costs a walk of the heap, never paid while busy).
+pub(crate) fn return_free_memory(all: bool) {
+    // SAFETY: `mi_collect` takes no pointers and only touches the calling
+    // thread's own heap and mimalloc's thread-safe arenas; it is sound from
+    // any thread at any time (with or without mimalloc as the global
+    // allocator: then its heap is simply empty).
+    unsafe { libmimalloc_sys::mi_collect(all) }
+}
+
 /// What a non-blocking one-byte `MSG_PEEK` sees on a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Peek {

@@ -275,7 +275,7 @@ pub(crate) enum Recheck {
     /// user's claims when it sent a new ID token for the same subject.
     Valid {
         refresh_token: String,
-        user: Option<Principal>,
+        user: Option<Box<Principal>>,
     },
     /// The IdP refused (`invalid_grant`: the user was disabled, logged out
     /// everywhere, or the IdP forgot the session).
@@ -310,7 +310,8 @@ pub(crate) fn recheck(
                 .get("id_token")
                 .and_then(Value::as_str)
                 .and_then(|t| verify_id_token(p, cfg, t, now).ok())
-                .filter(|u| u.sub == sub);
+                .filter(|u| u.sub == sub)
+                .map(Box::new);
             Recheck::Valid {
                 refresh_token: v
                     .get("refresh_token")

@@ -4,8 +4,10 @@
 //! The request path reads only its own core's table.
 
 use super::profile::{Others, Profile, MAX_NETWORKS, MAX_TOOLS, WORDS};
+use super::tool::Tool;
 use super::{Baselines, Settings};
 use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Callers active on a core this recently are in its summary.
@@ -13,6 +15,8 @@ const ACTIVE_SECS: i64 = 300;
 
 /// Where the cores publish their summaries; shared by all of them.
 pub struct Exchange {
+    /// Tells its keys kept in principals from another exchange's (from 1).
+    id: u64,
     hasher: foldhash::fast::RandomState,
     cores: Box<[ArcSwap<Summary>]>,
 }
@@ -42,6 +46,7 @@ struct Entry {
 pub(super) struct Remote {
     first_seen: Option<i64>,
     counts: Others,
+    bits: [u64; WORDS],
     tools: Vec<u32>,
     networks: Vec<u64>,
     hours_before: u32,
@@ -52,7 +57,9 @@ pub(super) struct Remote {
 impl Exchange {
     /// For `cores` workers, with a new random hash seed.
     pub fn new(cores: usize) -> Exchange {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         Exchange {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             hasher: foldhash::fast::RandomState::default(),
             cores: (0..cores).map(|_| ArcSwap::default()).collect(),
         }
@@ -60,6 +67,10 @@ impl Exchange {
 
     pub(super) fn hasher(&self) -> &foldhash::fast::RandomState {
         &self.hasher
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Callers in the summaries of all cores (for tests).
@@ -78,7 +89,7 @@ impl Remote {
         c.requests += e.requests;
         c.recent = c.recent.saturating_add(e.recent);
         c.baseline += e.baseline;
-        for (a, b) in c.bits.iter_mut().zip(e.bits) {
+        for (a, b) in self.bits.iter_mut().zip(e.bits) {
             *a |= b;
         }
         // Sorted lists: merged, then `seed` inserts the new ones in order.
@@ -97,28 +108,37 @@ impl Remote {
     /// Give a profile what the other cores know of its caller.
     pub(super) fn seed(&self, p: &mut Profile) {
         if let Some(f) = self.first_seen {
-            p.first_seen = p.first_seen.min(f);
+            p.cold.first_seen = p.cold.first_seen.min(f);
         }
-        p.others = self.counts.clone();
-        for t in &self.tools {
-            if p.tools.len() >= MAX_TOOLS {
-                break;
+        p.others = self.counts;
+        p.cold.bits = self.bits;
+        let unknown = self
+            .tools
+            .iter()
+            .filter(|t| p.tools.binary_search_by_key(*t, |k| k.hash).is_err())
+            .count();
+        if unknown > 0 && p.tools.len() < MAX_TOOLS {
+            let mut tools = std::mem::take(&mut p.tools).into_vec();
+            for t in &self.tools {
+                if tools.len() >= MAX_TOOLS {
+                    break;
+                }
+                if let Err(at) = tools.binary_search_by_key(t, |k| k.hash) {
+                    tools.insert(at, Tool::new(*t));
+                }
             }
-            if let Err(at) = p.tools.binary_search(t) {
-                p.tools.insert(at, *t);
-            }
+            p.tools = tools.into_boxed_slice();
         }
+        let networks = &mut p.cold.networks;
         for n in &self.networks {
-            if p.networks.len() < MAX_NETWORKS && !p.networks.contains(n) {
-                p.networks.insert(0, *n);
+            if networks.len() < MAX_NETWORKS && !networks.contains(n) {
+                networks.insert(0, *n);
             }
         }
         p.hours_before |= self.hours_before;
         // A step-up demanded on another core holds here too, unless a newer
         // token already settled it here.
-        if self.step_up_at > p.step_up_at.max(p.forgiven) {
-            p.step_up_at = self.step_up_at;
-        }
+        p.owe(self.step_up_at);
         p.recount();
     }
 }
@@ -134,20 +154,20 @@ impl Baselines {
         let entries = self
             .profiles
             .iter_mut()
-            .filter(|(_, p)| now - p.last_seen <= ACTIVE_SECS)
-            .map(|(k, p)| {
+            .filter(|p| now - p.last_seen <= ACTIVE_SECS)
+            .map(|p| {
                 p.advance(s, now);
                 Entry {
-                    key: *k,
-                    first_seen: p.first_seen,
+                    key: p.key,
+                    first_seen: p.cold.first_seen,
                     requests: p.requests,
                     recent: p.recent(),
                     baseline: p.baseline,
                     bits: p.sketch(),
-                    tools: p.tools.as_slice().into(),
-                    networks: p.networks.as_slice().into(),
+                    tools: p.tools.iter().map(|t| t.hash).collect(),
+                    networks: p.cold.networks.as_slice().into(),
                     hours_before: p.hours_before,
-                    step_up_at: p.step_up_at,
+                    step_up_at: p.step_up_at(),
                 }
             })
             .collect();
@@ -161,11 +181,12 @@ impl Baselines {
                 self.remote.entry(e.key).or_default().add(e);
             }
         }
-        for (k, p) in self.profiles.iter_mut() {
-            match self.remote.get(k) {
+        for p in self.profiles.iter_mut() {
+            match self.remote.get(&p.key) {
                 Some(r) => r.seed(p),
                 None => {
                     p.others = Others::default();
+                    p.cold.bits = [0; WORDS];
                     p.recount();
                 }
             }

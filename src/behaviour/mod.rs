@@ -22,7 +22,10 @@
 mod merge;
 mod profile;
 mod table;
+mod tool;
 
+#[cfg(test)]
+mod outcome_tests;
 #[cfg(test)]
 mod tests;
 
@@ -115,12 +118,18 @@ pub struct Event<'a> {
     pub principal: Option<&'a Principal>,
 }
 
-/// How a judged request ended, for `denial_streak` and `step_up`.
+/// How a request ended, for `denial_streak` and `step_up`: a request
+/// allowed by the policy is settled when its answer is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Allowed,
+    /// The upstream answered without an error: the streak ends.
+    Answered,
     Denied,
     SteppedUp,
+    /// The upstream failed: a 5xx, no answer, or a JSON-RPC error.
+    UpstreamError,
+    /// A token was refused (invalid for the route, or short of a scope).
+    AuthFailed,
 }
 
 /// The compiled `behaviour` section.
@@ -288,13 +297,19 @@ fn offset(t: &str) -> Option<i64> {
 
 impl Exchange {
     /// A caller's key: issuer, `sub` and client of its token; its address
-    /// when it has none. Seeded per process, the same on every core.
+    /// when it has none. Seeded per process, the same on every core; kept
+    /// in the principal (a cached token's), so hashed once per token.
     pub fn key(&self, principal: Option<&Principal>, ip: IpAddr) -> u64 {
         let h = self.hasher();
-        match principal {
-            Some(p) => h.hash_one((&*p.issuer_name, &p.sub, p.client_id.as_deref())),
-            None => h.hash_one(ip),
+        let Some(p) = principal else {
+            return h.hash_one(ip);
+        };
+        if let Some(key) = p.baseline_key.get(self.id()) {
+            return key;
         }
+        let key = h.hash_one((&*p.issuer_name, &p.sub, p.client_id.as_deref()));
+        p.baseline_key.set(self.id(), key);
+        key
     }
 }
 

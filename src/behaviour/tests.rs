@@ -270,7 +270,7 @@ fn denial_streak_grows_with_denials_and_ends_with_an_allow() {
             .get(Signal::DenialStreak),
         0.0
     );
-    b.t.settle(1, Outcome::Allowed, MONDAY_10 + 5);
+    b.t.settle(1, Outcome::Answered, MONDAY_10 + 5);
     assert_eq!(
         b.call(1, MONDAY_10 + 6, None, None)
             .get(Signal::DenialStreak),
@@ -306,6 +306,7 @@ fn a_step_up_holds_until_a_newer_token() {
         client_id: None,
         exp: i64::MAX,
         claims: Default::default(),
+        baseline_key: Default::default(),
     };
     p.claims.insert("iat".into(), (MONDAY_10 - 60).into());
     let key = b.x.key(Some(&p), "10.0.0.1".parse().unwrap());
@@ -424,6 +425,7 @@ fn a_step_up_on_one_core_holds_on_the_others() {
         client_id: None,
         exp: i64::MAX,
         claims: Default::default(),
+        baseline_key: Default::default(),
     };
     p.claims.insert("iat".into(), (MONDAY_10 - 60).into());
     let key = x.key(Some(&p), "10.0.0.1".parse().unwrap());

@@ -17,7 +17,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct BehaviourConfig {
     /// Callers kept per worker; the least recently active are forgotten
-    /// beyond it (about 1 KiB each).
+    /// beyond it (about 0.5 KiB each, plus 24 bytes a tool).
     #[serde(default = "default_max_principals")]
     pub max_principals: usize,
     /// A caller is new until it has made this many requests and was first
@@ -43,14 +43,16 @@ pub struct BehaviourConfig {
     /// `off_hours` is always 0.
     #[serde(default)]
     pub working_hours: Option<WorkingHours>,
-    /// `denial_streak`: consecutive denied requests that score 1 (fewer
-    /// score in proportion).
+    /// `denial_streak`: failed requests in a row that score 1 (fewer score
+    /// in proportion): denied or stepped up, an upstream 5xx or JSON-RPC
+    /// error, a refused token. A request answered well ends the streak.
     #[serde(default = "default_denial_streak")]
     pub denial_streak: u32,
 }
 
 /// `burst`: the requests in the last `window` against the caller's usual
-/// count per `window` (learnt from earlier active windows).
+/// count per `window` (learnt from earlier active windows), and the calls
+/// of each tool against the caller's usual count for that tool.
 #[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BurstConfig {

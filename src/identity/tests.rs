@@ -920,6 +920,7 @@ fn principal(exp: i64) -> Rc<Principal> {
         client_id: None,
         exp,
         claims: Default::default(),
+        baseline_key: Default::default(),
     })
 }
 

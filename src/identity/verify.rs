@@ -296,5 +296,6 @@ pub(crate) fn check_claims(
         client_id,
         exp,
         claims,
+        baseline_key: Default::default(),
     })
 }

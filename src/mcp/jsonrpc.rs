@@ -145,9 +145,36 @@ pub struct Message<'a> {
     /// `params.notifications.resourceSubscriptions` of `subscriptions/listen`
     /// (the array's nodes; every element is a string).
     pub subscriptions: Option<&'a [Node<'a>]>,
+    /// The body as sent, and where the decoder's copy of it began.
+    pub source: Source<'a>,
+}
+
+/// The bytes a message was decoded from.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Source<'a> {
+    body: &'a [u8],
+    /// Address of the decoder's copy of `body`: its strings are decoded in
+    /// place, so a string's address there is its offset in `body`.
+    copy: usize,
 }
 
 impl<'a> Message<'a> {
+    /// `params.arguments` exactly as sent, when it is an object with at
+    /// least one member (its first key finds it in the body); `None` for an
+    /// empty object or another value.
+    pub fn arguments_raw(&self) -> Option<&'a [u8]> {
+        let (Node::Object { .. }, Some(Node::String(key))) =
+            (self.arguments?.first()?, self.arguments?.get(1))
+        else {
+            return None;
+        };
+        let body = self.source.body;
+        let key = (key.as_ptr() as usize).checked_sub(self.source.copy)?;
+        let start = super::raw::object_start(body, key)?;
+        let end = super::raw::container_end(body, start)?;
+        Some(&body[start..end])
+    }
+
     /// The resource URIs a `subscriptions/listen` subscribes to.
     pub fn subscription_uris(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.subscriptions
@@ -209,6 +236,10 @@ where
 {
     scratch.input.clear();
     scratch.input.extend_from_slice(body);
+    let source = Source {
+        body,
+        copy: scratch.input.as_ptr() as usize,
+    };
     let buffers = scratch
         .buffers
         .get_or_insert_with(|| Buffers::with_max_depth(4096, MAX_DEPTH));
@@ -222,7 +253,10 @@ where
     let nodes = tape.0.as_slice();
     match nodes.first() {
         Some(Node::Object { .. }) => {
-            visit(&message(nodes)?);
+            visit(&Message {
+                source,
+                ..message(nodes)?
+            });
             Ok(Shape {
                 batch: false,
                 messages: 1,
@@ -238,7 +272,10 @@ where
                 if !matches!(element[0], Node::Object { .. }) {
                     return Err(DecodeError::NotAnObject);
                 }
-                visit(&message(element)?);
+                visit(&Message {
+                    source,
+                    ..message(element)?
+                });
                 i += element.len();
             }
             Ok(Shape {
@@ -463,10 +500,60 @@ mod tests {
                     .ref_uri
                     .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
                 subscriptions: None,
+                source: Source::default(),
             })
         })
         .unwrap();
         out.unwrap()
+    }
+
+    /// The arguments' bytes as sent are found in the body (the audit hashes
+    /// them): whitespace, escapes and nested brackets in strings included.
+    #[test]
+    fn arguments_are_found_as_sent() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"repo":"x/y","n":3}}}"#,
+                Some(r#"{"repo":"x/y","n":3}"#),
+            ),
+            (
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"arguments\": {\n  \"\\u0071\\\"\" : \"}]{[\\\\\", \"l\":[{}, \"\\\"\"] } ,\"name\":\"a\"}}",
+                Some("{\n  \"\\u0071\\\"\" : \"}]{[\\\\\", \"l\":[{}, \"\\\"\"] }"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{}}}"#,
+                None,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":[1]}}"#,
+                None,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#,
+                None,
+            ),
+        ];
+        for (body, want) in cases {
+            let mut scratch = Scratch::default();
+            let mut got = Vec::new();
+            decode(&mut scratch, body.as_bytes(), |m| {
+                got.push(
+                    m.arguments_raw()
+                        .map(|r| String::from_utf8(r.to_vec()).unwrap()),
+                );
+            })
+            .unwrap();
+            assert_eq!(got, vec![want.map(String::from)], "{body}");
+        }
+        // Each message of a batch finds its own.
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"k":1}}}, {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"b","arguments":{ "k" : [2] }}}]"#;
+        let mut scratch = Scratch::default();
+        let mut got = Vec::new();
+        decode(&mut scratch, batch.as_bytes(), |m| {
+            got.push(String::from_utf8(m.arguments_raw().unwrap().to_vec()).unwrap());
+        })
+        .unwrap();
+        assert_eq!(got, [r#"{"k":1}"#, r#"{ "k" : [2] }"#]);
     }
 
     #[test]

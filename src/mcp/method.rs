@@ -73,6 +73,11 @@ impl<'a> Method<'a> {
         }
     }
 
+    /// The text of a named method (`None` for `Other`), without a borrow.
+    pub fn named_str(self) -> Option<&'static str> {
+        NAMED.iter().find(|(m, _)| *m == self).map(|(_, t)| *t)
+    }
+
     /// Position in [`Method::NAMES`] (`None` for `Other`).
     pub fn index(self) -> Option<usize> {
         NAMED.iter().position(|(m, _)| *m == self)

@@ -33,6 +33,7 @@ fn alice() -> Principal {
         client_id: Some("cli-1".into()),
         exp: 0,
         claims: claims.as_object().unwrap().clone(),
+        baseline_key: Default::default(),
     }
 }
 

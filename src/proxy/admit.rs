@@ -75,7 +75,7 @@ pub(crate) fn admit<'s>(
     worker: &Worker,
     snap: &'s Snapshot,
     head: &RequestHead<'_>,
-    tls: bool,
+    (tls, peer): (bool, std::net::IpAddr),
     id: RequestId,
 ) -> Result<(&'s Route, Request), Reject> {
     let refuse = |err: HttpError, mcp: bool, route: Option<&Route>| Reject {
@@ -112,6 +112,10 @@ pub(crate) fn admit<'s>(
         None => None,
         Some(auth) => Some(
             crate::proxy::auth::authenticate(worker, snap, auth, head, now_unix).map_err(|r| {
+                if r.bad_token {
+                    let p = r.principal.as_deref();
+                    crate::proxy::baseline::refused(worker, snap, p, peer, now_unix);
+                }
                 Reject {
                     detail: Some(r.detail),
                     ..refuse_as(r.err, true)

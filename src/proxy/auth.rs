@@ -19,6 +19,11 @@ use std::rc::Rc;
 pub(crate) struct Refusal {
     pub err: HttpError,
     pub detail: Box<Detail>,
+    /// A token was given and refused (invalid, or short of a scope), not
+    /// merely missing: behaviour baselines count it.
+    pub bad_token: bool,
+    /// Whose verified token was short of a scope.
+    pub principal: Option<Rc<Principal>>,
 }
 
 /// The caller of a request on an authenticated route.
@@ -66,11 +71,14 @@ pub(crate) fn authenticate(
         .map_err(|reason| refuse(auth, HttpError::Unauthorized(reason), Some("invalid_token")))?;
     if let Some(missing) = auth.scopes.iter().find(|s| !principal.has_scope(s)) {
         tracing::debug!(scope = %missing, "token lacks a required scope");
-        return Err(refuse(
-            auth,
-            HttpError::InsufficientScope,
-            Some("insufficient_scope"),
-        ));
+        return Err(Refusal {
+            principal: Some(principal.clone()),
+            ..refuse(
+                auth,
+                HttpError::InsufficientScope,
+                Some("insufficient_scope"),
+            )
+        });
     }
     Ok(principal)
 }
@@ -166,6 +174,8 @@ fn refuse(auth: &RouteAuth, err: HttpError, error: Option<&str>) -> Refusal {
             headers,
             ..Detail::default()
         }),
+        bad_token: matches!(error, Some("invalid_token" | "insufficient_scope")),
+        principal: None,
     }
 }
 

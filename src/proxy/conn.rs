@@ -59,6 +59,8 @@ impl Conn {
         self.judged.ids.clear();
         self.judged.batch = false;
         self.judged.raised = 0;
+        self.judged.awaiting = None;
+        self.judged.rpc_error = false;
     }
 
     /// Between requests a kept-alive connection holds only its read buffer:
@@ -159,6 +161,11 @@ pub struct Judged {
     pub batch: bool,
     /// Behaviour signals already reported for this request (a bit each).
     pub raised: u8,
+    /// The caller whose allowed request the baseline settles once the
+    /// answer is known (`baseline::answered`).
+    pub awaiting: Option<u64>,
+    /// The answer's first bytes were a JSON-RPC error.
+    pub rpc_error: bool,
 }
 
 /// What happens to the connection after an exchange.

@@ -253,7 +253,8 @@ impl<'a> Judge<'a> {
         if let Some(sink) = sink {
             judged.audit.batch += 1;
             if judged.audit.batch == 1 {
-                note_message(sink, self.route, m, &mut judged.audit);
+                let scratch = &mut self.worker.audit_scratch.borrow_mut();
+                note_message(sink, self.route, m, scratch, &mut judged.audit);
             }
         }
         if m.kind == Some(Kind::Request) {
@@ -308,7 +309,7 @@ impl<'a> Judge<'a> {
             None => Verdict::Allow { rule: None },
         };
         if let Some(scored) = &scored {
-            baseline::settle(self.worker, scored, &v, facts.now_unix);
+            baseline::settle(self.worker, scored, &v, facts.now_unix, judged);
         }
         if self.policy.is_some() {
             self.apply(v, m, method, tally, judged);
@@ -459,9 +460,14 @@ fn note_message(
     sink: &crate::audit::Sink,
     route: &Route,
     m: &Message<'_>,
+    scratch: &mut Vec<u8>,
     audit: &mut crate::audit::Facts,
 ) {
-    audit.method = m.method.map(|m| m.as_str().into());
+    use crate::audit::Arguments;
+    audit.method = m.method.map(|m| match m.named_str() {
+        Some(name) => name.into(),
+        None => String::from(m.as_str()).into(),
+    });
     audit.target = m.name.or(m.uri).or(m.ref_name).or(m.ref_uri).map(Box::from);
     audit.rpc_id = m.id.map(RpcId::from);
     if audit.era == 0 {
@@ -471,16 +477,25 @@ fn note_message(
             .unwrap_or(0);
     }
     let Some(args) = m.arguments else { return };
-    let mut text = Vec::with_capacity(512);
     match route.audit_arguments {
         crate::config::audit::Arguments::Omit => {}
         crate::config::audit::Arguments::Full => {
+            let mut text = Vec::with_capacity(512);
             crate::audit::arguments_json(args, &mut text);
-            audit.arguments = String::from_utf8(text).ok();
+            audit.arguments = String::from_utf8(text).ok().map(Arguments::Json);
         }
+        // The bytes as sent; written out again only when they cannot be
+        // found in the body (an empty object, or not an object).
         crate::config::audit::Arguments::Hash => {
-            crate::audit::arguments_exact(args, &mut text);
-            audit.arguments = Some(format!("\"{}\"", sink.hash(&text)));
+            let tag = match m.arguments_raw() {
+                Some(raw) => sink.tag(raw),
+                None => {
+                    scratch.clear();
+                    crate::audit::arguments_exact(args, scratch);
+                    sink.tag(scratch)
+                }
+            };
+            audit.arguments = Some(Arguments::Hash(tag));
         }
     }
 }

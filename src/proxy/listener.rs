@@ -131,27 +131,28 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: Cancel
             .unwrap_or_else(|| bound_tls.clone())
         });
         let worker = worker.clone();
+        let Some(config) = tls else {
+            // A plain connection's task is `serve` alone: the slot is the only
+            // thing added to what it holds while idle.
+            monoio::spawn(super::serve(worker, ClientStream::plain(tcp), peer, slot));
+            continue;
+        };
         monoio::spawn(async move {
-            let _slot = slot;
-            let client = match tls {
-                None => ClientStream::plain(tcp),
-                Some(config) => {
-                    match monoio::time::timeout(
-                        handshake_timeout,
-                        crate::proxy::tls::accept(config, tcp),
-                    )
-                    .await
-                    {
-                        Ok(Ok((tls, info))) => ClientStream::tls(tls, info),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    }
+            // Boxed: the handshake's state (the TLS connection and its timer
+            // inline) lives only while it runs.
+            let handshake = Box::pin(monoio::time::timeout(
+                handshake_timeout,
+                crate::proxy::tls::accept(config, tcp),
+            ));
+            let client = match handshake.await {
+                Ok(Ok((tls, info))) => ClientStream::tls(tls, info),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
                 }
+                Err(_) => return,
             };
-            super::serve(worker, client, peer).await;
+            super::serve(worker, client, peer, slot).await;
         });
     }
 }

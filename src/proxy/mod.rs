@@ -26,6 +26,7 @@ pub(crate) mod body;
 pub(crate) mod conn;
 pub(crate) mod gate;
 pub(crate) mod handoff;
+pub(crate) mod idle;
 pub(crate) mod inject;
 pub(crate) mod judge;
 pub(crate) mod listener;
@@ -56,13 +57,22 @@ use std::rc::Rc;
 use std::time::Instant;
 
 /// Serve one client connection until it closes, errs, idles out or the
-/// worker shuts down.
-pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAddr) {
+/// worker shuts down. `_held` is dropped with it (the listener's connection
+/// count).
+pub async fn serve<Held>(
+    worker: Rc<Worker>,
+    mut client: ClientStream,
+    peer: SocketAddr,
+    _held: Held,
+) {
     let mut conn = Conn::new(peer, client.is_tls());
     // The client's byte counts at the end of the previous request.
     let mut counted = (0, 0);
+    // What an idle wait costs this connection: one entry in the worker's
+    // coarse clock, no timer of its own.
+    let slot = worker.idle.slot();
     loop {
-        if !request::wait(&worker.snapshot(), &mut client, &mut conn).await {
+        if !request::wait(&worker.snapshot(), &mut client, &mut conn, &slot).await {
             break;
         }
         // Loaded once the request has begun, so a connection idle across a
@@ -85,7 +95,8 @@ pub async fn serve(worker: Rc<Worker>, mut client: ClientStream, peer: SocketAdd
             break;
         }
     }
-    linger_close(&mut client, &mut conn).await;
+    // Boxed, like the exchange: only a closing connection holds its state.
+    Box::pin(linger_close(&mut client, &mut conn)).await;
 }
 
 /// One request/response exchange, stage by stage.

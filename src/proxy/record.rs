@@ -34,6 +34,7 @@ pub(crate) fn record(
     } else if route.is_none() {
         return; // the client left before a request could be read
     }
+    crate::proxy::baseline::answered(worker, conn);
     if worker.shared.audit.is_none() {
         return;
     }

@@ -30,7 +30,12 @@ pub enum Step {
 
 /// Wait for the first byte of the next request: `header_timeout` on a fresh
 /// connection, `idle_timeout` between keep-alive requests.
-pub(crate) async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut Conn) -> bool {
+pub(crate) async fn wait(
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+    slot: &crate::proxy::idle::IdleSlot,
+) -> bool {
     if !conn.buf.is_empty() {
         return true;
     }
@@ -40,7 +45,7 @@ pub(crate) async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut 
         snap.limits.idle_timeout.0
     };
     let max = snap.limits.max_header_bytes + 1;
-    matches!(read_idle(client, &mut conn.buf, max, wait).await, Ok(n) if n > 0)
+    matches!(read_idle(client, &mut conn.buf, max, wait, slot).await, Ok(n) if n > 0)
 }
 
 /// Read until a complete head is parsed, then admit it. `Err(None)`: the
@@ -106,7 +111,7 @@ pub fn parse(
         Some(Err(rej)) => return Ok(Some((Step::Refuse(Reject { id, ..rej }), head.head_len))),
         None => {}
     }
-    let (route, req) = match admit(worker, snap, &head, tls, id) {
+    let (route, req) = match admit(worker, snap, &head, (tls, conn.client.peer.ip()), id) {
         Ok(admitted) => admitted,
         Err(rej) => return Ok(Some((Step::Refuse(rej), head.head_len))),
     };

@@ -190,6 +190,7 @@ mod tests {
             client_id: None,
             exp: 0,
             claims: Default::default(),
+            baseline_key: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! one concrete type per side so the request path is not generic over them.
 
 use crate::audit::TlsInfo;
+use crate::proxy::idle::IdleSlot;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
@@ -189,40 +190,49 @@ pub(crate) async fn read_more<S: AsyncReadRent>(
 /// buffer in a read: past it the read is cancelled, the buffer freed, and
 /// the wait goes on for readability alone (a plain connection; TLS keeps its
 /// read). Busy keep-alive connections, whose next request comes sooner,
-/// pay nothing for it.
-pub(crate) const IDLE_HOLD: std::time::Duration = std::time::Duration::from_millis(50);
+/// pay nothing for it. Kept by the worker's coarse clock: 100 to 200 ms.
+pub(crate) const IDLE_HOLD: std::time::Duration = crate::proxy::idle::TICK;
 
-/// Wait up to `wait` for the client's next bytes, read into `buf` (empty);
-/// a plain connection idle past [`IDLE_HOLD`] holds no buffer meanwhile.
-/// `Ok(0)`: closed; `Err`: failed or timed out.
+/// Wait up to `wait` (to within a tick of the worker's clock, whose entry
+/// for this connection is `slot`) for the client's next bytes, read into
+/// `buf` (empty); a plain connection idle past [`IDLE_HOLD`] holds no
+/// buffer meanwhile. `Ok(0)`: closed; `Err`: failed or timed out.
 pub(crate) async fn read_idle(
     client: &mut ClientStream,
     buf: &mut Vec<u8>,
     max: usize,
     wait: std::time::Duration,
+    slot: &IdleSlot,
 ) -> std::io::Result<usize> {
     let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
     let plain = match &mut client.io {
         ClientIo::Plain(tcp) if wait > IDLE_HOLD => tcp,
         _ => {
-            let read = monoio::time::timeout(wait, read_more(client, buf, max));
-            return read.await.map_err(|_| timed_out())?;
+            return monoio::select! {
+                got = read_more(client, buf, max) => got,
+                () = slot.after(wait) => Err(timed_out()),
+            };
         }
     };
     buf.reserve(4096.min(max));
-    if let Some(got) = held_read(plain, buf).await {
+    if let Some(got) = held_read(plain, buf, slot).await {
         return count(&mut client.bytes_in, (got, ())).0;
     }
     // Idle: readability is waited for without a buffer.
-    monoio::time::timeout(wait - IDLE_HOLD, plain.readable(false))
-        .await
-        .map_err(|_| timed_out())??;
+    monoio::select! {
+        ready = plain.readable(false) => ready?,
+        () = slot.after(wait - IDLE_HOLD) => return Err(timed_out()),
+    }
     read_more(client, buf, max).await
 }
 
-/// A read into `buf`'s spare room for at most [`IDLE_HOLD`]; `None` when it
+/// A read into `buf`'s spare room for about [`IDLE_HOLD`]; `None` when it
 /// was cancelled then, `buf` freed.
-async fn held_read(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<std::io::Result<usize>> {
+async fn held_read(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    slot: &IdleSlot,
+) -> Option<std::io::Result<usize>> {
     use monoio::io::{CancelableAsyncReadRent, Canceller};
     let canceller = Canceller::new();
     let owned = std::mem::take(buf);
@@ -232,7 +242,7 @@ async fn held_read(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<std::io::Re
     // A read completing as it is cancelled still returns its bytes.
     let (res, slice) = monoio::select! {
         done = &mut read => done,
-        () = monoio::time::sleep(IDLE_HOLD) => {
+        () = slot.after(IDLE_HOLD) => {
             let _ = canceller.cancel();
             read.await
         }

@@ -126,6 +126,8 @@ pub struct Worker {
     pub counters: Arc<WorkerCounters>,
     snapshot: RefCell<arc_swap::Cache<SharedSnapshot, Arc<Snapshot>>>,
     pub(crate) pool: Pool,
+    /// The coarse clock of connections waiting for their next request.
+    pub idle: std::rc::Rc<crate::proxy::idle::IdleClock>,
     /// Scratch space for decoding MCP bodies (simd-json rewrites its input).
     pub mcp_scratch: RefCell<crate::mcp::jsonrpc::Scratch>,
     /// Verified tokens (and recently rejected ones), for the current snapshot.
@@ -143,6 +145,8 @@ pub struct Worker {
     audit_buf: RefCell<Vec<u8>>,
     /// Records in `audit_buf`.
     audit_records: Cell<u64>,
+    /// Where a request's arguments are serialised to be hashed.
+    pub(crate) audit_scratch: RefCell<Vec<u8>>,
     /// Requests being served on this worker right now.
     pub in_flight: Cell<usize>,
     request_seq: Cell<u64>,
@@ -169,6 +173,7 @@ impl Worker {
             counters,
             snapshot: RefCell::new(arc_swap::Cache::new(snapshot)),
             pool: Pool::default(),
+            idle: std::rc::Rc::default(),
             mcp_scratch: RefCell::default(),
             token_cache: RefCell::new(crate::identity::TokenCache::new(TOKEN_CACHE_ENTRIES)),
             upstream_tokens: RefCell::default(),
@@ -179,6 +184,7 @@ impl Worker {
             cache_generation: Cell::new(0),
             audit_buf: RefCell::new(Vec::new()),
             audit_records: Cell::new(0),
+            audit_scratch: RefCell::default(),
             in_flight: Cell::new(0),
             request_seq: Cell::new(0),
             request_seed: h.finish(),
@@ -221,10 +227,24 @@ impl Worker {
 
     /// Hand this worker's buffered audit records to the writer.
     pub fn flush_audit(&self) {
-        if let Some(sink) = &self.shared.audit {
-            let buf = std::mem::take(&mut *self.audit_buf.borrow_mut());
-            sink.send(buf, self.audit_records.replace(0));
+        let Some(sink) = &self.shared.audit else {
+            return;
+        };
+        let mut buf = self.audit_buf.borrow_mut();
+        if buf.is_empty() {
+            return;
         }
+        // Under load (a full buffer) the next one starts at its full size, so
+        // it is never grown and copied record by record; a partial buffer
+        // handed over by the timer is followed by a small one.
+        let next = if buf.len() >= crate::audit::FLUSH_BYTES {
+            Vec::with_capacity(crate::audit::FLUSH_BYTES + 16 * 1024)
+        } else {
+            Vec::new()
+        };
+        let full = std::mem::replace(&mut *buf, next);
+        drop(buf);
+        sink.send(full, self.audit_records.replace(0));
     }
 
     /// The current snapshot (cheap: a per-core cache of the shared `ArcSwap`).
@@ -254,6 +274,11 @@ impl Worker {
                 now_unix,
             );
         }
+    }
+
+    /// Requests begun on this worker so far (wrapping).
+    pub fn requests_begun(&self) -> u64 {
+        self.request_seq.get()
     }
 
     /// A new request id: 16 hex digits of per-worker random seed and 8 of a
@@ -334,6 +359,7 @@ mod tests {
             client_id: None,
             exp: i64::MAX,
             claims: Default::default(),
+            baseline_key: Default::default(),
         };
         let sign = || {
             worker.assertions.borrow_mut().get_or_sign(

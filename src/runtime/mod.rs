@@ -294,14 +294,19 @@ async fn worker_main(
         )));
     }
     let mut ticks = 0u64;
+    let mut begun = 0;
     while !shared.shutting_down() {
-        monoio::time::sleep(Duration::from_millis(100)).await;
+        monoio::time::sleep(crate::proxy::idle::TICK).await;
         let now = worker.tick();
+        worker.idle.advance();
         worker.flush_audit();
         ticks += 1;
         if ticks.is_multiple_of(10) {
             worker.pool.sweep(now);
             worker.exchange_baselines(crate::proxy::admit::unix_now());
+            let quiet = worker.requests_begun() == begun;
+            begun = worker.requests_begun();
+            crate::sys::return_free_memory(quiet);
         }
         worker
             .counters

@@ -236,3 +236,36 @@ def test_step_up_until_the_user_authorizes_again(gate, idp):
     refused = [r for r in records(audit) if r["status"] == 401 and r["rule"] == "reauth"]
     assert refused and refused[0]["decision"] == "denied", refused[:1]
     assert "enumeration" in signals(refused[0]), refused[0]
+
+
+def test_upstream_errors_count_into_the_denial_streak(gate, idp):
+    url, audit, _ = gate(
+        """      - name: failing
+        deny: {anomaly: {signals: [denial_streak], above: 0.9}}
+        message: too many failures in a row"""
+    )
+    token = idp.mint(url, sub="dave")
+
+    async def go():
+        errors = []
+        with anyio.fail_after(60):
+            hc, c = client(url, token)
+            async with hc, c:
+                await normal_work(c, 3, 0.05)
+                # Resources the server does not have: JSON-RPC errors.
+                for n in range(7):
+                    try:
+                        await c.read_resource(f"e2e://missing/{n}")
+                    except MCPError as e:
+                        errors.append((e.code, e.message))
+        return errors
+
+    errors = anyio.run(go)
+    # Five errors from the upstream (denial_streak: 5 by default), then the
+    # deny rule refuses the caller.
+    assert len(errors) == 7, errors
+    assert all(code != REFUSED for code, _ in errors[:5]), errors
+    assert errors[5][0] == REFUSED and "failing" in errors[5][1], errors
+    anyio.run(anyio.sleep, 0.5)
+    denied = [r for r in records(audit) if r["decision"] == "denied" and r["rule"] == "failing"]
+    assert denied and signals(denied[0]).get("denial_streak") == 1.0, denied[:1]

@@ -451,7 +451,7 @@ fn connection_future_stays_small() {
         let snap = portcullis::from_text(text, std::path::Path::new("t.yaml")).unwrap();
         let shared_snap = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(snap));
         let worker = std::rc::Rc::new(portcullis::internal::proxy::Worker::new(0, std::sync::Arc::new(portcullis::internal::proxy::Shared::new(1, None).unwrap()), shared_snap));
-        let fut = portcullis::internal::proxy::serve(worker, portcullis::internal::proxy::ClientStream::plain(tcp), "127.0.0.1:1".parse().unwrap());
+        let fut = portcullis::internal::proxy::serve(worker, portcullis::internal::proxy::ClientStream::plain(tcp), "127.0.0.1:1".parse().unwrap(), ());
         let size = std::mem::size_of_val(&fut);
         eprintln!("proxy::serve future: {size} bytes");
         assert!(size <= 2560, "a connection's future is {size} bytes");
@@ -652,7 +652,8 @@ fn idle_connection_on(driver: &str) {
             got.extend_from_slice(&chunk[..n]);
         }
     };
-    for pause_ms in [0u64, 20, 45, 50, 55, 80, 200] {
+    // The hold ends 100 to 200 ms into a wait (the worker's coarse clock).
+    for pause_ms in [0u64, 20, 95, 105, 150, 195, 205, 300] {
         std::thread::sleep(Duration::from_millis(pause_ms));
         // The head in two writes a few milliseconds apart.
         s.write_all(&req[..20]).unwrap();
@@ -661,7 +662,7 @@ fn idle_connection_on(driver: &str) {
         answers += 1;
         read_until(&mut s, answers);
     }
-    std::thread::sleep(Duration::from_millis(120));
+    std::thread::sleep(Duration::from_millis(250));
     s.write_all(&[&req[..], &req[..]].concat()).unwrap();
     answers += 2;
     read_until(&mut s, answers);

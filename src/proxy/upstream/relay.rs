@@ -88,7 +88,7 @@ pub(crate) async fn response(
             .then(EndpointRewriter::default),
         sse_filter: list.map(|l| (l, SseListFilter::default())),
         client_chunked,
-        data: Vec::new(),
+        ..Reframe::default()
     };
     let mut source = Source::of(head.body);
     // `out` holds the head until the first write.
@@ -192,6 +192,7 @@ fn list_to_filter(
 }
 
 /// How body bytes pass from the upstream buffer to the client's output.
+#[derive(Default)]
 struct Reframe {
     /// The legacy SSE `endpoint` event, rewritten to the public path.
     rewriter: Option<EndpointRewriter>,
@@ -205,6 +206,9 @@ struct Reframe {
     client_chunked: bool,
     /// Scratch for bytes being changed.
     data: Vec<u8>,
+    /// The answer's first bytes were read for a JSON-RPC error, when the
+    /// baseline awaits it (`baseline::rpc_error`).
+    sniffed: bool,
 }
 
 impl Reframe {
@@ -219,6 +223,10 @@ impl Reframe {
         conn: &mut Conn,
         source: &mut Source,
     ) -> Result<bool, &'static str> {
+        if !self.sniffed && !conn.ubuf.is_empty() && conn.judged.awaiting.is_some() {
+            self.sniffed = true;
+            conn.judged.rpc_error = crate::proxy::baseline::rpc_error(&conn.ubuf);
+        }
         if self.rewriter.is_none()
             && self.sse_filter.is_none()
             && self.screen.is_none()

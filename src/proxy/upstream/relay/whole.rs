@@ -109,6 +109,9 @@ pub(super) async fn filtered_json(
             Err(_) => return Err(Some(HttpError::GatewayTimeout)),
         }
     }
+    if conn.judged.awaiting.is_some() {
+        conn.judged.rpc_error = crate::proxy::baseline::rpc_error(&body);
+    }
     if let Some(new) = list
         .as_ref()
         .and_then(|f| filter_body(worker, route, req, conn, f, &body))
