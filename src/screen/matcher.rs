@@ -273,13 +273,19 @@ impl Matcher {
             return Err(errors);
         }
         if !anchors.is_empty() {
-            let order = teddy_order(&anchors);
-            let anchors: Vec<String> = order.iter().map(|&i| anchors[i].clone()).collect();
-            m.anchor_det = order.iter().map(|&i| m.anchor_det[i]).collect();
-            m.anchor_lead = order.iter().map(|&i| m.anchor_lead[i]).collect();
-            m.literals = Some(Literals::build(&anchors));
+            m.search(&anchors);
         }
         Ok(m)
+    }
+
+    /// The literal search for `anchors` (their detectors and leads in
+    /// `anchor_det` and `anchor_lead`), in the order Teddy takes them.
+    fn search(&mut self, anchors: &[String]) {
+        let order = teddy_order(anchors);
+        let anchors: Vec<String> = order.iter().map(|&i| anchors[i].clone()).collect();
+        self.anchor_det = order.iter().map(|&i| self.anchor_det[i]).collect();
+        self.anchor_lead = order.iter().map(|&i| self.anchor_lead[i]).collect();
+        self.literals = Some(Literals::build(&anchors));
     }
 
     pub(crate) fn has_custom(&self) -> bool {
