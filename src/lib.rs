@@ -81,6 +81,7 @@ pub use runtime::tools::{tools, ToolsCommand};
 pub use runtime::vault::vault_rekey;
 pub use runtime::{demo, run_until_signal, start, Running};
 pub use snapshot::{from_text, load, Snapshot};
+pub use sys::allocator_setup;
 
 /// `portcullis audit`: select and count audit records.
 pub mod audit_log {

@@ -187,6 +187,7 @@ fn init_logging(log: &portcullis::config::LogConfig) {
 }
 
 fn main() -> ExitCode {
+    portcullis::allocator_setup();
     let command = Cli::parse().command;
     match &command {
         Command::Run { .. } => {} // logging as its configuration says, once loaded

@@ -5,6 +5,18 @@
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+/// Set the process up before the first connection: no transparent huge
+/// pages. mimalloc asks for them on its arenas (`MADV_HUGEPAGE`), and then
+/// the first byte touched in 2 MiB makes all of it resident: an idle
+/// connection cost ~45 % more memory than it holds (2.9 KiB instead of 2.0
+/// measured with 5,000). Call first thing in `main`.
+pub fn allocator_setup() {
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and changes no memory
+    // the program sees; it fails only on kernels without it (then nothing
+    // changes, which is harmless).
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 /// Give memory this thread freed back to the system (mimalloc's
 /// `mi_collect`): freed pages are otherwise returned only as the thread
 /// goes on allocating, so a worker gone quiet after a burst would keep them.
