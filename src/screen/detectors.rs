@@ -59,7 +59,7 @@ impl CharClass {
 pub(crate) enum How {
     /// `regex`, anchored, tried where one of `anchors` starts (in the forms
     /// `case` says; an anchor written `?xyz` is searched as `xyz` and tried
-    /// one byte before it), unless a word character
+    /// one byte before it, one byte per `?`), unless a word character
     /// precedes the match and `bounded` is set. With `back`, the match
     /// starts before the anchor: where the run of base64url characters
     /// ending at it starts.
@@ -119,7 +119,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "private_key",
         group: Group::Secrets,
         how: How::Anchored {
-            anchors: &["-----BEGIN"],
+            // Searched as `BEGIN` (dashes fit the literal search's
+            // fingerprints of many other anchors: Markdown tables, rules).
+            anchors: &["?????BEGIN"],
             case: Case::Exact,
             back: false,
             // The whole block when its END line is there, else the header and
@@ -285,8 +287,9 @@ pub(crate) enum Case {
 /// regex, case-insensitive, checks the letter); `Any` adds the rest in
 /// capitals. Fewer literals keep the search on slim Teddy (at most 32).
 pub(crate) fn anchor_forms(anchor: &str, case: Case) -> Vec<(String, usize)> {
-    if let Some(rest) = anchor.strip_prefix('?') {
-        return vec![(rest.to_string(), 1)];
+    let rest = anchor.trim_start_matches('?');
+    if rest.len() < anchor.len() {
+        return vec![(rest.to_string(), anchor.len() - rest.len())];
     }
     let letter_led = anchor
         .as_bytes()

@@ -11,8 +11,9 @@
 //! collide) and are at least four bytes long (Teddy's longest fingerprint).
 
 use super::detectors::{anchor_forms, CharClass, Group, How, BUILTINS};
+use super::digits::{digit_runs, CARD_SPAN, MIN_DIGITS};
+use super::literals::{teddy_order, Literals};
 use super::validate::{card_at, char_at, chars_at, iban_at, is_word};
-use aho_corasick::{packed, AhoCorasick, Input, MatchKind, Span};
 use regex::bytes::{Regex, RegexBuilder};
 use std::sync::Arc;
 
@@ -40,9 +41,10 @@ pub(crate) struct Cands {
     chars: Vec<usize>,
     /// (position, detector) of trigger bytes.
     bytes: Vec<(usize, u8)>,
-    /// Starts of digit runs that may begin a card number or follow an
-    /// IBAN's country code.
-    digits: Vec<usize>,
+    /// Starts of digit runs that may begin a card number (`true`) or
+    /// follow an IBAN's country code (`false`; never both: a card starts
+    /// after a non-word byte, the code is letters).
+    digits: Vec<(usize, bool)>,
 }
 
 /// The candidates inside one value.
@@ -51,7 +53,7 @@ pub(crate) struct Within<'c> {
     anchors: &'c [(usize, u16)],
     chars: &'c [usize],
     bytes: &'c [(usize, u8)],
-    digits: &'c [usize],
+    digits: &'c [(usize, bool)],
 }
 
 impl Within<'_> {
@@ -98,16 +100,11 @@ impl Cands {
     /// The first position not yet read by `within` (`usize::MAX`: none).
     pub(crate) fn upcoming(&self, cur: &Cursor) -> usize {
         let [c0, c1, c2, c3] = cur.0;
-        [
-            self.anchors.get(c0).map(|c| c.0),
-            self.chars.get(c1).copied(),
-            self.bytes.get(c2).map(|c| c.0),
-            self.digits.get(c3).copied(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(usize::MAX)
+        let first = |p: Option<usize>| p.unwrap_or(usize::MAX);
+        first(self.anchors.get(c0).map(|c| c.0))
+            .min(first(self.chars.get(c1).copied()))
+            .min(first(self.bytes.get(c2).map(|c| c.0)))
+            .min(first(self.digits.get(c3).map(|c| c.0)))
     }
 
     /// The candidates in `a..b`; successive calls must move forward.
@@ -117,7 +114,7 @@ impl Cands {
             anchors: take(&self.anchors, c0, |c| c.0, a, b),
             chars: take(&self.chars, c1, |c| *c, a, b),
             bytes: take(&self.bytes, c2, |c| c.0, a, b),
-            digits: take(&self.digits, c3, |c| *c, a, b),
+            digits: take(&self.digits, c3, |c| c.0, a, b),
         }
     }
 }
@@ -146,42 +143,6 @@ pub(crate) struct Detector {
     pub(crate) name: Arc<str>,
     pub(crate) group: Group,
     check: Check,
-}
-
-/// The anchors' literal search.
-#[derive(Debug)]
-enum Literals {
-    Teddy(packed::Searcher),
-    Automaton(AhoCorasick),
-}
-
-impl Literals {
-    fn build(patterns: &[String]) -> Literals {
-        let teddy = packed::Config::new()
-            .match_kind(packed::MatchKind::LeftmostFirst)
-            .builder()
-            .extend(patterns)
-            .build();
-        match teddy {
-            Some(t) => Literals::Teddy(t),
-            // No SSSE3/AVX2 (or NEON): the automaton, slower but the same.
-            None => Literals::Automaton(
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostFirst)
-                    .build(patterns)
-                    .expect("the built-in anchors compile"),
-            ),
-        }
-    }
-
-    /// The first anchor starting at or after `at`: (pattern, start).
-    fn find(&self, hay: &[u8], at: usize) -> Option<(usize, usize)> {
-        let m = match self {
-            Literals::Teddy(t) => t.find_in(hay, Span::from(at..hay.len()))?,
-            Literals::Automaton(a) => a.find(Input::new(hay).span(at..hay.len()))?,
-        };
-        Some((m.pattern().as_usize(), m.start()))
-    }
 }
 
 /// Every detector of a route, ready to scan.
@@ -312,9 +273,19 @@ impl Matcher {
             return Err(errors);
         }
         if !anchors.is_empty() {
-            m.literals = Some(Literals::build(&anchors));
+            m.search(&anchors);
         }
         Ok(m)
+    }
+
+    /// The literal search for `anchors` (their detectors and leads in
+    /// `anchor_det` and `anchor_lead`), in the order Teddy takes them.
+    fn search(&mut self, anchors: &[String]) {
+        let order = teddy_order(anchors);
+        let anchors: Vec<String> = order.iter().map(|&i| anchors[i].clone()).collect();
+        self.anchor_det = order.iter().map(|&i| self.anchor_det[i]).collect();
+        self.anchor_lead = order.iter().map(|&i| self.anchor_lead[i]).collect();
+        self.literals = Some(Literals::build(&anchors));
     }
 
     pub(crate) fn has_custom(&self) -> bool {
@@ -341,20 +312,25 @@ impl Matcher {
         }
         let (card, iban) = (self.card.is_some(), self.iban.is_some());
         if card || iban {
-            digit_runs(t, MIN_DIGITS, |p| {
-                // A card's first four digits, after a non-word byte; or the
-                // check digits after an IBAN's country code.
+            digit_runs(t, MIN_DIGITS, |p, window| {
+                // A card's first four digits, after a non-word byte, with
+                // the 13 digits a card holds at least in the bytes they
+                // span at most (`card_at`); or the check digits after an
+                // IBAN's country code.
+                // (Bits first: a fifth digit, or a separator and one, must
+                // follow the first four.)
                 let card_start = card
+                    && window & 0xf == 0xf
+                    && window & 0x30 != 0
+                    && (window as u32 & CARD_SPAN).count_ones() >= 13
                     && (b'2'..=b'6').contains(&t[p])
-                    && t.get(p + 2..p + 4)
-                        .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
                     && (p == 0 || !is_word(t[p - 1]));
                 let iban_start = iban
                     && p >= 2
                     && t[p - 1].is_ascii_uppercase()
                     && t[p - 2].is_ascii_uppercase();
                 if card_start || iban_start {
-                    out.digits.push(p);
+                    out.digits.push((p, card_start));
                 }
             });
         }
@@ -392,13 +368,13 @@ impl Matcher {
                 }
             }
         }
-        for &p in cands.digits {
-            if let Some(det) = self.card.filter(|d| p >= v.next[usize::from(*d)]) {
+        for &(p, card) in cands.digits {
+            if let Some(det) = self.card.filter(|d| card && p >= v.next[usize::from(*d)]) {
                 if let Some(e) = card_at(v.t, v.a, p, v.b) {
                     v.push(det, p, e);
                 }
             }
-            if let Some(det) = self.iban.filter(|d| p >= v.next[usize::from(*d)] + 2) {
+            if let Some(det) = (self.iban).filter(|d| !card && p >= v.next[usize::from(*d)] + 2) {
                 if let Some(e) = iban_at(v.t, v.a, p, v.b) {
                     v.push(det, p - 2, e);
                 }
@@ -491,73 +467,4 @@ fn invisible_lead(t: &[u8]) -> bool {
             | [0xef, 0xbb, 0xbf, ..]
             | [0xf3, 0xa0, 0x80 | 0x81, ..]
     )
-}
-
-/// Digits a card number (13) or an IBAN (10, `iban_at`) holds at least;
-/// either spans at most 65 bytes, so two 64-byte blocks. Matches never
-/// depend on the text around them.
-const MIN_DIGITS: u32 = 10;
-
-/// Where each run of two or more ASCII digits in `t` starts, in order, in
-/// the 64-byte blocks that, with the next block, hold at least `min`
-/// digits (a run elsewhere is never part of a match of `min` digits).
-pub(crate) fn digit_runs(t: &[u8], min: u32, mut found: impl FnMut(usize)) {
-    const BLOCK: usize = 64;
-    // A u8 sum vectorises (a u32 one measured five times slower).
-    let count = |block: &[u8]| -> u32 {
-        let digit = |b: &u8| u8::from(b.wrapping_sub(b'0') < 10);
-        match <&[u8; BLOCK]>::try_from(block) {
-            Ok(full) => u32::from(full.iter().map(digit).fold(0u8, u8::wrapping_add)),
-            Err(_) => block.iter().map(|b| u32::from(digit(b))).sum(),
-        }
-    };
-    let mut next = count(&t[..t.len().min(BLOCK)]);
-    let mut lo = 0;
-    while lo < t.len() {
-        let hi = (lo + BLOCK).min(t.len());
-        let here = next;
-        next = count(&t[hi..(hi + BLOCK).min(t.len())]);
-        if here > 0 && here + next >= min {
-            let digit = |i: usize| t.get(i).is_some_and(u8::is_ascii_digit);
-            let before = lo > 0 && digit(lo - 1);
-            match <&[u8; BLOCK]>::try_from(&t[lo..hi]) {
-                Ok(block) => {
-                    let m = digit_bits(block);
-                    let prev = (m << 1) | u64::from(before);
-                    let after = (m >> 1) | (u64::from(digit(hi)) << 63);
-                    let mut starts = m & after & !prev;
-                    while starts != 0 {
-                        found(lo + starts.trailing_zeros() as usize);
-                        starts &= starts - 1;
-                    }
-                }
-                Err(_) => {
-                    for i in lo..hi {
-                        if digit(i) && digit(i + 1) && (i == 0 || !digit(i - 1)) {
-                            found(i);
-                        }
-                    }
-                }
-            }
-        }
-        lo = hi;
-    }
-}
-
-/// Bit i set when `block[i]` is an ASCII digit; eight bytes at a time.
-fn digit_bits(block: &[u8; 64]) -> u64 {
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    // Moves bit 8i (i = 0..8) to bit 56 + i: the products never collide.
-    const GATHER: u64 = 0x0102_0408_1020_4080;
-    let mut m = 0;
-    for (k, word) in block.chunks_exact(8).enumerate() {
-        let x = u64::from_le_bytes(word.try_into().unwrap_or_default());
-        let low = x & !HIGHS;
-        let ge0 = low.wrapping_add(ONES * (0x80 - u64::from(b'0')));
-        let gt9 = low.wrapping_add(ONES * (0x80 - u64::from(b'9') - 1));
-        let d = (ge0 & !gt9 & !x & HIGHS) >> 7;
-        m |= (d.wrapping_mul(GATHER) >> 56) << (8 * k);
-    }
-    m
 }

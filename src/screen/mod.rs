@@ -16,7 +16,10 @@
 //! A pure library: nothing here reads the network or the clock.
 
 mod compile;
+mod confirm;
 pub(crate) mod detectors;
+pub(crate) mod digits;
+mod literals;
 pub(crate) mod matcher;
 mod rewrite;
 pub(crate) mod validate;
@@ -29,7 +32,8 @@ pub use crate::config::screen::Action;
 pub use detectors::Group;
 pub use walk::JsonError;
 
-use matcher::{Cursor, Hit, Matcher, Value};
+use confirm::Confirm;
+use matcher::{Hit, Matcher, Value};
 use std::ops::Range;
 use std::sync::Arc;
 use walk::{unescape, walk, Raw, Seg, Walked};
@@ -263,56 +267,36 @@ impl Screen {
     }
 
     /// Walk `body`, decode its escaped strings in place, search the result
-    /// once, and confirm each value's candidates.
+    /// once, and confirm each value's candidates. A body without a
+    /// backslash is its own decoded copy: it is searched first and each
+    /// value confirmed as the walk reaches it, with nothing kept per value.
     fn scanned(&self, body: &[u8]) -> Result<Scanned, JsonError> {
-        let mut values: Vec<(Raw, bool, u32, Option<Seg>)> = Vec::with_capacity(body.len() / 32);
-        let walked = walk(body, true, |at, raw| {
-            values.push((
-                raw,
-                is_id(body, at.path),
-                at.container,
-                at.path.last().copied(),
-            ))
-        })?;
-        let text = walked.decoded.as_deref().unwrap_or(body);
-        let cands = self.matcher.candidates(text);
-        let mut next = vec![0; self.matcher.detectors.len()];
-        let (mut hits, mut matched) = (Vec::new(), Vec::new());
-        let (mut cursor, custom) = (Cursor::default(), self.matcher.has_custom());
-        let mut upcoming = cands.upcoming(&cursor);
-        for &(raw, id, container, last) in &values {
-            let (a, b) = (raw.start as usize, (raw.start + raw.len) as usize);
-            if b <= upcoming && !custom {
-                continue;
+        let (walked, mut confirm) = if memchr::memchr(b'\\', body).is_none() {
+            let cands = self.matcher.candidates(body);
+            let mut confirm = Confirm::new(&self.matcher, cands);
+            let walked = walk(body, false, |at, raw| {
+                confirm.value(body, raw, at.container, at.last)
+            })?;
+            (walked, confirm)
+        } else {
+            let mut values: Vec<(Raw, u32, Option<Seg>)> = Vec::with_capacity(body.len() / 32);
+            let walked = walk(body, true, |at, raw| {
+                values.push((raw, at.container, at.last))
+            })?;
+            let text = walked.decoded.as_deref().unwrap_or(body);
+            let mut confirm = Confirm::new(&self.matcher, self.matcher.candidates(text));
+            for &(raw, container, last) in &values {
+                confirm.value(text, raw, container, last);
             }
-            let within = cands.within(&mut cursor, a, b);
-            upcoming = cands.upcoming(&cursor);
-            if within.is_empty() && !custom {
-                continue;
-            }
-            let before = hits.len();
-            let mut v = Value {
-                t: text,
-                a,
-                b,
-                next: &mut next,
-                hits: &mut hits,
-            };
-            self.matcher.confirm(&mut v, within);
-            if hits.len() > before {
-                matched.push(Matched {
-                    raw,
-                    id,
-                    container,
-                    last,
-                    hits: before..hits.len(),
-                });
-            }
+            (walked, confirm)
+        };
+        for m in &mut confirm.matched {
+            m.id = is_id(body, &walked.path(m.container, m.last));
         }
         Ok(Scanned {
             walked,
-            matched,
-            hits,
+            matched: confirm.matched,
+            hits: confirm.hits,
         })
     }
 }

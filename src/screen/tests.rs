@@ -1,8 +1,9 @@
 use super::detectors::BUILTINS;
-use super::matcher::digit_runs;
 use super::*;
 use crate::config::screen::ScreenConfig;
 use serde_json::{json, Value};
+
+mod shortcuts;
 
 fn screen(yaml: &str) -> Screen {
     let config: ScreenConfig = serde_yaml_ng::from_str(yaml).unwrap();
@@ -430,59 +431,6 @@ fn escaped_and_plain_strings_scan_alike() {
 }
 
 #[test]
-fn digit_runs_match_a_naive_reading() {
-    let texts = [
-        "",
-        "1",
-        "12",
-        "a12b345c6",
-        "1234567890123456789",
-        "x 4111 1111 1111 1111",
-        "12345678",
-        "1234567",
-        "a1b2c3d4e5f6g7h8",
-        "é12é",
-        "0123456789012345678901234567",
-    ];
-    // Whole 64-byte blocks too, runs across their edges included.
-    let long: Vec<String> = (0..300)
-        .map(|i| {
-            format!(
-                "{}{}",
-                "ab1"[i % 3..].chars().next().unwrap(),
-                i * 7919 % 1000
-            )
-        })
-        .collect();
-    let long = long.concat();
-    let texts: Vec<&str> = texts
-        .into_iter()
-        .chain([long.as_str(), &long[1..], &long[5..]])
-        .collect();
-    for t in texts {
-        let t = t.as_bytes();
-        let mut got = Vec::new();
-        digit_runs(t, 0, |p| got.push(p));
-        let mut want = Vec::new();
-        for i in 0..t.len() {
-            let run_start = t[i].is_ascii_digit() && (i == 0 || !t[i - 1].is_ascii_digit());
-            if run_start && t.get(i + 1).is_some_and(u8::is_ascii_digit) {
-                want.push(i);
-            }
-        }
-        assert_eq!(got, want, "{:?}", String::from_utf8_lossy(t));
-    }
-    // Only where 64-byte blocks, two by two, hold enough digits.
-    let sparse = format!("{}12 34 56{}", "a".repeat(100), "b".repeat(100));
-    let mut got = Vec::new();
-    digit_runs(sparse.as_bytes(), 10, |p| got.push(p));
-    assert!(got.is_empty());
-    let dense = format!("{}4111 1111 1111 1111{}", "a".repeat(60), "b".repeat(100));
-    digit_runs(dense.as_bytes(), 10, |p| got.push(p));
-    assert_eq!(got, [60, 65, 70, 75]);
-}
-
-#[test]
 fn anchors_never_hide_one_another() {
     let mut anchors = Vec::new();
     for b in BUILTINS {
@@ -526,4 +474,5 @@ fn anchors_never_hide_one_another() {
         [("<|im_start|>".to_string(), 0)]
     );
     assert_eq!(forms("?k_live_", Case::Exact), [("k_live_".to_string(), 1)]);
+    assert_eq!(forms("?????BEGIN", Case::Exact), [("BEGIN".to_string(), 5)]);
 }

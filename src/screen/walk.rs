@@ -72,12 +72,13 @@ impl Raw {
     }
 }
 
-/// Where a string value is: its path, and the array or object holding it
-/// (an index into `Walked::containers`, `NONE` at the top level).
+/// Where a string value is: the array or object holding it (an index into
+/// `Walked::containers`, `NONE` at the top level), and the step to it from
+/// there (`None` at the top level).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct At<'p> {
-    pub(crate) path: &'p [Seg],
+pub(crate) struct At {
     pub(crate) container: u32,
+    pub(crate) last: Option<Seg>,
 }
 
 pub(crate) const NONE: u32 = u32::MAX;
@@ -111,7 +112,7 @@ impl Walked {
 /// as they are).
 pub(crate) fn walk<F>(body: &[u8], decode: bool, mut visit: F) -> Result<Walked, JsonError>
 where
-    F: FnMut(At<'_>, Raw),
+    F: FnMut(At, Raw),
 {
     if u32::try_from(body.len()).is_err() {
         return Err(JsonError::TooLarge);
@@ -120,11 +121,14 @@ where
     let mut w = Walker {
         b: body,
         i: 0,
-        path: Vec::new(),
-        objects: Vec::new(),
-        open: Vec::new(),
+        path: Vec::with_capacity(16),
+        objects: Vec::with_capacity(16),
+        open: Vec::with_capacity(16),
         decode,
-        walked: Walked::default(),
+        walked: Walked {
+            containers: Vec::with_capacity(body.len() / 64),
+            decoded: None,
+        },
         copied: 0,
     };
     w.run(&mut visit)?;
@@ -170,7 +174,10 @@ impl Walker<'_> {
         }
     }
 
-    fn run(&mut self, visit: &mut dyn FnMut(At<'_>, Raw)) -> Result<(), JsonError> {
+    fn run<F: FnMut(At, Raw)>(&mut self, visit: &mut F) -> Result<(), JsonError> {
+        // The path's last step, kept apart: reading back a step just pushed
+        // stalls on the stores that wrote it.
+        let mut last = None;
         'value: loop {
             self.ws();
             match self.peek()? {
@@ -187,27 +194,20 @@ impl Walker<'_> {
                         self.objects.push(open == b'{');
                         let holder = self.open.last().copied().unwrap_or(NONE);
                         self.open.push(self.walked.containers.len() as u32);
-                        self.walked
-                            .containers
-                            .push((holder, self.path.last().copied()));
-                        if open == b'{' {
-                            self.key()?;
+                        self.walked.containers.push((holder, last));
+                        last = Some(if open == b'{' {
+                            self.key()?
                         } else {
                             self.path.push(Seg::Index(0));
-                        }
+                            Seg::Index(0)
+                        });
                         continue 'value;
                     }
                 }
                 b'"' => {
                     let raw = self.string(self.decode)?;
                     let container = self.open.last().copied().unwrap_or(NONE);
-                    visit(
-                        At {
-                            path: &self.path,
-                            container,
-                        },
-                        raw,
-                    );
+                    visit(At { container, last }, raw);
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
@@ -230,13 +230,14 @@ impl Walker<'_> {
                         self.i += 1;
                         self.path.pop();
                         self.ws();
-                        self.key()?;
+                        last = Some(self.key()?);
                         continue 'value;
                     }
                     (b',', false) => {
                         self.i += 1;
                         if let Some(Seg::Index(n)) = self.path.last_mut() {
                             *n += 1;
+                            last = Some(Seg::Index(*n));
                         }
                         continue 'value;
                     }
@@ -245,6 +246,7 @@ impl Walker<'_> {
                         self.objects.pop();
                         self.open.pop();
                         self.path.pop();
+                        last = self.path.last().copied();
                     }
                     _ => return self.err(),
                 }
@@ -252,24 +254,26 @@ impl Walker<'_> {
         }
     }
 
-    /// A member's key and its colon; the key joins the path.
+    /// A member's key and its colon; the key joins the path (and is
+    /// returned).
     #[inline(always)]
-    fn key(&mut self) -> Result<(), JsonError> {
+    fn key(&mut self) -> Result<Seg, JsonError> {
         if self.peek()? != b'"' {
             return self.err();
         }
         let raw = self.string(false)?;
-        self.path.push(Seg::Key {
+        let seg = Seg::Key {
             start: raw.start,
             end: raw.end,
             escaped: raw.escaped,
-        });
+        };
+        self.path.push(seg);
         self.ws();
         if self.peek()? != b':' {
             return self.err();
         }
         self.i += 1;
-        Ok(())
+        Ok(seg)
     }
 
     /// The string starting at the quote at `self.i`; with `decode`, an
@@ -280,27 +284,53 @@ impl Walker<'_> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Eight bytes at a time, up to the first quote, backslash or
-            // control character.
-            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let found = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
-                if found != 0 {
-                    self.i += found.trailing_zeros() as usize / 8;
-                    break;
+            // Sixteen, then eight bytes at a time, up to the first quote,
+            // backslash or control character.
+            'scan: {
+                while let Some(chunk) = self.b.get(self.i..self.i + 16) {
+                    let word = |k: usize| {
+                        special(u64::from_le_bytes(
+                            chunk[k..k + 8].try_into().unwrap_or_default(),
+                        ))
+                    };
+                    let (lo, hi) = (word(0), word(8));
+                    if lo | hi != 0 {
+                        let (skip, found) = if lo != 0 { (0, lo) } else { (8, hi) };
+                        self.i += skip + found.trailing_zeros() as usize / 8;
+                        break 'scan;
+                    }
+                    self.i += 16;
                 }
-                self.i += 8;
+                while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                    let found = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+                    if found != 0 {
+                        self.i += found.trailing_zeros() as usize / 8;
+                        break 'scan;
+                    }
+                    self.i += 8;
+                }
             }
             match self.peek()? {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
                     let at = self.i;
-                    let c = self.escape()?;
+                    let simple =
+                        (self.b.get(at + 1)).map_or(0, |c| SIMPLE_ESCAPES[usize::from(*c)]);
+                    let mut buf = [simple, 0, 0, 0];
+                    let value: &[u8] = if simple != 0 {
+                        self.i += 2;
+                        &buf[..1]
+                    } else if self.b.get(at + 1) == Some(&b'u') {
+                        self.unicode()?.encode_utf8(&mut buf).as_bytes()
+                    } else {
+                        return self.err();
+                    };
                     if decode {
                         let out = (self.walked.decoded)
                             .get_or_insert_with(|| Vec::with_capacity(self.b.len()));
                         out.extend_from_slice(&self.b[self.copied..at]);
-                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                        out.extend_from_slice(value);
                         self.copied = self.i;
                     }
                 }
@@ -327,26 +357,8 @@ impl Walker<'_> {
         })
     }
 
-    /// The escape at the backslash at `self.i`, read past; surrogates must
-    /// pair.
-    fn escape(&mut self) -> Result<char, JsonError> {
-        let simple = match self.b.get(self.i + 1) {
-            Some(b'"') => '"',
-            Some(b'\\') => '\\',
-            Some(b'/') => '/',
-            Some(b'b') => '\u{8}',
-            Some(b'f') => '\u{c}',
-            Some(b'n') => '\n',
-            Some(b'r') => '\r',
-            Some(b't') => '\t',
-            Some(b'u') => return self.unicode(),
-            _ => return self.err(),
-        };
-        self.i += 2;
-        Ok(simple)
-    }
-
-    /// A `\uXXXX` escape (a surrogate pair counts as one).
+    /// The `\uXXXX` escape at the backslash at `self.i`, read past (a
+    /// surrogate pair counts as one, and must pair).
     fn unicode(&mut self) -> Result<char, JsonError> {
         let code = match hex4(self.b, self.i + 2) {
             Some(high @ 0xd800..=0xdbff) => {
@@ -427,6 +439,20 @@ fn special(x: u64) -> u64 {
     let low = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
     low | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')))
 }
+
+/// The byte each one-letter escape stands for, by its letter (0: none).
+const SIMPLE_ESCAPES: [u8; 256] = {
+    let mut t = [0; 256];
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t[b'/' as usize] = b'/';
+    t[b'b' as usize] = 0x08;
+    t[b'f' as usize] = 0x0c;
+    t[b'n' as usize] = b'\n';
+    t[b'r' as usize] = b'\r';
+    t[b't' as usize] = b'\t';
+    t
+};
 
 /// The four hex digits at `b[at..]`.
 fn hex4(b: &[u8], at: usize) -> Option<u32> {
