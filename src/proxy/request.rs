@@ -7,8 +7,9 @@ use crate::error::HttpError;
 use crate::http1::{parse_request, Framing};
 use crate::proxy::admit::{admit, request_id, Request};
 use crate::proxy::conn::Conn;
+use crate::proxy::idle::IdleSlot;
 use crate::proxy::reject::Reject;
-use crate::proxy::stream::{read_idle, read_more, ClientStream};
+use crate::proxy::stream::{read_after_idle, read_held, read_more, ClientStream, Held};
 use crate::proxy::worker::Worker;
 use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
@@ -34,10 +35,10 @@ pub(crate) async fn wait(
     snap: &Snapshot,
     client: &mut ClientStream,
     conn: &mut Conn,
-    slot: &crate::proxy::idle::IdleSlot,
-) -> bool {
+    slot: &IdleSlot,
+) -> Waited {
     if !conn.buf.is_empty() {
-        return true;
+        return Waited::Ready;
     }
     let wait = if conn.served == 0 {
         snap.limits.header_timeout.0
@@ -45,7 +46,34 @@ pub(crate) async fn wait(
         snap.limits.idle_timeout.0
     };
     let max = snap.limits.max_header_bytes + 1;
-    matches!(read_idle(client, &mut conn.buf, max, wait, slot).await, Ok(n) if n > 0)
+    match read_held(client, &mut conn.buf, max, wait, slot).await {
+        Held::Read(Ok(n)) if n > 0 => Waited::Ready,
+        Held::Read(_) => Waited::Gone,
+        Held::LetGo(left) => Waited::Idle(left),
+    }
+}
+
+/// What waiting for a request came to.
+pub(crate) enum Waited {
+    /// Bytes of it are in the connection's buffer.
+    Ready,
+    /// The held read was let go: wait up to this long more with [`idle`].
+    Idle(std::time::Duration),
+    /// Closed, failed or timed out.
+    Gone,
+}
+
+/// After [`wait`] let its read go: wait up to `left` for the client's
+/// next bytes, holding no buffer meanwhile. `false`: gone.
+pub(crate) async fn idle(
+    snap: &Snapshot,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+    slot: &IdleSlot,
+    left: std::time::Duration,
+) -> bool {
+    let max = snap.limits.max_header_bytes + 1;
+    matches!(read_after_idle(client, &mut conn.buf, max, left, slot).await, Ok(n) if n > 0)
 }
 
 /// Read until a complete head is parsed, then admit it. `Err(None)`: the

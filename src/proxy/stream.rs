@@ -193,47 +193,36 @@ pub(crate) async fn read_more<S: AsyncReadRent>(
 /// pay nothing for it. Kept by the worker's coarse clock: 100 to 200 ms.
 pub(crate) const IDLE_HOLD: std::time::Duration = crate::proxy::idle::TICK;
 
+/// What a wait for the client's next bytes came to.
+pub(crate) enum Held {
+    /// Read into the buffer (`Ok(0)`: closed), failed or timed out.
+    Read(std::io::Result<usize>),
+    /// Nothing came within [`IDLE_HOLD`]: the read was cancelled and the
+    /// buffer freed; wait up to this long more with [`read_after_idle`].
+    LetGo(std::time::Duration),
+}
+
 /// Wait up to `wait` (to within a tick of the worker's clock, whose entry
 /// for this connection is `slot`) for the client's next bytes, read into
-/// `buf` (empty); a plain connection idle past [`IDLE_HOLD`] holds no
-/// buffer meanwhile. `Ok(0)`: closed; `Err`: failed or timed out.
-pub(crate) async fn read_idle(
+/// `buf` (empty). A plain connection lets its read go after [`IDLE_HOLD`].
+pub(crate) async fn read_held(
     client: &mut ClientStream,
     buf: &mut Vec<u8>,
     max: usize,
     wait: std::time::Duration,
     slot: &IdleSlot,
-) -> std::io::Result<usize> {
-    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
-    let plain = match &mut client.io {
+) -> Held {
+    use monoio::io::{CancelableAsyncReadRent, Canceller};
+    let tcp = match &mut client.io {
         ClientIo::Plain(tcp) if wait > IDLE_HOLD => tcp,
         _ => {
-            return monoio::select! {
+            return Held::Read(monoio::select! {
                 got = read_more(client, buf, max) => got,
-                () = slot.after(wait) => Err(timed_out()),
-            };
+                () = slot.after(wait) => Err(std::io::ErrorKind::TimedOut.into()),
+            });
         }
     };
     buf.reserve(4096.min(max));
-    if let Some(got) = held_read(plain, buf, slot).await {
-        return count(&mut client.bytes_in, (got, ())).0;
-    }
-    // Idle: readability is waited for without a buffer.
-    monoio::select! {
-        ready = plain.readable(false) => ready?,
-        () = slot.after(wait - IDLE_HOLD) => return Err(timed_out()),
-    }
-    read_more(client, buf, max).await
-}
-
-/// A read into `buf`'s spare room for about [`IDLE_HOLD`]; `None` when it
-/// was cancelled then, `buf` freed.
-async fn held_read(
-    tcp: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    slot: &IdleSlot,
-) -> Option<std::io::Result<usize>> {
-    use monoio::io::{CancelableAsyncReadRent, Canceller};
     let canceller = Canceller::new();
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
@@ -248,12 +237,33 @@ async fn held_read(
         }
     };
     match res {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR)) => None,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR)) => {
+            Held::LetGo(wait - IDLE_HOLD)
+        }
         res => {
             *buf = slice.into_inner();
-            Some(res)
+            Held::Read(count(&mut client.bytes_in, (res, ())).0)
         }
     }
+}
+
+/// After [`read_held`] let its read go: wait up to `left` for readability
+/// without a buffer, then read into `buf`. `Ok(0)`: closed; `Err`: failed
+/// or timed out.
+pub(crate) async fn read_after_idle(
+    client: &mut ClientStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    left: std::time::Duration,
+    slot: &IdleSlot,
+) -> std::io::Result<usize> {
+    if let ClientIo::Plain(tcp) = &mut client.io {
+        monoio::select! {
+            ready = tcp.readable(false) => ready?,
+            () = slot.after(left) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    read_more(client, buf, max).await
 }
 
 /// Write all of `data` (taken from `buf`, which is given back cleared).
