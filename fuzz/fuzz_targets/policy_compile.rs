@@ -33,6 +33,7 @@ fn principal() -> Principal {
         client_id: Some("cli".into()),
         exp: 0,
         claims: claims.as_object().unwrap().clone(),
+        baseline_key: Default::default(),
     }
 }
 
