@@ -20,8 +20,8 @@ pub fn allocator_setup() {
 /// Give memory this thread freed back to the system (mimalloc's
 /// `mi_collect`): freed pages are otherwise returned only as the thread
 /// goes on allocating, so a worker gone quiet after a burst would keep them.
-/// `all`: every free page, at once (a worker that served nothing for a
-/// second: it costs a walk of the heap, never paid while busy).
+/// `all`: every free page, at once (a worker quiet for three ticks, once
+/// per quiet spell: it costs a walk of the heap, never paid while busy).
 pub(crate) fn return_free_memory(all: bool) {
     // SAFETY: `mi_collect` takes no pointers and only touches the calling
     // thread's own heap and mimalloc's thread-safe arenas; it is sound from

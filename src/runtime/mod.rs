@@ -294,19 +294,31 @@ async fn worker_main(
         )));
     }
     let mut ticks = 0u64;
-    let mut begun = 0;
+    // Requests begun by the last tick, and for how many ticks none was.
+    let (mut begun, mut quiet_ticks) = (0, 0u32);
     while !shared.shutting_down() {
         monoio::time::sleep(crate::proxy::idle::TICK).await;
         let now = worker.tick();
         worker.idle.advance();
+        // Quiet for three ticks (nothing begun, nothing in flight, event
+        // streams included; every held read let go by then): what the last
+        // burst freed goes back to the system, once per quiet spell.
+        let quiet = worker.requests_begun() == begun && worker.in_flight.get() == 0;
+        begun = worker.requests_begun();
+        quiet_ticks = if quiet {
+            quiet_ticks.saturating_add(1)
+        } else {
+            0
+        };
+        if quiet_ticks == 3 {
+            crate::sys::return_free_memory(true);
+        }
         worker.flush_audit();
         ticks += 1;
         if ticks.is_multiple_of(10) {
             worker.pool.sweep(now);
             worker.exchange_baselines(crate::proxy::admit::unix_now());
-            let quiet = worker.requests_begun() == begun;
-            begun = worker.requests_begun();
-            crate::sys::return_free_memory(quiet);
+            crate::sys::return_free_memory(false);
         }
         worker
             .counters
