@@ -53,6 +53,12 @@ impl Conn {
 
     /// Forget what the previous request left behind.
     pub fn begin(&mut self) {
+        // Empty as a new connection's, with the room a busy connection's
+        // last request gave them.
+        self.up.clear();
+        self.ubuf.clear();
+        self.out.clear();
+        self.head_copy.clear();
         self.outcome = Outcome::default();
         self.judged.audit = Default::default();
         self.judged.method_slot = crate::metrics::method_slot(None);
@@ -63,10 +69,10 @@ impl Conn {
         self.judged.rpc_error = false;
     }
 
-    /// Between requests a kept-alive connection holds only its read buffer:
+    /// Once a kept-alive connection goes idle it holds only its read buffer:
     /// the upstream read buffer, the upstream head and the client output are
-    /// freed (each exchange allocates them again), so idle connections stay
-    /// small.
+    /// freed (a busy connection keeps them for its next request), so idle
+    /// connections stay small.
     pub fn release_idle(&mut self) {
         self.ubuf = Vec::new();
         self.up = Vec::new();

@@ -81,6 +81,9 @@ pub fn serve<Held>(
             match turn.await {
                 Turn::Next => {}
                 Turn::Idle(left) => {
+                    // Idle: the exchange buffers go (a busy connection keeps
+                    // them, so its requests do not allocate and grow them).
+                    conn.release_idle();
                     let snap = worker.snapshot();
                     if !request::idle(&snap, &mut client, &mut conn, &slot, left).await {
                         break;
@@ -131,7 +134,6 @@ async fn turn(
     *counted = (client.bytes_in, client.bytes_out);
     record::record(worker, &snap, conn, client, started, bytes);
     conn.served += 1;
-    conn.release_idle();
     if next == Next::Close || worker.shared.shutting_down() {
         Turn::Close
     } else {
