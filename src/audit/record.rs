@@ -1,0 +1,333 @@
+//! One audit record as a JSON line, written without `core::fmt`.
+
+use super::{Arguments, Facts, TlsInfo, SCHEMA_VERSION};
+use crate::mcp::jsonrpc::write_json_string;
+use crate::metrics::Decision;
+use crate::principal::Principal;
+use std::io::Write;
+
+/// Everything a record is built from.
+pub struct Record<'a> {
+    pub unix_micros: u64,
+    pub request_id: &'a [u8],
+    pub worker: usize,
+    pub client: std::net::SocketAddr,
+    /// What the TLS handshake settled (`None`: plain TCP).
+    pub tls: Option<&'a TlsInfo>,
+    pub route: Option<&'a str>,
+    pub facts: &'a Facts,
+    pub decision: Decision,
+    pub reason: &'a str,
+    pub status: u16,
+    pub latency_us: u64,
+    /// The upstream's status and the time to its answer's head (µs).
+    pub upstream: Option<(u16, u64)>,
+    /// Bytes read from and written to the client connection while this
+    /// request was served (after TLS; a pipelined request read in the same
+    /// read as an earlier one counts toward the earlier one).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Append `r` as one JSON line to `out`.
+pub(crate) fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
+    let f = r.facts;
+    out.extend_from_slice(b"{\"v\":");
+    write_u64(out, u64::from(SCHEMA_VERSION));
+    out.extend_from_slice(b",\"time\":\"");
+    write_time(out, r.unix_micros);
+    out.extend_from_slice(b"\",\"request_id\":");
+    write_json_string(out, std::str::from_utf8(r.request_id).unwrap_or(""));
+    out.extend_from_slice(b",\"worker\":");
+    write_u64(out, r.worker as u64);
+    out.extend_from_slice(b",\"client\":\"");
+    write_addr(out, &r.client);
+    out.extend_from_slice(if r.tls.is_some() {
+        b"\",\"tls\":true"
+    } else {
+        b"\",\"tls\":false"
+    });
+    out.extend_from_slice(b",\"tls_version\":");
+    opt_str(out, r.tls.map(|t| t.version));
+    out.extend_from_slice(b",\"sni\":");
+    opt_str(out, r.tls.and_then(|t| t.sni.as_deref()));
+    out.extend_from_slice(b",\"route\":");
+    opt_str(out, r.route);
+    out.extend_from_slice(b",\"principal\":");
+    match &f.principal {
+        None => out.extend_from_slice(b"null"),
+        Some(p) => write_principal(out, p),
+    }
+    out.extend_from_slice(b",\"era\":");
+    if f.era == 0 {
+        out.extend_from_slice(b"null");
+    } else {
+        out.push(b'"');
+        write_time_digits(out, u64::from(f.era / 10_000), 4);
+        out.push(b'-');
+        write_time_digits(out, u64::from(f.era / 100 % 100), 2);
+        out.push(b'-');
+        write_time_digits(out, u64::from(f.era % 100), 2);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b",\"method\":");
+    opt_str(out, f.method.as_deref());
+    out.extend_from_slice(b",\"target\":");
+    opt_str(out, f.target.as_deref());
+    out.extend_from_slice(b",\"rpc_id\":");
+    match &f.rpc_id {
+        Some(id) => id.write_json(out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"batch\":");
+    write_u64(out, f.batch as u64);
+    match &f.arguments {
+        None => {}
+        Some(Arguments::Json(json)) => {
+            out.extend_from_slice(b",\"arguments\":");
+            out.extend_from_slice(json.as_bytes());
+        }
+        Some(Arguments::Hash(tag)) => {
+            out.extend_from_slice(b",\"arguments\":\"");
+            write_tag(out, tag);
+            out.push(b'"');
+        }
+    }
+    for (key, found) in [("screen", &f.screen), ("anomalies", &f.anomalies)] {
+        if let Some(found) = found {
+            let _ = write!(out, ",\"{key}\":[{found}]");
+        }
+    }
+    out.extend_from_slice(b",\"decision\":\"");
+    out.extend_from_slice(r.decision.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"rule\":");
+    opt_str(out, f.rule.as_deref());
+    out.extend_from_slice(b",\"reason\":");
+    write_json_string(out, r.reason);
+    out.extend_from_slice(b",\"status\":");
+    write_u64(out, u64::from(r.status));
+    out.extend_from_slice(b",\"latency_us\":");
+    write_u64(out, r.latency_us);
+    match r.upstream {
+        Some((status, us)) => {
+            out.extend_from_slice(b",\"upstream_status\":");
+            write_u64(out, u64::from(status));
+            out.extend_from_slice(b",\"upstream_latency_us\":");
+            write_u64(out, us);
+        }
+        None => out.extend_from_slice(b",\"upstream_status\":null,\"upstream_latency_us\":null"),
+    }
+    out.extend_from_slice(b",\"bytes_in\":");
+    write_u64(out, r.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    write_u64(out, r.bytes_out);
+    out.extend_from_slice(b",\"session\":");
+    opt_str(out, f.session.as_deref());
+    out.extend_from_slice(b"}\n");
+}
+
+fn write_principal(out: &mut Vec<u8>, p: &Principal) {
+    out.extend_from_slice(b"{\"issuer\":");
+    write_json_string(out, &p.issuer_name);
+    out.extend_from_slice(b",\"sub\":");
+    write_json_string(out, &p.sub);
+    out.extend_from_slice(b",\"email\":");
+    opt_str(out, p.email.as_deref());
+    out.extend_from_slice(b",\"groups\":[");
+    for (i, g) in p.groups.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_string(out, g);
+    }
+    out.extend_from_slice(b"],\"client_id\":");
+    opt_str(out, p.client_id.as_deref());
+    out.push(b'}');
+}
+
+/// `hmac-sha256:<hex>`.
+pub(super) fn write_tag(out: &mut Vec<u8>, tag: &[u8; 32]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"hmac-sha256:");
+    for &b in tag {
+        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+    }
+}
+
+/// `n` in decimal, without `core::fmt` (a record writes several).
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Pushed one by one: a call to `memcpy` costs more than a few digits.
+    out.reserve(digits.len() - i);
+    for &d in &digits[i..] {
+        out.push(d);
+    }
+}
+
+/// A client address as `ip:port` (`[ip]:port` for IPv6), like `Display`.
+fn write_addr(out: &mut Vec<u8>, addr: &std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(a) => {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                write_u64(out, u64::from(octet));
+            }
+            out.push(b':');
+            write_u64(out, u64::from(a.port()));
+        }
+        std::net::SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
+    }
+}
+
+fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_json_string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// RFC 3339 UTC with microseconds, from microseconds since the epoch.
+/// Now, as audit records write their `time`.
+pub(crate) fn now_rfc3339() -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut out = Vec::with_capacity(32);
+    write_time(&mut out, micros);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+pub(crate) fn write_time(out: &mut Vec<u8>, unix_micros: u64) {
+    let secs = unix_micros / 1_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let digits = write_time_digits;
+    digits(out, y.clamp(0, 9999) as u64, 4);
+    out.push(b'-');
+    digits(out, m as u64, 2);
+    out.push(b'-');
+    digits(out, d as u64, 2);
+    out.push(b'T');
+    digits(out, rem / 3600, 2);
+    out.push(b':');
+    digits(out, rem / 60 % 60, 2);
+    out.push(b':');
+    digits(out, rem % 60, 2);
+    out.push(b'.');
+    digits(out, unix_micros % 1_000_000, 6);
+    out.push(b'Z');
+}
+
+/// `v` in exactly `width` decimal digits (digits by hand: a record writes
+/// several).
+fn write_time_digits(out: &mut Vec<u8>, v: u64, width: u32) {
+    for k in (0..width).rev() {
+        out.push(b'0' + (v / 10u64.pow(k) % 10) as u8);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        let mut out = Vec::new();
+        write_time(&mut out, 1_795_315_404_123_456);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-22T02:43:24.123456Z"
+        );
+        let mut out = Vec::new();
+        write_time(&mut out, 951_782_400_000_000); // leap day 2000
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn records_are_json_with_every_field() {
+        let facts = Facts {
+            era: 20_250_618,
+            method: Some("tools/call".into()),
+            target: Some("get \"file\"".into()),
+            batch: 1,
+            arguments: Some(Arguments::Hash([0xab; 32])),
+            ..Facts::default()
+        };
+        for (client, shown) in [
+            ("10.0.255.7:40000", "10.0.255.7:40000"),
+            ("[::1]:8443", "[::1]:8443"),
+            ("0.0.0.0:0", "0.0.0.0:0"),
+        ] {
+            let mut out = Vec::new();
+            write_record(
+                &mut out,
+                &Record {
+                    unix_micros: 1_795_315_404_123_456,
+                    request_id: b"r-1",
+                    worker: 3,
+                    client: client.parse().unwrap(),
+                    tls: None,
+                    route: Some("mcp"),
+                    facts: &facts,
+                    decision: Decision::Allowed,
+                    reason: "",
+                    status: 200,
+                    latency_us: u64::MAX,
+                    upstream: Some((502, 0)),
+                    bytes_in: 1024,
+                    bytes_out: 10,
+                },
+            );
+            assert_eq!(out.last(), Some(&b'\n'));
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["client"], shown);
+            assert_eq!(v["v"], 1);
+            assert_eq!(v["worker"], 3);
+            assert_eq!(v["tls"], false);
+            assert_eq!(v["era"], "2025-06-18");
+            assert_eq!(v["method"], "tools/call");
+            assert_eq!(v["target"], "get \"file\"");
+            assert_eq!(v["arguments"], format!("hmac-sha256:{}", "ab".repeat(32)));
+            assert_eq!(v["decision"], "allowed");
+            assert_eq!(v["latency_us"], u64::MAX);
+            assert_eq!(
+                (
+                    v["upstream_status"].clone(),
+                    v["upstream_latency_us"].clone()
+                ),
+                (502.into(), 0.into())
+            );
+            assert_eq!(
+                (v["bytes_in"].clone(), v["bytes_out"].clone()),
+                (1024.into(), 10.into())
+            );
+            assert_eq!(v["session"], serde_json::Value::Null);
+        }
+    }
+}
