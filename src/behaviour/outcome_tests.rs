@@ -1,15 +1,7 @@
 //! How requests end (upstream errors, refused tokens) and per-tool windows.
 
+use super::tests::{settings, MONDAY_10};
 use super::*;
-use crate::config::behaviour::BehaviourConfig;
-
-/// Monday 2026-01-05 10:00 UTC.
-const MONDAY_10: i64 = 1_767_607_200;
-
-fn settings(json: &str) -> Settings {
-    let c: BehaviourConfig = serde_json::from_str(json).unwrap();
-    Settings::compile(&c).unwrap()
-}
 
 /// Short warm-up, burst window 60 s (15 s buckets), factor 5.
 fn quick() -> Settings {

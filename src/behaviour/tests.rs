@@ -2,9 +2,10 @@ use super::*;
 use crate::config::behaviour::BehaviourConfig;
 
 /// Monday 2026-01-05 10:00 UTC.
-const MONDAY_10: i64 = 1_767_607_200;
+pub(super) const MONDAY_10: i64 = 1_767_607_200;
 
-fn settings(json: &str) -> Settings {
+/// `Settings` compiled from a `behaviour` section written as JSON.
+pub(super) fn settings(json: &str) -> Settings {
     let c: BehaviourConfig = serde_json::from_str(json).unwrap();
     Settings::compile(&c).unwrap()
 }
