@@ -20,6 +20,24 @@ fn quick() -> Settings {
     )
 }
 
+/// A caller whose token was issued at `iat`.
+fn alice(iat: i64) -> crate::principal::Principal {
+    let mut p = crate::principal::Principal {
+        issuer_name: "idp".into(),
+        issuer: "https://idp.test".into(),
+        sub: "alice".into(),
+        email: None,
+        groups: vec![],
+        scopes: vec![],
+        client_id: None,
+        exp: i64::MAX,
+        claims: Default::default(),
+        baseline_key: Default::default(),
+    };
+    p.claims.insert("iat".into(), iat.into());
+    p
+}
+
 struct Bench {
     x: Exchange,
     t: Baselines,
@@ -297,19 +315,7 @@ fn the_table_keeps_at_most_max_principals_and_forgets_the_idlest() {
 #[test]
 fn a_step_up_holds_until_a_newer_token() {
     let mut b = Bench::new(quick());
-    let mut p = crate::principal::Principal {
-        issuer_name: "idp".into(),
-        issuer: "https://idp.test".into(),
-        sub: "alice".into(),
-        email: None,
-        groups: vec![],
-        scopes: vec![],
-        client_id: None,
-        exp: i64::MAX,
-        claims: Default::default(),
-        baseline_key: Default::default(),
-    };
-    p.claims.insert("iat".into(), (MONDAY_10 - 60).into());
+    let mut p = alice(MONDAY_10 - 60);
     let key = b.x.key(Some(&p), "10.0.0.1".parse().unwrap());
     let call = |b: &mut Bench, p: &crate::principal::Principal, now: i64| {
         let ev = Event {
@@ -416,19 +422,7 @@ fn a_step_up_on_one_core_holds_on_the_others() {
     let x = Exchange::new(2);
     let s = quick();
     let (mut a, mut b) = (Baselines::default(), Baselines::default());
-    let mut p = crate::principal::Principal {
-        issuer_name: "idp".into(),
-        issuer: "https://idp.test".into(),
-        sub: "alice".into(),
-        email: None,
-        groups: vec![],
-        scopes: vec![],
-        client_id: None,
-        exp: i64::MAX,
-        claims: Default::default(),
-        baseline_key: Default::default(),
-    };
-    p.claims.insert("iat".into(), (MONDAY_10 - 60).into());
+    let mut p = alice(MONDAY_10 - 60);
     let key = x.key(Some(&p), "10.0.0.1".parse().unwrap());
     a.observe(&x, &s, &ev(key, &p, MONDAY_10));
     b.observe(&x, &s, &ev(key, &p, MONDAY_10));
