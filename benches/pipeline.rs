@@ -35,7 +35,7 @@ fn in_process(c: &mut Criterion) {
         shared_snap.clone(),
     );
     let snap = worker.snapshot();
-    let mut conn = Conn::new("127.0.0.1:40000".parse().unwrap(), false);
+    let mut conn = Conn::detached("127.0.0.1:40000".parse().unwrap(), false);
     conn.up.reserve(1024);
     let mut out = Vec::with_capacity(1024);
     c.bench_function("pipeline/in_process", |b| {
@@ -141,7 +141,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
         body.len()
     );
     let request = request.as_bytes();
-    let mut conn = Conn::new("127.0.0.1:40000".parse().unwrap(), false);
+    let mut conn = Conn::detached("127.0.0.1:40000".parse().unwrap(), false);
     conn.up.reserve(4096);
     conn.head_copy.reserve(2048);
     let mut out = Vec::with_capacity(1024);

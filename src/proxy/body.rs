@@ -10,7 +10,6 @@ use crate::proxy::admit::Request;
 use crate::proxy::conn::Conn;
 use crate::proxy::stream::{read_more, write_all, ClientStream, UpstreamStream};
 use crate::snapshot::Snapshot;
-use monoio::time::timeout;
 
 /// Bodies up to this size are held whole in memory on plain routes (MCP
 /// routes hold bodies up to the body limit: they are decoded in full).
@@ -86,11 +85,13 @@ async fn read_body(
     conn: &mut Conn,
     max: usize,
 ) -> Result<(), Option<HttpError>> {
-    match timeout(
-        snap.limits.body_timeout.0,
-        read_more(client, &mut conn.buf, max),
-    )
-    .await
+    match conn
+        .slot
+        .within(
+            snap.limits.body_timeout.0,
+            read_more(client, &mut conn.buf, max),
+        )
+        .await
     {
         Ok(Ok(n)) if n > 0 => Ok(()),
         Ok(_) => Err(None),
@@ -209,7 +210,12 @@ pub(crate) async fn stream(
             return Err(Some(HttpError::PayloadTooLarge));
         }
         if !chunk.is_empty() {
-            match timeout(snap.limits.write_timeout.0, write_all(upstream, &mut chunk)).await {
+            let limit = snap.limits.write_timeout.0;
+            match conn
+                .slot
+                .within(limit, write_all(upstream, &mut chunk))
+                .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     return Err(Some(HttpError::BadGateway(

@@ -4,6 +4,7 @@
 
 use crate::mcp::listfilter::ListFilter;
 use crate::metrics::Decision;
+use crate::proxy::idle::IdleSlot;
 use crate::proxy::stream::{read_more, ClientStream};
 use crate::proxy::worker::RequestId;
 use monoio::io::AsyncWriteRent;
@@ -33,10 +34,17 @@ pub struct Conn {
     pub head_copy: Vec<u8>,
     /// The audit hash of the last session id seen on this connection.
     pub session_hash: SessionHash,
+    /// This connection's entry in its worker's coarse clock: its idle waits
+    /// and its exchanges' timeouts (`proxy::idle`).
+    pub slot: IdleSlot,
+    /// What cancels a held read past its hold: kept while the connection
+    /// is busy (a new one per request cost two allocations and two hashes),
+    /// dropped when it goes idle.
+    pub canceller: Option<monoio::io::Canceller>,
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr, tls: bool) -> Conn {
+    pub fn new(peer: SocketAddr, tls: bool, slot: IdleSlot) -> Conn {
         Conn {
             client: ClientFacts::new(peer, tls),
             buf: Vec::with_capacity(4096),
@@ -48,7 +56,19 @@ impl Conn {
             outcome: Outcome::default(),
             head_copy: Vec::new(),
             session_hash: SessionHash::default(),
+            slot,
+            canceller: None,
         }
+    }
+
+    /// A connection with a clock of its own, outside a worker (tests and
+    /// benches).
+    pub fn detached(peer: SocketAddr, tls: bool) -> Conn {
+        Conn::new(
+            peer,
+            tls,
+            Rc::new(crate::proxy::idle::IdleClock::default()).slot(),
+        )
     }
 
     /// Forget what the previous request left behind.
@@ -78,6 +98,7 @@ impl Conn {
         self.up = Vec::new();
         self.out = Vec::new();
         self.head_copy = Vec::new();
+        self.canceller = None;
     }
 }
 
@@ -191,11 +212,13 @@ pub(crate) async fn linger_close(client: &mut ClientStream, conn: &mut Conn) {
     if client.shutdown().await.is_err() {
         return;
     }
-    let deadline = Instant::now() + LINGER;
+    let due = conn.slot.due_in(LINGER);
     let mut drained = 0;
     while drained < MAX_DRAIN {
         conn.buf.clear();
-        match monoio::time::timeout_at(deadline.into(), read_more(client, &mut conn.buf, 16 * 1024))
+        match conn
+            .slot
+            .by(due, read_more(client, &mut conn.buf, 16 * 1024))
             .await
         {
             Ok(Ok(n)) if n > 0 => drained += n,
@@ -210,7 +233,7 @@ mod tests {
 
     #[test]
     fn an_idle_connection_keeps_only_its_read_buffer() {
-        let mut conn = Conn::new("127.0.0.1:1".parse().unwrap(), false);
+        let mut conn = Conn::detached("127.0.0.1:1".parse().unwrap(), false);
         conn.served = 1;
         conn.up.reserve(512);
         conn.ubuf.reserve(4096);

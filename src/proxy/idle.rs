@@ -1,11 +1,14 @@
-//! Coarse deadlines for connections waiting for their next request.
+//! Coarse deadlines for connections: the wait for their next request and
+//! every timeout of an exchange (upstream write, response head, body reads,
+//! client writes).
 //!
 //! Each connection holds one entry in its worker's table for its whole
 //! life; a wait sets the entry's deadline and waker, and the worker's ticker
 //! (every [`TICK`]) wakes the waits whose deadline has passed. A wait costs
-//! a few stores and no allocation, and an idle connection holds 24 bytes
-//! here instead of a timer of its own (monoio's is 640 bytes, more than all
-//! the rest of an idle connection). Deadlines are kept to within a tick:
+//! a few stores, no allocation and no clock read, and an idle connection
+//! holds 24 bytes here instead of a timer of its own (monoio's is 640 bytes,
+//! more than all the rest of an idle connection; arming one reads the clock
+//! and inserts into its timer wheel). Deadlines are kept to within a tick:
 //! a wait lasts at least what it asks for, and at most one tick more.
 
 use std::cell::{Cell, RefCell};
@@ -85,15 +88,54 @@ impl IdleSlot {
     /// Ready once at least `wait` has passed (to within one tick more).
     /// One wait per slot at a time.
     pub fn after(&self, wait: Duration) -> Expiry<'_> {
+        self.until(self.due_in(wait))
+    }
+
+    /// The tick by which at least `wait` will have passed, for a deadline
+    /// kept across several waits ([`IdleSlot::until`]).
+    pub fn due_in(&self, wait: Duration) -> Due {
         let ticks = wait.as_nanos().div_ceil(TICK.as_nanos());
         let ticks = u64::try_from(ticks).unwrap_or(u64::MAX / 2);
+        // +1: the tick under way has partly passed already.
+        Due(self.clock.now.get().saturating_add(ticks).saturating_add(1))
+    }
+
+    /// Ready once `due` has come.
+    pub fn until(&self, due: Due) -> Expiry<'_> {
         Expiry {
             slot: self,
-            // +1: the tick under way has partly passed already.
-            due: self.clock.now.get().saturating_add(ticks).saturating_add(1),
+            due: due.0,
         }
     }
+
+    /// `work`'s output, or [`TimedOut`] if it has not finished within
+    /// `limit` (to within a tick). `work` is polled first, so what is ready
+    /// wins over an expiry seen at the same time; dropped on expiry.
+    pub async fn within<F: Future>(&self, limit: Duration, work: F) -> Result<F::Output, TimedOut> {
+        self.by(self.due_in(limit), work).await
+    }
+
+    /// [`IdleSlot::within`] with a deadline computed before.
+    pub async fn by<F: Future>(&self, due: Due, work: F) -> Result<F::Output, TimedOut> {
+        let mut work = std::pin::pin!(work);
+        let mut expiry = std::pin::pin!(self.until(due));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            expiry.as_mut().poll(cx).map(|()| Err(TimedOut))
+        })
+        .await
+    }
 }
+
+/// A deadline on a worker's clock, in ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct Due(u64);
+
+/// A wait of [`IdleSlot::within`] that outlasted its limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TimedOut;
 
 impl Drop for IdleSlot {
     fn drop(&mut self) {
@@ -181,6 +223,36 @@ mod tests {
         assert!(poll(&mut wait, &woken));
         clock.advance();
         assert_eq!(woken.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn within_gives_the_work_or_times_out_after_its_ticks() {
+        let clock = Rc::new(IdleClock::default());
+        let slot = clock.slot();
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Ready work wins, whatever the clock says.
+        let mut done = std::pin::pin!(slot.within(Duration::ZERO, std::future::ready(7)));
+        assert_eq!(done.as_mut().poll(&mut cx), Poll::Ready(Ok(7)));
+        // Pending work: 150 ms is 2 ticks, +1 for the tick under way.
+        let mut stuck =
+            std::pin::pin!(slot.within(Duration::from_millis(150), std::future::pending::<()>()));
+        assert!(stuck.as_mut().poll(&mut cx).is_pending());
+        clock.advance();
+        clock.advance();
+        assert!(stuck.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(woken.0.load(Ordering::Relaxed), 0);
+        clock.advance();
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1);
+        assert_eq!(stuck.as_mut().poll(&mut cx), Poll::Ready(Err(TimedOut)));
+        // A deadline kept across waits does not move.
+        let due = slot.due_in(Duration::from_millis(100));
+        clock.advance();
+        let mut late = std::pin::pin!(slot.by(due, std::future::pending::<()>()));
+        assert!(late.as_mut().poll(&mut cx).is_pending());
+        clock.advance();
+        assert_eq!(late.as_mut().poll(&mut cx), Poll::Ready(Err(TimedOut)));
     }
 
     #[test]

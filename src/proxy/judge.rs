@@ -571,7 +571,7 @@ mod tests {
         let worker = worker_for(CONFIG);
         let snap = worker.snapshot();
         for framing in [Framing::Chunked, Framing::Length(10)] {
-            let mut conn = Conn::new("127.0.0.1:1".parse().unwrap(), false);
+            let mut conn = Conn::detached("127.0.0.1:1".parse().unwrap(), false);
             let req = request(true, framing);
             let got = judge(&worker, &snap, &req, Body::Unread(framing), &mut conn);
             assert!(
@@ -587,7 +587,7 @@ mod tests {
         let worker = worker_for(CONFIG);
         let snap = worker.snapshot();
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
-        let mut conn = Conn::new("127.0.0.1:1".parse().unwrap(), false);
+        let mut conn = Conn::detached("127.0.0.1:1".parse().unwrap(), false);
         conn.buf.extend_from_slice(body);
         conn.buf.extend_from_slice(b"GET /next");
         let req = request(true, Framing::Length(body.len() as u64));
@@ -602,7 +602,7 @@ mod tests {
 
         // A refused body is consumed too: it must never be read as a request.
         let bad = br#"{"jsonrpc":"2.0","id":1}"#;
-        let mut conn = Conn::new("127.0.0.1:1".parse().unwrap(), false);
+        let mut conn = Conn::detached("127.0.0.1:1".parse().unwrap(), false);
         conn.buf.extend_from_slice(bad);
         let req = request(true, Framing::Length(bad.len() as u64));
         assert!(judge(&worker, &snap, &req, Body::Buffered(bad.len()), &mut conn).is_err());

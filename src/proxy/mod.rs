@@ -68,16 +68,15 @@ pub fn serve<Held>(
     held: Held,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        let mut conn = Conn::new(peer, client.is_tls());
+        // What a wait or a timeout costs this connection: one entry in the
+        // worker's coarse clock, no timer of its own.
+        let mut conn = Conn::new(peer, client.is_tls(), worker.idle.slot());
         // The client's byte counts at the end of the previous request.
         let mut counted = (0, 0);
-        // What an idle wait costs this connection: one entry in the
-        // worker's coarse clock, no timer of its own.
-        let slot = worker.idle.slot();
         loop {
             // Boxed: a turn's state (the held read, the exchange: several
             // KiB) exists only while a request is awaited and served.
-            let turn = Box::pin(turn(&worker, &mut client, &mut conn, &slot, &mut counted));
+            let turn = Box::pin(turn(&worker, &mut client, &mut conn, &mut counted));
             match turn.await {
                 Turn::Next => {}
                 Turn::Idle(left) => {
@@ -85,7 +84,7 @@ pub fn serve<Held>(
                     // them, so its requests do not allocate and grow them).
                     conn.release_idle();
                     let snap = worker.snapshot();
-                    if !request::idle(&snap, &mut client, &mut conn, &slot, left).await {
+                    if !request::idle(&snap, &mut client, &mut conn, left).await {
                         break;
                     }
                 }
@@ -113,10 +112,9 @@ async fn turn(
     worker: &Worker,
     client: &mut ClientStream,
     conn: &mut Conn,
-    slot: &idle::IdleSlot,
     counted: &mut (u64, u64),
 ) -> Turn {
-    match request::wait(&worker.snapshot(), client, conn, slot).await {
+    match request::wait(&worker.snapshot(), client, conn).await {
         request::Waited::Ready => {}
         request::Waited::Idle(left) => return Turn::Idle(left),
         request::Waited::Gone => return Turn::Close,

@@ -7,13 +7,11 @@ use crate::error::HttpError;
 use crate::http1::{parse_request, Framing};
 use crate::proxy::admit::{admit, request_id, Request};
 use crate::proxy::conn::Conn;
-use crate::proxy::idle::IdleSlot;
 use crate::proxy::reject::Reject;
 use crate::proxy::stream::{read_after_idle, read_held, read_more, ClientStream, Held};
 use crate::proxy::worker::Worker;
 use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
-use std::time::Instant;
 
 /// Upper bound on header fields httparse is given room for.
 pub(crate) const MAX_HEADERS: usize = 256;
@@ -31,12 +29,7 @@ pub enum Step {
 
 /// Wait for the first byte of the next request: `header_timeout` on a fresh
 /// connection, `idle_timeout` between keep-alive requests.
-pub(crate) async fn wait(
-    snap: &Snapshot,
-    client: &mut ClientStream,
-    conn: &mut Conn,
-    slot: &IdleSlot,
-) -> Waited {
+pub(crate) async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut Conn) -> Waited {
     if !conn.buf.is_empty() {
         return Waited::Ready;
     }
@@ -46,7 +39,16 @@ pub(crate) async fn wait(
         snap.limits.idle_timeout.0
     };
     let max = snap.limits.max_header_bytes + 1;
-    match read_held(client, &mut conn.buf, max, wait, slot).await {
+    match read_held(
+        client,
+        &mut conn.buf,
+        max,
+        wait,
+        &conn.slot,
+        &mut conn.canceller,
+    )
+    .await
+    {
         Held::Read(Ok(n)) if n > 0 => Waited::Ready,
         Held::Read(_) => Waited::Gone,
         Held::LetGo(left) => Waited::Idle(left),
@@ -69,11 +71,10 @@ pub(crate) async fn idle(
     snap: &Snapshot,
     client: &mut ClientStream,
     conn: &mut Conn,
-    slot: &IdleSlot,
     left: std::time::Duration,
 ) -> bool {
     let max = snap.limits.max_header_bytes + 1;
-    matches!(read_after_idle(client, &mut conn.buf, max, left, slot).await, Ok(n) if n > 0)
+    matches!(read_after_idle(client, &mut conn.buf, max, left, &conn.slot).await, Ok(n) if n > 0)
 }
 
 /// Read until a complete head is parsed, then admit it. `Err(None)`: the
@@ -85,7 +86,7 @@ pub(crate) async fn read_head(
     conn: &mut Conn,
 ) -> Result<Step, Option<Reject>> {
     // Taken only when the head needs another read (most arrive in one).
-    let mut deadline = None;
+    let mut due = None;
     let local = |err: HttpError| {
         Some(Reject {
             err,
@@ -104,8 +105,12 @@ pub(crate) async fn read_head(
             return Ok(step);
         }
         let max = snap.limits.max_header_bytes + 1;
-        let until = *deadline.get_or_insert_with(|| Instant::now() + snap.limits.header_timeout.0);
-        match monoio::time::timeout_at(until.into(), read_more(client, &mut conn.buf, max)).await {
+        let by = *due.get_or_insert_with(|| conn.slot.due_in(snap.limits.header_timeout.0));
+        match conn
+            .slot
+            .by(by, read_more(client, &mut conn.buf, max))
+            .await
+        {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
             Ok(Ok(_)) => {}
             Err(_) => return Err(local(HttpError::RequestTimeout)),

@@ -4,7 +4,7 @@
 use crate::audit::TlsInfo;
 use crate::proxy::idle::IdleSlot;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Canceller};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 
@@ -211,28 +211,28 @@ pub(crate) async fn read_held(
     max: usize,
     wait: std::time::Duration,
     slot: &IdleSlot,
+    canceller: &mut Option<Canceller>,
 ) -> Held {
-    use monoio::io::{CancelableAsyncReadRent, Canceller};
+    use monoio::io::CancelableAsyncReadRent;
     let tcp = match &mut client.io {
         ClientIo::Plain(tcp) if wait > IDLE_HOLD => tcp,
         _ => {
-            return Held::Read(monoio::select! {
-                got = read_more(client, buf, max) => got,
-                () = slot.after(wait) => Err(std::io::ErrorKind::TimedOut.into()),
-            });
+            let got = slot.within(wait, read_more(client, buf, max)).await;
+            return Held::Read(got.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())));
         }
     };
     buf.reserve(4096.min(max));
-    let canceller = Canceller::new();
+    let handle = canceller.get_or_insert_with(Canceller::new).handle();
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
-    let read = tcp.cancelable_read(owned.slice_mut(len..cap), canceller.handle());
-    let mut read = std::pin::pin!(read);
+    let mut read = std::pin::pin!(tcp.cancelable_read(owned.slice_mut(len..cap), handle));
     // A read completing as it is cancelled still returns its bytes.
-    let (res, slice) = monoio::select! {
-        done = &mut read => done,
-        () = slot.after(IDLE_HOLD) => {
-            let _ = canceller.cancel();
+    let (res, slice) = match slot.within(IDLE_HOLD, &mut read).await {
+        Ok(done) => done,
+        Err(_) => {
+            if let Some(c) = canceller.take() {
+                let _ = c.cancel();
+            }
             read.await
         }
     };
@@ -258,9 +258,9 @@ pub(crate) async fn read_after_idle(
     slot: &IdleSlot,
 ) -> std::io::Result<usize> {
     if let ClientIo::Plain(tcp) = &mut client.io {
-        monoio::select! {
-            ready = tcp.readable(false) => ready?,
-            () = slot.after(left) => return Err(std::io::ErrorKind::TimedOut.into()),
+        match slot.within(left, tcp.readable(false)).await {
+            Ok(ready) => ready?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
     read_more(client, buf, max).await

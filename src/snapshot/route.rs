@@ -211,12 +211,13 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    by_host: HashMap<String, Vec<usize>>,
+    /// Seeded foldhash: looked up on every request (SipHash cost more).
+    by_host: HashMap<String, Vec<usize>, foldhash::fast::RandomState>,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> RouteTable {
-        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_host: HashMap<String, Vec<usize>, _> = HashMap::default();
         for r in &routes {
             by_host
                 .entry(r.public.host.clone())

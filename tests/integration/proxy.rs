@@ -432,7 +432,7 @@ fn a_taken_port_is_an_error_not_a_shared_listener() {
 
 /// The state kept per connection while it waits: the future of
 /// `proxy::serve`, which is all of a plain connection's task (about 1.2 KiB
-/// in release builds, 1.3 KiB in debug: a turn's state, the held read and
+/// in release builds, 1.4 KiB in debug: a turn's state, the held read and
 /// the exchange, is boxed and lives only while a request is awaited and
 /// served; an idle wait uses the worker's coarse clock, not a 640-byte
 /// monoio timer; ≤ 2 KiB per idle connection in all is a goal, see
@@ -456,7 +456,7 @@ fn connection_future_stays_small() {
         let fut = portcullis::internal::proxy::serve(worker, portcullis::internal::proxy::ClientStream::plain(tcp), "127.0.0.1:1".parse().unwrap(), ());
         let size = std::mem::size_of_val(&fut);
         eprintln!("proxy::serve future: {size} bytes");
-        assert!(size <= 1408, "a connection's future is {size} bytes");
+        assert!(size <= 1440, "a connection's future is {size} bytes");
     });
 }
 

@@ -69,7 +69,7 @@ fn read(
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{{"uri":"{uri}"}}}}"#
     );
-    let mut conn = Conn::new("10.0.0.1:1".parse().unwrap(), false);
+    let mut conn = Conn::detached("10.0.0.1:1".parse().unwrap(), false);
     conn.begin();
     conn.buf.extend_from_slice(body.as_bytes());
     let req = Request {

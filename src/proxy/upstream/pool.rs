@@ -22,7 +22,8 @@ struct Idle {
 
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: RefCell<HashMap<String, Vec<Idle>>>,
+    /// Seeded foldhash: taken from and put into on every request.
+    idle: RefCell<HashMap<String, Vec<Idle>, foldhash::fast::RandomState>>,
 }
 
 impl Pool {

@@ -20,8 +20,7 @@ use crate::proxy::worker::Worker;
 use crate::snapshot::route::Route;
 use crate::snapshot::Snapshot;
 use monoio::io::AsyncWriteRent;
-use monoio::time::{timeout, timeout_at};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use whole::{filter_events, filtered_json, strip_content_length};
 
 mod whole;
@@ -98,11 +97,11 @@ pub(crate) async fn response(
             .take(worker, route, req, conn, &mut source)
             .map_err(|reason| broken(route, conn, head_sent, reason))?;
         if !conn.out.is_empty() {
-            match timeout(
-                snap.limits.write_timeout.0,
-                write_all(client, &mut conn.out),
-            )
-            .await
+            let limit = snap.limits.write_timeout.0;
+            match conn
+                .slot
+                .within(limit, write_all(client, &mut conn.out))
+                .await
             {
                 Ok(Ok(())) => head_sent = true,
                 _ => return Err(None),
@@ -302,7 +301,7 @@ async fn read_body(
     event_stream: bool,
 ) -> Result<std::io::Result<usize>, Stalled> {
     conn.ubuf.clear();
-    let read = timeout(
+    let read = conn.slot.within(
         snap.upstream.read_timeout,
         read_more(upstream, &mut conn.ubuf, READ_CHUNK),
     );
@@ -485,7 +484,7 @@ async fn read_head(
     conn: &mut Conn,
 ) -> Result<Head, Option<HttpError>> {
     // Taken only when the head needs another read.
-    let mut deadline = None;
+    let mut due = None;
     loop {
         let parsed = parse_head(worker, route, req, conn)?;
         match parsed {
@@ -499,13 +498,15 @@ async fn read_head(
             }
             None => {}
         }
-        let until =
-            *deadline.get_or_insert_with(|| Instant::now() + snap.upstream.response_header_timeout);
-        match timeout_at(
-            until.into(),
-            read_more(upstream, &mut conn.ubuf, MAX_RESPONSE_HEAD + 1),
-        )
-        .await
+        let by =
+            *due.get_or_insert_with(|| conn.slot.due_in(snap.upstream.response_header_timeout));
+        match conn
+            .slot
+            .by(
+                by,
+                read_more(upstream, &mut conn.ubuf, MAX_RESPONSE_HEAD + 1),
+            )
+            .await
         {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => {

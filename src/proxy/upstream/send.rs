@@ -12,7 +12,6 @@ use crate::proxy::upstream::connect;
 use crate::proxy::worker::{Worker, WorkerCounters};
 use crate::snapshot::Snapshot;
 use monoio::io::AsyncWriteRentExt;
-use monoio::time::timeout;
 
 /// Send the request `permit` allows: `conn.up` holds its complete head (and
 /// held body); a body still unread streams from the client after it.
@@ -59,16 +58,18 @@ pub(crate) async fn send(
         };
         let ubuf = &mut conn.ubuf;
         ubuf.clear();
-        let sent = timeout(limit, async {
-            let (res, head) = upstream.write_all(head).await;
-            let got = match res {
-                Ok(_) if probe => read_more(&mut upstream, ubuf, 64 * 1024).await.map(Some),
-                Ok(_) => Ok(None),
-                Err(e) => Err(e),
-            };
-            (got, head)
-        })
-        .await;
+        let sent = conn
+            .slot
+            .within(limit, async {
+                let (res, head) = upstream.write_all(head).await;
+                let got = match res {
+                    Ok(_) if probe => read_more(&mut upstream, ubuf, 64 * 1024).await.map(Some),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                (got, head)
+            })
+            .await;
         let got = match sent {
             Ok((got, head)) => {
                 conn.up = head.into_inner();

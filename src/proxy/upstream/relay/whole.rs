@@ -93,11 +93,11 @@ pub(super) async fn filtered_json(
             return Err(Some(HttpError::BadGateway(ANSWER_TOO_LARGE)));
         }
         conn.ubuf.clear();
-        match timeout(
-            snap.upstream.read_timeout,
-            read_more(&mut upstream, &mut conn.ubuf, READ_CHUNK),
-        )
-        .await
+        let limit = snap.upstream.read_timeout;
+        match conn
+            .slot
+            .within(limit, read_more(&mut upstream, &mut conn.ubuf, READ_CHUNK))
+            .await
         {
             Ok(Ok(0)) if matches!(source, Source::UntilClose) => source = Source::Ended,
             Ok(Ok(n)) if n > 0 => {}
@@ -144,11 +144,11 @@ pub(super) async fn filtered_json(
     }
     conn.out.extend_from_slice(b"\r\n");
     conn.out.extend_from_slice(&body);
-    match timeout(
-        snap.limits.write_timeout.0,
-        write_all(client, &mut conn.out),
-    )
-    .await
+    let limit = snap.limits.write_timeout.0;
+    match conn
+        .slot
+        .within(limit, write_all(client, &mut conn.out))
+        .await
     {
         Ok(Ok(())) => {}
         _ => return Err(None),
