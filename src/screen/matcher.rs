@@ -11,7 +11,7 @@
 //! collide) and are at least four bytes long (Teddy's longest fingerprint).
 
 use super::detectors::{anchor_forms, CharClass, Group, How, BUILTINS};
-use super::digits::{digit_runs, CARD_SPAN, MIN_DIGITS};
+use super::digits::{card_or_iban_runs, CARD_SPAN};
 use super::literals::{teddy_order, Literals};
 use super::validate::{card_at, char_at, chars_at, iban_at, is_word};
 use regex::bytes::{Regex, RegexBuilder};
@@ -312,7 +312,7 @@ impl Matcher {
         }
         let (card, iban) = (self.card.is_some(), self.iban.is_some());
         if card || iban {
-            digit_runs(t, MIN_DIGITS, |p, window| {
+            card_or_iban_runs(t, card, iban, |p, window| {
                 // A card's first four digits, after a non-word byte, with
                 // the 13 digits a card holds at least in the bytes they
                 // span at most (`card_at`); or the check digits after an

@@ -210,9 +210,12 @@ impl Screen {
         if scanned.matched.is_empty() {
             return Ok(findings);
         }
+        let mut memo = Vec::new();
+        let mut counts: Vec<(u8, u32)> = Vec::new();
         for m in &scanned.matched {
-            let pointer = self.pointer(body, &scanned.walked.path(m.container, m.last));
-            let mut counts: Vec<(u8, u32)> = Vec::new();
+            let path = scanned.walked.path(m.container, m.last);
+            let pointer = self.pointer(body, &path, &mut memo);
+            counts.clear();
             for h in &scanned.hits[m.hits.clone()] {
                 match counts.iter_mut().find(|(d, _)| *d == h.det) {
                     Some((_, n)) => *n += 1,
@@ -220,7 +223,7 @@ impl Screen {
                 }
             }
             counts.sort_unstable();
-            for (id, count) in counts {
+            for &(id, count) in &counts {
                 let d = &self.matcher.detectors[usize::from(id)];
                 findings.push(Finding {
                     detector: d.name.clone(),

@@ -95,32 +95,58 @@ impl Screen {
 
     /// RFC 6901: `/` before each step, `~` as `~0` and `/` as `~1` in keys;
     /// matches inside a key are replaced by their markers.
-    pub(super) fn pointer(&self, body: &[u8], path: &[Seg]) -> String {
-        let mut p = String::new();
-        let mut key = Vec::new();
-        for seg in path {
-            p.push('/');
-            let Some((raw, escaped)) = seg.key(body) else {
-                if let Seg::Index(n) = seg {
-                    let _ = write!(p, "{n}");
-                }
-                continue;
+    ///
+    /// `memo` holds, per depth, the last step rendered there: a step's
+    /// rendering depends on its own bytes only, and the findings of a body
+    /// mostly share their first steps (and their last key), so each key is
+    /// searched for matches once.
+    pub(super) fn pointer(
+        &self,
+        body: &[u8],
+        path: &[Seg],
+        memo: &mut Vec<(Seg, String)>,
+    ) -> String {
+        let mut p = String::with_capacity(memo.iter().map(|(_, s)| s.len()).sum::<usize>() + 16);
+        for (depth, seg) in path.iter().enumerate() {
+            let same = |(done, _): &(Seg, String)| match (done, seg) {
+                (Seg::Index(a), Seg::Index(b)) => a == b,
+                (done, seg) => done.key(body) == seg.key(body),
             };
-            key.clear();
-            if escaped {
-                unescape(raw, &mut key);
-            } else {
-                key.extend_from_slice(raw);
-            }
-            let mut hits = self.hits_in(&key);
-            let mut masked = Vec::new();
-            self.replace(&key, &mut hits, &mut masked);
-            for c in String::from_utf8_lossy(&masked).chars() {
-                match c {
-                    '~' => p.push_str("~0"),
-                    '/' => p.push_str("~1"),
-                    c => p.push(c),
+            if !memo.get(depth).is_some_and(same) {
+                let step = (*seg, self.step(body, seg));
+                match memo.get_mut(depth) {
+                    Some(slot) => *slot = step,
+                    None => memo.push(step),
                 }
+            }
+            p.push_str(&memo[depth].1);
+        }
+        p
+    }
+
+    /// One step of a pointer: `/`, then the index or the key.
+    fn step(&self, body: &[u8], seg: &Seg) -> String {
+        let mut p = String::from("/");
+        let Some((raw, escaped)) = seg.key(body) else {
+            if let Seg::Index(n) = seg {
+                let _ = write!(p, "{n}");
+            }
+            return p;
+        };
+        let mut key = Vec::new();
+        if escaped {
+            unescape(raw, &mut key);
+        } else {
+            key.extend_from_slice(raw);
+        }
+        let mut hits = self.hits_in(&key);
+        let mut masked = Vec::new();
+        self.replace(&key, &mut hits, &mut masked);
+        for c in String::from_utf8_lossy(&masked).chars() {
+            match c {
+                '~' => p.push_str("~0"),
+                '/' => p.push_str("~1"),
+                c => p.push(c),
             }
         }
         p

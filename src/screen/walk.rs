@@ -5,6 +5,7 @@
 //! nesting deeper than the JSON-RPC decoder accepts.
 
 use crate::mcp::jsonrpc::MAX_DEPTH;
+use crate::sys::Bytes16;
 use std::fmt;
 
 /// Why a body could not be screened.
@@ -284,31 +285,17 @@ impl Walker<'_> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Sixteen, then eight bytes at a time, up to the first quote,
-            // backslash or control character.
-            'scan: {
-                while let Some(chunk) = self.b.get(self.i..self.i + 16) {
-                    let word = |k: usize| {
-                        special(u64::from_le_bytes(
-                            chunk[k..k + 8].try_into().unwrap_or_default(),
-                        ))
-                    };
-                    let (lo, hi) = (word(0), word(8));
-                    if lo | hi != 0 {
-                        let (skip, found) = if lo != 0 { (0, lo) } else { (8, hi) };
-                        self.i += skip + found.trailing_zeros() as usize / 8;
-                        break 'scan;
-                    }
-                    self.i += 16;
+            // Sixteen bytes at a time, up to the first quote, backslash or
+            // control character (the last few bytes of the body one at a
+            // time, below).
+            while let Some(chunk) = self.b.get(self.i..).and_then(|r| r.first_chunk::<16>()) {
+                let v = Bytes16::load(chunk);
+                let found = v.eq(b'"') | v.eq(b'\\') | v.in_range(0, 0x1f);
+                if found != 0 {
+                    self.i += found.trailing_zeros() as usize;
+                    break;
                 }
-                while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                    let found = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
-                    if found != 0 {
-                        self.i += found.trailing_zeros() as usize / 8;
-                        break 'scan;
-                    }
-                    self.i += 8;
-                }
+                self.i += 16;
             }
             match self.peek()? {
                 b'"' => break,
@@ -427,17 +414,6 @@ impl Walker<'_> {
         self.digits();
         Ok(())
     }
-}
-
-/// The high bit of each of the eight bytes of `x` (little-endian) that is
-/// a control character, `"` or `\`: exact up to the first one (a borrow
-/// may flag bytes after it).
-fn special(x: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-    let low = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-    low | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')))
 }
 
 /// The byte each one-letter escape stands for, by its letter (0: none).

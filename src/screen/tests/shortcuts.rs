@@ -1,10 +1,13 @@
 //! The scan's shortcuts: a body without a backslash is confirmed as the
 //! walk reaches each value (else after it, in the decoded copy), one-letter
 //! escapes are decoded without `escape`, card numbers are only tried where
-//! 13 digits fit, and the anchors' literals are ordered for Teddy.
+//! 13 digits fit (runs that cannot start a card or follow an IBAN's
+//! country code are dropped a block at a time), the anchors' literals are
+//! ordered for Teddy, strings are read 16 bytes at a time, and a pointer's
+//! steps are rendered once per depth.
 
 use super::super::detectors::{anchor_forms, How, BUILTINS};
-use super::super::digits::digit_runs;
+use super::super::digits::{card_or_iban_runs, digit_runs, MIN_DIGITS};
 use super::super::literals::ORDER;
 use super::{all, names, AWS};
 
@@ -197,4 +200,108 @@ fn digit_runs_match_a_naive_reading() {
     let dense = format!("{}4111 1111 1111 1111{}", "a".repeat(60), "b".repeat(100));
     digit_runs(dense.as_bytes(), 10, |p, _| got.push(p));
     assert_eq!(got, [60, 65, 70, 75]);
+}
+
+#[test]
+fn card_and_iban_runs_are_the_digit_runs_that_may_start_one() {
+    // Runs of every length, after capitals, spaces, dashes and other
+    // bytes, across 64-byte edges.
+    let pieces = [
+        "4111", "1", "22", "333", " ", "-", "GB", "DE8", "x", "é", "55555", "Q",
+    ];
+    let texts: Vec<Vec<u8>> = (0..40)
+        .map(|seed: usize| {
+            (0..120)
+                .map(|i| pieces[(i * 7 + seed * 13 + i * i * seed) % pieces.len()])
+                .collect::<String>()
+                .into_bytes()
+        })
+        .collect();
+    for t in &texts {
+        for (card, iban) in [(true, false), (false, true), (true, true)] {
+            let mut want = Vec::new();
+            digit_runs(t, MIN_DIGITS, |p, window| {
+                let c = card && window & 0xf == 0xf;
+                let i = iban
+                    && p >= 2
+                    && t[p - 1].is_ascii_uppercase()
+                    && t[p - 2].is_ascii_uppercase();
+                if c || i {
+                    want.push((p, window));
+                }
+            });
+            let mut got = Vec::new();
+            card_or_iban_runs(t, card, iban, |p, window| got.push((p, window)));
+            assert_eq!(got, want, "{card} {iban} {:?}", String::from_utf8_lossy(t));
+        }
+    }
+    // A card and an IBAN straddling a block's edge.
+    for pad in 55..66 {
+        let body = format!(
+            r#"{{"a":"{} 4111 1111 1111 1111","b":"{} GB82WEST12345698765432"}}"#,
+            "x".repeat(pad),
+            "y".repeat(pad)
+        );
+        let f = found(&body);
+        let want = [("card_number", "/a"), ("iban", "/b")];
+        let want: Vec<_> = (want.iter())
+            .map(|(d, p)| (d.to_string(), p.to_string(), 1))
+            .collect();
+        assert_eq!(f, want, "{body}");
+    }
+}
+
+#[test]
+fn strings_read_sixteen_bytes_at_a_time_end_where_they_end() {
+    for n in 0..40 {
+        let pad = "x".repeat(n);
+        // A match right after an escape, a quote or a multi-byte code
+        // point at any offset in a 16-byte step.
+        for sep in [
+            r"\n",
+            r#"\""#,
+            r"\\",
+            r"\u00e9",
+            "é",
+            "😀",
+            r"\ud83d\ude00",
+            " ",
+        ] {
+            let body = format!(r#"{{"{pad}":"{pad}{sep}{AWS}","b":"{pad}"}}"#);
+            let want = [("aws_key".to_string(), format!("/{pad}"), 1)];
+            assert_eq!(found(&body), want, "{body}");
+        }
+        // A raw control character is refused where it is.
+        for c in ['\u{1}', '\n', '\u{1f}'] {
+            let body = format!(r#"{{"a":"{pad}{c}"}}"#);
+            let s = all();
+            assert_eq!(
+                s.scan(body.as_bytes()),
+                Err(super::super::JsonError::Syntax(6 + n)),
+                "{body:?}"
+            );
+        }
+        // A string that ends in the body's last bytes.
+        let body = format!(r#""{pad} {AWS}""#);
+        assert_eq!(found(&body), [("aws_key".to_string(), String::new(), 1)]);
+    }
+}
+
+#[test]
+fn pointer_steps_are_rendered_once_per_depth_and_stay_right() {
+    let e = "e@example.com";
+    let body = format!(
+        r#"[{{"a":{{"b":"{e}"}}}},{{"c":{{"b":"{e}"}}}},{{"a":{{"d/~":"{e}"}}}},{{"{AWS}":["{e}","{e}"]}},{{"a\u0062":{{"b":"{e}"}}}},{{"a":{{"b":"{e}"}}}}]"#
+    );
+    let got: Vec<String> = found(&body).into_iter().map(|f| f.1).collect();
+    let want = [
+        "/0/a/b",
+        "/1/c/b",
+        "/2/a/d~1~0",
+        "/3/[REDACTED:aws_key]/0",
+        "/3/[REDACTED:aws_key]/1",
+        "/4/ab/b",
+        "/5/a/b",
+    ];
+    assert_eq!(got, want);
 }
