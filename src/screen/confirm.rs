@@ -8,7 +8,8 @@ use super::Matched;
 
 pub(super) struct Confirm<'m> {
     matcher: &'m Matcher,
-    cands: Cands,
+    /// The candidates of the whole body (kept for the pointers' keys).
+    pub(super) cands: Cands,
     cursor: Cursor,
     /// The first candidate position not yet read (`usize::MAX`: none).
     upcoming: usize,

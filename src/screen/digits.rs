@@ -3,11 +3,6 @@
 
 use crate::sys::Bytes16;
 
-/// Digits a card number (13) or an IBAN (10, `iban_at`) holds at least;
-/// either spans at most 65 bytes, so two 64-byte blocks. Matches never
-/// depend on the text around them.
-pub(super) const MIN_DIGITS: u32 = 10;
-
 /// Where each run of two or more ASCII digits in `t` starts, in order, in
 /// the 64-byte blocks that, with the next block, hold at least `min`
 /// digits (a run elsewhere is never part of a match of `min` digits); with
@@ -37,7 +32,9 @@ pub(crate) fn card_or_iban_runs(t: &[u8], card: bool, iban: bool, found: impl Fn
         }
         keep
     };
-    runs(t, MIN_DIGITS, keep, found);
+    // No count of digits per block: a card start's window is checked for
+    // the 13 digits a card holds, and `iban_at` counts an IBAN's ten.
+    runs(t, 0, keep, found);
 }
 
 /// `digit_runs`, keeping in each block (at `lo`, digit bits `m`, the next
@@ -64,7 +61,7 @@ fn runs(
             starts &= keep(lo, m, then);
         }
         // Counted last: most blocks have no start to keep.
-        if starts != 0 && m.count_ones() + then.count_ones() < min {
+        if starts != 0 && min > 0 && m.count_ones() + then.count_ones() < min {
             starts = 0;
         }
         while starts != 0 {

@@ -33,7 +33,7 @@ pub use detectors::Group;
 pub use walk::JsonError;
 
 use confirm::Confirm;
-use matcher::{Hit, Matcher, Value};
+use matcher::{Cands, Hit, Matcher, Value};
 use std::ops::Range;
 use std::sync::Arc;
 use walk::{unescape, walk, Raw, Seg, Walked};
@@ -171,6 +171,9 @@ struct Scanned {
     matched: Vec<Matched>,
     /// Positions in the decoded body.
     hits: Vec<Hit>,
+    /// Every candidate in the decoded body (object keys are in it as they
+    /// are in the body).
+    cands: Cands,
 }
 
 impl Scanned {
@@ -214,7 +217,7 @@ impl Screen {
         let mut counts: Vec<(u8, u32)> = Vec::new();
         for m in &scanned.matched {
             let path = scanned.walked.path(m.container, m.last);
-            let pointer = self.pointer(body, &path, &mut memo);
+            let pointer = self.pointer(body, &path, &scanned.cands, &mut memo);
             counts.clear();
             for h in &scanned.hits[m.hits.clone()] {
                 match counts.iter_mut().find(|(d, _)| *d == h.det) {
@@ -300,6 +303,7 @@ impl Screen {
             walked,
             matched: confirm.matched,
             hits: confirm.hits,
+            cands: confirm.cands,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! (every other byte copied as it was; a rewritten string is re-escaped
 //! whole), and the JSON pointers of findings.
 
-use super::matcher::Hit;
+use super::matcher::{Cands, Hit};
 use super::walk::{unescape, Seg};
 use super::{JsonError, Mask, Screen};
 use std::fmt::Write;
@@ -104,6 +104,7 @@ impl Screen {
         &self,
         body: &[u8],
         path: &[Seg],
+        cands: &Cands,
         memo: &mut Vec<(Seg, String)>,
     ) -> String {
         let mut p = String::with_capacity(memo.iter().map(|(_, s)| s.len()).sum::<usize>() + 16);
@@ -113,7 +114,7 @@ impl Screen {
                 (done, seg) => done.key(body) == seg.key(body),
             };
             if !memo.get(depth).is_some_and(same) {
-                let step = (*seg, self.step(body, seg));
+                let step = (*seg, self.step(body, seg, cands));
                 match memo.get_mut(depth) {
                     Some(slot) => *slot = step,
                     None => memo.push(step),
@@ -124,8 +125,12 @@ impl Screen {
         p
     }
 
-    /// One step of a pointer: `/`, then the index or the key.
-    fn step(&self, body: &[u8], seg: &Seg) -> String {
+    /// One step of a pointer: `/`, then the index or the key. A key
+    /// without escapes is searched for matches only when the body's
+    /// candidates (`cands`, found in the body or its decoded copy, where
+    /// keys are as they are in the body) hold one inside it: each
+    /// candidate of the key on its own is one of those, at the same place.
+    fn step(&self, body: &[u8], seg: &Seg, cands: &Cands) -> String {
         let mut p = String::from("/");
         let Some((raw, escaped)) = seg.key(body) else {
             if let Seg::Index(n) = seg {
@@ -139,7 +144,17 @@ impl Screen {
         } else {
             key.extend_from_slice(raw);
         }
-        let mut hits = self.hits_in(&key);
+        let searched = match *seg {
+            Seg::Key { start, end, .. } => {
+                escaped || self.matcher.has_custom() || cands.any_in(start as usize, end as usize)
+            }
+            Seg::Index(_) => false,
+        };
+        let mut hits = if searched {
+            self.hits_in(&key)
+        } else {
+            Vec::new()
+        };
         let mut masked = Vec::new();
         self.replace(&key, &mut hits, &mut masked);
         for c in String::from_utf8_lossy(&masked).chars() {

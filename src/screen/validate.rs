@@ -197,7 +197,7 @@ pub(crate) fn iban_at(t: &[u8], a: usize, q: usize, b: usize) -> Option<usize> {
         }
     }
     // At least ten digits: every country's account numbers are mostly
-    // digits, and the digit-run search counts on it (`MIN_DIGITS`).
+    // digits (the digit-run search hands on every run after two capitals).
     let digits = t[s..i].iter().filter(|c| c.is_ascii_digit()).count();
     if count != want || (i < b && is_word(t[i])) || digits < 10 {
         return None;

@@ -7,7 +7,7 @@
 //! steps are rendered once per depth.
 
 use super::super::detectors::{anchor_forms, How, BUILTINS};
-use super::super::digits::{card_or_iban_runs, digit_runs, MIN_DIGITS};
+use super::super::digits::{card_or_iban_runs, digit_runs};
 use super::super::literals::ORDER;
 use super::{all, names, AWS};
 
@@ -220,7 +220,7 @@ fn card_and_iban_runs_are_the_digit_runs_that_may_start_one() {
     for t in &texts {
         for (card, iban) in [(true, false), (false, true), (true, true)] {
             let mut want = Vec::new();
-            digit_runs(t, MIN_DIGITS, |p, window| {
+            digit_runs(t, 0, |p, window| {
                 let c = card && window & 0xf == 0xf;
                 let i = iban
                     && p >= 2
@@ -304,4 +304,43 @@ fn pointer_steps_are_rendered_once_per_depth_and_stay_right() {
         "/5/a/b",
     ];
     assert_eq!(got, want);
+}
+
+#[test]
+fn keys_are_searched_where_the_body_has_candidates_in_them() {
+    let e = "e@example.com";
+    for (key, shown) in [
+        ("a@example.com", "[REDACTED:email]"),
+        ("x\u{200b}y", "x[REDACTED:zero_width]y"),
+        ("4111 1111 1111 1111", "[REDACTED:card_number]"),
+        ("GB82WEST12345698765432", "[REDACTED:iban]"),
+        ("plain 2024-05-17T12:34:56Z", "plain 2024-05-17T12:34:56Z"),
+    ] {
+        let body = format!(r#"{{"k":[{{"{key}":"{e}"}}]}}"#);
+        let got: Vec<String> = found(&body).into_iter().map(|f| f.1).collect();
+        assert_eq!(got, [format!("/k/0/{shown}")], "{body}");
+    }
+}
+
+#[test]
+fn dates_are_not_card_candidates_and_cards_still_are() {
+    let s = all();
+    let runs = |t: &str| {
+        let c = s.matcher.candidates(t.as_bytes());
+        c.all().is_empty()
+    };
+    assert!(runs(r#""2024-05-17T12:34:56Z","2024-05-17 12:34:56""#));
+    for t in [
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "4111111111111111",
+        "4222 2222 2222 2",
+        "x 4111 1111 1111 1111 y",
+    ] {
+        for pad in 0..20 {
+            let text = format!("{}{t}", " ".repeat(pad));
+            assert!(!runs(&text), "{text:?}");
+            assert_eq!(found(&format!(r#"{{"a":"{text}"}}"#)).len(), 1, "{text:?}");
+        }
+    }
 }
