@@ -7,6 +7,7 @@
 pub(crate) mod canon;
 pub(crate) mod diff;
 pub(crate) mod set;
+pub(crate) mod template;
 
 use crate::config::pin::{PinConfig, PinMode};
 use crate::mcp::listfilter::ListKind;

@@ -88,6 +88,19 @@ impl Table {
             .is_some_and(|e| e.approved.is_some() && e.pending.is_none())
     }
 
+    /// A template of this table (a resource template's name is its URI
+    /// template) that `uri` falls under and that is not callable: a read
+    /// of `uri` is refused under `enforce`. A URI under no recorded
+    /// template (a plain resource) has none.
+    pub(crate) fn unapproved_template_of(&self, uri: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .find(|(t, e)| {
+                (e.approved.is_none() || e.pending.is_some()) && super::template::matches(t, uri)
+            })
+            .map(|(t, _)| t.as_str())
+    }
+
     /// Whether a change of `name` awaits approval.
     pub(crate) fn has_pending(&self, name: &str) -> bool {
         self.items.get(name).is_some_and(|e| e.pending.is_some())
@@ -129,6 +142,23 @@ mod tests {
         assert_eq!(t.approved(), 2);
         assert!(t.has_approved("add") && !t.has_approved("new") && !t.has_approved("x"));
         assert!(t.has_pending("add") && !t.has_pending("echo"));
+        let templates = Pinned::from_rows([
+            ("r", Kind::ResourceTemplate, "e2e://docs/{n}", "h1", true),
+            ("r", Kind::ResourceTemplate, "e2e://docs/{n}", "h2", false),
+            ("r", Kind::ResourceTemplate, "e2e://notes/{n}", "h3", true),
+            ("r", Kind::ResourceTemplate, "e2e://new/{n}", "h4", false),
+        ]);
+        let t = templates.table("r", Kind::ResourceTemplate).unwrap();
+        assert_eq!(
+            t.unapproved_template_of("e2e://docs/7"),
+            Some("e2e://docs/{n}")
+        );
+        assert_eq!(
+            t.unapproved_template_of("e2e://new/1"),
+            Some("e2e://new/{n}")
+        );
+        assert_eq!(t.unapproved_template_of("e2e://notes/7"), None);
+        assert_eq!(t.unapproved_template_of("e2e://greeting"), None);
         assert!(p.table("r", Kind::Prompt).is_none(), "nothing recorded yet");
         assert!(p.table("s", Kind::Prompt).unwrap().callable("p"));
         assert!(p.table("x", Kind::Tool).is_none());

@@ -388,7 +388,8 @@ impl Judge<'_> {
             }
         }
         let shared = &self.worker.shared;
-        let Some(why) = crate::proxy::pin::refused_call(self.route, shared, method, m.name) else {
+        let refused = crate::proxy::pin::refused_call(self.route, shared, method, m.name, m.uri);
+        let Some(why) = refused else {
             return false;
         };
         tally.refused = Some(Refused {

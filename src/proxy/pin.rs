@@ -146,28 +146,37 @@ pub(crate) fn send(shared: &Shared, reports: Vec<Report>) {
     }
 }
 
-/// Under `enforce`, why a call to `name` (`tools/call`, `prompts/get`) is
-/// refused: pinning has recorded the route's definitions and this one is
-/// not approved (new, changed since approved, or marked).
+/// Under `enforce`, why a call to `name` (`tools/call`, `prompts/get`) or a
+/// read of `uri` (`resources/read`) is refused: pinning has recorded the
+/// route's definitions and this one, or the resource template the URI falls
+/// under, is not approved (new, changed since approved, or marked).
 pub(crate) fn refused_call(
     route: &Route,
     shared: &Shared,
     method: crate::mcp::method::Method<'_>,
     name: Option<&str>,
+    uri: Option<&str>,
 ) -> Option<String> {
     use crate::mcp::method::Method;
     let pin = route.pin.as_deref()?;
     let kind = match method {
         Method::ToolsCall => Kind::Tool,
         Method::PromptsGet => Kind::Prompt,
+        Method::ResourcesRead => Kind::ResourceTemplate,
         _ => return None,
     };
     if pin.mode(kind) != PinMode::Enforce {
         return None;
     }
-    let name = name.unwrap_or("");
     let pinned = shared.pins.load();
     let table = pinned.table(&route.name, kind)?;
+    if kind == Kind::ResourceTemplate {
+        let template = table.unapproved_template_of(uri.unwrap_or(""))?;
+        return Some(format!(
+            "refused by tool pinning: the resource falls under the resource template {template:?}, which is not approved on this route (new, or changed since it was approved)"
+        ));
+    }
+    let name = name.unwrap_or("");
     (!table.callable(name)).then(|| {
         format!(
             "refused by tool pinning: {} {name:?} is not approved on this route (new, or changed since it was approved)",
@@ -304,7 +313,7 @@ mod tests {
         let snap = snapshot();
         let route = snap.routes.get(0);
         let shared = Shared::new(1, None).unwrap();
-        let call = |name| refused_call(route, &shared, Method::ToolsCall, Some(name));
+        let call = |name| refused_call(route, &shared, Method::ToolsCall, Some(name), None);
         assert_eq!(call("anything"), None, "nothing recorded yet");
         shared.pins.store(std::sync::Arc::new(Pinned::from_rows([
             ("t", Kind::Tool, "add", "h1", true),
@@ -317,10 +326,36 @@ mod tests {
         assert!(why.contains("tool \"echo\" is not approved"), "{why}");
         assert!(call("unknown").is_some());
         assert_eq!(
-            refused_call(route, &shared, Method::PromptsGet, Some("p")),
+            refused_call(route, &shared, Method::PromptsGet, Some("p"), None),
             None,
             "prompts are recorded only"
         );
-        assert_eq!(refused_call(route, &shared, Method::ToolsList, None), None);
+        assert_eq!(
+            refused_call(route, &shared, Method::ToolsList, None, None),
+            None
+        );
+    }
+
+    #[test]
+    fn enforce_refuses_reads_under_templates_not_approved() {
+        let text = CONFIG.replace("prompts: record", "resource_templates: enforce");
+        let snap = crate::snapshot::from_text(&text, std::path::Path::new("t.yaml")).unwrap();
+        let route = snap.routes.get(0);
+        let shared = Shared::new(1, None).unwrap();
+        let read = |uri| refused_call(route, &shared, Method::ResourcesRead, None, Some(uri));
+        assert_eq!(read("e2e://docs/1"), None, "nothing recorded yet");
+        shared.pins.store(std::sync::Arc::new(Pinned::from_rows([
+            ("t", Kind::ResourceTemplate, "e2e://docs/{n}", "h1", true),
+            ("t", Kind::ResourceTemplate, "e2e://docs/{n}", "h2", false),
+            ("t", Kind::ResourceTemplate, "e2e://notes/{n}", "h3", true),
+        ])));
+        let why = read("e2e://docs/1").expect("its template changed");
+        assert!(
+            why.contains("resource template \"e2e://docs/{n}\""),
+            "{why}"
+        );
+        assert_eq!(read("e2e://notes/1"), None);
+        assert_eq!(read("e2e://greeting"), None, "under no template");
+        assert!(refused_call(route, &shared, Method::ResourcesRead, None, None).is_none());
     }
 }
