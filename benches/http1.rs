@@ -23,7 +23,7 @@ fn heads(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(raw.len() as u64));
         g.bench_function(name, |b| {
             b.iter(|| {
-                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut headers = [portcullis::internal::http1::NO_HEADER; 64];
                 let head = parse_request(black_box(raw), &mut headers, &limits)
                     .unwrap()
                     .unwrap();
@@ -35,7 +35,7 @@ fn heads(c: &mut Criterion) {
     let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: 2c5f1b0e9b7e4c5a\r\nDate: Sat, 21 Nov 2026 23:00:00 GMT\r\nContent-Length: 210\r\n\r\n";
     c.bench_function("response_head", |b| {
         b.iter(|| {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut headers = [portcullis::internal::http1::NO_HEADER; 64];
             black_box(
                 parse_response(black_box(resp), &mut headers, false, 65536)
                     .unwrap()

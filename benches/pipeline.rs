@@ -45,7 +45,7 @@ fn in_process(c: &mut Criterion) {
             let Some((Step::Forward(req), _)) = parse(&worker, &snap, &mut conn).unwrap() else {
                 panic!("not forwarded")
             };
-            let mut rh = [httparse::EMPTY_HEADER; 64];
+            let mut rh = [portcullis::internal::http1::NO_HEADER; 64];
             let resp = parse_response(black_box(RESPONSE), &mut rh, false, 65536)
                 .unwrap()
                 .unwrap();
@@ -158,7 +158,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
             conn.buf.drain(..head_len);
             let body = Body::Buffered(conn.buf.len());
             judge(&worker, &snap, &req, body, &mut conn).ok().unwrap();
-            let mut rh = [httparse::EMPTY_HEADER; 64];
+            let mut rh = [portcullis::internal::http1::NO_HEADER; 64];
             let resp = parse_response(black_box(RESPONSE), &mut rh, false, 65536)
                 .unwrap()
                 .unwrap();

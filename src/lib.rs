@@ -97,6 +97,7 @@ pub mod internal {
         pub use crate::http1::parse::Framing;
         pub use crate::http1::parse::{parse_request, HeadLimits};
         pub use crate::http1::response::parse_response;
+        pub use crate::http1::NO_HEADER;
     }
     pub mod mcp {
         pub use crate::mcp::jsonrpc::{decode, Id, Kind, Scratch};

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         Some((b, rest)) => (*b as usize, rest),
         None => return,
     };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut headers = [portcullis::internal::http1::NO_HEADER; 64];
     let limits = HeadLimits { max_header_bytes: 4096, max_headers: 64, max_target_bytes: 1024 };
     let Ok(Some(head)) = parse_request(input, &mut headers, &limits) else {
         // Whatever is not a complete, valid head is rejected or incomplete;

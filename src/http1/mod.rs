@@ -12,6 +12,12 @@ pub(crate) mod response;
 
 pub(crate) use parse::{parse_request, Framing, Method, RequestHead};
 
+/// Room for one parsed header field, left uninitialised: heads are parsed
+/// into `[NO_HEADER; N]` on the stack. `httparse::EMPTY_HEADER` arrays
+/// cost a store per byte (256 fields: 8 KiB) on every parse.
+pub const NO_HEADER: std::mem::MaybeUninit<httparse::Header<'static>> =
+    std::mem::MaybeUninit::uninit();
+
 /// Whether `b` is an RFC 9110 `tchar`.
 #[inline]
 pub(crate) fn is_tchar(b: u8) -> bool {

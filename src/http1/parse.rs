@@ -105,14 +105,14 @@ impl RequestHead<'_> {
 /// has reached `max_header_bytes`, which `head_too_large` turns into an error).
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
     limits: &HeadLimits,
 ) -> Result<Option<RequestHead<'b>>, HttpError>
 where
     'h: 'b,
 {
-    let mut req = httparse::Request::new(headers);
-    let status = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let status = match req.parse_with_uninit_headers(buf, headers) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(httparse::Error::Version) if is_version_only_error(buf) => {
@@ -466,7 +466,7 @@ mod tests {
     use super::*;
 
     fn verdict(raw: &[u8]) -> Result<Framing, u16> {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut headers = [crate::http1::NO_HEADER; 32];
         let limits = HeadLimits {
             max_header_bytes: 1024,
             max_headers: 32,
@@ -577,7 +577,7 @@ mod tests {
     /// RFC 9112 §3.2: a request target never carries a fragment.
     #[test]
     fn fragment_is_refused_with_its_reason() {
-        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut headers = [crate::http1::NO_HEADER; 4];
         let raw = b"POST /mcp#top HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
         let err = parse_request(raw, &mut headers, &HeadLimits::default()).unwrap_err();
         assert_eq!(err, HttpError::BadRequest("fragment in request target"));

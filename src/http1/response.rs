@@ -33,15 +33,16 @@ pub struct ResponseHead<'b> {
 
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
     request_was_head: bool,
     max_bytes: usize,
 ) -> Result<Option<ResponseHead<'b>>, HttpError>
 where
     'h: 'b,
 {
-    let mut resp = httparse::Response::new(headers);
-    let head_len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let head_len = match config.parse_response_with_uninit_headers(&mut resp, buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_bytes => {
             return Err(HttpError::BadGateway("upstream response head too large"))
@@ -125,7 +126,7 @@ mod tests {
     type Facts = (u16, BodyKind, bool, bool);
 
     fn parse(raw: &[u8], head: bool) -> Result<Option<Facts>, HttpError> {
-        let mut h = [httparse::EMPTY_HEADER; 32];
+        let mut h = [crate::http1::NO_HEADER; 32];
         parse_response(raw, &mut h, head, 16384)
             .map(|r| r.map(|r| (r.status, r.body, r.keep_alive, r.event_stream)))
     }
@@ -144,7 +145,7 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\n", false, Some((200, Length(5), false, false))),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", false, None),
         ];
-        let mut h = [httparse::EMPTY_HEADER; 8];
+        let mut h = [crate::http1::NO_HEADER; 8];
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nKeep-Alive: max=100, timeout=5\r\nContent-Length: 0\r\n\r\n",
             &mut h,

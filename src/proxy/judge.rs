@@ -74,7 +74,7 @@ pub fn judge(
         _ if !req.mcp => Ok(()),
         Body::Unread(_) => Err(HttpError::PayloadTooLarge),
         _ => {
-            let mut space = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut space = [crate::http1::NO_HEADER; MAX_HEADERS];
             let headers = policy_headers(route, &conn.head_copy, &mut space);
             let judge = Judge::new(worker, snap, req, conn.client.peer.ip(), headers);
             judge.body(held, findings, &mut conn.judged)

@@ -126,7 +126,7 @@ pub fn parse(
     snap: &Snapshot,
     conn: &mut Conn,
 ) -> Result<Option<(Step, usize)>, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [crate::http1::NO_HEADER; MAX_HEADERS];
     let n = snap.head_limits.max_headers.clamp(1, MAX_HEADERS);
     let Some(head) = parse_request(&conn.buf, &mut headers[..n], &snap.head_limits)? else {
         return Ok(None);
@@ -182,7 +182,7 @@ pub fn parse(
 pub(crate) fn policy_headers<'h, 'b>(
     route: &Route,
     head_copy: &'b [u8],
-    space: &'h mut [httparse::Header<'b>],
+    space: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
 ) -> &'h [httparse::Header<'b>] {
     if route.policy_reads_headers {
         reparse_headers(head_copy, space)
@@ -194,10 +194,10 @@ pub(crate) fn policy_headers<'h, 'b>(
 /// The header fields of a copied request head (for `header` criteria).
 pub(crate) fn reparse_headers<'h, 'b>(
     head: &'b [u8],
-    space: &'h mut [httparse::Header<'b>],
+    space: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
 ) -> &'h [httparse::Header<'b>] {
-    let mut req = httparse::Request::new(space);
-    match req.parse(head) {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, space) {
         Ok(httparse::Status::Complete(_)) => req.headers,
         _ => &[],
     }

@@ -111,7 +111,7 @@ fn desync_guardian_cases() {
         for case in cases {
             total += 1;
             let raw = raw_request(&case);
-            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut headers = [portcullis::internal::http1::NO_HEADER; 64];
             let verdict = parse_request(&raw, &mut headers, &HeadLimits::default());
             let accepted = matches!(verdict, Ok(Some(_)));
             let outcome = match &verdict {

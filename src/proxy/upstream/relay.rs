@@ -400,7 +400,7 @@ fn parse_head(
     req: &Request,
     conn: &mut Conn,
 ) -> Result<Option<Parsed>, Option<HttpError>> {
-    let mut headers = [httparse::EMPTY_HEADER; crate::proxy::request::MAX_HEADERS];
+    let mut headers = [crate::http1::NO_HEADER; crate::proxy::request::MAX_HEADERS];
     let head = parse_response(
         &conn.ubuf,
         &mut headers,

@@ -15,7 +15,7 @@ pub(super) fn with_visible<R>(
     conn: &Conn,
     f: impl FnOnce(&mut dyn Visible) -> R,
 ) -> R {
-    let mut space = [httparse::EMPTY_HEADER; crate::proxy::request::MAX_HEADERS];
+    let mut space = [crate::http1::NO_HEADER; crate::proxy::request::MAX_HEADERS];
     let headers = crate::proxy::request::policy_headers(route, &conn.head_copy, &mut space);
     let base = req.facts(conn.client.peer.ip(), headers);
     let pinned = worker.shared.pins.load();
