@@ -12,10 +12,11 @@ pub(crate) fn digit_runs(t: &[u8], min: u32, found: impl FnMut(usize, u64)) {
     runs(t, min, |_, _, _| u64::MAX, found);
 }
 
-/// The runs of `digit_runs` that may begin a card number (`card`: four
-/// digits at least) or follow an IBAN's country code (`iban`: two ASCII
-/// capital letters before), found a block of run starts at a time: most
-/// runs (numbers, dates, ids) are neither and cost no call.
+/// The runs of `digit_runs` (any number of digits around them) that may
+/// begin a card number (`card`: four digits at least) or follow an IBAN's
+/// country code (`iban`: two ASCII capital letters before), kept a block
+/// of run starts at a time: most runs (numbers, dates, ids) are neither
+/// and cost no call.
 pub(crate) fn card_or_iban_runs(t: &[u8], card: bool, iban: bool, found: impl FnMut(usize, u64)) {
     let keep = |lo: usize, m: u64, then: u64| {
         let mut keep = 0;

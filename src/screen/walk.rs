@@ -402,16 +402,6 @@ impl Walker<'_> {
     }
 
     fn digits(&mut self) {
-        // Sixteen bytes at a time (no loop to mispredict the end of), the
-        // last few of the body one at a time.
-        while let Some(chunk) = self.b.get(self.i..).and_then(|r| r.first_chunk::<16>()) {
-            let other = !Bytes16::load(chunk).in_range(b'0', b'9');
-            if other & 0xffff != 0 {
-                self.i += other.trailing_zeros() as usize;
-                return;
-            }
-            self.i += 16;
-        }
         while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
             self.i += 1;
         }
