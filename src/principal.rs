@@ -66,6 +66,24 @@ impl PartialEq for KeyMemo {
 }
 
 impl Principal {
+    /// A caller of issuer `idp` (`https://idp.test`) named `sub`, with no
+    /// groups, scopes or claims and a token that never expires (tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(sub: &str) -> Principal {
+        Principal {
+            issuer_name: "idp".into(),
+            issuer: "https://idp.test".into(),
+            sub: sub.into(),
+            email: None,
+            groups: vec![],
+            scopes: vec![],
+            client_id: None,
+            exp: i64::MAX,
+            claims: Default::default(),
+            baseline_key: Default::default(),
+        }
+    }
+
     /// A claim by dotted path (`a.b.c`), walking nested objects.
     pub fn claim(&self, path: &str) -> Option<&serde_json::Value> {
         let mut parts = path.split('.');

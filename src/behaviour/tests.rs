@@ -22,18 +22,7 @@ fn quick() -> Settings {
 
 /// A caller whose token was issued at `iat`.
 fn alice(iat: i64) -> crate::principal::Principal {
-    let mut p = crate::principal::Principal {
-        issuer_name: "idp".into(),
-        issuer: "https://idp.test".into(),
-        sub: "alice".into(),
-        email: None,
-        groups: vec![],
-        scopes: vec![],
-        client_id: None,
-        exp: i64::MAX,
-        claims: Default::default(),
-        baseline_key: Default::default(),
-    };
+    let mut p = crate::principal::Principal::for_tests("alice");
     p.claims.insert("iat".into(), iat.into());
     p
 }

@@ -180,18 +180,7 @@ mod tests {
     use super::*;
 
     fn principal(sub: &str) -> Principal {
-        Principal {
-            issuer_name: "idp".into(),
-            issuer: "https://idp".into(),
-            sub: sub.into(),
-            email: None,
-            groups: vec![],
-            scopes: vec![],
-            client_id: None,
-            exp: 0,
-            claims: Default::default(),
-            baseline_key: Default::default(),
-        }
+        Principal::for_tests(sub)
     }
 
     #[test]

@@ -349,18 +349,7 @@ mod tests {
         let shared = Arc::new(Shared::new(1, None).unwrap());
         let worker = Worker::new(0, shared.clone(), shared_snap.clone());
         let first = worker.snapshot();
-        let principal = crate::principal::Principal {
-            issuer_name: "idp".into(),
-            issuer: "https://idp.test".into(),
-            sub: "alice".into(),
-            email: None,
-            groups: vec![],
-            scopes: vec![],
-            client_id: None,
-            exp: i64::MAX,
-            claims: Default::default(),
-            baseline_key: Default::default(),
-        };
+        let principal = crate::principal::Principal::for_tests("alice");
         let sign = || {
             worker.assertions.borrow_mut().get_or_sign(
                 &shared.signer,
