@@ -9,56 +9,36 @@
 
 /// Whether `uri` could be an expansion of `template`.
 pub(crate) fn matches(template: &str, uri: &str) -> bool {
-    let literals = literals(template);
-    let (first, rest) = match literals.split_first() {
-        Some(split) => split,
-        None => return uri.is_empty(),
-    };
-    let Some(mut left) = uri.strip_prefix(*first) else {
+    let (first, mut rest) = split_expression(template);
+    let Some(mut left) = uri.strip_prefix(first) else {
         return false;
     };
-    let Some((last, middle)) = rest.split_last() else {
-        // No expression at all: the template is one literal URI.
-        return left.is_empty();
-    };
-    let Some(tail) = left.strip_suffix(*last) else {
-        return false;
-    };
-    left = tail;
-    // Each middle literal at its first place after the one before: the
-    // leftmost place leaves the most room for those after it.
-    for lit in middle {
-        match left.find(*lit) {
-            Some(at) => left = &left[at + lit.len()..],
+    while let Some(after) = rest {
+        let (literal, next) = split_expression(after);
+        if next.is_none() {
+            // The last literal ends the URI.
+            return left.ends_with(literal);
+        }
+        // A middle literal at its first place after the one before: the
+        // leftmost place leaves the most room for those after it.
+        match left.find(literal) {
+            Some(at) => left = &left[at + literal.len()..],
             None => return false,
         }
+        rest = next;
     }
-    true
+    // No expression at all: the template is one literal URI.
+    left.is_empty()
 }
 
-/// The literal text of `template` around its expressions: one more piece
-/// than there are expressions (pieces may be empty). An unclosed `{` is
+/// The literal text of `template` before its first expression, and what
+/// follows that expression (`None`: there is none). An unclosed `{` is
 /// taken as literal text.
-fn literals(template: &str) -> Vec<&str> {
-    let mut pieces = Vec::new();
-    let mut rest = template;
-    loop {
-        match rest.find('{') {
-            Some(open) => match rest[open..].find('}') {
-                Some(close) => {
-                    pieces.push(&rest[..open]);
-                    rest = &rest[open + close + 1..];
-                }
-                None => {
-                    pieces.push(rest);
-                    return pieces;
-                }
-            },
-            None => {
-                pieces.push(rest);
-                return pieces;
-            }
-        }
+fn split_expression(template: &str) -> (&str, Option<&str>) {
+    let open = template.find('{');
+    match open.and_then(|o| template[o..].find('}').map(|c| (o, o + c))) {
+        Some((open, close)) => (&template[..open], Some(&template[close + 1..])),
+        None => (template, None),
     }
 }
 
