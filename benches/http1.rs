@@ -61,7 +61,7 @@ fn chunked(c: &mut Criterion) {
 }
 
 fn mcp_decode(c: &mut Criterion) {
-    use portcullis::internal::mcp::{decode, Scratch};
+    use portcullis::internal::mcp::{decode, decode_without_arguments, Scratch};
     let padding = "x".repeat(880);
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{{"name":"search_repositories","arguments":{{"query":"{padding}","page":1}},"_meta":{{"progressToken":7}}}}}}"#
@@ -74,6 +74,17 @@ fn mcp_decode(c: &mut Criterion) {
         b.iter(|| {
             let mut name_len = 0;
             decode(&mut scratch, black_box(body.as_bytes()), |m| {
+                name_len = m.name.map_or(0, str::len)
+            })
+            .unwrap();
+            black_box(name_len)
+        })
+    });
+    // The same body when no one reads its arguments (`quick`, no simd-json).
+    g.bench_function("decode_without_arguments_tools_call_1k", |b| {
+        b.iter(|| {
+            let mut name_len = 0;
+            decode_without_arguments(&mut scratch, black_box(body.as_bytes()), |m| {
                 name_len = m.name.map_or(0, str::len)
             })
             .unwrap();

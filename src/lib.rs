@@ -100,7 +100,9 @@ pub mod internal {
         pub use crate::http1::NO_HEADER;
     }
     pub mod mcp {
-        pub use crate::mcp::jsonrpc::{decode, Id, Kind, Scratch};
+        pub use crate::mcp::jsonrpc::{
+            decode, decode_without_arguments, Id, Kind, Message, Scratch,
+        };
         pub use crate::mcp::method::Method;
     }
     pub mod screen {

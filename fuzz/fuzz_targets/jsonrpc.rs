@@ -1,16 +1,28 @@
 //! JSON-RPC envelope decoding, differential against serde_json: the decoder
 //! never panics, and whatever it accepts serde_json reads as valid JSON with
-//! the same method, id, tool name and URI in every message.
+//! the same method, id, tool name and URI in every message; and
+//! `decode_without_arguments` (which reads the common body without simd-json)
+//! answers as `decode` does, with the same messages.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::internal::mcp::{decode, Id, Scratch};
+use portcullis::internal::mcp::{decode, decode_without_arguments, Id, Message, Scratch};
 use serde_json::Value;
+
+/// What a message says to the proxy, arguments aside.
+fn view(m: &Message<'_>) -> String {
+    format!(
+        "{:?}",
+        (m.kind, m.id, m.method.map(|m| m.as_str().to_owned()), m.name, m.uri, m.task_id)
+    ) + &format!("{:?}", (m.protocol_version, m.ref_name, m.ref_uri, m.subscription_uris().collect::<Vec<_>>()))
+}
 
 fuzz_target!(|data: &[u8]| {
     let mut scratch = Scratch::default();
     let mut seen = Vec::new();
-    let Ok(shape) = decode(&mut scratch, data, |m| {
+    let mut views = Vec::new();
+    let full = decode(&mut scratch, data, |m| {
+        views.push(view(m));
         seen.push((
             m.method.map(|m| m.as_str().to_owned()),
             m.id.map(|id| match id {
@@ -20,7 +32,15 @@ fuzz_target!(|data: &[u8]| {
             m.name.map(str::to_owned),
             m.uri.map(str::to_owned),
         ))
-    }) else {
+    });
+    let mut lean_views = Vec::new();
+    let lean = decode_without_arguments(&mut scratch, data, |m| {
+        assert!(m.arguments.is_none());
+        lean_views.push(view(m));
+    });
+    assert_eq!(full, lean, "decode_without_arguments answered otherwise");
+    assert_eq!(views, lean_views, "decode_without_arguments read other messages");
+    let Ok(shape) = full else {
         return;
     };
     let value: Value = serde_json::from_slice(data).expect("decoder accepted what serde_json rejects");

@@ -12,6 +12,8 @@
 use crate::mcp::method::Method;
 use simd_json::{Buffers, Node, StaticNode};
 
+mod quick;
+
 /// Deepest nesting of arrays and objects accepted in a body.
 pub(crate) const MAX_DEPTH: usize = 64;
 
@@ -285,6 +287,33 @@ where
         }
         _ => Err(DecodeError::NotAnObject),
     }
+}
+
+/// [`decode`] for a caller that never reads `params.arguments`: every
+/// message's `arguments` is `None`. The common body, one message, is read
+/// without simd-json (`quick`); whatever that leaves is decoded in full,
+/// so the two accept and refuse the same bodies.
+pub fn decode_without_arguments<F>(
+    scratch: &mut Scratch,
+    body: &[u8],
+    mut visit: F,
+) -> Result<Shape, DecodeError>
+where
+    F: FnMut(&Message<'_>),
+{
+    if let Some(m) = quick::message(body) {
+        visit(&m);
+        return Ok(Shape {
+            batch: false,
+            messages: 1,
+        });
+    }
+    decode(scratch, body, |m| {
+        visit(&Message {
+            arguments: None,
+            ..*m
+        })
+    })
 }
 
 /// Number of nodes a value occupies, its header included.

@@ -51,6 +51,15 @@ impl Cond {
         }
     }
 
+    pub(crate) fn uses_arguments(&self) -> bool {
+        match self {
+            Cond::And(c) | Cond::Or(c) => c.iter().any(Cond::uses_arguments),
+            Cond::Not(c) => c.uses_arguments(),
+            Cond::Argument(_) => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn uses_anomaly(&self) -> bool {
         match self {
             Cond::And(c) | Cond::Or(c) => c.iter().any(Cond::uses_anomaly),

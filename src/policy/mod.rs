@@ -220,6 +220,12 @@ impl Policy {
         self.rules.iter().any(|r| r.cond.uses_headers())
     }
 
+    /// Whether any rule reads `params.arguments` (`argument` criteria): only
+    /// then must a body's arguments be decoded for it.
+    pub fn uses_arguments(&self) -> bool {
+        self.rules.iter().any(|r| r.cond.uses_arguments())
+    }
+
     /// Whether any rule is a `step_up` rule (the route needs `auth`).
     pub fn has_step_up(&self) -> bool {
         self.rules.iter().any(|r| r.step_up)

@@ -1139,3 +1139,15 @@ fn content_criterion() {
         assert!(e.contains(want), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_policy_says_whether_it_reads_arguments() {
+    let without = policy(
+        "- allow: { mcp_tool: { in: [a] } }\n- deny: { not: { mcp_method: { in: [ping] } } }",
+    );
+    assert!(!without.uses_arguments());
+    let nested = policy(
+        "- allow: { mcp_tool: { in: [a] } }\n- deny: { or: [ { mcp_tool: { in: [b] } }, { not: { argument: { pointer: /repo, matches: \"^x\" } } } ] }",
+    );
+    assert!(nested.uses_arguments());
+}

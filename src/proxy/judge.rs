@@ -186,14 +186,22 @@ impl<'a> Judge<'a> {
         };
         let mut scratch = self.worker.mcp_scratch.borrow_mut();
         let mut index = 0;
-        crate::mcp::jsonrpc::decode(&mut scratch, body, |m| {
+        let visit = |m: &Message<'_>| {
             if index == 0 {
                 judged.method_slot = crate::metrics::method_slot(m.method);
             }
             let content = of_message(findings, tally.batch, index);
             self.message(m, content, &mut tally, judged);
             index += 1;
-        })
+        };
+        // `params.arguments` is read by `argument` criteria and the audit.
+        let audited = self.worker.shared.audit.is_some()
+            && self.route.audit_arguments != crate::config::audit::Arguments::Omit;
+        if self.route.policy_reads_arguments || audited {
+            crate::mcp::jsonrpc::decode(&mut scratch, body, visit)
+        } else {
+            crate::mcp::jsonrpc::decode_without_arguments(&mut scratch, body, visit)
+        }
         .map_err(|e| HttpError::InvalidJsonRpc {
             code: e.code(),
             message: e.message(),

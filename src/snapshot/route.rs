@@ -30,6 +30,8 @@ pub struct Route {
     pub policy: Option<crate::policy::Policy>,
     /// The policy has `header` criteria: the request's head is kept for it.
     pub policy_reads_headers: bool,
+    /// The policy has `argument` criteria: bodies are decoded with them.
+    pub policy_reads_arguments: bool,
     /// How its audit records show arguments.
     pub audit_arguments: crate::config::audit::Arguments,
     /// Content screening of its messages, both ways (`screen`), and its
@@ -120,6 +122,7 @@ impl Route {
             auth: None,
             policy: None,
             policy_reads_headers: false,
+            policy_reads_arguments: false,
             metrics: Default::default(),
             audit_arguments: Default::default(),
             screen: None,

@@ -403,6 +403,7 @@ impl<'c> RouteCx<'c, '_, '_> {
             ),
             Ok(p) => {
                 route.policy_reads_headers = p.uses_headers();
+                route.policy_reads_arguments = p.uses_arguments();
                 route.policy = Some(p);
             }
             Err(list) => {

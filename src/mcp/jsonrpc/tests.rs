@@ -31,13 +31,16 @@ fn json_strings_round_trip_whatever_they_hold() {
     }
 }
 
+/// `decode`'s answer, checked against `decode_without_arguments`'s.
 fn run(body: &str) -> Result<(Shape, Vec<String>), DecodeError> {
     let mut scratch = Scratch::default();
     let mut seen = Vec::new();
     let shape = decode(&mut scratch, body.as_bytes(), |m| {
         seen.push(format!("{m:?}"))
-    })?;
-    Ok((shape, seen))
+    });
+    let lean = decode_without_arguments(&mut scratch, body.as_bytes(), |_| {});
+    assert_eq!(shape, lean, "{body}");
+    Ok((shape?, seen))
 }
 
 fn one(body: &str) -> Message<'static> {
