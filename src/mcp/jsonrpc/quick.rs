@@ -314,14 +314,29 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The offset of the first `"`, `\` or control character in `s`.
+/// The offset of the first `"`, `\` or control character in `s`: 64
+/// bytes a step, then 16, then one.
 fn special(s: &[u8]) -> Option<usize> {
-    let mut at = 0;
-    while let Some(chunk) = s.get(at..).and_then(|t| t.first_chunk::<16>()) {
+    let hits = |chunk: &[u8; 16]| {
         let v = Bytes16::load(chunk);
-        let hits = v.eq(b'"') | v.eq(b'\\') | v.in_range(0, 0x1f);
-        if hits != 0 {
-            return Some(at + hits.trailing_zeros() as usize);
+        v.eq(b'"') | v.eq(b'\\') | v.in_range(0, 0x1f)
+    };
+    let mut at = 0;
+    while let Some(block) = s.get(at..).and_then(|t| t.first_chunk::<64>()) {
+        let (mut found, mut shift) = (0u64, 0);
+        for chunk in block.as_chunks::<16>().0 {
+            found |= u64::from(hits(chunk)) << shift;
+            shift += 16;
+        }
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize);
+        }
+        at += 64;
+    }
+    while let Some(chunk) = s.get(at..).and_then(|t| t.first_chunk::<16>()) {
+        let found = hits(chunk);
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize);
         }
         at += 16;
     }
@@ -493,7 +508,7 @@ mod tests {
 
     #[test]
     fn string_ends_are_found_at_every_offset() {
-        for len in 0..40 {
+        for len in 0..150 {
             for special in ["\\\"", "\\\\", "\\u00e9", "é"] {
                 for at in 0..=len {
                     let mut s = "a".repeat(len);
