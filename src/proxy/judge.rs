@@ -180,8 +180,13 @@ impl<'a> Judge<'a> {
         if body.is_empty() && self.req.method != crate::http1::Method::Post {
             return self.without_call(judged);
         }
+        // The ids go back into `judged`: its room is reused, request after
+        // request.
+        let mut ids = std::mem::take(&mut judged.ids);
+        ids.clear();
         let mut tally = Tally {
             batch: body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['),
+            ids,
             ..Tally::default()
         };
         let mut scratch = self.worker.mcp_scratch.borrow_mut();

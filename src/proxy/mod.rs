@@ -74,11 +74,11 @@ pub fn serve<Held>(
         // The client's byte counts at the end of the previous request.
         let mut counted = (0, 0);
         loop {
-            // Boxed: a turn's state (the held read, the exchange: several
-            // KiB) exists only while a request is awaited and served.
-            let turn = Box::pin(turn(&worker, &mut client, &mut conn, &mut counted));
-            match turn.await {
-                Turn::Next => {}
+            // Boxed: a busy spell's state (the held read, the exchange:
+            // several KiB) exists only while requests come and are served,
+            // one allocation for all of them.
+            let busy = Box::pin(busy(&worker, &mut client, &mut conn, &mut counted));
+            match busy.await {
                 Turn::Idle(left) => {
                     // Idle: the exchange buffers go (a busy connection keeps
                     // them, so its requests do not allocate and grow them).
@@ -97,28 +97,41 @@ pub fn serve<Held>(
     }
 }
 
-/// What a turn of a connection came to.
+/// How a connection's busy spell ended.
 enum Turn {
-    /// A request was served; the connection waits for the next.
-    Next,
     /// Nothing came while the read was held: wait this long more for
     /// readability, holding no buffer.
     Idle(std::time::Duration),
     Close,
 }
 
-/// Wait for the next request with a read held, then serve and record it.
-async fn turn(
+/// Requests as they come: each waited for with a read held, then served
+/// and recorded, until none comes in time or the connection closes.
+async fn busy(
     worker: &Worker,
     client: &mut ClientStream,
     conn: &mut Conn,
     counted: &mut (u64, u64),
 ) -> Turn {
-    match request::wait(&worker.snapshot(), client, conn).await {
-        request::Waited::Ready => {}
-        request::Waited::Idle(left) => return Turn::Idle(left),
-        request::Waited::Gone => return Turn::Close,
+    loop {
+        match request::wait(&worker.snapshot(), client, conn).await {
+            request::Waited::Ready => {}
+            request::Waited::Idle(left) => return Turn::Idle(left),
+            request::Waited::Gone => return Turn::Close,
+        }
+        if turn(worker, client, conn, counted).await == Next::Close {
+            return Turn::Close;
+        }
     }
+}
+
+/// Serve and record one request whose first bytes are in.
+async fn turn(
+    worker: &Worker,
+    client: &mut ClientStream,
+    conn: &mut Conn,
+    counted: &mut (u64, u64),
+) -> Next {
     // Loaded once the request has begun, so a connection idle across a
     // reload is served by the new snapshot.
     let snap = worker.snapshot();
@@ -132,10 +145,10 @@ async fn turn(
     *counted = (client.bytes_in, client.bytes_out);
     record::record(worker, &snap, conn, client, started, bytes);
     conn.served += 1;
-    if next == Next::Close || worker.shared.shutting_down() {
-        Turn::Close
+    if worker.shared.shutting_down() {
+        Next::Close
     } else {
-        Turn::Next
+        next
     }
 }
 
