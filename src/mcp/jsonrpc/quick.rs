@@ -67,21 +67,29 @@ impl<'a> Reader<'a> {
     /// value (the cursor before it) given its key.
     fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
         self.expect(b'{')?;
+        self.items(b'}', |r| {
+            let key = r.plain_string()?;
+            r.expect(b':')?;
+            r.blank();
+            member(r, key)
+        })
+    }
+
+    /// The comma-separated items of a container whose opening bracket was
+    /// just taken, up to its `close`: `item` reads each (blanks skipped).
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.blank();
-        if self.peek()? == b'}' {
+        if self.peek()? == close {
             self.i += 1;
             return Some(());
         }
         loop {
             self.blank();
-            let key = self.plain_string()?;
-            self.expect(b':')?;
-            self.blank();
-            member(self, key)?;
+            item(self)?;
             self.blank();
             match self.peek()? {
                 b',' => self.i += 1,
-                b'}' => {
+                c if c == close => {
                     self.i += 1;
                     return Some(());
                 }
@@ -222,24 +230,7 @@ impl<'a> Reader<'a> {
 
     fn array(&mut self, depth: usize) -> Option<()> {
         self.i += 1;
-        self.blank();
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            self.blank();
-            self.value(depth + 1)?;
-            self.blank();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+        self.items(b']', |r| r.value(depth + 1))
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
