@@ -1,7 +1,9 @@
-//! The YAML configuration file: serde shapes (unknown keys are errors), value
-//! types that validate themselves while deserializing (so their errors carry a
-//! line and column), `${ENV_VAR}` substitution, and the cross-field checks that
-//! `portcullis check` reports all at once. No runtime logic lives here, and
+//! The YAML configuration file: its serde shapes (unknown keys are errors).
+//! Value types that validate themselves while deserializing (so their errors
+//! carry a line and column) and `${ENV_VAR}` substitution are in `values`;
+//! reading the file and locating its errors in `load`; the cross-field checks
+//! that `portcullis check` reports all at once are made where the snapshot is
+//! built. No runtime logic lives here, and
 //! nothing here imports the rest of the crate: it is the leaf every other
 //! module reads its settings from.
 
@@ -9,6 +11,7 @@ pub mod audit;
 pub mod authz;
 pub mod behaviour;
 pub mod identity;
+mod load;
 pub mod pin;
 pub mod policy;
 pub mod schema;
@@ -16,15 +19,12 @@ pub mod screen;
 pub mod values;
 pub mod vault;
 
-use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
-use std::{
-    fmt,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+pub use load::{load, locate_nth, parse, ConfigError, ConfigErrors};
+use serde::{Deserialize, Serialize};
+use std::{net::SocketAddr, time::Duration};
 pub use values::{
     env_opt_string, env_opt_strings, env_string, expand_env, split_host_port, Dur, EnvPath, Url,
+    Workers,
 };
 
 /// The configuration file. Routes, policies, issuers, limits and certificates
@@ -89,53 +89,6 @@ pub struct Config {
     /// host and port equal its `Host` and whose path prefix is the longest
     /// match on a `/` boundary; a request no route matches gets 404.
     pub routes: Vec<RouteConfig>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Workers {
-    #[default]
-    Auto,
-    Count(usize),
-}
-
-impl<'de> Deserialize<'de> for Workers {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) if (1..=1024).contains(&n) => Ok(Workers::Count(n as usize)),
-            Raw::S(s) if s == "auto" => Ok(Workers::Auto),
-            Raw::S(s) => Err(de::Error::custom(format!(
-                "workers: \"{s}\" is not `auto` or a number from 1 to 1024"
-            ))),
-            Raw::N(n) => Err(de::Error::custom(format!(
-                "workers: {n} is not `auto` or a number from 1 to 1024"
-            ))),
-        }
-    }
-}
-
-/// `"auto"` or the number, as written in the file.
-impl Serialize for Workers {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Workers::Auto => s.serialize_str("auto"),
-            Workers::Count(n) => s.serialize_u64(*n as u64),
-        }
-    }
-}
-
-impl Workers {
-    pub fn resolve(self) -> usize {
-        match self {
-            Workers::Count(n) => n,
-            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        }
-    }
 }
 
 /// I/O driver and io_uring ring options (fixed at start). The ring flags
@@ -470,140 +423,10 @@ fn default_shutdown_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
-// JSON Schema of the value types that parse themselves.
-
-impl schemars::JsonSchema for Workers {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Workers".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "Worker threads: `auto` (one per CPU) or 1 to 1024.",
-            "anyOf": [
-                {"const": "auto"},
-                {"type": "integer", "minimum": 1, "maximum": 1024}
-            ],
-            "default": "auto"
-        })
-    }
-}
-
-/// One configuration error, located in its file where possible.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.line, self.column) {
-            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file.display(), self.message),
-            (Some(l), None) => write!(f, "{}:{l}: {}", self.file.display(), self.message),
-            _ => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
-
-/// Every error found in one configuration file.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Read and parse a configuration file (syntax, types and unknown keys).
-pub fn load(path: &Path) -> Result<(Config, String), ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.into(),
-            line: None,
-            column: None,
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
-    let config = parse(&text, path)?;
-    Ok((config, text))
-}
-
-/// Parse configuration text; errors are located in `file`.
-pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
-    serde_yaml_ng::from_str::<Config>(text).map_err(|e| {
-        let loc = e.location();
-        let mut message = e.to_string();
-        // serde_yaml_ng appends " at line L column C"; the location is printed in front instead.
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
-        let mut line = loc.as_ref().map(|l| l.line());
-        let mut column = loc.as_ref().map(|l| l.column());
-        // serde points at the enclosing mapping; a quoted value in the message
-        // is a better anchor when it appears at or after that line.
-        if let Some(value) = message.split('"').nth(1).filter(|v| !v.is_empty()) {
-            let skip = line.unwrap_or(1).saturating_sub(1);
-            if let Some((n, l)) = text
-                .lines()
-                .enumerate()
-                .skip(skip)
-                .find(|(_, l)| l.contains(value))
-            {
-                line = Some(n + 1);
-                column = l.find(value).map(|c| c + 1);
-            }
-        }
-        ConfigErrors(vec![ConfigError {
-            file: file.into(),
-            line,
-            column,
-            message,
-        }])
-    })
-}
-
-/// Where the `nth` (0-based) `key: value` appears in `text` (1-based line and
-/// column; an empty `value` matches any), to locate errors found after parsing.
-pub fn locate_nth(text: &str, key: &str, value: &str, mut nth: usize) -> Option<(usize, usize)> {
-    for (n, line) in text.lines().enumerate() {
-        let code = line.split(" #").next().unwrap_or(line);
-        let mut from = 0;
-        while let Some(i) = code[from..].find(key).map(|i| i + from) {
-            from = i + key.len();
-            let before_ok =
-                i == 0 || matches!(code.as_bytes()[i - 1], b' ' | b'{' | b',' | b'-' | b'\t');
-            let Some(rest) = code[from..].trim_start().strip_prefix(':') else {
-                continue;
-            };
-            let v = rest
-                .split([',', '}'])
-                .next()
-                .unwrap_or("")
-                .trim()
-                .trim_matches(|c| c == '"' || c == '\'');
-            if before_ok && (value.is_empty() || v == value) {
-                if nth == 0 {
-                    return Some((n + 1, i + 1));
-                }
-                nth -= 1;
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn p(text: &str) -> Result<Config, ConfigErrors> {
         parse(text, Path::new("t.yaml"))
