@@ -1,5 +1,6 @@
 //! The one module allowed `unsafe`: small syscalls monoio does not expose,
-//! and the SSE2 byte classes of the screen's searches (`Bytes16`).
+//! the SSE2 byte classes of the screen's searches (`Bytes16`) and the
+//! JSON string scans (`json_string_stop`).
 //! Every block says why it is sound.
 #![allow(unsafe_code)]
 
@@ -189,6 +190,63 @@ impl Bytes16 {
     }
 }
 
+/// The offset of the first byte of `s` that ends a JSON string's plain
+/// run: a quote, a backslash or a control character (below 0x20). 64 bytes
+/// a step with one test per step (SSE2 on x86-64), then 16, then one.
+pub(crate) fn json_string_stop(s: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(block) = s.get(at..).and_then(|t| t.first_chunk::<64>()) {
+        if let Some(k) = stops64(block) {
+            return Some(at + k);
+        }
+        at += 64;
+    }
+    while let Some(chunk) = s.get(at..).and_then(|t| t.first_chunk::<16>()) {
+        let v = Bytes16::load(chunk);
+        let found = v.eq(b'"') | v.eq(b'\\') | v.in_range(0, 0x1f);
+        if found != 0 {
+            return Some(at + found.trailing_zeros() as usize);
+        }
+        at += 16;
+    }
+    let tail = s.get(at..)?;
+    let k = tail
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    Some(at + k)
+}
+
+/// [`json_string_stop`] within one 64-byte block: the four 16-byte masks
+/// are OR-ed and tested once; only a block with a stop is located.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn stops64(block: &[u8; 64]) -> Option<usize> {
+    use std::arch::x86_64::*;
+    // SAFETY: `_mm_loadu_si128` reads 16 bytes with no alignment
+    // requirement, each at offset 0, 16, 32 or 48 of the 64 readable bytes
+    // of `block`; the rest are register-only SSE2 intrinsics (SSE2 is
+    // enabled on every x86-64 target).
+    unsafe {
+        let stops = |k: usize| {
+            let x = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
+            let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+            let slash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+            _mm_or_si128(_mm_or_si128(quote, slash), control)
+        };
+        let m = [stops(0), stops(1), stops(2), stops(3)];
+        let any = _mm_or_si128(_mm_or_si128(m[0], m[1]), _mm_or_si128(m[2], m[3]));
+        if _mm_movemask_epi8(any) == 0 {
+            return None;
+        }
+        let bits = m.iter().enumerate().fold(0u64, |b, (k, v)| {
+            b | (u64::from(_mm_movemask_epi8(*v) as u16) << (16 * k))
+        });
+        Some(bits.trailing_zeros() as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +281,31 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(peek(&c2), Peek::Closed);
         assert!(idle_connection_is_dead(&c2), "peer closed");
+    }
+
+    #[test]
+    fn json_string_stops_are_found_at_every_offset() {
+        let naive = |s: &[u8]| s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        for len in 0..200 {
+            let plain: Vec<u8> = (0..len)
+                .map(|i| (b'a' + (i % 26) as u8) | (0x80 * u8::from(i % 3 == 0)))
+                .collect();
+            assert_eq!(json_string_stop(&plain), naive(&plain));
+            for at in 0..len {
+                for stop in [b'"', b'\\', 0, 0x1f] {
+                    let mut s = plain.clone();
+                    s[at] = stop;
+                    // A second stop after the first changes nothing.
+                    if at + 7 < len {
+                        s[at + 7] = b'"';
+                    }
+                    assert_eq!(json_string_stop(&s), Some(at), "len {len} at {at}");
+                }
+            }
+        }
+        for c in [0x20u8, 0x7f, 0x80, 0xff, b'!', b'#', b'[', b']'] {
+            assert_eq!(json_string_stop(&[c; 100]), None);
+        }
     }
 
     #[test]

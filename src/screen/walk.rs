@@ -5,7 +5,7 @@
 //! nesting deeper than the JSON-RPC decoder accepts.
 
 use crate::mcp::jsonrpc::MAX_DEPTH;
-use crate::sys::Bytes16;
+use crate::sys::json_string_stop;
 use std::fmt;
 
 /// Why a body could not be screened.
@@ -285,18 +285,10 @@ impl Walker<'_> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Sixteen bytes at a time, up to the first quote, backslash or
-            // control character (the last few bytes of the body one at a
-            // time, below).
-            while let Some(chunk) = self.b.get(self.i..).and_then(|r| r.first_chunk::<16>()) {
-                let v = Bytes16::load(chunk);
-                let found = v.eq(b'"') | v.eq(b'\\') | v.in_range(0, 0x1f);
-                if found != 0 {
-                    self.i += found.trailing_zeros() as usize;
-                    break;
-                }
-                self.i += 16;
-            }
+            // Up to the first quote, backslash or control character, 64
+            // bytes a step (`sys`); none: the body ends inside the string.
+            let rest = self.b.get(self.i..).unwrap_or_default();
+            self.i += json_string_stop(rest).unwrap_or(rest.len());
             match self.peek()? {
                 b'"' => break,
                 b'\\' => {

@@ -13,7 +13,7 @@
 
 use super::{Id, Kind, Message, Source, META_PROTOCOL_VERSION};
 use crate::mcp::method::Method;
-use crate::sys::Bytes16;
+use crate::sys::json_string_stop;
 
 /// Deepest nesting read here (the message object is depth 1).
 const MAX_DEPTH: usize = 32;
@@ -289,7 +289,7 @@ impl<'a> Reader<'a> {
         let mut i = start;
         let mut escaped = false;
         loop {
-            i += special(self.b.get(i..)?)?;
+            i += json_string_stop(self.b.get(i..)?)?;
             match self.b[i] {
                 b'"' => break,
                 b'\\' => {
@@ -303,39 +303,6 @@ impl<'a> Reader<'a> {
         // Both ends are ASCII quotes, so on character boundaries.
         Some((self.text.get(start..i)?, escaped))
     }
-}
-
-/// The offset of the first `"`, `\` or control character in `s`: 64
-/// bytes a step, then 16, then one.
-fn special(s: &[u8]) -> Option<usize> {
-    let hits = |chunk: &[u8; 16]| {
-        let v = Bytes16::load(chunk);
-        v.eq(b'"') | v.eq(b'\\') | v.in_range(0, 0x1f)
-    };
-    let mut at = 0;
-    while let Some(block) = s.get(at..).and_then(|t| t.first_chunk::<64>()) {
-        let (mut found, mut shift) = (0u64, 0);
-        for chunk in block.as_chunks::<16>().0 {
-            found |= u64::from(hits(chunk)) << shift;
-            shift += 16;
-        }
-        if found != 0 {
-            return Some(at + found.trailing_zeros() as usize);
-        }
-        at += 64;
-    }
-    while let Some(chunk) = s.get(at..).and_then(|t| t.first_chunk::<16>()) {
-        let found = hits(chunk);
-        if found != 0 {
-            return Some(at + found.trailing_zeros() as usize);
-        }
-        at += 16;
-    }
-    let tail = s.get(at..)?;
-    let k = tail
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-    Some(at + k)
 }
 
 /// The length of the escape after a backslash; `None` if it is not one
