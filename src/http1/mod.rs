@@ -88,6 +88,61 @@ pub(crate) fn parse_content_length(v: &[u8]) -> Option<u64> {
 /// The head must use CRLF line endings only. httparse already rejects a CR
 /// not followed by LF; it accepts a bare LF as a line end, which is refused
 /// here (the framing tables cover both).
+/// Sixteen bytes a step (`sys::Bytes16`): every LF's bit must have a CR's
+/// bit just before it, carried across steps.
 pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
+    // Bit 0: the byte before this step is a CR.
+    let mut cr_before = 0u32;
+    let (chunks, rest) = head.as_chunks::<16>();
+    for chunk in chunks {
+        let v = crate::sys::Bytes16::load(chunk);
+        let (lf, cr) = (v.eq(b'\n'), v.eq(b'\r'));
+        if lf & !(cr << 1 | cr_before) != 0 {
+            return true;
+        }
+        cr_before = cr >> 15;
+    }
+    let mut prev_cr = cr_before == 1;
+    rest.iter().any(|&c| {
+        let bare = c == b'\n' && !prev_cr;
+        prev_cr = c == b'\r';
+        bare
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_bare_lf;
+
+    #[test]
+    fn bare_lf_is_found_at_every_offset_and_across_steps() {
+        let naive = |h: &[u8]| (0..h.len()).any(|i| h[i] == b'\n' && (i == 0 || h[i - 1] != b'\r'));
+        for len in 0..70 {
+            let mut head: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(!has_bare_lf(&head));
+            for at in 0..len {
+                // A CRLF ending here (the CR one step back when `at` starts
+                // a step), then a bare LF, then a lone CR before the LF.
+                head[at] = b'\n';
+                if at > 0 {
+                    head[at - 1] = b'\r';
+                    assert!(!has_bare_lf(&head), "CRLF at {at} of {len}");
+                    head[at - 1] = b'x';
+                }
+                assert!(has_bare_lf(&head), "bare LF at {at} of {len}");
+                head[at] = b'\r';
+                assert_eq!(has_bare_lf(&head), naive(&head));
+                head[at] = b'a';
+            }
+        }
+        let real = b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nAccept: */*\r\n\r\n";
+        assert!(!has_bare_lf(real));
+        for i in 0..real.len() {
+            let mut h = real.to_vec();
+            h[i] = b'\n';
+            assert_eq!(has_bare_lf(&h), naive(&h), "LF at {i}");
+            h[i] = b'\r';
+            assert_eq!(has_bare_lf(&h), naive(&h), "CR at {i}");
+        }
+    }
 }
