@@ -26,8 +26,9 @@ pub(crate) async fn connect(
     for addr in &route.upstream_addrs {
         match monoio::time::timeout(settings.connect_timeout, TcpStream::connect_addr(*addr)).await
         {
-            Ok(Ok(tcp)) => {
+            Ok(Ok(mut tcp)) => {
                 let _ = tcp.set_nodelay(true);
+                crate::proxy::stream::new_socket(&mut tcp);
                 if !route.upstream.tls {
                     return Ok(UpstreamStream::Plain(tcp));
                 }

@@ -49,11 +49,29 @@ pub(crate) struct Recv<T> {
 
     /// Reference to the in-flight buffer.
     pub(crate) buf: T,
+
+    /// portcullis: io_uring waits for readability before the first try.
+    poll_first: bool,
 }
+
+/// `IORING_RECVSEND_POLL_FIRST` (Linux uapi `io_uring.h`), which io-uring
+/// 0.6's `opcode::Recv` has no setter for.
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 
 impl<T: IoBufMut> Op<Recv<T>> {
     pub(crate) fn recv(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Recv { fd, buf })
+        Self::recv_polled(fd, buf, false)
+    }
+
+    /// A receive that, on io_uring, waits for readability before its first
+    /// try when `poll_first` (portcullis).
+    pub(crate) fn recv_polled(fd: SharedFd, buf: T, poll_first: bool) -> io::Result<Self> {
+        Op::submit_with(Recv {
+            fd,
+            buf,
+            poll_first,
+        })
     }
 
     #[allow(unused)]
@@ -61,6 +79,7 @@ impl<T: IoBufMut> Op<Recv<T>> {
         Recv {
             fd: fd.clone(),
             buf,
+            poll_first: false,
         }
     }
 
@@ -82,12 +101,25 @@ impl<T: IoBufMut> Op<Recv<T>> {
 impl<T: IoBufMut> OpAble for Recv<T> {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
     fn uring_op(&mut self) -> io_uring::squeue::Entry {
-        opcode::Recv::new(
+        let mut entry = opcode::Recv::new(
             types::Fd(self.fd.raw_fd()),
             self.buf.write_ptr(),
             self.buf.bytes_total() as _,
         )
-        .build()
+        .build();
+        if self.poll_first {
+            // SAFETY: `Entry` is `#[repr(C)]` around the kernel's
+            // `io_uring_sqe`, which begins `u8 opcode, u8 flags, u16 ioprio`:
+            // bytes 2..4 are `ioprio`, aligned for a `u16` (the entry is
+            // 8-byte aligned) and ours to write.
+            unsafe {
+                let sqe = (&mut entry as *mut io_uring::squeue::Entry).cast::<u8>();
+                sqe.add(2)
+                    .cast::<u16>()
+                    .write(IORING_RECVSEND_POLL_FIRST);
+            }
+        }
+        entry
     }
 
     #[cfg(any(feature = "legacy", feature = "poll-io"))]

@@ -70,6 +70,8 @@ impl TcpConnectOpts {
 pub struct TcpStream {
     pub(super) fd: SharedFd,
     meta: StreamMeta,
+    // portcullis: see `set_recv_poll_first` and PORTCULLIS.md.
+    recv_poll_first: bool,
 }
 
 /// TcpStream is safe to split to two parts
@@ -85,7 +87,28 @@ impl TcpStream {
         // enable SOCK_ZEROCOPY
         meta.set_zero_copy();
 
-        Self { fd, meta }
+        Self {
+            fd,
+            meta,
+            recv_poll_first: false,
+        }
+    }
+
+    /// io_uring only (portcullis, see PORTCULLIS.md): whether this stream's
+    /// receives wait for readability before their first try
+    /// (`IORING_RECVSEND_POLL_FIRST`, Linux 5.19+: set it only there, an
+    /// older kernel may refuse the receive).
+    /// Worth it where a receive is expected to find nothing yet, as the
+    /// next request on a kept-alive connection or an answer just asked
+    /// for: the kernel then skips a receive attempt that would only fail.
+    /// Off by default; the legacy driver ignores it.
+    pub fn set_recv_poll_first(&mut self, on: bool) {
+        self.recv_poll_first = on;
+    }
+
+    /// See [`TcpStream::set_recv_poll_first`].
+    pub fn recv_poll_first(&self) -> bool {
+        self.recv_poll_first
     }
 
     /// Open a TCP connection to a remote host.
@@ -411,7 +434,7 @@ impl AsyncReadRent for TcpStream {
     #[inline]
     fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
         // Submit the read operation
-        let op = Op::recv(self.fd.clone(), buf).unwrap();
+        let op = Op::recv_polled(self.fd.clone(), buf, self.recv_poll_first).unwrap();
         op.read()
     }
 
@@ -436,7 +459,7 @@ impl CancelableAsyncReadRent for TcpStream {
             return (Err(operation_canceled()), buf);
         }
 
-        let op = Op::recv(fd, buf).unwrap();
+        let op = Op::recv_polled(fd, buf, self.recv_poll_first).unwrap();
         let _guard = c.associate_op(op.op_canceller());
         op.read().await
     }
