@@ -282,10 +282,11 @@ def ensure_portcullis():
         if not os.access(b, os.X_OK):
             raise SystemExit(f"PORTCULLIS_BIN={b} is not executable")
         return os.path.abspath(b)
+    # cargo rebuilds only what changed: a binary older than the source would
+    # be reported under the source's commit.
     b = os.path.join(REPO, "target", "release", "portcullis")
-    if not os.access(b, os.X_OK):
-        log("building portcullis (cargo build --release)")
-        subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
+    log("portcullis, built if out of date (cargo build --release)")
+    subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
     return b
 
 
