@@ -741,7 +741,7 @@ def ensure_mint_tokens():
 def ensure_relay():
     """Path of the bare io_uring relay (cargo example, source loadtest/relay.rs), built
     into $LOADTEST_HELPERS_TARGET (default: the repository's target/); cargo rebuilds it
-    only when its source or dependencies changed (a stale one would ignore new options)."""
+    only when its source or dependencies changed."""
     exe = os.path.join(MINT_TOKENS_TARGET, "release", "examples", "relay")
     log("the bare relay, built if out of date (cargo build --release --example relay)")
     subprocess.run(["cargo", "build", "--release", "--example", "relay"], cwd=REPO,
@@ -1168,7 +1168,7 @@ def haproxy_tls_conf(port, up_port, combined_pem):
 # ----------------------------------------------------------------------------
 # chart: grouped bars (req/s and CPU µs/req), hand-written SVG
 
-KIND_COLORS = {"direct": ["#9e9e9e"], "relay": ["#6a3d9a", "#9e7fc4"], "nginx": ["#2ca02c", "#74c476"],
+KIND_COLORS = {"direct": ["#9e9e9e"], "relay": ["#6a3d9a"], "nginx": ["#2ca02c", "#74c476"],
                "haproxy": ["#ff7f0e", "#fdae6b"],
                "portcullis": ["#1f4e99", "#4a86d4", "#8cb8ec", "#0d2b57"]}
 

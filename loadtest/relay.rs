@@ -4,12 +4,10 @@
 //! defer_taskrun); each client connection gets its own upstream connection
 //! and two tasks copy bytes both ways (read up to 16 KiB, write it all on).
 //! No HTTP, no parsing, no pooling: the kernel work of a proxy and nothing
-//! on top. `loadtest/run` starts it beside the proxies, as `relay` and as
-//! `relay-pf` (`RELAY_RECV_POLL_FIRST=1`: receives wait for readability
-//! before their first try, as portcullis's do by default).
+//! on top. `loadtest/run` starts it beside the proxies.
 //!
 //! ```text
-//! [RELAY_RECV_POLL_FIRST=1] relay LISTEN_ADDR UPSTREAM_ADDR
+//! relay LISTEN_ADDR UPSTREAM_ADDR
 //! ```
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -31,21 +29,16 @@ fn main() {
         .uring_builder(ring)
         .build()
         .expect("an io_uring runtime (the bare relay has no epoll fallback)");
-    let poll_first = std::env::var("RELAY_RECV_POLL_FIRST").is_ok_and(|v| v == "1");
     rt.block_on(async move {
         let listener = TcpListener::bind(listen.as_str()).expect("LISTEN_ADDR");
         println!("relay listening on {listen}, to {upstream}");
-        while let Ok((mut client, _)) = listener.accept().await {
+        while let Ok((client, _)) = listener.accept().await {
             monoio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                let Ok(server) = TcpStream::connect(upstream).await else {
                     return;
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                // RELAY_RECV_POLL_FIRST=1: receives wait for readability
-                // first, as portcullis's do (`runtime.recv_poll_first`).
-                client.set_recv_poll_first(poll_first);
-                server.set_recv_poll_first(poll_first);
                 let (client_r, client_w) = client.into_split();
                 let (server_r, server_w) = server.into_split();
                 monoio::spawn(copy(server_r, client_w));

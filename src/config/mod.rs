@@ -111,12 +111,6 @@ pub struct RuntimeConfig {
     /// Set up the ring with `IORING_SETUP_DEFER_TASKRUN`: completion work is
     /// deferred until the worker waits for events (needs `single_issuer`).
     pub defer_taskrun: bool,
-    /// Receives on client and upstream sockets wait for readability before
-    /// their first try (`IORING_RECVSEND_POLL_FIRST`; io_uring on Linux
-    /// 5.19+, else ignored): most find nothing yet (the next request, an
-    /// answer just asked for), and the kernel skips that failed try. After a
-    /// receive that filled its buffer, the next one tries at once.
-    pub recv_poll_first: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -127,7 +121,6 @@ impl Default for RuntimeConfig {
             coop_taskrun: true,
             single_issuer: true,
             defer_taskrun: true,
-            recv_poll_first: true,
         }
     }
 }

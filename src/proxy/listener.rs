@@ -103,7 +103,7 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: Cancel
         }
     };
     loop {
-        let (mut tcp, peer) = match listener.cancelable_accept(cancel.clone()).await {
+        let (tcp, peer) = match listener.cancelable_accept(cancel.clone()).await {
             Ok(c) => c,
             Err(_) if worker.shared.shutting_down() => break,
             Err(e) => {
@@ -122,7 +122,6 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, bound: Bound, cancel: Cancel
             continue;
         }
         let _ = tcp.set_nodelay(true);
-        super::stream::new_socket(&mut tcp);
         let handshake_timeout = snap.limits.header_timeout.0;
         let tls = bound.tls.as_ref().map(|bound_tls| {
             match snap.listeners.get(bound.index) {

@@ -7,44 +7,6 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Canceller};
 use monoio::net::TcpStream;
 use monoio::BufResult;
-use std::cell::Cell;
-
-thread_local! {
-    /// Whether this worker's receives may wait for readability before their
-    /// first try: io_uring on Linux 5.19+ with `runtime.recv_poll_first`
-    /// (set as the worker starts, [`set_recv_poll_first`]).
-    static POLL_FIRST: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Set as a worker starts, on its own thread.
-pub(crate) fn set_recv_poll_first(on: bool) {
-    POLL_FIRST.set(on);
-}
-
-/// A new connection's socket: its receives wait for readability first when
-/// the worker's may (monoio's `set_recv_poll_first`). A receive is almost
-/// always made when the peer has sent nothing yet: the next request on a
-/// kept-alive connection, an answer just asked for, the rest of a head. Tried
-/// at once, it only fails and is then armed for readability; waiting first
-/// skips the failed try (two per proxied request).
-pub(crate) fn new_socket(tcp: &mut TcpStream) {
-    tcp.set_recv_poll_first(POLL_FIRST.get());
-}
-
-/// A stream told whether bytes are likely waiting in its socket.
-pub(crate) trait RecvHint {
-    /// `waiting`: the last receive filled all the room it was given, or
-    /// readability was just seen, so the next receive tries at once;
-    /// otherwise it waits for readability first ([`new_socket`]). TLS
-    /// streams keep what their socket was given.
-    fn bytes_waiting(&mut self, waiting: bool);
-}
-
-fn hint(tcp: &mut TcpStream, waiting: bool) {
-    if POLL_FIRST.get() {
-        tcp.set_recv_poll_first(!waiting);
-    }
-}
 
 macro_rules! either_stream {
     ($(#[$doc:meta])* $name:ident, $tls:ty) => {
@@ -120,22 +82,6 @@ either_stream!(
     UpstreamStream,
     monoio_rustls::ClientTlsStream<TcpStream>
 );
-
-impl RecvHint for UpstreamStream {
-    fn bytes_waiting(&mut self, waiting: bool) {
-        if let UpstreamStream::Plain(tcp) = self {
-            hint(tcp, waiting);
-        }
-    }
-}
-
-impl RecvHint for ClientStream {
-    fn bytes_waiting(&mut self, waiting: bool) {
-        if let ClientIo::Plain(tcp) = &mut self.io {
-            hint(tcp, waiting);
-        }
-    }
-}
 
 /// A client connection: its transport, what its TLS handshake settled, and
 /// how many bytes were read from and written to it (application bytes, after
@@ -220,7 +166,7 @@ impl AsyncWriteRent for ClientStream {
 
 /// Read more bytes into the spare capacity of `buf` (growing it when full, up
 /// to `max`). Returns the number of bytes read; 0 means end of stream.
-pub(crate) async fn read_more<S: AsyncReadRent + RecvHint>(
+pub(crate) async fn read_more<S: AsyncReadRent>(
     s: &mut S,
     buf: &mut Vec<u8>,
     max: usize,
@@ -237,7 +183,6 @@ pub(crate) async fn read_more<S: AsyncReadRent + RecvHint>(
     let owned = std::mem::take(buf);
     let (res, slice) = s.read(owned.slice_mut(len..cap)).await;
     *buf = slice.into_inner();
-    s.bytes_waiting(matches!(res, Ok(n) if n == cap - len));
     res
 }
 
@@ -280,17 +225,15 @@ pub(crate) async fn read_held(
     let handle = canceller.get_or_insert_with(Canceller::new).handle();
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
-    let (res, slice) = {
-        let mut read = std::pin::pin!(tcp.cancelable_read(owned.slice_mut(len..cap), handle));
-        // A read completing as it is cancelled still returns its bytes.
-        match slot.within(IDLE_HOLD, &mut read).await {
-            Ok(done) => done,
-            Err(_) => {
-                if let Some(c) = canceller.take() {
-                    let _ = c.cancel();
-                }
-                read.await
+    let mut read = std::pin::pin!(tcp.cancelable_read(owned.slice_mut(len..cap), handle));
+    // A read completing as it is cancelled still returns its bytes.
+    let (res, slice) = match slot.within(IDLE_HOLD, &mut read).await {
+        Ok(done) => done,
+        Err(_) => {
+            if let Some(c) = canceller.take() {
+                let _ = c.cancel();
             }
+            read.await
         }
     };
     match res {
@@ -298,7 +241,6 @@ pub(crate) async fn read_held(
             Held::LetGo(wait - IDLE_HOLD)
         }
         res => {
-            client.bytes_waiting(matches!(res, Ok(n) if n == cap - len));
             *buf = slice.into_inner();
             Held::Read(count(&mut client.bytes_in, (res, ())).0)
         }
@@ -321,7 +263,6 @@ pub(crate) async fn read_after_idle(
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
-    client.bytes_waiting(true);
     read_more(client, buf, max).await
 }
 
@@ -336,53 +277,4 @@ pub(crate) async fn write_all<S: AsyncWriteRent>(
     owned.clear();
     *buf = owned;
     res.map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    /// With the worker's receives allowed to wait for readability first, a
-    /// new socket does, a receive that filled its room makes the next one
-    /// try at once, and one that did not makes it wait first again; bytes
-    /// sent before or after the receive is made arrive whole either way.
-    /// Without it, no socket ever waits first.
-    #[test]
-    fn receives_wait_for_readability_first_unless_bytes_are_waiting() {
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .build()
-            .expect("an io_uring runtime");
-        rt.block_on(async {
-            for allowed in [true, false] {
-                set_recv_poll_first(allowed);
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let mut peer =
-                    std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-                let mut tcp = TcpStream::from_std(listener.accept().unwrap().0).unwrap();
-                new_socket(&mut tcp);
-                let mut client = ClientStream::plain(tcp);
-                let waits_first = |c: &ClientStream| c.plain_tcp().unwrap().recv_poll_first();
-                assert_eq!(waits_first(&client), allowed);
-                // Already there, and filling the room given.
-                peer.write_all(&[7; 10]).unwrap();
-                let mut buf = Vec::with_capacity(10);
-                assert_eq!(read_more(&mut client, &mut buf, 10).await.unwrap(), 10);
-                assert!(!waits_first(&client));
-                // Sent while the receive waits, not filling it.
-                let late = std::thread::spawn(move || {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    peer.write_all(b"abc").unwrap();
-                    peer
-                });
-                assert_eq!(read_more(&mut client, &mut buf, 4096).await.unwrap(), 3);
-                assert_eq!(waits_first(&client), allowed);
-                assert_eq!(&buf[..], b"\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07abc");
-                // The peer's end: a receive waiting first sees it.
-                drop(late.join().unwrap());
-                assert_eq!(read_more(&mut client, &mut buf, 4096).await.unwrap(), 0);
-            }
-            set_recv_poll_first(false);
-        });
-    }
 }

@@ -163,15 +163,10 @@ pub fn start(snapshot: Snapshot) -> std::io::Result<Running> {
                 let config = &snapshot.load().runtime;
                 let (ring, entries) = (ring_builder(config), config.ring_entries);
                 let driver = config.driver;
-                let poll_first = recv_poll_first(config);
                 let counts = shared.clone();
-                run_on_runtime(
-                    id,
-                    driver,
-                    (ring, entries, poll_first),
-                    &counts,
-                    move || worker_main(id, shared, snapshot, listeners),
-                );
+                run_on_runtime(id, driver, ring, entries, &counts, move || {
+                    worker_main(id, shared, snapshot, listeners)
+                });
             })?;
         threads.push(t);
     }
@@ -207,26 +202,6 @@ fn ring_builder(config: &RuntimeConfig) -> io_uring::Builder {
     b
 }
 
-/// Whether an io_uring worker's receives wait for readability first:
-/// configured, and the kernel knows `IORING_RECVSEND_POLL_FIRST` (5.19+).
-fn recv_poll_first(config: &RuntimeConfig) -> bool {
-    config.recv_poll_first
-        && std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .is_ok_and(|release| kernel_at_least(&release, (5, 19)))
-}
-
-/// `release` as in `uname -r` ("6.8.0-45-generic") is at least `major.minor`.
-fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
-    let mut parts = release.trim().split('.').map(|p| {
-        let digits = p.bytes().take_while(u8::is_ascii_digit).count();
-        p[..digits].parse::<u32>().ok()
-    });
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(a), Some(b)) => (a, b) >= (major, minor),
-        _ => false,
-    }
-}
-
 fn ring_flags(config: &RuntimeConfig) -> String {
     let flags: Vec<&str> = [
         (config.coop_taskrun, "coop_taskrun"),
@@ -249,7 +224,8 @@ fn ring_flags(config: &RuntimeConfig) -> String {
 fn run_on_runtime<F, Fut>(
     id: usize,
     driver: Driver,
-    (ring, entries, poll_first): (io_uring::Builder, u32, bool),
+    ring: io_uring::Builder,
+    entries: u32,
     counts: &Shared,
     main: F,
 ) where
@@ -271,7 +247,6 @@ fn run_on_runtime<F, Fut>(
             Ok(mut rt) => {
                 tracing::info!(worker = id, driver = "io_uring", entries, "worker started");
                 counts.uring_workers.fetch_add(1, Ordering::Relaxed);
-                crate::proxy::stream::set_recv_poll_first(poll_first);
                 rt.block_on(main());
                 return;
             }
@@ -306,12 +281,7 @@ async fn worker_main(
 ) {
     if id == 0 {
         let cfg = &snapshot.load().runtime;
-        tracing::info!(
-            ring_flags = %ring_flags(cfg),
-            ring_entries = cfg.ring_entries,
-            recv_poll_first = recv_poll_first(cfg),
-            "io_uring ring options"
-        );
+        tracing::info!(ring_flags = %ring_flags(cfg), ring_entries = cfg.ring_entries, "io_uring ring options");
     }
     let worker = Rc::new(Worker::new(id, shared.clone(), snapshot));
     let canceller = monoio::io::Canceller::new();
@@ -423,29 +393,4 @@ pub fn run_until_signal(running: Running, config: Option<&std::path::Path>) -> s
     running.join();
     tracing::info!("stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::kernel_at_least;
-
-    #[test]
-    fn kernel_releases_are_compared_by_major_and_minor() {
-        for (release, at_least) in [
-            ("6.18.44-fc\n", true),
-            ("5.19.0", true),
-            ("5.19", true),
-            ("6.0.0-rc1", true),
-            ("5.18.19-generic", false),
-            ("5.4.0-150-generic", false),
-            ("4.19.282", false),
-            ("10.1", true),
-            ("", false),
-            ("garbage", false),
-            ("5", false),
-            ("5.x.1", false),
-        ] {
-            assert_eq!(kernel_at_least(release, (5, 19)), at_least, "{release:?}");
-        }
-    }
 }

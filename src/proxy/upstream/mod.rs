@@ -26,9 +26,8 @@ pub(crate) async fn connect(
     for addr in &route.upstream_addrs {
         match monoio::time::timeout(settings.connect_timeout, TcpStream::connect_addr(*addr)).await
         {
-            Ok(Ok(mut tcp)) => {
+            Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
-                crate::proxy::stream::new_socket(&mut tcp);
                 if !route.upstream.tls {
                     return Ok(UpstreamStream::Plain(tcp));
                 }
