@@ -282,12 +282,7 @@ def ensure_portcullis():
         if not os.access(b, os.X_OK):
             raise SystemExit(f"PORTCULLIS_BIN={b} is not executable")
         return os.path.abspath(b)
-    # cargo rebuilds only what changed: a binary older than the source would
-    # be reported under the source's commit.
-    b = os.path.join(REPO, "target", "release", "portcullis")
-    log("portcullis, built if out of date (cargo build --release)")
-    subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
-    return b
+    return cargo_build("portcullis")
 
 
 def port_free(port):
@@ -723,30 +718,41 @@ LT_CONTROL_CLAIMS = dict(LT_CLAIMS, sub="user-0043", email="dev43@example.com",
 MCP_TOOL = "search_issues"            # allowed (by rule 90 of 100)
 MCP_DENIED_TOOL = "delete_repository"  # denied (by the no-deletes guardrail)
 MCP_PATH = "/mcp"
-MINT_TOKENS_TARGET = os.environ.get("LOADTEST_HELPERS_TARGET", os.path.join(REPO, "target"))
+# Where the load test's cargo examples (loadtest/*.rs) are built.
+HELPERS_TARGET = os.environ.get("LOADTEST_HELPERS_TARGET", os.path.join(REPO, "target"))
+if not os.path.isdir(os.path.dirname(HELPERS_TARGET)):
+    HELPERS_TARGET = os.path.join(REPO, "target")
+_BUILT = {}
+
+
+def cargo_build(name):
+    """Path of the release binary `name`: portcullis itself (target/), or a cargo example
+    of loadtest/ (into $LOADTEST_HELPERS_TARGET, default target/). cargo runs once per
+    process for each, every time: it rebuilds only what changed (a few minutes the first
+    time), so a binary older than its source is never run and reported under the
+    source's commit."""
+    if name not in _BUILT:
+        cmd = ["cargo", "build", "--release"]
+        if name == "portcullis":
+            env, out = None, os.path.join(REPO, "target", "release", "portcullis")
+        else:
+            cmd += ["--example", name]
+            env = dict(os.environ, CARGO_TARGET_DIR=HELPERS_TARGET)
+            out = os.path.join(HELPERS_TARGET, "release", "examples", name)
+        log(f"{name}: built if out of date ({' '.join(cmd)})")
+        subprocess.run(cmd, cwd=REPO, env=env, check=True)
+        _BUILT[name] = out
+    return _BUILT[name]
 
 
 def ensure_mint_tokens():
-    """Path of the mint_tokens helper (cargo example, source loadtest/mint_tokens.rs),
-    built into $LOADTEST_HELPERS_TARGET (default: the repository's target/) when missing."""
-    exe = os.path.join(MINT_TOKENS_TARGET, "release", "examples", "mint_tokens")
-    if not os.access(exe, os.X_OK):
-        log("building the mint_tokens helper (cargo build --release --example mint_tokens; "
-            "a few minutes the first time)")
-        subprocess.run(["cargo", "build", "--release", "--example", "mint_tokens"], cwd=REPO,
-                       env=dict(os.environ, CARGO_TARGET_DIR=MINT_TOKENS_TARGET), check=True)
-    return exe
+    """The mint_tokens helper (loadtest/mint_tokens.rs)."""
+    return cargo_build("mint_tokens")
 
 
 def ensure_relay():
-    """Path of the bare io_uring relay (cargo example, source loadtest/relay.rs), built
-    into $LOADTEST_HELPERS_TARGET (default: the repository's target/); cargo rebuilds it
-    only when its source or dependencies changed."""
-    exe = os.path.join(MINT_TOKENS_TARGET, "release", "examples", "relay")
-    log("the bare relay, built if out of date (cargo build --release --example relay)")
-    subprocess.run(["cargo", "build", "--release", "--example", "relay"], cwd=REPO,
-                   env=dict(os.environ, CARGO_TARGET_DIR=MINT_TOKENS_TARGET), check=True)
-    return exe
+    """The bare io_uring relay (loadtest/relay.rs)."""
+    return cargo_build("relay")
 
 
 def make_issuer(tmp):

@@ -20,10 +20,6 @@ import ltlib  # noqa: E402
 from ltlib import (HERE, REPO, LOAD_CORE, PROXY_CORE, STARTED, Target, log,  # noqa: E402
                    spawn, stop_proc, wait_port, write, find_bin)
 
-HELPER_TARGET = os.environ.get("LOADTEST_HELPERS_TARGET", os.path.join(REPO, "target"))
-if not os.path.isdir(os.path.dirname(HELPER_TARGET)):
-    HELPER_TARGET = os.path.join(REPO, "target")
-
 
 def common_args(ap, duration, port_base):
     ap.add_argument("-d", "--duration", type=int, default=duration,
@@ -125,14 +121,8 @@ def portcullis_bin(scope):
 
 
 def ensure_helper(name="ltconn"):
-    """Build the cargo example `name` (release) when its binary is missing."""
-    b = os.path.join(HELPER_TARGET, "release", "examples", name)
-    if os.access(b, os.X_OK):
-        return b
-    log(f"building helper {name} (cargo build --release --example {name}, target {HELPER_TARGET})")
-    subprocess.run(["cargo", "build", "--release", "--example", name], cwd=REPO, check=True,
-                   env=dict(os.environ, CARGO_TARGET_DIR=HELPER_TARGET))
-    return b
+    """The cargo example `name` of loadtest/ (ltlib.cargo_build)."""
+    return ltlib.cargo_build(name)
 
 
 def check_ports(ports):
