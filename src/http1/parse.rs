@@ -221,35 +221,37 @@ fn header_facts<'b>(
     for h in headers {
         // httparse has already checked that the name is a token and that the
         // value holds no CTL (so no CR, LF or NUL): the table tests prove it.
+        // By length first: one comparison at most for most names.
         let name = h.name.as_bytes();
-        // The exact names first: they are the common case, and cheaper.
-        if (13..=32).contains(&name.len())
-            && !h.name.eq_ignore_ascii_case("content-length")
-            && looks_like(name, b"contentlength")
-            || (16..=32).contains(&name.len())
-                && !h.name.eq_ignore_ascii_case("transfer-encoding")
-                && looks_like(name, b"transferencoding")
-        {
-            return Err(HttpError::BadRequest("obfuscated framing header name"));
-        }
-        if h.name.eq_ignore_ascii_case("host") {
-            host_count += 1;
-            host = Some(std::str::from_utf8(trim_ows(h.value)).map_err(|_| HttpError::BadHost)?);
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = parse_content_length(h.value)
-                .ok_or(HttpError::BadRequest("invalid Content-Length"))?;
-            if content_length.replace(n).is_some() {
-                return Err(HttpError::BadRequest("multiple Content-Length"));
+        let is = |exact: &[u8]| name.eq_ignore_ascii_case(exact);
+        match name.len() {
+            4 if is(b"host") => {
+                host_count += 1;
+                host =
+                    Some(std::str::from_utf8(trim_ows(h.value)).map_err(|_| HttpError::BadHost)?);
             }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te.add(h.value)?;
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            super::apply_connection(h.value, http11, &mut keep_alive);
-        } else if h.name.eq_ignore_ascii_case("expect") {
-            if !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
-                return Err(HttpError::ExpectationFailed);
+            6 if is(b"expect") => {
+                if !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
+                    return Err(HttpError::ExpectationFailed);
+                }
+                expect_continue = http11;
             }
-            expect_continue = http11;
+            10 if is(b"connection") => super::apply_connection(h.value, http11, &mut keep_alive),
+            14 if is(b"content-length") => {
+                let n = parse_content_length(h.value)
+                    .ok_or(HttpError::BadRequest("invalid Content-Length"))?;
+                if content_length.replace(n).is_some() {
+                    return Err(HttpError::BadRequest("multiple Content-Length"));
+                }
+            }
+            17 if is(b"transfer-encoding") => te.add(h.value)?,
+            13..=32
+                if looks_like(name, b"contentlength")
+                    || name.len() >= 16 && looks_like(name, b"transferencoding") =>
+            {
+                return Err(HttpError::BadRequest("obfuscated framing header name"));
+            }
+            _ => {}
         }
     }
     Ok(HeaderFacts {

@@ -21,10 +21,11 @@ pub(crate) fn answer(
     tls: bool,
     out: &mut Vec<u8>,
 ) -> Option<bool> {
-    let path = head.path.split('?').next().unwrap_or("");
-    if !path.starts_with("/.well-known/") {
+    // The prefix first: it holds no `?`, and most paths do not start so.
+    if !head.path.starts_with("/.well-known/") {
         return None;
     }
+    let path = head.path.split('?').next().unwrap_or("");
     let body = if path == ASSERTION_JWKS_PATH {
         Some(signer.jwks_json())
     } else if let Some(resource) = path.strip_prefix(METADATA_PREFIX) {

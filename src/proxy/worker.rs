@@ -150,7 +150,9 @@ pub struct Worker {
     /// Requests being served on this worker right now.
     pub in_flight: Cell<usize>,
     request_seq: Cell<u64>,
-    request_seed: u64,
+    /// The first 16 hex digits of every request id of this worker: its
+    /// random seed, written once.
+    request_seed: [u8; 16],
     /// A coarse clock, set by the worker's ticker: for expiries that need no
     /// better than ±100 ms (pool), so the request path reads no clock for them.
     clock: Cell<Instant>,
@@ -187,7 +189,7 @@ impl Worker {
             audit_scratch: RefCell::default(),
             in_flight: Cell::new(0),
             request_seq: Cell::new(0),
-            request_seed: h.finish(),
+            request_seed: seed_hex(h.finish() ^ (id as u64).rotate_left(56)),
             clock: Cell::new(Instant::now()),
         }
     }
@@ -286,16 +288,19 @@ impl Worker {
     pub fn next_request_id(&self, out: &mut RequestId) {
         let seq = self.request_seq.get().wrapping_add(1);
         self.request_seq.set(seq);
-        let hex = b"0123456789abcdef";
-        let seed = self.request_seed ^ (self.id as u64).rotate_left(56);
-        for i in 0..16 {
-            out.bytes[i] = hex[((seed >> (60 - 4 * i)) & 15) as usize];
-        }
+        out.bytes[..16].copy_from_slice(&self.request_seed);
         for i in 0..8 {
-            out.bytes[16 + i] = hex[((seq >> (28 - 4 * i)) & 15) as usize];
+            out.bytes[16 + i] = HEX[((seq >> (28 - 4 * i)) & 15) as usize];
         }
         out.len = 24;
     }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A request id's first 16 hex digits.
+fn seed_hex(seed: u64) -> [u8; 16] {
+    std::array::from_fn(|i| HEX[((seed >> (60 - 4 * i)) & 15) as usize])
 }
 
 /// A request id, kept from the client (if well-formed) or generated.

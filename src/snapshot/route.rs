@@ -248,23 +248,48 @@ impl RouteTable {
     /// The route for a request that arrived on a TLS (or plain) listener with
     /// this Host header and path.
     pub fn resolve(&self, tls: bool, host: &str, path: &str) -> Option<&Route> {
-        let (name, port) = split_host_port(host)?;
+        let (name, port) = host_and_port(host)?;
         let port = port.unwrap_or(if tls { 443 } else { 80 });
-        let mut lower = [0u8; 256];
-        let name = name.as_bytes();
-        if name.len() > lower.len() {
-            return None;
-        }
-        for (d, s) in lower.iter_mut().zip(name) {
-            *d = s.to_ascii_lowercase();
-        }
-        let name = std::str::from_utf8(&lower[..name.len()]).ok()?;
-        self.by_host
-            .get(name)?
+        // Route hosts are kept in lower case; most requests' already are.
+        let routes = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            let mut lower = [0u8; 256];
+            let lower = lower.get_mut(..name.len())?;
+            lower.copy_from_slice(name.as_bytes());
+            lower.make_ascii_lowercase();
+            self.by_host.get(std::str::from_utf8(lower).ok()?)
+        } else {
+            self.by_host.get(name)
+        }?;
+        routes
             .iter()
             .map(|&i| &self.routes[i])
             .find(|r| r.public.tls == tls && r.public.port == port && r.matches_path(path))
     }
+}
+
+/// A Host header's name and port, for a lookup among the routes' hosts: a
+/// name is not checked here, as one that is no valid host matches none of
+/// them (they were checked when the configuration was read). A bracketed
+/// IPv6 address takes the thorough [`split_host_port`].
+fn host_and_port(host: &str) -> Option<(&str, Option<u16>)> {
+    if host.starts_with('[') {
+        return split_host_port(host);
+    }
+    let Some(colon) = host.bytes().rposition(|b| b == b':') else {
+        return Some((host, None));
+    };
+    let digits = &host.as_bytes()[colon + 1..];
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    let mut port = 0u32;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        port = port * 10 + u32::from(d - b'0');
+    }
+    Some((&host[..colon], Some(u16::try_from(port).ok()?)))
 }
 
 #[cfg(test)]
@@ -316,6 +341,42 @@ mod tests {
         assert_eq!(r(false, "other.example", "/anything"), Some(3));
         assert_eq!(r(false, "unknown.example", "/mcp"), None);
         assert_eq!(r(false, "bad host", "/mcp"), None);
+    }
+
+    #[test]
+    fn host_and_port_agrees_with_the_strict_split_wherever_a_route_could_match() {
+        for host in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "mcp.example.com:443",
+            "MCP.Example.com",
+            "a:b:80",
+            ":80",
+            "host:",
+            "host:65535",
+            "host:65536",
+            "host:123456",
+            "host:+80",
+            "host:8a",
+            "[::1]:8080",
+            "[::1]",
+            "[::1]x",
+            "bad host:80",
+            "",
+        ] {
+            let strict = split_host_port(host);
+            match host_and_port(host) {
+                // Where the strict split takes the host, both agree.
+                fast if strict.is_some() => assert_eq!(fast, strict, "{host:?}"),
+                // Where it refuses, the fast one refuses too or gives a
+                // name no route can have.
+                None => {}
+                Some((name, _)) => assert!(
+                    split_host_port(name).is_none() || name.contains(':'),
+                    "{host:?} gave {name:?}"
+                ),
+            }
+        }
     }
 
     #[test]

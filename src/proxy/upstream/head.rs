@@ -57,7 +57,9 @@ pub(crate) struct ConnectionOptions<'b> {
 }
 
 impl<'b> ConnectionOptions<'b> {
-    /// `None` when more than 16 options are listed.
+    /// `None` when more than 16 options are listed. Inlined, so the
+    /// options are built where the caller keeps them, not copied there.
+    #[inline]
     pub(crate) fn collect(headers: &[httparse::Header<'b>]) -> Option<Self> {
         let mut opts = ConnectionOptions {
             names: [&[]; 16],
