@@ -18,6 +18,37 @@ pub(crate) use parse::{parse_request, Framing, Method, RequestHead};
 pub const NO_HEADER: std::mem::MaybeUninit<httparse::Header<'static>> =
     std::mem::MaybeUninit::uninit();
 
+/// Whether header field name `name`, a token (httparse checks every name
+/// it returns), is `lower` (lower-case letters and `-`) in any case. Eight
+/// bytes a step: setting bit 5 of a token's byte turns exactly its
+/// upper-case letters into lower-case ones; the only other token bytes it
+/// changes are `^` and `_`, which become no letter and no `-`.
+#[inline(always)]
+pub(crate) fn name_is(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(|&c| c == b'-' || c.is_ascii_lowercase()));
+    debug_assert!(name.iter().all(|&b| is_tchar(b)));
+    const BIT5: u64 = 0x2020_2020_2020_2020;
+    let word =
+        |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 8 {
+        return name.iter().zip(lower).all(|(&b, &c)| b | 0x20 == c);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if word(name, at) | BIT5 != word(lower, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last eight bytes (overlapping the step before when `n` is not a
+    // multiple of eight).
+    word(name, n - 8) | BIT5 == word(lower, n - 8)
+}
+
 /// Whether `b` is an RFC 9110 `tchar`.
 #[inline]
 pub(crate) fn is_tchar(b: u8) -> bool {
@@ -113,6 +144,43 @@ pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::has_bare_lf;
+
+    #[test]
+    fn name_is_agrees_with_a_case_blind_comparison_for_every_token() {
+        let literals: [&[u8]; 8] = [
+            b"te",
+            b"host",
+            b"expect",
+            b"connection",
+            b"content-length",
+            b"transfer-encoding",
+            b"proxy-authorization",
+            b"x-portcullis-identity",
+        ];
+        let tchars: Vec<u8> = (0..=255u8).filter(|&b| super::is_tchar(b)).collect();
+        for lower in literals {
+            // The literal in every case mix, and every one-byte change of it
+            // to any token byte (the `^`/`~` and `_`/DEL pairs included).
+            let mut names = vec![lower.to_vec(), lower.to_ascii_uppercase()];
+            for at in 0..lower.len() {
+                for &b in &tchars {
+                    let mut n = lower.to_vec();
+                    n[at] = b;
+                    names.push(n);
+                }
+            }
+            names.push(lower[..lower.len() - 1].to_vec());
+            for name in names {
+                assert_eq!(
+                    super::name_is(&name, lower),
+                    name.eq_ignore_ascii_case(lower),
+                    "{:?} vs {:?}",
+                    String::from_utf8_lossy(&name),
+                    String::from_utf8_lossy(lower)
+                );
+            }
+        }
+    }
 
     #[test]
     fn bare_lf_is_found_at_every_offset_and_across_steps() {

@@ -223,7 +223,7 @@ fn header_facts<'b>(
         // value holds no CTL (so no CR, LF or NUL): the table tests prove it.
         // By length first: one comparison at most for most names.
         let name = h.name.as_bytes();
-        let is = |exact: &[u8]| name.eq_ignore_ascii_case(exact);
+        let is = |exact: &[u8]| super::name_is(name, exact);
         match name.len() {
             4 if is(b"host") => {
                 host_count += 1;

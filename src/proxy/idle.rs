@@ -111,21 +111,39 @@ impl IdleSlot {
     /// `work`'s output, or [`TimedOut`] if it has not finished within
     /// `limit` (to within a tick). `work` is polled first, so what is ready
     /// wins over an expiry seen at the same time; dropped on expiry.
-    pub async fn within<F: Future>(&self, limit: Duration, work: F) -> Result<F::Output, TimedOut> {
-        self.by(self.due_in(limit), work).await
+    pub fn within<F: Future>(&self, limit: Duration, work: F) -> By<'_, F> {
+        self.by(self.due_in(limit), work)
     }
 
     /// [`IdleSlot::within`] with a deadline computed before.
-    pub async fn by<F: Future>(&self, due: Due, work: F) -> Result<F::Output, TimedOut> {
-        let mut work = std::pin::pin!(work);
-        let mut expiry = std::pin::pin!(self.until(due));
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = work.as_mut().poll(cx) {
-                return Poll::Ready(Ok(out));
-            }
-            expiry.as_mut().poll(cx).map(|()| Err(TimedOut))
-        })
-        .await
+    /// A plain future, not an `async fn`: `work` is moved into it once, not
+    /// once per nested state machine (it is polled on every request).
+    pub fn by<F: Future>(&self, due: Due, work: F) -> By<'_, F> {
+        By {
+            work,
+            expiry: self.until(due),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A wait of [`IdleSlot::within`] or [`IdleSlot::by`].
+    pub struct By<'a, F> {
+        #[pin]
+        work: F,
+        expiry: Expiry<'a>,
+    }
+}
+
+impl<F: Future> Future for By<'_, F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.work.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        Pin::new(this.expiry).poll(cx).map(|()| Err(TimedOut))
     }
 }
 

@@ -5,7 +5,7 @@
 //! upstream. Synchronous and allocation-free.
 
 use crate::error::HttpError;
-use crate::http1::{trim_ows, RequestHead};
+use crate::http1::{name_is, trim_ows, RequestHead};
 use crate::principal::Principal;
 use crate::proxy::admit::Request;
 use crate::proxy::conn::ClientFacts;
@@ -16,7 +16,7 @@ use crate::snapshot::route::{Route, RouteAuth, UpstreamCredential};
 /// frames the upstream request itself), and those it sets itself.
 fn dropped(name: &str) -> bool {
     let n = name.as_bytes();
-    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    let is = |s: &str| name_is(n, s.as_bytes());
     match n.len() {
         2 => is("te"),
         4 => is("host"),
@@ -37,7 +37,7 @@ fn dropped(name: &str) -> bool {
 /// Headers a response never carries to the client.
 pub(crate) fn dropped_in_response(name: &str) -> bool {
     let n = name.as_bytes();
-    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    let is = |s: &str| name_is(n, s.as_bytes());
     match n.len() {
         2 => is("te"),
         7 => is("trailer") || is("upgrade"),
@@ -59,7 +59,7 @@ pub(crate) struct ConnectionOptions<'b> {
 impl<'b> ConnectionOptions<'b> {
     /// `None` when more than 16 options are listed. Inlined, so the
     /// options are built where the caller keeps them, not copied there.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn collect(headers: &[httparse::Header<'b>]) -> Option<Self> {
         let mut opts = ConnectionOptions {
             names: [&[]; 16],
@@ -67,7 +67,7 @@ impl<'b> ConnectionOptions<'b> {
         };
         for h in headers
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .filter(|h| name_is(h.name.as_bytes(), b"connection"))
         {
             for token in h
                 .value
@@ -120,7 +120,7 @@ pub(crate) fn write(
         .and_then(|a| a.oauth2.as_ref())
         .map(|o| o.config.header.as_str());
     let strip = |name: &str| {
-        name.eq_ignore_ascii_case("x-portcullis-identity")
+        name_is(name.as_bytes(), b"x-portcullis-identity")
             || oauth2.is_some_and(|h| name.eq_ignore_ascii_case(h))
             || (route.auth.is_some()
                 && (name.eq_ignore_ascii_case("authorization")

@@ -448,7 +448,7 @@ pub fn write_client_head(
     for h in r.headers.iter() {
         let keep_length = r.body == BodyKind::Empty
             && r.status != 204
-            && h.name.eq_ignore_ascii_case("content-length");
+            && crate::http1::name_is(h.name.as_bytes(), b"content-length");
         if (dropped_in_response(h.name) && !keep_length) || options.contains(h.name) {
             continue;
         }
