@@ -91,10 +91,11 @@ pub struct RequestHead<'b> {
 }
 
 impl RequestHead<'_> {
+    /// The value of the first header field named `name` (in lower case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .find(|h| super::name_is(h.name.as_bytes(), name.as_bytes()))
             .map(|h| h.value)
     }
 }

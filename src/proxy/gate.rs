@@ -111,7 +111,7 @@ pub(crate) fn legacy_message_post(target: &str) -> bool {
 }
 
 /// Headers that may appear at most once each (a second copy is ambiguous),
-/// found in one pass.
+/// found in one pass; `names` in lower case.
 fn find_once<'b, const N: usize>(
     head: &RequestHead<'b>,
     names: [&str; N],
@@ -121,7 +121,7 @@ fn find_once<'b, const N: usize>(
         let n = h.name.len();
         for (i, name) in names.iter().enumerate() {
             if n == name.len()
-                && h.name.eq_ignore_ascii_case(name)
+                && crate::http1::name_is(h.name.as_bytes(), name.as_bytes())
                 && found[i].replace(h.value).is_some()
             {
                 return Err(HttpError::BadRequest(

@@ -83,8 +83,7 @@ pub fn serve<Held>(
                     // Idle: the exchange buffers go (a busy connection keeps
                     // them, so its requests do not allocate and grow them).
                     conn.release_idle();
-                    let snap = worker.snapshot();
-                    if !request::idle(&snap, &mut client, &mut conn, left).await {
+                    if !request::idle(&worker, &mut client, &mut conn, left).await {
                         break;
                     }
                 }
@@ -114,7 +113,7 @@ async fn busy(
     counted: &mut (u64, u64),
 ) -> Turn {
     loop {
-        match request::wait(&worker.snapshot(), client, conn).await {
+        match request::wait(worker, client, conn).await {
             request::Waited::Ready => {}
             request::Waited::Idle(left) => return Turn::Idle(left),
             request::Waited::Gone => return Turn::Close,

@@ -29,16 +29,20 @@ pub enum Step {
 
 /// Wait for the first byte of the next request: `header_timeout` on a fresh
 /// connection, `idle_timeout` between keep-alive requests.
-pub(crate) async fn wait(snap: &Snapshot, client: &mut ClientStream, conn: &mut Conn) -> Waited {
+/// The current snapshot is read for its limits, not held: the request that
+/// comes is served by the snapshot current then.
+pub(crate) async fn wait(worker: &Worker, client: &mut ClientStream, conn: &mut Conn) -> Waited {
     if !conn.buf.is_empty() {
         return Waited::Ready;
     }
-    let wait = if conn.served == 0 {
-        snap.limits.header_timeout.0
-    } else {
-        snap.limits.idle_timeout.0
-    };
-    let max = snap.limits.max_header_bytes + 1;
+    let (wait, max) = worker.peek_snapshot(|snap| {
+        let wait = if conn.served == 0 {
+            snap.limits.header_timeout.0
+        } else {
+            snap.limits.idle_timeout.0
+        };
+        (wait, snap.limits.max_header_bytes + 1)
+    });
     match read_held(
         client,
         &mut conn.buf,
@@ -68,12 +72,12 @@ pub(crate) enum Waited {
 /// After [`wait`] let its read go: wait up to `left` for the client's
 /// next bytes, holding no buffer meanwhile. `false`: gone.
 pub(crate) async fn idle(
-    snap: &Snapshot,
+    worker: &Worker,
     client: &mut ClientStream,
     conn: &mut Conn,
     left: std::time::Duration,
 ) -> bool {
-    let max = snap.limits.max_header_bytes + 1;
+    let max = worker.peek_snapshot(|snap| snap.limits.max_header_bytes + 1);
     matches!(read_after_idle(client, &mut conn.buf, max, left, &conn.slot).await, Ok(n) if n > 0)
 }
 

@@ -264,6 +264,12 @@ impl Worker {
         snap
     }
 
+    /// Read the current snapshot without holding it (no reference count
+    /// taken), for values read at once; the caches are left as they are.
+    pub fn peek_snapshot<R>(&self, read: impl FnOnce(&Snapshot) -> R) -> R {
+        read(self.snapshot.borrow_mut().load())
+    }
+
     /// Once a second: share this core's baselines with the other cores and
     /// take theirs (`behaviour::Baselines::exchange`).
     pub fn exchange_baselines(&self, now_unix: i64) {
