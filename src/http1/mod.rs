@@ -159,7 +159,7 @@ mod tests {
         ];
         let tchars: Vec<u8> = (0..=255u8).filter(|&b| super::is_tchar(b)).collect();
         for lower in literals {
-            // The literal in every case mix, and every one-byte change of it
+            // The literal in lower and upper case, and every one-byte change of it
             // to any token byte (the `^`/`~` and `_`/DEL pairs included).
             let mut names = vec![lower.to_vec(), lower.to_ascii_uppercase()];
             for at in 0..lower.len() {
