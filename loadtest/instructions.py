@@ -29,7 +29,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ltlib  # noqa: E402
 import scenlib  # noqa: E402
-from ltlib import LOAD_CORE, PROXY_CORE, Target, WrkSpec, log  # noqa: E402
+from ltlib import PROXY_CORE, Target, WrkSpec, log  # noqa: E402
 
 
 def self_costs(path):
@@ -73,20 +73,11 @@ def main():
     if not ltlib.find_bin("valgrind"):
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     pbin = args.bin or ltlib.ensure_portcullis()
-    nginx = ltlib.find_bin("nginx")
     scope = scenlib.Scope("instructions")
     tmp, base = scope.tmp, args.port_base
     results = []
     try:
-        up_prefix = os.path.join(tmp, "upstream")
-        os.makedirs(up_prefix)
-        up_path = ltlib.write(os.path.join(up_prefix, "nginx.conf"),
-                              ltlib.upstream_conf(up_prefix, base))
-        up_proc = scope.spawn(["taskset", "-c", LOAD_CORE, nginx, "-p", up_prefix, "-c", up_path,
-                               "-e", os.path.join(up_prefix, "error.log")], "upstream.log")
-        upstream = Target("upstream", base, "upstream", up_proc)
-        if not ltlib.wait_port(base, up_proc):
-            raise SystemExit("the upstream nginx did not start")
+        upstream = scenlib.start_nginx_upstream(scope, base)
         body = ltlib.write(os.path.join(tmp, "mcp-body.json"), ltlib.mcp_call_body())
         for i, name in enumerate(args.targets.split(","), start=1):
             port = base + i
@@ -94,11 +85,7 @@ def main():
                 conf = ltlib.portcullis_plain_conf(port, base)
                 spec = WrkSpec("post.lua")
             elif name == "mcp":
-                issuer = ltlib.make_issuer(tmp)
-                tokens = ltlib.mint_tokens(issuer, 1, os.path.join(tmp, "token.txt"))
-                conf = ltlib.portcullis_mcp_conf(port, base, issuer,
-                                                 audit_path=os.path.join(tmp, "audit.jsonl"))
-                spec = ltlib.mcp_wrk_spec(body, tokens)
+                conf, spec = ltlib.full_path_target(tmp, port, base, body)
             else:
                 raise SystemExit(f"unknown target {name} (plain or mcp)")
             out_prefix = os.path.join(tmp, f"callgrind.{name}")

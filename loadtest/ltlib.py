@@ -974,6 +974,16 @@ routes:
 {ua}{policy}"""
 
 
+def full_path_target(tmp, port, up_port, body_path):
+    """The full MCP path as ops.py and instructions.py drive it: its config (one
+    minted token's issuer, the 100-rule policy, audit to a file in tmp) and the
+    wrk spec posting body_path with that token."""
+    issuer = make_issuer(tmp)
+    tokens = mint_tokens(issuer, 1, os.path.join(tmp, "token.txt"))
+    conf = portcullis_mcp_conf(port, up_port, issuer, audit_path=os.path.join(tmp, "audit.jsonl"))
+    return conf, mcp_wrk_spec(body_path, tokens)
+
+
 def portcullis_plain_conf(port, up_port, driver="io_uring", *, workers=1, tls=None):
     """Plain pass-through (the `plain` scenario's route), optionally TLS-terminating
     (tls=(cert, key)) and with more workers."""

@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ltlib  # noqa: E402
 import scenlib  # noqa: E402
-from ltlib import LOAD_CORE, PROXY_CORE, Target, WrkSpec, log  # noqa: E402
+from ltlib import PROXY_CORE, Target, WrkSpec, log  # noqa: E402
 
 EVENTS = {
     "io_uring:io_uring_submit_req": "submitted",
@@ -58,19 +58,10 @@ def main():
     args = ap.parse_args()
     wanted = args.targets.split(",")
     pbin = ltlib.ensure_portcullis()
-    nginx = ltlib.find_bin("nginx")
     scope = scenlib.Scope("ops")
     tmp, base = scope.tmp, args.port_base
     try:
-        up_prefix = os.path.join(tmp, "upstream")
-        os.makedirs(up_prefix)
-        up_path = ltlib.write(os.path.join(up_prefix, "nginx.conf"),
-                              ltlib.upstream_conf(up_prefix, base))
-        up_proc = scope.spawn(["taskset", "-c", LOAD_CORE, nginx, "-p", up_prefix, "-c", up_path,
-                               "-e", os.path.join(up_prefix, "error.log")], "upstream.log")
-        upstream = Target("upstream", base, "upstream", up_proc)
-        if not ltlib.wait_port(base, up_proc):
-            raise SystemExit("the upstream nginx did not start")
+        upstream = scenlib.start_nginx_upstream(scope, base)
         body = ltlib.write(os.path.join(tmp, "mcp-body.json"), ltlib.mcp_call_body())
         specs = {}
         targets = []
@@ -84,12 +75,8 @@ def main():
                 cmd = [pbin, "run", "-c", ltlib.write(os.path.join(tmp, f"{name}.yaml"), conf)]
                 spec = WrkSpec("post.lua")
             elif name == "mcp":
-                issuer = ltlib.make_issuer(tmp)
-                tokens = ltlib.mint_tokens(issuer, 1, os.path.join(tmp, "token.txt"))
-                conf = ltlib.portcullis_mcp_conf(port, base, issuer,
-                                                 audit_path=os.path.join(tmp, "audit.jsonl"))
+                conf, spec = ltlib.full_path_target(tmp, port, base, body)
                 cmd = [pbin, "run", "-c", ltlib.write(os.path.join(tmp, "mcp.yaml"), conf)]
-                spec = ltlib.mcp_wrk_spec(body, tokens)
             else:
                 raise SystemExit(f"unknown target {name}")
             p = scope.spawn(["taskset", "-c", PROXY_CORE] + cmd, f"{name}.log")
