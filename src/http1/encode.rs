@@ -51,19 +51,9 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Append a decimal number without allocating.
-pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
+/// Append a decimal number without allocating (two digits a step, `itoa`).
+pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A complete local error response. On an MCP route the body is a JSON-RPC

@@ -62,8 +62,6 @@ pub(crate) fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| is_tchar(b))
 }
 
-/// Trim optional whitespace (SP / HTAB only; nothing else counts as OWS).
-#[inline]
 /// Whether the query of a request target has a parameter named one of
 /// `names` (ASCII case-insensitive), with or without a value. Byte searches:
 /// it runs on the request path, where `str` searches for a `char` cost a few
@@ -81,6 +79,8 @@ pub(crate) fn query_has_param(target: &str, names: &[&str]) -> bool {
     })
 }
 
+/// Trim optional whitespace (SP / HTAB only; nothing else counts as OWS).
+#[inline]
 pub(crate) fn trim_ows(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
@@ -93,9 +93,52 @@ pub(crate) fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
+/// Append to `out` the lines of the fields `keep` keeps, exactly as they
+/// came (case and whitespace included): each run of adjacent kept lines in
+/// one copy, not four appends a field. `raw` is the head the fields were
+/// parsed from, in order, its blank line last: a field's line runs from its
+/// name to the next field's name (its CRLF included), the last field's to
+/// the blank line. (httparse takes a field as one line: no obs-fold.)
+pub(crate) fn copy_header_lines(
+    raw: &[u8],
+    headers: &[httparse::Header<'_>],
+    out: &mut Vec<u8>,
+    mut keep: impl FnMut(&httparse::Header<'_>) -> bool,
+) {
+    debug_assert!(raw.ends_with(b"\r\n\r\n"));
+    let end = raw.len().saturating_sub(2);
+    let base = raw.as_ptr() as usize;
+    // Where the run of kept lines being gathered began.
+    let mut run = None;
+    for h in headers {
+        let at = (h.name.as_ptr() as usize).wrapping_sub(base);
+        debug_assert!(at < end, "a field of another head");
+        if keep(h) {
+            run.get_or_insert(at);
+        } else if let Some(from) = run.take() {
+            out.extend_from_slice(&raw[from..at]);
+        }
+    }
+    if let Some(from) = run {
+        out.extend_from_slice(&raw[from..end]);
+    }
+}
+
 /// Apply one Connection field value to the keep-alive decision: `close`
 /// ends it; `keep-alive` asks for it on HTTP/1.0 (HTTP/1.1 has it already).
 pub(crate) fn apply_connection(value: &[u8], http11: bool, keep_alive: &mut bool) {
+    // The two usual values, as nearly every peer writes them: whole.
+    match value {
+        b"keep-alive" => {
+            *keep_alive |= !http11;
+            return;
+        }
+        b"close" => {
+            *keep_alive = false;
+            return;
+        }
+        _ => {}
+    }
     for token in value.split(|&b| b == b',').map(trim_ows) {
         if token.eq_ignore_ascii_case(b"close") {
             *keep_alive = false;
@@ -144,6 +187,61 @@ pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::has_bare_lf;
+
+    #[test]
+    fn header_lines_are_copied_as_they_came_for_every_choice_of_fields() {
+        // Odd whitespace and case, an empty value; a request and a response.
+        let request: &[u8] = b"POST /x HTTP/1.1\r\nHost: a\r\nX-A:1\r\ncontent-length: 3 \r\nX-B:\t two\t\r\nx-empty:\r\nAccept: */*\r\n\r\n";
+        let response: &[u8] =
+            b"HTTP/1.0 200 OK\r\nServer: n\r\nConnection: close\r\nX-C:  c  \r\n\r\n";
+        let mut space = [crate::http1::NO_HEADER; 16];
+        let limits = super::parse::HeadLimits::default();
+        let r = super::parse_request(request, &mut space, &limits)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.raw, request);
+        every_choice(r.raw, r.headers, |out, keep| r.copy_header_lines(out, keep));
+        let mut space = [crate::http1::NO_HEADER; 16];
+        let r = super::response::parse_response(response, &mut space, false, 1 << 16)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.raw, response);
+        every_choice(r.raw, r.headers, |out, keep| r.copy_header_lines(out, keep));
+    }
+
+    /// Copy the lines of every subset of `headers`, each compared with the
+    /// lines of `raw` as a reader of the bytes splits them.
+    fn every_choice(
+        raw: &[u8],
+        headers: &[httparse::Header<'_>],
+        copy: impl Fn(&mut Vec<u8>, &mut dyn FnMut(&httparse::Header<'_>) -> bool),
+    ) {
+        let text = std::str::from_utf8(raw).unwrap();
+        // Between the first line and the blank one.
+        let lines: Vec<&str> = text.split_inclusive("\r\n").skip(1).collect();
+        let lines = &lines[..lines.len() - 1];
+        assert_eq!(lines.len(), headers.len());
+        for choice in 0u32..1 << lines.len() {
+            let mut out = b"before\r\n".to_vec();
+            let mut k = 0;
+            copy(&mut out, &mut |h| {
+                // Asked about each field once, in order.
+                assert!(std::ptr::eq(h, &headers[k]));
+                k += 1;
+                choice & 1 << (k - 1) != 0
+            });
+            assert_eq!(k, headers.len());
+            let kept: String = (lines.iter().enumerate())
+                .filter(|(i, _)| choice & 1 << i != 0)
+                .map(|(_, l)| *l)
+                .collect();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("before\r\n{kept}"),
+                "choice {choice:b}"
+            );
+        }
+    }
 
     #[test]
     fn name_is_agrees_with_a_case_blind_comparison_for_every_token() {

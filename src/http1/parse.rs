@@ -88,9 +88,21 @@ pub struct RequestHead<'b> {
     /// Length of the head in bytes, including the final CRLF CRLF.
     pub head_len: usize,
     pub headers: &'b [httparse::Header<'b>],
+    /// The head's bytes, which `headers` point into.
+    pub raw: &'b [u8],
 }
 
 impl RequestHead<'_> {
+    /// Append the lines of the fields `keep` keeps, as they came
+    /// ([`super::copy_header_lines`]).
+    pub(crate) fn copy_header_lines(
+        &self,
+        out: &mut Vec<u8>,
+        keep: impl FnMut(&httparse::Header<'_>) -> bool,
+    ) {
+        super::copy_header_lines(self.raw, self.headers, out, keep);
+    }
+
     /// The value of the first header field named `name` (in lower case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -194,6 +206,7 @@ where
         expect_continue,
         head_len,
         headers,
+        raw: &buf[..head_len],
     }))
 }
 
@@ -228,8 +241,8 @@ fn header_facts<'b>(
         match name.len() {
             4 if is(b"host") => {
                 host_count += 1;
-                host =
-                    Some(std::str::from_utf8(trim_ows(h.value)).map_err(|_| HttpError::BadHost)?);
+                // Only ASCII passes `valid_host` later.
+                host = Some(crate::sys::ascii_str(trim_ows(h.value)).ok_or(HttpError::BadHost)?);
             }
             6 if is(b"expect") => {
                 if !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {

@@ -25,10 +25,26 @@ pub struct ResponseHead<'b> {
     /// The upstream will keep the connection open after this response.
     pub keep_alive: bool,
     pub event_stream: bool,
+    /// A `Content-Encoding` other than identity.
+    pub encoded: bool,
     /// `Keep-Alive: timeout=N` announced by the upstream, in seconds.
     pub keep_alive_timeout: Option<u64>,
     pub head_len: usize,
     pub headers: &'b [httparse::Header<'b>],
+    /// The head's bytes, which `headers` point into.
+    pub raw: &'b [u8],
+}
+
+impl ResponseHead<'_> {
+    /// Append the lines of the fields `keep` keeps, as they came
+    /// ([`super::copy_header_lines`]).
+    pub(crate) fn copy_header_lines(
+        &self,
+        out: &mut Vec<u8>,
+        keep: impl FnMut(&httparse::Header<'_>) -> bool,
+    ) {
+        super::copy_header_lines(self.raw, self.headers, out, keep);
+    }
 }
 
 pub fn parse_response<'h, 'b>(
@@ -61,31 +77,39 @@ where
     let mut te = false;
     let mut event_stream = false;
     let mut keep_alive_timeout = None;
+    let mut encoded = false;
     for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
+        let n = h.name.as_bytes();
+        // `name_is` compares lengths first: a field is compared with at
+        // most one or two of these names (a case-blind comparison each cost
+        // a few dozen instructions).
+        let is = |lower: &[u8]| super::name_is(n, lower);
+        if is(b"content-length") {
             let n = parse_content_length(h.value)
                 .ok_or(HttpError::BadGateway("invalid upstream Content-Length"))?;
             if length.is_some_and(|prev| prev != n) {
                 return Err(HttpError::BadGateway("differing upstream Content-Length"));
             }
             length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is(b"transfer-encoding") {
             if te {
                 return Err(HttpError::BadGateway("repeated upstream Transfer-Encoding"));
             }
             te = true;
             chunked = trim_ows(h.value).eq_ignore_ascii_case(b"chunked");
-        } else if h.name.eq_ignore_ascii_case("connection") {
+        } else if is(b"connection") {
             super::apply_connection(h.value, http11, &mut keep_alive);
-        } else if h.name.eq_ignore_ascii_case("keep-alive") {
+        } else if is(b"keep-alive") {
             keep_alive_timeout = h
                 .value
                 .split(|&b| b == b',')
                 .map(trim_ows)
                 .find_map(|p| p.strip_prefix(b"timeout=").and_then(parse_content_length));
-        } else if h.name.eq_ignore_ascii_case("content-type") {
+        } else if is(b"content-type") {
             let v = trim_ows(h.value);
             event_stream = v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream");
+        } else if is(b"content-encoding") {
+            encoded |= !trim_ows(h.value).eq_ignore_ascii_case(b"identity");
         }
     }
     let body = if request_was_head || (100..200).contains(&status) || status == 204 || status == 304
@@ -113,9 +137,11 @@ where
         body,
         keep_alive,
         event_stream,
+        encoded,
         keep_alive_timeout,
         head_len,
         headers: resp.headers,
+        raw: &buf[..head_len],
     }))
 }
 

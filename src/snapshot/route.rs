@@ -13,8 +13,9 @@ pub struct Route {
     /// The public URL (what clients use; also the token audience later).
     pub public: Url,
     pub upstream: Url,
-    /// Host header value sent upstream.
-    pub upstream_authority: String,
+    /// The upstream request line's end and its Host line:
+    /// ` HTTP/1.1\r\nHost: <upstream authority>\r\n`.
+    pub version_and_host: Box<[u8]>,
     /// Resolved upstream addresses (resolved at config load).
     pub upstream_addrs: Vec<SocketAddr>,
     /// Key of this upstream in the per-core connection pool.
@@ -112,7 +113,9 @@ impl Route {
             public_origin: format!("{}://{}", public.scheme(), public.authority()),
             index,
             name: name.to_string(),
-            upstream_authority: upstream.authority(),
+            version_and_host: format!(" HTTP/1.1\r\nHost: {}\r\n", upstream.authority())
+                .into_bytes()
+                .into_boxed_slice(),
             pool_key: format!("{}://{}", upstream.scheme(), upstream.authority()),
             public,
             upstream,

@@ -134,25 +134,16 @@ pub(crate) fn write(
     up.extend_from_slice(head.method.as_str().as_bytes());
     up.push(b' ');
     route.rewrite_path(head.path, up);
-    up.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    up.extend_from_slice(route.upstream_authority.as_bytes());
-    up.extend_from_slice(b"\r\n");
-    for h in head.headers {
-        if dropped(h.name) || options.contains(h.name) || strip(h.name) {
-            continue;
-        }
-        up.extend_from_slice(h.name.as_bytes());
-        up.extend_from_slice(b": ");
-        up.extend_from_slice(h.value);
-        up.extend_from_slice(b"\r\n");
-    }
+    up.extend_from_slice(&route.version_and_host);
+    head.copy_header_lines(up, |h| {
+        !(dropped(h.name) || options.contains(h.name) || strip(h.name))
+    });
     up.extend_from_slice(&client.forwarded_for);
     up.extend_from_slice(if client.tls {
-        b"X-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: "
     } else {
-        b"X-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: "
     });
-    up.extend_from_slice(b"X-Forwarded-Host: ");
     up.extend_from_slice(head.host.as_bytes());
     up.extend_from_slice(b"\r\nX-Request-Id: ");
     up.extend_from_slice(req.id.as_bytes());

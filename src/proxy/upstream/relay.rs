@@ -356,10 +356,7 @@ fn parse_head(
         upstream_keep_alive: r.keep_alive,
         keep_alive_timeout: r.keep_alive_timeout,
         event_stream: r.event_stream,
-        encoded: r.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("content-encoding")
-                && !h.value.eq_ignore_ascii_case(b"identity")
-        }),
+        encoded: r.encoded,
     };
     Ok(Some(Parsed::Final(head, r.head_len)))
 }
@@ -440,30 +437,25 @@ pub fn write_client_head(
         "too many upstream Connection options",
     )))?;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(r.status));
-    out.push(b' ');
+    // httparse takes exactly three digits for the status.
+    let digit = |d: u16| b'0' + (r.status / d % 10) as u8;
+    let mut line = *b"HTTP/1.1 000 ";
+    line[9..12].copy_from_slice(&[digit(100), digit(10), digit(1)]);
+    out.extend_from_slice(&line);
     out.extend_from_slice(r.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in r.headers.iter() {
+    r.copy_header_lines(out, |h| {
         let keep_length = r.body == BodyKind::Empty
             && r.status != 204
             && crate::http1::name_is(h.name.as_bytes(), b"content-length");
-        if (dropped_in_response(h.name) && !keep_length) || options.contains(h.name) {
-            continue;
-        }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
+        !((dropped_in_response(h.name) && !keep_length) || options.contains(h.name))
+    });
     out.extend_from_slice(b"X-Request-Id: ");
     out.extend_from_slice(request_id);
-    out.extend_from_slice(b"\r\n");
     if let BodyKind::Length(n) = r.body {
-        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(b"\r\nContent-Length: ");
         push_u64(out, n);
-        out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"\r\n");
     Ok(())
 }
