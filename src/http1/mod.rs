@@ -10,7 +10,7 @@ pub(crate) mod encode;
 pub(crate) mod parse;
 pub(crate) mod response;
 
-pub(crate) use parse::{parse_request, Framing, Method, RequestHead};
+pub(crate) use parse::{parse_request, Framing, Lower, Method, RequestHead};
 
 /// Room for one parsed header field, left uninitialised: heads are parsed
 /// into `[NO_HEADER; N]` on the stack. `httparse::EMPTY_HEADER` arrays
@@ -187,6 +187,14 @@ pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::has_bare_lf;
+
+    #[test]
+    #[should_panic(expected = "a header name in lower case")]
+    fn a_name_with_a_capital_is_no_lower_case_name() {
+        // Made at run time (a `const` one would not compile).
+        let name: &'static str = String::from("X-Request-Id").leak();
+        super::Lower::new(name);
+    }
 
     #[test]
     fn header_lines_are_copied_as_they_came_for_every_choice_of_fields() {

@@ -5,6 +5,29 @@
 use super::{has_bare_lf, is_tchar, parse_content_length, trim_ows};
 use crate::error::HttpError;
 
+/// A header field name in lower case, as [`RequestHead::header`] takes it
+/// (its comparison is exact only against lower case). Checked where it is
+/// made: `const` names are checked by the compiler.
+#[derive(Clone, Copy, Debug)]
+pub struct Lower(&'static [u8]);
+
+impl Lower {
+    /// Panics (fails to compile, in a `const`) unless `name` is lower-case
+    /// letters and `-`, what [`super::name_is`] compares exactly.
+    pub const fn new(name: &'static str) -> Lower {
+        let b = name.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            assert!(
+                b[i] == b'-' || b[i].is_ascii_lowercase(),
+                "a header name in lower case"
+            );
+            i += 1;
+        }
+        Lower(b)
+    }
+}
+
 /// Limits that apply while parsing a request head.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadLimits {
@@ -103,11 +126,11 @@ impl RequestHead<'_> {
         super::copy_header_lines(self.raw, self.headers, out, keep);
     }
 
-    /// The value of the first header field named `name` (in lower case).
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
+    /// The value of the first header field named `name`.
+    pub fn header(&self, name: Lower) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|h| super::name_is(h.name.as_bytes(), name.as_bytes()))
+            .find(|h| super::name_is(h.name.as_bytes(), name.0))
             .map(|h| h.value)
     }
 }

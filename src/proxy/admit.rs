@@ -5,7 +5,7 @@
 //! upstream head is `upstream::head`).
 
 use crate::error::HttpError;
-use crate::http1::{Framing, Method, RequestHead};
+use crate::http1::{Framing, Lower, Method, RequestHead};
 use crate::principal::Principal;
 use crate::proxy::gate::{self, McpHead};
 use crate::proxy::reject::Reject;
@@ -60,7 +60,7 @@ impl Request {
 
 /// The request id: the client's when well-formed, else a new one.
 pub(crate) fn request_id(worker: &Worker, head: &RequestHead<'_>) -> RequestId {
-    head.header("x-request-id")
+    head.header(const { Lower::new("x-request-id") })
         .and_then(RequestId::keep)
         .unwrap_or_else(|| {
             let mut id = RequestId::default();
@@ -123,7 +123,7 @@ pub(crate) fn admit<'s>(
             })?,
         ),
     };
-    let session = head.header("mcp-session-id");
+    let session = head.header(const { Lower::new("mcp-session-id") });
     if let (Some(p), Some(session)) = (&principal, session) {
         if worker.shared.sessions.check(&route.name, session, p) == Binding::Other {
             return Err(refuse_as(

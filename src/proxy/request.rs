@@ -4,7 +4,7 @@
 //! (`upstream::head`), all while the head is borrowed from the read buffer.
 
 use crate::error::HttpError;
-use crate::http1::{parse_request, Framing};
+use crate::http1::{parse_request, Framing, Lower};
 use crate::proxy::admit::{admit, request_id, Request};
 use crate::proxy::conn::Conn;
 use crate::proxy::reject::Reject;
@@ -171,7 +171,7 @@ pub fn parse(
         a.principal = req.principal.clone();
         a.era = req.mcp_head.version;
         a.session = head
-            .header("mcp-session-id")
+            .header(const { Lower::new("mcp-session-id") })
             .map(|s| conn.session_hash.get(s, sink));
     }
     if route.policy_reads_headers {
