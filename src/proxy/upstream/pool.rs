@@ -5,6 +5,7 @@
 //! per worker, no locks.
 
 use crate::proxy::stream::UpstreamStream;
+use crate::snapshot::route::PoolKey;
 use crate::sys::idle_connection_is_dead;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ struct Idle {
 #[derive(Default)]
 pub(crate) struct Pool {
     /// Seeded foldhash: taken from and put into on every request.
-    idle: RefCell<HashMap<String, Vec<Idle>, foldhash::fast::RandomState>>,
+    idle: RefCell<HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>>,
 }
 
 impl Pool {
@@ -31,9 +32,14 @@ impl Pool {
     /// request can be sent again on a fresh connection if this one fails, so
     /// a connection idle for only a moment is taken without a peek.
     /// `now` may be coarse (the worker's clock, ±100 ms).
-    pub(crate) fn take(&self, key: &str, replayable: bool, now: Instant) -> Option<UpstreamStream> {
+    pub(crate) fn take(
+        &self,
+        key: PoolKey,
+        replayable: bool,
+        now: Instant,
+    ) -> Option<UpstreamStream> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(key)?;
+        let list = idle.get_mut(&key)?;
         while let Some(Idle {
             conn,
             since,
@@ -59,7 +65,7 @@ impl Pool {
     /// upstream the oldest is closed.
     pub(crate) fn put(
         &self,
-        key: &str,
+        key: PoolKey,
         conn: UpstreamStream,
         max: usize,
         keep: Duration,
@@ -69,10 +75,7 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let list = match idle.get_mut(key) {
-            Some(l) => l,
-            None => idle.entry(key.to_string()).or_default(),
-        };
+        let list = idle.entry(key).or_default();
         if list.len() >= max {
             list.remove(0);
         }

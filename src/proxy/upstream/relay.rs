@@ -288,7 +288,7 @@ fn pool_or_drop(
         let max = snap.upstream.pool_max_idle;
         worker
             .pool
-            .put(&route.pool_key, upstream, max, keep, worker.now());
+            .put(route.pool_key, upstream, max, keep, worker.now());
     }
     conn.ubuf.clear();
 }

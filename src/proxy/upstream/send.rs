@@ -26,7 +26,7 @@ pub(crate) async fn send(
     let route = snap.routes.get(req.route);
     let settings = &snap.upstream;
     let replayable = permit.unread().is_none();
-    let mut pooled = worker.pool.take(&route.pool_key, replayable, worker.now());
+    let mut pooled = worker.pool.take(route.pool_key, replayable, worker.now());
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
