@@ -372,6 +372,20 @@ mod tests {
     }
 
     #[test]
+    fn ascii_is_a_str_and_nothing_else_is() {
+        assert_eq!(ascii_str(b""), Some(""));
+        assert_eq!(ascii_str(b"example.com:8443"), Some("example.com:8443"));
+        assert_eq!(
+            ascii_str(&(0..0x80).collect::<Vec<u8>>()).map(str::len),
+            Some(0x80)
+        );
+        // UTF-8 that is not ASCII, and bytes that are not UTF-8 at all.
+        for bad in [&b"ex\xc3\xa9.com"[..], b"\x80", b"a\xff", b"\xc3"] {
+            assert_eq!(ascii_str(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn json_string_stops_are_found_at_every_offset() {
         let naive = |s: &[u8]| s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
         for len in 0..200 {

@@ -111,21 +111,12 @@ pub struct RequestHead<'b> {
     /// Length of the head in bytes, including the final CRLF CRLF.
     pub head_len: usize,
     pub headers: &'b [httparse::Header<'b>],
-    /// The head's bytes, which `headers` point into.
+    /// The head's bytes, which `headers` point into
+    /// (`http1::copy_header_lines` copies lines from them).
     pub raw: &'b [u8],
 }
 
 impl RequestHead<'_> {
-    /// Append the lines of the fields `keep` keeps, as they came
-    /// ([`super::copy_header_lines`]).
-    pub(crate) fn copy_header_lines(
-        &self,
-        out: &mut Vec<u8>,
-        keep: impl FnMut(&httparse::Header<'_>) -> bool,
-    ) {
-        super::copy_header_lines(self.raw, self.headers, out, keep);
-    }
-
     /// The value of the first header field named `name`.
     pub fn header(&self, name: Lower) -> Option<&[u8]> {
         self.headers

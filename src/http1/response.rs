@@ -31,20 +31,9 @@ pub struct ResponseHead<'b> {
     pub keep_alive_timeout: Option<u64>,
     pub head_len: usize,
     pub headers: &'b [httparse::Header<'b>],
-    /// The head's bytes, which `headers` point into.
+    /// The head's bytes, which `headers` point into
+    /// (`http1::copy_header_lines` copies lines from them).
     pub raw: &'b [u8],
-}
-
-impl ResponseHead<'_> {
-    /// Append the lines of the fields `keep` keeps, as they came
-    /// ([`super::copy_header_lines`]).
-    pub(crate) fn copy_header_lines(
-        &self,
-        out: &mut Vec<u8>,
-        keep: impl FnMut(&httparse::Header<'_>) -> bool,
-    ) {
-        super::copy_header_lines(self.raw, self.headers, out, keep);
-    }
 }
 
 pub fn parse_response<'h, 'b>(

@@ -135,7 +135,7 @@ pub(crate) fn write(
     up.push(b' ');
     route.rewrite_path(head.path, up);
     up.extend_from_slice(&route.version_and_host);
-    head.copy_header_lines(up, |h| {
+    crate::http1::copy_header_lines(head.raw, head.headers, up, |h| {
         !(dropped(h.name) || options.contains(h.name) || strip(h.name))
     });
     up.extend_from_slice(&client.forwarded_for);

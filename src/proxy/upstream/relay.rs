@@ -444,7 +444,7 @@ pub fn write_client_head(
     out.extend_from_slice(&line);
     out.extend_from_slice(r.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    r.copy_header_lines(out, |h| {
+    crate::http1::copy_header_lines(r.raw, r.headers, out, |h| {
         let keep_length = r.body == BodyKind::Empty
             && r.status != 204
             && crate::http1::name_is(h.name.as_bytes(), b"content-length");
