@@ -10,7 +10,7 @@ pub(crate) mod encode;
 pub(crate) mod parse;
 pub(crate) mod response;
 
-pub(crate) use parse::{parse_request, Framing, Lower, Method, RequestHead};
+pub(crate) use parse::{parse_request, Framing, Method, RequestHead};
 
 /// Room for one parsed header field, left uninitialised: heads are parsed
 /// into `[NO_HEADER; N]` on the stack. `httparse::EMPTY_HEADER` arrays
@@ -47,6 +47,29 @@ pub(crate) fn name_is(name: &[u8], lower: &[u8]) -> bool {
     // The last eight bytes (overlapping the step before when `n` is not a
     // multiple of eight).
     word(name, n - 8) | BIT5 == word(lower, n - 8)
+}
+
+/// A header field name in lower case, as [`RequestHead::header`] takes it
+/// (its comparison is exact only against lower case). Checked where it is
+/// made: `const` names are checked by the compiler.
+#[derive(Clone, Copy, Debug)]
+pub struct Lower(&'static [u8]);
+
+impl Lower {
+    /// Panics (fails to compile, in a `const`) unless `name` is lower-case
+    /// letters and `-`, what [`name_is`] compares exactly.
+    pub const fn new(name: &'static str) -> Lower {
+        let b = name.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            assert!(
+                b[i] == b'-' || b[i].is_ascii_lowercase(),
+                "a header name in lower case"
+            );
+            i += 1;
+        }
+        Lower(b)
+    }
 }
 
 /// Whether `b` is an RFC 9110 `tchar`.

@@ -2,31 +2,8 @@
 //! framing rules of SECURITY.md. Produces a `RequestHead` or an `HttpError` that
 //! says which status to answer with; it never allocates.
 
-use super::{has_bare_lf, is_tchar, parse_content_length, trim_ows};
+use super::{has_bare_lf, is_tchar, parse_content_length, trim_ows, Lower};
 use crate::error::HttpError;
-
-/// A header field name in lower case, as [`RequestHead::header`] takes it
-/// (its comparison is exact only against lower case). Checked where it is
-/// made: `const` names are checked by the compiler.
-#[derive(Clone, Copy, Debug)]
-pub struct Lower(&'static [u8]);
-
-impl Lower {
-    /// Panics (fails to compile, in a `const`) unless `name` is lower-case
-    /// letters and `-`, what [`super::name_is`] compares exactly.
-    pub const fn new(name: &'static str) -> Lower {
-        let b = name.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            assert!(
-                b[i] == b'-' || b[i].is_ascii_lowercase(),
-                "a header name in lower case"
-            );
-            i += 1;
-        }
-        Lower(b)
-    }
-}
 
 /// Limits that apply while parsing a request head.
 #[derive(Clone, Copy, Debug)]
