@@ -37,6 +37,7 @@ fn principal(sub: &str) -> Principal {
         exp: 0,
         claims: Default::default(),
         baseline_key: Default::default(),
+        record_json: Default::default(),
     }
 }
 

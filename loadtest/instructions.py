@@ -15,7 +15,11 @@ Callgrind slows portcullis about fifty times, so the counts hold for a warm
 path at a low rate: the warm-up's requests are not counted (the counters are
 zeroed after it), the measured ones are divided by wrk's own request count.
 
-Standalone: `loadtest/instructions.py [-d SECONDS] [--targets plain,mcp]
+`mcp-noaudit` is the full path without its audit log: the two counts'
+difference is what the audit record costs the worker and the writer thread in
+user space (the writer's `write` calls are kernel work, not counted).
+
+Standalone: `loadtest/instructions.py [-d SECONDS] [--targets plain,mcp,mcp-noaudit]
 [--top N] [--bin PATH]`."""
 
 import argparse
@@ -69,11 +73,13 @@ def main():
     ap.add_argument("--top", type=int, default=15, help="functions listed per target")
     ap.add_argument("--bin", help="this portcullis binary instead of building one")
     ap.add_argument("--port-base", type=int, default=19400)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temp dir with the callgrind dumps (for callgrind_annotate)")
     args = ap.parse_args()
     if not ltlib.find_bin("valgrind"):
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     pbin = args.bin or ltlib.ensure_portcullis()
-    scope = scenlib.Scope("instructions")
+    scope = scenlib.Scope("instructions", keep_tmp=args.keep)
     tmp, base = scope.tmp, args.port_base
     results = []
     try:
@@ -84,10 +90,11 @@ def main():
             if name == "plain":
                 conf = ltlib.portcullis_plain_conf(port, base)
                 spec = WrkSpec("post.lua")
-            elif name == "mcp":
-                conf, spec = ltlib.full_path_target(tmp, port, base, body)
+            elif name in ("mcp", "mcp-noaudit"):
+                conf, spec = ltlib.full_path_target(tmp, port, base, body,
+                                                    audit=name == "mcp")
             else:
-                raise SystemExit(f"unknown target {name} (plain or mcp)")
+                raise SystemExit(f"unknown target {name} (plain, mcp or mcp-noaudit)")
             out_prefix = os.path.join(tmp, f"callgrind.{name}")
             cmd = [pbin, "run", "-c", ltlib.write(os.path.join(tmp, f"{name}.yaml"), conf)]
             p = scope.spawn(["taskset", "-c", PROXY_CORE] + callgrind(cmd, out_prefix),

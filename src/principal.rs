@@ -26,6 +26,9 @@ pub struct Principal {
     /// Its behaviour baselines' key, once computed (`behaviour::Exchange::key`):
     /// a cached token's caller is not hashed again on every request.
     pub baseline_key: KeyMemo,
+    /// Its audit records' `principal` object, rendered once: a cached token's
+    /// caller is not written out again on every request.
+    pub record_json: RecordJson,
 }
 
 /// A key computed once, with the id of what computed it (0: none yet).
@@ -65,6 +68,30 @@ impl PartialEq for KeyMemo {
     }
 }
 
+/// A principal's rendering in audit records, made on first use. Never part
+/// of a principal's equality; a clone starts empty (it renders the same).
+#[derive(Debug, Default)]
+pub struct RecordJson(std::sync::OnceLock<Box<[u8]>>);
+
+impl RecordJson {
+    /// The rendering, made by `render` the first time.
+    pub fn get_or_init(&self, render: impl FnOnce() -> Vec<u8>) -> &[u8] {
+        self.0.get_or_init(|| render().into_boxed_slice())
+    }
+}
+
+impl Clone for RecordJson {
+    fn clone(&self) -> RecordJson {
+        RecordJson::default()
+    }
+}
+
+impl PartialEq for RecordJson {
+    fn eq(&self, _: &RecordJson) -> bool {
+        true
+    }
+}
+
 impl Principal {
     /// A caller of issuer `idp` (`https://idp.test`) named `sub`, with no
     /// groups, scopes or claims and a token that never expires (tests).
@@ -81,6 +108,7 @@ impl Principal {
             exp: i64::MAX,
             claims: Default::default(),
             baseline_key: Default::default(),
+            record_json: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! One audit record as a JSON line, written without `core::fmt`.
 
 use super::{Arguments, Facts, TlsInfo, SCHEMA_VERSION};
+use crate::http1::encode::push_u64;
 use crate::mcp::jsonrpc::write_json_string;
 use crate::metrics::Decision;
 use crate::principal::Principal;
@@ -33,42 +34,44 @@ pub struct Record<'a> {
 pub(crate) fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
     let f = r.facts;
     out.extend_from_slice(b"{\"v\":");
-    write_u64(out, u64::from(SCHEMA_VERSION));
+    push_u64(out, u64::from(SCHEMA_VERSION));
     out.extend_from_slice(b",\"time\":\"");
     write_time(out, r.unix_micros);
     out.extend_from_slice(b"\",\"request_id\":");
     write_json_string(out, std::str::from_utf8(r.request_id).unwrap_or(""));
     out.extend_from_slice(b",\"worker\":");
-    write_u64(out, r.worker as u64);
+    push_u64(out, r.worker as u64);
     out.extend_from_slice(b",\"client\":\"");
     write_addr(out, &r.client);
-    out.extend_from_slice(if r.tls.is_some() {
-        b"\",\"tls\":true"
-    } else {
-        b"\",\"tls\":false"
-    });
-    out.extend_from_slice(b",\"tls_version\":");
-    opt_str(out, r.tls.map(|t| t.version));
-    out.extend_from_slice(b",\"sni\":");
-    opt_str(out, r.tls.and_then(|t| t.sni.as_deref()));
+    match r.tls {
+        None => out.extend_from_slice(b"\",\"tls\":false,\"tls_version\":null,\"sni\":null"),
+        Some(tls) => {
+            out.extend_from_slice(b"\",\"tls\":true,\"tls_version\":");
+            write_json_string(out, tls.version);
+            out.extend_from_slice(b",\"sni\":");
+            opt_str(out, tls.sni.as_deref());
+        }
+    }
     out.extend_from_slice(b",\"route\":");
     opt_str(out, r.route);
     out.extend_from_slice(b",\"principal\":");
     match &f.principal {
         None => out.extend_from_slice(b"null"),
-        Some(p) => write_principal(out, p),
+        Some(p) => out.extend_from_slice(p.record_json.get_or_init(|| {
+            let mut json = Vec::with_capacity(128);
+            write_principal(&mut json, p);
+            json
+        })),
     }
     out.extend_from_slice(b",\"era\":");
     if f.era == 0 {
         out.extend_from_slice(b"null");
     } else {
-        out.push(b'"');
-        write_time_digits(out, u64::from(f.era / 10_000), 4);
-        out.push(b'-');
-        write_time_digits(out, u64::from(f.era / 100 % 100), 2);
-        out.push(b'-');
-        write_time_digits(out, u64::from(f.era % 100), 2);
-        out.push(b'"');
+        let mut text = *b"\"0000-00-00\"";
+        put_digits(&mut text[1..5], u64::from(f.era / 10_000));
+        put_digits(&mut text[6..8], u64::from(f.era / 100 % 100));
+        put_digits(&mut text[9..11], u64::from(f.era % 100));
+        out.extend_from_slice(&text);
     }
     out.extend_from_slice(b",\"method\":");
     opt_str(out, f.method.as_deref());
@@ -80,7 +83,7 @@ pub(crate) fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"batch\":");
-    write_u64(out, f.batch as u64);
+    push_u64(out, f.batch as u64);
     match &f.arguments {
         None => {}
         Some(Arguments::Json(json)) => {
@@ -105,22 +108,22 @@ pub(crate) fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
     out.extend_from_slice(b",\"reason\":");
     write_json_string(out, r.reason);
     out.extend_from_slice(b",\"status\":");
-    write_u64(out, u64::from(r.status));
+    push_u64(out, u64::from(r.status));
     out.extend_from_slice(b",\"latency_us\":");
-    write_u64(out, r.latency_us);
+    push_u64(out, r.latency_us);
     match r.upstream {
         Some((status, us)) => {
             out.extend_from_slice(b",\"upstream_status\":");
-            write_u64(out, u64::from(status));
+            push_u64(out, u64::from(status));
             out.extend_from_slice(b",\"upstream_latency_us\":");
-            write_u64(out, us);
+            push_u64(out, us);
         }
         None => out.extend_from_slice(b",\"upstream_status\":null,\"upstream_latency_us\":null"),
     }
     out.extend_from_slice(b",\"bytes_in\":");
-    write_u64(out, r.bytes_in);
+    push_u64(out, r.bytes_in);
     out.extend_from_slice(b",\"bytes_out\":");
-    write_u64(out, r.bytes_out);
+    push_u64(out, r.bytes_out);
     out.extend_from_slice(b",\"session\":");
     opt_str(out, f.session.as_deref());
     out.extend_from_slice(b"}\n");
@@ -145,33 +148,28 @@ fn write_principal(out: &mut Vec<u8>, p: &Principal) {
     out.push(b'}');
 }
 
-/// `hmac-sha256:<hex>`.
+/// `hmac-sha256:<hex>`, made whole and appended in one piece.
 pub(super) fn write_tag(out: &mut Vec<u8>, tag: &[u8; 32]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(b"hmac-sha256:");
-    for &b in tag {
-        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+    const PREFIX: &[u8] = b"hmac-sha256:";
+    let mut text = [0u8; PREFIX.len() + 64];
+    text[..PREFIX.len()].copy_from_slice(PREFIX);
+    for (pair, &b) in text[PREFIX.len()..].chunks_exact_mut(2).zip(tag) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
+    out.extend_from_slice(&text);
 }
 
-/// `n` in decimal, without `core::fmt` (a record writes several).
-pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// Every byte's two lower-case hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 15]];
+        b += 1;
     }
-    // Pushed one by one: a call to `memcpy` costs more than a few digits.
-    out.reserve(digits.len() - i);
-    for &d in &digits[i..] {
-        out.push(d);
-    }
-}
+    pairs
+};
 
 /// A client address as `ip:port` (`[ip]:port` for IPv6), like `Display`.
 fn write_addr(out: &mut Vec<u8>, addr: &std::net::SocketAddr) {
@@ -181,10 +179,10 @@ fn write_addr(out: &mut Vec<u8>, addr: &std::net::SocketAddr) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                write_u64(out, u64::from(octet));
+                push_u64(out, u64::from(octet));
             }
             out.push(b':');
-            write_u64(out, u64::from(a.port()));
+            push_u64(out, u64::from(a.port()));
         }
         std::net::SocketAddr::V6(_) => {
             let _ = write!(out, "{addr}");
@@ -224,28 +222,23 @@ pub(crate) fn write_time(out: &mut Vec<u8>, unix_micros: u64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let digits = write_time_digits;
-    digits(out, y.clamp(0, 9999) as u64, 4);
-    out.push(b'-');
-    digits(out, m as u64, 2);
-    out.push(b'-');
-    digits(out, d as u64, 2);
-    out.push(b'T');
-    digits(out, rem / 3600, 2);
-    out.push(b':');
-    digits(out, rem / 60 % 60, 2);
-    out.push(b':');
-    digits(out, rem % 60, 2);
-    out.push(b'.');
-    digits(out, unix_micros % 1_000_000, 6);
-    out.push(b'Z');
+    // Made whole, then appended in one piece.
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    put_digits(&mut text[0..4], y.clamp(0, 9999) as u64);
+    put_digits(&mut text[5..7], m as u64);
+    put_digits(&mut text[8..10], d as u64);
+    put_digits(&mut text[11..13], rem / 3600);
+    put_digits(&mut text[14..16], rem / 60 % 60);
+    put_digits(&mut text[17..19], rem % 60);
+    put_digits(&mut text[20..26], unix_micros % 1_000_000);
+    out.extend_from_slice(&text);
 }
 
-/// `v` in exactly `width` decimal digits (digits by hand: a record writes
-/// several).
-fn write_time_digits(out: &mut Vec<u8>, v: u64, width: u32) {
-    for k in (0..width).rev() {
-        out.push(b'0' + (v / 10u64.pow(k) % 10) as u8);
+/// The last `dst.len()` decimal digits of `v`, zero-padded, into `dst`.
+fn put_digits(dst: &mut [u8], mut v: u64) {
+    for d in dst.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
     }
 }
 
@@ -329,5 +322,64 @@ mod tests {
             );
             assert_eq!(v["session"], serde_json::Value::Null);
         }
+    }
+
+    #[test]
+    fn principal_tls_and_tag_read_back_the_same_every_time() {
+        let mut p = Principal::for_tests("al\"ice");
+        p.email = Some("alice@example.com".into());
+        p.groups = vec!["eng".into(), "on\\call".into()];
+        p.client_id = Some("agent-1".into());
+        let mut tag = [0u8; 32];
+        for (i, b) in tag.iter_mut().enumerate() {
+            *b = (i * 8 + 1) as u8;
+        }
+        let facts = Facts {
+            principal: Some(std::rc::Rc::new(p)),
+            arguments: Some(Arguments::Hash(tag)),
+            ..Facts::default()
+        };
+        let tls = TlsInfo {
+            version: "TLSv1.3",
+            sni: Some("mcp.example".into()),
+        };
+        let record = Record {
+            unix_micros: 0,
+            request_id: b"r-2",
+            worker: 0,
+            client: "127.0.0.1:1".parse().unwrap(),
+            tls: Some(&tls),
+            route: None,
+            facts: &facts,
+            decision: Decision::Denied,
+            reason: "no rule",
+            status: 403,
+            latency_us: 7,
+            upstream: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        write_record(&mut first, &record);
+        // The second time the principal comes from its memo.
+        write_record(&mut second, &record);
+        assert_eq!(first, second);
+        let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            v["principal"],
+            serde_json::json!({"issuer": "idp", "sub": "al\"ice",
+                "email": "alice@example.com", "groups": ["eng", "on\\call"],
+                "client_id": "agent-1"})
+        );
+        assert_eq!(
+            (v["tls"].clone(), v["tls_version"].clone()),
+            (true.into(), "TLSv1.3".into())
+        );
+        assert_eq!(v["sni"], "mcp.example");
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(v["arguments"], format!("hmac-sha256:{hex}"));
+        assert_eq!(v["era"], serde_json::Value::Null);
+        assert_eq!(v["upstream_status"], serde_json::Value::Null);
     }
 }

@@ -921,6 +921,7 @@ fn principal(exp: i64) -> Rc<Principal> {
         exp,
         claims: Default::default(),
         baseline_key: Default::default(),
+        record_json: Default::default(),
     })
 }
 

@@ -297,5 +297,6 @@ pub(crate) fn check_claims(
         exp,
         claims,
         baseline_key: Default::default(),
+        record_json: Default::default(),
     })
 }

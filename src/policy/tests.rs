@@ -34,6 +34,7 @@ fn alice() -> Principal {
         exp: 0,
         claims: claims.as_object().unwrap().clone(),
         baseline_key: Default::default(),
+        record_json: Default::default(),
     }
 }
 

@@ -56,6 +56,7 @@ fn alice(iat: i64) -> Rc<Principal> {
         exp: i64::MAX,
         claims,
         baseline_key: Default::default(),
+        record_json: Default::default(),
     })
 }
 
