@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ltlib  # noqa: E402
 import scenlib  # noqa: E402
-from ltlib import CLK_TCK, HERE, LOAD_CORE, PROXY_CORE, Target, cpu_ticks, log  # noqa: E402
+from ltlib import HERE, LOAD_CORE, PROXY_CORE, Target, log  # noqa: E402
 from scenlib import Scope  # noqa: E402
 
 TOOLS = os.path.join(HERE, ".tools")
@@ -82,7 +82,7 @@ def run_oha(scope, oha, t, upstream, rate, duration, args, body_path, token, aud
     pids, up_pids = t.refresh_pids(), upstream.refresh_pids()
     a0 = audit.poll() if audit else None
     sampler = ltlib.CoreSampler().start()
-    c0, u0 = cpu_ticks(pids), cpu_ticks(up_pids)
+    proxy_clock, up_clock = ltlib.CpuClock(pids), ltlib.CpuClock(up_pids)
     ru0 = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
     t0 = time.monotonic()
     try:
@@ -91,7 +91,7 @@ def run_oha(scope, oha, t, upstream, rate, duration, args, body_path, token, aud
     except subprocess.TimeoutExpired:
         out, err = "", "oha timed out"
     wall = time.monotonic() - t0
-    c1, u1 = cpu_ticks(pids), cpu_ticks(up_pids)
+    proxy_cpu, up_cpu = proxy_clock.seconds(), up_clock.seconds()
     ru1 = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
     sampler.stop()
     with open(os.path.join(scope.tmp, "oha.log"), "a") as f:
@@ -120,8 +120,8 @@ def run_oha(scope, oha, t, upstream, rate, duration, args, body_path, token, aud
         "achieved_rps": ok / total_time if total_time else None,
         "p50_us": us("p50"), "p90_us": us("p90"), "p99_us": us("p99"), "p999_us": us("p99.9"),
         "max_us": ((j.get("summary") or {}).get("slowest") or 0) * 1e6,
-        "proxy_cpu_s": (c1 - c0) / CLK_TCK if pids else None,
-        "upstream_cpu_s": (u1 - u0) / CLK_TCK,
+        "proxy_cpu_s": proxy_cpu if pids else None,
+        "upstream_cpu_s": up_cpu,
         "oha_cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
         "cores": sampler.summary(),
     })
@@ -137,7 +137,7 @@ def run_oha(scope, oha, t, upstream, rate, duration, args, body_path, token, aud
             flags.append(f"steal {cpu} {s['steal_pct']:.1f}% (peak {s['steal_peak_pct']:.0f}%)")
     c0s = r["cores"].get(f"cpu{PROXY_CORE}")
     if c0s and pids:
-        foreign = 100.0 * max(c0s["busy_ticks"] - (c1 - c0), 0) / (c0s["total_ticks"] or 1)
+        foreign = 100.0 * max(c0s["busy_ticks"] - proxy_cpu * ltlib.CLK_TCK, 0) / (c0s["total_ticks"] or 1)
         r["core0_foreign_pct"] = foreign
         if foreign > ltlib.FOREIGN_CORE0_PCT:
             flags.append(f"foreign load on core {PROXY_CORE} {foreign:.0f}%")

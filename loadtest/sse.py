@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ltlib  # noqa: E402
 import scenlib  # noqa: E402
-from ltlib import CLK_TCK, LOAD_CORE, PROXY_CORE, Target, cpu_ticks, log  # noqa: E402
+from ltlib import LOAD_CORE, PROXY_CORE, Target, log  # noqa: E402
 from scenlib import Helper, Scope  # noqa: E402
 
 TARGETS = ("direct", "portcullis", "nginx", "haproxy")
@@ -87,16 +87,16 @@ def one_run(scope, helper_bin, t, upstream, n, args):
     time.sleep(args.warmup)
     pids, up_pids, cl_pids = t.refresh_pids(), upstream.refresh_pids(), ltlib.descendants(h.p.pid)
     sampler = ltlib.CoreSampler().start()
-    c0, u0, k0 = cpu_ticks(pids), cpu_ticks(up_pids), cpu_ticks(cl_pids)
+    clocks = [ltlib.CpuClock(p) for p in (pids, up_pids, cl_pids)]
     t0 = time.monotonic()
     res = h.wait_line("RESULT", timeout=args.duration + 30)
     wall = time.monotonic() - t0
-    c1, u1, k1 = cpu_ticks(pids), cpu_ticks(up_pids), cpu_ticks(cl_pids)
+    proxy_cpu, up_cpu, client_cpu = (c.seconds() for c in clocks)
     sampler.stop()
     h.stop()
     out = {"n": n, "ready": ready, "result": res or {}, "wall_s": wall,
-           "proxy_cpu_s": (c1 - c0) / CLK_TCK if pids else None,
-           "upstream_cpu_s": (u1 - u0) / CLK_TCK, "client_cpu_s": (k1 - k0) / CLK_TCK,
+           "proxy_cpu_s": proxy_cpu if pids else None,
+           "upstream_cpu_s": up_cpu, "client_cpu_s": client_cpu,
            "cores": sampler.summary(), "alive": t.alive()}
     if res is None:
         out["error"] = f"client gave no RESULT ({h.stderr_tail()})"
@@ -112,7 +112,7 @@ def one_run(scope, helper_bin, t, upstream, n, args):
             flags.append(f"steal {cpu} {s['steal_pct']:.1f}% (peak {s['steal_peak_pct']:.0f}%)")
     c0s = out["cores"].get(f"cpu{PROXY_CORE}")
     if c0s and pids:
-        foreign = 100.0 * max(c0s["busy_ticks"] - (c1 - c0), 0) / (c0s["total_ticks"] or 1)
+        foreign = 100.0 * max(c0s["busy_ticks"] - proxy_cpu * ltlib.CLK_TCK, 0) / (c0s["total_ticks"] or 1)
         if foreign > ltlib.FOREIGN_CORE0_PCT:
             flags.append(f"foreign load on core {PROXY_CORE} {foreign:.0f}%")
     out["flags"] = flags
