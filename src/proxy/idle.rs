@@ -148,7 +148,7 @@ impl<F: Future> Future for By<'_, F> {
 }
 
 /// A deadline on a worker's clock, in ticks.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Due(u64);
 
 /// A wait of [`IdleSlot::within`] that outlasted its limit.

@@ -210,24 +210,30 @@ async fn read_body(
     event_stream: bool,
 ) -> Result<std::io::Result<usize>, Stalled> {
     conn.ubuf.clear();
-    let read = conn.slot.within(
-        snap.upstream.read_timeout,
-        read_more(upstream, &mut conn.ubuf, READ_CHUNK),
-    );
-    if !event_stream {
-        return read.await.map_err(|_| Stalled::Upstream);
-    }
+    let read_due = conn.slot.due_in(snap.upstream.read_timeout);
+    let read = read_more(upstream, &mut conn.ubuf, READ_CHUNK);
     // A stream may stay quiet for minutes: notice a client that left and
     // close the upstream stream with it (MCP cancellation). The check is
     // armed only once the stream has been quiet for a moment: with io_uring
     // it is an operation of its own, cancelled whenever an event comes
     // first, which would double the cost of every event on a busy stream.
+    // The moment is told by the connection's coarse deadline, like the read
+    // timeout: an event costs no timer.
+    let check_due = conn.slot.due_in(CLIENT_CHECK_AFTER);
+    if !event_stream || read_due <= check_due {
+        return conn
+            .slot
+            .by(read_due, read)
+            .await
+            .map_err(|_| Stalled::Upstream);
+    }
+    let mut read = std::pin::pin!(read);
+    if let Ok(got) = conn.slot.by(check_due, read.as_mut()).await {
+        return Ok(got);
+    }
     monoio::select! {
-        got = read => got.map_err(|_| Stalled::Upstream),
-        () = async {
-            monoio::time::sleep(CLIENT_CHECK_AFTER).await;
-            client_gone(client).await
-        } => {
+        got = conn.slot.by(read_due, read) => got.map_err(|_| Stalled::Upstream),
+        () = client_gone(client) => {
             tracing::debug!(route = %route.name, "client left the event stream, closing upstream");
             Err(Stalled::ClientLeft)
         }
