@@ -300,7 +300,7 @@ def report(data, goals, args, fractions):
               "token (ES256, the same one: cached), MCP `Accept`, to every target. "
               "portcullis-mcp = the full MCP path: JWT (cached) + 100-rule policy (the call allowed "
               "by rule 90) + audit to a file; portcullis-plain = `mcp: {}` route, no auth/policy/audit; "
-              "nginx and haproxy plain (configs as in loadtest/run). CPU µs/req: utime+stime of the "
+              "nginx and haproxy plain (configs as in loadtest/run). CPU µs/req: time on a CPU (schedstat, ns) of the "
               "proxy's processes over the run ÷ 200 responses.\n")
     md.append(scenlib.goals_md(goals) + "\n")
     if data["errors"]:

@@ -247,7 +247,7 @@ def report(data, goals, args, counts):
               f"at a time, waits {args.warmup} s, then counts for {args.duration} s every event it "
               "receives and its latency (receive time − send time). Both helpers: loadtest/ltconn.rs "
               f"(monoio, epoll, one thread) on core {LOAD_CORE}; the proxy alone on core {PROXY_CORE} "
-              "(one worker). Proxy CPU: utime+stime of its processes over the measuring window. "
+              "(one worker). Proxy CPU: time on a CPU of its processes' threads (schedstat, ns) over the measuring window. "
               "portcullis: route with `mcp: {}` (no auth/policy: no list filtering), "
               "`limits.max_connections: 30000`; nginx: `proxy_buffering off`; haproxy: `mode http`, `option http-no-delay` (without it haproxy holds each small chunk back ~200 ms).\n")
     md.append(scenlib.goals_md(goals) + "\n")
