@@ -4,7 +4,8 @@
 //! 1 KiB with the full security path: bearer token (per-core cache hit),
 //! identity assertion (cached), body decoded in full, header checks, a
 //! 10-rule policy; `in_process_zero_trust_audited`: the same with the audit
-//! record (arguments hashed, the route's default). `loopback`: one keep-alive request through a running proxy
+//! record (arguments hashed, the route's default); `audit_arguments_tag`:
+//! that hash alone. `loopback`: one keep-alive request through a running proxy
 //! to a minimal upstream, socket to socket.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -93,6 +94,22 @@ fn call_body() -> String {
 fn in_process_zero_trust(c: &mut Criterion) {
     zero_trust(c, "pipeline/in_process_zero_trust", false);
     zero_trust(c, "pipeline/in_process_zero_trust_audited", true);
+    arguments_tag(c);
+}
+
+/// The keyed hash the audit writes for a call's arguments by default
+/// (HMAC-SHA256 under the sink's key), of the arguments of `call_body`: the
+/// largest single part of what an audited request costs.
+fn arguments_tag(c: &mut Criterion) {
+    let config: portcullis::config::audit::AuditConfig =
+        serde_json::from_value(serde_json::json!({"path": "/dev/null"})).unwrap();
+    let sink = portcullis::internal::audit::Sink::start(&config).unwrap().0;
+    let body = call_body();
+    let args = &body[body.find(r#"{"repo""#).unwrap()..body.len() - 2];
+    assert!(args.starts_with('{') && args.ends_with('}'), "{args}");
+    c.bench_function("pipeline/audit_arguments_tag", |b| {
+        b.iter(|| sink.tag(black_box(args.as_bytes())))
+    });
 }
 
 /// The zero-trust path; `audited`: plus what auditing adds on the request
