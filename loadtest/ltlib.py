@@ -167,7 +167,9 @@ class CpuClock:
     events a second for 10 s uses ~20 ticks, so one tick moves its CPU per
     event by 5 %. Each thread's schedstat counts the same time in ns. A
     process one of whose threads ended in between is counted in ticks (an
-    ended thread's time is gone from the task list, not from utime+stime)."""
+    ended thread's time is gone from the task list, not from utime+stime); a
+    thread that both started and ended in between is missed (the proxies
+    measured here start none while they serve)."""
 
     def __init__(self, pids):
         self.pids = list(pids)
