@@ -200,6 +200,27 @@ pub(crate) fn ascii_str(s: &[u8]) -> Option<&str> {
         .then(|| unsafe { std::str::from_utf8_unchecked(s) })
 }
 
+/// `bytes` in lower-case hex, two digits a byte (hashes in audit records and
+/// pinned definitions).
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(2 * bytes.len());
+    for &b in bytes {
+        out.extend_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
+}
+
+/// Every byte's two lower-case hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 15]];
+        b += 1;
+    }
+    pairs
+};
+
 /// The offset of the first byte of `s` that ends a JSON string's plain
 /// run: a quote, a backslash or a control character (below 0x20). The first
 /// 16 bytes with SSE2, inlined; then 32 bytes a step with AVX2 where the CPU
@@ -325,6 +346,18 @@ fn stops64(block: &[u8; 64]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lower_case_digits_a_byte() {
+        let mut out = b"x:".to_vec();
+        push_hex(&mut out, &[0x00, 0x0f, 0xa5, 0xff, 0x10]);
+        assert_eq!(out, b"x:000fa5ff10");
+        let all: Vec<u8> = (0..=255).collect();
+        let mut out = Vec::new();
+        push_hex(&mut out, &all);
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(out, expected.as_bytes());
+    }
     use std::io::Write;
 
     #[test]

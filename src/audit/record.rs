@@ -148,28 +148,11 @@ fn write_principal(out: &mut Vec<u8>, p: &Principal) {
     out.push(b'}');
 }
 
-/// `hmac-sha256:<hex>`, made whole and appended in one piece.
+/// `hmac-sha256:<hex>`.
 pub(super) fn write_tag(out: &mut Vec<u8>, tag: &[u8; 32]) {
-    const PREFIX: &[u8] = b"hmac-sha256:";
-    let mut text = [0u8; PREFIX.len() + 64];
-    text[..PREFIX.len()].copy_from_slice(PREFIX);
-    for (pair, &b) in text[PREFIX.len()..].chunks_exact_mut(2).zip(tag) {
-        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
-    }
-    out.extend_from_slice(&text);
+    out.extend_from_slice(b"hmac-sha256:");
+    crate::sys::push_hex(out, tag);
 }
-
-/// Every byte's two lower-case hex digits.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0u8; 2]; 256];
-    let mut b = 0;
-    while b < 256 {
-        pairs[b] = [HEX[b >> 4], HEX[b & 15]];
-        b += 1;
-    }
-    pairs
-};
 
 /// A client address as `ip:port` (`[ip]:port` for IPv6), like `Display`.
 fn write_addr(out: &mut Vec<u8>, addr: &std::net::SocketAddr) {

@@ -87,15 +87,11 @@ fn string(s: &str, out: &mut Vec<u8>) {
 
 /// `sha256:` and the hex SHA-256 of `bytes`.
 pub(crate) fn hash_bytes(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for &b in digest.as_ref() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
+    let mut out = Vec::with_capacity(7 + 64);
+    out.extend_from_slice(b"sha256:");
+    crate::sys::push_hex(&mut out, digest.as_ref());
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The hash of a definition.

@@ -219,14 +219,16 @@ async fn read_body(
     // first, which would double the cost of every event on a busy stream.
     // The moment is told by the connection's coarse deadline, like the read
     // timeout: an event costs no timer.
-    let check_due = conn.slot.due_in(CLIENT_CHECK_AFTER);
-    if !event_stream || read_due <= check_due {
+    let check_due = event_stream
+        .then(|| conn.slot.due_in(CLIENT_CHECK_AFTER))
+        .filter(|check| *check < read_due);
+    let Some(check_due) = check_due else {
         return conn
             .slot
             .by(read_due, read)
             .await
             .map_err(|_| Stalled::Upstream);
-    }
+    };
     let mut read = std::pin::pin!(read);
     if let Ok(got) = conn.slot.by(check_due, read.as_mut()).await {
         return Ok(got);
