@@ -39,6 +39,9 @@ struct Entry {
     networks: Box<[u64]>,
     hours_before: u32,
     step_up_at: i64,
+    /// The latest step-up a newer token settled on that core: its windows
+    /// start from then.
+    forgiven: i64,
 }
 
 /// The other cores' view of one caller, summed.
@@ -52,6 +55,10 @@ pub(super) struct Remote {
     hours_before: u32,
     /// The latest step-up any core demanded.
     step_up_at: i64,
+    /// The latest step-up any core saw settled; `counts.recent` and `bits`
+    /// are summed over the cores that saw it only (the others' windows are
+    /// from before the newer token).
+    forgiven: i64,
 }
 
 impl Exchange {
@@ -85,12 +92,19 @@ impl Remote {
             self.first_seen
                 .map_or(e.first_seen, |f| f.min(e.first_seen)),
         );
+        if e.forgiven > self.forgiven {
+            self.forgiven = e.forgiven;
+            self.counts.recent = 0;
+            self.bits = [0; WORDS];
+        }
         let c = &mut self.counts;
         c.requests += e.requests;
-        c.recent = c.recent.saturating_add(e.recent);
         c.baseline += e.baseline;
-        for (a, b) in self.bits.iter_mut().zip(e.bits) {
-            *a |= b;
+        if e.forgiven == self.forgiven {
+            c.recent = c.recent.saturating_add(e.recent);
+            for (a, b) in self.bits.iter_mut().zip(e.bits) {
+                *a |= b;
+            }
         }
         // Sorted lists: merged, then `seed` inserts the new ones in order.
         self.tools.extend_from_slice(&e.tools);
@@ -110,8 +124,15 @@ impl Remote {
         if let Some(f) = self.first_seen {
             p.cold.first_seen = p.cold.first_seen.min(f);
         }
+        // A step-up settled on another core is settled here too; windows
+        // from before one this core saw settled are left out.
+        p.forgive_to(self.forgiven);
         p.others = self.counts;
         p.cold.bits = self.bits;
+        if self.forgiven < p.cold.forgiven {
+            p.others.recent = 0;
+            p.cold.bits = [0; WORDS];
+        }
         let unknown = self
             .tools
             .iter()
@@ -168,6 +189,7 @@ impl Baselines {
                     networks: p.cold.networks.as_slice().into(),
                     hours_before: p.hours_before,
                     step_up_at: p.step_up_at(),
+                    forgiven: p.cold.forgiven,
                 }
             })
             .collect();

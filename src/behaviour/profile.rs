@@ -242,7 +242,8 @@ impl Profile {
                 self.streak = self.streak.saturating_add(1);
                 if !self.owes {
                     self.owes = true;
-                    self.cold.step_up_at = now;
+                    // Later than any settled one, even if the clock went back.
+                    self.cold.step_up_at = now.max(self.cold.forgiven + 1);
                 }
             }
         }
@@ -268,10 +269,23 @@ impl Profile {
 
     /// A fresh token after a step-up: the windows that raised it start over.
     fn forgive(&mut self) {
+        let at = self.cold.step_up_at;
+        self.forgive_to(at);
+    }
+
+    /// A newer token settled the step-up demanded at `at` (here or on
+    /// another core): it and any older one are settled here, and the
+    /// windows start over. Nothing when this core saw it settled already.
+    pub(super) fn forgive_to(&mut self, at: i64) {
         let cold = &mut *self.cold;
-        cold.forgiven = cold.step_up_at;
-        cold.step_up_at = 0;
-        self.owes = false;
+        if at <= cold.forgiven {
+            return;
+        }
+        cold.forgiven = at;
+        if cold.step_up_at <= at {
+            cold.step_up_at = 0;
+            self.owes = false;
+        }
         self.streak = 0;
         self.buckets = [0; BUCKETS];
         cold.halves = [[0; WORDS]; 2];

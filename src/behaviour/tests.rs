@@ -443,6 +443,55 @@ fn a_step_up_on_one_core_holds_on_the_others() {
     );
 }
 
+/// A newer token settles a step-up on the core it reaches, and the other
+/// cores' summaries from before it (the windows that raised it) neither
+/// raise it again there nor keep it on the core that raised it.
+#[test]
+fn a_settled_step_up_is_not_raised_again_by_an_older_summary() {
+    let x = Exchange::new(2);
+    let s = quick();
+    let (mut a, mut b) = (Baselines::default(), Baselines::default());
+    let mut p = alice(MONDAY_10 - 60);
+    let key = x.key(Some(&p), "10.0.0.1".parse().unwrap());
+    let item = |i: i64| &*Box::leak(format!("file:///{i}").into_boxed_str());
+    // Core 0 sees the enumeration and steps the caller up.
+    let mut last = Scores::default();
+    for i in 0..20 {
+        last = a.observe(
+            &x,
+            &s,
+            &Event {
+                item: Some(item(i)),
+                ..ev(key, &p, MONDAY_10)
+            },
+        );
+    }
+    assert!(last.get(Signal::Enumeration) >= 0.95, "{last:?}");
+    a.settle(key, Outcome::SteppedUp, MONDAY_10);
+    a.exchange(&x, 0, &s, MONDAY_10 + 1);
+    b.exchange(&x, 1, &s, MONDAY_10 + 1);
+    let merged = b.observe(&x, &s, &ev(key, &p, MONDAY_10 + 2));
+    assert!(merged.step_up_pending && merged.get(Signal::Enumeration) >= 0.95);
+    // A newer token reaches core 1 only.
+    p.claims.insert("iat".into(), (MONDAY_10 + 3).into());
+    let settled = b.observe(&x, &s, &ev(key, &p, MONDAY_10 + 4));
+    assert!(!settled.step_up_pending);
+    // Core 0's summary is still the one from before the token.
+    b.exchange(&x, 1, &s, MONDAY_10 + 5);
+    let after = b.observe(&x, &s, &ev(key, &p, MONDAY_10 + 5));
+    assert!(!after.step_up_pending);
+    assert!(after.get(Signal::Enumeration) < 0.1, "{after:?}");
+    // Core 0 learns of the token from core 1's summary.
+    a.exchange(&x, 0, &s, MONDAY_10 + 6);
+    let there = a.observe(&x, &s, &ev(key, &p, MONDAY_10 + 6));
+    assert!(!there.step_up_pending);
+    assert!(there.get(Signal::Enumeration) < 0.1, "{there:?}");
+    // And once core 0 has published again, both agree.
+    b.exchange(&x, 1, &s, MONDAY_10 + 7);
+    let later = b.observe(&x, &s, &ev(key, &p, MONDAY_10 + 7));
+    assert!(!later.step_up_pending && later.get(Signal::Enumeration) < 0.1);
+}
+
 fn ev(key: u64, p: &crate::principal::Principal, now: i64) -> Event<'_> {
     Event {
         key,
