@@ -216,9 +216,11 @@ def test_step_up_until_the_user_authorizes_again(gate, idp):
 
     failed = anyio.run(go)
     assert failed is not None, "the enumeration went through"
-    # Every core holds the step-up once the cores have merged (1 s): fresh
-    # connections land on either worker.
-    time.sleep(1.5)
+    # Every core holds the step-up once the cores have merged: a core
+    # publishes its summary once a second and folds the others' once a
+    # second, so up to 2 s (and the ticks' drift). Fresh connections land on
+    # either worker.
+    time.sleep(2.5)
     for _ in range(6):
         r = post_rpc(url, INIT, token)
         assert r.status_code == 401, (r.status_code, r.text)
