@@ -18,8 +18,10 @@ zeroed after it), the measured ones are divided by wrk's own request count.
 `mcp-noaudit` is the full path without its audit log: the two counts'
 difference is what the audit record costs the worker and the writer thread in
 user space (the writer's `write` calls are kernel work, not counted).
+`mcp-screen` is the full path with content screening (`screen: {}`, as the
+load test's portcullis-mcp-screen): its difference to `mcp` is the screen's.
 
-Standalone: `loadtest/instructions.py [-d SECONDS] [--targets plain,mcp,mcp-noaudit]
+Standalone: `loadtest/instructions.py [-d SECONDS] [--targets plain,mcp,mcp-noaudit,mcp-screen]
 [--top N] [--bin PATH]`."""
 
 import argparse
@@ -90,11 +92,12 @@ def main():
             if name == "plain":
                 conf = ltlib.portcullis_plain_conf(port, base)
                 spec = WrkSpec("post.lua")
-            elif name in ("mcp", "mcp-noaudit"):
+            elif name in ("mcp", "mcp-noaudit", "mcp-screen"):
                 conf, spec = ltlib.full_path_target(tmp, port, base, body,
-                                                    audit=name == "mcp")
+                                                    audit=name != "mcp-noaudit",
+                                                    screen="{}" if name == "mcp-screen" else None)
             else:
-                raise SystemExit(f"unknown target {name} (plain, mcp or mcp-noaudit)")
+                raise SystemExit(f"unknown target {name} (plain, mcp, mcp-noaudit or mcp-screen)")
             out_prefix = os.path.join(tmp, f"callgrind.{name}")
             cmd = [pbin, "run", "-c", ltlib.write(os.path.join(tmp, f"{name}.yaml"), conf)]
             p = scope.spawn(["taskset", "-c", PROXY_CORE] + callgrind(cmd, out_prefix),

@@ -1019,14 +1019,15 @@ routes:
 {ua}{policy}"""
 
 
-def full_path_target(tmp, port, up_port, body_path, audit=True):
+def full_path_target(tmp, port, up_port, body_path, audit=True, screen=None):
     """The full MCP path as ops.py and instructions.py drive it: its config (one
     minted token's issuer, the 100-rule policy, audit to a file in tmp unless
-    audit=False) and the wrk spec posting body_path with that token."""
+    audit=False, content screening when screen is its YAML, e.g. "{}") and the
+    wrk spec posting body_path with that token."""
     issuer = make_issuer(tmp)
     tokens = mint_tokens(issuer, 1, os.path.join(tmp, "token.txt"))
     audit_path = os.path.join(tmp, "audit.jsonl") if audit else None
-    conf = portcullis_mcp_conf(port, up_port, issuer, audit_path=audit_path)
+    conf = portcullis_mcp_conf(port, up_port, issuer, audit_path=audit_path, screen=screen)
     return conf, mcp_wrk_spec(body_path, tokens)
 
 

@@ -3,19 +3,27 @@
 75 % of nginx's maximum, measured first in this run with a short closed-loop
 wrk run) through each target: direct, portcullis plain, portcullis with the
 full MCP path (cached JWT + 100-rule policy + audit to a file), nginx plain,
-haproxy plain. p50/p99/p99.9 from `oha` at a fixed rate with
-`--latency-correction` (each request's latency counted from when it was due,
-not from when it was sent: coordinated omission corrected), and each proxy's
-CPU per request at each rate. Goal (PERFORMANCE.md): p99 at 50 % of nginx's
-max rate, portcullis full path ≤ nginx plain.
+haproxy plain. p50/p99/p99.9 from a generator at a fixed rate, each
+request's latency counted from when it was due, not from when it was sent
+(coordinated omission corrected), and each proxy's CPU per request at each
+rate. Goal (PERFORMANCE.md): p99 at 50 % of nginx's max rate, portcullis full
+path ≤ nginx plain.
+
+The generator (`--generator`) is `ltrate` by default (loadtest/ltrate.rs, a
+cargo example built when missing): one thread, epoll with ns timeouts, a
+request sent within microseconds of when it is due. `oha` (tokio) is the
+other choice: its 1 ms timer sends the requests in bursts and counts its own
+lateness (up to 1 ms) into every latency, and it needs ~19 µs of CPU per
+request on the core it shares with the upstream, so its tail was mostly its
+own (nginx's own p99 at 50 % moved from 5.8 to 71 ms between rounds).
 
 Every target gets the same request: `POST /mcp`, a 1 KiB JSON-RPC
 `tools/call`, a bearer token (ES256, the same one every time: portcullis's
 token cache hits), MCP `Accept`. The key, JWKS, token, policy and portcullis
 config come from ltlib (the full MCP path set-up shared with loadtest/run).
-oha is installed when missing (`cargo install oha --locked --root
+oha is installed when chosen and missing (`cargo install oha --locked --root
 loadtest/.tools`, a few minutes). Layout: the proxy alone on core 0 (one
-worker), oha (one tokio thread) and the nginx upstream on core 1.
+worker), the generator (one thread) and the nginx upstream on core 1.
 Standalone: `loadtest/openloop.py --help`. From loadtest/run:
 `openloop.run(args_or_dict_or_kwargs)` -> {"md", "data", "goals"}.
 Python 3 standard library only."""
@@ -40,9 +48,9 @@ TARGETS = ("direct", "portcullis-plain", "portcullis-mcp", "nginx", "haproxy")
 
 def parser():
     ap = argparse.ArgumentParser(
-        description="open-loop latency at 25/50/75 %% of nginx's max rate (oha, fixed rate, "
-                    "latency correction): direct, portcullis plain, portcullis full MCP path, "
-                    "nginx, haproxy (loadtest/openloop.py)")
+        description="open-loop latency at 25/50/75 %% of nginx's max rate (fixed rate, "
+                    "latency counted from when a request was due): direct, portcullis plain, "
+                    "portcullis full MCP path, nginx, haproxy (loadtest/openloop.py)")
     scenlib.common_args(ap, duration=10, port_base=19100)
     ap.add_argument("-r", "--rounds", type=int, default=3,
                     help="rounds; each round runs every rate × target in turn (default 3)")
@@ -52,7 +60,12 @@ def parser():
                     help="seconds of the closed-loop wrk run that finds nginx's max (default 5)")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per target (default 2)")
     ap.add_argument("-c", "--connections", type=int, default=32,
-                    help="oha connections (default 32, as wrk)")
+                    help="the generator's connections (default 32, as wrk)")
+    ap.add_argument("--generator", choices=("ltrate", "oha"), default="ltrate",
+                    help="ltrate (loadtest/ltrate.rs, default) or oha")
+    ap.add_argument("--group-us", type=int, default=0,
+                    help="ltrate: requests due in groups every this many µs (default 0: each "
+                         "on its own)")
     ap.add_argument("--targets", default=",".join(TARGETS), help="default: all five")
     return ap
 
@@ -77,31 +90,86 @@ def oha_cmd(oha, port, rate, duration, conns, body_path, token):
             f"http://127.0.0.1:{port}/mcp"]
 
 
-def run_oha(scope, oha, t, upstream, rate, duration, args, body_path, token, audit=None):
-    cmd = oha_cmd(oha, t.port, rate, duration, args.connections, body_path, token)
-    pids, up_pids = t.refresh_pids(), upstream.refresh_pids()
-    a0 = audit.poll() if audit else None
-    sampler = ltlib.CoreSampler().start()
-    proxy_clock, up_clock = ltlib.CpuClock(pids), ltlib.CpuClock(up_pids)
-    ru0 = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 40)
-        out, err = p.stdout, p.stderr
-    except subprocess.TimeoutExpired:
-        out, err = "", "oha timed out"
-    wall = time.monotonic() - t0
-    proxy_cpu, up_cpu = proxy_clock.seconds(), up_clock.seconds()
-    ru1 = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
-    sampler.stop()
-    with open(os.path.join(scope.tmp, "oha.log"), "a") as f:
-        f.write(f"==== {t.name} rate {rate} ====\n{' '.join(cmd[:-3])} ...\n{err[-2000:]}\n")
-    r = {"target": t.name, "rate": rate, "wall_s": wall}
+def ltrate_cmd(ltrate, port, rate, duration, conns, req_path, group_us):
+    return ["taskset", "-c", LOAD_CORE, ltrate, f"127.0.0.1:{port}", str(rate), "1",
+            str(duration), str(conns), req_path, str(group_us)]
+
+
+def write_request(tmp, port, body_path, token):
+    """The whole request ltrate sends to `port`: the same head oha sends."""
+    with open(body_path, "rb") as f:
+        body = f.read()
+    head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: application/json, text/event-stream\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    path = os.path.join(tmp, f"request-{port}.http")
+    with open(path, "wb") as f:
+        f.write(head.encode() + body)
+    return path
+
+
+class Generator:
+    """The open-loop generator: its command for a target and rate, and its
+    output read into one run's figures."""
+
+    def __init__(self, name, tmp, body_path, token, conns, group_us):
+        self.name, self.tmp, self.body_path, self.token, self.conns = name, tmp, body_path, token, conns
+        self.group_us = group_us
+        self.bin = ensure_oha() if name == "oha" else scenlib.ensure_helper("ltrate")
+
+    def version(self):
+        if self.name == "oha":
+            return ltlib.sh([self.bin, "--version"]).stdout.strip()
+        return "ltrate (loadtest/ltrate.rs)"
+
+    def cmd(self, port, rate, duration):
+        if self.name == "oha":
+            return oha_cmd(self.bin, port, rate, duration, self.conns, self.body_path, self.token)
+        req = write_request(self.tmp, port, self.body_path, self.token)
+        return ltrate_cmd(self.bin, port, rate, duration, self.conns, req, self.group_us)
+
+    def cmd_text(self, duration):
+        if self.name == "oha":
+            return " ".join(oha_cmd("oha", "<port>", "<rate>", duration, self.conns,
+                                    "body.json", "<token>")[3:])
+        return " ".join(ltrate_cmd("ltrate", "<port>", "<rate>", duration, self.conns,
+                                   "request.http", self.group_us)[3:])
+
+    def timeout(self, duration):
+        return duration + 40
+
+    def parse(self, out, err, wall):
+        """{"error": ...} or the run's counts and latencies (µs)."""
+        if self.name == "oha":
+            return parse_oha(out, err, wall)
+        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            return {"error": f"no ltrate RESULT ({err.strip()[-300:]})"}
+        j = json.loads(line[len("RESULT "):])
+        codes = {str(k): int(v) for k, v in j["statuses"].items()}
+        ok = codes.get("200", 0)
+        d, sent, lag = j["from_due"], j["from_sent"], j["send_lag"]
+        return {
+            "responses": sum(codes.values()), "ok": ok, "non200": sum(codes.values()) - ok,
+            "status_codes": codes, "due": j["due"],
+            "aborted_at_deadline": j["missing_at_end"] + j["unsent"],
+            "errors": {e: 1 for e in j["errors"]}, "n_errors": j["n_errors"],
+            "achieved_rps": j["achieved_rps"],
+            "p50_us": d["p50_us"], "p90_us": d["p90_us"], "p99_us": d["p99_us"],
+            "p999_us": d["p999_us"], "max_us": d["max_us"],
+            "p50_sent_us": sent["p50_us"], "p99_sent_us": sent["p99_us"],
+            "lag_p50_us": lag["p50_us"], "lag_p99_us": lag["p99_us"],
+            "max_queue": j["max_queue"], "gen_cpu_s": j["cpu_s"],
+            # the proxy's CPU is read over the whole run, warm-up second too
+            "answered_all": j["answered_all"],
+        }
+
+
+def parse_oha(out, err, wall):
     try:
         j = json.loads(out)
     except ValueError:
-        r["error"] = f"no oha JSON ({err.strip()[-300:]})"
-        return r
+        return {"error": f"no oha JSON ({err.strip()[-300:]})"}
     codes = {k: int(v) for k, v in (j.get("statusCodeDistribution") or {}).items()}
     errs = {k: int(v) for k, v in (j.get("errorDistribution") or {}).items()}
     ok = codes.get("200", 0)
@@ -111,7 +179,7 @@ def run_oha(scope, oha, t, upstream, rate, duration, args, body_path, token, aud
     def us(k):
         v = lp.get(k)
         return None if v is None else v * 1e6
-    r.update({
+    return {
         "responses": sum(codes.values()), "ok": ok, "non200": sum(codes.values()) - ok,
         "status_codes": codes,
         # requests still in flight when -z ends are aborted by oha: not errors of the target
@@ -120,13 +188,42 @@ def run_oha(scope, oha, t, upstream, rate, duration, args, body_path, token, aud
         "achieved_rps": ok / total_time if total_time else None,
         "p50_us": us("p50"), "p90_us": us("p90"), "p99_us": us("p99"), "p999_us": us("p99.9"),
         "max_us": ((j.get("summary") or {}).get("slowest") or 0) * 1e6,
+    }
+
+
+def run_gen(scope, gen, t, upstream, rate, duration, audit=None):
+    cmd = gen.cmd(t.port, rate, duration)
+    pids, up_pids = t.refresh_pids(), upstream.refresh_pids()
+    a0 = audit.poll() if audit else None
+    sampler = ltlib.CoreSampler().start()
+    proxy_clock, up_clock = ltlib.CpuClock(pids), ltlib.CpuClock(up_pids)
+    ru0 = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=gen.timeout(duration))
+        out, err = p.stdout, p.stderr
+    except subprocess.TimeoutExpired:
+        out, err = "", f"{gen.name} timed out"
+    wall = time.monotonic() - t0
+    proxy_cpu, up_cpu = proxy_clock.seconds(), up_clock.seconds()
+    ru1 = __import__("resource").getrusage(__import__("resource").RUSAGE_CHILDREN)
+    sampler.stop()
+    with open(os.path.join(scope.tmp, f"{gen.name}.log"), "a") as f:
+        f.write(f"==== {t.name} rate {rate} ====\n{' '.join(cmd[:-3])} ...\n{err[-2000:]}\n")
+    r = {"target": t.name, "rate": rate, "wall_s": wall}
+    r.update(gen.parse(out, err, wall))
+    if r.get("error"):
+        return r
+    ok = r["ok"]
+    r.update({
         "proxy_cpu_s": proxy_cpu if pids else None,
         "upstream_cpu_s": up_cpu,
-        "oha_cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
+        "gen_cpu_s": r.get("gen_cpu_s", (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)),
         "cores": sampler.summary(),
     })
-    r["cpu_us_per_req"] = 1e6 * r["proxy_cpu_s"] / ok if (ok and pids) else None
-    r["oha_us_per_req"] = 1e6 * r["oha_cpu_s"] / ok if ok else None
+    all_ok = r.get("answered_all", ok)
+    r["cpu_us_per_req"] = 1e6 * r["proxy_cpu_s"] / all_ok if (all_ok and pids) else None
+    r["gen_us_per_req"] = 1e6 * r["gen_cpu_s"] / ok if ok else None
     if audit is not None:
         r["audit_lines"] = audit.settle(timeout=3) - a0
     flags = []
@@ -159,8 +256,6 @@ def run(args=None, **kw):
     ports = {"upstream": base, "portcullis-plain": base + 1, "portcullis-mcp": base + 2,
              "nginx": base + 3, "haproxy": base + 4}
     scenlib.check_ports(ports.values())
-    oha = ensure_oha()
-    data["oha"] = ltlib.sh([oha, "--version"]).stdout.strip()
     if args.quiet_wait:
         data["quiet"] = ltlib.wait_quiet(args.quiet_wait)
     t_start = time.monotonic()
@@ -179,6 +274,8 @@ def run(args=None, **kw):
         token = ltlib.first_token(tok_path)
         rules, allow_rule = ltlib.mcp_policy_rules(100)
         body_path = write_body(tmp)
+        gen = Generator(args.generator, tmp, body_path, token, args.connections, args.group_us)
+        data["generator"] = gen.version()
         audit_path = os.path.join(tmp, "audit.jsonl")
         upstream = scenlib.start_nginx_upstream(scope, ports["upstream"])
         targets = []
@@ -229,7 +326,7 @@ def run(args=None, **kw):
         log(f"nginx max {nmax:.0f} req/s (closed loop, wrk, {args.max_duration} s): rates {rates}")
         # --- warm-up, then rounds: per round, per rate, every target in turn
         for t in targets:
-            run_oha(scope, oha, t, upstream, rates[0], args.warmup, args, body_path, token)
+            run_gen(scope, gen, t, upstream, rates[0], args.warmup)
         data["audit_before_rounds"] = audit.settle(timeout=3)
         for rnd in range(1, args.rounds + 1):
             for f, rate in zip(fractions, rates):
@@ -239,7 +336,7 @@ def run(args=None, **kw):
                         continue
                     if args.quiet_wait:
                         ltlib.wait_core_quiet(5)
-                    r = run_oha(scope, oha, t, upstream, rate, args.duration, args, body_path, token,
+                    r = run_gen(scope, gen, t, upstream, rate, args.duration,
                                 audit if t.name == "portcullis-mcp" else None)
                     r.update({"round": rnd, "fraction": f})
                     data["runs"].append(r)
@@ -251,8 +348,7 @@ def run(args=None, **kw):
                     if not t.alive():
                         data["errors"].append(f"{t.name} exited during round {rnd}: {t.log_tail(10)}")
         data["configs"] = {t.name: t.conf for t in targets if t.conf}
-        data["oha_cmd"] = " ".join(oha_cmd("oha", "<port>", "<rate>", args.duration, args.connections,
-                                           "body.json", "<token>")[3:])
+        data["generator_cmd"] = gen.cmd_text(args.duration)
     data["elapsed_s"] = time.monotonic() - t_start
     goals = goals_of(data)
     return {"md": report(data, goals, args, fractions), "data": data, "goals": goals}
@@ -291,11 +387,17 @@ def report(data, goals, args, fractions):
               f"of nginx's maximum, {ltlib.fmt(nm.get('rps'), ',.0f')} req/s, measured first in this run "
               f"closed-loop with wrk (`{nm.get('cmd')}`, 32 connections, {args.max_duration} s, "
               f"the same request; {ltlib.fmt(nm.get('cpu_us_per_req'), '.1f')} µs nginx CPU/req). "
-              f"Load generator: **{data.get('oha')}** at a fixed rate with coordinated-omission "
-              f"correction: `{data.get('oha_cmd')}` (`-q` fixed rate, `--latency-correction`: a "
-              "request's latency counts from when it was due; one tokio thread, pinned to core "
-              f"{LOAD_CORE} with the nginx upstream; the proxy alone on core {PROXY_CORE}, one worker). "
-              f"{args.rounds} round(s); in each, every rate and every target in turn, {args.duration} s "
+              f"Load generator: **{data.get('generator')}** at a fixed rate with coordinated-omission "
+              f"correction: `{data.get('generator_cmd')}` (a request's latency counts from when it was "
+              f"due; one thread, pinned to core {LOAD_CORE} with the nginx upstream; the proxy alone on "
+              f"core {PROXY_CORE}, one worker). "
+              + (f"ltrate sends each request within microseconds of when it is due (epoll, ns "
+                 f"timeouts) on a free connection of its {args.connections}, after a 1 s warm-up on the same "
+                 "connections; its p99 from when the request was sent and its own send lateness are "
+                 "in the per-run table. " if args.generator == "ltrate" else
+                 "oha's timer has a 1 ms resolution: requests go out in bursts, and its own "
+                 "lateness counts into the latencies. ")
+              + f"{args.rounds} round(s); in each, every rate and every target in turn, {args.duration} s "
               "each, after a warm-up. Request: `POST /mcp`, 1 KiB JSON-RPC `tools/call`, a bearer "
               "token (ES256, the same one: cached), MCP `Accept`, to every target. "
               "portcullis-mcp = the full MCP path: JWT (cached) + 100-rule policy (the call allowed "
@@ -333,22 +435,24 @@ def report(data, goals, args, fractions):
                       f"{ltlib.fmt(ratio)} |")
     md.append("")
     md.append("<details><summary>Every run</summary>\n")
-    md.append("| round | rate | target | 200s | non-200 | errors | aborted at end | achieved/s | p50 | p90 | "
-              "p99 | p99.9 | max | CPU µs/req | oha µs/req | core 1 busy | audit lines | flags |")
-    md.append("|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    md.append("| round | rate | target | 200s | non-200 | errors | unanswered at end | achieved/s | p50 | p90 | "
+              "p99 | p99.9 | max | p99 from send | send lag p99 | CPU µs/req | generator µs/req | "
+              "core 1 busy | audit lines | flags |")
+    md.append("|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in data["runs"]:
         md.append(f"| {r['round']} | {r['fraction'] * 100:.0f} % | {r['target']} | {r.get('ok', '–')} | "
                   f"{r.get('non200', '–')} | {r.get('error') or r.get('errors') or 'none'} | "
                   f"{r.get('aborted_at_deadline', '–')} | {ltlib.fmt(r.get('achieved_rps'), ',.0f')} | "
                   f"{ltlib.fmt_us(r.get('p50_us'))} | {ltlib.fmt_us(r.get('p90_us'))} | "
                   f"{ltlib.fmt_us(r.get('p99_us'))} | {ltlib.fmt_us(r.get('p999_us'))} | "
-                  f"{ltlib.fmt_us(r.get('max_us'))} | {ltlib.fmt(r.get('cpu_us_per_req'), '.1f')} | "
-                  f"{ltlib.fmt(r.get('oha_us_per_req'), '.1f')} | {ltlib.fmt(r.get('core1_busy_pct'), '.0f')} % | "
+                  f"{ltlib.fmt_us(r.get('max_us'))} | {ltlib.fmt_us(r.get('p99_sent_us'))} | "
+                  f"{ltlib.fmt_us(r.get('lag_p99_us'))} | {ltlib.fmt(r.get('cpu_us_per_req'), '.1f')} | "
+                  f"{ltlib.fmt(r.get('gen_us_per_req'), '.1f')} | {ltlib.fmt(r.get('core1_busy_pct'), '.0f')} % | "
                   f"{r.get('audit_lines', '')} | {'; '.join(r.get('flags') or [])} |")
     md.append("\n</details>\n")
     md.append("If a run is flagged \"rate not reached\", the generator or the target fell behind the "
               "schedule; with latency correction that shows as latency, so compare such runs with "
-              "care. oha runs on the same core as the upstream: its own CPU per request is listed.\n")
+              "care. The generator runs on the same core as the upstream: its own CPU per request is listed.\n")
     md.append(f"portcullis: {data.get('portcullis_binary')}; drivers: "
               + "; ".join(f"{k}: {' / '.join(v)}" for k, v in (data.get("portcullis_driver") or {}).items())
               + f". {data['versions']['nginx']}; {data['versions']['haproxy']}; {data['versions']['wrk']}. "
