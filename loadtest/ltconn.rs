@@ -22,6 +22,10 @@
 //! ```
 //! Every number it prints is counted, never assumed.
 
+#[path = "ltjson.rs"]
+mod ltjson;
+
+use ltjson::{esc, json_pcts};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
@@ -242,39 +246,6 @@ async fn read_head(s: &mut TcpStream, mut buf: Vec<u8>) -> std::io::Result<(u16,
             ));
         }
     }
-}
-
-fn json_pcts(v: &mut [u64]) -> String {
-    v.sort_unstable();
-    let p = |q: f64| -> String {
-        if v.is_empty() {
-            "null".into()
-        } else {
-            let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-            format!("{:.1}", v[i] as f64 / 1000.0)
-        }
-    };
-    let mean = if v.is_empty() {
-        "null".to_string()
-    } else {
-        format!(
-            "{:.1}",
-            v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64 / 1000.0
-        )
-    };
-    format!(
-        "{{\"n\":{},\"mean_us\":{mean},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
-        v.len(),
-        p(0.5),
-        p(0.9),
-        p(0.99),
-        p(0.999),
-        p(1.0)
-    )
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 // ---------------------------------------------------------------------------

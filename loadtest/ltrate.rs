@@ -28,6 +28,10 @@
 //! is sound.
 #![allow(unsafe_code)]
 
+#[path = "ltjson.rs"]
+mod ltjson;
+
+use ltjson::{esc, json_pcts};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -192,9 +196,9 @@ fn main() {
         queue.len(),
         answered as f64 / measured,
         t.max_queue,
-        pcts(&mut t.from_due),
-        pcts(&mut t.from_sent),
-        pcts(&mut t.lag),
+        json_pcts(&mut t.from_due),
+        json_pcts(&mut t.from_sent),
+        json_pcts(&mut t.lag),
         (cpu_to.unwrap_or_else(cpu_ns) - cpu_from.unwrap_or(0)) as f64 / 1e9,
         t.answered_all,
     );
@@ -319,27 +323,6 @@ fn error(t: &mut Tally, e: String) {
     }
 }
 
-/// Percentiles in µs of ns samples.
-fn pcts(v: &mut [u64]) -> String {
-    v.sort_unstable();
-    let p = |q: f64| match v.len() {
-        0 => "null".to_string(),
-        n => format!(
-            "{:.1}",
-            v[((n - 1) as f64 * q).round() as usize] as f64 / 1e3
-        ),
-    };
-    format!(
-        "{{\"n\":{},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
-        v.len(),
-        p(0.5),
-        p(0.9),
-        p(0.99),
-        p(0.999),
-        p(1.0)
-    )
-}
-
 /// This process's CPU time (user + system), ns.
 fn cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -349,8 +332,4 @@ fn cpu_ns() -> u64 {
     // SAFETY: clock_gettime writes the live timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
