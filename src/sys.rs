@@ -346,6 +346,7 @@ fn stops64(block: &[u8; 64]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn hex_is_two_lower_case_digits_a_byte() {
@@ -358,7 +359,6 @@ mod tests {
         let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(out, expected.as_bytes());
     }
-    use std::io::Write;
 
     #[test]
     fn open_files_limit_is_raised_to_the_hard_limit() {
