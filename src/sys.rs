@@ -209,6 +209,17 @@ pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// `prefix` and `bytes` in lower-case hex, as text (`sha256:<hex>`, a
+/// hash's label and value).
+pub(crate) fn prefixed_hex(prefix: &str, bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(prefix.len() + 2 * bytes.len());
+    out.push_str(prefix);
+    for &b in bytes {
+        out.extend(HEX_PAIRS[usize::from(b)].map(char::from));
+    }
+    out
+}
+
 /// Every byte's two lower-case hex digits.
 const HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -358,6 +369,8 @@ mod tests {
         push_hex(&mut out, &all);
         let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(out, expected.as_bytes());
+        assert_eq!(prefixed_hex("sha256:", &all), format!("sha256:{expected}"));
+        assert_eq!(prefixed_hex("", &[]), "");
     }
 
     #[test]

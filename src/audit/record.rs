@@ -148,9 +148,12 @@ fn write_principal(out: &mut Vec<u8>, p: &Principal) {
     out.push(b'}');
 }
 
+/// How a keyed hash is labelled in audit records.
+pub(super) const TAG_PREFIX: &str = "hmac-sha256:";
+
 /// `hmac-sha256:<hex>`.
 pub(super) fn write_tag(out: &mut Vec<u8>, tag: &[u8; 32]) {
-    out.extend_from_slice(b"hmac-sha256:");
+    out.extend_from_slice(TAG_PREFIX.as_bytes());
     crate::sys::push_hex(out, tag);
 }
 
@@ -188,7 +191,8 @@ pub(crate) fn now_rfc3339() -> String {
         .map_or(0, |d| d.as_micros() as u64);
     let mut out = Vec::with_capacity(32);
     write_time(&mut out, micros);
-    String::from_utf8(out).unwrap_or_default()
+    // Digits and ASCII punctuation only: the lossy reading never replaces.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub(crate) fn write_time(out: &mut Vec<u8>, unix_micros: u64) {

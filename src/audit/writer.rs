@@ -1,7 +1,7 @@
 //! The sink workers hand their full buffers to, and the one writer thread
 //! that appends them to the file (or stdout), reopening it on SIGUSR1.
 
-use super::record::write_tag;
+use super::record::TAG_PREFIX;
 use crate::config::audit::{AuditConfig, Overflow};
 use std::io::Write;
 use std::path::PathBuf;
@@ -151,9 +151,7 @@ impl Sink {
 
     /// `hmac-sha256:<hex>` of `data` under the audit key.
     pub fn hash(&self, data: &[u8]) -> String {
-        let mut out = Vec::with_capacity(12 + 64);
-        write_tag(&mut out, &self.tag(data));
-        String::from_utf8(out).unwrap_or_default()
+        crate::sys::prefixed_hex(TAG_PREFIX, &self.tag(data))
     }
 }
 

@@ -88,10 +88,7 @@ fn string(s: &str, out: &mut Vec<u8>) {
 /// `sha256:` and the hex SHA-256 of `bytes`.
 pub(crate) fn hash_bytes(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = Vec::with_capacity(7 + 64);
-    out.extend_from_slice(b"sha256:");
-    crate::sys::push_hex(&mut out, digest.as_ref());
-    String::from_utf8(out).unwrap_or_default()
+    crate::sys::prefixed_hex("sha256:", digest.as_ref())
 }
 
 /// The hash of a definition.
