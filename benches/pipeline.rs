@@ -183,7 +183,7 @@ fn zero_trust(c: &mut Criterion, name: &str, audited: bool) {
             if worker.shared.audit.is_some() {
                 worker.audit(&portcullis::internal::audit::Record {
                     unix_micros: 1_763_800_000_000_000,
-                    request_id: req.id.as_bytes(),
+                    request_id: req.id.as_str(),
                     worker: 0,
                     client: conn.client.peer,
                     tls: None,

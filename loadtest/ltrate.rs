@@ -117,8 +117,9 @@ fn main() {
             t.due += u64::from(due >= warmup_ns);
         }
         t.max_queue = t.max_queue.max(queue.len());
-        while !queue.is_empty() && !free.is_empty() {
-            let (due, i) = (queue.pop_front().unwrap_or(0), free.pop().unwrap_or(0));
+        while let Some(&due) = queue.front() {
+            let Some(i) = free.pop() else { break };
+            queue.pop_front();
             at = now();
             let c = &mut conns[i];
             match c.s.write(&req) {
@@ -305,7 +306,10 @@ fn read(c: &mut Conn) -> std::io::Result<Option<(u16, bool)>> {
         .split("\r\n")
         .find_map(|l| l.strip_prefix("content-length:"))
     {
-        Some(n) => c.buf.len() >= head_len + n.trim().parse::<usize>().unwrap_or(0),
+        Some(n) => match n.trim().parse::<usize>() {
+            Ok(n) => c.buf.len() >= head_len + n,
+            Err(_) => return Err(std::io::Error::other("unreadable Content-Length")),
+        },
         None if head.contains("transfer-encoding: chunked") => c.buf.ends_with(b"0\r\n\r\n"),
         None => eof,
     };

@@ -226,7 +226,8 @@ def run_gen(scope, gen, t, upstream, rate, duration, audit=None):
     r["gen_us_per_req"] = 1e6 * r["gen_cpu_s"] / ok if ok else None
     if audit is not None:
         r["audit_lines"] = audit.settle(timeout=3) - a0
-    flags = []
+    lost = r.get("audit_lines", all_ok) < all_ok
+    flags = [f"audit lines fewer than answers ({r['audit_lines']} < {all_ok})"] if lost else []
     if r["achieved_rps"] is not None and r["achieved_rps"] < 0.95 * rate:
         flags.append(f"rate not reached ({r['achieved_rps']:.0f}/s of {rate}/s)")
     for cpu, s in r["cores"].items():
@@ -437,7 +438,7 @@ def report(data, goals, args, fractions):
     md.append("<details><summary>Every run</summary>\n")
     md.append("| round | rate | target | 200s | non-200 | errors | unanswered at end | achieved/s | p50 | p90 | "
               "p99 | p99.9 | max | p99 from send | send lag p99 | CPU µs/req | generator µs/req | "
-              "core 1 busy | audit lines | flags |")
+              "core 1 busy | audit lines (warm-up too) | flags |")
     md.append("|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in data["runs"]:
         md.append(f"| {r['round']} | {r['fraction'] * 100:.0f} % | {r['target']} | {r.get('ok', '–')} | "

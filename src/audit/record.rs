@@ -10,7 +10,7 @@ use std::io::Write;
 /// Everything a record is built from.
 pub struct Record<'a> {
     pub unix_micros: u64,
-    pub request_id: &'a [u8],
+    pub request_id: &'a str,
     pub worker: usize,
     pub client: std::net::SocketAddr,
     /// What the TLS handshake settled (`None`: plain TCP).
@@ -38,7 +38,7 @@ pub(crate) fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
     out.extend_from_slice(b",\"time\":\"");
     write_time(out, r.unix_micros);
     out.extend_from_slice(b"\",\"request_id\":");
-    write_json_string(out, std::str::from_utf8(r.request_id).unwrap_or(""));
+    write_json_string(out, r.request_id);
     out.extend_from_slice(b",\"worker\":");
     push_u64(out, r.worker as u64);
     out.extend_from_slice(b",\"client\":\"");
@@ -269,7 +269,7 @@ mod tests {
                 &mut out,
                 &Record {
                     unix_micros: 1_795_315_404_123_456,
-                    request_id: b"r-1",
+                    request_id: "r-1",
                     worker: 3,
                     client: client.parse().unwrap(),
                     tls: None,
@@ -332,7 +332,7 @@ mod tests {
         };
         let record = Record {
             unix_micros: 0,
-            request_id: b"r-2",
+            request_id: "r-2",
             worker: 0,
             client: "127.0.0.1:1".parse().unwrap(),
             tls: Some(&tls),

@@ -141,9 +141,10 @@ fn verify_cached(
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+/// The token of an `Authorization: Bearer <token>` value (scheme
+/// case-insensitive). A token is ASCII (RFC 6750 §2.1, `b64token`).
 fn bearer(value: &[u8]) -> Option<&str> {
-    let value = std::str::from_utf8(value).ok()?;
+    let value = crate::sys::ascii_str(value)?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim_matches(' ');
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
@@ -193,6 +194,7 @@ mod tests {
             b"Bearer ",
             b"Bearer a b",
             b"Bearerabc",
+            "Bearer t\u{f6}ken".as_bytes(),
         ] {
             assert_eq!(bearer(bad), None, "{bad:?}");
         }

@@ -43,7 +43,7 @@ pub(crate) fn record(
         .map_or(0, |d| d.as_micros() as u64);
     worker.audit(&crate::audit::Record {
         unix_micros,
-        request_id: outcome.request_id.as_bytes(),
+        request_id: outcome.request_id.as_str(),
         worker: worker.id,
         client: conn.client.peer,
         tls: client.tls_info(),

@@ -345,6 +345,11 @@ impl RequestId {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
+
+    /// The id as text (it is ASCII, as `keep` and the generator make it).
+    pub fn as_str(&self) -> &str {
+        crate::sys::ascii_str(self.as_bytes()).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ where
     if u32::try_from(body.len()).is_err() {
         return Err(JsonError::TooLarge);
     }
-    std::str::from_utf8(body).map_err(|_| JsonError::Utf8)?;
+    simdutf8::basic::from_utf8(body).map_err(|_| JsonError::Utf8)?;
     let mut w = Walker {
         b: body,
         i: 0,

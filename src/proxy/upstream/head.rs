@@ -168,7 +168,7 @@ fn credential(
             audience,
             bearer,
         } => {
-            let request_id = std::str::from_utf8(req.id.as_bytes()).unwrap_or("");
+            let request_id = req.id.as_str();
             let jwt = worker.assertions.borrow_mut().get_or_sign(
                 &worker.shared.signer,
                 principal,
