@@ -346,7 +346,9 @@ impl RequestId {
         &self.bytes[..self.len]
     }
 
-    /// The id as text (it is ASCII, as `keep` and the generator make it).
+    /// The id as text. `keep` admits only `[A-Za-z0-9._-]` and the
+    /// generator writes hex digits, so the empty default is
+    /// never taken.
     pub fn as_str(&self) -> &str {
         crate::sys::ascii_str(self.as_bytes()).unwrap_or_default()
     }
