@@ -91,6 +91,15 @@ class Proc:
             time.sleep(0.05)
         self.ports = list(ports)
 
+    def wait_log(self, text: str, timeout: float = 5.0) -> None:
+        """Wait for `text` in the log: a process may accept on its port a
+        moment before its line saying so reaches the file."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text(errors="replace"):
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: no {text!r} in its log\n{self.tail()}")
+            time.sleep(0.02)
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM by pid, then SIGKILL after `timeout`."""
         if self.popen.poll() is None:

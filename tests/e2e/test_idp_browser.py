@@ -57,7 +57,7 @@ def start_idp(procs: Procs, auth_method: str = "client_secret_basic") -> Idp:
     )
     p.wait_ports([port])
     issuer = f"http://127.0.0.1:{port}"
-    assert f"listening {issuer}" in p.log.read_text()
+    p.wait_log(f"listening {issuer}")
     return Idp(issuer, redirect_uri, auth_method)
 
 

@@ -135,7 +135,7 @@ def start_upstream_as(
     p = procs.start(name, argv)
     p.wait_ports([port])
     issuer = f"http://127.0.0.1:{port}"
-    assert f"listening {issuer}" in p.log.read_text()
+    p.wait_log(f"listening {issuer}")
     meta = httpx.get(f"{issuer}/.well-known/oauth-authorization-server", timeout=10).json()
     assert meta["issuer"] == issuer
     return UpstreamAS(issuer, port, CLIENT_ID, CLIENT_SECRET, list(redirect_uris), access_ttl, p, meta)
