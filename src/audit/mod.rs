@@ -29,8 +29,10 @@ use crate::principal::Principal;
 
 /// Schema version written in every record (`"v"`).
 pub(crate) const SCHEMA_VERSION: u32 = 1;
-/// A worker hands its buffer over once it holds this much.
-pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
+/// A worker hands its buffer over once it holds this much. Each hand-over
+/// wakes the writer and each write updates the file's times: at 64 KiB
+/// those cost the writer more than the bytes did (issue 15).
+pub(crate) const FLUSH_BYTES: usize = 256 * 1024;
 /// What a TLS handshake settled, for the audit record.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Buffers in flight between the workers and the writer, by default.
-const CHANNEL_BUFFERS: usize = 64;
+/// Buffers in flight between the workers and the writer, by default (at
+/// most 4 MiB of records).
+const CHANNEL_BUFFERS: usize = 16;
 
 fn env_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
     super::env_string(d).map(PathBuf::from)
@@ -36,7 +37,7 @@ pub struct AuditConfig {
     /// default: a random key per process (hashes correlate within a run only).
     #[serde(default, deserialize_with = "super::env_opt_string")]
     pub hash_key: Option<String>,
-    /// Worker buffers (up to 64 KiB each) waiting for the writer before
+    /// Worker buffers (up to 256 KiB each) waiting for the writer before
     /// `on_overflow` applies (0 counts as 1).
     #[serde(default = "default_buffers")]
     pub buffers: usize,

@@ -226,7 +226,7 @@ mod tests {
         let audit = defaults(&s, "AuditConfig");
         assert_eq!(
             Value::Object(audit.clone()),
-            json!({"on_overflow": "block", "fsync": false, "buffers": 64})
+            json!({"on_overflow": "block", "fsync": false, "buffers": 16})
         );
         let mut with_path = audit;
         with_path.insert("path".into(), "-".into());

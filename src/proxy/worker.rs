@@ -10,7 +10,10 @@ use std::time::Instant;
 
 /// State shared by all workers: atomics and values fixed at start, no locks.
 pub struct Shared {
+    /// Set once a graceful shutdown begins (`begin_shutdown`).
     pub shutdown: AtomicBool,
+    /// The thread waiting in `Running::join`, woken when a shutdown begins.
+    pub(crate) joiner: std::sync::OnceLock<std::thread::Thread>,
     /// Open client connections across all workers.
     pub connections: AtomicUsize,
     /// Configuration reloads swapped in, and rejected.
@@ -59,6 +62,7 @@ impl Shared {
             .map_err(|e| format!("cannot create the identity assertion key: {e}"))?;
         Ok(Shared {
             shutdown: AtomicBool::default(),
+            joiner: std::sync::OnceLock::new(),
             connections: AtomicUsize::default(),
             reloads: AtomicUsize::default(),
             reload_failures: AtomicUsize::default(),
@@ -77,6 +81,15 @@ impl Shared {
             pins: Arc::default(),
             pin_reports: None,
         })
+    }
+
+    /// Begin a graceful shutdown: workers stop accepting and finish what is
+    /// in flight; the thread in `Running::join` wakes to watch them.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(t) = self.joiner.get() {
+            t.unpark();
+        }
     }
 
     pub fn shutting_down(&self) -> bool {

@@ -39,14 +39,21 @@ pub struct Running {
 impl Running {
     /// Ask the workers to stop accepting and finish in-flight requests.
     pub fn shutdown(&self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.begin_shutdown();
     }
 
     /// Wait until every worker has stopped (called at once by
     /// `run_until_signal`: it returns after a shutdown).
     pub fn join(self) {
         let mut told = false;
+        let _ = self.shared.joiner.set(std::thread::current());
         for t in self.threads {
+            // Until a shutdown begins this thread sleeps: it is woken by
+            // `begin_shutdown` (and looks once a second, in case a worker
+            // stopped on its own), so it takes no CPU from a busy worker.
+            while self.shared.audit.is_some() && !t.is_finished() && !self.shared.shutting_down() {
+                std::thread::park_timeout(Duration::from_secs(1));
+            }
             // A worker stopped by a writer that is behind (`on_overflow:
             // block`) finishes only once the writer catches up: say so once.
             while let (Some(a), false) = (&self.shared.audit, t.is_finished()) {
@@ -382,7 +389,7 @@ pub fn run_until_signal(running: Running, config: Option<&std::path::Path>) -> s
                         signal = sig,
                         "shutting down: no new connections, finishing in-flight requests"
                     );
-                    shared.shutdown.store(true, Ordering::SeqCst);
+                    shared.begin_shutdown();
                     first = false;
                 } else {
                     tracing::warn!(signal = sig, "second signal: exiting now");
