@@ -144,20 +144,37 @@ def cpu_ticks(pids):
     return total
 
 
-def _task_ns(pid):
-    """{tid: ns on a CPU} for every thread of pid (its schedstat's first field)."""
+def thread_stats(pid):
+    """{tid: (name, ns on a CPU, context switches, minor faults)} for every
+    thread of pid (its comm, schedstat's first field, status's voluntary and
+    involuntary switches, stat's minflt); a thread that ends meanwhile is left
+    out."""
     out = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[tid] = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
+            with open(f"{base}/comm") as f:
+                name = f.read().strip()
+            with open(f"{base}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"{base}/status") as f:
+                st = dict(ln.split(":\t", 1) for ln in f if ":\t" in ln)
+            with open(f"{base}/stat") as f:
+                minflt = int(f.read().rsplit(")", 1)[1].split()[7])
+            switches = int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+        except (OSError, ValueError, IndexError, KeyError):
+            continue
+        out[tid] = (name, ns, switches, minflt)
     return out
+
+
+def _task_ns(pid):
+    """{tid: ns on a CPU} for every thread of pid."""
+    return {tid: s[1] for tid, s in thread_stats(pid).items()}
 
 
 class CpuClock:

@@ -27,27 +27,6 @@ import scenlib  # noqa: E402
 from ltlib import PROXY_CORE, Target, log  # noqa: E402
 
 
-def threads(pid):
-    """{tid: (name, ns on a CPU, context switches, minor faults)}."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        base = f"/proc/{pid}/task/{tid}"
-        try:
-            with open(f"{base}/comm") as f:
-                name = f.read().strip()
-            with open(f"{base}/schedstat") as f:
-                ns = int(f.read().split()[0])
-            with open(f"{base}/status") as f:
-                st = dict(ln.split(":\t", 1) for ln in f if ":\t" in ln)
-            with open(f"{base}/stat") as f:
-                minflt = int(f.read().rsplit(")", 1)[1].split()[7])
-        except (OSError, ValueError, IndexError, KeyError):
-            continue  # the thread ended meanwhile
-        switches = int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
-        out[tid] = (name, ns, switches, minflt)
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-d", "--duration", type=int, default=5)
@@ -78,10 +57,10 @@ def main():
             ltlib.run_wrk(tmp, t, "post", 2, upstream, "warm-up", spec=spec)
         for rnd in range(1, args.rounds + 1):
             for t, spec in targets:
-                before = threads(t.proc.pid)
+                before = ltlib.thread_stats(t.proc.pid)
                 r = ltlib.run_wrk(tmp, t, "post", args.duration, upstream, f"round {rnd}",
                                   spec=spec)
-                after = threads(t.proc.pid)
+                after = ltlib.thread_stats(t.proc.pid)
                 n = r["requests"]
                 if not n:
                     raise SystemExit(f"{t.name}: no requests answered in round {rnd}")

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 /// State shared by all workers: atomics and values fixed at start, no locks.
 pub struct Shared {
-    /// Set once a graceful shutdown begins (`begin_shutdown`).
-    pub shutdown: AtomicBool,
+    /// Set once a graceful shutdown begins: only by `begin_shutdown`, which
+    /// also wakes the joiner.
+    shutdown: AtomicBool,
     /// The thread waiting in `Running::join`, woken when a shutdown begins.
     pub(crate) joiner: std::sync::OnceLock<std::thread::Thread>,
     /// Open client connections across all workers.

@@ -46,19 +46,25 @@ impl Running {
     /// `run_until_signal`: it returns after a shutdown).
     pub fn join(self) {
         let mut told = false;
-        let _ = self.shared.joiner.set(std::thread::current());
+        // `join` takes `self`: this is the process's one joiner.
+        self.shared.joiner.get_or_init(std::thread::current);
         for t in self.threads {
+            // Without an audit log nothing needs watching: wait for the worker.
+            let Some(a) = &self.shared.audit else {
+                let _ = t.join();
+                continue;
+            };
             // Until a shutdown begins this thread sleeps: it is woken by
             // `begin_shutdown` (and looks once a second, in case a worker
             // stopped on its own), so it takes no CPU from a busy worker.
-            while self.shared.audit.is_some() && !t.is_finished() && !self.shared.shutting_down() {
+            while !t.is_finished() && !self.shared.shutting_down() {
                 std::thread::park_timeout(Duration::from_secs(1));
             }
             // A worker stopped by a writer that is behind (`on_overflow:
             // block`) finishes only once the writer catches up: say so once.
-            while let (Some(a), false) = (&self.shared.audit, t.is_finished()) {
+            while !t.is_finished() {
                 let blocked = a.blocked.load(Ordering::Relaxed);
-                if blocked > 0 && !told && self.shared.shutting_down() {
+                if blocked > 0 && !told {
                     told = true;
                     tracing::warn!(
                         workers = blocked,
